@@ -1,0 +1,91 @@
+"""Runtime discovery: every ``*/manifest.json`` under a runtimes directory is a runtime.
+
+``listRuntimes`` is data, not code: adding a language means adding a folder with a
+manifest and a host program that speaks ``PROTOCOL.md``.
+
+A manifest names how to start its host. ``command`` is an argv list in which
+``{python}`` (the interpreter running fifoflow), ``{node}`` (``$FIFOFLOW_NODE`` or
+``node`` on ``PATH``) and ``{dir}`` (the manifest's folder) are replaced.
+
+Error handling: a manifest that cannot be read or lacks a field raises
+:class:`ManifestError` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import attrs
+import orjson
+
+__all__ = ["BUILTIN_DIR", "ManifestError", "RuntimeManifest", "discover"]
+
+BUILTIN_DIR = Path(__file__).resolve().parent
+PROTOCOL_VERSION = 1
+
+
+class ManifestError(Exception):
+    """A runtime manifest is unreadable or incomplete."""
+
+
+@attrs.frozen
+class RuntimeManifest:
+    id: str
+    name: str
+    version: str
+    protocol: int
+    command: tuple[str, ...]
+    directory: Path
+    source_suffixes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_file(cls, path: Path) -> RuntimeManifest:
+        try:
+            data = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise ManifestError(f"{path}: cannot read runtime manifest: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ManifestError(f"{path}: a runtime manifest must be a JSON object")
+        for field, kind in (("id", str), ("name", str), ("version", str), ("protocol", int), ("command", list)):
+            if not isinstance(data.get(field), kind):
+                raise ManifestError(f"{path}: field {field!r} must be a {kind.__name__}")
+        if data["protocol"] != PROTOCOL_VERSION:
+            raise ManifestError(
+                f"{path}: protocol {data['protocol']} is not supported (this runner speaks {PROTOCOL_VERSION})"
+            )
+        return cls(
+            id=data["id"],
+            name=data["name"],
+            version=data["version"],
+            protocol=data["protocol"],
+            command=tuple(str(part) for part in data["command"]),
+            directory=path.parent,
+            source_suffixes=tuple(data.get("source_suffixes", ())),
+        )
+
+    def argv(self) -> list[str]:
+        """The start command with placeholders filled in (without the two FIFO paths)."""
+        node = os.environ.get("FIFOFLOW_NODE") or shutil.which("node") or "node"
+        values = {"python": sys.executable, "node": node, "dir": str(self.directory)}
+        return [part.format(**values) for part in self.command]
+
+    def describe(self) -> dict[str, str]:
+        """The listRuntimes entry."""
+        return {"id": self.id, "name": self.name, "version": self.version}
+
+
+def discover(*extra_dirs: Path) -> dict[str, RuntimeManifest]:
+    """Find runtimes: the built-in ones, then each folder of ``extra_dirs`` and of
+    ``$FIFOFLOW_RUNTIMES_PATH`` (``:``-separated). A later manifest with the same id wins."""
+    dirs = [BUILTIN_DIR, *extra_dirs]
+    env = os.environ.get("FIFOFLOW_RUNTIMES_PATH", "")
+    dirs += [Path(p) for p in env.split(os.pathsep) if p]
+    found: dict[str, RuntimeManifest] = {}
+    for base in dirs:
+        for path in sorted(base.glob("*/manifest.json")):
+            manifest = RuntimeManifest.from_file(path)
+            found[manifest.id] = manifest
+    return found
