@@ -1,0 +1,50 @@
+"""Runner configuration: one typed object with unit-bearing defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = ["SECONDS", "RunnerConfig"]
+
+SECONDS = 1.0
+
+
+@attrs.frozen
+class RunnerConfig:
+    #: messages waiting per runtime instance before producers are slowed down
+    queue_capacity: int = 10_000
+    #: messages sent to a host and not yet acknowledged (the redelivery window)
+    window: int = 10_000
+    #: largest number of messages the runner puts in one ``deliver`` frame it makes
+    frame_messages: int = 1000
+    start_timeout: float = 10 * SECONDS
+    stop_timeout: float = 5 * SECONDS
+    #: used for modules that do not set ``timeout``
+    default_module_timeout: float = 30 * SECONDS
+    restart_backoff_max: float = 5 * SECONDS
+    #: this many crashes within ``crash_period`` mark the flow failed
+    crash_limit: int = 5
+    crash_period: float = 30 * SECONDS
+    #: recent errors and log lines kept per module / runtime
+    keep_errors: int = 100
+    keep_logs: int = 1000
+    state_dir: Path | None = None
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> RunnerConfig:
+        fields = {f.name for f in attrs.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise ValueError(
+                f"unknown runner setting(s): {', '.join(unknown)} (known: {', '.join(sorted(fields))})"
+            )
+        values = dict(data)
+        if values.get("state_dir") is not None:
+            values["state_dir"] = Path(values["state_dir"])
+        return cls(**values)

@@ -1,0 +1,114 @@
+"""Events of a runner: outputs, errors, logs, state changes; fanned out to subscribers.
+
+A subscriber never slows a flow: each has a bounded buffer; when it is full, events are
+dropped *for that subscriber only* and counted, and the next event it receives is
+preceded by a ``missed`` event saying how many it lost.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+__all__ = ["Event", "EventHub", "Subscription"]
+
+Event = dict[str, Any]
+
+
+class Subscription:
+    """Receive events with ``async for``, or :meth:`receive`. Close with :meth:`close`."""
+
+    def __init__(
+        self,
+        hub: EventHub,
+        flows: frozenset[str] | None,
+        kinds: frozenset[str] | None,
+        capacity: int,
+    ) -> None:
+        self._hub = hub
+        self.flows = flows
+        self.kinds = kinds
+        self._buffer: deque[Event] = deque()
+        self._capacity = capacity
+        self._missed = 0
+        self._wakeup = trio.Event()
+        self.closed = False
+
+    def wants(self, event: Event) -> bool:
+        if self.flows is not None and event.get("flow") not in self.flows:
+            return False
+        return self.kinds is None or event["kind"] in self.kinds
+
+    def _push(self, event: Event) -> None:
+        if len(self._buffer) >= self._capacity:
+            self._missed += 1
+        else:
+            self._buffer.append(event)
+        self._wakeup.set()
+
+    def receive_nowait(self) -> Event:
+        if self._missed:
+            missed, self._missed = self._missed, 0
+            return {"kind": "missed", "count": missed}
+        if self._buffer:
+            return self._buffer.popleft()
+        raise trio.WouldBlock
+
+    async def receive(self) -> Event:
+        while True:
+            try:
+                return self.receive_nowait()
+            except trio.WouldBlock:
+                if self.closed:
+                    raise trio.EndOfChannel from None
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+    def close(self) -> None:
+        self.closed = True
+        self._wakeup.set()
+        self._hub._subscribers.discard(self)
+
+
+class EventHub:
+    def __init__(self) -> None:
+        self._subscribers: set[Subscription] = set()
+
+    def subscribe(
+        self,
+        *,
+        flows: Iterable[str] | None = None,
+        kinds: Iterable[str] | None = None,
+        capacity: int = 1000,
+    ) -> Subscription:
+        sub = Subscription(
+            self,
+            frozenset(flows) if flows is not None else None,
+            frozenset(kinds) if kinds is not None else None,
+            capacity,
+        )
+        self._subscribers.add(sub)
+        return sub
+
+    def publish(self, event: Event) -> None:
+        for sub in self._subscribers:
+            if sub.wants(event):
+                sub._push(event)
+
+    @property
+    def has_subscribers(self) -> bool:
+        return bool(self._subscribers)

@@ -1,0 +1,321 @@
+"""A flow inside the runner: its runtime instances, its routing table, outputs and errors.
+
+Isolation: every flow gets its own runtime instances (one host process per runtime the
+flow uses), so a slow or crashing module of one flow never holds up another flow.
+
+Routing: wires between modules of the same runtime are given to the host (``route``)
+and never leave it. The runner's table holds only what crosses hosts, plus the output
+ports no wire leaves (the flow's exits), whose messages go to the flow's output sink.
+
+Accounting: ``pending`` counts messages queued for, or in flight to, any host of the
+flow. A message routed from A to B is counted before A's delivery is acknowledged (A's
+``emit`` precedes its ``done`` on the pipe), so ``pending == 0`` means the flow is idle.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .errors import FlowStateError, RunnerError
+from .instance import InstanceStatus, RuntimeInstance
+
+if TYPE_CHECKING:
+    from ..flows import Flow
+    from ..runtimes.registry import RuntimeManifest
+    from .config import RunnerConfig
+    from .events import Event, EventHub
+
+__all__ = ["FlowRun", "FlowStatus", "OutputSink"]
+
+#: called with (module id, port, messages) for what reaches the flow's exits
+OutputSink = Callable[[str, str, list[Any]], Awaitable[None]]
+
+_SINK = None
+
+
+class FlowStatus(enum.Enum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+
+class FlowRun:
+    def __init__(
+        self, flow: Flow, runtimes: dict[str, RuntimeManifest], config: RunnerConfig, hub: EventHub
+    ) -> None:
+        self.flow = flow
+        self.flow_id = flow.id
+        self.config = config
+        self.hub = hub
+        self.status = FlowStatus.STOPPED
+        self.error: str | None = None
+        self.sink: OutputSink | None = None
+        self.pending = 0
+        self.outputs = 0
+        self.errors: dict[str, deque[dict[str, Any]]] = defaultdict(
+            lambda: deque(maxlen=config.keep_errors)
+        )
+        self.error_count = 0
+        self._idle = trio.Event()
+        self._idle.set()
+        self._ended = trio.Event()
+        self._ended.set()
+        self._scope: trio.CancelScope | None = None
+        self.instances: dict[str, RuntimeInstance] = {}
+        self._routes: dict[tuple[str, str], list[tuple[RuntimeInstance, str, str] | None]] = {}
+        self._build(runtimes)
+
+    # ------------------------------------------------------------------ wiring
+
+    def qualified(self, module_id: str) -> str:
+        return f"{self.flow_id}/{module_id}"
+
+    def short(self, qualified: str) -> str:
+        prefix = self.flow_id + "/"
+        return qualified[len(prefix) :] if qualified.startswith(prefix) else qualified
+
+    def _build(self, runtimes: dict[str, RuntimeManifest]) -> None:
+        flow = self.flow
+        by_id = {m.id: m for m in flow.modules}
+        for module in flow.modules:
+            if module.runtime not in self.instances:
+                if module.runtime not in runtimes:
+                    raise RunnerError(
+                        f"modules.{module.id}.runtime: runtime {module.runtime!r} is not available here"
+                    )
+                self.instances[module.runtime] = RuntimeInstance(
+                    self, runtimes[module.runtime], self.config
+                )
+        wires_from: dict[tuple[str, str], list[Any]] = defaultdict(list)
+        for wire in flow.wires:
+            wires_from[(wire.src, wire.src_port)].append(wire)
+        loads: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        host_routes: dict[str, dict[str, Any]] = defaultdict(dict)
+        for module in flow.modules:
+            qid = self.qualified(module.id)
+            loads[module.runtime][qid] = {
+                "op": "load",
+                "module": qid,
+                "code": module.source,
+                "filename": module.filename,
+                "config": dict(module.config),
+                "timeout": float(module.timeout),
+                "command": list(module.command) if module.command else None,
+                "cwd": str(module.cwd) if module.cwd else None,
+                "env": None,
+            }
+            table: dict[str, Any] = {}
+            for port in module.outputs:
+                local: list[list[str]] = []
+                targets: list[tuple[RuntimeInstance, str, str] | None] = []
+                wires = wires_from.get((module.id, port), [])
+                for wire in wires:
+                    dst = by_id[wire.dst]
+                    if dst.runtime == module.runtime:
+                        local.append([self.qualified(dst.id), wire.dst_port])
+                    else:
+                        targets.append(
+                            (self.instances[dst.runtime], self.qualified(dst.id), wire.dst_port)
+                        )
+                if not wires:
+                    targets.append(_SINK)
+                table[port] = {"local": local, "external": bool(targets)}
+                if targets:
+                    self._routes[(qid, port)] = targets
+            host_routes[module.runtime][qid] = table
+        for runtime, instance in self.instances.items():
+            instance.set_modules(loads[runtime], host_routes[runtime])
+
+    def instance_of(self, module_id: str) -> RuntimeInstance:
+        module = self._module(module_id)
+        return self.instances[module.runtime]
+
+    def _module(self, module_id: str) -> Any:
+        for module in self.flow.modules:
+            if module.id == module_id:
+                return module
+        known = ", ".join(m.id for m in self.flow.modules)
+        raise RunnerError(f"flow {self.flow_id!r} has no module {module_id!r} (modules: {known})")
+
+    # ------------------------------------------------------------------ messages
+
+    async def route(self, module: str, port: str, msgs: list[Any]) -> None:
+        targets = self._routes.get((module, port))
+        if targets is None:
+            targets = [_SINK]  # an undeclared port: keep the messages visible as outputs
+        for target in targets:
+            if target is None:
+                await self._output(module, port, msgs)
+            else:
+                instance, dst, dst_port = target
+                self._add_pending(len(msgs))
+                await instance.put(dst, dst_port, msgs)
+
+    async def inject(self, module_id: str, port: str, msgs: list[Any]) -> None:
+        if self.status is not FlowStatus.RUNNING:
+            raise FlowStateError(
+                f"flow {self.flow_id!r} is {self.status.value}; start it before sending messages"
+            )
+        module = self._module(module_id)
+        if port not in module.inputs:
+            raise RunnerError(
+                f"module {module_id!r} has no input port {port!r} (inputs: {', '.join(module.inputs)})"
+            )
+        instance = self.instances[module.runtime]
+        step = self.config.frame_messages
+        qid = self.qualified(module_id)
+        for start in range(0, len(msgs), step):
+            chunk = msgs[start : start + step]
+            self._add_pending(len(chunk))
+            await instance.put(qid, port, chunk)
+
+    def _add_pending(self, n: int) -> None:
+        if self.pending == 0 and n:
+            self._idle = trio.Event()
+        self.pending += n
+
+    def settle(self, n: int) -> None:
+        self.pending -= n
+        if self.pending <= 0:
+            self.pending = 0
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Wait until no message of this flow is queued or in flight (or the flow stopped)."""
+        while self.pending and self.status in (FlowStatus.RUNNING, FlowStatus.STARTING):
+            await self._idle.wait()
+
+    async def _output(self, module: str, port: str, msgs: list[Any]) -> None:
+        self.outputs += len(msgs)
+        if self.sink is not None:
+            await self.sink(self.short(module), port, msgs)
+        if self.hub.has_subscribers:
+            self.publish(
+                {"kind": "output", "module": self.short(module), "port": port, "msgs": msgs}
+            )
+
+    def record_error(
+        self, module: str, port: str | None, msg: Any, error: dict[str, Any], *, runtime: str
+    ) -> None:
+        short = self.short(module)
+        entry = {
+            "time": time.time(),
+            "module": short,
+            "port": port,
+            "runtime": runtime,
+            "msg": msg,
+            "error": error,
+        }
+        self.errors[short].append(entry)
+        self.error_count += 1
+        self.publish({"kind": "error", **entry})
+
+    def publish(self, event: Event) -> None:
+        if self.hub.has_subscribers:
+            self.hub.publish({"flow": self.flow_id, **event})
+
+    def module_state(self, module_id: str) -> Any:
+        module = self._module(module_id)
+        return self.instances[module.runtime].states.get(self.qualified(module_id))
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.flow_id,
+            "status": self.status.value,
+            "error": self.error,
+            "pending": self.pending,
+            "outputs": self.outputs,
+            "errors": self.error_count,
+            "runtimes": {rid: inst.statistics() for rid, inst in self.instances.items()},
+        }
+
+    def _set_status(self, status: FlowStatus, error: str | None = None) -> None:
+        self.status = status
+        if error is not None:
+            self.error = error
+        self.publish({"kind": "flow", "status": status.value, "error": error})
+        if status not in (FlowStatus.RUNNING, FlowStatus.STARTING):
+            self._idle.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run every runtime instance of the flow until :meth:`stop` (or a crash loop)."""
+        self._ended = trio.Event()
+        self.error = None
+        self._set_status(FlowStatus.STARTING)
+        started = False
+        try:
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                try:
+                    async with trio.open_nursery() as nursery:
+                        for instance in self.instances.values():
+                            await nursery.start(instance.run)
+                        self._set_status(FlowStatus.RUNNING)
+                        started = True
+                        task_status.started()
+                except BaseExceptionGroup as group:
+                    leaf = _first_runner_error(group)
+                    if leaf is None:
+                        raise
+                    raise leaf from None
+        except RunnerError as exc:
+            self._set_status(FlowStatus.FAILED, str(exc))
+            if not started:
+                raise
+        finally:
+            self._scope = None
+            if self.status is not FlowStatus.FAILED:
+                self._set_status(FlowStatus.STOPPED)
+            self._ended.set()
+
+    async def stop(self) -> None:
+        if self.status in (FlowStatus.STOPPED, FlowStatus.FAILED) and self._ended.is_set():
+            return
+        self._set_status(FlowStatus.STOPPING)
+        async with trio.open_nursery() as nursery:
+            for instance in self.instances.values():
+                nursery.start_soon(instance.stop)
+        with trio.move_on_after(self.config.stop_timeout):
+            await self._ended.wait()
+        if self._scope is not None:
+            self._scope.cancel()
+        await self._ended.wait()
+
+    def instance_failed(self, instance: RuntimeInstance, message: str) -> None:
+        self.error = message
+        self._set_status(FlowStatus.FAILED, message)
+        self.record_error(
+            f"{self.flow_id}/*",
+            None,
+            None,
+            {"type": "RuntimeFailed", "message": message},
+            runtime=instance.manifest.id,
+        )
+        # The rest of the flow cannot make progress through the dead runtime; stop it all.
+        # Queued and unacknowledged messages stay in the instances for the next start.
+        for other in self.instances.values():
+            if other is not instance and other.status is not InstanceStatus.STOPPED:
+                other._stopping = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+
+def _first_runner_error(group: BaseExceptionGroup) -> RunnerError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_runner_error(exc)
+            if found is not None:
+                return found
+        elif isinstance(exc, RunnerError):
+            return exc
+    return None

@@ -1,0 +1,494 @@
+"""A runtime instance: the modules of one flow that live in one runtime, and their host.
+
+The instance is the unit of supervision. It keeps, outside the host process, everything
+needed to rebuild it: each module's load frame, its last state snapshot, the route table,
+the queue of deliveries not yet sent and the window of deliveries sent but not yet
+acknowledged. When the host dies (exit, SIGKILL, garbage on its pipe, a hung handler),
+:meth:`RuntimeInstance.run` starts a new one, loads every module with its snapshot and
+sends the unacknowledged deliveries again, in order, before anything new (PROTOCOL.md
+section 6).
+
+Resource handling: the host process, its FIFOs and its log pumps live inside
+:meth:`run`; leaving it (stop, cancellation, error) kills and reaps the process group
+and removes the FIFO directory.
+
+Error handling: before ``task_status.started()`` a host that cannot start or a module
+that fails to load raises (:class:`RuntimeStartError`, :class:`FlowLoadError`) to the
+caller of ``nursery.start``. After it, nothing escapes: crashes are restarted, a crash
+loop marks the instance failed and tells the flow.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import orjson
+import trio
+
+from .errors import FlowLoadError, ProtocolError, RuntimeStartError
+from .framing import decode_frame, encode_frame
+from .process import RuntimeProcess, spawn_runtime
+
+if TYPE_CHECKING:
+    from ..runtimes.registry import RuntimeManifest
+    from .config import RunnerConfig
+    from .flowrun import FlowRun
+
+__all__ = ["Delivery", "InstanceStatus", "RuntimeInstance"]
+
+
+class InstanceStatus(enum.Enum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    FAILED = "failed"
+
+
+@attrs.define(slots=True)
+class Delivery:
+    module: str
+    port: str
+    msgs: list[Any]
+    seq: int = 0
+    hangs: int = 0
+
+    def encode(self) -> bytes:
+        return (
+            orjson.dumps(
+                {
+                    "op": "deliver",
+                    "seq": self.seq,
+                    "module": self.module,
+                    "port": self.port,
+                    "msgs": self.msgs,
+                }
+            )
+            + b"\n"
+        )
+
+
+class _HostEnded(Exception):
+    """The current host process is gone or must go; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RuntimeInstance:
+    def __init__(self, flow: FlowRun, manifest: RuntimeManifest, config: RunnerConfig) -> None:
+        self.flow = flow
+        self.manifest = manifest
+        self.config = config
+        self.name = f"{flow.flow_id}/{manifest.id}"
+        self.modules: dict[str, dict[str, Any]] = {}
+        self.states: dict[str, Any] = {}
+        self.routes: dict[str, Any] = {}
+        self.status = InstanceStatus.STOPPED
+        self.process: RuntimeProcess | None = None
+        self.restarts = 0
+        self.last_error: str | None = None
+        self.logs: deque[dict[str, Any]] = deque(maxlen=config.keep_logs)
+
+        self._queue: deque[Delivery] = deque()
+        self._queued_msgs = 0
+        self._unacked: deque[Delivery] = deque()
+        self._unacked_msgs = 0
+        self._next_seq = 1
+        self._space = trio.Event()  # set when the queue has room
+        self._work = trio.Event()  # set when the writer may have something to do
+        self._loaded: dict[str, trio.Event] = {}
+        self._load_errors: dict[str, dict[str, Any]] = {}
+        self._stopping = False
+        self._last_rx = 0.0
+        self._stopped = trio.Event()
+        self.delivered_msgs = 0
+
+    # ------------------------------------------------------------------ queueing
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "runtime": self.manifest.id,
+            "status": self.status.value,
+            "pid": self.process.pid if self.process else None,
+            "queued": self._queued_msgs,
+            "unacknowledged": self._unacked_msgs,
+            "restarts": self.restarts,
+            "last_error": self.last_error,
+            "delivered": self.delivered_msgs,
+        }
+
+    def pending_for(self, module: str) -> list[dict[str, Any]]:
+        """Deliveries for ``module`` not yet acknowledged (sent or waiting), in order."""
+        out = []
+        for d in (*self._unacked, *self._queue):
+            if d.module == module:
+                out.append({"port": d.port, "msgs": list(d.msgs), "sent": d.seq != 0})
+        return out
+
+    async def put(self, module: str, port: str, msgs: list[Any]) -> None:
+        """Queue messages for ``module``; waits while the queue is full (backpressure)."""
+        while self._queued_msgs >= self.config.queue_capacity:
+            if self._space.is_set():
+                self._space = trio.Event()
+            await self._space.wait()
+        self._queue.append(Delivery(module, port, msgs))
+        self._queued_msgs += len(msgs)
+        self._work.set()
+
+    def _ack(self, seq: int) -> None:
+        acked = 0
+        unacked = self._unacked
+        while unacked and unacked[0].seq <= seq:
+            d = unacked.popleft()
+            acked += len(d.msgs)
+        if acked:
+            self._unacked_msgs -= acked
+            self.delivered_msgs += acked
+            self._work.set()
+            self.flow.settle(acked)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def set_modules(self, loads: dict[str, dict[str, Any]], routes: dict[str, Any]) -> None:
+        self.modules = loads
+        self.routes = routes
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        started = False
+        crashes: deque[float] = deque()
+        self._stopping = False
+        self._stopped = trio.Event()
+        self.status = InstanceStatus.STARTING
+        try:
+            while True:
+                try:
+                    reason = await self._run_host(task_status if not started else None)
+                    started = True
+                    if self._stopping:
+                        return
+                except (RuntimeStartError, FlowLoadError) as exc:
+                    if not started:
+                        self.status = InstanceStatus.FAILED
+                        self.last_error = str(exc)
+                        raise
+                    reason = str(exc)
+                except _HostEnded as exc:
+                    started = True
+                    reason = exc.reason
+                if self._stopping:
+                    return
+                self.last_error = reason
+                self._log(None, "error", f"runtime host {self.name} ended: {reason}; restarting")
+                self.flow.publish(
+                    {
+                        "kind": "runtime",
+                        "runtime": self.manifest.id,
+                        "event": "restart",
+                        "reason": reason,
+                    }
+                )
+                now = trio.current_time()
+                crashes.append(now)
+                while crashes and now - crashes[0] > self.config.crash_period:
+                    crashes.popleft()
+                if len(crashes) >= self.config.crash_limit:
+                    self.status = InstanceStatus.FAILED
+                    message = (
+                        f"runtime {self.manifest.id} of flow {self.flow.flow_id} crashed {len(crashes)} times "
+                        f"within {self.config.crash_period:g} s; last: {reason}"
+                    )
+                    self.last_error = message
+                    self.flow.instance_failed(self, message)
+                    return
+                self.status = InstanceStatus.RESTARTING
+                self.restarts += 1
+                delay = min(
+                    self.config.restart_backoff_max,
+                    0.0 if len(crashes) <= 1 else 0.1 * 2 ** (len(crashes) - 2),
+                )
+                if delay:
+                    await trio.sleep(delay)
+        finally:
+            if self.status is not InstanceStatus.FAILED:
+                self.status = InstanceStatus.STOPPED
+            self.process = None
+            self._stopped.set()
+
+    async def _run_host(self, task_status: trio.TaskStatus[None] | None) -> str:
+        """One host process lifetime. Returns (or raises _HostEnded) when it is over."""
+        # Everything sent but not acknowledged goes again, first, in order.
+        if self._unacked:
+            for d in reversed(self._unacked):
+                d.seq = 0
+                self._queue.appendleft(d)
+                self._queued_msgs += len(d.msgs)
+            self._unacked.clear()
+            self._unacked_msgs = 0
+        async with spawn_runtime(
+            self.manifest.argv(),
+            name=self.name,
+            on_log=self._on_host_output,
+            start_timeout=self.config.start_timeout,
+        ) as proc:
+            self.process = proc
+            self._last_rx = trio.current_time()
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._reader, proc, nursery.cancel_scope)
+                    await self._boot(proc)
+                    self.status = InstanceStatus.RUNNING
+                    if task_status is not None:
+                        task_status.started()
+                    nursery.start_soon(self._writer, proc)
+                    nursery.start_soon(self._deadline, proc)
+            except BaseExceptionGroup as group:
+                raise _single(group) from None
+        return "stopped"
+
+    async def _boot(self, proc: RuntimeProcess) -> None:
+        self._loaded = {m: trio.Event() for m in self.modules}
+        self._load_errors = {}
+        frames = []
+        for module, load in self.modules.items():
+            frames.append(encode_frame({**load, "state": self.states.get(module)}))
+        frames.append(encode_frame({"op": "route", "routes": self.routes}))
+        await proc.send(b"".join(frames))
+        with trio.move_on_after(self.config.start_timeout) as timer:
+            for event in self._loaded.values():
+                await event.wait()
+        if timer.cancelled_caught:
+            missing = sorted(m for m, e in self._loaded.items() if not e.is_set())
+            raise RuntimeStartError(f"{self.name}: no answer to load of {', '.join(missing)}")
+        if self._load_errors:
+            module, error = next(iter(self._load_errors.items()))
+            raise FlowLoadError(module, error)
+
+    async def stop(self) -> None:
+        """Graceful stop: the host handles what it was sent, snapshots state, says bye."""
+        self._stopping = True
+        proc = self.process
+        if proc is None:
+            return
+        with trio.move_on_after(self.config.stop_timeout):
+            try:
+                async with proc._send_lock:
+                    await proc._writer.send_all(encode_frame({"op": "shutdown"}))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            await self._stopped.wait()
+        proc.kill()
+
+    # ------------------------------------------------------------------ I/O tasks
+
+    async def _writer(self, proc: RuntimeProcess) -> None:
+        cfg = self.config
+        while True:
+            while not self._queue or self._unacked_msgs >= cfg.window:
+                self._work = trio.Event()
+                await self._work.wait()
+            async with proc._send_lock:
+                if self._stopping:
+                    return
+                chunks = []
+                count = 0
+                while self._queue and self._unacked_msgs < cfg.window and len(chunks) < 512:
+                    d = self._queue.popleft()
+                    n = len(d.msgs)
+                    self._queued_msgs -= n
+                    d.seq = self._next_seq
+                    self._next_seq += 1
+                    self._unacked.append(d)
+                    self._unacked_msgs += n
+                    chunks.append(d.encode())
+                    count += n
+                self._space.set()
+                try:
+                    await proc._writer.send_all(b"".join(chunks))
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise _HostEnded(f"pipe to host broke: {exc}") from None
+
+    async def _reader(self, proc: RuntimeProcess, host_scope: trio.CancelScope) -> None:
+        flow = self.flow
+        while True:
+            try:
+                lines = await proc.receive_lines()
+            except ProtocolError as exc:
+                self._log(None, "error", f"protocol error from {self.name}: {exc}")
+                raise _HostEnded(f"broken: {exc}") from None
+            if lines is None:
+                code = await proc.wait()
+                if self._stopping:
+                    host_scope.cancel()
+                    return
+                raise _HostEnded(f"host exited with status {code}")
+            self._last_rx = trio.current_time()
+            for line in lines:
+                if not line:
+                    continue
+                try:
+                    frame = decode_frame(line)
+                except ProtocolError as exc:
+                    self._log(None, "error", f"protocol error from {self.name}: {exc}")
+                    raise _HostEnded(f"broken: {exc}") from None
+                op = frame["op"]
+                if op == "emit":
+                    await flow.route(frame["module"], frame["port"], frame["msgs"])
+                elif op == "done":
+                    self._ack(frame["seq"])
+                elif op == "state":
+                    self.states[frame["module"]] = frame["state"]
+                elif op == "error":
+                    flow.record_error(
+                        frame["module"],
+                        frame.get("port"),
+                        frame.get("msg"),
+                        frame["error"],
+                        runtime=self.manifest.id,
+                    )
+                elif op == "log":
+                    self._log(frame.get("module"), frame.get("level", "info"), str(frame["text"]))
+                elif op == "loaded":
+                    module = frame["module"]
+                    if frame.get("error"):
+                        self._load_errors[module] = frame["error"]
+                    event = self._loaded.get(module)
+                    if event is not None:
+                        event.set()
+                elif op == "hung":
+                    self._on_hung(frame)
+                    raise _HostEnded(f"handler of {frame['module']} ran past its timeout")
+                elif op == "fatal":
+                    self._log(None, "error", f"host reported a fatal error: {frame.get('error')}")
+                elif op in ("bye", "pong", "unloaded", "unsupported"):
+                    if op == "unloaded" and isinstance(frame.get("state"), dict):
+                        self.states[frame["module"]] = frame["state"]
+                    if op == "unsupported":
+                        self._log(None, "warning", f"host does not support op {frame.get('ref')!r}")
+                else:
+                    self._log(None, "warning", f"ignoring unknown op {op!r} from host")
+
+    async def _deadline(self, proc: RuntimeProcess) -> None:
+        """Fallback for hosts that cannot report ``hung`` themselves (PROTOCOL.md section 5)."""
+        timeouts = [
+            float(m.get("timeout") or self.config.default_module_timeout)
+            for m in self.modules.values()
+        ]
+        limit = 2 * max(timeouts, default=self.config.default_module_timeout) + 1.0
+        period = max(0.05, min(1.0, limit / 4))
+        while True:
+            await trio.sleep(period)
+            if self._unacked and trio.current_time() - self._last_rx > limit:
+                d = self._unacked[0]
+                self._on_hung(
+                    {"module": d.module, "port": d.port, "seq": d.seq, "index": None, "msg": None}
+                )
+                raise _HostEnded(f"no answer from host for {limit:g} s with deliveries pending")
+
+    # ------------------------------------------------------------------ faults
+
+    def _on_hung(self, frame: dict[str, Any]) -> None:
+        module = frame["module"]
+        seq = frame.get("seq")
+        index = frame.get("index")
+        elapsed = frame.get("elapsed")
+        timeout = self.modules.get(module, {}).get("timeout")
+        detail = (
+            f"handler ran past its timeout of {timeout:g} s"
+            if isinstance(timeout, (int, float))
+            else "handler hung"
+        )
+        if isinstance(elapsed, (int, float)) and math.isfinite(elapsed):
+            detail += f" (running for {elapsed:.3g} s); runtime restarted"
+        target = next((d for d in self._unacked if d.seq == seq), None)
+        if target is not None and isinstance(index, int) and 0 <= index < len(target.msgs):
+            msg = target.msgs[index]
+            del target.msgs[index]
+            self._unacked_msgs -= 1
+            self.flow.settle(1)
+            self.flow.record_error(
+                module,
+                frame.get("port"),
+                msg,
+                {"type": "Timeout", "message": detail},
+                runtime=self.manifest.id,
+            )
+            return
+        if target is None and self._unacked:
+            target = self._unacked[0]
+        if target is None:
+            self.flow.record_error(
+                module,
+                frame.get("port"),
+                frame.get("msg"),
+                {"type": "Timeout", "message": detail},
+                runtime=self.manifest.id,
+            )
+            return
+        target.hangs += 1
+        if target.hangs >= 2:
+            # Twice stuck on the same frame: record its messages instead of looping forever.
+            self._unacked.remove(target)
+            self._unacked_msgs -= len(target.msgs)
+            self.flow.settle(len(target.msgs))
+            for msg in target.msgs:
+                self.flow.record_error(
+                    target.module,
+                    target.port,
+                    msg,
+                    {
+                        "type": "Timeout",
+                        "message": detail + "; frame hung twice, not delivered again",
+                    },
+                    runtime=self.manifest.id,
+                )
+        else:
+            self.flow.record_error(
+                module,
+                frame.get("port"),
+                frame.get("msg"),
+                {"type": "Timeout", "message": detail},
+                runtime=self.manifest.id,
+            )
+
+    # ------------------------------------------------------------------ logs
+
+    def _on_host_output(self, stream: str, line: str) -> None:
+        self._log(None, "info" if stream == "stdout" else "warning", line, stream=stream)
+
+    def _log(self, module: str | None, level: str, text: str, *, stream: str = "protocol") -> None:
+        entry = {
+            "time": time.time(),
+            "runtime": self.manifest.id,
+            "module": module,
+            "level": level,
+            "stream": stream,
+            "text": text,
+        }
+        self.logs.append(entry)
+        self.flow.publish({"kind": "log", **entry})
+
+
+def _single(group: BaseExceptionGroup) -> BaseException:
+    """The one meaningful exception of a task group (ours first), for a clear message."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for kinds in ((_HostEnded, FlowLoadError, RuntimeStartError), (Exception,)):
+        for leaf in leaves:
+            if isinstance(leaf, kinds) and not isinstance(leaf, trio.Cancelled):
+                return leaf
+    return group

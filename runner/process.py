@@ -1,0 +1,259 @@
+"""One runtime host process: spawn, hello handshake, framed I/O, logs, kill and reap.
+
+Resource handling: :func:`spawn_runtime` is an async context manager. Inside it the
+process runs, its stdout/stderr are pumped line by line into ``on_log``, and the FIFO pair
+is open. On exit (normal, error or cancellation) the whole process group is killed with
+SIGKILL, the process is reaped, both fds are closed and the private directory removed.
+A graceful stop is the caller's job (send ``shutdown``, wait for :meth:`wait`) before
+leaving the context.
+
+Error handling: a host that exits, or does not say a valid ``hello`` within
+``start_timeout``, raises :class:`RuntimeStartError` carrying the tail of its stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from .errors import ProtocolError, RuntimeStartError
+from .framing import LineSplitter, decode_frame
+from .pipes import FifoPair
+
+__all__ = ["PROTOCOL_VERSION", "RuntimeProcess", "spawn_runtime"]
+
+PROTOCOL_VERSION = 1
+READ_CHUNK = 1 << 20
+
+LogSink = Callable[[str, str], None]  # (stream name, line)
+
+
+class RuntimeProcess:
+    def __init__(self, process: trio.Process, fifos: FifoPair, hello: dict[str, Any]) -> None:
+        self.process = process
+        self.fifos = fifos
+        self.hello = hello
+        assert fifos.read_fd is not None
+        assert fifos.write_fd is not None
+        self._reader = trio.lowlevel.FdStream(os.dup(fifos.read_fd))
+        self._writer = trio.lowlevel.FdStream(os.dup(fifos.write_fd))
+        self._splitter = LineSplitter()
+        self._pending: list[bytes] = []
+        self._send_lock = trio.Lock()
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def receive_lines(self) -> list[bytes] | None:
+        """The complete lines the pipe holds now (waits for at least one read).
+        ``None`` at end of file (the host closed its end or died)."""
+        if self._pending:
+            lines, self._pending = self._pending, []
+            return lines
+        while True:
+            data = await self._reader.receive_some(READ_CHUNK)
+            if not data:
+                return None
+            self.bytes_in += len(data)
+            lines = self._splitter.feed(data)
+            if lines:
+                return lines
+
+    async def send(self, data: bytes) -> None:
+        async with self._send_lock:
+            await self._writer.send_all(data)
+            self.bytes_out += len(data)
+
+    def kill(self) -> None:
+        """SIGKILL the host's process group (exec children included). Idempotent."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.process.kill()
+        except ProcessLookupError:
+            pass
+
+    async def wait(self) -> int:
+        return await self.process.wait()
+
+    async def _close(self) -> None:
+        for stream in (self._reader, self._writer):
+            try:
+                await stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+
+async def _pump_log(
+    stream: trio.abc.ReceiveStream, name: str, on_log: LogSink, tail: deque[str], done: trio.Event
+) -> None:
+    splitter = LineSplitter(max_line=1 << 20)
+    while True:
+        try:
+            data = await stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        if not data:
+            done.set()
+            return
+        try:
+            lines = splitter.feed(data)
+        except ProtocolError:
+            lines = [b"<log line longer than 1 MiB dropped>"]
+            splitter = LineSplitter(max_line=1 << 20)
+        for raw in lines:
+            line = raw.decode("utf-8", "replace").rstrip("\r")
+            tail.append(line)
+            on_log(name, line)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)[:40]
+
+
+@asynccontextmanager
+async def spawn_runtime(
+    argv: Sequence[str],
+    *,
+    name: str,
+    on_log: LogSink,
+    start_timeout: float = 10.0,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+) -> AsyncIterator[RuntimeProcess]:
+    fifos = FifoPair.create(prefix=f"fifoflow-{_safe(name)}-")
+    stderr_tail: deque[str] = deque(maxlen=20)
+    process: trio.Process | None = None
+    runtime: RuntimeProcess | None = None
+    try:
+        child_env = dict(os.environ)
+        child_env.update(env or {})
+        child_env["FIFOFLOW_PROTOCOL"] = str(PROTOCOL_VERSION)
+        try:
+            process = await trio.lowlevel.open_process(
+                [*argv, str(fifos.to_runtime), str(fifos.from_runtime)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                env=child_env,
+                cwd=cwd,
+            )
+        except OSError as exc:
+            raise RuntimeStartError(f"{name}: cannot start {argv[0]!r}: {exc}") from exc
+        async with trio.open_nursery() as nursery:
+            assert process.stdout is not None
+            assert process.stderr is not None
+            stderr_done = trio.Event()
+            nursery.start_soon(
+                _pump_log, process.stdout, "stdout", on_log, deque(maxlen=1), trio.Event()
+            )
+            nursery.start_soon(
+                _pump_log, process.stderr, "stderr", on_log, stderr_tail, stderr_done
+            )
+            hello = await _handshake(process, fifos, name, start_timeout, stderr_tail, stderr_done)
+            runtime = RuntimeProcess(process, fifos, hello)
+            runtime._splitter = hello.pop("_splitter")
+            runtime._pending = hello.pop("_pending")
+            try:
+                yield runtime
+            finally:
+                runtime.kill()
+                with trio.CancelScope(shield=True):
+                    await process.wait()
+                    await runtime._close()
+                # The pumps end at EOF once the process group is gone.
+    finally:
+        if process is not None:
+            if process.returncode is None:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                process.kill()
+                with trio.CancelScope(shield=True):
+                    await process.wait()
+        fifos.close()
+
+
+async def _handshake(
+    process: trio.Process,
+    fifos: FifoPair,
+    name: str,
+    start_timeout: float,
+    stderr_tail: deque[str],
+    stderr_done: trio.Event,
+) -> dict[str, Any]:
+    """Wait for the host's ``hello`` and open our write end, racing the host's exit."""
+    result: dict[str, Any] = {}
+
+    def failure(reason: str) -> RuntimeStartError:
+        tail = "\n".join(stderr_tail)
+        return RuntimeStartError(
+            f"{name}: {reason}" + (f"\n--- stderr ---\n{tail}" if tail else "")
+        )
+
+    async def handshake(cancel: trio.CancelScope) -> None:
+        await fifos.open_write_end()
+        await fifos.wait_host_writer()
+        splitter = LineSplitter()
+        assert fifos.read_fd is not None
+        while True:
+            await trio.lowlevel.wait_readable(fifos.read_fd)
+            try:
+                data = os.read(fifos.read_fd, READ_CHUNK)
+            except BlockingIOError:
+                continue
+            if not data:
+                raise failure("closed its pipe before saying hello")
+            lines = splitter.feed(data)
+            if lines:
+                break
+        try:
+            hello = decode_frame(lines[0])
+        except ProtocolError as exc:
+            raise failure(f"first frame is not a valid hello: {exc}") from None
+        if hello.get("op") != "hello":
+            raise failure(f"first frame is {hello.get('op')!r}, expected 'hello'")
+        if hello.get("protocol") != PROTOCOL_VERSION:
+            raise failure(
+                f"speaks protocol {hello.get('protocol')!r}, this runner speaks {PROTOCOL_VERSION}"
+            )
+        # Frames after hello that came in the same read are kept for the first receive.
+        hello["_pending"] = lines[1:]
+        hello["_splitter"] = splitter
+        result.update(hello)
+        cancel.cancel()
+
+    async def watch_exit(cancel: trio.CancelScope) -> None:
+        code = await process.wait()
+        # Let the pump drain stderr so the error shows why.
+        with trio.move_on_after(1.0):
+            await stderr_done.wait()
+        result["_exit"] = code
+        cancel.cancel()
+
+    with trio.move_on_after(start_timeout) as timer:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(handshake, nursery.cancel_scope)
+            nursery.start_soon(watch_exit, nursery.cancel_scope)
+    if "op" in result:
+        return result
+    if "_exit" in result:
+        raise failure(f"exited with status {result['_exit']} before saying hello")
+    if timer.cancelled_caught:
+        raise failure(f"did not say hello within {start_timeout:g} s")
+    raise failure("did not say hello")
