@@ -231,15 +231,15 @@ class RuntimeInstance:
                 self._queued_msgs += len(d.msgs)
             self._unacked.clear()
             self._unacked_msgs = 0
-        async with spawn_runtime(
-            self.manifest.argv(),
-            name=self.name,
-            on_log=self._on_host_output,
-            start_timeout=self.config.start_timeout,
-        ) as proc:
-            self.process = proc
-            self._last_rx = trio.current_time()
-            try:
+        try:
+            async with spawn_runtime(
+                self.manifest.argv(),
+                name=self.name,
+                on_log=self._on_host_output,
+                start_timeout=self.config.start_timeout,
+            ) as proc:
+                self.process = proc
+                self._last_rx = trio.current_time()
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._reader, proc, nursery.cancel_scope)
                     await self._boot(proc)
@@ -248,8 +248,8 @@ class RuntimeInstance:
                         task_status.started()
                     nursery.start_soon(self._writer, proc)
                     nursery.start_soon(self._deadline, proc)
-            except BaseExceptionGroup as group:
-                raise _single(group) from None
+        except BaseExceptionGroup as group:
+            raise _single(group) from None
         return "stopped"
 
     async def _boot(self, proc: RuntimeProcess) -> None:
