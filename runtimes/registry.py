@@ -49,7 +49,13 @@ class RuntimeManifest:
             raise ManifestError(f"{path}: cannot read runtime manifest: {exc}") from exc
         if not isinstance(data, dict):
             raise ManifestError(f"{path}: a runtime manifest must be a JSON object")
-        for field, kind in (("id", str), ("name", str), ("version", str), ("protocol", int), ("command", list)):
+        for field, kind in (
+            ("id", str),
+            ("name", str),
+            ("version", str),
+            ("protocol", int),
+            ("command", list),
+        ):
             if not isinstance(data.get(field), kind):
                 raise ManifestError(f"{path}: field {field!r} must be a {kind.__name__}")
         if data["protocol"] != PROTOCOL_VERSION:

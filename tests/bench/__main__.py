@@ -1,0 +1,216 @@
+"""fifoflow benchmarks, all in one run: ``python -m tests.bench`` (or ``make bench``).
+
+Every figure is measured in repeated rounds (median and spread) in the same process run,
+next to its baseline, because this machine is noisy. Results are printed as a table and
+written to ``bench-results/latest.json``.
+
+Figures:
+- ``fifo_echo``: the limit — a python echo over two FIFOs, no fifoflow (baseline).
+- ``cross_chain``: python -> node -> python through the runner, msgs/s.
+- ``same_chain_py`` / ``same_chain_node``: three modules in one runtime, deliveries/s
+  (messages x 3 hops) and msgs/s.
+- ``hop_latency``: one cross-runtime hop (python -> node), p50/p99/max at a light fixed
+  rate, measured with wall-clock stamps taken inside the two modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import trio
+from fifoflow.flows import parse_flow
+from fifoflow.runner import RunnerConfig, open_runner
+from fifoflow.runtimes.registry import discover
+
+from . import fifo_echo
+
+RUNTIMES = discover()
+PY_ID = "def handle(msg, ctx):\n    return msg\n"
+NODE_ID = "exports.handle = (msg, ctx) => msg;\n"
+
+
+def _flow(fid: str, modules: list[tuple[str, str, str]], wires: list[str]) -> Any:
+    doc = {
+        "fifoflow": 1,
+        "id": fid,
+        "modules": [{"id": m, "runtime": rt, "code": code} for m, rt, code in modules],
+        "wires": wires,
+    }
+    return parse_flow(doc, base_dir=None, runtimes=RUNTIMES.keys())
+
+
+class _Counter:
+    def __init__(self, target: int) -> None:
+        self.count = 0
+        self.target = target
+        self.done = trio.Event()
+        self.items: list[Any] = []
+        self.keep = False
+
+    async def __call__(self, module: str, port: str, msgs: list[Any]) -> None:
+        self.count += len(msgs)
+        if self.keep:
+            self.items.extend(msgs)
+        if self.count >= self.target:
+            self.done.set()
+
+
+async def _throughput(flow: Any, entry: str, n: int, rounds: int) -> list[float]:
+    """msgs/s from first injection to last output, one value per round."""
+    results = []
+    async with open_runner(RunnerConfig()) as runner:
+        await runner.add_or_update_flow(flow)
+        await runner.start_flow(flow.id)
+        msg = {"n": 1, "payload": "x" * 16}
+        # warm-up round, not counted
+        for r in range(rounds + 1):
+            counter = _Counter(n)
+            runner.set_output_sink(flow.id, counter)
+            start = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(runner.inject, flow.id, entry, "in", [msg] * n)
+                with trio.fail_after(120):
+                    await counter.done.wait()
+            elapsed = time.perf_counter() - start
+            await runner.wait_idle(flow.id)
+            if r:
+                results.append(n / elapsed)
+        await runner.stop_flow(flow.id)
+    return results
+
+
+async def _latency(samples: int, rate: float) -> dict[str, float]:
+    stamp_py = "import time\ndef handle(msg, ctx):\n    return {'t0': time.time_ns() // 1000}\n"
+    stamp_node = (
+        "const {performance} = require('perf_hooks');\n"
+        "exports.handle = (msg) => ({t0: msg.t0, t1: Math.round((performance.timeOrigin + performance.now()) * 1000)});\n"
+    )
+    flow = _flow("lat", [("a", "python", stamp_py), ("b", "node", stamp_node)], ["a.out -> b.in"])
+    same = "import time\ndef handle(msg, ctx):\n    return {'t0': msg['t0'], 't1': time.time_ns() // 1000}\n"
+    flow_same = _flow("lat_same", [("a", "python", stamp_py), ("b", "python", same)], ["a.out -> b.in"])
+    out: dict[str, float] = {}
+    async with open_runner(RunnerConfig()) as runner:
+        for name, f in (("cross", flow), ("same", flow_same)):
+            await runner.add_or_update_flow(f)
+            await runner.start_flow(f.id)
+            counter = _Counter(samples)
+            counter.keep = True
+            runner.set_output_sink(f.id, counter)
+            for i in range(samples + 50):
+                await runner.inject(f.id, "a", "in", [i])
+                await runner.wait_idle(f.id)
+                await trio.sleep(1 / rate)  # a light fixed rate, not synchronization
+            lat = sorted(m["t1"] - m["t0"] for m in counter.items[50:])
+            out[f"{name}_p50_us"] = lat[len(lat) // 2]
+            out[f"{name}_p99_us"] = lat[int(len(lat) * 0.99) - 1]
+            out[f"{name}_max_us"] = lat[-1]
+            await runner.stop_flow(f.id)
+    return out
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def _node_version() -> str:
+    try:
+        return subprocess.run(["node", "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--quick", action="store_true", help="few rounds and messages (smoke run)")
+    parser.add_argument("--out", type=Path, default=Path("bench-results/latest.json"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.messages = 2, 20_000
+    n, rounds = args.messages, args.rounds
+
+    figures: dict[str, Any] = {}
+    print(f"fifoflow bench: {rounds} rounds, {n} messages per round, {os.cpu_count()} CPUs", flush=True)
+
+    echo = [fifo_echo.run(n=max(n, 100_000))["msgs_per_s"] for _ in range(rounds)]
+    figures["fifo_echo"] = {"unit": "msg/s", **_summary(echo)}
+    base = figures["fifo_echo"]["median"]
+
+    cross = _flow(
+        "cross", [("a", "python", PY_ID), ("b", "node", NODE_ID), ("c", "python", PY_ID)], ["a.out -> b.in", "b.out -> c.in"]
+    )
+    figures["cross_chain"] = {"unit": "msg/s", **_summary(trio.run(_throughput, cross, "a", n, rounds))}
+
+    for rt, code in (("py", PY_ID), ("node", NODE_ID)):
+        runtime = "python" if rt == "py" else "node"
+        same = _flow(
+            f"same_{rt}",
+            [("a", runtime, code), ("b", runtime, code), ("c", runtime, code)],
+            ["a.out -> b.in", "b.out -> c.in"],
+        )
+        values = trio.run(_throughput, same, "a", n, rounds)
+        figures[f"same_chain_{rt}"] = {"unit": "msg/s", **_summary(values)}
+        figures[f"same_chain_{rt}_deliveries"] = {"unit": "deliveries/s", **_summary([v * 3 for v in values])}
+
+    figures["hop_latency"] = {"unit": "us", **trio.run(_latency, 300 if not args.quick else 100, 500.0)}
+
+    targets = {
+        "cross_chain": ("median", 100_000, ">="),
+        "same_chain_py_deliveries": ("median", 1_000_000, ">="),
+    }
+    print()
+    print(f"{'figure':<28} {'median':>14} {'min':>14} {'max':>14}  {'unit':<13} {'vs fifo_echo':>12}  target")
+    for name, fig in figures.items():
+        if name == "hop_latency":
+            continue
+        ratio = fig["median"] / base
+        fig["ratio_to_fifo_echo"] = ratio
+        target = ""
+        if name in targets:
+            key, value, op = targets[name]
+            met = fig[key] >= value
+            target = f"{op} {value:,} {'met' if met else 'NOT met'}"
+            fig["target"] = {"value": value, "met": met}
+        print(
+            f"{name:<28} {fig['median']:>14,.0f} {fig['min']:>14,.0f} {fig['max']:>14,.0f}  {fig['unit']:<13} {ratio:>11.3f}x  {target}"
+        )
+    lat = figures["hop_latency"]
+    print(
+        f"{'hop_latency cross-runtime':<28} p50 {lat['cross_p50_us']:,.0f} us  p99 {lat['cross_p99_us']:,.0f} us"
+        f"  max {lat['cross_max_us']:,.0f} us   target p50 <= 100 us {'met' if lat['cross_p50_us'] <= 100 else 'NOT met'}"
+    )
+    print(
+        f"{'hop_latency same-runtime':<28} p50 {lat['same_p50_us']:,.0f} us  p99 {lat['same_p99_us']:,.0f} us"
+        f"  max {lat['same_max_us']:,.0f} us"
+    )
+    result = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": sys.version.split()[0],
+            "node": _node_version(),
+            "orjson": orjson.__version__,
+            "trio": trio.__version__,
+        },
+        "rounds": rounds,
+        "messages_per_round": n,
+        "figures": figures,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
