@@ -36,12 +36,12 @@ class Collector:
     def msgs(self, port: str | None = None) -> list[Any]:
         return [m for (mod, p, m) in self.items if port is None or f"{mod}.{p}" == port]
 
-    async def wait_for(self, count: int, timeout: float = 20) -> None:
+    async def wait_for(self, count: int, seconds: float = 20) -> None:
         if len(self.items) >= count:
             return
         event = trio.Event()
         self._waiters.append((count, event))
-        with trio.fail_after(timeout):
+        with trio.fail_after(seconds):
             await event.wait()
 
 
@@ -54,9 +54,9 @@ async def start(runner: Runner, doc: Mapping[str, Any]) -> Collector:
     return sink
 
 
-async def next_event(sub: Any, kind: str, timeout: float = 20, **match: Any) -> dict[str, Any]:
+async def next_event(sub: Any, kind: str, seconds: float = 20, **match: Any) -> dict[str, Any]:
     """The next event of ``kind`` (with matching fields) from a subscription, or fail."""
-    with trio.fail_after(timeout):
+    with trio.fail_after(seconds):
         async for event in sub:
             if event["kind"] == kind and all(event.get(k) == v for k, v in match.items()):
                 return event
