@@ -1,0 +1,5 @@
+"""``python -m fifoflow.api`` is the ``fifoflow`` command."""
+
+from .cli import main
+
+main()
