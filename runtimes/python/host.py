@@ -1,0 +1,501 @@
+#!/usr/bin/env python3
+"""fifoflow python runtime host, protocol v1 (see runtimes/PROTOCOL.md).
+
+Started as ``python -u host.py <to-runtime fifo> <from-runtime fifo>``. Standalone on
+purpose: standard library only (orjson when importable), no fifoflow import, so it runs
+unchanged inside any virtualenv a module's requirements need.
+
+Shape: one thread reads the pipe, handles every complete line, and writes all frames the
+batch produced in one write. Deliveries flow through same-runtime wires as lists of native
+objects, breadth first (a work queue of (module, port, msgs)), so a frame of a thousand
+messages crosses a chain of modules as a thousand plain calls per module. A watchdog
+thread reports a handler that runs past its module's timeout (``hung``).
+
+Resource handling: the two FIFO fds live for the process; the asyncio loop for async
+handlers is created on first use. Error handling: user exceptions become ``error``
+frames; a protocol error becomes ``fatal`` and exit status 3.
+"""
+
+import asyncio
+import inspect
+import linecache
+import os
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+
+PROTOCOL = 1
+VERSION = "1.0.0"
+READ_SIZE = 1 << 20
+MAX_LINE = 64 * 1024 * 1024
+
+try:
+    import orjson
+
+    _OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+    def dumps(obj):
+        return orjson.dumps(obj, option=_OPTS)
+
+    loads = orjson.loads
+    DecodeError = orjson.JSONDecodeError
+except ImportError:  # pragma: no cover - exercised only where orjson is absent
+    import json
+
+    _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+    def dumps(obj):
+        return _encoder.encode(obj).encode("utf-8")
+
+    def loads(data):
+        return json.loads(data)
+
+    DecodeError = ValueError
+
+
+class ProtocolViolation(Exception):
+    pass
+
+
+class Ctx:
+    """What user code sees as ``ctx``."""
+
+    __slots__ = ("_mod", "config", "module", "port", "state")
+
+    def __init__(self, mod, module, config, state):
+        self._mod = mod
+        self.module = module
+        self.config = config
+        self.state = state
+        self.port = None
+
+    def emit(self, port, msg):
+        outs = self._mod.outs
+        lst = outs.get(port)
+        if lst is None:
+            outs[port] = [msg]
+        else:
+            lst.append(msg)
+
+    def log(self, *parts):
+        self._mod.host.out_frames.append(
+            dumps({"op": "log", "module": self.module, "level": "info", "text": " ".join(str(p) for p in parts)})
+            + b"\n"
+        )
+
+
+class Module:
+    __slots__ = ("ctx", "handle", "host", "id", "is_async", "outs", "sent_state", "timeout")
+
+    def __init__(self, host, mid):
+        self.host = host
+        self.id = mid
+        self.outs = {}
+        self.handle = None
+        self.is_async = False
+        self.ctx = None
+        self.timeout = 30.0
+        self.sent_state = b"{}"
+
+
+class Progress:
+    """Shared with the watchdog: what the main thread is handling right now."""
+
+    __slots__ = ("gen", "i", "mod", "msgs", "port", "seq", "direct")
+
+    def __init__(self):
+        self.mod = None
+        self.gen = 0
+        self.i = 0
+        self.msgs = None
+        self.port = None
+        self.seq = 0
+        self.direct = False
+
+
+class Host:
+    def __init__(self, rfd, wfd):
+        self.rfd = rfd
+        self.wfd = wfd
+        self.modules = {}
+        self.routes = {}
+        self.out_frames = []
+        self.write_lock = threading.Lock()
+        self.progress = Progress()
+        self.loop = None
+        self.last_seq = None
+        self.ran = set()
+        self.work = deque()
+
+    # ------------------------------------------------------------------ output
+
+    def write(self, data):
+        view = memoryview(data)
+        with self.write_lock:
+            while view:
+                view = view[os.write(self.wfd, view) :]
+
+    def frame(self, obj):
+        self.out_frames.append(dumps(obj) + b"\n")
+
+    def flush(self, final=False):
+        frames = self.out_frames
+        mods = self.modules.values() if final else self.ran
+        for mod in mods:
+            try:
+                data = dumps(mod.ctx.state)
+            except TypeError as exc:
+                frames.append(
+                    dumps(
+                        {
+                            "op": "log",
+                            "module": mod.id,
+                            "level": "error",
+                            "text": "ctx.state is not JSON-serializable, snapshot skipped: %s" % exc,
+                        }
+                    )
+                    + b"\n"
+                )
+                continue
+            if data != mod.sent_state:
+                mod.sent_state = data
+                frames.append(b'{"op":"state","module":' + dumps(mod.id) + b',"state":' + data + b"}\n")
+        self.ran = set()
+        if self.last_seq is not None:
+            frames.append(b'{"op":"done","seq":%d}\n' % self.last_seq)
+            self.last_seq = None
+        if frames:
+            self.out_frames = []
+            self.write(b"".join(frames))
+
+    def emit_external(self, mod, port, msgs):
+        try:
+            data = dumps({"op": "emit", "module": mod.id, "port": port, "msgs": msgs})
+        except TypeError:
+            good = []
+            for msg in msgs:
+                try:
+                    dumps(msg)
+                    good.append(msg)
+                except TypeError as exc:
+                    self.error_frame(mod.id, port, repr(msg), self.progress.seq, "TypeError",
+                                     "emitted message is not JSON-serializable: %s" % exc, "")
+            if not good:
+                return
+            data = dumps({"op": "emit", "module": mod.id, "port": port, "msgs": good})
+        self.out_frames.append(data + b"\n")
+
+    def error_frame(self, mid, port, msg, seq, etype, message, tb):
+        try:
+            self.frame({"op": "error", "module": mid, "port": port, "msg": msg, "seq": seq,
+                        "error": {"type": etype, "message": message, "traceback": tb}})
+        except TypeError:
+            self.frame({"op": "error", "module": mid, "port": port, "msg": repr(msg), "seq": seq,
+                        "error": {"type": etype, "message": message, "traceback": tb}})
+
+    # ------------------------------------------------------------------ delivery
+
+    def run_async(self, coro):
+        if self.loop is None:
+            self.loop = asyncio.new_event_loop()
+        return self.loop.run_until_complete(coro)
+
+    def run_module(self, mod, port, msgs, seq, direct):
+        """Hand ``msgs`` to ``mod`` one by one; route what it emits."""
+        ctx = mod.ctx
+        ctx.port = port
+        outs = mod.outs
+        out = outs.get("out")
+        if out is None:
+            out = outs["out"] = []
+        append = out.append
+        handle = mod.handle
+        p = self.progress
+        p.msgs = msgs
+        p.port = port
+        p.seq = seq
+        p.direct = direct
+        p.gen += 1
+        p.i = 0
+        p.mod = mod
+        n = len(msgs)
+        i = 0
+        while i < n:
+            try:
+                if mod.is_async:
+                    run_async = self.run_async
+                    for i in range(i, n):
+                        p.i = i
+                        r = run_async(handle(msgs[i], ctx))
+                        if r is not None:
+                            append(r)
+                else:
+                    for i in range(i, n):
+                        p.i = i
+                        r = handle(msgs[i], ctx)
+                        if r is not None:
+                            append(r)
+                break
+            except (Exception, SystemExit) as exc:
+                tb = traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next)
+                self.error_frame(mod.id, port, msgs[i], seq, type(exc).__name__, str(exc), "".join(tb))
+                i += 1
+        p.mod = None
+        self.ran.add(mod)
+        mod.outs = {}
+        self.route_outputs(mod, outs, seq)
+
+    def route_outputs(self, mod, outs, seq):
+        table = self.routes.get(mod.id)
+        for port, lst in outs.items():
+            if not lst:
+                continue
+            route = table.get(port) if table is not None else None
+            if route is None:
+                self.emit_external(mod, port, lst)
+                continue
+            local, external = route
+            for dst_mod, dst_port in local:
+                self.work.append((dst_mod, dst_port, lst, seq, False))
+            if external:
+                self.emit_external(mod, port, lst)
+
+    def drain(self):
+        work = self.work
+        modules = self.modules
+        while work:
+            mid, port, msgs, seq, direct = work.popleft()
+            mod = modules.get(mid)
+            if mod is None:
+                for msg in msgs:
+                    self.error_frame(mid, port, msg, seq, "UnknownModule", "no module %r is loaded in this host" % mid, "")
+                continue
+            self.run_module(mod, port, msgs, seq, direct)
+
+    # ------------------------------------------------------------------ ops
+
+    def op_deliver(self, f):
+        seq = f.get("seq")
+        mid = f.get("module")
+        port = f.get("port")
+        msgs = f.get("msgs")
+        if not isinstance(seq, int) or not isinstance(mid, str) or not isinstance(port, str) or not isinstance(msgs, list):
+            raise ProtocolViolation("'deliver' needs seq (integer), module, port (strings) and msgs (array)")
+        self.work.append((mid, port, msgs, seq, True))
+        self.last_seq = seq
+
+    def op_load(self, f):
+        mid = f.get("module")
+        if not isinstance(mid, str):
+            raise ProtocolViolation("'load' needs a string 'module'")
+        code = f.get("code")
+        filename = f.get("filename") or mid
+        config = f.get("config") or {}
+        state = f.get("state")
+        timeout = f.get("timeout")
+        if not isinstance(code, str):
+            self.frame({"op": "loaded", "module": mid, "error": {"type": "LoadError", "message": "'load' carries no code", "traceback": ""}})
+            return
+        old = self.modules.get(mid)
+        mod = Module(self, mid)
+        if isinstance(timeout, (int, float)) and timeout > 0:
+            mod.timeout = float(timeout)
+        try:
+            linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+            namespace = {"__name__": "fifoflow_module", "__file__": filename}
+            exec(compile(code, filename, "exec"), namespace)
+            handle = namespace.get("handle")
+            if not callable(handle):
+                raise LoadProblem("module defines no handle(msg, ctx) function")
+            mod.handle = handle
+            mod.is_async = inspect.iscoroutinefunction(handle)
+            if state is None:
+                state = old.ctx.state if old is not None else {}
+            mod.ctx = Ctx(mod, mid, config, state)
+            migrate = namespace.get("migrate")
+            if old is not None and callable(migrate):
+                new_state = migrate(old.ctx.state, mod.ctx)
+                if inspect.isawaitable(new_state):
+                    new_state = self.run_async(new_state)
+                if new_state is not None:
+                    mod.ctx.state = new_state
+            init = namespace.get("init")
+            if callable(init):
+                result = init(mod.ctx)
+                if inspect.isawaitable(result):
+                    self.run_async(result)
+        except LoadProblem as exc:
+            self.frame({"op": "loaded", "module": mid, "error": {"type": "LoadError", "message": str(exc), "traceback": ""}})
+            return
+        except Exception as exc:
+            tb = traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next)
+            self.frame({"op": "loaded", "module": mid, "error": {"type": type(exc).__name__, "message": str(exc), "traceback": "".join(tb)}})
+            return
+        try:
+            mod.sent_state = dumps(mod.ctx.state) if state is not None else b"{}"
+        except TypeError:
+            mod.sent_state = b""
+        # Keep emits made by init; they leave with the next flush.
+        init_outs = mod.outs
+        mod.outs = {}
+        self.modules[mid] = mod
+        self.frame({"op": "loaded", "module": mid})
+        if any(init_outs.values()):
+            self.route_outputs(mod, init_outs, 0)
+            self.drain()
+
+    def op_unload(self, f):
+        mid = f.get("module")
+        if not isinstance(mid, str):
+            raise ProtocolViolation("'unload' needs a string 'module'")
+        mod = self.modules.pop(mid, None)
+        state = mod.ctx.state if mod is not None else None
+        try:
+            self.frame({"op": "unloaded", "module": mid, "state": state})
+        except TypeError:
+            self.frame({"op": "unloaded", "module": mid, "state": None})
+
+    def op_route(self, f):
+        routes = f.get("routes")
+        if not isinstance(routes, dict):
+            raise ProtocolViolation("'route' needs an object 'routes'")
+        table = {}
+        for mid, ports in routes.items():
+            if not isinstance(ports, dict):
+                raise ProtocolViolation("'route' routes[%r] is not an object" % mid)
+            entry = {}
+            for port, spec in ports.items():
+                if not isinstance(spec, dict):
+                    raise ProtocolViolation("'route' routes[%r][%r] is not an object" % (mid, port))
+                local = [(str(d[0]), str(d[1])) for d in spec.get("local") or ()]
+                entry[port] = (local, bool(spec.get("external")))
+            table[mid] = entry
+        self.routes = table
+
+    # ------------------------------------------------------------------ main loop
+
+    def handle_line(self, line):
+        try:
+            f = loads(line)
+        except DecodeError as exc:
+            raise ProtocolViolation("line is not JSON (%s): %r" % (exc, line[:200])) from None
+        if not isinstance(f, dict):
+            raise ProtocolViolation("frame is not a JSON object: %r" % line[:200])
+        op = f.get("op")
+        if op == "deliver":
+            self.op_deliver(f)
+            return True
+        if not isinstance(op, str):
+            raise ProtocolViolation("frame has no string 'op': %r" % line[:200])
+        # Control ops take effect between two messages: finish what came before.
+        self.drain()
+        if op == "load":
+            self.op_load(f)
+        elif op == "route":
+            self.op_route(f)
+        elif op == "unload":
+            self.op_unload(f)
+        elif op == "ping":
+            self.frame({"op": "pong", "id": f.get("id")})
+        elif op == "shutdown":
+            return False
+        else:
+            self.frame({"op": "unsupported", "ref": op})
+        return True
+
+    def serve(self):
+        self.write(dumps({"op": "hello", "protocol": PROTOCOL, "runtime": "python", "version": VERSION,
+                          "pid": os.getpid(), "features": ["watchdog"]}) + b"\n")
+        threading.Thread(target=self.watchdog, name="fifoflow-watchdog", daemon=True).start()
+        buf = b""
+        rfd = self.rfd
+        while True:
+            data = os.read(rfd, READ_SIZE)
+            if not data:
+                self.stop()
+                return 0
+            buf = buf + data if buf else data
+            end = buf.rfind(b"\n")
+            if end < 0:
+                if len(buf) > MAX_LINE:
+                    return self.fatal("line longer than %d bytes" % MAX_LINE)
+                continue
+            lines = buf[:end].split(b"\n")
+            buf = buf[end + 1 :]
+            try:
+                for line in lines:
+                    if line and not self.handle_line(line):
+                        self.stop()
+                        return 0
+                self.drain()
+            except ProtocolViolation as exc:
+                return self.fatal(str(exc))
+            self.flush()
+
+    def stop(self):
+        self.drain()
+        self.flush(final=True)
+        self.write(b'{"op":"bye"}\n')
+
+    def fatal(self, message):
+        try:
+            self.drain()
+            self.flush()
+        finally:
+            self.write(dumps({"op": "fatal", "error": message}) + b"\n")
+            sys.stderr.write("fifoflow python host: protocol error: %s\n" % message)
+        return 3
+
+    # ------------------------------------------------------------------ watchdog
+
+    def watchdog(self):
+        p = self.progress
+        last = None
+        since = 0.0
+        reported = False
+        while True:
+            timeouts = [m.timeout for m in list(self.modules.values())] or [30.0]
+            time.sleep(max(0.02, min(1.0, min(timeouts) / 5)))
+            mod = p.mod
+            if mod is None:
+                last = None
+                continue
+            snap = (mod, p.gen, p.i)
+            now = time.monotonic()
+            if snap != last:
+                last, since, reported = snap, now, False
+                continue
+            if reported or now - since < mod.timeout:
+                continue
+            reported = True
+            msgs, i = p.msgs, p.i
+            msg = msgs[i] if msgs is not None and i < len(msgs) else None
+            frame = {"op": "hung", "module": mod.id, "port": p.port, "msg": msg, "seq": p.seq,
+                     "index": i if p.direct else None, "elapsed": round(now - since, 3)}
+            try:
+                data = dumps(frame)
+            except TypeError:
+                frame["msg"] = repr(msg)
+                data = dumps(frame)
+            # The main thread holds the lock only while writing, never while in a handler.
+            self.write(data + b"\n")
+
+
+class LoadProblem(Exception):
+    pass
+
+
+def main(argv):
+    if len(argv) != 3:
+        sys.stderr.write("usage: host.py <to-runtime fifo> <from-runtime fifo>\n")
+        return 2
+    # Order matters (PROTOCOL.md section 1): read end first, then write end.
+    rfd = os.open(argv[1], os.O_RDONLY)
+    wfd = os.open(argv[2], os.O_WRONLY)
+    return Host(rfd, wfd).serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
