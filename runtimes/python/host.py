@@ -81,7 +81,14 @@ class Ctx:
 
     def log(self, *parts):
         self._mod.host.out_frames.append(
-            dumps({"op": "log", "module": self.module, "level": "info", "text": " ".join(str(p) for p in parts)})
+            dumps(
+                {
+                    "op": "log",
+                    "module": self.module,
+                    "level": "info",
+                    "text": " ".join(str(p) for p in parts),
+                }
+            )
             + b"\n"
         )
 
@@ -103,7 +110,7 @@ class Module:
 class Progress:
     """Shared with the watchdog: what the main thread is handling right now."""
 
-    __slots__ = ("gen", "i", "mod", "msgs", "port", "seq", "direct")
+    __slots__ = ("direct", "gen", "i", "mod", "msgs", "port", "seq")
 
     def __init__(self):
         self.mod = None
@@ -153,7 +160,7 @@ class Host:
                             "op": "log",
                             "module": mod.id,
                             "level": "error",
-                            "text": "ctx.state is not JSON-serializable, snapshot skipped: %s" % exc,
+                            "text": f"ctx.state is not JSON-serializable, snapshot skipped: {exc}",
                         }
                     )
                     + b"\n"
@@ -161,7 +168,9 @@ class Host:
                 continue
             if data != mod.sent_state:
                 mod.sent_state = data
-                frames.append(b'{"op":"state","module":' + dumps(mod.id) + b',"state":' + data + b"}\n")
+                frames.append(
+                    b'{"op":"state","module":' + dumps(mod.id) + b',"state":' + data + b"}\n"
+                )
         self.ran = set()
         if self.last_seq is not None:
             frames.append(b'{"op":"done","seq":%d}\n' % self.last_seq)
@@ -180,8 +189,15 @@ class Host:
                     dumps(msg)
                     good.append(msg)
                 except TypeError as exc:
-                    self.error_frame(mod.id, port, repr(msg), self.progress.seq, "TypeError",
-                                     "emitted message is not JSON-serializable: %s" % exc, "")
+                    self.error_frame(
+                        mod.id,
+                        port,
+                        repr(msg),
+                        self.progress.seq,
+                        "TypeError",
+                        f"emitted message is not JSON-serializable: {exc}",
+                        "",
+                    )
             if not good:
                 return
             data = dumps({"op": "emit", "module": mod.id, "port": port, "msgs": good})
@@ -189,11 +205,27 @@ class Host:
 
     def error_frame(self, mid, port, msg, seq, etype, message, tb):
         try:
-            self.frame({"op": "error", "module": mid, "port": port, "msg": msg, "seq": seq,
-                        "error": {"type": etype, "message": message, "traceback": tb}})
+            self.frame(
+                {
+                    "op": "error",
+                    "module": mid,
+                    "port": port,
+                    "msg": msg,
+                    "seq": seq,
+                    "error": {"type": etype, "message": message, "traceback": tb},
+                }
+            )
         except TypeError:
-            self.frame({"op": "error", "module": mid, "port": port, "msg": repr(msg), "seq": seq,
-                        "error": {"type": etype, "message": message, "traceback": tb}})
+            self.frame(
+                {
+                    "op": "error",
+                    "module": mid,
+                    "port": port,
+                    "msg": repr(msg),
+                    "seq": seq,
+                    "error": {"type": etype, "message": message, "traceback": tb},
+                }
+            )
 
     # ------------------------------------------------------------------ delivery
 
@@ -226,13 +258,13 @@ class Host:
             try:
                 if mod.is_async:
                     run_async = self.run_async
-                    for i in range(i, n):
+                    for i in range(i, n):  # noqa: B020 - resume after the failing index
                         p.i = i
                         r = run_async(handle(msgs[i], ctx))
                         if r is not None:
                             append(r)
                 else:
-                    for i in range(i, n):
+                    for i in range(i, n):  # noqa: B020 - resume after the failing index
                         p.i = i
                         r = handle(msgs[i], ctx)
                         if r is not None:
@@ -240,7 +272,9 @@ class Host:
                 break
             except (Exception, SystemExit) as exc:
                 tb = traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next)
-                self.error_frame(mod.id, port, msgs[i], seq, type(exc).__name__, str(exc), "".join(tb))
+                self.error_frame(
+                    mod.id, port, msgs[i], seq, type(exc).__name__, str(exc), "".join(tb)
+                )
                 i += 1
         p.mod = None
         self.ran.add(mod)
@@ -270,7 +304,15 @@ class Host:
             mod = modules.get(mid)
             if mod is None:
                 for msg in msgs:
-                    self.error_frame(mid, port, msg, seq, "UnknownModule", "no module %r is loaded in this host" % mid, "")
+                    self.error_frame(
+                        mid,
+                        port,
+                        msg,
+                        seq,
+                        "UnknownModule",
+                        f"no module {mid!r} is loaded in this host",
+                        "",
+                    )
                 continue
             self.run_module(mod, port, msgs, seq, direct)
 
@@ -281,8 +323,15 @@ class Host:
         mid = f.get("module")
         port = f.get("port")
         msgs = f.get("msgs")
-        if not isinstance(seq, int) or not isinstance(mid, str) or not isinstance(port, str) or not isinstance(msgs, list):
-            raise ProtocolViolation("'deliver' needs seq (integer), module, port (strings) and msgs (array)")
+        if (
+            not isinstance(seq, int)
+            or not isinstance(mid, str)
+            or not isinstance(port, str)
+            or not isinstance(msgs, list)
+        ):
+            raise ProtocolViolation(
+                "'deliver' needs seq (integer), module, port (strings) and msgs (array)"
+            )
         self.work.append((mid, port, msgs, seq, True))
         self.last_seq = seq
 
@@ -296,7 +345,17 @@ class Host:
         state = f.get("state")
         timeout = f.get("timeout")
         if not isinstance(code, str):
-            self.frame({"op": "loaded", "module": mid, "error": {"type": "LoadError", "message": "'load' carries no code", "traceback": ""}})
+            self.frame(
+                {
+                    "op": "loaded",
+                    "module": mid,
+                    "error": {
+                        "type": "LoadError",
+                        "message": "'load' carries no code",
+                        "traceback": "",
+                    },
+                }
+            )
             return
         old = self.modules.get(mid)
         mod = Module(self, mid)
@@ -327,11 +386,27 @@ class Host:
                 if inspect.isawaitable(result):
                     self.run_async(result)
         except LoadProblem as exc:
-            self.frame({"op": "loaded", "module": mid, "error": {"type": "LoadError", "message": str(exc), "traceback": ""}})
+            self.frame(
+                {
+                    "op": "loaded",
+                    "module": mid,
+                    "error": {"type": "LoadError", "message": str(exc), "traceback": ""},
+                }
+            )
             return
         except Exception as exc:
             tb = traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next)
-            self.frame({"op": "loaded", "module": mid, "error": {"type": type(exc).__name__, "message": str(exc), "traceback": "".join(tb)}})
+            self.frame(
+                {
+                    "op": "loaded",
+                    "module": mid,
+                    "error": {
+                        "type": type(exc).__name__,
+                        "message": str(exc),
+                        "traceback": "".join(tb),
+                    },
+                }
+            )
             return
         try:
             mod.sent_state = dumps(mod.ctx.state) if state is not None else b"{}"
@@ -364,11 +439,11 @@ class Host:
         table = {}
         for mid, ports in routes.items():
             if not isinstance(ports, dict):
-                raise ProtocolViolation("'route' routes[%r] is not an object" % mid)
+                raise ProtocolViolation(f"'route' routes[{mid!r}] is not an object")
             entry = {}
             for port, spec in ports.items():
                 if not isinstance(spec, dict):
-                    raise ProtocolViolation("'route' routes[%r][%r] is not an object" % (mid, port))
+                    raise ProtocolViolation(f"'route' routes[{mid!r}][{port!r}] is not an object")
                 local = [(str(d[0]), str(d[1])) for d in spec.get("local") or ()]
                 entry[port] = (local, bool(spec.get("external")))
             table[mid] = entry
@@ -380,15 +455,15 @@ class Host:
         try:
             f = loads(line)
         except DecodeError as exc:
-            raise ProtocolViolation("line is not JSON (%s): %r" % (exc, line[:200])) from None
+            raise ProtocolViolation(f"line is not JSON ({exc}): {line[:200]!r}") from None
         if not isinstance(f, dict):
-            raise ProtocolViolation("frame is not a JSON object: %r" % line[:200])
+            raise ProtocolViolation(f"frame is not a JSON object: {line[:200]!r}")
         op = f.get("op")
         if op == "deliver":
             self.op_deliver(f)
             return True
         if not isinstance(op, str):
-            raise ProtocolViolation("frame has no string 'op': %r" % line[:200])
+            raise ProtocolViolation(f"frame has no string 'op': {line[:200]!r}")
         # Control ops take effect between two messages: finish what came before.
         self.drain()
         if op == "load":
@@ -406,8 +481,19 @@ class Host:
         return True
 
     def serve(self):
-        self.write(dumps({"op": "hello", "protocol": PROTOCOL, "runtime": "python", "version": VERSION,
-                          "pid": os.getpid(), "features": ["watchdog"]}) + b"\n")
+        self.write(
+            dumps(
+                {
+                    "op": "hello",
+                    "protocol": PROTOCOL,
+                    "runtime": "python",
+                    "version": VERSION,
+                    "pid": os.getpid(),
+                    "features": ["watchdog"],
+                }
+            )
+            + b"\n"
+        )
         threading.Thread(target=self.watchdog, name="fifoflow-watchdog", daemon=True).start()
         buf = b""
         rfd = self.rfd
@@ -420,7 +506,7 @@ class Host:
             end = buf.rfind(b"\n")
             if end < 0:
                 if len(buf) > MAX_LINE:
-                    return self.fatal("line longer than %d bytes" % MAX_LINE)
+                    return self.fatal(f"line longer than {MAX_LINE} bytes")
                 continue
             lines = buf[:end].split(b"\n")
             buf = buf[end + 1 :]
@@ -445,7 +531,7 @@ class Host:
             self.flush()
         finally:
             self.write(dumps({"op": "fatal", "error": message}) + b"\n")
-            sys.stderr.write("fifoflow python host: protocol error: %s\n" % message)
+            sys.stderr.write(f"fifoflow python host: protocol error: {message}\n")
         return 3
 
     # ------------------------------------------------------------------ watchdog
@@ -472,8 +558,15 @@ class Host:
             reported = True
             msgs, i = p.msgs, p.i
             msg = msgs[i] if msgs is not None and i < len(msgs) else None
-            frame = {"op": "hung", "module": mod.id, "port": p.port, "msg": msg, "seq": p.seq,
-                     "index": i if p.direct else None, "elapsed": round(now - since, 3)}
+            frame = {
+                "op": "hung",
+                "module": mod.id,
+                "port": p.port,
+                "msg": msg,
+                "seq": p.seq,
+                "index": i if p.direct else None,
+                "elapsed": round(now - since, 3),
+            }
             try:
                 data = dumps(frame)
             except TypeError:
