@@ -1,0 +1,352 @@
+"""Flow documents in and out: one cattrs converter, orjson bytes, every problem named.
+
+``parse_flow`` reads a document in three passes, each reporting *all* its problems with
+the path of the field: JSON syntax (line and column), shape and types (cattrs, through
+``transform_error``), then meaning (ids, runtimes, files, wires, ports). ``dump_flow``
+writes a stable, git-friendly form: fixed key order, defaults left out, two-space indent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+import orjson
+from cattrs.preconf.orjson import make_converter as _make_orjson_converter
+
+from .errors import FlowError, Problem
+from .model import DEFAULT_TIMEOUT, FORMAT_VERSION, ID_PATTERN, Flow, Module, Wire
+
+__all__ = ["dump_flow", "load_flow", "make_converter", "parse_flow"]
+
+
+@attrs.define
+class _ModuleDoc:
+    id: str
+    runtime: str
+    code: str | None = None
+    file: str | None = None
+    command: list[str] | None = None
+    config: dict[str, Any] = attrs.field(factory=dict)
+    inputs: list[str] = attrs.field(factory=lambda: ["in"])
+    outputs: list[str] = attrs.field(factory=lambda: ["out"])
+    timeout: float = DEFAULT_TIMEOUT
+
+
+@attrs.define
+class _FlowDoc:
+    fifoflow: int
+    id: str
+    modules: list[_ModuleDoc]
+    wires: list[str] = attrs.field(factory=list)
+    description: str | None = None
+
+
+def make_converter() -> cattrs.Converter:
+    """The one converter of fifoflow documents: strict (unknown keys are errors)."""
+    converter = _make_orjson_converter(forbid_extra_keys=True)
+
+    def structure_float(value: Any, _: type) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"expected a number, got {type(value).__name__}")
+        return float(value)
+
+    def structure_str(value: Any, _: type) -> str:
+        if not isinstance(value, str):
+            raise TypeError(f"expected a string, got {_json_type(value)}")
+        return value
+
+    def structure_int(value: Any, _: type) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"expected an integer, got {_json_type(value)}")
+        return value
+
+    converter.register_structure_hook(float, structure_float)
+    converter.register_structure_hook(str, structure_str)
+    converter.register_structure_hook(int, structure_int)
+    return converter
+
+
+_CONVERTER = make_converter()
+
+
+def _json_type(value: Any) -> str:
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
+
+
+def _cattrs_path(raw: str) -> str:
+    # "$.modules[0].runtime" -> "modules[0].runtime"
+    return raw[2:] if raw.startswith("$.") else raw.lstrip("$")
+
+
+def _structure_problems(exc: Exception) -> list[Problem]:
+    problems = []
+    for line in cattrs.transform_error(exc, path="$"):
+        message, _, path = line.rpartition(" @ ")
+        message = message.replace("required field missing", "missing required field")
+        message = re.sub(r"invalid value for type, expected (\w+)", r"expected \1", message)
+        if message.startswith("extra fields found"):
+            message = "unknown field(s): " + message.split("(", 1)[-1].rstrip(")")
+        problems.append(Problem(_cattrs_path(path), message))
+    return problems
+
+
+def parse_flow(
+    data: bytes | str | Mapping[str, Any],
+    *,
+    base_dir: Path | None,
+    runtimes: Collection[str],
+    source_name: str = "flow",
+) -> Flow:
+    """Parse and validate a flow document; module files are read relative to ``base_dir``."""
+    if isinstance(data, (bytes, str)):
+        try:
+            raw = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise FlowError([Problem("", f"{source_name} is not valid JSON: {exc}")]) from None
+    else:
+        raw = dict(data)
+    if not isinstance(raw, dict):
+        raise FlowError([Problem("", f"a flow must be a JSON object, got {_json_type(raw)}")])
+    version = raw.get("fifoflow")
+    if version is None:
+        raise FlowError(
+            [Problem("fifoflow", f'missing format version (add "fifoflow": {FORMAT_VERSION})')]
+        )
+    if version != FORMAT_VERSION:
+        raise FlowError(
+            [
+                Problem(
+                    "fifoflow",
+                    f"unsupported format version {version!r} (this fifoflow reads version {FORMAT_VERSION})",
+                )
+            ]
+        )
+    try:
+        doc = _CONVERTER.structure(raw, _FlowDoc)
+    except (
+        cattrs.ClassValidationError,
+        cattrs.IterableValidationError,
+        cattrs.ForbiddenExtraKeysError,
+    ) as exc:
+        raise FlowError(_structure_problems(exc)) from None
+    return _validate(doc, base_dir=base_dir, runtimes=runtimes)
+
+
+def load_flow(path: Path | str, *, runtimes: Collection[str]) -> Flow:
+    """Read a flow file (and its module files) and validate it."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FlowError([Problem("", f"cannot read flow file {path}: {exc.strerror}")]) from None
+    return parse_flow(
+        data, base_dir=path.resolve().parent, runtimes=runtimes, source_name=str(path)
+    )
+
+
+def _validate(doc: _FlowDoc, *, base_dir: Path | None, runtimes: Collection[str]) -> Flow:
+    problems: list[Problem] = []
+    if not ID_PATTERN.match(doc.id):
+        problems.append(
+            Problem(
+                "id",
+                f"invalid flow id {doc.id!r} (letters, digits, '_' and '-'; not starting with a digit)",
+            )
+        )
+    known = ", ".join(sorted(runtimes))
+    first_index: dict[str, int] = {}
+    modules: list[Module] = []
+    for index, m in enumerate(doc.modules):
+        at = f"modules[{index}]"
+        if not ID_PATTERN.match(m.id):
+            problems.append(
+                Problem(
+                    f"{at}.id",
+                    f"invalid module id {m.id!r} (letters, digits, '_' and '-'; not starting with a digit)",
+                )
+            )
+        elif m.id in first_index:
+            problems.append(
+                Problem(
+                    f"{at}.id",
+                    f"duplicate module id {m.id!r} (first at modules[{first_index[m.id]}])",
+                )
+            )
+        else:
+            first_index[m.id] = index
+        if m.runtime not in runtimes:
+            problems.append(
+                Problem(f"{at}.runtime", f"unknown runtime {m.runtime!r} (known: {known})")
+            )
+        for kind, ports in (("inputs", m.inputs), ("outputs", m.outputs)):
+            seen: set[str] = set()
+            for pi, port in enumerate(ports):
+                if not ID_PATTERN.match(port):
+                    problems.append(Problem(f"{at}.{kind}[{pi}]", f"invalid port name {port!r}"))
+                if port in seen:
+                    problems.append(Problem(f"{at}.{kind}[{pi}]", f"duplicate port {port!r}"))
+                seen.add(port)
+        if not (m.timeout > 0):
+            problems.append(
+                Problem(f"{at}.timeout", f"must be a positive number of seconds, got {m.timeout:g}")
+            )
+        source: str | None = None
+        filename = f"{doc.id}/{m.id}"
+        if m.runtime == "exec":
+            if m.command is None or not m.command:
+                problems.append(
+                    Problem(
+                        f"{at}.command",
+                        'exec modules need a command (an argv list, e.g. ["sh", "step.sh"])',
+                    )
+                )
+            for field in ("code", "file"):
+                if getattr(m, field) is not None:
+                    problems.append(
+                        Problem(f"{at}.{field}", "exec modules take a command, not code or file")
+                    )
+        else:
+            if m.command is not None:
+                problems.append(
+                    Problem(
+                        f"{at}.command",
+                        f"only exec modules take a command ({m.runtime} modules take code or file)",
+                    )
+                )
+            if m.code is not None and m.file is not None:
+                problems.append(Problem(f"{at}", "give either code or file, not both"))
+            elif m.code is None and m.file is None:
+                problems.append(Problem(f"{at}", "missing code: give inline code or a file"))
+            elif m.code is not None:
+                source = m.code
+            else:
+                assert m.file is not None
+                if base_dir is None:
+                    problems.append(
+                        Problem(f"{at}.file", "a file reference needs a flow loaded from a file")
+                    )
+                else:
+                    path = (base_dir / m.file).resolve()
+                    try:
+                        source = path.read_text(encoding="utf-8")
+                        filename = str(path)
+                    except FileNotFoundError:
+                        problems.append(Problem(f"{at}.file", f"file not found: {path}"))
+                    except (OSError, UnicodeDecodeError) as exc:
+                        problems.append(Problem(f"{at}.file", f"cannot read {path}: {exc}"))
+        modules.append(
+            Module(
+                id=m.id,
+                runtime=m.runtime,
+                code=m.code,
+                file=m.file,
+                command=tuple(m.command) if m.command is not None else None,
+                config=m.config,
+                inputs=tuple(m.inputs),
+                outputs=tuple(m.outputs),
+                timeout=m.timeout,
+                source=source,
+                filename=filename,
+                cwd=base_dir,
+            )
+        )
+    by_id = {m.id: m for m in modules}
+    names = ", ".join(by_id) or "none"
+    wires: list[Wire] = []
+    seen_wires: dict[Wire, int] = {}
+    for index, text in enumerate(doc.wires):
+        at = f"wires[{index}]"
+        try:
+            wire = Wire.parse(text)
+        except ValueError as exc:
+            problems.append(Problem(at, str(exc)))
+            continue
+        ok = True
+        src, dst = by_id.get(wire.src), by_id.get(wire.dst)
+        if src is None:
+            problems.append(Problem(at, f"module {wire.src!r} does not exist (modules: {names})"))
+            ok = False
+        elif wire.src_port not in src.outputs:
+            problems.append(
+                Problem(
+                    at,
+                    f"{wire.src!r} has no output port {wire.src_port!r} (outputs: {', '.join(src.outputs)})",
+                )
+            )
+            ok = False
+        if dst is None:
+            problems.append(Problem(at, f"module {wire.dst!r} does not exist (modules: {names})"))
+            ok = False
+        elif wire.dst_port not in dst.inputs:
+            problems.append(
+                Problem(
+                    at,
+                    f"{wire.dst!r} has no input port {wire.dst_port!r} (inputs: {', '.join(dst.inputs)})",
+                )
+            )
+            ok = False
+        if wire in seen_wires:
+            problems.append(
+                Problem(at, f"duplicate wire {str(wire)!r} (first at wires[{seen_wires[wire]}])")
+            )
+            ok = False
+        if ok:
+            seen_wires[wire] = index
+            wires.append(wire)
+    if problems:
+        raise FlowError(problems)
+    return Flow(
+        id=doc.id,
+        modules=tuple(modules),
+        wires=tuple(wires),
+        description=doc.description,
+        base_dir=base_dir,
+    )
+
+
+def dump_flow(flow: Flow) -> bytes:
+    """Stable JSON for git: fixed key order, defaults omitted, trailing newline.
+    Module code that came from a file stays a ``file`` reference."""
+    doc: dict[str, Any] = {"fifoflow": flow.fifoflow, "id": flow.id}
+    if flow.description is not None:
+        doc["description"] = flow.description
+    modules = []
+    for m in flow.modules:
+        entry: dict[str, Any] = {"id": m.id, "runtime": m.runtime}
+        if m.file is not None:
+            entry["file"] = m.file
+        elif m.code is not None:
+            entry["code"] = m.code
+        if m.command is not None:
+            entry["command"] = list(m.command)
+        if m.config:
+            entry["config"] = _sorted(m.config)
+        if tuple(m.inputs) != ("in",):
+            entry["inputs"] = list(m.inputs)
+        if tuple(m.outputs) != ("out",):
+            entry["outputs"] = list(m.outputs)
+        if m.timeout != DEFAULT_TIMEOUT:
+            entry["timeout"] = int(m.timeout) if float(m.timeout).is_integer() else m.timeout
+        modules.append(entry)
+    doc["modules"] = modules
+    doc["wires"] = [str(w) for w in flow.wires]
+    return orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value

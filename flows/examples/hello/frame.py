@@ -1,0 +1,2 @@
+def handle(msg, ctx):
+    return f"*** {msg} ***"
