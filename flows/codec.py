@@ -9,9 +9,8 @@ writes a stable, git-friendly form: fixed key order, defaults left out, two-spac
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import cattrs
@@ -20,6 +19,9 @@ from cattrs.preconf.orjson import make_converter as _make_orjson_converter
 
 from .errors import FlowError, Problem
 from .model import DEFAULT_TIMEOUT, FORMAT_VERSION, ID_PATTERN, Flow, Module, Wire
+
+if TYPE_CHECKING:
+    from collections.abc import Collection, Mapping
 
 __all__ = ["dump_flow", "load_flow", "make_converter", "parse_flow"]
 
