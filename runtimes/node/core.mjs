@@ -1,0 +1,375 @@
+// fifoflow module-execution core for JavaScript (runtime protocol v1, PROTOCOL.md).
+//
+// No I/O and no node-only API: the node host (host.mjs) feeds it protocol frames and
+// writes what it returns; a browser client runner can import this very file.
+//
+// Deliveries flow through same-runtime wires as arrays of native values, breadth first
+// (a work queue of [module, port, msgs, seq, direct]), per-wire order kept. The sync path
+// never creates a Promise; when a handler (or init) returns a thenable, the rest of the
+// work continues after it settles and drain() returns a Promise.
+
+const DEFAULT_TIMEOUT = 30;
+
+function errorRecord(err) {
+  if (err instanceof Error) {
+    return { type: err.name || "Error", message: String(err.message), traceback: String(err.stack || "") };
+  }
+  return { type: "Error", message: String(err), traceback: "" };
+}
+
+function isThenable(value) {
+  return value !== null && typeof value === "object" && typeof value.then === "function";
+}
+
+class Ctx {
+  constructor(mod, id, config, state, host) {
+    this._mod = mod;
+    this._host = host;
+    this.module = id;
+    this.config = config;
+    this.state = state;
+    this.port = null;
+  }
+
+  emit(port, msg) {
+    const outs = this._mod.outs;
+    const list = outs.get(port);
+    if (list === undefined) outs.set(port, [msg]);
+    else list.push(msg);
+  }
+
+  log(...parts) {
+    const text = parts.map((p) => (typeof p === "string" ? p : safeStringify(p))).join(" ");
+    this._host.frames.push({ op: "log", module: this.module, level: "info", text });
+  }
+}
+
+function safeStringify(value) {
+  try {
+    const s = JSON.stringify(value);
+    return s === undefined ? String(value) : s;
+  } catch {
+    return String(value);
+  }
+}
+
+class Mod {
+  constructor(id) {
+    this.id = id;
+    this.handle = null;
+    this.ctx = null;
+    this.timeout = DEFAULT_TIMEOUT;
+    this.outs = new Map();
+    this.sentState = "{}";
+    this.index = 0; // position in the watchdog's name table
+  }
+}
+
+export class ModuleHost {
+  // options.require: given to module code as `require` (undefined in a browser)
+  // options.progress: an Int32Array(8) the watchdog reads: [state, gen, index, seq, direct, module]
+  // options.onModule(mod): called when a module is (re)loaded, e.g. to tell the watchdog its name
+  constructor(options = {}) {
+    this.requireFor = options.requireFor || (() => options.require);
+    this.progress = options.progress || new Int32Array(8);
+    this.onModule = options.onModule || (() => {});
+    this.modules = new Map();
+    this.routes = new Map();
+    this.frames = [];
+    this.ran = new Set();
+    this.lastSeq = null;
+    this.work = [];
+    this.head = 0;
+    this.modCount = 0;
+  }
+
+  // ---------------------------------------------------------------- ops
+
+  deliver(frame) {
+    const { seq, module, port, msgs } = frame;
+    if (!Number.isInteger(seq) || typeof module !== "string" || typeof port !== "string" || !Array.isArray(msgs)) {
+      throw new ProtocolViolation("'deliver' needs seq (integer), module, port (strings) and msgs (array)");
+    }
+    this.work.push([module, port, msgs, seq, true]);
+    this.lastSeq = seq;
+  }
+
+  setRoutes(frame) {
+    const routes = frame.routes;
+    if (routes === null || typeof routes !== "object" || Array.isArray(routes)) {
+      throw new ProtocolViolation("'route' needs an object 'routes'");
+    }
+    const table = new Map();
+    for (const [mid, ports] of Object.entries(routes)) {
+      if (ports === null || typeof ports !== "object") throw new ProtocolViolation(`'route' routes[${mid}] is not an object`);
+      const entry = new Map();
+      for (const [port, spec] of Object.entries(ports)) {
+        if (spec === null || typeof spec !== "object") throw new ProtocolViolation(`'route' routes[${mid}][${port}] is not an object`);
+        const local = (spec.local || []).map((d) => [String(d[0]), String(d[1])]);
+        entry.set(port, { local, external: Boolean(spec.external) });
+      }
+      table.set(mid, entry);
+    }
+    this.routes = table;
+  }
+
+  // Returns undefined, or a Promise when init/migrate is async.
+  load(frame) {
+    const id = frame.module;
+    if (typeof id !== "string") throw new ProtocolViolation("'load' needs a string 'module'");
+    const code = frame.code;
+    const filename = frame.filename || id;
+    if (typeof code !== "string") {
+      this.frames.push({ op: "loaded", module: id, error: { type: "LoadError", message: "'load' carries no code", traceback: "" } });
+      return undefined;
+    }
+    const old = this.modules.get(id);
+    const mod = new Mod(id);
+    if (typeof frame.timeout === "number" && frame.timeout > 0) mod.timeout = frame.timeout;
+    let exportsObj;
+    try {
+      const moduleObj = { exports: {} };
+      // eslint-disable-next-line no-new-func
+      const fn = new Function("module", "exports", "require", "console", `${code}\n//# sourceURL=${filename}`);
+      fn(moduleObj, moduleObj.exports, this.requireFor(filename), console);
+      exportsObj = moduleObj.exports;
+      const handle = typeof exportsObj === "function" ? exportsObj : exportsObj && exportsObj.handle;
+      if (typeof handle !== "function") {
+        this.frames.push({
+          op: "loaded",
+          module: id,
+          error: { type: "LoadError", message: "module defines no handle(msg, ctx) function (exports.handle)", traceback: "" },
+        });
+        return undefined;
+      }
+      mod.handle = handle;
+    } catch (err) {
+      this.frames.push({ op: "loaded", module: id, error: errorRecord(err) });
+      return undefined;
+    }
+    let state = frame.state;
+    if (state === null || state === undefined) state = old ? old.ctx.state : {};
+    mod.ctx = new Ctx(mod, id, frame.config || {}, state, this);
+    const finish = () => {
+      try {
+        mod.sentState = JSON.stringify(mod.ctx.state) ?? "null";
+      } catch {
+        mod.sentState = "";
+      }
+      mod.index = old ? old.index : ++this.modCount;
+      const initOuts = mod.outs;
+      mod.outs = new Map();
+      this.modules.set(id, mod);
+      this.onModule(mod);
+      this.frames.push({ op: "loaded", module: id });
+      if (initOuts.size) this.routeOutputs(mod, initOuts, 0);
+    };
+    const fail = (err) => {
+      this.frames.push({ op: "loaded", module: id, error: errorRecord(err) });
+    };
+    const hasMigrate = Boolean(old) && typeof exportsObj.migrate === "function";
+    const migrated = (v) => {
+      if (hasMigrate && v !== undefined && v !== null) mod.ctx.state = v;
+    };
+    const init = () => (typeof exportsObj.init === "function" ? exportsObj.init(mod.ctx) : undefined);
+    try {
+      const r = hasMigrate ? exportsObj.migrate(old.ctx.state, mod.ctx) : undefined;
+      if (isThenable(r)) {
+        return Promise.resolve(r)
+          .then((v) => {
+            migrated(v);
+            return init();
+          })
+          .then(finish, fail);
+      }
+      migrated(r);
+      const r2 = init();
+      if (isThenable(r2)) return Promise.resolve(r2).then(finish, fail);
+      finish();
+    } catch (err) {
+      fail(err);
+    }
+    return undefined;
+  }
+
+  unload(frame) {
+    const id = frame.module;
+    if (typeof id !== "string") throw new ProtocolViolation("'unload' needs a string 'module'");
+    const mod = this.modules.get(id);
+    this.modules.delete(id);
+    this.frames.push({ op: "unloaded", module: id, state: mod ? mod.ctx.state : null });
+  }
+
+  // ---------------------------------------------------------------- delivery
+
+  // Runs queued work; returns undefined when done, or a Promise if a handler was async.
+  drain() {
+    const work = this.work;
+    while (this.head < work.length) {
+      const item = work[this.head];
+      work[this.head++] = undefined;
+      const p = this.runModule(item, 0);
+      if (p !== undefined) return p.then(() => this.drain());
+    }
+    work.length = 0;
+    this.head = 0;
+    return undefined;
+  }
+
+  runModule(item, start) {
+    const [mid, port, msgs, seq, direct] = item;
+    const mod = this.modules.get(mid);
+    if (mod === undefined) {
+      for (const msg of msgs) {
+        this.errorFrame(mid, port, msg, seq, { type: "UnknownModule", message: `no module '${mid}' is loaded in this host`, traceback: "" });
+      }
+      return undefined;
+    }
+    const ctx = mod.ctx;
+    ctx.port = port;
+    let out = mod.outs.get("out");
+    if (out === undefined) {
+      out = [];
+      mod.outs.set("out", out);
+    }
+    const handle = mod.handle;
+    const P = this.progress;
+    P[1]++;
+    P[3] = seq | 0;
+    P[4] = direct ? 1 : 0;
+    P[5] = mod.index;
+    P[2] = start;
+    P[0] = 1;
+    const n = msgs.length;
+    for (let i = start; i < n; i++) {
+      P[2] = i;
+      let r;
+      try {
+        r = handle(msgs[i], ctx);
+      } catch (err) {
+        this.errorFrame(mid, port, msgs[i], seq, errorRecord(err));
+        continue;
+      }
+      if (r !== undefined && r !== null) {
+        if (isThenable(r)) {
+          return Promise.resolve(r).then(
+            (v) => {
+              if (v !== undefined && v !== null) out.push(v);
+              return this.runModule(item, i + 1);
+            },
+            (err) => {
+              this.errorFrame(mid, port, msgs[i], seq, errorRecord(err));
+              return this.runModule(item, i + 1);
+            },
+          );
+        }
+        out.push(r);
+      }
+    }
+    this.endProgress();
+    this.ran.add(mod);
+    const outs = mod.outs;
+    mod.outs = new Map();
+    this.routeOutputs(mod, outs, seq);
+    return undefined;
+  }
+
+  // Overridden by the host to coordinate with its watchdog.
+  endProgress() {
+    this.progress[0] = 0;
+  }
+
+  routeOutputs(mod, outs, seq) {
+    const table = this.routes.get(mod.id);
+    for (const [port, list] of outs) {
+      if (list.length === 0) continue;
+      const route = table === undefined ? undefined : table.get(port);
+      if (route === undefined) {
+        this.frames.push({ op: "emit", module: mod.id, port, msgs: list });
+        continue;
+      }
+      for (const [dst, dstPort] of route.local) this.work.push([dst, dstPort, list, seq, false]);
+      if (route.external) this.frames.push({ op: "emit", module: mod.id, port, msgs: list });
+    }
+  }
+
+  errorFrame(module, port, msg, seq, error) {
+    this.frames.push({ op: "error", module, port, msg: msg === undefined ? null : msg, seq, error });
+  }
+
+  // ---------------------------------------------------------------- output
+
+  // Everything produced since the last flush, as one string of JSON lines.
+  flush(final = false) {
+    const parts = [];
+    for (const f of this.frames) parts.push(encodeFrame(f, this));
+    this.frames = [];
+    const mods = final ? this.modules.values() : this.ran;
+    for (const mod of mods) {
+      let data;
+      try {
+        data = JSON.stringify(mod.ctx.state) ?? "null";
+      } catch (err) {
+        parts.push(JSON.stringify({ op: "log", module: mod.id, level: "error", text: `ctx.state is not JSON-serializable, snapshot skipped: ${err.message}` }));
+        continue;
+      }
+      if (data !== mod.sentState) {
+        mod.sentState = data;
+        parts.push(`{"op":"state","module":${JSON.stringify(mod.id)},"state":${data}}`);
+      }
+    }
+    this.ran = new Set();
+    if (this.lastSeq !== null) {
+      parts.push(`{"op":"done","seq":${this.lastSeq}}`);
+      this.lastSeq = null;
+    }
+    return parts.length ? parts.join("\n") + "\n" : "";
+  }
+}
+
+function encodeFrame(frame, host) {
+  try {
+    return JSON.stringify(frame);
+  } catch (err) {
+    if (frame.op === "emit") {
+      const good = [];
+      const bad = [];
+      for (const m of frame.msgs) {
+        try {
+          JSON.stringify(m);
+          good.push(m);
+        } catch (e) {
+          bad.push(
+            JSON.stringify({
+              op: "error",
+              module: frame.module,
+              port: frame.port,
+              msg: String(m),
+              seq: null,
+              error: { type: "TypeError", message: `emitted message is not JSON-serializable: ${e.message}`, traceback: "" },
+            }),
+          );
+        }
+      }
+      return [...bad, JSON.stringify({ ...frame, msgs: good })].join("\n");
+    }
+    return JSON.stringify({ ...frame, msg: String(frame.msg), state: undefined });
+  }
+}
+
+export class ProtocolViolation extends Error {}
+
+// Split a chunk of JSON lines; returns the parsed frames. Throws ProtocolViolation.
+export function parseLine(line) {
+  let frame;
+  try {
+    frame = JSON.parse(line);
+  } catch (err) {
+    throw new ProtocolViolation(`line is not JSON (${err.message}): ${line.slice(0, 200)}`);
+  }
+  if (frame === null || typeof frame !== "object" || Array.isArray(frame)) {
+    throw new ProtocolViolation(`frame is not a JSON object: ${line.slice(0, 200)}`);
+  }
+  if (typeof frame.op !== "string") throw new ProtocolViolation(`frame has no string 'op': ${line.slice(0, 200)}`);
+  return frame;
+}

@@ -1,0 +1,243 @@
+// fifoflow node runtime host, protocol v1 (see runtimes/PROTOCOL.md).
+//
+//   node host.mjs <to-runtime fifo> <from-runtime fifo>
+//
+// The FIFO I/O layer around core.mjs: it reads whatever the pipe holds, hands every
+// complete line to the core, and writes everything the batch produced in one write.
+// A worker thread is the watchdog: it shares an Int32Array with the main thread and
+// writes the `hung` frame itself when one handler call runs past its module's timeout
+// (a synchronous endless loop blocks the main thread, so only another thread can tell).
+//
+// Resource handling: both FIFO fds live as long as the process; the watchdog worker is
+// unref'd and dies with it. Error handling: user errors become `error` frames (in the
+// core); a protocol error becomes `fatal` and exit status 3.
+
+import fs from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import { createRequire } from "node:module";
+import { Worker } from "node:worker_threads";
+import { ModuleHost, ProtocolViolation, parseLine } from "./core.mjs";
+
+const PROTOCOL = 1;
+const VERSION = "1.0.0";
+const MAX_LINE = 64 * 1024 * 1024;
+
+const [toRuntime, fromRuntime] = process.argv.slice(2);
+if (!toRuntime || !fromRuntime) {
+  process.stderr.write("usage: node host.mjs <to-runtime fifo> <from-runtime fifo>\n");
+  process.exit(2);
+}
+
+// Order matters (PROTOCOL.md section 1): read end first, then write end.
+const rfd = fs.openSync(toRuntime, "r");
+const wfd = fs.openSync(fromRuntime, "w");
+
+function writeAll(text) {
+  const buf = Buffer.from(text, "utf8");
+  let off = 0;
+  while (off < buf.length) {
+    try {
+      off += fs.writeSync(wfd, buf, off, buf.length - off);
+    } catch (err) {
+      if (err.code === "EAGAIN") continue;
+      throw err;
+    }
+  }
+}
+
+// ------------------------------------------------------------------ watchdog
+
+// [0] state: 0 idle, 1 running a handler, 2 hung reported (writing), 3 hung written
+// [1] generation  [2] index in msgs  [3] seq  [4] direct (1) or same-runtime wire (0)
+// [5] module number (names are posted to the worker when modules load)
+const shared = new SharedArrayBuffer(8 * 4);
+const P = new Int32Array(shared);
+
+const WATCHDOG = `
+const { workerData, parentPort } = require("node:worker_threads");
+const fs = require("node:fs");
+const P = new Int32Array(workerData.shared);
+const names = new Map();
+parentPort.on("message", (m) => names.set(m.index, m));
+let gen = -1, idx = -1, since = 0;
+setInterval(() => {
+  if (Atomics.load(P, 0) !== 1) { gen = -1; return; }
+  const g = P[1], i = P[2], now = performance.now();
+  if (g !== gen || i !== idx) { gen = g; idx = i; since = now; return; }
+  const info = names.get(P[5]);
+  const timeout = info ? info.timeout : 30;
+  if (now - since < timeout * 1000) return;
+  if (Atomics.compareExchange(P, 0, 1, 2) !== 1) return;
+  const frame = { op: "hung", module: info ? info.id : null, port: null, msg: null, seq: P[3],
+                  index: P[4] ? i : null, elapsed: Math.round(now - since) / 1000 };
+  try { fs.writeSync(workerData.wfd, JSON.stringify(frame) + "\\n"); } catch {}
+  Atomics.store(P, 0, 3);
+  Atomics.notify(P, 0);
+}, 20);
+`;
+const watchdog = new Worker(WATCHDOG, { eval: true, workerData: { shared, wfd } });
+watchdog.unref();
+
+// ------------------------------------------------------------------ the core
+
+const inlineRequire = createRequire(path.join(process.cwd(), "inline-module.js"));
+const host = new ModuleHost({
+  progress: P,
+  requireFor: (filename) => (path.isAbsolute(filename) ? createRequire(filename) : inlineRequire),
+  onModule: (mod) => watchdog.postMessage({ index: mod.index, id: mod.id, timeout: mod.timeout }),
+});
+host.endProgress = () => {
+  if (Atomics.compareExchange(P, 0, 1, 0) !== 1) {
+    // The watchdog reported this call as hung and is (or was) writing: let it finish,
+    // so our next write cannot interleave with its frame. The runner will kill us.
+    Atomics.wait(P, 0, 2, 1000);
+    P[0] = 0;
+  }
+};
+
+function flush(final = false) {
+  const text = host.flush(final);
+  if (text) writeAll(text);
+}
+
+function shutdown() {
+  const p = host.drain();
+  const finish = () => {
+    flush(true);
+    writeAll('{"op":"bye"}\n');
+    process.exit(0);
+  };
+  if (p) return p.then(finish);
+  finish();
+  return undefined;
+}
+
+function fatal(err) {
+  const message = err instanceof ProtocolViolation ? err.message : `host error: ${err && err.stack ? err.stack : err}`;
+  try {
+    flush();
+  } catch {
+    // best effort: the fatal frame matters more
+  }
+  try {
+    writeAll(JSON.stringify({ op: "fatal", error: message }) + "\n");
+  } catch {
+    // the runner is gone
+  }
+  process.stderr.write(`fifoflow node host: protocol error: ${message}\n`);
+  process.exit(3);
+}
+
+// Returns undefined when every line is handled, or a Promise (async handler or init).
+function processLines(lines, start) {
+  for (let i = start; i < lines.length; i++) {
+    const line = lines[i];
+    if (line.length === 0) continue;
+    const frame = parseLine(line);
+    const op = frame.op;
+    if (op === "deliver") {
+      host.deliver(frame);
+      continue;
+    }
+    // Control ops take effect between two messages: finish what came before.
+    const pending = host.drain();
+    if (pending) return pending.then(() => processLines(lines, i));
+    switch (op) {
+      case "load": {
+        const p = host.load(frame);
+        if (p) return p.then(() => processLines(lines, i + 1));
+        break;
+      }
+      case "route":
+        host.setRoutes(frame);
+        break;
+      case "unload":
+        host.unload(frame);
+        break;
+      case "ping":
+        host.frames.push({ op: "pong", id: frame.id === undefined ? null : frame.id });
+        break;
+      case "shutdown":
+        return shutdown() || new Promise(() => {});
+      default:
+        host.frames.push({ op: "unsupported", ref: op });
+    }
+  }
+  return host.drain();
+}
+
+// ------------------------------------------------------------------ the read loop
+
+writeAll(
+  JSON.stringify({ op: "hello", protocol: PROTOCOL, runtime: "node", version: VERSION, pid: process.pid, features: ["watchdog"] }) +
+    "\n",
+);
+
+const input = new net.Socket({ fd: rfd, readable: true, writable: false });
+let rest = null;
+let busy = false;
+const backlog = [];
+
+function onChunk(chunk) {
+  let buf = rest === null ? chunk : Buffer.concat([rest, chunk]);
+  const end = buf.lastIndexOf(10);
+  if (end < 0) {
+    if (buf.length > MAX_LINE) throw new ProtocolViolation(`line longer than ${MAX_LINE} bytes`);
+    rest = buf;
+    return undefined;
+  }
+  rest = end + 1 < buf.length ? Buffer.from(buf.subarray(end + 1)) : null;
+  const lines = buf.toString("utf8", 0, end).split("\n");
+  buf = null;
+  return processLines(lines, 0);
+}
+
+function pump() {
+  while (!busy && backlog.length) {
+    let p;
+    try {
+      p = onChunk(backlog.shift());
+    } catch (err) {
+      fatal(err);
+      return;
+    }
+    if (p) {
+      busy = true;
+      input.pause();
+      p.then(
+        () => {
+          busy = false;
+          flush();
+          input.resume();
+          pump();
+        },
+        fatal,
+      );
+      return;
+    }
+    flush();
+  }
+  maybeEnd();
+}
+
+input.on("data", (chunk) => {
+  backlog.push(chunk);
+  pump();
+});
+let ended = false;
+function maybeEnd() {
+  if (!ended || busy || backlog.length) return;
+  ended = false;
+  try {
+    const p = shutdown();
+    if (p) p.then(undefined, fatal);
+  } catch (err) {
+    fatal(err);
+  }
+}
+input.on("end", () => {
+  ended = true;
+  maybeEnd();
+});
+input.on("error", (err) => fatal(err));
