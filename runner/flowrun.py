@@ -66,6 +66,7 @@ class FlowRun:
         self.error_count = 0
         self._idle = trio.Event()
         self._idle.set()
+        self._progress = trio.Event()
         self._ended = trio.Event()
         self._ended.set()
         self._scope: trio.CancelScope | None = None
@@ -133,6 +134,24 @@ class FlowRun:
             host_routes[module.runtime][qid] = table
         for runtime, instance in self.instances.items():
             instance.set_modules(loads[runtime], host_routes[runtime])
+        # What each module's deliveries can produce messages for, through same-host wires.
+        for module in flow.modules:
+            qid = self.qualified(module.id)
+            instance = self.instances[module.runtime]
+            seen: set[str] = set()
+            todo = [qid]
+            found: set[tuple[RuntimeInstance, str]] = set()
+            while todo:
+                current = todo.pop()
+                if current in seen:
+                    continue
+                seen.add(current)
+                for port, spec in host_routes[module.runtime].get(current, {}).items():
+                    todo.extend(dst for dst, _ in spec["local"])
+                    for target in self._routes.get((current, port), ()):
+                        if target is not None:
+                            found.add((target[0], target[1]))
+            instance.downstream[qid] = sorted(found, key=lambda t: (t[0].name, t[1]))
 
     def instance_of(self, module_id: str) -> RuntimeInstance:
         module = self._module(module_id)
@@ -157,7 +176,7 @@ class FlowRun:
             else:
                 instance, dst, dst_port = target
                 self._add_pending(len(msgs))
-                await instance.put(dst, dst_port, msgs)
+                instance.enqueue(dst, dst_port, msgs)
 
     async def inject(self, module_id: str, port: str, msgs: list[Any]) -> None:
         if self.status is not FlowStatus.RUNNING:
@@ -181,6 +200,14 @@ class FlowRun:
         if self.pending == 0 and n:
             self._idle = trio.Event()
         self.pending += n
+
+    def notify(self) -> None:
+        """Something moved (a queue grew or shrank, a window freed): wake the writers."""
+        self._progress.set()
+        self._progress = trio.Event()
+
+    def progress_event(self) -> trio.Event:
+        return self._progress
 
     def settle(self, n: int) -> None:
         self.pending -= n

@@ -96,13 +96,15 @@ class RuntimeInstance:
         self.last_error: str | None = None
         self.logs: deque[dict[str, Any]] = deque(maxlen=config.keep_logs)
 
-        self._queue: deque[Delivery] = deque()
+        # One queue per module: a delivery waits until every queue its module feeds has
+        # room (``downstream``), so modules never block each other (see README.md).
+        self._queues: dict[str, deque[Delivery]] = {}
+        self._queued: dict[str, int] = {}
         self._queued_msgs = 0
+        self.downstream: dict[str, list[tuple[RuntimeInstance, str]]] = {}
         self._unacked: deque[Delivery] = deque()
         self._unacked_msgs = 0
         self._next_seq = 1
-        self._space = trio.Event()  # set when the queue has room
-        self._work = trio.Event()  # set when the writer may have something to do
         self._loaded: dict[str, trio.Event] = {}
         self._load_errors: dict[str, dict[str, Any]] = {}
         self._stopping = False
@@ -127,20 +129,57 @@ class RuntimeInstance:
     def pending_for(self, module: str) -> list[dict[str, Any]]:
         """Deliveries for ``module`` not yet acknowledged (sent or waiting), in order."""
         out = []
-        for d in (*self._unacked, *self._queue):
+        for d in (*self._unacked, *self._queues.get(module, ())):
             if d.module == module:
                 out.append({"port": d.port, "msgs": list(d.msgs), "sent": d.seq != 0})
         return out
 
+    def has_room(self, module: str) -> bool:
+        return self._queued.get(module, 0) < self.config.queue_capacity
+
     async def put(self, module: str, port: str, msgs: list[Any]) -> None:
-        """Queue messages for ``module``; waits while the queue is full (backpressure)."""
-        while self._queued_msgs >= self.config.queue_capacity:
-            if self._space.is_set():
-                self._space = trio.Event()
-            await self._space.wait()
-        self._queue.append(Delivery(module, port, msgs))
+        """Queue messages from outside the flow; waits while the module's queue is full."""
+        while not self.has_room(module):
+            await self.flow.progress_event().wait()
+        self.enqueue(module, port, msgs)
+
+    def enqueue(self, module: str, port: str, msgs: list[Any]) -> None:
+        """Queue messages routed inside the flow. Never waits: the producer's delivery
+        was only sent when this queue had room, which bounds what can arrive."""
+        queue = self._queues.get(module)
+        if queue is None:
+            queue = self._queues[module] = deque()
+        queue.append(Delivery(module, port, msgs))
+        self._queued[module] = self._queued.get(module, 0) + len(msgs)
         self._queued_msgs += len(msgs)
-        self._work.set()
+        self.flow.notify()
+
+    def _take(self) -> list[bytes]:
+        """Deliveries that may go now, encoded, moved into the window."""
+        chunks: list[bytes] = []
+        window = self.config.window
+        if self._unacked_msgs >= window or not self._queued_msgs:
+            return chunks
+        for module, queue in self._queues.items():
+            if not queue:
+                continue
+            if not all(inst.has_room(m) for inst, m in self.downstream.get(module, ())):
+                continue
+            taken = 0
+            while queue and self._unacked_msgs < window and len(chunks) < 512:
+                d = queue.popleft()
+                n = len(d.msgs)
+                taken += n
+                d.seq = self._next_seq
+                self._next_seq += 1
+                self._unacked.append(d)
+                self._unacked_msgs += n
+                chunks.append(d.encode())
+            self._queued[module] -= taken
+            self._queued_msgs -= taken
+        if chunks:
+            self.flow.notify()
+        return chunks
 
     def _ack(self, seq: int) -> None:
         acked = 0
@@ -151,8 +190,8 @@ class RuntimeInstance:
         if acked:
             self._unacked_msgs -= acked
             self.delivered_msgs += acked
-            self._work.set()
             self.flow.settle(acked)
+            self.flow.notify()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -227,7 +266,8 @@ class RuntimeInstance:
         if self._unacked:
             for d in reversed(self._unacked):
                 d.seq = 0
-                self._queue.appendleft(d)
+                self._queues.setdefault(d.module, deque()).appendleft(d)
+                self._queued[d.module] = self._queued.get(d.module, 0) + len(d.msgs)
                 self._queued_msgs += len(d.msgs)
             self._unacked.clear()
             self._unacked_msgs = 0
@@ -288,31 +328,21 @@ class RuntimeInstance:
     # ------------------------------------------------------------------ I/O tasks
 
     async def _writer(self, proc: RuntimeProcess) -> None:
-        cfg = self.config
         while True:
-            while not self._queue or self._unacked_msgs >= cfg.window:
-                self._work = trio.Event()
-                await self._work.wait()
+            progress = self.flow.progress_event()
+            if self._stopping:
+                return
             async with proc._send_lock:
                 if self._stopping:
                     return
-                chunks = []
-                count = 0
-                while self._queue and self._unacked_msgs < cfg.window and len(chunks) < 512:
-                    d = self._queue.popleft()
-                    n = len(d.msgs)
-                    self._queued_msgs -= n
-                    d.seq = self._next_seq
-                    self._next_seq += 1
-                    self._unacked.append(d)
-                    self._unacked_msgs += n
-                    chunks.append(d.encode())
-                    count += n
-                self._space.set()
-                try:
-                    await proc._writer.send_all(b"".join(chunks))
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    raise _HostEnded(f"pipe to host broke: {exc}") from None
+                chunks = self._take()
+                if chunks:
+                    try:
+                        await proc._writer.send_all(b"".join(chunks))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        raise _HostEnded(f"pipe to host broke: {exc}") from None
+                    continue
+            await progress.wait()
 
     async def _reader(self, proc: RuntimeProcess, host_scope: trio.CancelScope) -> None:
         flow = self.flow

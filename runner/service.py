@@ -146,12 +146,19 @@ class Runner:
 async def open_runner(
     config: RunnerConfig | None = None, runtimes: dict[str, RuntimeManifest] | None = None
 ) -> AsyncIterator[Runner]:
-    """A running :class:`Runner`; on exit every flow is stopped gracefully, then torn down."""
-    async with trio.open_nursery() as nursery:
-        runner: Runner = await nursery.start(Runner(config, runtimes).run)
-        try:
-            yield runner
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(runner.config.stop_timeout + 1):
-                await runner.aclose()
-            nursery.cancel_scope.cancel()
+    """A running :class:`Runner`; on exit every flow is stopped gracefully, then torn down.
+
+    An exception from the body comes out as itself, not wrapped in an exception group."""
+    try:
+        async with trio.open_nursery() as nursery:
+            runner: Runner = await nursery.start(Runner(config, runtimes).run)
+            try:
+                yield runner
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(runner.config.stop_timeout + 1):
+                    await runner.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
