@@ -174,8 +174,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         return trio.run(_run_flow, args)
     except KeyboardInterrupt:
-        _err("fifoflow: interrupted; every runtime stopped")
-        return EXIT_INTERRUPTED
+        pass
+    except BaseExceptionGroup as group:
+        if group.subgroup(KeyboardInterrupt) is None:
+            raise
+    _err("fifoflow: interrupted; every runtime stopped")
+    return EXIT_INTERRUPTED
 
 
 def cmd_conformance(args: argparse.Namespace) -> int:

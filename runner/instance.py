@@ -111,6 +111,7 @@ class RuntimeInstance:
         self._last_rx = 0.0
         self._stopped = trio.Event()
         self.delivered_msgs = 0
+        self.redelivered_msgs = 0
 
     # ------------------------------------------------------------------ queueing
 
@@ -124,6 +125,7 @@ class RuntimeInstance:
             "restarts": self.restarts,
             "last_error": self.last_error,
             "delivered": self.delivered_msgs,
+            "redelivered": self.redelivered_msgs,
         }
 
     def pending_for(self, module: str) -> list[dict[str, Any]]:
@@ -264,6 +266,7 @@ class RuntimeInstance:
         """One host process lifetime. Returns (or raises _HostEnded) when it is over."""
         # Everything sent but not acknowledged goes again, first, in order.
         if self._unacked:
+            self.redelivered_msgs += self._unacked_msgs
             for d in reversed(self._unacked):
                 d.seq = 0
                 self._queues.setdefault(d.module, deque()).appendleft(d)

@@ -483,7 +483,7 @@ class Host:
                         self.sel.unregister(self.rfd)
                     self.reading = want_read
                 timeout = self.check_timeouts()
-                for key, mask in self.sel.select(timeout):
+                for key, _mask in self.sel.select(timeout):
                     kind, child = key.data
                     if kind == "pipe":
                         self.on_pipe()

@@ -115,10 +115,13 @@ async def test_sigkill_mid_stream_redelivers_without_gaps() -> None:
             await sink.wait_for(2000)
             assert mid.process is not None
             killed_pid = mid.process.pid
+            in_flight = mid.statistics()["unacknowledged"]
             os.kill(killed_pid, signal.SIGKILL)
         await runner.wait_idle("kill")
         got = sink.msgs()
         assert mid.restarts == 1
+        # What node had not acknowledged when it died was sent again to the new process.
+        assert mid.redelivered_msgs >= in_flight
         assert mid.process is not None
         assert mid.process.pid != killed_pid
     assert set(got) == set(range(n)), "a message was lost"
@@ -130,7 +133,7 @@ async def test_sigkill_mid_stream_redelivers_without_gaps() -> None:
     if backsteps:
         i = backsteps[0]
         assert got[i:i + duplicates] == got[i - duplicates:i], "the replay is not the unacknowledged run"
-    print(f"duplicates after SIGKILL: {duplicates}")
+    print(f"SIGKILL: {in_flight} in flight, {mid.redelivered_msgs} redelivered, {duplicates} duplicates")
 
 
 async def test_garbage_on_a_fifo_restarts_that_runtime_only() -> None:
