@@ -67,6 +67,7 @@ class FlowRun:
         self._idle = trio.Event()
         self._idle.set()
         self._progress = trio.Event()
+        self._touched: set[RuntimeInstance] = set()
         self._ended = trio.Event()
         self._ended.set()
         self._scope: trio.CancelScope | None = None
@@ -177,6 +178,13 @@ class FlowRun:
                 instance, dst, dst_port = target
                 self._add_pending(len(msgs))
                 instance.enqueue(dst, dst_port, msgs)
+                self._touched.add(instance)
+
+    def kick(self) -> None:
+        """After a batch of routing: push what can go now to the hosts it was routed to."""
+        touched, self._touched = self._touched, set()
+        for instance in touched:
+            instance.kick()
 
     async def inject(self, module_id: str, port: str, msgs: list[Any]) -> None:
         if self.status is not FlowStatus.RUNNING:

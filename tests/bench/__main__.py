@@ -97,9 +97,14 @@ async def _latency(samples: int, rate: float) -> dict[str, float]:
     flow = _flow("lat", [("a", "python", stamp_py), ("b", "node", stamp_node)], ["a.out -> b.in"])
     same = "import time\ndef handle(msg, ctx):\n    return {'t0': msg['t0'], 't1': time.time_ns() // 1000}\n"
     flow_same = _flow("lat_same", [("a", "python", stamp_py), ("b", "python", same)], ["a.out -> b.in"])
+    # python -> node -> python, both stamps taken by python (one clock): two hops.
+    echo = "exports.handle = (msg) => msg;\n"
+    flow_two = _flow(
+        "lat_two", [("a", "python", stamp_py), ("b", "node", echo), ("c", "python", same)], ["a.out -> b.in", "b.out -> c.in"]
+    )
     out: dict[str, float] = {}
     async with open_runner(RunnerConfig()) as runner:
-        for name, f in (("cross", flow), ("same", flow_same)):
+        for name, f in (("cross", flow), ("same", flow_same), ("two_hops", flow_two)):
             await runner.add_or_update_flow(f)
             await runner.start_flow(f.id)
             counter = _Counter(samples)
@@ -188,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'hop_latency cross-runtime':<28} p50 {lat['cross_p50_us']:,.0f} us  p99 {lat['cross_p99_us']:,.0f} us"
         f"  max {lat['cross_max_us']:,.0f} us   target p50 <= 100 us {'met' if lat['cross_p50_us'] <= 100 else 'NOT met'}"
+    )
+    print(
+        f"{'two hops py->node->py':<28} p50 {lat['two_hops_p50_us']:,.0f} us  p99 {lat['two_hops_p99_us']:,.0f} us"
+        f"  max {lat['two_hops_max_us']:,.0f} us   (one clock; per hop p50 {lat['two_hops_p50_us'] / 2:,.0f} us)"
     )
     print(
         f"{'hop_latency same-runtime':<28} p50 {lat['same_p50_us']:,.0f} us  p99 {lat['same_p99_us']:,.0f} us"
