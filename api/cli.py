@@ -182,12 +182,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED
 
 
-def cmd_conformance(args: argparse.Namespace) -> int:
-    from ..runtimes import conformance
-
-    return int(conformance.main(args.rest))
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fifoflow", description="Run flows of python, node and exec modules over named pipes."
@@ -231,15 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
     runtimes.add_argument("--json", action="store_true")
     runtimes.set_defaults(func=cmd_runtimes)
 
-    conformance = sub.add_parser(
-        "conformance", help="check a runtime host against the runtime protocol", add_help=False
-    )
-    conformance.add_argument("rest", nargs=argparse.REMAINDER)
-    conformance.set_defaults(func=cmd_conformance)
+    # Listed for --help; main() hands its arguments to the kit before parsing.
+    sub.add_parser("conformance", help="check a runtime host against the runtime protocol")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["conformance"]:
+        # The kit parses its own options (including a host command after --).
+        from ..runtimes import conformance
+
+        raise SystemExit(conformance.main(argv[1:], prog="fifoflow conformance"))
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

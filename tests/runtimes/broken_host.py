@@ -1,0 +1,48 @@
+"""A deliberately broken runtime host, for testing that the conformance kit catches it.
+
+    python broken_host.py BREAKAGE <to-runtime> <from-runtime>
+
+BREAKAGE: ``done-first`` acknowledges a delivery before writing its emits;
+``no-protocol`` says hello without the protocol field.
+"""
+
+import json
+import os
+import sys
+
+
+def main() -> int:
+    breakage, to_path, from_path = sys.argv[1:4]
+    rfd = os.open(to_path, os.O_RDONLY)
+    wfd = os.open(from_path, os.O_WRONLY)
+
+    def send(*frames: dict) -> None:
+        os.write(wfd, b"".join(json.dumps(f).encode() + b"\n" for f in frames))
+
+    hello = {"op": "hello", "protocol": 1, "runtime": "broken", "version": "0", "pid": os.getpid(), "features": []}
+    if breakage == "no-protocol":
+        del hello["protocol"]
+    send(hello)
+    buf = b""
+    while True:
+        data = os.read(rfd, 65536)
+        if not data:
+            return 0
+        buf += data
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            frame = json.loads(line)
+            op = frame["op"]
+            if op == "load":
+                send({"op": "loaded", "module": frame["module"]})
+            elif op == "deliver":
+                emit = {"op": "emit", "module": frame["module"], "port": "out", "msgs": frame["msgs"]}
+                done = {"op": "done", "seq": frame["seq"]}
+                send(done, emit) if breakage == "done-first" else send(emit, done)
+            elif op == "shutdown":
+                send({"op": "bye"})
+                return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
