@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 import trio
+
 from fifoflow.flows import parse_flow
 from fifoflow.runner import RunnerConfig, open_runner
 from fifoflow.runtimes.registry import discover

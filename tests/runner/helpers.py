@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import trio
+
 from fifoflow.flows import Flow, parse_flow
 from fifoflow.runtimes.registry import discover
 

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import trio
+
 from fifoflow.runner import FlowLoadError, FlowStatus, RunnerConfig, RunnerError, open_runner
 
 from .helpers import RUNTIMES, next_event, start

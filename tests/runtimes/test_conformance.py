@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from fifoflow.runtimes.conformance import run_checks
 
 BROKEN = Path(__file__).with_name("broken_host.py")

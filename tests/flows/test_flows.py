@@ -1,0 +1,153 @@
+"""Flow documents: validation names every problem's field, dumps are stable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from fifoflow.flows import FlowError, Wire, dump_flow, load_flow, parse_flow
+
+RUNTIMES = {"python", "node", "exec"}
+EXAMPLES = Path(__file__).resolve().parents[2] / "flows" / "examples"
+
+
+def problems(doc: object, base_dir: Path | None = None) -> list[str]:
+    with pytest.raises(FlowError) as info:
+        parse_flow(doc if isinstance(doc, (bytes, str)) else orjson.dumps(doc), base_dir=base_dir, runtimes=RUNTIMES)
+    return [str(p) for p in info.value.problems]
+
+
+def doc(**overrides: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "fifoflow": 1,
+        "id": "f",
+        "modules": [
+            {"id": "a", "runtime": "python", "code": "def handle(m, c): return m"},
+            {"id": "b", "runtime": "node", "code": "exports.handle = (m) => m", "outputs": ["out", "audit"]},
+        ],
+        "wires": ["a.out -> b.in"],
+    }
+    base.update(overrides)
+    return base
+
+
+def test_a_valid_flow_parses_with_defaults() -> None:
+    flow = parse_flow(orjson.dumps(doc()), base_dir=None, runtimes=RUNTIMES)
+    assert [m.id for m in flow.modules] == ["a", "b"]
+    assert flow.module("a").inputs == ("in",)
+    assert flow.module("b").outputs == ("out", "audit")
+    assert flow.module("a").timeout == 30
+    assert flow.wires == (Wire("a", "out", "b", "in"),)
+    assert flow.entry_ports() == [("a", "in")]
+    assert flow.exit_ports() == [("b", "out"), ("b", "audit")]
+    assert flow.qualified("a") == "f/a"
+    assert flow.module("a").filename == "f/a"
+
+
+def test_unknown_runtime_names_the_field_and_the_known_ones() -> None:
+    d = doc()
+    d["modules"][1]["runtime"] = "nodejs"  # type: ignore[index]
+    assert problems(d) == ["modules[1].runtime: unknown runtime 'nodejs' (known: exec, node, python)"]
+
+
+def test_wires_to_missing_modules_and_ports() -> None:
+    d = doc(wires=["a.out -> shoot.in", "a.outt -> b.in", "a.out -> b.inn", "a.out b.in"])
+    assert problems(d) == [
+        "wires[0]: module 'shoot' does not exist (modules: a, b)",
+        "wires[1]: 'a' has no output port 'outt' (outputs: out)",
+        "wires[2]: 'b' has no input port 'inn' (inputs: in)",
+        "wires[3]: not a wire: 'a.out b.in' (expected 'module.port -> module.port')",
+    ]
+
+
+def test_duplicate_ids_and_wires() -> None:
+    d = doc(wires=["a.out -> b.in", "a.out  ->  b.in"])
+    d["modules"].append({"id": "a", "runtime": "python", "code": "x"})  # type: ignore[union-attr]
+    assert problems(d) == [
+        "modules[2].id: duplicate module id 'a' (first at modules[0])",
+        "wires[1]: duplicate wire 'a.out -> b.in' (first at wires[0])",
+    ]
+
+
+def test_module_file_not_found_names_the_absolute_path(tmp_path: Path) -> None:
+    d = doc()
+    d["modules"][0] = {"id": "a", "runtime": "python", "file": "missing.py"}  # type: ignore[index]
+    assert problems(d, base_dir=tmp_path) == [f"modules[0].file: file not found: {tmp_path / 'missing.py'}"]
+
+
+def test_wrong_format_version_and_missing_version() -> None:
+    assert problems(doc(fifoflow=2)) == ["fifoflow: unsupported format version 2 (this fifoflow reads version 1)"]
+    d = doc()
+    del d["fifoflow"]
+    assert problems(d) == ['fifoflow: missing format version (add "fifoflow": 1)']
+
+
+def test_type_errors_and_unknown_fields_name_their_path() -> None:
+    d = doc(id=7)
+    d["modules"][0] = {"id": "a", "runtime": "python", "code": "x", "timeout": "soon", "colour": "red"}  # type: ignore[index]
+    found = problems(d)
+    assert any(p.startswith("id: ") for p in found)
+    assert any(p.startswith("modules[0].timeout: ") for p in found)
+    assert "modules[0]: unknown field(s): colour" in found
+
+
+def test_code_and_command_rules() -> None:
+    d = doc(wires=[])
+    d["modules"] = [
+        {"id": "a", "runtime": "python"},
+        {"id": "b", "runtime": "python", "code": "x", "file": "y.py"},
+        {"id": "c", "runtime": "exec", "code": "x"},
+        {"id": "d", "runtime": "python", "code": "x", "command": ["ls"]},
+        {"id": "9e", "runtime": "python", "code": "x", "timeout": 0},
+    ]
+    assert problems(d) == [
+        "modules[0]: missing code: give inline code or a file",
+        "modules[1]: give either code or file, not both",
+        'modules[2].command: exec modules need a command (an argv list, e.g. ["sh", "step.sh"])',
+        "modules[2].code: exec modules take a command, not code or file",
+        "modules[3].command: only exec modules take a command (python modules take code or file)",
+        "modules[4].id: invalid module id '9e' (letters, digits, '_' and '-'; not starting with a digit)",
+        "modules[4].timeout: must be a positive number of seconds, got 0",
+    ]
+
+
+def test_invalid_json_says_where() -> None:
+    (message,) = problems(b'{"fifoflow": 1,\n "id": "x",,}')
+    assert "not valid JSON" in message
+    assert "line 2" in message
+
+
+def test_dump_is_stable_and_round_trips(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("def handle(m, c):\n    return m\n")
+    source = {
+        "wires": ["a.out -> b.in"],
+        "modules": [
+            {"runtime": "python", "id": "a", "file": "a.py", "config": {"z": 1, "a": {"y": 2, "b": 3}}},
+            {"timeout": 5, "id": "b", "runtime": "node", "code": "exports.handle = (m) => m"},
+        ],
+        "id": "f",
+        "fifoflow": 1,
+    }
+    (tmp_path / "flow.json").write_bytes(orjson.dumps(source))
+    flow = load_flow(tmp_path / "flow.json", runtimes=RUNTIMES)
+    assert flow.module("a").source == "def handle(m, c):\n    return m\n"
+    assert flow.module("a").filename == str(tmp_path / "a.py")
+    out = dump_flow(flow)
+    assert out.endswith(b"\n")
+    assert list(orjson.loads(out)) == ["fifoflow", "id", "modules", "wires"]
+    assert list(orjson.loads(out)["modules"][0]) == ["id", "runtime", "file", "config"]
+    assert orjson.loads(out)["modules"][0]["config"] == {"a": {"b": 3, "y": 2}, "z": 1}
+    assert b'"code"' not in out.split(b'"id": "b"')[0], "file-based code must stay a file reference"
+    again = parse_flow(out, base_dir=tmp_path, runtimes=RUNTIMES)
+    assert again == flow
+    assert dump_flow(again) == out
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.iterdir() if (p / "flow.json").exists()))
+def test_examples_load_and_are_in_canonical_form(name: str) -> None:
+    path = EXAMPLES / name / "flow.json"
+    flow = load_flow(path, runtimes=RUNTIMES)
+    assert flow.id == name
+    assert dump_flow(flow) == path.read_bytes(), "example is not in the form dump_flow writes"
