@@ -95,7 +95,8 @@ async def test_user_errors_are_recorded_and_the_flow_goes_on(runtime: str, code:
         assert errors[0]["error"].get("traceback")
 
 
-async def test_sigkill_mid_stream_redelivers_without_gaps() -> None:
+@pytest.mark.parametrize("victim", ["node", "python"])
+async def test_sigkill_mid_stream_redelivers_without_gaps(victim: str) -> None:
     n = 10_000
     doc = {
         "id": "kill",
@@ -110,7 +111,7 @@ async def test_sigkill_mid_stream_redelivers_without_gaps() -> None:
     async with open_runner(config) as runner:
         sink = await start(runner, doc)
         run = runner.flow("kill")
-        mid = run.instances["node"]
+        mid = run.instances[victim]  # the python host holds both src and dst
         async with trio.open_nursery() as nursery:
             nursery.start_soon(runner.inject, "kill", "src", "in", list(range(n)))
             await sink.wait_for(2000)
