@@ -114,3 +114,23 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except OSError:
         return False
+
+
+@pytest.mark.parametrize(
+    ("example", "inputs", "expected"),
+    [
+        ("hello", ['{"name": "fifo"}'], ["*** HELLO, FIFO! ***"]),
+        ("counter", ['"apple"', '"pear"', '"apple"'], [{"key": "apple", "count": 1}, {"key": "pear", "count": 1}, {"key": "apple", "count": 2}]),
+        ("exec", ['"fifo"'], ["fifo has 4 characters (wrapped by sh)"]),
+        (
+            "fan-out-fan-in",
+            ['"the quick brown fox"'],
+            [{"id": 1, "letters": 16, "reverse": "xof nworb kciuq eht", "words": 4}],
+        ),
+    ],
+)
+def test_examples_compute_what_their_readme_says(example: str, inputs: list[str], expected: list[object]) -> None:
+    args = [arg for text in inputs for arg in ("--input", text)]
+    result = fifoflow("run", str(EXAMPLES / example / "flow.json"), "--raw", "--quiet", *args)
+    assert result.returncode == 0, result.stderr
+    assert [orjson.loads(line) for line in result.stdout.splitlines()] == expected

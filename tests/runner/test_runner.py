@@ -244,3 +244,32 @@ async def test_inject_errors_name_what_is_wrong() -> None:
             runner.list_flows_for_runtime("cobol")
         assert {r["id"] for r in runner.list_runtimes()} >= {"python", "node", "exec"}
         assert set(RUNTIMES) >= {"python", "node", "exec"}
+
+
+@pytest.mark.parametrize(
+    ("runtime", "code"),
+    [
+        (
+            "python",
+            "import asyncio\n"
+            "def init(ctx):\n    ctx.state.setdefault('calls', 0)\n"
+            "async def handle(msg, ctx):\n    await asyncio.sleep(0)\n    ctx.state['calls'] += 1\n"
+            "    print('handled', msg)\n    return msg * 10\n",
+        ),
+        (
+            "node",
+            "exports.init = (ctx) => { ctx.state.calls = ctx.state.calls || 0; };\n"
+            "exports.handle = async (msg, ctx) => { await new Promise((r) => setTimeout(r, 1)); ctx.state.calls += 1;"
+            " console.log('handled', msg); return msg * 10; };\n",
+        ),
+    ],
+)
+async def test_async_handlers_init_and_captured_logs(runtime: str, code: str) -> None:
+    async with open_runner() as runner:
+        sink = await start(runner, {"id": "async", "modules": [module("m", runtime, code)], "wires": []})
+        await runner.inject("async", "m", "in", [1, 2, 3])
+        await runner.wait_idle("async")
+        assert sink.msgs() == [10, 20, 30]
+        assert runner.module_state("async", "m") == {"calls": 3}
+        logs = [entry["text"] for entry in runner.flow("async").instances[runtime].logs]
+        assert "handled 3" in logs, "the host's stdout is captured line by line as its log"
