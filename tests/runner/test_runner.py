@@ -273,3 +273,22 @@ async def test_async_handlers_init_and_captured_logs(runtime: str, code: str) ->
         assert runner.module_state("async", "m") == {"calls": 3}
         logs = [entry["text"] for entry in runner.flow("async").instances[runtime].logs]
         assert "handled 3" in logs, "the host's stdout is captured line by line as its log"
+
+
+async def test_a_crash_loop_fails_the_flow_and_says_why() -> None:
+    poison = "import os\ndef handle(msg, ctx):\n    if msg == 'die':\n        os._exit(1)\n    return msg\n"
+    config = RunnerConfig(crash_limit=3, crash_period=30)
+    async with open_runner(config) as runner:
+        await start(runner, {"id": "loop", "modules": [module("m", "python", poison)], "wires": []})
+        other = await start(runner, {"id": "calm", "modules": [module("c", "python", PY_ID)], "wires": []})
+        sub = runner.subscribe(flows=["loop"], kinds=["flow"])
+        await runner.inject("loop", "m", "in", ["die"])
+        event = await next_event(sub, "flow", status="failed")
+        assert "crashed 3 times" in event["error"]
+        run = runner.flow("loop")
+        assert run.status is FlowStatus.FAILED
+        assert [e["error"]["type"] for e in run.errors["*"]] == ["RuntimeFailed"]
+        # The other flow never noticed.
+        await runner.inject("calm", "c", "in", ["ok"])
+        await runner.wait_idle("calm")
+        assert other.msgs() == ["ok"]
