@@ -356,7 +356,9 @@ class RuntimeInstance:
         with trio.move_on_after(self.config.stop_timeout):
             try:
                 async with proc._send_lock:
-                    await proc._writer.send_all(encode_frame({"op": "shutdown"}))
+                    # Finish a frame a direct send left half-written, or the host reads garbage.
+                    leftover, self._leftover = self._leftover, None
+                    await proc._writer.send_all(bytes(leftover or b"") + encode_frame({"op": "shutdown"}))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             await self._stopped.wait()
@@ -450,7 +452,12 @@ class RuntimeInstance:
             self.kick()  # acknowledgements may have opened the window
 
     async def _deadline(self, proc: RuntimeProcess) -> None:
-        """Fallback for hosts that cannot report ``hung`` themselves (PROTOCOL.md section 5)."""
+        """Fallback for hosts that cannot report ``hung`` themselves (PROTOCOL.md section 5).
+
+        Only for hosts without the ``watchdog`` feature: a frame of many slow-but-legal
+        messages can take longer than this limit, and a host with a watchdog says ``hung``."""
+        if "watchdog" in (proc.hello.get("features") or ()):
+            return
         timeouts = [
             float(m.get("timeout") or self.config.default_module_timeout)
             for m in self.modules.values()
