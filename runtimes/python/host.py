@@ -481,6 +481,8 @@ class Host:
         return True
 
     def serve(self):
+        # FIFOFLOW_NO_WATCHDOG=1 runs without the watchdog (tests the runner's fallback).
+        watchdog = os.environ.get("FIFOFLOW_NO_WATCHDOG") != "1"
         self.write(
             dumps(
                 {
@@ -489,12 +491,13 @@ class Host:
                     "runtime": "python",
                     "version": VERSION,
                     "pid": os.getpid(),
-                    "features": ["watchdog"],
+                    "features": ["watchdog"] if watchdog else [],
                 }
             )
             + b"\n"
         )
-        threading.Thread(target=self.watchdog, name="fifoflow-watchdog", daemon=True).start()
+        if watchdog:
+            threading.Thread(target=self.watchdog, name="fifoflow-watchdog", daemon=True).start()
         buf = b""
         rfd = self.rfd
         while True:

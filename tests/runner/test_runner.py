@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from pathlib import Path
 
+import orjson
 import pytest
 import trio
 
+from fifoflow.flows import parse_flow
 from fifoflow.runner import FlowLoadError, FlowStatus, RunnerConfig, RunnerError, open_runner
+from fifoflow.runtimes.registry import discover
 
 from .helpers import RUNTIMES, next_event, start
 
@@ -292,3 +296,29 @@ async def test_a_crash_loop_fails_the_flow_and_says_why() -> None:
         await runner.inject("calm", "c", "in", ["ok"])
         await runner.wait_idle("calm")
         assert other.msgs() == ["ok"]
+
+
+async def test_the_runner_deadline_catches_a_host_without_a_watchdog(tmp_path: Path) -> None:
+    # The python host with its watchdog switched off stands for a host that has none.
+    runtime_dir = tmp_path / "python-nowatch"
+    runtime_dir.mkdir()
+    host = Path(RUNTIMES["python"].directory) / "host.py"
+    (runtime_dir / "manifest.json").write_bytes(orjson.dumps({
+        "id": "python-nowatch", "name": "python without watchdog", "version": "0", "protocol": 1,
+        "command": ["env", "FIFOFLOW_NO_WATCHDOG=1", "{python}", "-u", str(host)],
+    }))
+    runtimes = discover(tmp_path)
+    hang = "import time\ndef handle(msg, ctx):\n    if msg == 'hang':\n        time.sleep(3600)\n    return msg\n"
+    doc = {"fifoflow": 1, "id": "nowatch", "modules": [{"id": "m", "runtime": "python-nowatch", "code": hang, "timeout": 0.2}], "wires": []}
+    flow = parse_flow(doc, base_dir=None, runtimes=runtimes.keys())
+    async with open_runner(runtimes=runtimes) as runner:
+        await runner.add_or_update_flow(flow)
+        await runner.start_flow("nowatch")
+        await runner.inject("nowatch", "m", "in", ["hang"])
+        with trio.fail_after(20):
+            await runner.wait_idle("nowatch")
+        errors = runner.module_errors("nowatch", "m")
+        # Stuck twice on the same frame: its message is recorded, not delivered a third time.
+        assert [e["error"]["type"] for e in errors] == ["Timeout", "Timeout"]
+        assert errors[-1]["msg"] == "hang"
+        assert runner.flow("nowatch").instances["python-nowatch"].restarts >= 1
