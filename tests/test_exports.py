@@ -1,0 +1,25 @@
+"""Every public name a package exports exists, and the core never imports the HTTP layer."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize("package", ["fifoflow.flows", "fifoflow.runner", "fifoflow.runtimes.registry", "fifoflow.runtimes.conformance"])
+def test_all_names_exist(package: str) -> None:
+    module = importlib.import_module(package)
+    missing = [name for name in module.__all__ if not hasattr(module, name)]
+    assert not missing
+
+
+def test_cores_do_not_import_api_or_quart() -> None:
+    code = (
+        "import sys, fifoflow.flows, fifoflow.runner, fifoflow.runtimes.registry\n"
+        "print([m for m in sys.modules if m.startswith(('fifoflow.api', 'quart', 'hypercorn'))])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
