@@ -1,7 +1,9 @@
 """The ``fifoflow`` command line.
 
 Subcommands: ``run`` (run a flow locally, print what reaches its exits), ``validate``,
-``runtimes``, ``conformance`` (the runtime protocol checks). The CLI is a thin layer: it
+``runtimes``, ``conformance`` (the runtime protocol checks); and (in :mod:`.remote`)
+``runner serve``, ``flow``, ``inject``, ``logs``, ``state``, which serve or call the
+Runner API. The CLI is a thin layer: it
 parses arguments, calls the cores and formats their answers.
 """
 
@@ -18,6 +20,7 @@ import trio
 from ..flows import FlowError, load_flow
 from ..runner import Runner, RunnerConfig, RunnerError, open_runner
 from ..runtimes.registry import ManifestError, discover
+from .remote import add_commands
 
 __all__ = ["main"]
 
@@ -224,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     runtimes = sub.add_parser("runtimes", help="list the runtimes this machine offers")
     runtimes.add_argument("--json", action="store_true")
     runtimes.set_defaults(func=cmd_runtimes)
+
+    add_commands(sub)
 
     # Listed for --help; main() hands its arguments to the kit before parsing.
     sub.add_parser("conformance", help="check a runtime host against the runtime protocol")

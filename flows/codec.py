@@ -317,19 +317,24 @@ def _validate(doc: _FlowDoc, *, base_dir: Path | None, runtimes: Collection[str]
     )
 
 
-def dump_flow(flow: Flow) -> bytes:
+def dump_flow(flow: Flow, *, inline: bool = False) -> bytes:
     """Stable JSON for git: fixed key order, defaults omitted, trailing newline.
-    Module code that came from a file stays a ``file`` reference."""
+
+    Module code that came from a file stays a ``file`` reference, unless ``inline``: then
+    the file's text is written as ``code``, so the document stands alone (what is sent to
+    a runner over HTTP, and what a runner stores)."""
     doc: dict[str, Any] = {"fifoflow": flow.fifoflow, "id": flow.id}
     if flow.description is not None:
         doc["description"] = flow.description
     modules = []
     for m in flow.modules:
         entry: dict[str, Any] = {"id": m.id, "runtime": m.runtime}
-        if m.file is not None:
+        if m.file is not None and not (inline and m.source is not None):
             entry["file"] = m.file
         elif m.code is not None:
             entry["code"] = m.code
+        elif m.source is not None:
+            entry["code"] = m.source
         if m.command is not None:
             entry["command"] = list(m.command)
         if m.config:

@@ -2,7 +2,7 @@
 
 Modules: ``pipes`` (the FIFO pair), ``framing`` (sans-IO line protocol), ``process`` (one
 host process), ``instance`` (supervision, queues, redelivery), ``flowrun`` (a flow's
-routing, outputs and errors), ``service`` (the Runner API object), ``events``, ``config``.
+routing, outputs and errors), ``service`` (the Runner API object), ``store`` (the state dir), ``events``, ``config``.
 """
 
 from .config import RunnerConfig
@@ -10,13 +10,20 @@ from .errors import (
     FlowLoadError,
     FlowNotFound,
     FlowStateError,
+    ModuleNotFound,
+    NotFound,
+    NotSupported,
+    PortNotFound,
     ProtocolError,
+    RevisionConflict,
     RunnerError,
+    RuntimeNotFound,
     RuntimeStartError,
 )
 from .events import EventHub, Subscription
 from .flowrun import FlowRun, FlowStatus
 from .service import Runner, open_runner
+from .store import FlowStore, StoredFlow
 
 __all__ = [
     "EventHub",
@@ -25,11 +32,19 @@ __all__ = [
     "FlowRun",
     "FlowStateError",
     "FlowStatus",
+    "FlowStore",
+    "ModuleNotFound",
+    "NotFound",
+    "NotSupported",
+    "PortNotFound",
     "ProtocolError",
+    "RevisionConflict",
     "Runner",
     "RunnerConfig",
     "RunnerError",
+    "RuntimeNotFound",
     "RuntimeStartError",
+    "StoredFlow",
     "Subscription",
     "open_runner",
 ]

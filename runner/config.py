@@ -34,7 +34,10 @@ class RunnerConfig:
     #: recent errors and log lines kept per module / runtime
     keep_errors: int = 100
     keep_logs: int = 1000
+    #: where flows and module state are kept (None: nothing is persisted)
     state_dir: Path | None = None
+    #: how often running flows' module state is written to ``state_dir``
+    checkpoint_interval: float = 1 * SECONDS
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> RunnerConfig:

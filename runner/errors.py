@@ -2,9 +2,16 @@
 
 ::
 
-    RunnerError                 base; .code is a stable machine-readable string
-    ├── FlowNotFound            no flow with that id
+    RunnerError                 base; .code is a stable machine-readable string,
+    │                           .field names the argument at fault (or None)
+    ├── NotFound                an id names nothing
+    │   ├── FlowNotFound        no flow with that id
+    │   ├── ModuleNotFound      the flow has no such module
+    │   ├── PortNotFound        the module has no such port
+    │   └── RuntimeNotFound     no runtime with that id
     ├── FlowStateError          the call does not fit the flow's state (e.g. inject into a stopped flow)
+    │   └── RevisionConflict    the caller updated from an old revision of the flow
+    ├── NotSupported            this runner does not do that yet (the message says what)
     ├── FlowLoadError           a module's code was refused by its runtime; .module, .error
     ├── RuntimeStartError       a runtime host could not be started or did not say hello
     └── ProtocolError           a runtime host broke the protocol (garbage, missing field)
@@ -21,22 +28,58 @@ __all__ = [
     "FlowLoadError",
     "FlowNotFound",
     "FlowStateError",
+    "ModuleNotFound",
+    "NotFound",
+    "NotSupported",
+    "PortNotFound",
     "ProtocolError",
+    "RevisionConflict",
     "RunnerError",
+    "RuntimeNotFound",
     "RuntimeStartError",
 ]
 
 
 class RunnerError(Exception):
     code = "runner_error"
+    field: str | None = None
 
 
-class FlowNotFound(RunnerError):
+class NotFound(RunnerError):
+    code = "not_found"
+
+
+class FlowNotFound(NotFound):
     code = "flow_not_found"
+    field = "flowId"
+
+
+class ModuleNotFound(NotFound):
+    code = "module_not_found"
+    field = "moduleId"
+
+
+class PortNotFound(NotFound):
+    code = "port_not_found"
+    field = "port"
+
+
+class RuntimeNotFound(NotFound):
+    code = "runtime_not_found"
+    field = "runtimeId"
 
 
 class FlowStateError(RunnerError):
     code = "flow_state"
+
+
+class RevisionConflict(FlowStateError):
+    code = "revision_conflict"
+    field = "revision"
+
+
+class NotSupported(RunnerError):
+    code = "not_implemented"
 
 
 class FlowLoadError(RunnerError):

@@ -3,6 +3,10 @@
 A subscriber never slows a flow: each has a bounded buffer; when it is full, events are
 dropped *for that subscriber only* and counted, and the next event it receives is
 preceded by a ``missed`` event saying how many it lost.
+
+Event kinds: ``output`` (flow, module, port, msgs), ``error`` (flow, module, port,
+runtime, msg, error), ``log`` (flow, runtime, module, level, stream, text), ``flow``
+(flow, status, error), ``missed`` (count).
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ class Subscription:
         flows: frozenset[str] | None,
         kinds: frozenset[str] | None,
         capacity: int,
+        outputs: frozenset[str] | None = None,
     ) -> None:
         self._hub = hub
         self.flows = flows
         self.kinds = kinds
+        self.outputs = outputs
         self._buffer: deque[Event] = deque()
         self._capacity = capacity
         self._missed = 0
@@ -42,7 +48,11 @@ class Subscription:
     def wants(self, event: Event) -> bool:
         if self.flows is not None and event.get("flow") not in self.flows:
             return False
-        return self.kinds is None or event["kind"] in self.kinds
+        if self.kinds is not None and event["kind"] not in self.kinds:
+            return False
+        if self.outputs is not None and event["kind"] == "output":
+            return f"{event['module']}.{event['port']}" in self.outputs
+        return True
 
     def _push(self, event: Event) -> None:
         if len(self._buffer) >= self._capacity:
@@ -93,13 +103,17 @@ class EventHub:
         *,
         flows: Iterable[str] | None = None,
         kinds: Iterable[str] | None = None,
+        outputs: Iterable[str] | None = None,
         capacity: int = 1000,
     ) -> Subscription:
+        """Events of ``flows`` (all if None) of the given ``kinds`` (all if None); output
+        events only from the ``outputs`` ports, written ``"module.port"`` (all if None)."""
         sub = Subscription(
             self,
             frozenset(flows) if flows is not None else None,
             frozenset(kinds) if kinds is not None else None,
             capacity,
+            frozenset(outputs) if outputs is not None else None,
         )
         self._subscribers.add(sub)
         return sub

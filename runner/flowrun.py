@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .errors import FlowStateError, RunnerError
+from .errors import FlowStateError, ModuleNotFound, PortNotFound, RunnerError
 from .instance import InstanceStatus, RuntimeInstance
 
 if TYPE_CHECKING:
@@ -56,6 +56,8 @@ class FlowRun:
         self.config = config
         self.hub = hub
         self.status = FlowStatus.STOPPED
+        #: bumped by every addOrUpdateFlow of this flow id; a caller can update "from" one
+        self.revision = 1
         self.error: str | None = None
         self.sink: OutputSink | None = None
         self.pending = 0
@@ -163,7 +165,9 @@ class FlowRun:
             if module.id == module_id:
                 return module
         known = ", ".join(m.id for m in self.flow.modules)
-        raise RunnerError(f"flow {self.flow_id!r} has no module {module_id!r} (modules: {known})")
+        raise ModuleNotFound(
+            f"flow {self.flow_id!r} has no module {module_id!r} (modules: {known})"
+        )
 
     # ------------------------------------------------------------------ messages
 
@@ -193,7 +197,7 @@ class FlowRun:
             )
         module = self._module(module_id)
         if port not in module.inputs:
-            raise RunnerError(
+            raise PortNotFound(
                 f"module {module_id!r} has no input port {port!r} (inputs: {', '.join(module.inputs)})"
             )
         instance = self.instances[module.runtime]
@@ -261,11 +265,36 @@ class FlowRun:
         module = self._module(module_id)
         return self.instances[module.runtime].states.get(self.qualified(module_id))
 
+    def snapshot(self) -> dict[str, Any]:
+        """The last state each module reported, by module id (modules without state left out)."""
+        found: dict[str, Any] = {}
+        for module in self.flow.modules:
+            state = self.instances[module.runtime].states.get(self.qualified(module.id))
+            if state is not None:
+                found[module.id] = state
+        return found
+
+    def seed_states(self, states: dict[str, Any]) -> None:
+        """Give modules a state before the flow starts (a restored or updated flow).
+        States of modules this flow does not have are ignored."""
+        for module in self.flow.modules:
+            if module.id in states:
+                self.instances[module.runtime].states[self.qualified(module.id)] = states[module.id]
+
+    def logs(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Recent log lines of every runtime of the flow, oldest first."""
+        merged = sorted(
+            (entry for inst in self.instances.values() for entry in inst.logs),
+            key=lambda entry: entry["time"],
+        )
+        return merged[-limit:] if limit else merged
+
     # ------------------------------------------------------------------ lifecycle
 
     def describe(self) -> dict[str, Any]:
         return {
             "id": self.flow_id,
+            "revision": self.revision,
             "status": self.status.value,
             "error": self.error,
             "pending": self.pending,

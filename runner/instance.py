@@ -358,7 +358,9 @@ class RuntimeInstance:
                 async with proc._send_lock:
                     # Finish a frame a direct send left half-written, or the host reads garbage.
                     leftover, self._leftover = self._leftover, None
-                    await proc._writer.send_all(bytes(leftover or b"") + encode_frame({"op": "shutdown"}))
+                    await proc._writer.send_all(
+                        bytes(leftover or b"") + encode_frame({"op": "shutdown"})
+                    )
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             await self._stopped.wait()

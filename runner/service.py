@@ -3,7 +3,15 @@
 It owns a nursery in which every started flow runs, and it is the only thing the HTTP
 layer (``api/``) talks to. Method names follow the Runner API: ``list_runtimes``,
 ``list_flows_for_runtime``, ``add_or_update_flow``, ``remove_flow``, ``start_flow``,
-``stop_flow``; plus ``inject``, ``wait_idle``, ``module_state``, ``module_errors``.
+``stop_flow``, ``set_breakpoint_at_module``, ``remove_breakpoint_at_module``,
+``single_step_flow``; plus ``inject``, ``wait_idle``, ``module_state``, ``module_errors``,
+``flow_logs``, ``health``.
+
+Persistence: with ``config.state_dir`` set, every flow, whether it should be running,
+and its modules' state are kept in a :class:`~.store.FlowStore`; :meth:`Runner.run`
+brings them back (flows marked running are started with their state). While flows
+run, module state is checkpointed every ``config.checkpoint_interval``; a graceful
+stop writes the final state.
 
 Resource handling: :meth:`Runner.run` (or :func:`open_runner`) owns every flow task
 and, through them, every runtime host process and FIFO; leaving it stops them all.
@@ -15,16 +23,29 @@ service's nursery.
 
 from __future__ import annotations
 
+import logging
+import time
 from contextlib import asynccontextmanager
+from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import trio
 
+from ..flows import FlowError, dump_flow, parse_flow
 from ..runtimes.registry import discover
 from .config import RunnerConfig
-from .errors import FlowNotFound, FlowStateError, RunnerError
+from .errors import (
+    FlowNotFound,
+    FlowStateError,
+    NotSupported,
+    RevisionConflict,
+    RunnerError,
+    RuntimeNotFound,
+)
 from .events import EventHub, Subscription
 from .flowrun import FlowRun, FlowStatus, OutputSink
+from .store import FlowStore
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -33,6 +54,17 @@ if TYPE_CHECKING:
     from ..runtimes.registry import RuntimeManifest
 
 __all__ = ["Runner", "open_runner"]
+
+log = logging.getLogger("fifoflow.runner")
+
+_LIVE = (FlowStatus.RUNNING, FlowStatus.STARTING, FlowStatus.STOPPING)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("fifoflow")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 class Runner:
@@ -45,21 +77,94 @@ class Runner:
         self._flows: dict[str, FlowRun] = {}
         self._nursery: trio.Nursery | None = None
         self._lock = trio.Lock()  # one deploy (add/update/remove/start/stop) at a time
+        self.store = FlowStore.open(self.config.state_dir) if self.config.state_dir else None
+        #: whether each flow should be running (what the user asked; persisted)
+        self._want_running: dict[str, bool] = {}
+        self._saved_states: dict[str, bytes] = {}
+        #: what went wrong while restoring the state dir (also logged)
+        self.restore_problems: list[str] = []
+        self.started_at = time.time()
+        self.version = _version()
 
     async def run(self, *, task_status: trio.TaskStatus[Runner] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled. With a state dir, restore its flows first (flows that
+        should run are started before ``task_status.started``)."""
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if self.store is not None:
+                    await self._restore()
+                    nursery.start_soon(self._checkpoints)
                 task_status.started(self)
                 await trio.sleep_forever()
         finally:
             self._nursery = None
 
     async def aclose(self) -> None:
-        """Stop every running flow gracefully (state snapshots taken)."""
+        """Stop every running flow gracefully; their final state is written to the state dir,
+        and they stay marked as running so that the next start brings them back."""
         async with trio.open_nursery() as nursery:
             for flow in list(self._flows.values()):
                 nursery.start_soon(flow.stop)
+        self.checkpoint()
+
+    # ------------------------------------------------------------------ persistence
+
+    async def _restore(self) -> None:
+        assert self.store is not None
+        stored, problems = self.store.load()
+        for item in stored:
+            try:
+                flow = parse_flow(
+                    item.document, base_dir=None, runtimes=self.runtimes, source_name=item.flow_id
+                )
+            except FlowError as exc:
+                problems.append(f"stored flow {item.flow_id!r} is no longer valid here: {exc}")
+                continue
+            run = FlowRun(flow, self.runtimes, self.config, self.events)
+            run.revision = item.revision
+            run.seed_states(item.states)
+            self._flows[flow.id] = run
+            self._want_running[flow.id] = item.running
+            self._saved_states[flow.id] = orjson.dumps(item.states)
+        for flow_id, run in sorted(self._flows.items()):
+            if self._want_running[flow_id]:
+                try:
+                    assert self._nursery is not None
+                    await self._nursery.start(run.run)
+                except RunnerError as exc:
+                    problems.append(f"stored flow {flow_id!r} did not start again: {exc}")
+        for problem in problems:
+            log.warning("%s", problem)
+        self.restore_problems = problems
+
+    def checkpoint(self) -> None:
+        """Write the module state of every flow whose state changed since the last write."""
+        if self.store is None:
+            return
+        for flow_id, run in list(self._flows.items()):
+            data = orjson.dumps(run.snapshot())
+            if self._saved_states.get(flow_id) != data:
+                self.store.save_states(flow_id, orjson.loads(data))
+                self._saved_states[flow_id] = data
+
+    async def _checkpoints(self) -> None:
+        while True:
+            await trio.sleep(self.config.checkpoint_interval)
+            try:
+                self.checkpoint()
+            except OSError as exc:  # a full disk must not take the flows down with it
+                log.error("could not write module state to %s: %s", self.config.state_dir, exc)
+
+    def _save_flow(self, run: FlowRun) -> None:
+        if self.store is not None:
+            document = orjson.loads(dump_flow(run.flow, inline=True))
+            self.store.save_flow(
+                run.flow_id,
+                document,
+                revision=run.revision,
+                running=self._want_running.get(run.flow_id, False),
+            )
 
     # ------------------------------------------------------------------ Runner API
 
@@ -69,17 +174,22 @@ class Runner:
     def list_flows_for_runtime(self, runtime_id: str) -> list[str]:
         if runtime_id not in self.runtimes:
             known = ", ".join(sorted(self.runtimes))
-            raise RunnerError(f"unknown runtime {runtime_id!r} (known: {known})")
+            raise RuntimeNotFound(f"unknown runtime {runtime_id!r} (known: {known})")
         return sorted(fid for fid, run in self._flows.items() if runtime_id in run.instances)
 
-    async def add_or_update_flow(self, flow: Flow) -> bool:
+    async def add_or_update_flow(self, flow: Flow, *, revision: int | None = None) -> bool:
+        """Add a flow (``True``) or replace a stopped one (``False``), keeping the state of
+        modules that are still there. With ``revision``, refuse (:class:`RevisionConflict`)
+        unless the flow is at that revision (``0``: the flow must not exist yet)."""
         async with self._lock:
             current = self._flows.get(flow.id)
-            if current is not None and current.status in (
-                FlowStatus.RUNNING,
-                FlowStatus.STARTING,
-                FlowStatus.STOPPING,
-            ):
+            have = current.revision if current is not None else 0
+            if revision is not None and revision != have:
+                raise RevisionConflict(
+                    f"flow {flow.id!r} is at revision {have}, not {revision}: "
+                    "someone else changed it; read it again and re-apply your change"
+                )
+            if current is not None and current.status in _LIVE:
                 raise FlowStateError(
                     f"flow {flow.id!r} is {current.status.value}: updating a running flow is a hot swap, "
                     "which this runner does not do yet; stop the flow first"
@@ -87,14 +197,22 @@ class Runner:
             run = FlowRun(flow, self.runtimes, self.config, self.events)
             if current is not None:
                 run.sink = current.sink
+                run.revision = current.revision + 1
+                run.seed_states(current.snapshot())
             self._flows[flow.id] = run
-            return True
+            self._want_running.setdefault(flow.id, False)
+            self._save_flow(run)
+            return current is None
 
     async def remove_flow(self, flow_id: str) -> None:
         async with self._lock:
             run = self.flow(flow_id)
             await run.stop()
             del self._flows[flow_id]
+            self._want_running.pop(flow_id, None)
+            self._saved_states.pop(flow_id, None)
+            if self.store is not None:
+                self.store.remove(flow_id)
 
     async def start_flow(self, flow_id: str) -> None:
         async with self._lock:
@@ -104,10 +222,40 @@ class Runner:
             if self._nursery is None:
                 raise RunnerError("the runner is not running (call Runner.run first)")
             await self._nursery.start(run.run)
+            if not self._want_running.get(flow_id):
+                self._want_running[flow_id] = True
+                self._save_flow(run)
 
     async def stop_flow(self, flow_id: str) -> None:
         async with self._lock:
-            await self.flow(flow_id).stop()
+            run = self.flow(flow_id)
+            await run.stop()
+            if self._want_running.get(flow_id):
+                self._want_running[flow_id] = False
+                self._save_flow(run)
+            self.checkpoint()
+
+    def set_breakpoint_at_module(self, flow_module_id: str) -> None:
+        self._flow_module(flow_module_id)
+        raise NotSupported(
+            "breakpoints are not implemented by this runner yet (they come with the debugger); "
+            f"{flow_module_id!r} is a valid module, but no breakpoint was set"
+        )
+
+    def remove_breakpoint_at_module(self, flow_module_id: str) -> None:
+        self._flow_module(flow_module_id)
+        raise NotSupported(
+            "breakpoints are not implemented by this runner yet (they come with the debugger); "
+            f"{flow_module_id!r} has no breakpoint to remove"
+        )
+
+    def single_step_flow(self, flow_id: str | None = None) -> dict[str, Any]:
+        if flow_id is not None:
+            self.flow(flow_id)
+        raise NotSupported(
+            "single stepping is not implemented by this runner yet (it comes with the debugger); "
+            "no flow is paused and nothing was stepped"
+        )
 
     # ------------------------------------------------------------------ around the API
 
@@ -118,8 +266,43 @@ class Runner:
             known = ", ".join(sorted(self._flows)) or "none"
             raise FlowNotFound(f"no flow {flow_id!r} (flows: {known})") from None
 
+    def _flow_module(self, flow_module_id: str) -> tuple[FlowRun, str]:
+        flow_id, sep, module_id = flow_module_id.partition("/")
+        if not sep or not module_id:
+            raise RunnerError(
+                f"{flow_module_id!r} is not a flowModuleId: write '<flow id>/<module id>'"
+            )
+        run = self.flow(flow_id)
+        run._module(module_id)
+        return run, module_id
+
     def flows(self) -> list[dict[str, Any]]:
-        return [run.describe() for _, run in sorted(self._flows.items())]
+        return [self.describe_flow(fid) for fid in sorted(self._flows)]
+
+    def describe_flow(self, flow_id: str) -> dict[str, Any]:
+        """The flow's status and counters, and whether it should be running."""
+        run = self.flow(flow_id)
+        return {**run.describe(), "wantRunning": self._want_running.get(flow_id, False)}
+
+    def flow_document(self, flow_id: str) -> dict[str, Any]:
+        """The flow as a standalone document (module files inlined)."""
+        return orjson.loads(dump_flow(self.flow(flow_id).flow, inline=True))
+
+    def flow_logs(self, flow_id: str, limit: int | None = None) -> list[dict[str, Any]]:
+        return self.flow(flow_id).logs(limit)
+
+    def health(self) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for run in self._flows.values():
+            counts[run.status.value] = counts.get(run.status.value, 0) + 1
+        return {
+            "status": "ok" if self._nursery is not None else "stopped",
+            "version": self.version,
+            "uptime": round(time.time() - self.started_at, 3),
+            "flows": counts,
+            "runtimes": sorted(self.runtimes),
+            "stateDir": str(self.config.state_dir) if self.config.state_dir else None,
+        }
 
     def set_output_sink(self, flow_id: str, sink: OutputSink | None) -> None:
         self.flow(flow_id).sink = sink
@@ -155,7 +338,10 @@ async def open_runner(
             try:
                 yield runner
             finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(runner.config.stop_timeout + 1):
+                with (
+                    trio.CancelScope(shield=True),
+                    trio.move_on_after(runner.config.stop_timeout + 1),
+                ):
                     await runner.aclose()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:

@@ -1,0 +1,268 @@
+"""A small typed client of the Runner API, for scripts, the CLI and the tests.
+
+::
+
+    async with RunnerClient("http://127.0.0.1:8470", token) as client:
+        await client.add_or_update_flow(document)
+        await client.start_flow("hello")
+        async with client.rpc() as rpc:                     # JSON-RPC over /ws
+            await rpc.subscribe(flows=["hello"], kinds=["output"])
+            await client.inject("hello", "greet", "in", [{"name": "Ada"}])
+            event = await rpc.next_event()
+
+Failures raise :class:`~fifoflow.api.errors.ApiError` with the server's ``status``,
+``code``, ``message`` and ``field``; an unreachable server raises :class:`ConnectError`.
+
+Resource handling: the client owns one ``httpx.AsyncClient`` (closed by ``aclose`` or
+leaving ``async with``); each :meth:`RunnerClient.rpc` session owns one WebSocket and
+its reader task, closed when its ``async with`` ends.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypedDict
+
+import httpx
+import orjson
+import trio
+import trio_websocket
+
+from .errors import ApiError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterable
+
+__all__ = ["ApiError", "ConnectError", "FlowSummary", "RpcSession", "RunnerClient", "Runtime"]
+
+
+class ConnectError(Exception):
+    """The runner could not be reached at its URL."""
+
+
+class Runtime(TypedDict):
+    id: str
+    name: str
+    version: str
+
+
+class FlowSummary(TypedDict, total=False):
+    id: str
+    revision: int
+    status: str
+    error: str | None
+    pending: int
+    outputs: int
+    errors: int
+    runtimes: dict[str, Any]
+    wantRunning: bool
+
+
+def _api_error(response: httpx.Response) -> ApiError:
+    try:
+        error = orjson.loads(response.content)["error"]
+        return ApiError(
+            error["message"],
+            status=response.status_code,
+            code=error.get("code"),
+            field=error.get("field"),
+            problems=error.get("problems"),
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        text = response.text[:200]
+        return ApiError(f"HTTP {response.status_code}: {text}", status=response.status_code)
+
+
+class RunnerClient:
+    def __init__(self, url: str, token: str, *, timeout: float = 60.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self._http = httpx.AsyncClient(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+        )
+
+    async def __aenter__(self) -> RunnerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def request(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
+    ) -> Any:
+        content = orjson.dumps(json) if json is not None else None
+        headers = {"Content-Type": "application/json"} if content is not None else None
+        try:
+            response = await self._http.request(
+                method, path, content=content, params=params, headers=headers
+            )
+        except httpx.TransportError as exc:
+            raise ConnectError(f"cannot reach the runner at {self.url}: {exc}") from None
+        if response.status_code >= 400:
+            raise _api_error(response)
+        return orjson.loads(response.content)
+
+    # ------------------------------------------------------------------ the seed's methods
+
+    async def list_runtimes(self) -> list[Runtime]:
+        return await self.request("GET", "/runtimes")
+
+    async def list_flows_for_runtime(self, runtime_id: str) -> list[str]:
+        return await self.request("GET", f"/runtimes/{runtime_id}/flows")
+
+    async def add_or_update_flow(
+        self, flow: dict[str, Any], *, revision: int | None = None
+    ) -> bool:
+        """Add (``True``) or replace (``False``) a flow; ``flow`` is a standalone document."""
+        params = {"revision": revision} if revision is not None else None
+        reply = await self.request("PUT", f"/flows/{flow['id']}", json=flow, params=params)
+        return reply["created"]
+
+    async def remove_flow(self, flow_id: str) -> None:
+        await self.request("DELETE", f"/flows/{flow_id}")
+
+    async def start_flow(self, flow_id: str) -> FlowSummary:
+        return await self.request("POST", f"/flows/{flow_id}/start")
+
+    async def stop_flow(self, flow_id: str) -> FlowSummary:
+        return await self.request("POST", f"/flows/{flow_id}/stop")
+
+    async def set_breakpoint_at_module(self, flow_module_id: str) -> bool:
+        flow_id, _, module_id = flow_module_id.partition("/")
+        return await self.request("PUT", f"/flows/{flow_id}/modules/{module_id}/breakpoint")
+
+    async def remove_breakpoint_at_module(self, flow_module_id: str) -> bool:
+        flow_id, _, module_id = flow_module_id.partition("/")
+        return await self.request("DELETE", f"/flows/{flow_id}/modules/{module_id}/breakpoint")
+
+    async def single_step_flow(self, flow_id: str) -> dict[str, Any]:
+        return await self.request("POST", f"/flows/{flow_id}/step")
+
+    # ------------------------------------------------------------------ around them
+
+    async def health(self) -> dict[str, Any]:
+        return await self.request("GET", "/health")
+
+    async def list_flows(self) -> list[FlowSummary]:
+        return await self.request("GET", "/flows")
+
+    async def get_flow(self, flow_id: str) -> dict[str, Any]:
+        return await self.request("GET", f"/flows/{flow_id}")
+
+    async def inject(self, flow_id: str, module_id: str, port: str, msgs: list[Any]) -> int:
+        path = f"/flows/{flow_id}/modules/{module_id}/inputs/{port}"
+        return (await self.request("POST", path, json={"msgs": msgs}))["accepted"]
+
+    async def module_state(self, flow_id: str, module_id: str) -> Any:
+        return (await self.request("GET", f"/flows/{flow_id}/modules/{module_id}/state"))["state"]
+
+    async def module_errors(self, flow_id: str, module_id: str) -> list[dict[str, Any]]:
+        return await self.request("GET", f"/flows/{flow_id}/modules/{module_id}/errors")
+
+    async def logs(self, flow_id: str, *, limit: int | None = None) -> list[dict[str, Any]]:
+        params = {"limit": limit} if limit is not None else None
+        return await self.request("GET", f"/flows/{flow_id}/logs", params=params)
+
+    @asynccontextmanager
+    async def rpc(self) -> AsyncIterator[RpcSession]:
+        """A JSON-RPC session over ``/ws`` (calls, and the events of its subscriptions)."""
+        ws_url = "ws" + self.url.removeprefix("http") + "/ws"
+        headers = [(b"Authorization", f"Bearer {self.token}".encode())]
+        try:
+            async with (
+                trio_websocket.open_websocket_url(
+                    ws_url, extra_headers=headers, max_message_size=64 * 1024 * 1024
+                ) as ws,
+                trio.open_nursery() as nursery,
+            ):
+                session = RpcSession(ws)
+                nursery.start_soon(session._reader)
+                try:
+                    yield session
+                finally:
+                    nursery.cancel_scope.cancel()
+        except trio_websocket.HandshakeError as exc:
+            status = getattr(getattr(exc, "status_code", None), "real", None) or getattr(
+                exc, "status_code", 0
+            )
+            body = getattr(exc, "body", b"") or b""
+            raise _api_error(httpx.Response(status or 400, content=body)) from None
+        except OSError as exc:
+            raise ConnectError(f"cannot reach the runner at {ws_url}: {exc}") from None
+
+
+class RpcSession:
+    """Calls may be made from several tasks at once; replies are matched by id. Events of
+    subscriptions queue up (without bound) until :meth:`next_event` takes them."""
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+        self._ws = ws
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
+        self._events_in, self._events = trio.open_memory_channel[dict[str, Any]](math.inf)
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                message = orjson.loads(await self._ws.get_message())
+                for item in message if isinstance(message, list) else [message]:
+                    if item.get("method") == "event":
+                        self._events_in.send_nowait(item["params"])
+                    elif (reply_to := self._waiting.pop(item.get("id"), None)) is not None:
+                        reply_to.send_nowait(item)
+        except trio_websocket.ConnectionClosed:
+            pass
+        finally:
+            self._events_in.close()
+            for channel in self._waiting.values():
+                channel.close()
+
+    async def call(self, method: str, **params: Any) -> Any:
+        request_id = next(self._ids)
+        send, receive = trio.open_memory_channel[dict[str, Any]](1)
+        self._waiting[request_id] = send
+        message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+        await self._ws.send_message(orjson.dumps(message).decode())
+        try:
+            reply = await receive.receive()
+        except trio.EndOfChannel:
+            raise ConnectError("the runner closed the WebSocket") from None
+        if "error" in reply:
+            error = reply["error"]
+            data = error.get("data") or {}
+            raise ApiError(
+                error["message"],
+                status=data.get("status", 400),
+                code=data.get("code", str(error["code"])),
+                field=data.get("field"),
+                problems=data.get("problems"),
+            )
+        return reply["result"]
+
+    async def subscribe(
+        self,
+        *,
+        flows: Iterable[str] | None = None,
+        kinds: Iterable[str] | None = None,
+        outputs: Iterable[str] | None = None,
+    ) -> str:
+        params = {
+            name: list(value)
+            for name, value in (("flows", flows), ("kinds", kinds), ("outputs", outputs))
+            if value is not None
+        }
+        return (await self.call("subscribe", **params))["subscription"]
+
+    async def next_event(self) -> dict[str, Any]:
+        """The next event of any subscription: ``{"subscription": id, "event": {...}}``."""
+        try:
+            return await self._events.receive()
+        except trio.EndOfChannel:
+            raise ConnectError("the runner closed the WebSocket") from None

@@ -1,0 +1,29 @@
+"""Small helpers shared by the routes: JSON in, JSON out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from quart import Response, request
+
+from .errors import BadRequest
+
+__all__ = ["json_response", "read_json"]
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+async def read_json() -> Any:
+    """The request body as JSON; a :class:`BadRequest` that says where the syntax breaks."""
+    data = await request.get_data(cache=False)
+    if not data:
+        raise BadRequest("the request needs a JSON body", field="body")
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", field="body") from None

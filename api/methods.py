@@ -1,0 +1,225 @@
+"""The Runner API's methods, once: REST routes and JSON-RPC calls both come here.
+
+Each method takes the :class:`~fifoflow.runner.Runner` and a dict of named parameters
+(what a JSON-RPC call sends as ``params``; what a REST route gathers from its path, query
+and body), checks every parameter (an :class:`~.errors.InvalidParams` names the one at
+fault) and calls the runner. Nothing here keeps state.
+
+The seed's names are used verbatim: ``listRuntimes``, ``listFlowsForRuntime``,
+``addOrUpdateFlow``, ``removeFlow``, ``startFlow``, ``stopFlow``,
+``setBreakPointAtModule``, ``removeBreakPointAtModule``, ``singleStepFlow``. Around them:
+``health``, ``listFlows``, ``getFlow``, ``inject``, ``getModuleState``,
+``getModuleErrors``, ``getLogs``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from ..flows import parse_flow
+from .errors import InvalidParams
+
+if TYPE_CHECKING:
+    from ..runner import Runner
+
+__all__ = ["METHODS", "Method", "call"]
+
+Params = dict[str, Any]
+Method = Callable[["Runner", Params], Awaitable[Any]]
+
+#: largest number of messages one inject call takes (split bigger batches)
+MAX_INJECT = 100_000
+MAX_LOGS = 10_000
+
+
+def _json_type(value: Any) -> str:
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
+
+
+def _str(params: Params, name: str, *, default: str | None = None) -> str:
+    value = params.get(name, default)
+    if value is None:
+        raise InvalidParams(f"missing required parameter {name!r}", field=name)
+    if not isinstance(value, str) or not value:
+        raise InvalidParams(
+            f"{name} must be a non-empty string, got {_json_type(value)}", field=name
+        )
+    return value
+
+
+def _opt_int(params: Params, name: str, *, minimum: int, maximum: int | None = None) -> int | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidParams(f"{name} must be an integer, got {_json_type(value)}", field=name)
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        raise InvalidParams(f"{name} must be {bound}, got {value}", field=name)
+    return value
+
+
+def _no_extra(params: Params, *known: str) -> None:
+    extra = sorted(set(params) - set(known))
+    if extra:
+        allowed = ", ".join(known) or "none"
+        raise InvalidParams(
+            f"unknown parameter(s): {', '.join(extra)} (allowed: {allowed})", field=extra[0]
+        )
+
+
+# ---------------------------------------------------------------------- the seed's methods
+
+
+async def list_runtimes(runner: Runner, params: Params) -> Any:
+    _no_extra(params)
+    return runner.list_runtimes()
+
+
+async def list_flows_for_runtime(runner: Runner, params: Params) -> Any:
+    _no_extra(params, "runtimeId")
+    return runner.list_flows_for_runtime(_str(params, "runtimeId"))
+
+
+async def add_or_update_flow(runner: Runner, params: Params) -> Any:
+    _no_extra(params, "flow", "revision")
+    document = params.get("flow")
+    if not isinstance(document, dict):
+        raise InvalidParams(
+            f"flow must be a flow document (an object), got {_json_type(document)}", field="flow"
+        )
+    revision = _opt_int(params, "revision", minimum=0)
+    flow = parse_flow(document, base_dir=None, runtimes=runner.runtimes, source_name="flow")
+    return await runner.add_or_update_flow(flow, revision=revision)
+
+
+async def remove_flow(runner: Runner, params: Params) -> Any:
+    _no_extra(params, "flowId")
+    await runner.remove_flow(_str(params, "flowId"))
+    return True
+
+
+async def start_flow(runner: Runner, params: Params) -> Any:
+    _no_extra(params, "flowId")
+    flow_id = _str(params, "flowId")
+    await runner.start_flow(flow_id)
+    return runner.describe_flow(flow_id)
+
+
+async def stop_flow(runner: Runner, params: Params) -> Any:
+    _no_extra(params, "flowId")
+    flow_id = _str(params, "flowId")
+    await runner.stop_flow(flow_id)
+    return runner.describe_flow(flow_id)
+
+
+async def set_breakpoint(runner: Runner, params: Params) -> Any:
+    _no_extra(params, "flowModuleId")
+    runner.set_breakpoint_at_module(_str(params, "flowModuleId"))
+    return True
+
+
+async def remove_breakpoint(runner: Runner, params: Params) -> Any:
+    _no_extra(params, "flowModuleId")
+    runner.remove_breakpoint_at_module(_str(params, "flowModuleId"))
+    return True
+
+
+async def single_step_flow(runner: Runner, params: Params) -> Any:
+    _no_extra(params, "flowId")
+    flow_id = params.get("flowId")
+    return runner.single_step_flow(_str(params, "flowId") if flow_id is not None else None)
+
+
+# ---------------------------------------------------------------------- around them
+
+
+async def health(runner: Runner, params: Params) -> Any:
+    _no_extra(params)
+    return runner.health()
+
+
+async def list_flows(runner: Runner, params: Params) -> Any:
+    _no_extra(params)
+    return runner.flows()
+
+
+async def get_flow(runner: Runner, params: Params) -> Any:
+    _no_extra(params, "flowId")
+    flow_id = _str(params, "flowId")
+    return {**runner.describe_flow(flow_id), "flow": runner.flow_document(flow_id)}
+
+
+async def inject(runner: Runner, params: Params) -> Any:
+    _no_extra(params, "flowId", "moduleId", "port", "msgs", "msg")
+    flow_id = _str(params, "flowId")
+    module_id = _str(params, "moduleId")
+    port = _str(params, "port", default="in")
+    if ("msgs" in params) == ("msg" in params):
+        raise InvalidParams(
+            "give either msg (one message) or msgs (an array of messages)", field="msgs"
+        )
+    if "msg" in params:
+        msgs = [params["msg"]]
+    else:
+        msgs = params["msgs"]
+        if not isinstance(msgs, list):
+            raise InvalidParams(f"msgs must be an array, got {_json_type(msgs)}", field="msgs")
+        if len(msgs) > MAX_INJECT:
+            raise InvalidParams(
+                f"at most {MAX_INJECT} messages per call, got {len(msgs)}", field="msgs"
+            )
+    if any(m is None for m in msgs):
+        raise InvalidParams("a message cannot be null (null means 'send nothing')", field="msgs")
+    await runner.inject(flow_id, module_id, port, msgs)
+    return {"accepted": len(msgs)}
+
+
+async def get_module_state(runner: Runner, params: Params) -> Any:
+    _no_extra(params, "flowId", "moduleId")
+    flow_id, module_id = _str(params, "flowId"), _str(params, "moduleId")
+    return {"state": runner.module_state(flow_id, module_id)}
+
+
+async def get_module_errors(runner: Runner, params: Params) -> Any:
+    _no_extra(params, "flowId", "moduleId")
+    return runner.module_errors(_str(params, "flowId"), _str(params, "moduleId"))
+
+
+async def get_logs(runner: Runner, params: Params) -> Any:
+    _no_extra(params, "flowId", "limit")
+    limit = _opt_int(params, "limit", minimum=1, maximum=MAX_LOGS)
+    return runner.flow_logs(_str(params, "flowId"), limit)
+
+
+METHODS: dict[str, Method] = {
+    "listRuntimes": list_runtimes,
+    "listFlowsForRuntime": list_flows_for_runtime,
+    "addOrUpdateFlow": add_or_update_flow,
+    "removeFlow": remove_flow,
+    "startFlow": start_flow,
+    "stopFlow": stop_flow,
+    "setBreakPointAtModule": set_breakpoint,
+    "removeBreakPointAtModule": remove_breakpoint,
+    "singleStepFlow": single_step_flow,
+    "health": health,
+    "listFlows": list_flows,
+    "getFlow": get_flow,
+    "inject": inject,
+    "getModuleState": get_module_state,
+    "getModuleErrors": get_module_errors,
+    "getLogs": get_logs,
+}
+
+
+async def call(runner: Runner, name: str, params: Params) -> Any:
+    return await METHODS[name](runner, params)

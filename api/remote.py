@@ -1,0 +1,374 @@
+"""CLI commands that serve or talk to a runner: ``runner serve``, ``flow ...``, ``inject``,
+``logs``, ``state``. Client commands take ``--url`` (``$FIFOFLOW_URL``) and
+``--token-file`` (``$FIFOFLOW_TOKEN_FILE``, default: the default state dir's ``token``).
+
+Exit status: 0 done, 1 the runner refused (its message is printed), 2 bad usage or
+input, 3 the runner cannot be reached, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import trio
+
+from ..flows import FlowError, dump_flow, load_flow
+from .auth import TokenError, default_state_dir, read_token
+from .client import ApiError, ConnectError, RunnerClient
+from .server import DEFAULT_PORT, ServeOptions, serve
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Awaitable, Callable
+
+__all__ = ["add_commands"]
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+INJECT_BATCH = 1000
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text.rstrip("\n") + "\n")
+    sys.stderr.flush()
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+
+
+class _Usage(Exception):
+    pass
+
+
+def _run(main: Callable[[], Awaitable[int]]) -> int:
+    """Run a client command; turn the usual failures into a message and an exit status."""
+    try:
+        return trio.run(main)
+    except ApiError as exc:
+        where = f" [{exc.field}]" if exc.field else ""
+        _err(f"fifoflow: {exc.message}{where} (HTTP {exc.status}, {exc.code})")
+        for problem in exc.problems or ():
+            _err(f"  {problem['path'] or '(document)'}: {problem['message']}")
+        return EXIT_REFUSED
+    except ConnectError as exc:
+        _err(f"fifoflow: {exc}\n  is a runner serving there? start one with: fifoflow runner serve")
+        return EXIT_UNREACHABLE
+    except (TokenError, _Usage) as exc:
+        _err(f"fifoflow: {exc}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _client(args: argparse.Namespace) -> RunnerClient:
+    token_file = Path(args.token_file) if args.token_file else default_state_dir() / "token"
+    return RunnerClient(args.url, read_token(token_file))
+
+
+# ---------------------------------------------------------------------- runner serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    options = ServeOptions(
+        state_dir=Path(args.state_dir) if args.state_dir else default_state_dir(),
+        host=args.host,
+        port=args.port,
+        token_file=Path(args.token_file) if args.token_file else None,
+        max_body=args.max_body,
+    )
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        _err(
+            f"fifoflow: warning: serving on {args.host}: anyone who can reach it and has the token can run code"
+        )
+    try:
+        trio.run(serve, options)
+    except TokenError as exc:
+        _err(f"fifoflow: {exc}")
+        return EXIT_USAGE
+    except OSError as exc:
+        _err(f"fifoflow: cannot serve on {args.host}:{args.port}: {exc}")
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- flows
+
+
+async def _document(client: RunnerClient, path: str) -> dict[str, Any]:
+    runtimes = [r["id"] for r in await client.list_runtimes()]
+    try:
+        flow = load_flow(Path(path), runtimes=runtimes)
+    except FlowError as exc:
+        lines = "\n".join(f"  {line}" for line in str(exc).splitlines())
+        raise _Usage(f"{path}: invalid flow\n{lines}") from None
+    return orjson.loads(dump_flow(flow, inline=True))
+
+
+def cmd_flow(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        async with _client(args) as client:
+            action = args.action
+            if action in ("add", "update"):
+                document = await _document(client, args.target)
+                flow_id = document["id"]
+                if action == "add":
+                    revision = 0
+                else:
+                    try:
+                        revision = (await client.get_flow(flow_id))["revision"]
+                    except ApiError as exc:
+                        if exc.status == 404:
+                            raise _Usage(
+                                f"no flow {flow_id!r} on the runner: use 'fifoflow flow add'"
+                            ) from None
+                        raise
+                await client.add_or_update_flow(document, revision=revision)
+                summary = await client.get_flow(flow_id)
+                _out(
+                    f"{'added' if action == 'add' else 'updated'} flow {flow_id!r} (revision {summary['revision']})"
+                )
+                if args.start:
+                    summary = await client.start_flow(flow_id)
+                    _out(f"flow {flow_id!r} is {summary['status']}")
+            elif action == "remove":
+                await client.remove_flow(args.target)
+                _out(f"removed flow {args.target!r}")
+            elif action in ("start", "stop"):
+                call = client.start_flow if action == "start" else client.stop_flow
+                summary = await call(args.target)
+                _out(f"flow {args.target!r} is {summary['status']}")
+            elif action == "show":
+                _out(_json(await client.get_flow(args.target)))
+            elif action == "list":
+                flows = await client.list_flows()
+                if args.json:
+                    _out(_json(flows))
+                else:
+                    _print_table(flows)
+            return EXIT_OK
+
+    return _run(main)
+
+
+def _print_table(flows: list[Any]) -> None:
+    rows = [("FLOW", "STATUS", "REV", "PENDING", "OUTPUTS", "ERRORS")]
+    rows += [
+        (
+            f["id"],
+            f["status"],
+            str(f["revision"]),
+            str(f["pending"]),
+            str(f["outputs"]),
+            str(f["errors"]),
+        )
+        for f in flows
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        _out("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    if len(rows) == 1:
+        _out("(no flows)")
+
+
+# ---------------------------------------------------------------------- messages, state, logs
+
+
+def _messages(args: argparse.Namespace) -> list[Any]:
+    msgs: list[Any] = []
+    for text in args.messages:
+        try:
+            msgs.append(orjson.loads(text))
+        except orjson.JSONDecodeError as exc:
+            raise _Usage(f"message {text!r} is not valid JSON: {exc}") from None
+    if args.file:
+        stream = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")
+        with stream:
+            for number, line in enumerate(stream, 1):
+                if line.strip():
+                    try:
+                        msgs.append(orjson.loads(line))
+                    except orjson.JSONDecodeError as exc:
+                        raise _Usage(f"{args.file}:{number}: not valid JSON: {exc}") from None
+    if not msgs:
+        raise _Usage("no messages: give JSON arguments or --file (one JSON message per line)")
+    return msgs
+
+
+def cmd_inject(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        module, _, port = args.target.partition(".")
+        msgs = _messages(args)
+        async with _client(args) as client:
+            sent = 0
+            for start in range(0, len(msgs), INJECT_BATCH):
+                sent += await client.inject(
+                    args.flow, module, port or "in", msgs[start : start + INJECT_BATCH]
+                )
+        _out(f"sent {sent} message(s) to {args.flow}/{module}.{port or 'in'}")
+        return EXIT_OK
+
+    return _run(main)
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        async with _client(args) as client:
+            _out(_json(await client.module_state(args.flow, args.module)))
+        return EXIT_OK
+
+    return _run(main)
+
+
+def _log_line(flow_id: str, entry: dict[str, Any]) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(entry["time"]))
+    where = (
+        f"{flow_id}/{entry['module']}" if entry.get("module") else f"{flow_id}/{entry['runtime']}"
+    )
+    return f"{stamp} [{where}] {entry['level']}: {entry['text']}"
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        async with _client(args) as client:
+            if not args.follow:
+                for entry in await client.logs(args.flow, limit=args.limit):
+                    _out(_log_line(args.flow, entry))
+                return EXIT_OK
+            async with client.rpc() as rpc:
+                # Subscribe first, then print the backlog: no line falls between the two.
+                await rpc.subscribe(flows=[args.flow], kinds=["log", "error", "flow"])
+                last = 0.0
+                for entry in await client.logs(args.flow, limit=args.limit):
+                    _out(_log_line(args.flow, entry))
+                    last = entry["time"]
+                while True:
+                    event = (await rpc.next_event())["event"]
+                    kind = event["kind"]
+                    if kind == "log" and event["time"] > last:
+                        _out(_log_line(args.flow, event))
+                    elif kind == "error":
+                        err = event["error"]
+                        _out(
+                            f"[{args.flow}/{event['module']}] error: {err.get('type')}: {err.get('message')}"
+                        )
+                    elif kind == "flow":
+                        _out(
+                            f"[{args.flow}] flow is {event['status']}"
+                            + (f": {event['error']}" if event.get("error") else "")
+                        )
+                    elif kind == "missed":
+                        _out(
+                            f"[{args.flow}] ... {event['count']} events not shown (reading too slowly)"
+                        )
+
+    return _run(main)
+
+
+# ---------------------------------------------------------------------- argparse
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("FIFOFLOW_URL", f"http://127.0.0.1:{DEFAULT_PORT}"),
+        help="the runner's URL (default: $FIFOFLOW_URL or %(default)s)",
+    )
+    parser.add_argument(
+        "--token-file",
+        default=os.environ.get("FIFOFLOW_TOKEN_FILE"),
+        help="file holding the bearer token (default: $FIFOFLOW_TOKEN_FILE or <state dir>/token)",
+    )
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    runner = sub.add_parser("runner", help="serve the Runner API (HTTP + WebSocket)")
+    runner_sub = runner.add_subparsers(dest="runner_command", required=True)
+    serve_p = runner_sub.add_parser("serve", help="run a runner and serve its API until Ctrl-C")
+    serve_p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
+    )
+    serve_p.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="0 picks a free port (default: %(default)s)"
+    )
+    serve_p.add_argument(
+        "--state-dir",
+        help=f"flows, module state and the token live here (default: $FIFOFLOW_STATE_DIR or {default_state_dir()})",
+    )
+    serve_p.add_argument(
+        "--token-file", help="use this token file instead of <state dir>/token (created if missing)"
+    )
+    serve_p.add_argument(
+        "--max-body",
+        type=int,
+        default=16 * 1024 * 1024,
+        metavar="BYTES",
+        help="largest request body (default: 16 MiB)",
+    )
+    serve_p.set_defaults(func=cmd_serve)
+
+    flow = sub.add_parser(
+        "flow", help="add, update, remove, start, stop, list and show flows on a runner"
+    )
+    flow_sub = flow.add_subparsers(dest="action", required=True)
+    for action, help_text in (
+        ("add", "add a flow from a flow file"),
+        ("update", "replace a stopped flow from a flow file"),
+    ):
+        p = flow_sub.add_parser(action, help=help_text)
+        p.add_argument("target", metavar="FLOW_FILE")
+        p.add_argument("--start", action="store_true", help="start the flow afterwards")
+        _client_options(p)
+    for action, help_text in (
+        ("remove", "stop and remove a flow"),
+        ("start", "start a flow"),
+        ("stop", "stop a flow (its module state is kept)"),
+        ("show", "print a flow's status and document"),
+    ):
+        p = flow_sub.add_parser(action, help=help_text)
+        p.add_argument("target", metavar="FLOW_ID")
+        _client_options(p)
+    p = flow_sub.add_parser("list", help="list flows and their status")
+    p.add_argument("--json", action="store_true")
+    _client_options(p)
+    flow.set_defaults(func=cmd_flow)
+
+    inject = sub.add_parser("inject", help="send messages to a module's input port on a runner")
+    inject.add_argument("flow", metavar="FLOW_ID")
+    inject.add_argument("target", metavar="MODULE[.PORT]", help="port defaults to 'in'")
+    inject.add_argument("messages", nargs="*", metavar="JSON", help="messages, in order")
+    inject.add_argument("--file", metavar="PATH", help="one JSON message per line ('-': stdin)")
+    _client_options(inject)
+    inject.set_defaults(func=cmd_inject)
+
+    logs = sub.add_parser("logs", help="print a flow's recent log lines")
+    logs.add_argument("flow", metavar="FLOW_ID")
+    logs.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="keep printing new lines, errors and status changes",
+    )
+    logs.add_argument(
+        "--limit", type=int, default=100, help="recent lines to print first (default: %(default)s)"
+    )
+    _client_options(logs)
+    logs.set_defaults(func=cmd_logs)
+
+    state = sub.add_parser("state", help="print a module's state")
+    state.add_argument("flow", metavar="FLOW_ID")
+    state.add_argument("module", metavar="MODULE_ID")
+    _client_options(state)
+    state.set_defaults(func=cmd_state)

@@ -1,0 +1,156 @@
+"""REST routes: one blueprint per resource, each a translation to :mod:`.methods`.
+
+::
+
+    GET    /health                                         health
+    GET    /runtimes                                       listRuntimes
+    GET    /runtimes/{runtimeId}/flows                     listFlowsForRuntime
+    GET    /flows                                          listFlows
+    GET    /flows/{flowId}                                 getFlow
+    PUT    /flows/{flowId}[?revision=N]                    addOrUpdateFlow (201 added, 200 updated)
+    DELETE /flows/{flowId}                                 removeFlow
+    POST   /flows/{flowId}/start                           startFlow
+    POST   /flows/{flowId}/stop                            stopFlow
+    POST   /flows/{flowId}/step                            singleStepFlow
+    PUT    /flows/{flowId}/modules/{moduleId}/breakpoint   setBreakPointAtModule
+    DELETE /flows/{flowId}/modules/{moduleId}/breakpoint   removeBreakPointAtModule
+    POST   /flows/{flowId}/modules/{moduleId}/inputs/{port} inject
+    GET    /flows/{flowId}/modules/{moduleId}/state        getModuleState
+    GET    /flows/{flowId}/modules/{moduleId}/errors       getModuleErrors
+    GET    /flows/{flowId}/logs[?limit=N]                  getLogs
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from quart import Blueprint, Response, request
+
+from .errors import InvalidParams
+from .http import json_response, read_json
+from .methods import call
+
+if TYPE_CHECKING:
+    from ..runner import Runner
+
+__all__ = ["flows_blueprint", "runtimes_blueprint"]
+
+
+def _query_int(name: str) -> int | None:
+    text = request.args.get(name)
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidParams(f"{name} must be an integer, got {text!r}", field=name) from None
+
+
+async def _json_object(what: str) -> dict[str, Any]:
+    body = await read_json()
+    if not isinstance(body, dict):
+        raise InvalidParams(f"the body must be {what} (a JSON object)", field="body")
+    return body
+
+
+def runtimes_blueprint(runner: Runner) -> Blueprint:
+    bp = Blueprint("runtimes", __name__)
+
+    @bp.get("/health")
+    async def health() -> Response:
+        return json_response(await call(runner, "health", {}))
+
+    @bp.get("/runtimes")
+    async def list_runtimes() -> Response:
+        return json_response(await call(runner, "listRuntimes", {}))
+
+    @bp.get("/runtimes/<runtimeId>/flows")
+    async def list_flows_for_runtime(runtimeId: str) -> Response:
+        return json_response(await call(runner, "listFlowsForRuntime", {"runtimeId": runtimeId}))
+
+    return bp
+
+
+def flows_blueprint(runner: Runner) -> Blueprint:
+    bp = Blueprint("flows", __name__)
+
+    @bp.get("/flows")
+    async def list_flows() -> Response:
+        return json_response(await call(runner, "listFlows", {}))
+
+    @bp.get("/flows/<flowId>")
+    async def get_flow(flowId: str) -> Response:
+        return json_response(await call(runner, "getFlow", {"flowId": flowId}))
+
+    @bp.put("/flows/<flowId>")
+    async def put_flow(flowId: str) -> Response:
+        revision = _query_int("revision")
+        document = await _json_object("a flow document")
+        document.setdefault("id", flowId)
+        if document["id"] != flowId:
+            raise InvalidParams(
+                f"the flow's id {document['id']!r} is not the id in the path {flowId!r}",
+                field="flow.id",
+            )
+        params: dict[str, Any] = {"flow": document}
+        if revision is not None:
+            params["revision"] = revision
+        created = await call(runner, "addOrUpdateFlow", params)
+        body = {"created": created, "flow": runner.describe_flow(flowId)}
+        return json_response(body, 201 if created else 200)
+
+    @bp.delete("/flows/<flowId>")
+    async def delete_flow(flowId: str) -> Response:
+        await call(runner, "removeFlow", {"flowId": flowId})
+        return json_response({"removed": flowId})
+
+    @bp.post("/flows/<flowId>/start")
+    async def start_flow(flowId: str) -> Response:
+        return json_response(await call(runner, "startFlow", {"flowId": flowId}))
+
+    @bp.post("/flows/<flowId>/stop")
+    async def stop_flow(flowId: str) -> Response:
+        return json_response(await call(runner, "stopFlow", {"flowId": flowId}))
+
+    @bp.post("/flows/<flowId>/step")
+    async def step_flow(flowId: str) -> Response:
+        return json_response(await call(runner, "singleStepFlow", {"flowId": flowId}))
+
+    @bp.put("/flows/<flowId>/modules/<moduleId>/breakpoint")
+    async def set_breakpoint(flowId: str, moduleId: str) -> Response:
+        params = {"flowModuleId": f"{flowId}/{moduleId}"}
+        return json_response(await call(runner, "setBreakPointAtModule", params))
+
+    @bp.delete("/flows/<flowId>/modules/<moduleId>/breakpoint")
+    async def remove_breakpoint(flowId: str, moduleId: str) -> Response:
+        params = {"flowModuleId": f"{flowId}/{moduleId}"}
+        return json_response(await call(runner, "removeBreakPointAtModule", params))
+
+    @bp.post("/flows/<flowId>/modules/<moduleId>/inputs/<port>")
+    async def inject(flowId: str, moduleId: str, port: str) -> Response:
+        body = await _json_object('{"msg": ...} or {"msgs": [...]}')
+        for reserved in ("flowId", "moduleId", "port"):
+            if reserved in body:
+                raise InvalidParams(f"{reserved} belongs in the path, not the body", field=reserved)
+        params = {**body, "flowId": flowId, "moduleId": moduleId, "port": port}
+        return json_response(await call(runner, "inject", params))
+
+    @bp.get("/flows/<flowId>/modules/<moduleId>/state")
+    async def module_state(flowId: str, moduleId: str) -> Response:
+        params = {"flowId": flowId, "moduleId": moduleId}
+        return json_response(await call(runner, "getModuleState", params))
+
+    @bp.get("/flows/<flowId>/modules/<moduleId>/errors")
+    async def module_errors(flowId: str, moduleId: str) -> Response:
+        params = {"flowId": flowId, "moduleId": moduleId}
+        return json_response(await call(runner, "getModuleErrors", params))
+
+    @bp.get("/flows/<flowId>/logs")
+    async def logs(flowId: str) -> Response:
+        params: dict[str, Any] = {"flowId": flowId}
+        limit = _query_int("limit")
+        if limit is not None:
+            params["limit"] = limit
+        return json_response(await call(runner, "getLogs", params))
+
+    return bp

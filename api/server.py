@@ -1,0 +1,86 @@
+"""``fifoflow runner serve``: a runner and its API in one process.
+
+Resource handling: :func:`serve` owns the runner (and so every runtime process) and the
+hypercorn server, in one nursery. SIGINT or SIGTERM stops accepting requests, stops
+every flow gracefully (their state is written to the state dir, and they stay marked
+running), then returns.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import attrs
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from ..runner import RunnerConfig, open_runner
+from .app import ApiSettings, create_app
+from .auth import load_or_create_token
+
+__all__ = ["DEFAULT_PORT", "ServeOptions", "serve"]
+
+DEFAULT_PORT = 8470
+
+
+@attrs.frozen
+class ServeOptions:
+    state_dir: Path
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    token_file: Path | None = None
+    max_body: int = 16 * 1024 * 1024
+    graceful_timeout: float = 2.0
+
+    @property
+    def token_path(self) -> Path:
+        return self.token_file or self.state_dir / "token"
+
+
+def _say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+async def serve(
+    options: ServeOptions, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve until SIGINT/SIGTERM (or cancellation); ``task_status`` gets the bound URLs."""
+    token, created = load_or_create_token(options.token_path)
+    _say(f"token: {options.token_path}" + (" (created)" if created else ""))
+    config = RunnerConfig(state_dir=options.state_dir)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_runner(config) as runner:
+            for problem in runner.restore_problems:
+                _say(f"warning: {problem}")
+            restored = runner.flows()
+            if restored:
+                running = sum(1 for f in restored if f["status"] == "running")
+                _say(
+                    f"restored {len(restored)} flow(s) from {options.state_dir}, {running} running"
+                )
+            app = create_app(runner, ApiSettings(token=token, max_body=options.max_body))
+            hc = hypercorn.config.Config()
+            hc.bind = [f"{options.host}:{options.port}"]
+            hc.websocket_max_message_size = options.max_body
+            hc.graceful_timeout = options.graceful_timeout
+            hc.accesslog = None
+            hc.errorlog = None
+            stop = trio.Event()
+            async with trio.open_nursery() as nursery:
+                urls = await nursery.start(
+                    lambda task_status: hypercorn.trio.serve(
+                        app, hc, shutdown_trigger=stop.wait, task_status=task_status
+                    )
+                )
+                _say(f"fifoflow runner {runner.version} listening on {' '.join(urls)}")
+                _say(f"state dir: {options.state_dir}")
+                task_status.started(urls)
+                async for signum in signals:
+                    _say(f"{signal.Signals(signum).name}: stopping flows (state is saved)")
+                    stop.set()
+                    break
+    _say("stopped")

@@ -1,0 +1,240 @@
+"""``GET /ws``: the Runner API as JSON-RPC 2.0 over a WebSocket, and event streams.
+
+Every method of :mod:`.methods` is callable by its name with named ``params``; calls on
+one connection are handled one after another, in the order they arrive, so injects sent
+in order are delivered in order. Batches (a JSON array of calls) are answered with an
+array. Two more methods manage event streams:
+
+``subscribe {flows?, kinds?, outputs?}`` -> ``{"subscription": "s1"}``
+    From then on the server sends notifications
+    ``{"jsonrpc": "2.0", "method": "event", "params": {"subscription": "s1", "event": {...}}}``
+    for events of the given flows (all if absent), kinds (``output``, ``error``, ``log``,
+    ``flow``; all if absent) and output ports (``"module.port"``; all if absent).
+``unsubscribe {subscription}`` -> ``true``
+
+A subscriber that reads slowly never slows a flow: each subscription buffers a bounded
+number of events, drops the rest, and then sends ``{"kind": "missed", "count": n}``.
+
+Error codes: -32700 parse error, -32600 invalid request, -32601 unknown method, -32602
+invalid params (a 400/422 of the REST API), -32000 any other API error. ``error.data``
+carries the REST error body (``status``, ``code``, ``message``, ``field``, ``problems``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import trio
+from quart import Blueprint, websocket
+
+from ..flows import FlowError
+from ..runner import RunnerError
+from .errors import ApiError, InvalidParams, from_exception
+from .methods import METHODS
+
+if TYPE_CHECKING:
+    from ..runner import Runner, Subscription
+    from .app import ApiSettings
+
+__all__ = ["EVENT_KINDS", "ws_blueprint"]
+
+EVENT_KINDS = ("output", "error", "log", "flow")
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+API_ERROR = -32000
+
+
+class _RpcError(Exception):
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+def _error(request_id: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return {"jsonrpc": "2.0", "id": request_id, "error": error}
+
+
+def _string_list(
+    params: dict[str, Any], name: str, allowed: tuple[str, ...] | None = None
+) -> list[str] | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidParams(f"{name} must be an array of strings", field=name)
+    if allowed is not None:
+        for v in value:
+            if v not in allowed:
+                raise InvalidParams(
+                    f"unknown {name[:-1]} {v!r} (known: {', '.join(allowed)})", field=name
+                )
+    return value
+
+
+class RpcConnection:
+    """One WebSocket client.
+
+    Resource handling: the subscriptions and their forwarding tasks live in the nursery
+    of :meth:`serve`; when the client goes away, they are closed with it."""
+
+    def __init__(self, runner: Runner, settings: ApiSettings) -> None:
+        self.runner = runner
+        self.settings = settings
+        self._send_lock = trio.Lock()
+        self._subs: dict[str, tuple[Subscription, trio.CancelScope]] = {}
+        self._ids = itertools.count(1)
+        self._nursery: trio.Nursery | None = None
+
+    async def send(self, message: Any) -> None:
+        data = orjson.dumps(message).decode()
+        async with self._send_lock:
+            await websocket.send(data)
+
+    async def serve(self) -> None:
+        await websocket.accept()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                while True:
+                    raw = await websocket.receive()
+                    reply = await self.handle(raw)
+                    if reply is not None:
+                        await self.send(reply)
+        finally:
+            for sub, scope in self._subs.values():
+                sub.close()
+                scope.cancel()
+
+    async def handle(self, raw: str | bytes) -> Any:
+        try:
+            message = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return _error(None, PARSE_ERROR, f"not valid JSON: {exc}")
+        if isinstance(message, list):
+            if not message:
+                return _error(None, INVALID_REQUEST, "an empty batch")
+            replies = [await self.handle_one(item) for item in message]
+            return [r for r in replies if r is not None] or None
+        return await self.handle_one(message)
+
+    async def handle_one(self, message: Any) -> dict[str, Any] | None:
+        request_id = message.get("id") if isinstance(message, dict) else None
+        try:
+            method, params, notification = self._parse(message)
+            result = await self._call(method, params)
+        except _RpcError as exc:
+            return _error(request_id, exc.code, exc.message, exc.data)
+        except (ApiError, RunnerError, FlowError) as exc:
+            error = from_exception(exc)
+            code = (
+                INVALID_PARAMS
+                if isinstance(error, InvalidParams) or error.status == 400
+                else API_ERROR
+            )
+            return _error(request_id, code, error.message, error.body()["error"])
+        if notification:
+            return None
+        return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+    def _parse(self, message: Any) -> tuple[str, dict[str, Any], bool]:
+        if not isinstance(message, dict):
+            raise _RpcError(INVALID_REQUEST, "a call must be a JSON object")
+        if message.get("jsonrpc") != "2.0":
+            raise _RpcError(INVALID_REQUEST, 'a call must say "jsonrpc": "2.0"')
+        request_id = message.get("id")
+        if request_id is not None and (
+            isinstance(request_id, bool) or not isinstance(request_id, (str, int))
+        ):
+            raise _RpcError(INVALID_REQUEST, "id must be a string or an integer")
+        method = message.get("method")
+        if not isinstance(method, str):
+            raise _RpcError(INVALID_REQUEST, "method must be a string")
+        params = message.get("params", {})
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise _RpcError(INVALID_PARAMS, "params must be an object of named parameters")
+        return method, params, "id" not in message
+
+    async def _call(self, method: str, params: dict[str, Any]) -> Any:
+        if method == "subscribe":
+            return self._subscribe(params)
+        if method == "unsubscribe":
+            return self._unsubscribe(params)
+        handler = METHODS.get(method)
+        if handler is None:
+            known = ", ".join([*METHODS, "subscribe", "unsubscribe"])
+            raise _RpcError(METHOD_NOT_FOUND, f"unknown method {method!r} (methods: {known})")
+        return await handler(self.runner, params)
+
+    def _subscribe(self, params: dict[str, Any]) -> dict[str, str]:
+        extra = sorted(set(params) - {"flows", "kinds", "outputs"})
+        if extra:
+            raise InvalidParams(
+                f"unknown parameter(s): {', '.join(extra)} (allowed: flows, kinds, outputs)",
+                field=extra[0],
+            )
+        flows = _string_list(params, "flows")
+        kinds = _string_list(params, "kinds", EVENT_KINDS)
+        outputs = _string_list(params, "outputs")
+        for port in outputs or ():
+            if port.count(".") != 1:
+                raise InvalidParams(
+                    f"outputs are written 'module.port', got {port!r}", field="outputs"
+                )
+        sub = self.runner.subscribe(
+            flows=flows,
+            kinds=[*kinds, "missed"] if kinds is not None else None,
+            outputs=outputs,
+            capacity=self.settings.subscription_buffer,
+        )
+        sid = f"s{next(self._ids)}"
+        scope = trio.CancelScope()
+        self._subs[sid] = (sub, scope)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._forward, sid, sub, scope)
+        return {"subscription": sid}
+
+    def _unsubscribe(self, params: dict[str, Any]) -> bool:
+        sid = params.get("subscription")
+        if not isinstance(sid, str) or sid not in self._subs:
+            known = ", ".join(self._subs) or "none"
+            raise InvalidParams(
+                f"no subscription {sid!r} on this connection (subscriptions: {known})",
+                field="subscription",
+            )
+        sub, scope = self._subs.pop(sid)
+        sub.close()
+        scope.cancel()
+        return True
+
+    async def _forward(self, sid: str, sub: Subscription, scope: trio.CancelScope) -> None:
+        with scope:
+            async for event in sub:
+                await self.send(
+                    {
+                        "jsonrpc": "2.0",
+                        "method": "event",
+                        "params": {"subscription": sid, "event": event},
+                    }
+                )
+
+
+def ws_blueprint(runner: Runner, settings: ApiSettings) -> Blueprint:
+    bp = Blueprint("ws", __name__)
+
+    @bp.websocket("/ws")
+    async def ws() -> None:
+        await RpcConnection(runner, settings).serve()
+
+    return bp
