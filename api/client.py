@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import urllib.parse
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -35,7 +36,15 @@ from .errors import ApiError
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
 
-__all__ = ["ApiError", "ConnectError", "FlowSummary", "RpcSession", "RunnerClient", "Runtime"]
+__all__ = [
+    "ApiError",
+    "ConnectError",
+    "FlowSummary",
+    "RpcSession",
+    "RunnerClient",
+    "Runtime",
+    "open_websocket",
+]
 
 
 class ConnectError(Exception):
@@ -175,27 +184,82 @@ class RunnerClient:
         """A JSON-RPC session over ``/ws`` (calls, and the events of its subscriptions)."""
         ws_url = "ws" + self.url.removeprefix("http") + "/ws"
         headers = [(b"Authorization", f"Bearer {self.token}".encode())]
-        try:
-            async with (
-                trio_websocket.open_websocket_url(
-                    ws_url, extra_headers=headers, max_message_size=64 * 1024 * 1024
-                ) as ws,
-                trio.open_nursery() as nursery,
-            ):
-                session = RpcSession(ws)
-                nursery.start_soon(session._reader)
-                try:
-                    yield session
-                finally:
-                    nursery.cancel_scope.cancel()
-        except trio_websocket.HandshakeError as exc:
-            status = getattr(getattr(exc, "status_code", None), "real", None) or getattr(
-                exc, "status_code", 0
+        async with open_websocket(ws_url, headers=headers) as ws:
+            try:
+                async with trio.open_nursery() as nursery:
+                    session = RpcSession(ws)
+                    nursery.start_soon(session._reader)
+                    try:
+                        yield session
+                    finally:
+                        nursery.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                _raise_single(group)
+
+
+def _raise_single(group: BaseExceptionGroup) -> None:
+    """Raise the one exception a nursery wrapped (what the caller's code raised)."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        elif not isinstance(exc, trio.Cancelled):
+            leaves.append(exc)
+
+    walk(group)
+    if len(leaves) == 1:
+        raise leaves[0] from None
+    raise group
+
+
+@asynccontextmanager
+async def open_websocket(
+    url: str,
+    *,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    max_message_size: int = 64 * 1024 * 1024,
+) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """A client WebSocket whose TCP stream this function owns and always closes (also
+    when the server refuses the handshake: that becomes an :class:`ApiError`)."""
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        stream = await trio.open_tcp_stream(host, port)
+    except OSError as exc:
+        raise ConnectError(f"cannot reach the runner at {url}: {exc}") from None
+    try:
+        async with trio.open_nursery() as nursery:
+            ws = await trio_websocket.wrap_client_stream(
+                nursery,
+                stream,
+                f"{host}:{port}",
+                resource,
+                extra_headers=headers,
+                max_message_size=max_message_size,
             )
-            body = getattr(exc, "body", b"") or b""
-            raise _api_error(httpx.Response(status or 400, content=body)) from None
-        except OSError as exc:
-            raise ConnectError(f"cannot reach the runner at {ws_url}: {exc}") from None
+            try:
+                yield ws
+            finally:
+                with trio.move_on_after(2, shield=True):
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        rejected = group.subgroup(trio_websocket.ConnectionRejected)
+        if rejected is not None:
+            exc = rejected.exceptions[0]
+            while isinstance(exc, BaseExceptionGroup):
+                exc = exc.exceptions[0]
+            assert isinstance(exc, trio_websocket.ConnectionRejected)
+            response = httpx.Response(exc.status_code, content=exc.body or b"")
+            raise _api_error(response) from None
+        _raise_single(group)
+    except trio_websocket.ConnectionRejected as exc:
+        raise _api_error(httpx.Response(exc.status_code, content=exc.body or b"")) from None
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 class RpcSession:

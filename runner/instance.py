@@ -550,7 +550,7 @@ class RuntimeInstance:
         entry = {
             "time": time.time(),
             "runtime": self.manifest.id,
-            "module": module,
+            "module": self.flow.short(module) if module else None,
             "level": level,
             "stream": stream,
             "text": text,

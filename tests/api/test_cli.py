@@ -18,7 +18,9 @@ EXAMPLES = REPO / "flows" / "examples"
 
 
 def fifoflow(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*FIFOFLOW, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [*FIFOFLOW, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
 
 
 def test_run_hello_prints_the_exit_messages() -> None:
@@ -30,7 +32,9 @@ def test_run_hello_prints_the_exit_messages() -> None:
     assert lines[0]["from"].endswith(".out")
 
 
-@pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.iterdir() if (p / "flow.json").exists()))
+@pytest.mark.parametrize(
+    "example", sorted(p.name for p in EXAMPLES.iterdir() if (p / "flow.json").exists())
+)
 def test_every_example_validates(example: str) -> None:
     result = fifoflow("validate", str(EXAMPLES / example / "flow.json"))
     assert result.returncode == 0, result.stderr
@@ -82,7 +86,10 @@ async def test_ctrl_c_stops_cleanly_and_leaves_nothing(tmp_path: Path) -> None:
     )
     tmp_before = fifoflow_dirs()
     proc = await trio.lowlevel.open_process(
-        [*FIFOFLOW, "run", str(flow), "--input", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO
+        [*FIFOFLOW, "run", str(flow), "--input", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
     )
     try:
         # Wait until the module is running (its print reaches the CLI's stderr).
@@ -120,7 +127,15 @@ def _alive(pid: int) -> bool:
     ("example", "inputs", "expected"),
     [
         ("hello", ['{"name": "fifo"}'], ["*** HELLO, FIFO! ***"]),
-        ("counter", ['"apple"', '"pear"', '"apple"'], [{"key": "apple", "count": 1}, {"key": "pear", "count": 1}, {"key": "apple", "count": 2}]),
+        (
+            "counter",
+            ['"apple"', '"pear"', '"apple"'],
+            [
+                {"key": "apple", "count": 1},
+                {"key": "pear", "count": 1},
+                {"key": "apple", "count": 2},
+            ],
+        ),
         ("exec", ['"fifo"'], ["fifo has 4 characters (wrapped by sh)"]),
         (
             "fan-out-fan-in",
@@ -129,7 +144,9 @@ def _alive(pid: int) -> bool:
         ),
     ],
 )
-def test_examples_compute_what_their_readme_says(example: str, inputs: list[str], expected: list[object]) -> None:
+def test_examples_compute_what_their_readme_says(
+    example: str, inputs: list[str], expected: list[object]
+) -> None:
     args = [arg for text in inputs for arg in ("--input", text)]
     result = fifoflow("run", str(EXAMPLES / example / "flow.json"), "--raw", "--quiet", *args)
     assert result.returncode == 0, result.stderr

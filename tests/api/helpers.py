@@ -1,0 +1,168 @@
+"""Helpers for API tests: a real runner served by a real hypercorn on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from fifoflow.api.app import ApiSettings, create_app
+from fifoflow.api.client import RunnerClient
+from fifoflow.runner import Runner, RunnerConfig, open_runner
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+TOKEN = "test-token-0123456789"
+
+#: python -> node -> python, every module keeping a count in its state
+CHAIN: dict[str, Any] = {
+    "fifoflow": 1,
+    "id": "chain",
+    "modules": [
+        {
+            "id": "add",
+            "runtime": "python",
+            "code": (
+                "def handle(msg, ctx):\n"
+                "    ctx.state['seen'] = ctx.state.get('seen', 0) + 1\n"
+                "    return {'n': msg['n'] + 1}\n"
+            ),
+        },
+        {
+            "id": "double",
+            "runtime": "node",
+            "code": (
+                "exports.handle = (msg, ctx) => {\n"
+                "  ctx.state.seen = (ctx.state.seen || 0) + 1;\n"
+                "  return { n: msg.n * 2 };\n"
+                "};\n"
+            ),
+        },
+        {
+            "id": "label",
+            "runtime": "python",
+            "code": (
+                "def handle(msg, ctx):\n"
+                "    ctx.state['seen'] = ctx.state.get('seen', 0) + 1\n"
+                "    return {'n': msg['n'], 'seen': ctx.state['seen']}\n"
+            ),
+        },
+    ],
+    "wires": ["add.out -> double.in", "double.out -> label.in"],
+}
+
+
+@attrs.frozen
+class Served:
+    url: str
+    token: str
+    runner: Runner
+
+    def client(self, token: str | None = None) -> RunnerClient:
+        return RunnerClient(self.url, token or self.token)
+
+
+@asynccontextmanager
+async def serve_runner(state_dir: Path | None = None, **settings: Any) -> AsyncIterator[Served]:
+    """A runner and its API app on a free port of 127.0.0.1, inside this test's nursery."""
+    async with open_runner(RunnerConfig(state_dir=state_dir)) as runner:
+        app = create_app(runner, ApiSettings(token=TOKEN, **settings))
+        config = hypercorn.config.Config()
+        config.bind = ["127.0.0.1:0"]
+        config.graceful_timeout = 1.0
+        config.accesslog = None
+        config.errorlog = None
+        if "max_body" in settings:
+            config.websocket_max_message_size = settings["max_body"]
+        async with trio.open_nursery() as nursery:
+            urls = await nursery.start(
+                lambda task_status: hypercorn.trio.serve(app, config, task_status=task_status)
+            )
+            yield Served(urls[0], TOKEN, runner)
+            nursery.cancel_scope.cancel()
+
+
+async def wait_event(rpc: Any, kind: str, seconds: float = 20, **match: Any) -> dict[str, Any]:
+    """The next event of ``kind`` (with matching fields) on an RPC session, or fail."""
+    with trio.fail_after(seconds):
+        while True:
+            event = (await rpc.next_event())["event"]
+            if event["kind"] == kind and all(event.get(k) == v for k, v in match.items()):
+                return event
+
+
+class ServerProcess:
+    """``fifoflow runner serve`` as a child process on a free port; stop() sends SIGTERM."""
+
+    def __init__(self, state_dir: Path, *extra: str) -> None:
+        self.state_dir = state_dir
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.lines: list[str] = []
+
+    def start(self, timeout: float = 30) -> str:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fifoflow.api",
+                "runner",
+                "serve",
+                "--port",
+                "0",
+                "--state-dir",
+                str(self.state_dir),
+                *self.extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            bufsize=0,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert self.proc.stdout is not None
+        # The server prints its URL once it listens, or exits with the reason.
+        fd = self.proc.stdout.fileno()
+        buffer = b""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                break
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError("the server exited before listening:\n" + buffer.decode())
+            buffer += chunk
+            found = re.search(rb"listening on (http://\S+)", buffer)
+            if found:
+                self.url = found.group(1).decode()
+                self.lines.extend(buffer.decode().splitlines())
+                return self.url
+        self.kill()
+        raise AssertionError(f"the server did not listen within {timeout} s:\n" + buffer.decode())
+
+    def stop(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=timeout)
+        self.lines.extend(out.decode().splitlines())
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
