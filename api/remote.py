@@ -18,6 +18,7 @@ import orjson
 import trio
 
 from ..flows import FlowError, dump_flow, load_flow
+from ..runner import RunnerError
 from .auth import TokenError, default_state_dir, read_token
 from .client import ApiError, ConnectError, RunnerClient
 from .server import DEFAULT_PORT, ServeOptions, serve
@@ -95,7 +96,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     try:
         trio.run(serve, options)
-    except TokenError as exc:
+    except (TokenError, RunnerError) as exc:
         _err(f"fifoflow: {exc}")
         return EXIT_USAGE
     except OSError as exc:

@@ -23,7 +23,7 @@ from .errors import (
 from .events import EventHub, Subscription
 from .flowrun import FlowRun, FlowStatus
 from .service import Runner, open_runner
-from .store import FlowStore, StoredFlow
+from .store import FlowStore, StateDirInUse, StoredFlow
 
 __all__ = [
     "EventHub",
@@ -44,6 +44,7 @@ __all__ = [
     "RunnerError",
     "RuntimeNotFound",
     "RuntimeStartError",
+    "StateDirInUse",
     "StoredFlow",
     "Subscription",
     "open_runner",

@@ -36,6 +36,10 @@ class RunnerConfig:
     keep_logs: int = 1000
     #: where flows and module state are kept (None: nothing is persisted)
     state_dir: Path | None = None
+    #: where each runtime's FIFO pair gets its folder (None: the system temp dir; with a
+    #: ``state_dir``, the runner uses ``<state_dir>/fifos`` and clears what a killed
+    #: runner left there)
+    fifo_dir: Path | None = None
     #: how often running flows' module state is written to ``state_dir``
     checkpoint_interval: float = 1 * SECONDS
 

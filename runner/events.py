@@ -6,7 +6,8 @@ preceded by a ``missed`` event saying how many it lost.
 
 Event kinds: ``output`` (flow, module, port, msgs), ``error`` (flow, module, port,
 runtime, msg, error), ``log`` (flow, runtime, module, level, stream, text), ``flow``
-(flow, status, error), ``missed`` (count).
+(flow, status, error), ``checkpoint`` (flow, modules: whose state was just written to
+the state dir), ``missed`` (count).
 """
 
 from __future__ import annotations

@@ -312,6 +312,7 @@ class RuntimeInstance:
                 name=self.name,
                 on_log=self._on_host_output,
                 start_timeout=self.config.start_timeout,
+                fifo_parent=self.config.fifo_dir,
             ) as proc:
                 self.process = proc
                 # A frame cut short for the dead host is in the window and goes again whole.

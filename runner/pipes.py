@@ -30,8 +30,9 @@ class FifoPair:
         self.write_fd: int | None = None
 
     @classmethod
-    def create(cls, prefix: str) -> FifoPair:
-        directory = Path(tempfile.mkdtemp(prefix=prefix))  # mkdtemp makes it 0700
+    def create(cls, prefix: str, parent: Path | None = None) -> FifoPair:
+        # mkdtemp makes it 0700; parent None: the system's temp dir
+        directory = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
         pair = cls(directory)
         try:
             os.mkfifo(pair.to_runtime, 0o600)

@@ -20,9 +20,12 @@ import subprocess
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 from .errors import ProtocolError, RuntimeStartError
 from .framing import LineSplitter, decode_frame
@@ -133,8 +136,9 @@ async def spawn_runtime(
     start_timeout: float = 10.0,
     env: dict[str, str] | None = None,
     cwd: str | None = None,
+    fifo_parent: Path | None = None,
 ) -> AsyncIterator[RuntimeProcess]:
-    fifos = FifoPair.create(prefix=f"fifoflow-{_safe(name)}-")
+    fifos = FifoPair.create(prefix=f"fifoflow-{_safe(name)}-", parent=fifo_parent)
     stderr_tail: deque[str] = deque(maxlen=20)
     process: trio.Process | None = None
     runtime: RuntimeProcess | None = None

@@ -29,6 +29,7 @@ from contextlib import asynccontextmanager
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import orjson
 import trio
 
@@ -78,6 +79,8 @@ class Runner:
         self._nursery: trio.Nursery | None = None
         self._lock = trio.Lock()  # one deploy (add/update/remove/start/stop) at a time
         self.store = FlowStore.open(self.config.state_dir) if self.config.state_dir else None
+        if self.store is not None and self.config.fifo_dir is None:
+            self.config = attrs.evolve(self.config, fifo_dir=self.store.fifos_dir)
         #: whether each flow should be running (what the user asked; persisted)
         self._want_running: dict[str, bool] = {}
         self._saved_states: dict[str, bytes] = {}
@@ -90,6 +93,8 @@ class Runner:
         """Serve until cancelled. With a state dir, restore its flows first (flows that
         should run are started before ``task_status.started``)."""
         try:
+            if self.store is not None:
+                self.store.lock()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 if self.store is not None:
@@ -99,6 +104,8 @@ class Runner:
                 await trio.sleep_forever()
         finally:
             self._nursery = None
+            if self.store is not None:
+                self.store.unlock()
 
     async def aclose(self) -> None:
         """Stop every running flow gracefully; their final state is written to the state dir,
@@ -143,10 +150,12 @@ class Runner:
         if self.store is None:
             return
         for flow_id, run in list(self._flows.items()):
-            data = orjson.dumps(run.snapshot())
+            snapshot = run.snapshot()
+            data = orjson.dumps(snapshot)
             if self._saved_states.get(flow_id) != data:
-                self.store.save_states(flow_id, orjson.loads(data))
+                self.store.save_states(flow_id, snapshot)
                 self._saved_states[flow_id] = data
+                run.publish({"kind": "checkpoint", "modules": sorted(snapshot)})
 
     async def _checkpoints(self) -> None:
         while True:

@@ -5,6 +5,8 @@ Layout (one file per flow, so a write never rewrites what did not change)::
     <state dir>/
         flows/<flow id>.json     {"revision": 3, "running": true, "flow": {flow document}}
         states/<flow id>.json    {"saved": 1732500000.0, "modules": {"<module id>": state}}
+        fifos/                   the runtimes' FIFO folders (cleared when a runner starts)
+        lock                     held (flock) by the one runner using this state dir
 
 Flow documents are stored standalone (module files inlined), so a stored flow does not
 depend on the directory it was first loaded from. ``running`` is what the user asked
@@ -19,12 +21,15 @@ Error handling: a file that cannot be read back (truncated by a full disk, edite
 hand) is moved aside as ``<name>.corrupt`` and reported by :meth:`FlowStore.load`; the
 other flows still load.
 
-Resource handling: no open files are kept; each call opens, writes and closes.
+Resource handling: :meth:`FlowStore.lock` keeps one file descriptor open (the lock)
+until :meth:`FlowStore.unlock`; every other call opens, writes and closes.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +37,13 @@ from typing import Any
 import attrs
 import orjson
 
-__all__ = ["FlowStore", "StoredFlow"]
+from .errors import RunnerError
+
+__all__ = ["FlowStore", "StateDirInUse", "StoredFlow"]
+
+
+class StateDirInUse(RunnerError):
+    code = "state_dir_in_use"
 
 
 @attrs.frozen
@@ -49,6 +60,8 @@ class FlowStore:
         self.root = root
         self.flows_dir = root / "flows"
         self.states_dir = root / "states"
+        self.fifos_dir = root / "fifos"
+        self._lock_fd: int | None = None
 
     @classmethod
     def open(cls, root: Path) -> FlowStore:
@@ -57,6 +70,30 @@ class FlowStore:
         for folder in (store.root, store.flows_dir, store.states_dir):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         return store
+
+    def lock(self) -> None:
+        """Take the state dir for this process, and clear the FIFO folders a runner that
+        was killed left behind. Raises :class:`StateDirInUse` if another runner has it."""
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StateDirInUse(
+                f"the state dir {self.root} is in use by another runner (pid {holder}); "
+                "give each runner its own --state-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+        shutil.rmtree(self.fifos_dir, ignore_errors=True)
+        self.fifos_dir.mkdir(mode=0o700)
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # ------------------------------------------------------------------ writing
 

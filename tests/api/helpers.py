@@ -115,6 +115,8 @@ class ServerProcess:
         self.lines: list[str] = []
 
     def start(self, timeout: float = 30) -> str:
+        if self.proc is not None:  # a previous run: collect what it printed, close its pipe
+            self.stop()
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -155,10 +157,16 @@ class ServerProcess:
         raise AssertionError(f"the server did not listen within {timeout} s:\n" + buffer.decode())
 
     def stop(self, timeout: float = 30) -> int:
-        assert self.proc is not None
+        """SIGTERM and wait (graceful: flows stopped, state saved); SIGKILL after ``timeout``."""
+        if self.proc is None:
+            return 0
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=timeout)
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
         self.lines.extend(out.decode().splitlines())
         return self.proc.returncode
 
