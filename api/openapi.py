@@ -197,15 +197,11 @@ def openapi_document(runtimes: list[str], version: str) -> dict[str, Any]:
             "type": "object",
             "additionalProperties": False,
             "description": "one message (msg) or several in order (msgs)",
-            "oneOf": [
-                {"required": ["msg"], "properties": {"msg": message}},
-                {
-                    "required": ["msgs"],
-                    "properties": {
-                        "msgs": {"type": "array", "items": message, "maxItems": MAX_INJECT}
-                    },
-                },
-            ],
+            "properties": {
+                "msg": message,
+                "msgs": {"type": "array", "items": message, "maxItems": MAX_INJECT},
+            },
+            "oneOf": [{"required": ["msg"]}, {"required": ["msgs"]}],
         },
         "Health": {
             "type": "object",

@@ -194,7 +194,9 @@ def test_a_token_file_others_can_read_is_refused(tmp_path: Path, mode: int) -> N
 
 async def test_two_runners_cannot_share_a_state_dir(tmp_path: Path) -> None:
     async with open_runner(RunnerConfig(state_dir=tmp_path)):
-        with pytest.raises(StateDirInUse, match=f"in use by another runner \\(pid {os.getpid()}\\)"):
+        with pytest.raises(
+            StateDirInUse, match=f"in use by another runner \\(pid {os.getpid()}\\)"
+        ):
             async with open_runner(RunnerConfig(state_dir=tmp_path)):
                 pass
     async with open_runner(RunnerConfig(state_dir=tmp_path)):  # released on exit
