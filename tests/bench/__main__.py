@@ -11,6 +11,9 @@ Figures:
   (messages x 3 hops) and msgs/s.
 - ``hop_latency``: one cross-runtime hop (python -> node), p50/p99/max at a light fixed
   rate, measured with wall-clock stamps taken inside the two modules.
+- ``api_*``: Runner API request throughput over HTTP and WebSocket (see ``api_requests``).
+
+``--only core`` or ``--only api`` runs one group.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from fifoflow.flows import parse_flow
 from fifoflow.runner import RunnerConfig, open_runner
 from fifoflow.runtimes.registry import discover
 
-from . import fifo_echo
+from . import api_requests, fifo_echo
 
 RUNTIMES = discover()
 PY_ID = "def handle(msg, ctx):\n    return msg\n"
@@ -134,20 +137,8 @@ def _node_version() -> str:
         return "unknown"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--messages", type=int, default=200_000)
-    parser.add_argument("--quick", action="store_true", help="few rounds and messages (smoke run)")
-    parser.add_argument("--out", type=Path, default=Path("bench-results/latest.json"))
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.rounds, args.messages = 2, 20_000
+def _core(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     n, rounds = args.messages, args.rounds
-
-    figures: dict[str, Any] = {}
-    print(f"fifoflow bench: {rounds} rounds, {n} messages per round, {os.cpu_count()} CPUs", flush=True)
-
     echo = [fifo_echo.run(n=max(n, 100_000))["msgs_per_s"] for _ in range(rounds)]
     figures["fifo_echo"] = {"unit": "msg/s", **_summary(echo)}
     base = figures["fifo_echo"]["median"]
@@ -203,6 +194,39 @@ def main(argv: list[str] | None = None) -> int:
         f"{'hop_latency same-runtime':<28} p50 {lat['same_p50_us']:,.0f} us  p99 {lat['same_p99_us']:,.0f} us"
         f"  max {lat['same_max_us']:,.0f} us"
     )
+
+
+def _api(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    calls = 300 if args.quick else 2000
+    api = api_requests.run(calls=calls, rounds=min(args.rounds, 3))
+    figures.update(api)
+    print()
+    print(f"{'Runner API':<28} {'median':>14} {'min':>14} {'max':>14}  {'unit':<13} {'vs health':>12}")
+    for name, fig in api.items():
+        print(
+            f"{name:<28} {fig['median']:>14,.0f} {fig['min']:>14,.0f} {fig['max']:>14,.0f}  {fig['unit']:<13} {fig['ratio_to_http_health']:>11.2f}x"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--quick", action="store_true", help="few rounds and messages (smoke run)")
+    parser.add_argument("--out", type=Path, default=Path("bench-results/latest.json"))
+    parser.add_argument("--only", choices=["core", "api"], help="run one group of figures")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.messages = 2, 20_000
+    n, rounds = args.messages, args.rounds
+
+    figures: dict[str, Any] = {}
+    print(f"fifoflow bench: {rounds} rounds, {n} messages per round, {os.cpu_count()} CPUs", flush=True)
+
+    if args.only != "api":
+        _core(args, figures)
+    if args.only != "core":
+        _api(args, figures)
     result = {
         "machine": {
             "cpus": os.cpu_count(),
