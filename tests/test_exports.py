@@ -9,7 +9,20 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("package", ["fifoflow.flows", "fifoflow.runner", "fifoflow.runtimes.registry", "fifoflow.runtimes.conformance"])
+@pytest.mark.parametrize(
+    "package",
+    [
+        "fifoflow.flows",
+        "fifoflow.runner",
+        "fifoflow.runtimes.registry",
+        "fifoflow.runtimes.conformance",
+        "fifoflow.api.app",
+        "fifoflow.api.client",
+        "fifoflow.api.errors",
+        "fifoflow.api.methods",
+        "fifoflow.api.server",
+    ],
+)
 def test_all_names_exist(package: str) -> None:
     module = importlib.import_module(package)
     missing = [name for name in module.__all__ if not hasattr(module, name)]
@@ -19,7 +32,7 @@ def test_all_names_exist(package: str) -> None:
 def test_cores_do_not_import_api_or_quart() -> None:
     code = (
         "import sys, fifoflow.flows, fifoflow.runner, fifoflow.runtimes.registry\n"
-        "print([m for m in sys.modules if m.startswith(('fifoflow.api', 'quart', 'hypercorn'))])"
+        "print([m for m in sys.modules if m.startswith(('fifoflow.api', 'quart', 'hypercorn', 'httpx'))])"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
