@@ -9,6 +9,7 @@ import httpx
 import orjson
 import pytest
 import trio
+import trio_websocket
 
 from fifoflow.api.client import ApiError, open_websocket
 
@@ -362,3 +363,17 @@ async def test_a_stalled_subscriber_never_slows_the_flow_and_is_told_what_it_mis
                         assert event["count"] > 0
         # The subscriber got its buffer's worth and what the socket held, not all 200.
         assert kinds.count("output") < 200
+
+
+async def test_an_oversize_websocket_message_closes_that_socket_only() -> None:
+    async with serve_runner(max_body=4096) as served:
+        url = served.url.replace("http", "ws") + "/ws"
+        auth = [(b"Authorization", f"Bearer {served.token}".encode())]
+        async with open_websocket(url, headers=auth) as ws:
+            call = {"jsonrpc": "2.0", "id": 1, "method": "health", "params": {"pad": "x" * 10_000}}
+            await ws.send_message(orjson.dumps(call).decode())
+            with pytest.raises(trio_websocket.ConnectionClosed) as info:
+                await ws.get_message()
+            assert info.value.reason.code == 1009  # message too big
+        async with served.client() as client, client.rpc() as rpc:
+            assert (await rpc.call("health"))["status"] == "ok"
