@@ -2,7 +2,7 @@
 
 Modules: ``pipes`` (the FIFO pair), ``framing`` (sans-IO line protocol), ``process`` (one
 host process), ``instance`` (supervision, queues, redelivery), ``flowrun`` (a flow's
-routing, outputs and errors), ``service`` (the Runner API object), ``store`` (the state dir), ``events``, ``config``.
+routing, outputs and errors), ``service`` (the Runner API object), ``swap`` (hot swap), ``store`` (the state dir), ``events``, ``config``.
 """
 
 from .config import RunnerConfig
@@ -22,8 +22,9 @@ from .errors import (
 )
 from .events import EventHub, Subscription
 from .flowrun import FlowRun, FlowStatus
-from .service import Runner, open_runner
+from .service import Runner, UpdateResult, open_runner
 from .store import FlowStore, StateDirInUse, StoredFlow
+from .swap import SwapRejected
 
 __all__ = [
     "EventHub",
@@ -47,5 +48,7 @@ __all__ = [
     "StateDirInUse",
     "StoredFlow",
     "Subscription",
+    "SwapRejected",
+    "UpdateResult",
     "open_runner",
 ]

@@ -28,6 +28,8 @@ class RunnerConfig:
     #: used for modules that do not set ``timeout``
     default_module_timeout: float = 30 * SECONDS
     restart_backoff_max: float = 5 * SECONDS
+    #: longest a hot swap waits for the flow's hosts to finish what they were sent
+    swap_timeout: float = 10 * SECONDS
     #: this many crashes within ``crash_period`` mark the flow failed
     crash_limit: int = 5
     crash_period: float = 30 * SECONDS

@@ -20,6 +20,7 @@ from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 
 from .errors import FlowStateError, ModuleNotFound, PortNotFound, RunnerError
@@ -31,12 +32,21 @@ if TYPE_CHECKING:
     from .config import RunnerConfig
     from .events import Event, EventHub
 
-__all__ = ["FlowRun", "FlowStatus", "OutputSink"]
+__all__ = ["FlowRun", "FlowStatus", "OutputSink", "Plan"]
 
 #: called with (module id, port, messages) for what reaches the flow's exits
 OutputSink = Callable[[str, str, list[Any]], Awaitable[None]]
 
 _SINK = None
+
+
+@attrs.frozen
+class Plan:
+    instances: dict[str, RuntimeInstance]
+    loads: dict[str, dict[str, dict[str, Any]]]
+    host_routes: dict[str, dict[str, Any]]
+    routes: dict[tuple[str, str], list[tuple[RuntimeInstance, str, str] | None]]
+    downstream: dict[str, dict[str, list[tuple[RuntimeInstance, str]]]]
 
 
 class FlowStatus(enum.Enum):
@@ -73,8 +83,11 @@ class FlowRun:
         self._ended = trio.Event()
         self._ended.set()
         self._scope: trio.CancelScope | None = None
+        self.runtimes = runtimes
         self.instances: dict[str, RuntimeInstance] = {}
         self._routes: dict[tuple[str, str], list[tuple[RuntimeInstance, str, str] | None]] = {}
+        #: where the instances run while the flow runs (a hot swap starts new ones here)
+        self.instance_nursery: trio.Nursery | None = None
         self._build(runtimes)
 
     # ------------------------------------------------------------------ wiring
@@ -87,22 +100,33 @@ class FlowRun:
         return qualified[len(prefix) :] if qualified.startswith(prefix) else qualified
 
     def _build(self, runtimes: dict[str, RuntimeManifest]) -> None:
-        flow = self.flow
+        self._install(self.plan(self.flow))
+
+    def plan(self, flow: Flow) -> Plan:
+        """Everything the runner and the hosts need to run ``flow``: one instance per
+        runtime (this flow's existing ones reused, new ones created but not started),
+        load frames, host route tables, the runner's table, and downstream sets."""
         by_id = {m.id: m for m in flow.modules}
+        instances: dict[str, RuntimeInstance] = {}
         for module in flow.modules:
-            if module.runtime not in self.instances:
-                if module.runtime not in runtimes:
+            if module.runtime not in instances:
+                existing = self.instances.get(module.runtime)
+                if existing is not None:
+                    instances[module.runtime] = existing
+                elif module.runtime not in self.runtimes:
                     raise RunnerError(
                         f"modules.{module.id}.runtime: runtime {module.runtime!r} is not available here"
                     )
-                self.instances[module.runtime] = RuntimeInstance(
-                    self, runtimes[module.runtime], self.config
-                )
+                else:
+                    instances[module.runtime] = RuntimeInstance(
+                        self, self.runtimes[module.runtime], self.config
+                    )
         wires_from: dict[tuple[str, str], list[Any]] = defaultdict(list)
         for wire in flow.wires:
             wires_from[(wire.src, wire.src_port)].append(wire)
         loads: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
         host_routes: dict[str, dict[str, Any]] = defaultdict(dict)
+        routes: dict[tuple[str, str], list[tuple[RuntimeInstance, str, str] | None]] = {}
         for module in flow.modules:
             qid = self.qualified(module.id)
             loads[module.runtime][qid] = {
@@ -127,20 +151,18 @@ class FlowRun:
                         local.append([self.qualified(dst.id), wire.dst_port])
                     else:
                         targets.append(
-                            (self.instances[dst.runtime], self.qualified(dst.id), wire.dst_port)
+                            (instances[dst.runtime], self.qualified(dst.id), wire.dst_port)
                         )
                 if not wires:
                     targets.append(_SINK)
                 table[port] = {"local": local, "external": bool(targets)}
                 if targets:
-                    self._routes[(qid, port)] = targets
+                    routes[(qid, port)] = targets
             host_routes[module.runtime][qid] = table
-        for runtime, instance in self.instances.items():
-            instance.set_modules(loads[runtime], host_routes[runtime])
         # What each module's deliveries can produce messages for, through same-host wires.
+        downstream: dict[str, dict[str, list[tuple[RuntimeInstance, str]]]] = defaultdict(dict)
         for module in flow.modules:
             qid = self.qualified(module.id)
-            instance = self.instances[module.runtime]
             seen: set[str] = set()
             todo = [qid]
             found: set[tuple[RuntimeInstance, str]] = set()
@@ -151,10 +173,20 @@ class FlowRun:
                 seen.add(current)
                 for port, spec in host_routes[module.runtime].get(current, {}).items():
                     todo.extend(dst for dst, _ in spec["local"])
-                    for target in self._routes.get((current, port), ()):
+                    for target in routes.get((current, port), ()):
                         if target is not None:
                             found.add((target[0], target[1]))
-            instance.downstream[qid] = sorted(found, key=lambda t: (t[0].name, t[1]))
+            downstream[module.runtime][qid] = sorted(found, key=lambda t: (t[0].name, t[1]))
+        return Plan(instances, dict(loads), dict(host_routes), routes, dict(downstream))
+
+    def _install(self, plan: Plan) -> None:
+        """Make ``plan`` the flow's wiring: one synchronous step, so no message is ever
+        routed by half of an old and half of a new table."""
+        self._routes = plan.routes
+        for runtime, instance in plan.instances.items():
+            instance.set_modules(plan.loads.get(runtime, {}), plan.host_routes.get(runtime, {}))
+            instance.downstream = plan.downstream.get(runtime, {})
+        self.instances = plan.instances
 
     def instance_of(self, module_id: str) -> RuntimeInstance:
         module = self._module(module_id)
@@ -200,13 +232,21 @@ class FlowRun:
             raise PortNotFound(
                 f"module {module_id!r} has no input port {port!r} (inputs: {', '.join(module.inputs)})"
             )
-        instance = self.instances[module.runtime]
         step = self.config.frame_messages
         qid = self.qualified(module_id)
         for start in range(0, len(msgs), step):
             chunk = msgs[start : start + step]
+            while True:
+                # Looked up again after every wait: a hot swap may have moved the module.
+                instance = self.instance_of(module_id)
+                if instance.has_room(qid):
+                    break
+                await self.progress_event().wait()
+            if self.status is not FlowStatus.RUNNING:
+                raise FlowStateError(f"flow {self.flow_id!r} stopped while messages were sent")
             self._add_pending(len(chunk))
-            await instance.put(qid, port, chunk)
+            instance.enqueue(qid, port, chunk)
+            instance.kick()
 
     def _add_pending(self, n: int) -> None:
         if self.pending == 0 and n:
@@ -322,6 +362,7 @@ class FlowRun:
                 self._scope = scope
                 try:
                     async with trio.open_nursery() as nursery:
+                        self.instance_nursery = nursery
                         for instance in self.instances.values():
                             await nursery.start(instance.run)
                         self._set_status(FlowStatus.RUNNING)
@@ -338,6 +379,7 @@ class FlowRun:
                 raise
         finally:
             self._scope = None
+            self.instance_nursery = None
             if self.status is not FlowStatus.FAILED:
                 self._set_status(FlowStatus.STOPPED)
             self._ended.set()

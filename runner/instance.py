@@ -31,7 +31,7 @@ import attrs
 import orjson
 import trio
 
-from .errors import FlowLoadError, ProtocolError, RuntimeStartError
+from .errors import FlowLoadError, FlowStateError, ProtocolError, RuntimeStartError
 from .framing import decode_frame, encode_frame
 from .process import RuntimeProcess, spawn_runtime
 
@@ -115,6 +115,10 @@ class RuntimeInstance:
         self.redelivered_msgs = 0
         # Bytes a direct write (kick) could not push into the pipe; the writer sends them first.
         self._leftover: memoryview | None = None
+        # Hot swap: while paused nothing new is sent; drain() waits for the window to empty.
+        self._paused = False
+        self._acked = trio.Event()
+        self._unloaded: dict[str, trio.Event] = {}
 
     # ------------------------------------------------------------------ queueing
 
@@ -165,7 +169,13 @@ class RuntimeInstance:
         Saves a task switch per hop (latency). Whatever the pipe does not take at once
         is left for the writer task, which sends it before anything else."""
         proc = self.process
-        if proc is None or self._stopping or self._leftover is not None or proc._send_lock.locked():
+        if (
+            proc is None
+            or self._stopping
+            or self._paused
+            or self._leftover is not None
+            or proc._send_lock.locked()
+        ):
             return
         if self.status is not InstanceStatus.RUNNING:
             return
@@ -188,7 +198,7 @@ class RuntimeInstance:
         chunks: list[bytes] = []
         window = self.config.window
         capacity = self.config.queue_capacity
-        if self._unacked_msgs >= window or not self._queued_msgs:
+        if self._paused or self._unacked_msgs >= window or not self._queued_msgs:
             return chunks
         freed = False
         for module, queue in self._queues.items():
@@ -226,6 +236,8 @@ class RuntimeInstance:
             self._unacked_msgs -= acked
             self.delivered_msgs += acked
             self.flow.settle(acked)
+            self._acked.set()
+            self._acked = trio.Event()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -306,6 +318,8 @@ class RuntimeInstance:
                 self._queued_msgs += len(d.msgs)
             self._unacked.clear()
             self._unacked_msgs = 0
+            self._acked.set()  # a drain() waiting on the old host learns it is gone
+            self._acked = trio.Event()
         try:
             async with spawn_runtime(
                 self.manifest.argv(),
@@ -445,8 +459,12 @@ class RuntimeInstance:
                 elif op == "fatal":
                     self._log(None, "error", f"host reported a fatal error: {frame.get('error')}")
                 elif op in ("bye", "pong", "unloaded", "unsupported"):
-                    if op == "unloaded" and isinstance(frame.get("state"), dict):
-                        self.states[frame["module"]] = frame["state"]
+                    if op == "unloaded":
+                        if isinstance(frame.get("state"), dict):
+                            self.states[frame["module"]] = frame["state"]
+                        unloaded = self._unloaded.pop(frame["module"], None)
+                        if unloaded is not None:
+                            unloaded.set()
                     if op == "unsupported":
                         self._log(None, "warning", f"host does not support op {frame.get('ref')!r}")
                 else:
@@ -541,6 +559,103 @@ class RuntimeInstance:
                 {"type": "Timeout", "message": detail},
                 runtime=self.manifest.id,
             )
+
+    # ------------------------------------------------------------------ hot swap
+
+    def pause(self) -> None:
+        """Send no new deliveries (queues keep filling, with their usual bounds)."""
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+        self.flow.notify()
+        self.kick()
+
+    async def drain(self) -> None:
+        """After :meth:`pause`: wait until the host has acknowledged everything it was
+        sent, so that no message is inside it. Raises if the host is not running."""
+        while self._unacked:
+            if self.status is not InstanceStatus.RUNNING:
+                raise FlowStateError(
+                    f"runtime {self.manifest.id} of flow {self.flow.flow_id} is "
+                    f"{self.status.value}; try the update again"
+                )
+            await self._acked.wait()
+
+    async def control(self, frames: list[dict[str, Any]]) -> None:
+        """Send control frames (load, unload, route) now, after any half-sent frame."""
+        proc = self.process
+        if proc is None or self.status is not InstanceStatus.RUNNING:
+            raise FlowStateError(
+                f"runtime {self.manifest.id} of flow {self.flow.flow_id} is "
+                f"{self.status.value}; try the update again"
+            )
+        data = b"".join(encode_frame(f) for f in frames)
+        try:
+            async with proc._send_lock:
+                leftover, self._leftover = self._leftover, None
+                await proc._writer.send_all(bytes(leftover or b"") + data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise FlowStateError(f"runtime {self.manifest.id} went away: {exc}") from None
+
+    async def load_module(self, frame: dict[str, Any]) -> dict[str, Any] | None:
+        """Load (or replace) one module in the running host; the host's error, or None."""
+        module = frame["module"]
+        event = self._loaded[module] = trio.Event()
+        self._load_errors.pop(module, None)
+        previous = self.states.get(module)
+        if frame.get("state") is not None:
+            # The host reports a state only when the load changed it (PROTOCOL.md, load).
+            self.states[module] = frame["state"]
+        try:
+            await self.control([frame])
+        except FlowStateError:
+            self._restore_state(module, previous)
+            raise
+        with trio.move_on_after(self.config.start_timeout):
+            await event.wait()
+        if not event.is_set():
+            self._restore_state(module, previous)
+            return {
+                "type": "Timeout",
+                "message": f"no answer to load within {self.config.start_timeout:g} s",
+            }
+        error = self._load_errors.pop(module, None)
+        if error is not None:
+            self._restore_state(module, previous)
+        return error
+
+    def _restore_state(self, module: str, state: Any) -> None:
+        if state is None:
+            self.states.pop(module, None)
+        else:
+            self.states[module] = state
+
+    async def unload_module(self, module: str) -> Any:
+        """Remove a module from the running host; its last state (also dropped here)."""
+        event = self._unloaded[module] = trio.Event()
+        await self.control([{"op": "unload", "module": module}])
+        with trio.move_on_after(self.config.start_timeout):
+            await event.wait()
+        self._loaded.pop(module, None)
+        return self.states.pop(module, None)
+
+    def take_queue(self, module: str) -> deque[Delivery]:
+        """Remove and return what waits for ``module`` (not yet sent), in order."""
+        queue = self._queues.pop(module, None) or deque()
+        self._queued_msgs -= self._queued.pop(module, 0)
+        return queue
+
+    def prepend_queue(self, module: str, deliveries: deque[Delivery]) -> int:
+        """Put deliveries in front of what waits for ``module``; the number of messages."""
+        if not deliveries:
+            return 0
+        queue = self._queues.setdefault(module, deque())
+        queue.extendleft(reversed(deliveries))
+        n = sum(len(d.msgs) for d in deliveries)
+        self._queued[module] = self._queued.get(module, 0) + n
+        self._queued_msgs += n
+        return n
 
     # ------------------------------------------------------------------ logs
 

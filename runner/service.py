@@ -47,6 +47,7 @@ from .errors import (
 from .events import EventHub, Subscription
 from .flowrun import FlowRun, FlowStatus, OutputSink
 from .store import FlowStore
+from .swap import hot_swap
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -54,11 +55,17 @@ if TYPE_CHECKING:
     from ..flows import Flow
     from ..runtimes.registry import RuntimeManifest
 
-__all__ = ["Runner", "open_runner"]
+__all__ = ["Runner", "UpdateResult", "open_runner"]
 
 log = logging.getLogger("fifoflow.runner")
 
-_LIVE = (FlowStatus.RUNNING, FlowStatus.STARTING, FlowStatus.STOPPING)
+
+@attrs.frozen
+class UpdateResult:
+    created: bool
+    revision: int
+    #: for a hot swap: what changed, messages re-homed and dropped, pause and duration
+    report: dict[str, Any] | None
 
 
 def _version() -> str:
@@ -187,9 +194,17 @@ class Runner:
         return sorted(fid for fid, run in self._flows.items() if runtime_id in run.instances)
 
     async def add_or_update_flow(self, flow: Flow, *, revision: int | None = None) -> bool:
-        """Add a flow (``True``) or replace a stopped one (``False``), keeping the state of
-        modules that are still there. With ``revision``, refuse (:class:`RevisionConflict`)
-        unless the flow is at that revision (``0``: the flow must not exist yet)."""
+        """Add a flow (``True``) or update one (``False``); see :meth:`apply_flow`."""
+        return (await self.apply_flow(flow, revision=revision)).created
+
+    async def apply_flow(self, flow: Flow, *, revision: int | None = None) -> UpdateResult:
+        """Add a flow, or update one. A running flow is hot-swapped (``runner/swap.py``):
+        it keeps running, no message is lost, module state is kept; new code that does
+        not load is refused (:class:`SwapRejected`) and the old version runs on. A stopped
+        flow is replaced, keeping the state of the modules that are still there.
+
+        With ``revision``, refuse (:class:`RevisionConflict`) unless the flow is at that
+        revision (``0``: the flow must not exist yet)."""
         async with self._lock:
             current = self._flows.get(flow.id)
             have = current.revision if current is not None else 0
@@ -198,11 +213,16 @@ class Runner:
                     f"flow {flow.id!r} is at revision {have}, not {revision}: "
                     "someone else changed it; read it again and re-apply your change"
                 )
-            if current is not None and current.status in _LIVE:
+            if current is not None and current.status in (FlowStatus.STARTING, FlowStatus.STOPPING):
                 raise FlowStateError(
-                    f"flow {flow.id!r} is {current.status.value}: updating a running flow is a hot swap, "
-                    "which this runner does not do yet; stop the flow first"
+                    f"flow {flow.id!r} is {current.status.value}; update it once that is done"
                 )
+            if current is not None and current.status is FlowStatus.RUNNING:
+                report = await hot_swap(current, flow)
+                current.revision += 1
+                self._save_flow(current)
+                self.checkpoint()
+                return UpdateResult(created=False, revision=current.revision, report=report)
             run = FlowRun(flow, self.runtimes, self.config, self.events)
             if current is not None:
                 run.sink = current.sink
@@ -211,7 +231,7 @@ class Runner:
             self._flows[flow.id] = run
             self._want_running.setdefault(flow.id, False)
             self._save_flow(run)
-            return current is None
+            return UpdateResult(created=current is None, revision=run.revision, report=None)
 
     async def remove_flow(self, flow_id: str) -> None:
         async with self._lock:

@@ -17,6 +17,14 @@ function errorRecord(err) {
   return { type: "Error", message: String(err), traceback: "" };
 }
 
+function jsonCopy(value) {
+  try {
+    return JSON.parse(JSON.stringify(value));
+  } catch {
+    return value;
+  }
+}
+
 function isThenable(value) {
   return value !== null && typeof value === "object" && typeof value.then === "function";
 }
@@ -148,13 +156,23 @@ export class ModuleHost {
       return undefined;
     }
     let state = frame.state;
-    if (state === null || state === undefined) state = old ? old.ctx.state : {};
+    // A replacement works on a copy: if it fails, the old version is untouched.
+    if (state === null || state === undefined) state = old ? jsonCopy(old.ctx.state) : {};
     mod.ctx = new Ctx(mod, id, frame.config || {}, state, this);
     const finish = () => {
+      // The runner learns the state a load produced (migrate, init, a kept state) before
+      // `loaded`, unless it is the state the runner sent.
+      let baseline;
       try {
         mod.sentState = JSON.stringify(mod.ctx.state) ?? "null";
+        const given = frame.state;
+        baseline = given === null || given === undefined ? (old ? null : "{}") : JSON.stringify(given);
       } catch {
         mod.sentState = "";
+        baseline = "";
+      }
+      if (mod.sentState !== baseline) {
+        this.frames.push({ op: "state", module: id, state: mod.ctx.state });
       }
       mod.index = old ? old.index : ++this.modCount;
       const initOuts = mod.outs;
@@ -167,7 +185,7 @@ export class ModuleHost {
     const fail = (err) => {
       this.frames.push({ op: "loaded", module: id, error: errorRecord(err) });
     };
-    const hasMigrate = Boolean(old) && typeof exportsObj.migrate === "function";
+    const hasMigrate = Boolean(old) && typeof exportsObj.migrate === "function" && frame.migrate !== false;
     const migrated = (v) => {
       if (hasMigrate && v !== undefined && v !== null) mod.ctx.state = v;
     };

@@ -59,6 +59,14 @@ class ProtocolViolation(Exception):
     pass
 
 
+def _json_copy(value):
+    """A deep copy of a JSON value (the value itself if it is not JSON)."""
+    try:
+        return loads(dumps(value))
+    except (TypeError, ValueError):
+        return value
+
+
 class Ctx:
     """What user code sees as ``ctx``."""
 
@@ -371,10 +379,11 @@ class Host:
             mod.handle = handle
             mod.is_async = inspect.iscoroutinefunction(handle)
             if state is None:
-                state = old.ctx.state if old is not None else {}
+                # A replacement works on a copy: if it fails, the old version is untouched.
+                state = _json_copy(old.ctx.state) if old is not None else {}
             mod.ctx = Ctx(mod, mid, config, state)
             migrate = namespace.get("migrate")
-            if old is not None and callable(migrate):
+            if old is not None and callable(migrate) and f.get("migrate", True) is not False:
                 new_state = migrate(old.ctx.state, mod.ctx)
                 if inspect.isawaitable(new_state):
                     new_state = self.run_async(new_state)
@@ -408,10 +417,19 @@ class Host:
                 }
             )
             return
+        # The runner learns the state a load produced (migrate, init, a kept state) before
+        # `loaded`, unless it is the state the runner sent.
+        given = f.get("state")
         try:
-            mod.sent_state = dumps(mod.ctx.state) if state is not None else b"{}"
+            data = dumps(mod.ctx.state)
+            baseline = dumps(given) if given is not None else (None if old is not None else b"{}")
         except TypeError:
-            mod.sent_state = b""
+            data = baseline = b""
+        mod.sent_state = data
+        if data != baseline:
+            self.out_frames.append(
+                b'{"op":"state","module":' + dumps(mid) + b',"state":' + data + b"}\n"
+            )
         # Keep emits made by init; they leave with the next flush.
         init_outs = mod.outs
         mod.outs = {}

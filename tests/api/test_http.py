@@ -215,9 +215,6 @@ async def test_bad_input_gets_a_4xx_naming_the_field_and_loses_nothing() -> None
             await expect(413, "PUT", "/flows/big", "body", content=b"[" + b"1," * 5000 + b"1]")
             await expect(405, "PATCH", "/flows/chain", None)
             await expect(404, "GET", "/nothing-here", None)
-            message = await expect(409, "PUT", "/flows/chain", None, json=CHAIN)
-            assert "running" in message
-            assert "stop the flow first" in message
             message = await expect(409, "PUT", "/flows/chain?revision=7", "revision", json=CHAIN)
             assert "revision 1, not 7" in message
 
