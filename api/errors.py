@@ -30,6 +30,7 @@ from ..runner import (
     ProtocolError,
     RunnerError,
     RuntimeStartError,
+    SwapRejected,
 )
 
 __all__ = [
@@ -97,6 +98,7 @@ class NotFoundError(ApiError):
 #: HTTP status of each kind of runner error (first match wins; RunnerError itself is 400)
 STATUS: list[tuple[type[RunnerError], int]] = [
     (NotFound, 404),
+    (SwapRejected, 422),
     (FlowStateError, 409),
     (FlowLoadError, 422),
     (NotSupported, 501),
@@ -119,6 +121,9 @@ def from_exception(exc: Exception) -> ApiError:
             field=f"flow.{first.path}" if first and first.path else "flow",
             problems=problems,
         )
+    if isinstance(exc, SwapRejected):
+        problem = {"path": f"modules.{exc.module}", "message": str(exc)}
+        return InvalidParams(str(exc), code=exc.code, field="flow", problems=[problem])
     if isinstance(exc, RunnerError):
         status = next((code for kind, code in STATUS if isinstance(exc, kind)), 400)
         return ApiError(str(exc), status=status, code=exc.code, field=exc.field)

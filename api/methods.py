@@ -8,7 +8,7 @@ fault) and calls the runner. Nothing here keeps state.
 The seed's names are used verbatim: ``listRuntimes``, ``listFlowsForRuntime``,
 ``addOrUpdateFlow``, ``removeFlow``, ``startFlow``, ``stopFlow``,
 ``setBreakPointAtModule``, ``removeBreakPointAtModule``, ``singleStepFlow``. Around them:
-``health``, ``listFlows``, ``getFlow``, ``inject``, ``getModuleState``,
+``applyFlow`` (addOrUpdateFlow's whole answer), ``health``, ``listFlows``, ``getFlow``, ``inject``, ``getModuleState``,
 ``getModuleErrors``, ``getLogs``.
 """
 
@@ -90,7 +90,9 @@ async def list_flows_for_runtime(runner: Runner, params: Params) -> Any:
     return runner.list_flows_for_runtime(_str(params, "runtimeId"))
 
 
-async def add_or_update_flow(runner: Runner, params: Params) -> Any:
+async def apply_flow(runner: Runner, params: Params) -> Any:
+    """addOrUpdateFlow with the whole answer: created, revision, and for a running flow
+    the hot swap's report (what changed, messages re-homed and dropped, timings)."""
     _no_extra(params, "flow", "revision")
     document = params.get("flow")
     if not isinstance(document, dict):
@@ -99,7 +101,12 @@ async def add_or_update_flow(runner: Runner, params: Params) -> Any:
         )
     revision = _opt_int(params, "revision", minimum=0)
     flow = parse_flow(document, base_dir=None, runtimes=runner.runtimes, source_name="flow")
-    return await runner.add_or_update_flow(flow, revision=revision)
+    result = await runner.apply_flow(flow, revision=revision)
+    return {"created": result.created, "revision": result.revision, "swap": result.report}
+
+
+async def add_or_update_flow(runner: Runner, params: Params) -> Any:
+    return (await apply_flow(runner, params))["created"]
 
 
 async def remove_flow(runner: Runner, params: Params) -> Any:
@@ -211,6 +218,7 @@ METHODS: dict[str, Method] = {
     "setBreakPointAtModule": set_breakpoint,
     "removeBreakPointAtModule": remove_breakpoint,
     "singleStepFlow": single_step_flow,
+    "applyFlow": apply_flow,
     "health": health,
     "listFlows": list_flows,
     "getFlow": get_flow,

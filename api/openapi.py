@@ -38,7 +38,8 @@ _ERRORS = {
     404: "no such flow, module, port or runtime",
     409: "the call does not fit the flow's state (or its revision)",
     413: "the body is larger than the configured limit",
-    422: "a field has the wrong type or value; the flow document is invalid",
+    422: "a field has the wrong type or value; the flow document is invalid; "
+    "new module code did not load (the running version is unchanged)",
     501: "the runner does not implement this yet (the message says what is missing)",
     503: "a runtime could not be started",
 }
@@ -250,10 +251,20 @@ def openapi_document(runtimes: list[str], version: str) -> dict[str, Any]:
     flow_ok = _json(
         {
             "type": "object",
-            "required": ["created", "flow"],
-            "properties": {"created": {"type": "boolean"}, "flow": _ref("FlowSummary")},
+            "required": ["created", "flow", "swap"],
+            "properties": {
+                "created": {"type": "boolean"},
+                "flow": _ref("FlowSummary"),
+                "swap": {
+                    "type": ["object", "null"],
+                    "description": "a running flow was hot-swapped: changes, summary, "
+                    "rehomed (messages that followed a moved module), dropped (what waited "
+                    "for a removed module), pausedMs, durationMs",
+                },
+            },
         },
-        "the flow was replaced (it was stopped; module state is kept)",
+        "the flow was updated (a running flow hot-swapped, a stopped one replaced; "
+        "module state is kept)",
     )
     created = {**flow_ok, "description": "the flow was added"}
     paths: dict[str, Any] = {
@@ -295,7 +306,7 @@ def openapi_document(runtimes: list[str], version: str) -> dict[str, Any]:
             ),
             "put": _op(
                 "addOrUpdateFlow",
-                "Add a flow, or replace a stopped one",
+                "Add a flow, or update it (a running flow is hot-swapped)",
                 flow_ok,
                 (400, 409, 413, 422),
                 params=("flowId", "revision"),

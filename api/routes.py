@@ -7,7 +7,7 @@
     GET    /runtimes/{runtimeId}/flows                     listFlowsForRuntime
     GET    /flows                                          listFlows
     GET    /flows/{flowId}                                 getFlow
-    PUT    /flows/{flowId}[?revision=N]                    addOrUpdateFlow (201 added, 200 updated)
+    PUT    /flows/{flowId}[?revision=N]                    addOrUpdateFlow (201 added, 200 updated/swapped)
     DELETE /flows/{flowId}                                 removeFlow
     POST   /flows/{flowId}/start                           startFlow
     POST   /flows/{flowId}/stop                            stopFlow
@@ -95,9 +95,13 @@ def flows_blueprint(runner: Runner) -> Blueprint:
         params: dict[str, Any] = {"flow": document}
         if revision is not None:
             params["revision"] = revision
-        created = await call(runner, "addOrUpdateFlow", params)
-        body = {"created": created, "flow": runner.describe_flow(flowId)}
-        return json_response(body, 201 if created else 200)
+        result = await call(runner, "applyFlow", params)
+        body = {
+            "created": result["created"],
+            "flow": runner.describe_flow(flowId),
+            "swap": result["swap"],
+        }
+        return json_response(body, 201 if result["created"] else 200)
 
     @bp.delete("/flows/<flowId>")
     async def delete_flow(flowId: str) -> Response:

@@ -9,7 +9,7 @@ array. Two more methods manage event streams:
     From then on the server sends notifications
     ``{"jsonrpc": "2.0", "method": "event", "params": {"subscription": "s1", "event": {...}}}``
     for events of the given flows (all if absent), kinds (``output``, ``error``, ``log``,
-    ``flow``, ``checkpoint``; all if absent) and output ports (``"module.port"``; all if absent).
+    ``flow``, ``checkpoint``, ``swap``; all if absent) and output ports (``"module.port"``; all if absent).
 ``unsubscribe {subscription}`` -> ``true``
 
 A subscriber that reads slowly never slows a flow: each subscription buffers a bounded
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["EVENT_KINDS", "ws_blueprint"]
 
-EVENT_KINDS = ("output", "error", "log", "flow", "checkpoint")
+EVENT_KINDS = ("output", "error", "log", "flow", "checkpoint", "swap")
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600

@@ -374,3 +374,55 @@ async def test_an_oversize_websocket_message_closes_that_socket_only() -> None:
             assert info.value.reason.code == 1009  # message too big
         async with served.client() as client, client.rpc() as rpc:
             assert (await rpc.call("health"))["status"] == "ok"
+
+
+async def test_updating_a_running_flow_hot_swaps_it() -> None:
+    async with serve_runner() as served, served.client() as client, client.rpc() as rpc:
+        await client.add_or_update_flow(CHAIN)
+        await client.start_flow("chain")
+        await rpc.subscribe(flows=["chain"], kinds=["output", "swap"], outputs=["label.out"])
+        await client.inject("chain", "add", "in", [{"n": 1}])
+        assert (await wait_event(rpc, "output"))["msgs"] == [{"n": 4, "seen": 1}]
+
+        changed = copy.deepcopy(CHAIN)
+        changed["modules"][1]["runtime"] = "python"  # double moves from node to python
+        changed["modules"][1]["code"] = (
+            "def handle(msg, ctx):\n"
+            "    ctx.state['seen'] = ctx.state.get('seen', 0) + 1\n"
+            "    return {'n': msg['n'] * 3}\n"
+        )
+        auth = {"Authorization": f"Bearer {served.token}"}
+        async with httpx.AsyncClient(base_url=served.url, headers=auth) as http:
+            response = await http.put("/flows/chain", json=changed)
+            assert response.status_code == 200
+            body = response.json()
+            assert body["created"] is False
+            assert body["flow"]["status"] == "running"
+            assert body["flow"]["revision"] == 2
+            assert body["swap"]["changes"]["moved"] == [
+                {"module": "double", "from": "node", "to": "python"}
+            ]
+            assert body["swap"]["summary"] == "moved: double (node -> python)"
+            event = await wait_event(rpc, "swap")
+            assert event["summary"] == body["swap"]["summary"]
+            assert await client.module_state("chain", "double") == {"seen": 1}
+
+            await client.inject("chain", "add", "in", [{"n": 1}])
+            assert (await wait_event(rpc, "output"))["msgs"] == [{"n": 6, "seen": 2}]
+
+            broken = copy.deepcopy(changed)
+            broken["modules"][1]["code"] = "def handle(msg, ctx):\n    return msg['n'] +\n"
+            response = await http.put("/flows/chain", json=broken)
+            assert response.status_code == 422
+            error = response.json()["error"]
+            assert error["code"] == "swap_rejected"
+            assert "SyntaxError" in error["message"]
+            assert error["problems"][0]["path"] == "modules.double"
+
+        # The old version runs on; JSON-RPC keeps the seed's answer (false: not created).
+        await client.inject("chain", "add", "in", [{"n": 1}])
+        assert (await wait_event(rpc, "output"))["msgs"] == [{"n": 6, "seen": 3}]
+        assert await rpc.call("addOrUpdateFlow", flow=CHAIN) is False
+        answer = await rpc.call("applyFlow", flow=CHAIN)
+        assert answer["swap"]["summary"] == "no change"
+        assert (await client.get_flow("chain"))["flow"]["modules"][1]["runtime"] == "node"
