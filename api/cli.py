@@ -1,7 +1,7 @@
 """The ``fifoflow`` command line.
 
 Subcommands: ``run`` (run a flow locally, print what reaches its exits), ``validate``,
-``runtimes``, ``conformance`` (the runtime protocol checks); and (in :mod:`.remote`)
+``runtimes``, ``conformance`` (the runtime protocol checks), ``dev`` (in :mod:`.dev`); and (in :mod:`.remote`)
 ``runner serve``, ``flow``, ``inject``, ``logs``, ``state``, which serve or call the
 Runner API. The CLI is a thin layer: it
 parses arguments, calls the cores and formats their answers.
@@ -185,6 +185,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED
 
 
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from .dev import cmd_dev
+
+    return cmd_dev(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fifoflow", description="Run flows of python, node and exec modules over named pipes."
@@ -227,6 +233,37 @@ def build_parser() -> argparse.ArgumentParser:
     runtimes = sub.add_parser("runtimes", help="list the runtimes this machine offers")
     runtimes.add_argument("--json", action="store_true")
     runtimes.set_defaults(func=cmd_runtimes)
+
+    dev = sub.add_parser(
+        "dev", help="run a flow and hot-swap every change saved to its files (Ctrl-C ends)"
+    )
+    dev.add_argument("flow", help="path of a flow file (flow.json)")
+    dev.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="a message sent at start (repeatable)",
+    )
+    dev.add_argument(
+        "--stdin", action="store_true", help="send each JSON line read on stdin to the entry port"
+    )
+    dev.add_argument(
+        "--to",
+        metavar="MODULE.PORT",
+        help="where messages go (default: the flow's only entry port)",
+    )
+    dev.add_argument(
+        "--quiet", action="store_true", help="do not print runtime and module logs on stderr"
+    )
+    dev.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="per-handler timeout for modules that set none",
+    )
+    dev.set_defaults(func=_cmd_dev)
 
     add_commands(sub)
 
