@@ -3,6 +3,8 @@
 The diff comes from :func:`fifoflow.flows.diff.diff_flows`; this module applies it at a
 quiet point, all or nothing:
 
+0. Fast path: when the update only changes one module's code or config, its load is
+   sent to its host at once (behind what the host was already sent), with no pause.
 1. Runtimes the new version needs and the flow does not run yet are started (empty).
 2. **Pause**: the flow's hosts get no new deliveries; what is in flight finishes
    (``drain``: every host acknowledges everything it was sent). Producers and injects
@@ -31,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..flows.diff import diff_flows
+from ..flows.diff import FlowDiff, diff_flows
 from .errors import FlowStateError, RunnerError
 
 if TYPE_CHECKING:
@@ -66,6 +68,26 @@ async def hot_swap(run: FlowRun, new_flow: Flow) -> dict[str, Any]:
     if run.status.value != "running" or run.instance_nursery is None:
         raise FlowStateError(f"flow {run.flow_id!r} is {run.status.value}, not running")
     plan = run.plan(new_flow)
+    reloaded = diff.reloaded()
+    if diff.empty or (
+        len(reloaded) == 1
+        and diff == FlowDiff(**{_KIND[reloaded[0] in diff.code_changed]: reloaded})
+    ):
+        # Nothing to re-route: no pause. One module's new code or config goes to its host
+        # behind what was already sent to it, so it takes over between two messages; a
+        # host that cannot load it keeps the old version (PROTOCOL.md, load).
+        if reloaded:
+            mid = reloaded[0]
+            instance = run.instances[run.flow.module(mid).runtime]
+            qid = run.qualified(mid)
+            error = await instance.load_module(
+                {**plan.loads[instance.manifest.id][qid], "state": None}
+            )
+            if error is not None:
+                raise SwapRejected(mid, error)
+        run.flow = new_flow
+        run._install(plan)
+        return _report(run, diff, 0, {}, 0.0, started)
     old_instances = dict(run.instances)
     fresh = [inst for rt, inst in plan.instances.items() if rt not in old_instances]
     started_fresh: list[RuntimeInstance] = []
@@ -130,6 +152,20 @@ async def hot_swap(run: FlowRun, new_flow: Flow) -> dict[str, Any]:
     for runtime, instance in old_instances.items():
         if runtime not in plan.instances:
             await instance.stop()
+    return _report(run, diff, rehomed, dropped, paused_ms, started)
+
+
+_KIND = {True: "code_changed", False: "config_changed"}
+
+
+def _report(
+    run: FlowRun,
+    diff: FlowDiff,
+    rehomed: int,
+    dropped: dict[str, list[dict[str, Any]]],
+    paused_ms: float,
+    started: float,
+) -> dict[str, Any]:
     report = {
         "changes": diff.describe(),
         "summary": diff.summary(),

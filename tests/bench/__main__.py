@@ -12,8 +12,10 @@ Figures:
 - ``hop_latency``: one cross-runtime hop (python -> node), p50/p99/max at a light fixed
   rate, measured with wall-clock stamps taken inside the two modules.
 - ``api_*``: Runner API request throughput over HTTP and WebSocket (see ``api_requests``).
+- ``swap_*``: hot swap under load: added latency, pause and duration per swap, throughput
+  during swap storms (see ``swap``).
 
-``--only core`` or ``--only api`` runs one group.
+``--only core``, ``--only api`` or ``--only swap`` runs one group.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from fifoflow.flows import parse_flow
 from fifoflow.runner import RunnerConfig, open_runner
 from fifoflow.runtimes.registry import discover
 
-from . import api_requests, fifo_echo
+from . import api_requests, fifo_echo, swap
 
 RUNTIMES = discover()
 PY_ID = "def handle(msg, ctx):\n    return msg\n"
@@ -214,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--quick", action="store_true", help="few rounds and messages (smoke run)")
     parser.add_argument("--out", type=Path, default=Path("bench-results/latest.json"))
-    parser.add_argument("--only", choices=["core", "api"], help="run one group of figures")
+    parser.add_argument("--only", choices=["core", "api", "swap"], help="run one group of figures")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.messages = 2, 20_000
@@ -223,10 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, Any] = {}
     print(f"fifoflow bench: {rounds} rounds, {n} messages per round, {os.cpu_count()} CPUs", flush=True)
 
-    if args.only != "api":
+    if args.only in (None, "core"):
         _core(args, figures)
-    if args.only != "core":
+    if args.only in (None, "api"):
         _api(args, figures)
+    if args.only in (None, "swap"):
+        result = swap.run(quick=args.quick)
+        swap.print_report(result)
+        figures.update(result)
     result = {
         "machine": {
             "cpus": os.cpu_count(),
