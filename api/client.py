@@ -129,10 +129,16 @@ class RunnerClient:
     async def add_or_update_flow(
         self, flow: dict[str, Any], *, revision: int | None = None
     ) -> bool:
-        """Add (``True``) or replace (``False``) a flow; ``flow`` is a standalone document."""
+        """Add (``True``) or update (``False``) a flow; ``flow`` is a standalone document."""
+        return (await self.apply_flow(flow, revision=revision))["created"]
+
+    async def apply_flow(
+        self, flow: dict[str, Any], *, revision: int | None = None
+    ) -> dict[str, Any]:
+        """Add or update a flow: ``{created, flow, swap}`` (``swap``: the hot swap's
+        report when the flow was running)."""
         params = {"revision": revision} if revision is not None else None
-        reply = await self.request("PUT", f"/flows/{flow['id']}", json=flow, params=params)
-        return reply["created"]
+        return await self.request("PUT", f"/flows/{flow['id']}", json=flow, params=params)
 
     async def remove_flow(self, flow_id: str) -> None:
         await self.request("DELETE", f"/flows/{flow_id}")

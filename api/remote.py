@@ -136,11 +136,20 @@ def cmd_flow(args: argparse.Namespace) -> int:
                                 f"no flow {flow_id!r} on the runner: use 'fifoflow flow add'"
                             ) from None
                         raise
-                await client.add_or_update_flow(document, revision=revision)
-                summary = await client.get_flow(flow_id)
-                _out(
-                    f"{'added' if action == 'add' else 'updated'} flow {flow_id!r} (revision {summary['revision']})"
-                )
+                answer = await client.apply_flow(document, revision=revision)
+                verb = "added" if action == "add" else "updated"
+                line = f"{verb} flow {flow_id!r} (revision {answer['flow']['revision']})"
+                swap = answer.get("swap")
+                if swap is not None:
+                    line += f": hot-swapped in {swap['durationMs']:.1f} ms: {swap['summary']}"
+                    dropped = sum(
+                        len(e["msgs"]) for entries in swap["dropped"].values() for e in entries
+                    )
+                    if dropped:
+                        line += (
+                            f"; {dropped} message(s) that waited for removed modules were dropped"
+                        )
+                _out(line)
                 if args.start:
                     summary = await client.start_flow(flow_id)
                     _out(f"flow {flow_id!r} is {summary['status']}")
@@ -326,7 +335,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     flow_sub = flow.add_subparsers(dest="action", required=True)
     for action, help_text in (
         ("add", "add a flow from a flow file"),
-        ("update", "replace a stopped flow from a flow file"),
+        ("update", "update a flow from a flow file (a running flow is hot-swapped)"),
     ):
         p = flow_sub.add_parser(action, help=help_text)
         p.add_argument("target", metavar="FLOW_FILE")

@@ -115,10 +115,22 @@ def test_manage_a_flow_from_the_command_line(runner_env: dict[str, str]) -> None
     done = ff(env, "flow", "update", flow_file)
     assert done.returncode == 0, done.stderr
     assert "updated flow 'tally' (revision 2)" in done.stdout
+    assert "hot-swapped" not in done.stdout  # it was stopped
     shown = json.loads(ff(env, "flow", "show", "tally").stdout)
     assert shown["revision"] == 2
     assert shown["flow"]["modules"][0]["code"] == COUNT_PY  # files were inlined
     assert ff(env, "flow", "start", "tally").stdout.strip() == "flow 'tally' is running"
+    # While it runs: a hot swap, and the state is still there.
+    count_py = f"{env['FLOW_DIR']}/count.py"
+    with open(count_py) as f:
+        code = f.read()
+    with open(count_py, "w") as f:
+        f.write(code.replace('"n": ctx.state["n"]}', '"n": ctx.state["n"], "v": 2}'))
+    done = ff(env, "flow", "update", flow_file)
+    assert done.returncode == 0, done.stderr
+    assert "updated flow 'tally' (revision 3): hot-swapped in" in done.stdout
+    assert done.stdout.rstrip().endswith("ms: code: count")
+    assert json.loads(ff(env, "state", "tally", "count").stdout) == {"n": 4}
     assert ff(env, "flow", "remove", "tally").returncode == 0
     assert json.loads(ff(env, "flow", "list", "--json").stdout) == []
 
