@@ -56,6 +56,14 @@ PYTHON_MODULES = {
     "hang": "import time\ndef handle(msg, ctx):\n    if msg == 'hang':\n        while True:\n            time.sleep(1)\n    return msg\n",
     "syntax_error": "def handle(msg, ctx)\n    return msg\n",
     "no_handle": "def helper(msg):\n    return msg\n",
+    "migrate_fails": (
+        "def migrate(old, ctx):\n    old['n'] = -1\n    ctx.state['n'] = -1\n    raise RuntimeError('migration failed')\n"
+        "def handle(msg, ctx):\n    return 0\n"
+    ),
+    "migrate_100": (
+        "def migrate(old, ctx):\n    return {'n': 100}\n"
+        "def handle(msg, ctx):\n    ctx.state['n'] = ctx.state.get('n', 0) + 1\n    return ctx.state['n']\n"
+    ),
 }
 
 NODE_MODULES = {
@@ -68,6 +76,14 @@ NODE_MODULES = {
     "hang": "exports.handle = (msg) => { if (msg === 'hang') { for (;;) {} } return msg; };\n",
     "syntax_error": "exports.handle = (msg => msg;\n",
     "no_handle": "exports.helper = (msg) => msg;\n",
+    "migrate_fails": (
+        "exports.migrate = (old, ctx) => { old.n = -1; ctx.state.n = -1; throw new Error('migration failed'); };\n"
+        "exports.handle = () => 0;\n"
+    ),
+    "migrate_100": (
+        "exports.migrate = () => ({ n: 100 });\n"
+        "exports.handle = (msg, ctx) => { ctx.state.n = (ctx.state.n || 0) + 1; return ctx.state.n; };\n"
+    ),
 }
 
 _EXEC_LOOP = "import sys, json\nfor line in sys.stdin:\n    m = json.loads(line)\n{body}"
@@ -360,6 +376,45 @@ class Kit:
         if got != [11]:
             raise CheckFailed(f"load with state {{n: 10}} must restore ctx.state; the counter answered {got}, expected [11]")
 
+    def check_replace_code(self, host: HostUnderTest) -> None:
+        """A load over a loaded module (hot swap): a failing replacement changes nothing,
+        state included; a good one runs migrate and reports the new state before loaded;
+        ``migrate: false`` skips migrate."""
+        self.needs_code()
+        self.load(host, "count", module="t/swap")
+        host.send({"op": "deliver", "seq": 1, "module": "t/swap", "port": "in", "msgs": ["x", "x"]})
+        host.expect(lambda f: f["op"] == "done", "done")
+        host.send(self.load_frame("migrate_fails", module="t/swap"))
+        loaded, _ = host.expect(lambda f: f["op"] == "loaded", "'loaded' for the failing replacement")
+        if not loaded.get("error"):
+            raise CheckFailed("a replacement whose migrate raises must answer loaded with an error")
+        host.send({"op": "deliver", "seq": 2, "module": "t/swap", "port": "in", "msgs": ["x"]})
+        _, before = host.expect(lambda f: f["op"] == "done", "done")
+        got = [m for f in before if f["op"] == "emit" for m in f["msgs"]]
+        if got != [3]:
+            raise CheckFailed(
+                "after a failed replacement the old code must run on with its state untouched "
+                f"(even if migrate changed the old state before raising); expected [3], got {got}"
+            )
+        host.send(self.load_frame("migrate_100", module="t/swap"))
+        loaded, before = host.expect(lambda f: f["op"] == "loaded", "'loaded' for the replacement")
+        if loaded.get("error"):
+            raise CheckFailed(f"a good replacement failed: {_excerpt(loaded['error'])}")
+        states = [f.get("state") for f in before if f["op"] == "state" and f.get("module") == "t/swap"]
+        if states[-1:] != [{"n": 100}]:
+            raise CheckFailed(f"the state migrate returned must be sent in a state frame before loaded; got {states}")
+        host.send({"op": "deliver", "seq": 3, "module": "t/swap", "port": "in", "msgs": ["x"]})
+        _, before = host.expect(lambda f: f["op"] == "done", "done")
+        got = [m for f in before if f["op"] == "emit" for m in f["msgs"]]
+        if got != [101]:
+            raise CheckFailed(f"the new code must see the migrated state; expected [101], got {got}")
+        self.load(host, "migrate_100", module="t/swap", state={"n": 5}, migrate=False)
+        host.send({"op": "deliver", "seq": 4, "module": "t/swap", "port": "in", "msgs": ["x"]})
+        _, before = host.expect(lambda f: f["op"] == "done", "done")
+        got = [m for f in before if f["op"] == "emit" for m in f["msgs"]]
+        if got != [6]:
+            raise CheckFailed(f"a load with state {{n: 5}} and migrate: false must not migrate; expected [6], got {got}")
+
     def check_local_route(self, host: HostUnderTest) -> None:
         self.load(host, "add1")
         self.load(host, "times2")
@@ -438,7 +493,8 @@ class Kit:
         return [(name[len("check_") :], getattr(self, name)) for name in (
             "check_hello", "check_load_good", "check_load_syntax_error", "check_load_without_handle",
             "check_load_bad_command", "check_deliver_emit_done", "check_emit_named_port",
-            "check_state_snapshot_and_restore", "check_local_route", "check_user_error", "check_hung",
+            "check_state_snapshot_and_restore", "check_replace_code", "check_local_route",
+            "check_user_error", "check_hung",
             "check_ping", "check_unknown_op", "check_garbage_is_fatal", "check_shutdown",
         )]
 

@@ -191,7 +191,7 @@ export class ModuleHost {
     };
     const init = () => (typeof exportsObj.init === "function" ? exportsObj.init(mod.ctx) : undefined);
     try {
-      const r = hasMigrate ? exportsObj.migrate(old.ctx.state, mod.ctx) : undefined;
+      const r = hasMigrate ? exportsObj.migrate(jsonCopy(old.ctx.state), mod.ctx) : undefined;
       if (isThenable(r)) {
         return Promise.resolve(r)
           .then((v) => {

@@ -384,7 +384,7 @@ class Host:
             mod.ctx = Ctx(mod, mid, config, state)
             migrate = namespace.get("migrate")
             if old is not None and callable(migrate) and f.get("migrate", True) is not False:
-                new_state = migrate(old.ctx.state, mod.ctx)
+                new_state = migrate(_json_copy(old.ctx.state), mod.ctx)
                 if inspect.isawaitable(new_state):
                     new_state = self.run_async(new_state)
                 if new_state is not None:
