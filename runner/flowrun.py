@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from .debugger import Debugger
 from .errors import FlowStateError, ModuleNotFound, PortNotFound, RunnerError
 from .instance import InstanceStatus, RuntimeInstance
 
@@ -47,6 +48,8 @@ class Plan:
     host_routes: dict[str, dict[str, Any]]
     routes: dict[tuple[str, str], list[tuple[RuntimeInstance, str, str] | None]]
     downstream: dict[str, dict[str, list[tuple[RuntimeInstance, str]]]]
+    #: every wire goes through the runner (while the flow is debugged)
+    external: bool = False
 
 
 class FlowStatus(enum.Enum):
@@ -88,6 +91,9 @@ class FlowRun:
         self._routes: dict[tuple[str, str], list[tuple[RuntimeInstance, str, str] | None]] = {}
         #: where the instances run while the flow runs (a hot swap starts new ones here)
         self.instance_nursery: trio.Nursery | None = None
+        self.debugger = Debugger(self)
+        #: whether the installed wiring sends every wire through the runner
+        self.external_routing = False
         self._build(runtimes)
 
     # ------------------------------------------------------------------ wiring
@@ -105,7 +111,11 @@ class FlowRun:
     def plan(self, flow: Flow) -> Plan:
         """Everything the runner and the hosts need to run ``flow``: one instance per
         runtime (this flow's existing ones reused, new ones created but not started),
-        load frames, host route tables, the runner's table, and downstream sets."""
+        load frames, host route tables, the runner's table, and downstream sets.
+
+        While the flow is debugged (a breakpoint, or paused) every wire goes through the
+        runner, same-runtime ones included, so that the debugger gates every message."""
+        external = self.debugger.active
         by_id = {m.id: m for m in flow.modules}
         instances: dict[str, RuntimeInstance] = {}
         for module in flow.modules:
@@ -147,7 +157,7 @@ class FlowRun:
                 wires = wires_from.get((module.id, port), [])
                 for wire in wires:
                     dst = by_id[wire.dst]
-                    if dst.runtime == module.runtime:
+                    if dst.runtime == module.runtime and not external:
                         local.append([self.qualified(dst.id), wire.dst_port])
                     else:
                         targets.append(
@@ -177,12 +187,13 @@ class FlowRun:
                         if target is not None:
                             found.add((target[0], target[1]))
             downstream[module.runtime][qid] = sorted(found, key=lambda t: (t[0].name, t[1]))
-        return Plan(instances, dict(loads), dict(host_routes), routes, dict(downstream))
+        return Plan(instances, dict(loads), dict(host_routes), routes, dict(downstream), external)
 
     def _install(self, plan: Plan) -> None:
         """Make ``plan`` the flow's wiring: one synchronous step, so no message is ever
         routed by half of an old and half of a new table."""
         self._routes = plan.routes
+        self.external_routing = plan.external
         for runtime, instance in plan.instances.items():
             instance.set_modules(plan.loads.get(runtime, {}), plan.host_routes.get(runtime, {}))
             instance.downstream = plan.downstream.get(runtime, {})
@@ -204,6 +215,9 @@ class FlowRun:
     # ------------------------------------------------------------------ messages
 
     async def route(self, module: str, port: str, msgs: list[Any]) -> None:
+        tick = self.debugger.tick
+        if tick is not None:
+            tick.outputs[self.short(module)][port].extend(msgs)
         targets = self._routes.get((module, port))
         if targets is None:
             targets = [_SINK]  # an undeclared port: keep the messages visible as outputs
@@ -295,6 +309,8 @@ class FlowRun:
         }
         self.errors[short].append(entry)
         self.error_count += 1
+        if self.debugger.tick is not None:
+            self.debugger.tick.errors[short].append(entry)
         self.publish({"kind": "error", **entry})
 
     def publish(self, event: Event) -> None:

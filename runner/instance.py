@@ -201,14 +201,29 @@ class RuntimeInstance:
         if self._paused or self._unacked_msgs >= window or not self._queued_msgs:
             return chunks
         freed = False
+        debugger = self.flow.debugger
+        debugging = debugger.active
         for module, queue in self._queues.items():
             if not queue:
                 continue
             if not all(inst.has_room(m) for inst, m in self.downstream.get(module, ())):
                 continue
+            # While debugged, the debugger says how many messages may go (None: all).
+            limit = debugger.allowance(module, queue) if debugging else None
+            if limit == 0:
+                continue
             taken = 0
             while queue and self._unacked_msgs < window and len(chunks) < 512:
-                d = queue.popleft()
+                if limit is not None and taken >= limit:
+                    break
+                d = queue[0]
+                if limit is not None and taken + len(d.msgs) > limit:
+                    # Split the delivery: only the allowed messages go.
+                    keep = limit - taken
+                    d = Delivery(d.module, d.port, d.msgs[:keep])
+                    queue[0].msgs = queue[0].msgs[keep:]  # rebound: lists may be shared
+                else:
+                    queue.popleft()
                 n = len(d.msgs)
                 taken += n
                 d.seq = self._next_seq
@@ -216,6 +231,8 @@ class RuntimeInstance:
                 self._unacked.append(d)
                 self._unacked_msgs += n
                 chunks.append(d.encode())
+            if debugging and taken:
+                debugger.taken(module, taken)
             before = self._queued[module]
             self._queued[module] = before - taken
             self._queued_msgs -= taken
@@ -336,6 +353,10 @@ class RuntimeInstance:
                     nursery.start_soon(self._reader, proc, nursery.cancel_scope)
                     await self._boot(proc)
                     self.status = InstanceStatus.RUNNING
+                    if self.restarts:
+                        self.flow.publish(
+                            {"kind": "runtime", "runtime": self.manifest.id, "event": "ready"}
+                        )
                     if task_status is not None:
                         task_status.started()
                     nursery.start_soon(self._writer, proc)
@@ -512,7 +533,8 @@ class RuntimeInstance:
         target = next((d for d in self._unacked if d.seq == seq), None)
         if target is not None and isinstance(index, int) and 0 <= index < len(target.msgs):
             msg = target.msgs[index]
-            del target.msgs[index]
+            # rebound, not cut: the same list may be queued for another module too
+            target.msgs = target.msgs[:index] + target.msgs[index + 1 :]
             self._unacked_msgs -= 1
             self.flow.settle(1)
             self.flow.record_error(
@@ -656,6 +678,65 @@ class RuntimeInstance:
         self._queued[module] = self._queued.get(module, 0) + n
         self._queued_msgs += n
         return n
+
+    # ------------------------------------------------------------------ debugger
+
+    def queued(self, module: str) -> list[Delivery]:
+        """What waits for ``module`` in the runner (not sent yet), in order."""
+        return list(self._queues.get(module, ()))
+
+    def pop_one(self, module: str) -> Delivery | None:
+        """Take the first message waiting for ``module``, as a delivery of its own."""
+        queue = self._queues.get(module)
+        if not queue:
+            return None
+        head = queue[0]
+        one = Delivery(module, head.port, head.msgs[:1])
+        head.msgs = head.msgs[1:]  # rebound, not cut: a routed list may be shared
+        if not head.msgs:
+            queue.popleft()
+        self._queued[module] -= 1
+        self._queued_msgs -= 1
+        return one
+
+    def replace_queued(self, module: str, index: int, msg: Any | None) -> Any:
+        """Edit (``msg``) or drop (``None``) the ``index``-th message waiting for
+        ``module``; returns the old message. Raises IndexError."""
+        position = 0
+        queue = self._queues.get(module) or deque()
+        for d in queue:
+            if index < position + len(d.msgs):
+                i = index - position
+                old = d.msgs[i]
+                if msg is None:
+                    d.msgs = d.msgs[:i] + d.msgs[i + 1 :]  # rebound: lists may be shared
+                    if not d.msgs:
+                        queue.remove(d)
+                    self._queued[module] -= 1
+                    self._queued_msgs -= 1
+                else:
+                    d.msgs = [*d.msgs[:i], msg, *d.msgs[i + 1 :]]
+                return old
+            position += len(d.msgs)
+        raise IndexError(index)
+
+    async def deliver_now(self, deliveries: list[Delivery]) -> None:
+        """Send these deliveries at once (a debugger step), bypassing queues and gates."""
+        for d in deliveries:
+            d.seq = self._next_seq
+            self._next_seq += 1
+            self._unacked.append(d)
+            self._unacked_msgs += len(d.msgs)
+        proc = self.process
+        if proc is None or self.status is not InstanceStatus.RUNNING:
+            return  # the restarted host gets them again from the window
+        data = b"".join(d.encode() for d in deliveries)
+        try:
+            async with proc._send_lock:
+                leftover, self._leftover = self._leftover, None
+                await proc._writer.send_all(bytes(leftover or b"") + data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the reader sees the host go; the window is delivered again
 
     # ------------------------------------------------------------------ logs
 

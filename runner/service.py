@@ -5,7 +5,8 @@ layer (``api/``) talks to. Method names follow the Runner API: ``list_runtimes``
 ``list_flows_for_runtime``, ``add_or_update_flow``, ``remove_flow``, ``start_flow``,
 ``stop_flow``, ``set_breakpoint_at_module``, ``remove_breakpoint_at_module``,
 ``single_step_flow``; plus ``inject``, ``wait_idle``, ``module_state``, ``module_errors``,
-``flow_logs``, ``health``.
+``flow_logs``, ``health``, and the debugger's ``pause_flow``, ``continue_flow``,
+``queues``, ``edit_queued_message``, ``debug_state``.
 
 Persistence: with ``config.state_dir`` set, every flow, whether it should be running,
 and its modules' state are kept in a :class:`~.store.FlowStore`; :meth:`Runner.run`
@@ -39,7 +40,6 @@ from .config import RunnerConfig
 from .errors import (
     FlowNotFound,
     FlowStateError,
-    NotSupported,
     RevisionConflict,
     RunnerError,
     RuntimeNotFound,
@@ -264,27 +264,62 @@ class Runner:
                 self._save_flow(run)
             self.checkpoint()
 
-    def set_breakpoint_at_module(self, flow_module_id: str) -> None:
-        self._flow_module(flow_module_id)
-        raise NotSupported(
-            "breakpoints are not implemented by this runner yet (they come with the debugger); "
-            f"{flow_module_id!r} is a valid module, but no breakpoint was set"
-        )
+    async def set_breakpoint_at_module(
+        self, flow_module_id: str, condition: str | None = None
+    ) -> dict[str, Any]:
+        """Pause the flow when a message (matching ``condition``, see ``conditions.py``)
+        is about to reach the module. ``flow_module_id`` is ``"<flow id>/<module id>"``."""
+        run, module = self._flow_module(flow_module_id)
+        async with self._lock:
+            return (await run.debugger.set_breakpoint(module, condition)).describe()
 
-    def remove_breakpoint_at_module(self, flow_module_id: str) -> None:
-        self._flow_module(flow_module_id)
-        raise NotSupported(
-            "breakpoints are not implemented by this runner yet (they come with the debugger); "
-            f"{flow_module_id!r} has no breakpoint to remove"
-        )
+    async def remove_breakpoint_at_module(self, flow_module_id: str) -> bool:
+        """``True`` if there was a breakpoint at the module."""
+        run, module = self._flow_module(flow_module_id)
+        async with self._lock:
+            return await run.debugger.remove_breakpoint(module)
 
-    def single_step_flow(self, flow_id: str | None = None) -> dict[str, Any]:
-        if flow_id is not None:
-            self.flow(flow_id)
-        raise NotSupported(
-            "single stepping is not implemented by this runner yet (it comes with the debugger); "
-            "no flow is paused and nothing was stepped"
-        )
+    async def single_step_flow(self, flow_id: str | None = None) -> dict[str, Any]:
+        """One tick of a paused flow (``debugger.py``). Without ``flow_id``: the one
+        paused flow."""
+        if flow_id is None:
+            paused = sorted(fid for fid, run in self._flows.items() if run.debugger.paused)
+            if len(paused) != 1:
+                raise FlowStateError(
+                    "singleStepFlow without a flow id needs exactly one paused flow; "
+                    f"paused: {', '.join(paused) or 'none'}"
+                )
+            flow_id = paused[0]
+        run = self.flow(flow_id)
+        async with self._lock:
+            return await run.debugger.step()
+
+    async def pause_flow(self, flow_id: str) -> dict[str, Any]:
+        run = self.flow(flow_id)
+        if run.status is not FlowStatus.RUNNING:
+            raise FlowStateError(f"flow {flow_id!r} is {run.status.value}: start it to pause it")
+        async with self._lock:
+            await run.debugger.pause()
+        return run.debugger.describe()
+
+    async def continue_flow(self, flow_id: str) -> dict[str, Any]:
+        run = self.flow(flow_id)
+        async with self._lock:
+            await run.debugger.resume()
+        return run.debugger.describe()
+
+    def debug_state(self, flow_id: str) -> dict[str, Any]:
+        return self.flow(flow_id).debugger.describe()
+
+    def queues(self, flow_id: str) -> dict[str, list[dict[str, Any]]]:
+        return self.flow(flow_id).debugger.queues()
+
+    async def edit_queued_message(
+        self, flow_id: str, module_id: str, index: int, msg: Any | None
+    ) -> Any:
+        """Replace (``msg``) or drop (``None``) a waiting message of a paused flow; the
+        old message."""
+        return await self.flow(flow_id).debugger.edit_queued(module_id, index, msg)
 
     # ------------------------------------------------------------------ around the API
 
@@ -311,7 +346,11 @@ class Runner:
     def describe_flow(self, flow_id: str) -> dict[str, Any]:
         """The flow's status and counters, and whether it should be running."""
         run = self.flow(flow_id)
-        return {**run.describe(), "wantRunning": self._want_running.get(flow_id, False)}
+        return {
+            **run.describe(),
+            "wantRunning": self._want_running.get(flow_id, False),
+            "paused": run.debugger.paused,
+        }
 
     def flow_document(self, flow_id: str) -> dict[str, Any]:
         """The flow as a standalone document (module files inlined)."""

@@ -87,6 +87,7 @@ async def hot_swap(run: FlowRun, new_flow: Flow) -> dict[str, Any]:
                 raise SwapRejected(mid, error)
         run.flow = new_flow
         run._install(plan)
+        run.debugger.forget({m.id for m in new_flow.modules})
         return _report(run, diff, 0, {}, 0.0, started)
     old_instances = dict(run.instances)
     fresh = [inst for rt, inst in plan.instances.items() if rt not in old_instances]
@@ -136,6 +137,7 @@ async def hot_swap(run: FlowRun, new_flow: Flow) -> dict[str, Any]:
             rehomed += plan.instances[dst].prepend_queue(qid, queue)
         run.flow = new_flow
         run._install(plan)
+        run.debugger.forget({m.id for m in new_flow.modules})
         committed = True
         for instance in plan.instances.values():
             try:
