@@ -8,7 +8,9 @@ fault) and calls the runner. Nothing here keeps state.
 The seed's names are used verbatim: ``listRuntimes``, ``listFlowsForRuntime``,
 ``addOrUpdateFlow``, ``removeFlow``, ``startFlow``, ``stopFlow``,
 ``setBreakPointAtModule``, ``removeBreakPointAtModule``, ``singleStepFlow``. Around them:
-``applyFlow`` (addOrUpdateFlow's whole answer), ``health``, ``listFlows``, ``getFlow``, ``inject``, ``getModuleState``,
+``applyFlow`` (addOrUpdateFlow's whole answer), the debugger's ``pauseFlow``,
+``continueFlow``, ``getDebugState``, ``getQueues``, ``editQueuedMessage``,
+``dropQueuedMessage``, and ``health``, ``listFlows``, ``getFlow``, ``inject``, ``getModuleState``,
 ``getModuleErrors``, ``getLogs``.
 """
 
@@ -18,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..flows import parse_flow
+from ..runner.conditions import ConditionError
 from .errors import InvalidParams
 
 if TYPE_CHECKING:
@@ -130,21 +133,78 @@ async def stop_flow(runner: Runner, params: Params) -> Any:
 
 
 async def set_breakpoint(runner: Runner, params: Params) -> Any:
-    _no_extra(params, "flowModuleId")
-    runner.set_breakpoint_at_module(_str(params, "flowModuleId"))
-    return True
+    _no_extra(params, "flowModuleId", "condition")
+    condition = params.get("condition")
+    if condition is not None and not isinstance(condition, str):
+        raise InvalidParams(
+            f"condition must be a string like 'msg.n == 3', got {_json_type(condition)}",
+            field="condition",
+        )
+    try:
+        return await runner.set_breakpoint_at_module(_str(params, "flowModuleId"), condition)
+    except ConditionError as exc:
+        raise InvalidParams(str(exc), field="condition") from None
 
 
 async def remove_breakpoint(runner: Runner, params: Params) -> Any:
     _no_extra(params, "flowModuleId")
-    runner.remove_breakpoint_at_module(_str(params, "flowModuleId"))
-    return True
+    return await runner.remove_breakpoint_at_module(_str(params, "flowModuleId"))
 
 
 async def single_step_flow(runner: Runner, params: Params) -> Any:
     _no_extra(params, "flowId")
     flow_id = params.get("flowId")
-    return runner.single_step_flow(_str(params, "flowId") if flow_id is not None else None)
+    return await runner.single_step_flow(_str(params, "flowId") if flow_id is not None else None)
+
+
+# ---------------------------------------------------------------------- the debugger
+
+
+async def pause_flow(runner: Runner, params: Params) -> Any:
+    _no_extra(params, "flowId")
+    return await runner.pause_flow(_str(params, "flowId"))
+
+
+async def continue_flow(runner: Runner, params: Params) -> Any:
+    _no_extra(params, "flowId")
+    return await runner.continue_flow(_str(params, "flowId"))
+
+
+async def get_debug_state(runner: Runner, params: Params) -> Any:
+    _no_extra(params, "flowId")
+    return runner.debug_state(_str(params, "flowId"))
+
+
+async def get_queues(runner: Runner, params: Params) -> Any:
+    _no_extra(params, "flowId")
+    return runner.queues(_str(params, "flowId"))
+
+
+def _index(params: Params) -> int:
+    index = _opt_int(params, "index", minimum=0)
+    if index is None:
+        raise InvalidParams("missing required parameter 'index'", field="index")
+    return index
+
+
+async def edit_queued_message(runner: Runner, params: Params) -> Any:
+    _no_extra(params, "flowId", "moduleId", "index", "msg")
+    if params.get("msg") is None:
+        raise InvalidParams(
+            "msg is required (null is not a message; use dropQueuedMessage)", field="msg"
+        )
+    old = await runner.edit_queued_message(
+        _str(params, "flowId"), _str(params, "moduleId"), _index(params), params["msg"]
+    )
+    return {"old": old}
+
+
+async def drop_queued_message(runner: Runner, params: Params) -> Any:
+    _no_extra(params, "flowId", "moduleId", "index")
+    old = await runner.edit_queued_message(
+        _str(params, "flowId"), _str(params, "moduleId"), _index(params), None
+    )
+    return {"old": old}
 
 
 # ---------------------------------------------------------------------- around them
@@ -219,6 +279,12 @@ METHODS: dict[str, Method] = {
     "removeBreakPointAtModule": remove_breakpoint,
     "singleStepFlow": single_step_flow,
     "applyFlow": apply_flow,
+    "pauseFlow": pause_flow,
+    "continueFlow": continue_flow,
+    "getDebugState": get_debug_state,
+    "getQueues": get_queues,
+    "editQueuedMessage": edit_queued_message,
+    "dropQueuedMessage": drop_queued_message,
     "health": health,
     "listFlows": list_flows,
     "getFlow": get_flow,

@@ -40,7 +40,6 @@ _ERRORS = {
     413: "the body is larger than the configured limit",
     422: "a field has the wrong type or value; the flow document is invalid; "
     "new module code did not load (the running version is unchanged)",
-    501: "the runner does not implement this yet (the message says what is missing)",
     503: "a runtime could not be started",
 }
 
@@ -162,6 +161,7 @@ def openapi_document(runtimes: list[str], version: str) -> dict[str, Any]:
                     "type": "boolean",
                     "description": "started by the user; a restarted runner starts it again",
                 },
+                "paused": {"type": "boolean", "description": "held by the debugger"},
             },
         },
         "FlowDetail": {
@@ -204,6 +204,75 @@ def openapi_document(runtimes: list[str], version: str) -> dict[str, Any]:
             },
             "oneOf": [{"required": ["msg"]}, {"required": ["msgs"]}],
         },
+        "Breakpoint": {
+            "type": "object",
+            "required": ["module", "condition", "hits"],
+            "properties": {
+                "module": {"type": "string"},
+                "condition": {"type": ["string", "null"], "examples": ["msg.n == 3"]},
+                "hits": {"type": "integer"},
+            },
+        },
+        "DebugState": {
+            "type": "object",
+            "required": ["paused", "pause", "breakpoints"],
+            "properties": {
+                "paused": {"type": "boolean"},
+                "pause": {
+                    "type": ["object", "null"],
+                    "description": "why: reason (breakpoint|pause), module, port, msg, time",
+                },
+                "breakpoints": {"type": "array", "items": _ref("Breakpoint")},
+            },
+        },
+        "Step": {
+            "type": "object",
+            "description": "per flowModuleId ('<flow>/<module>'): what the tick did",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["inputStates", "outputStates", "errors", "edits"],
+                "properties": {
+                    "inputStates": {
+                        "type": "object",
+                        "required": ["consumed", "queued"],
+                        "properties": {
+                            "consumed": {
+                                "type": ["object", "null"],
+                                "description": "{port, msg} handled this tick",
+                            },
+                            "queued": {
+                                "type": "object",
+                                "additionalProperties": {"type": "array"},
+                                "description": "per input port, the messages still waiting",
+                            },
+                        },
+                    },
+                    "outputStates": {
+                        "type": "object",
+                        "additionalProperties": {"type": "array"},
+                        "description": "per output port, what the module emitted this tick",
+                    },
+                    "errors": {"type": "array", "items": _ref("ModuleError")},
+                    "edits": {"type": "array", "items": {"type": "object"}},
+                },
+            },
+        },
+        "Queues": {
+            "type": "object",
+            "description": "per module, its waiting messages in order",
+            "additionalProperties": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "port", "msg"],
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "port": {"type": "string"},
+                        "msg": any_json,
+                    },
+                },
+            },
+        },
         "Health": {
             "type": "object",
             "required": ["status", "version", "uptime", "flows", "runtimes"],
@@ -237,6 +306,13 @@ def openapi_document(runtimes: list[str], version: str) -> dict[str, Any]:
             "in": "query",
             "required": False,
             "description": "update only if the flow is at this revision (0: must not exist)",
+            "schema": {"type": "integer", "minimum": 0},
+        },
+        "index": {
+            "name": "index",
+            "in": "path",
+            "required": True,
+            "description": "position in the module's queue (0: next to be handled)",
             "schema": {"type": "integer", "minimum": 0},
         },
         "limit": {
@@ -339,26 +415,118 @@ def openapi_document(runtimes: list[str], version: str) -> dict[str, Any]:
         "/flows/{flowId}/step": {
             "post": _op(
                 "singleStepFlow",
-                "Advance a paused flow by one message per module",
-                _json({"type": "object"}, "per flowModuleId: inputStates, outputStates, errors"),
-                (404, 501),
+                "Advance a paused flow one tick: each module with a waiting message handles one",
+                _json(_ref("Step"), "what every module consumed, emitted and raised"),
+                (404, 409),
+                params=("flowId",),
+            )
+        },
+        "/flows/{flowId}/pause": {
+            "post": _op(
+                "pauseFlow",
+                "Pause a running flow (returns once nothing is in flight)",
+                _json(_ref("DebugState"), "paused"),
+                (404, 409),
+                params=("flowId",),
+            )
+        },
+        "/flows/{flowId}/continue": {
+            "post": _op(
+                "continueFlow",
+                "Resume a paused flow until the next breakpoint",
+                _json(_ref("DebugState"), "running"),
+                (404, 409),
+                params=("flowId",),
+            )
+        },
+        "/flows/{flowId}/debug": {
+            "get": _op(
+                "getDebugState",
+                "Whether the flow is paused, why, and its breakpoints",
+                _json(_ref("DebugState"), "the debugger's state"),
+                (404,),
+                params=("flowId",),
+            )
+        },
+        "/flows/{flowId}/queues": {
+            "get": _op(
+                "getQueues",
+                "Every module's waiting messages",
+                _json(_ref("Queues"), "the queues"),
+                (404,),
                 params=("flowId",),
             )
         },
         "/flows/{flowId}/modules/{moduleId}/breakpoint": {
-            "put": _op(
-                "setBreakPointAtModule",
-                "Pause the flow when a message reaches this module",
-                _json({"type": "boolean"}, "set"),
-                (404, 501),
-                params=("flowId", "moduleId"),
-            ),
+            "put": {
+                **_op(
+                    "setBreakPointAtModule",
+                    "Pause the flow when a message (matching the condition) is about to reach the module",
+                    _json(_ref("Breakpoint"), "set"),
+                    (400, 404, 409, 422),
+                    params=("flowId", "moduleId"),
+                ),
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        JSON: {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {
+                                    "condition": {
+                                        "type": "string",
+                                        "description": "msg.path OP json, or port OP json; "
+                                        "OP is == != < <= > >=",
+                                        "examples": ["msg.n == 3"],
+                                    }
+                                },
+                            }
+                        }
+                    },
+                },
+            },
             "delete": _op(
                 "removeBreakPointAtModule",
                 "Remove a module's breakpoint",
-                _json({"type": "boolean"}, "removed"),
-                (404, 501),
+                _json(
+                    {
+                        "type": "object",
+                        "required": ["removed"],
+                        "properties": {"removed": {"type": "boolean"}},
+                    },
+                    "whether there was one",
+                ),
+                (404, 409),
                 params=("flowId", "moduleId"),
+            ),
+        },
+        "/flows/{flowId}/modules/{moduleId}/queue/{index}": {
+            "put": _op(
+                "editQueuedMessage",
+                "Replace a waiting message of a paused flow",
+                _json(
+                    {"type": "object", "required": ["old"], "properties": {"old": any_json}},
+                    "replaced",
+                ),
+                (400, 404, 409, 422),
+                params=("flowId", "moduleId", "index"),
+                body={
+                    "type": "object",
+                    "required": ["msg"],
+                    "additionalProperties": False,
+                    "properties": {"msg": message},
+                },
+            ),
+            "delete": _op(
+                "dropQueuedMessage",
+                "Drop a waiting message of a paused flow",
+                _json(
+                    {"type": "object", "required": ["old"], "properties": {"old": any_json}},
+                    "dropped",
+                ),
+                (404, 409),
+                params=("flowId", "moduleId", "index"),
             ),
         },
         "/flows/{flowId}/modules/{moduleId}/inputs/{port}": {

@@ -12,8 +12,14 @@
     POST   /flows/{flowId}/start                           startFlow
     POST   /flows/{flowId}/stop                            stopFlow
     POST   /flows/{flowId}/step                            singleStepFlow
-    PUT    /flows/{flowId}/modules/{moduleId}/breakpoint   setBreakPointAtModule
+    PUT    /flows/{flowId}/modules/{moduleId}/breakpoint   setBreakPointAtModule ({condition}?)
     DELETE /flows/{flowId}/modules/{moduleId}/breakpoint   removeBreakPointAtModule
+    GET    /flows/{flowId}/debug                           getDebugState
+    POST   /flows/{flowId}/pause                           pauseFlow
+    POST   /flows/{flowId}/continue                        continueFlow
+    GET    /flows/{flowId}/queues                          getQueues
+    PUT    /flows/{flowId}/modules/{moduleId}/queue/{i}    editQueuedMessage
+    DELETE /flows/{flowId}/modules/{moduleId}/queue/{i}    dropQueuedMessage
     POST   /flows/{flowId}/modules/{moduleId}/inputs/{port} inject
     GET    /flows/{flowId}/modules/{moduleId}/state        getModuleState
     GET    /flows/{flowId}/modules/{moduleId}/errors       getModuleErrors
@@ -122,13 +128,54 @@ def flows_blueprint(runner: Runner) -> Blueprint:
 
     @bp.put("/flows/<flowId>/modules/<moduleId>/breakpoint")
     async def set_breakpoint(flowId: str, moduleId: str) -> Response:
-        params = {"flowModuleId": f"{flowId}/{moduleId}"}
+        params: dict[str, Any] = {"flowModuleId": f"{flowId}/{moduleId}"}
+        if await request.get_data(cache=True):
+            body = await _json_object('{"condition": "msg.n == 3"} or no body')
+            extra = sorted(set(body) - {"condition"})
+            if extra:
+                raise InvalidParams(
+                    f"unknown field(s): {', '.join(extra)} (allowed: condition)", field=extra[0]
+                )
+            if "condition" in body:
+                params["condition"] = body["condition"]
         return json_response(await call(runner, "setBreakPointAtModule", params))
 
     @bp.delete("/flows/<flowId>/modules/<moduleId>/breakpoint")
     async def remove_breakpoint(flowId: str, moduleId: str) -> Response:
         params = {"flowModuleId": f"{flowId}/{moduleId}"}
-        return json_response(await call(runner, "removeBreakPointAtModule", params))
+        return json_response({"removed": await call(runner, "removeBreakPointAtModule", params)})
+
+    @bp.get("/flows/<flowId>/debug")
+    async def debug_state(flowId: str) -> Response:
+        return json_response(await call(runner, "getDebugState", {"flowId": flowId}))
+
+    @bp.post("/flows/<flowId>/pause")
+    async def pause_flow(flowId: str) -> Response:
+        return json_response(await call(runner, "pauseFlow", {"flowId": flowId}))
+
+    @bp.post("/flows/<flowId>/continue")
+    async def continue_flow(flowId: str) -> Response:
+        return json_response(await call(runner, "continueFlow", {"flowId": flowId}))
+
+    @bp.get("/flows/<flowId>/queues")
+    async def queues(flowId: str) -> Response:
+        return json_response(await call(runner, "getQueues", {"flowId": flowId}))
+
+    @bp.put("/flows/<flowId>/modules/<moduleId>/queue/<int:index>")
+    async def edit_queued(flowId: str, moduleId: str, index: int) -> Response:
+        body = await _json_object('{"msg": ...}')
+        extra = sorted(set(body) - {"msg"})
+        if extra:
+            raise InvalidParams(
+                f"unknown field(s): {', '.join(extra)} (allowed: msg)", field=extra[0]
+            )
+        params = {"flowId": flowId, "moduleId": moduleId, "index": index, "msg": body.get("msg")}
+        return json_response(await call(runner, "editQueuedMessage", params))
+
+    @bp.delete("/flows/<flowId>/modules/<moduleId>/queue/<int:index>")
+    async def drop_queued(flowId: str, moduleId: str, index: int) -> Response:
+        params = {"flowId": flowId, "moduleId": moduleId, "index": index}
+        return json_response(await call(runner, "dropQueuedMessage", params))
 
     @bp.post("/flows/<flowId>/modules/<moduleId>/inputs/<port>")
     async def inject(flowId: str, moduleId: str, port: str) -> Response:

@@ -40,7 +40,19 @@ if TYPE_CHECKING:
 
 __all__ = ["EVENT_KINDS", "ws_blueprint"]
 
-EVENT_KINDS = ("output", "error", "log", "flow", "checkpoint", "swap")
+EVENT_KINDS = (
+    "output",
+    "error",
+    "log",
+    "flow",
+    "checkpoint",
+    "swap",
+    "paused",
+    "continued",
+    "step",
+    "queue",
+    "runtime",
+)
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600

@@ -227,29 +227,69 @@ async def test_bad_input_gets_a_4xx_naming_the_field_and_loses_nothing() -> None
         assert [f["id"] for f in await client.list_flows()] == ["chain"]
 
 
-async def test_breakpoints_and_stepping_answer_honestly() -> None:
-    async with serve_runner() as served, served.client() as client:
+async def test_debugging_over_http_and_json_rpc() -> None:
+    async with serve_runner() as served, served.client() as client, client.rpc() as rpc:
         await client.add_or_update_flow(CHAIN)
-        for call in (client.set_breakpoint_at_module, client.remove_breakpoint_at_module):
-            with pytest.raises(ApiError) as info:
-                await call("chain/double")
-            assert info.value.status == 501
-            assert "not implemented" in info.value.message
-            with pytest.raises(ApiError) as info:
-                await call("chain/ghost")
-            assert info.value.status == 404
+        await client.start_flow("chain")
+        await rpc.subscribe(flows=["chain"], kinds=["paused", "step", "queue", "output"])
+        auth = {"Authorization": f"Bearer {served.token}"}
+        async with httpx.AsyncClient(base_url=served.url, headers=auth) as http:
+            response = await http.put(
+                "/flows/chain/modules/double/breakpoint", json={"condition": "msg.n >= 3"}
+            )
+            assert response.json() == {"module": "double", "condition": "msg.n >= 3", "hits": 0}
+            bad = await http.put(
+                "/flows/chain/modules/double/breakpoint", json={"condition": "n = 3"}
+            )
+            assert bad.status_code == 422
+            assert bad.json()["error"]["field"] == "condition"
+            assert (await http.put("/flows/chain/modules/ghost/breakpoint")).status_code == 404
+
+            await client.inject("chain", "add", "in", [{"n": 0}, {"n": 2}, {"n": 5}])
+            paused = await wait_event(rpc, "paused")
+            assert (paused["module"], paused["msg"]) == ("double", {"n": 3})
+            await http.post("/flows/chain/pause")  # returns once nothing is in flight
+            queues = (await http.get("/flows/chain/queues")).json()
+            assert [q["msg"] for q in queues["double"]] == [{"n": 3}, {"n": 6}]
+            assert [q["msg"] for q in queues["label"]] == [{"n": 2}]
+            debug = (await http.get("/flows/chain/debug")).json()
+            assert debug["paused"] is True
+            assert debug["pause"]["reason"] == "breakpoint"
+            assert (await http.get("/flows/chain")).json()["paused"] is True
+
+            edited = await http.put("/flows/chain/modules/double/queue/1", json={"msg": {"n": 60}})
+            assert edited.json() == {"old": {"n": 6}}
+            assert (await wait_event(rpc, "queue"))["new"] == {"n": 60}
+            missing = await http.delete("/flows/chain/modules/double/queue/9")
+            assert missing.status_code == 404
+
+            step = (await http.post("/flows/chain/step")).json()
+            assert step["chain/double"]["inputStates"] == {
+                "consumed": {"port": "in", "msg": {"n": 3}},
+                "queued": {"in": [{"n": 60}]},
+            }
+            assert step["chain/double"]["outputStates"] == {"out": [{"n": 6}]}
+            assert step["chain/double"]["edits"][0]["new"] == {"n": 60}
+            assert step["chain/label"]["outputStates"] == {"out": [{"n": 2, "seen": 1}]}
+            assert (await wait_event(rpc, "step"))["modules"] == step
+
+        # The same debugger over JSON-RPC.
+        assert await rpc.call("removeBreakPointAtModule", flowModuleId="chain/double") is True
+        step = await rpc.call("singleStepFlow")  # the one paused flow
+        assert step["chain/double"]["inputStates"]["consumed"] == {"port": "in", "msg": {"n": 60}}
         with pytest.raises(ApiError) as info:
-            await client.single_step_flow("chain")
-        assert info.value.status == 501
-        assert "nothing was stepped" in info.value.message
-        async with client.rpc() as rpc:
-            with pytest.raises(ApiError) as info:
-                await rpc.call("setBreakPointAtModule", flowModuleId="chain")
-            assert info.value.field is None
-            assert "'<flow id>/<module id>'" in info.value.message
-            with pytest.raises(ApiError) as info:
-                await rpc.call("singleStepFlow")
-            assert info.value.status == 501
+            await rpc.call("setBreakPointAtModule", flowModuleId="chain")
+        assert info.value.field is None
+        assert "'<flow id>/<module id>'" in info.value.message
+        state = await rpc.call("continueFlow", flowId="chain")
+        assert state["paused"] is False
+        with pytest.raises(ApiError) as info:
+            await rpc.call("continueFlow", flowId="chain")
+        assert info.value.status == 409
+        outputs: list[Any] = []
+        while len(outputs) < 2:
+            outputs += (await wait_event(rpc, "output"))["msgs"]
+        assert outputs == [{"n": 6, "seen": 2}, {"n": 120, "seen": 3}]
 
 
 async def test_update_a_stopped_flow_keeps_state_and_revisions_guard_updates() -> None:
