@@ -191,6 +191,12 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     return cmd_dev(args)
 
 
+def _cmd_debug(args: argparse.Namespace) -> int:
+    from .debug_repl import cmd_debug
+
+    return cmd_debug(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fifoflow", description="Run flows of python, node and exec modules over named pipes."
@@ -264,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-handler timeout for modules that set none",
     )
     dev.set_defaults(func=_cmd_dev)
+
+    dbg = sub.add_parser("debug", help="run a flow locally under an interactive debugger")
+    dbg.add_argument("flow", help="path of a flow file (flow.json)")
+    dbg.set_defaults(func=_cmd_debug)
 
     add_commands(sub)
 

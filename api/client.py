@@ -149,16 +149,44 @@ class RunnerClient:
     async def stop_flow(self, flow_id: str) -> FlowSummary:
         return await self.request("POST", f"/flows/{flow_id}/stop")
 
-    async def set_breakpoint_at_module(self, flow_module_id: str) -> bool:
+    async def set_breakpoint_at_module(
+        self, flow_module_id: str, condition: str | None = None
+    ) -> dict[str, Any]:
         flow_id, _, module_id = flow_module_id.partition("/")
-        return await self.request("PUT", f"/flows/{flow_id}/modules/{module_id}/breakpoint")
+        body = {"condition": condition} if condition is not None else None
+        return await self.request(
+            "PUT", f"/flows/{flow_id}/modules/{module_id}/breakpoint", json=body
+        )
 
     async def remove_breakpoint_at_module(self, flow_module_id: str) -> bool:
         flow_id, _, module_id = flow_module_id.partition("/")
-        return await self.request("DELETE", f"/flows/{flow_id}/modules/{module_id}/breakpoint")
+        path = f"/flows/{flow_id}/modules/{module_id}/breakpoint"
+        return (await self.request("DELETE", path))["removed"]
 
     async def single_step_flow(self, flow_id: str) -> dict[str, Any]:
         return await self.request("POST", f"/flows/{flow_id}/step")
+
+    # ------------------------------------------------------------------ the debugger
+
+    async def pause_flow(self, flow_id: str) -> dict[str, Any]:
+        return await self.request("POST", f"/flows/{flow_id}/pause")
+
+    async def continue_flow(self, flow_id: str) -> dict[str, Any]:
+        return await self.request("POST", f"/flows/{flow_id}/continue")
+
+    async def debug_state(self, flow_id: str) -> dict[str, Any]:
+        return await self.request("GET", f"/flows/{flow_id}/debug")
+
+    async def queues(self, flow_id: str) -> dict[str, list[dict[str, Any]]]:
+        return await self.request("GET", f"/flows/{flow_id}/queues")
+
+    async def edit_queued_message(self, flow_id: str, module_id: str, index: int, msg: Any) -> Any:
+        path = f"/flows/{flow_id}/modules/{module_id}/queue/{index}"
+        return (await self.request("PUT", path, json={"msg": msg}))["old"]
+
+    async def drop_queued_message(self, flow_id: str, module_id: str, index: int) -> Any:
+        path = f"/flows/{flow_id}/modules/{module_id}/queue/{index}"
+        return (await self.request("DELETE", path))["old"]
 
     # ------------------------------------------------------------------ around them
 

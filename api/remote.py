@@ -1,5 +1,6 @@
 """CLI commands that serve or talk to a runner: ``runner serve``, ``flow ...``, ``inject``,
-``logs``, ``state``. Client commands take ``--url`` (``$FIFOFLOW_URL``) and
+``logs``, ``state``, and the debugger's ``break``, ``pause``, ``continue``, ``step``,
+``queues``. Client commands take ``--url`` (``$FIFOFLOW_URL``) and
 ``--token-file`` (``$FIFOFLOW_TOKEN_FILE``, default: the default state dir's ``token``).
 
 Exit status: 0 done, 1 the runner refused (its message is printed), 2 bad usage or
@@ -21,6 +22,7 @@ from ..flows import FlowError, dump_flow, load_flow
 from ..runner import RunnerError
 from .auth import TokenError, default_state_dir, read_token
 from .client import ApiError, ConnectError, RunnerClient
+from .debugview import format_pause, format_queues, format_step
 from .server import DEFAULT_PORT, ServeOptions, serve
 
 if TYPE_CHECKING:
@@ -287,6 +289,74 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return _run(main)
 
 
+# ---------------------------------------------------------------------- the debugger
+
+
+def cmd_break(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        if "/" not in args.target:
+            raise _Usage(f"write the module as FLOW/MODULE, got {args.target!r}")
+        async with _client(args) as client:
+            if args.remove:
+                removed = await client.remove_breakpoint_at_module(args.target)
+                _out(
+                    f"removed the breakpoint at {args.target}"
+                    if removed
+                    else f"no breakpoint at {args.target}"
+                )
+            else:
+                await client.set_breakpoint_at_module(args.target, args.condition)
+                when = f" when {args.condition}" if args.condition else ""
+                _out(f"breakpoint at {args.target}{when}")
+        return EXIT_OK
+
+    return _run(main)
+
+
+def cmd_debug_action(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        async with _client(args) as client:
+            if args.command == "pause":
+                state = await client.pause_flow(args.flow)
+                _out(f"flow {args.flow!r} is paused")
+            elif args.command == "continue":
+                state = await client.continue_flow(args.flow)
+                _out(f"flow {args.flow!r} is running")
+            elif args.command == "step":
+                for n in range(args.count):
+                    step = await client.single_step_flow(args.flow)
+                    if args.json:
+                        _out(_json(step))
+                    else:
+                        _out(f"step {n + 1}:")
+                        for line in format_step(step):
+                            _out(line)
+                return EXIT_OK
+            else:  # queues
+                queues = await client.queues(args.flow)
+                state = await client.debug_state(args.flow)
+                if args.json:
+                    _out(_json({"queues": queues, **state}))
+                    return EXIT_OK
+                pause = state["pause"]
+                _out(
+                    format_pause(pause)
+                    if state["paused"] and pause
+                    else "running"
+                    if not state["paused"]
+                    else "paused"
+                )
+                for line in format_queues(queues):
+                    _out(line)
+                return EXIT_OK
+            for bp in state["breakpoints"]:
+                cond = f" when {bp['condition']}" if bp["condition"] else ""
+                _out(f"  breakpoint {bp['module']}{cond} (hits: {bp['hits']})")
+        return EXIT_OK
+
+    return _run(main)
+
+
 # ---------------------------------------------------------------------- argparse
 
 
@@ -376,6 +446,31 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     _client_options(logs)
     logs.set_defaults(func=cmd_logs)
+
+    brk = sub.add_parser("break", help="set (or --remove) a breakpoint at FLOW/MODULE")
+    brk.add_argument("target", metavar="FLOW/MODULE")
+    brk.add_argument(
+        "--if", dest="condition", metavar="COND", help="only when it holds, e.g. 'msg.n == 3'"
+    )
+    brk.add_argument("--remove", action="store_true", help="remove the breakpoint")
+    _client_options(brk)
+    brk.set_defaults(func=cmd_break)
+    for name, help_text in (
+        ("pause", "pause a flow (nothing in flight when it returns)"),
+        ("continue", "resume a paused flow until the next breakpoint"),
+        ("step", "advance a paused flow: each module with a waiting message handles one"),
+        ("queues", "show a flow's waiting messages and why it is paused"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("flow", metavar="FLOW_ID")
+        if name == "step":
+            p.add_argument(
+                "count", nargs="?", type=int, default=1, help="how many steps (default 1)"
+            )
+        if name in ("step", "queues"):
+            p.add_argument("--json", action="store_true")
+        _client_options(p)
+        p.set_defaults(func=cmd_debug_action)
 
     state = sub.add_parser("state", help="print a module's state")
     state.add_argument("flow", metavar="FLOW_ID")

@@ -196,3 +196,33 @@ def test_logs_follow_prints_new_lines_until_interrupted(runner_env: dict[str, st
         if follow.poll() is None:
             follow.kill()
         follow.communicate()
+
+
+def test_debugger_commands(runner_env: dict[str, str]) -> None:
+    env = runner_env
+    assert ff(env, "flow", "add", f"{env['FLOW_DIR']}/flow.json", "--start").returncode == 0
+    done = ff(env, "break", "tally/shout", "--if", 'msg.msg == "b"')
+    assert done.stdout.strip() == 'breakpoint at tally/shout when msg.msg == "b"'
+    assert ff(env, "inject", "tally", "count", '"a"', '"b"', '"c"').returncode == 0
+    assert ff(env, "pause", "tally").returncode == 0  # returns once nothing is in flight
+    queues = ff(env, "queues", "tally")
+    assert queues.stdout.splitlines()[0] == 'paused at breakpoint shout (in): {"msg":"b","n":2}'
+    assert '#0 in {"msg":"b","n":2}' in queues.stdout
+    step = ff(env, "step", "tally")
+    assert step.returncode == 0, step.stderr
+    assert 'shout  in {"msg":"b","n":2}  ->  out [{"msg":"B","n":2}]   (waiting: 1)' in step.stdout
+    as_json = json.loads(ff(env, "step", "tally", "--json").stdout)
+    assert as_json["tally/shout"]["outputStates"] == {"out": [{"msg": "C", "n": 3}]}
+    bad = ff(env, "break", "tally/shout", "--if", "msg.n =")
+    assert bad.returncode == 1
+    assert "condition" in bad.stderr
+    done = ff(env, "continue", "tally")
+    assert done.stdout.splitlines() == [
+        "flow 'tally' is running",
+        '  breakpoint shout when msg.msg == "b" (hits: 1)',
+    ]
+    assert (
+        ff(env, "break", "tally/shout", "--remove").stdout.strip()
+        == "removed the breakpoint at tally/shout"
+    )
+    assert ff(env, "step", "tally").returncode == 1  # not paused
