@@ -428,6 +428,33 @@ class Kit:
         if emits != [("t/times2", "out", 4), ("t/times2", "out", 6), ("t/times2", "out", 8)]:
             raise CheckFailed(f"a local route must deliver inside the host and only external ports may emit; got {emits}")
 
+    def check_route_replaced(self, host: HostUnderTest) -> None:
+        """A new route table takes over between two messages (a debugging runner sends one
+        without local wires, to hold every message itself)."""
+        self.load(host, "add1")
+        self.load(host, "times2")
+        host.send({"op": "route", "routes": {
+            "t/add1": {"out": {"local": [["t/times2", "in"]], "external": False}},
+            "t/times2": {"out": {"local": [], "external": True}},
+        }})
+        host.send({"op": "deliver", "seq": 1, "module": "t/add1", "port": "in", "msgs": [1]})
+        host.send({"op": "route", "routes": {
+            "t/add1": {"out": {"local": [], "external": True}},
+            "t/times2": {"out": {"local": [], "external": True}},
+        }})
+        host.send({"op": "deliver", "seq": 2, "module": "t/add1", "port": "in", "msgs": [5]})
+        emits: list[tuple[str, Any]] = []
+        while True:
+            done, before = host.expect(lambda f: f["op"] == "done", "done")
+            emits += [(f["module"], m) for f in before if f["op"] == "emit" for m in f["msgs"]]
+            if done["seq"] >= 2:
+                break
+        if sorted(emits) != [("t/add1", 6), ("t/times2", 4)]:  # different ports: any order
+            raise CheckFailed(
+                "the first message must follow the old table (add1 -> times2 inside the host), "
+                f"the second the new one (add1's output leaves the host); got {emits}"
+            )
+
     def check_user_error(self, host: HostUnderTest) -> None:
         self.load(host, "raises")
         host.send({"op": "deliver", "seq": 7, "module": "t/raises", "port": "in", "msgs": [1, 2, 3]})
@@ -494,6 +521,7 @@ class Kit:
             "check_hello", "check_load_good", "check_load_syntax_error", "check_load_without_handle",
             "check_load_bad_command", "check_deliver_emit_done", "check_emit_named_port",
             "check_state_snapshot_and_restore", "check_replace_code", "check_local_route",
+            "check_route_replaced",
             "check_user_error", "check_hung",
             "check_ping", "check_unknown_op", "check_garbage_is_fatal", "check_shutdown",
         )]

@@ -61,13 +61,16 @@ def _nonblocking(fd):
 
 
 class Frame:
-    """A deliver frame and how many of the inputs it caused are still unanswered."""
+    """A deliver frame, how many of the inputs it caused are still unanswered, and the
+    route table in force when it arrived: children answer later, but a `route` op must
+    take effect between two messages, so each frame's outputs follow its own table."""
 
-    __slots__ = ("outstanding", "seq")
+    __slots__ = ("outstanding", "routes", "seq")
 
-    def __init__(self, seq):
+    def __init__(self, seq, routes):
         self.seq = seq
         self.outstanding = 0
+        self.routes = routes
 
 
 class Child:
@@ -305,7 +308,7 @@ class Host:
         self.pump(child)
 
     def route(self, mod_id, port, value, frame):
-        table = self.routes.get(mod_id)
+        table = frame.routes.get(mod_id)
         route = table.get(port) if table is not None else None
         if route is None or route[1]:
             key = (mod_id, port)
@@ -414,7 +417,7 @@ class Host:
         seq, mid, port, msgs = f.get("seq"), f.get("module"), f.get("port"), f.get("msgs")
         if not isinstance(seq, int) or not isinstance(mid, str) or not isinstance(port, str) or not isinstance(msgs, list):
             raise ProtocolViolation("'deliver' needs seq (integer), module, port (strings) and msgs (array)")
-        frame = Frame(seq)
+        frame = Frame(seq, self.routes)
         self.frames.append(frame)
         for msg in msgs:
             self.submit(mid, port, msg, frame)
