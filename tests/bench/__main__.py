@@ -11,6 +11,10 @@ Figures:
   (messages x 3 hops) and msgs/s.
 - ``hop_latency``: one cross-runtime hop (python -> node), p50/p99/max at a light fixed
   rate, measured with wall-clock stamps taken inside the two modules.
+- ``fan_out_in``: python -> 8 node modules -> one python module, inputs/s and deliveries/s.
+- ``nodered_chain``: the same three-function chain in Node-RED, embedded in one node
+  process (see ``nodered``), and the ratios fifoflow / Node-RED.
+- ``costs``: cold starts, RSS idle and under load, CPU per 10,000 messages (``costs``).
 - ``api_*``: Runner API request throughput over HTTP and WebSocket (see ``api_requests``).
 - ``swap_*``: hot swap under load: added latency, pause and duration per swap, throughput
   during swap storms (see ``swap``).
@@ -37,7 +41,7 @@ from fifoflow.flows import parse_flow
 from fifoflow.runner import RunnerConfig, open_runner
 from fifoflow.runtimes.registry import discover
 
-from . import api_requests, fifo_echo, swap
+from . import api_requests, costs, fifo_echo, nodered, swap
 
 RUNTIMES = discover()
 PY_ID = "def handle(msg, ctx):\n    return msg\n"
@@ -70,8 +74,12 @@ class _Counter:
             self.done.set()
 
 
-async def _throughput(flow: Any, entry: str, n: int, rounds: int) -> list[float]:
-    """msgs/s from first injection to last output, one value per round."""
+async def _throughput(
+    flow: Any, entry: str, n: int, rounds: int, inject: int | None = None
+) -> list[float]:
+    """Outputs/s from first injection to the last of ``n`` outputs, one value per round
+    (``inject`` messages go in; default ``n``)."""
+    inject = n if inject is None else inject
     results = []
     async with open_runner(RunnerConfig()) as runner:
         await runner.add_or_update_flow(flow)
@@ -83,7 +91,7 @@ async def _throughput(flow: Any, entry: str, n: int, rounds: int) -> list[float]
             runner.set_output_sink(flow.id, counter)
             start = time.perf_counter()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(runner.inject, flow.id, entry, "in", [msg] * n)
+                nursery.start_soon(runner.inject, flow.id, entry, "in", [msg] * inject)
                 with trio.fail_after(120):
                     await counter.done.wait()
             elapsed = time.perf_counter() - start
@@ -139,15 +147,22 @@ def _node_version() -> str:
         return "unknown"
 
 
+def _cross_flow() -> Any:
+    return _flow(
+        "cross",
+        [("a", "python", PY_ID), ("b", "node", NODE_ID), ("c", "python", PY_ID)],
+        ["a.out -> b.in", "b.out -> c.in"],
+    )
+
+
 def _core(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     n, rounds = args.messages, args.rounds
-    echo = [fifo_echo.run(n=max(n, 100_000))["msgs_per_s"] for _ in range(rounds)]
-    figures["fifo_echo"] = {"unit": "msg/s", **_summary(echo)}
+    echoes = [fifo_echo.run(n=max(n, 100_000)) for _ in range(rounds)]
+    figures["fifo_echo"] = {"unit": "msg/s", **_summary([e["msgs_per_s"] for e in echoes])}
+    figures["fifo_echo_bytes"] = {"unit": "MB/s", **_summary([e["mb_per_s"] for e in echoes])}
     base = figures["fifo_echo"]["median"]
 
-    cross = _flow(
-        "cross", [("a", "python", PY_ID), ("b", "node", NODE_ID), ("c", "python", PY_ID)], ["a.out -> b.in", "b.out -> c.in"]
-    )
+    cross = _cross_flow()
     figures["cross_chain"] = {"unit": "msg/s", **_summary(trio.run(_throughput, cross, "a", n, rounds))}
 
     for rt, code in (("py", PY_ID), ("node", NODE_ID)):
@@ -161,6 +176,24 @@ def _core(args: argparse.Namespace, figures: dict[str, Any]) -> None:
         figures[f"same_chain_{rt}"] = {"unit": "msg/s", **_summary(values)}
         figures[f"same_chain_{rt}_deliveries"] = {"unit": "deliveries/s", **_summary([v * 3 for v in values])}
 
+    # fan-out to 8 node modules and fan-in to one python module: 17 deliveries per input
+    workers = [(f"w{i}", "node", NODE_ID) for i in range(8)]
+    fan = _flow(
+        "fan",
+        [("a", "python", PY_ID), *workers, ("z", "python", PY_ID)],
+        [f"a.out -> w{i}.in" for i in range(8)] + [f"w{i}.out -> z.in" for i in range(8)],
+    )
+    fan_n = max(n // 8, 10_000)
+    values = trio.run(_throughput, fan, "a", fan_n * 8, rounds, fan_n)
+    figures["fan_out_in"] = {"unit": "msg/s", **_summary([v / 8 for v in values])}
+    figures["fan_out_in_deliveries"] = {"unit": "deliveries/s", **_summary([v / 8 * 17 for v in values])}
+
+    red = nodered.run(n, min(rounds, 3))
+    if "error" in red:
+        print(f"Node-RED: not measured: {red['error']}")
+    else:
+        figures["nodered_chain"] = {"unit": "msg/s", "version": red["version"], **_summary(red["rounds"])}
+
     figures["hop_latency"] = {"unit": "us", **trio.run(_latency, 300 if not args.quick else 100, 500.0)}
 
     targets = {
@@ -171,6 +204,9 @@ def _core(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     print(f"{'figure':<28} {'median':>14} {'min':>14} {'max':>14}  {'unit':<13} {'vs fifo_echo':>12}  target")
     for name, fig in figures.items():
         if name == "hop_latency":
+            continue
+        if name == "fifo_echo_bytes":
+            print(f"{name:<28} {fig['median']:>14,.1f} {fig['min']:>14,.1f} {fig['max']:>14,.1f}  {fig['unit']:<13}")
             continue
         ratio = fig["median"] / base
         fig["ratio_to_fifo_echo"] = ratio
@@ -183,6 +219,21 @@ def _core(args: argparse.Namespace, figures: dict[str, Any]) -> None:
         print(
             f"{name:<28} {fig['median']:>14,.0f} {fig['min']:>14,.0f} {fig['max']:>14,.0f}  {fig['unit']:<13} {ratio:>11.3f}x  {target}"
         )
+    print()
+    cross, limit = figures["cross_chain"]["median"], base
+    ratio = cross / limit
+    print(
+        f"{'cross_chain vs fifo_echo':<28} {ratio:.2f}x   target >= 0.33 {'met' if ratio >= 1 / 3 else 'NOT met'}"
+    )
+    if "nodered_chain" in figures:
+        red_rate = figures["nodered_chain"]["median"]
+        for name, want in (("cross_chain", 5.0), ("same_chain_node", 1.0)):
+            r = figures[name]["median"] / red_rate
+            figures[name]["ratio_to_nodered"] = r
+            print(
+                f"{name + ' vs Node-RED':<28} {r:.1f}x   target >= {want:g}x {'met' if r >= want else 'NOT met'}"
+                f"   (Node-RED {figures['nodered_chain']['version']}: three function nodes in one process)"
+            )
     lat = figures["hop_latency"]
     print(
         f"{'hop_latency cross-runtime':<28} p50 {lat['cross_p50_us']:,.0f} us  p99 {lat['cross_p99_us']:,.0f} us"
@@ -227,6 +278,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.only in (None, "core"):
         _core(args, figures)
+    if args.only in (None, "core"):
+        cost = costs.run(_cross_flow(), 100_000 if args.quick else 500_000)
+        figures["costs"] = cost
+        print()
+        print("costs")
+        for key, value in cost.items():
+            print(f"  {key:<26} {value:>10,.1f}")
     if args.only in (None, "api"):
         _api(args, figures)
     if args.only in (None, "swap"):
