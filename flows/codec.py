@@ -19,6 +19,7 @@ from cattrs.preconf.orjson import make_converter as _make_orjson_converter
 
 from .errors import FlowError, Problem
 from .model import DEFAULT_TIMEOUT, FORMAT_VERSION, ID_PATTERN, Flow, Module, Wire
+from .requirements import normalize
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
@@ -37,6 +38,8 @@ class _ModuleDoc:
     inputs: list[str] = attrs.field(factory=lambda: ["in"])
     outputs: list[str] = attrs.field(factory=lambda: ["out"])
     timeout: float = DEFAULT_TIMEOUT
+    requirements: list[str] | None = None
+    packages: list[str] | None = None
 
 
 @attrs.define
@@ -46,6 +49,8 @@ class _FlowDoc:
     modules: list[_ModuleDoc]
     wires: list[str] = attrs.field(factory=list)
     description: str | None = None
+    requirements: list[str] | None = None
+    packages: list[str] | None = None
 
 
 def make_converter() -> cattrs.Converter:
@@ -247,6 +252,7 @@ def _validate(doc: _FlowDoc, *, base_dir: Path | None, runtimes: Collection[str]
                         problems.append(Problem(f"{at}.file", f"file not found: {path}"))
                     except (OSError, UnicodeDecodeError) as exc:
                         problems.append(Problem(f"{at}.file", f"cannot read {path}: {exc}"))
+        declared, merged = _requirements(m, at, doc, problems)
         modules.append(
             Module(
                 id=m.id,
@@ -261,6 +267,8 @@ def _validate(doc: _FlowDoc, *, base_dir: Path | None, runtimes: Collection[str]
                 source=source,
                 filename=filename,
                 cwd=base_dir,
+                requirements=merged,
+                declared=declared,
             )
         )
     by_id = {m.id: m for m in modules}
@@ -306,6 +314,15 @@ def _validate(doc: _FlowDoc, *, base_dir: Path | None, runtimes: Collection[str]
         if ok:
             seen_wires[wire] = index
             wires.append(wire)
+    flow_reqs: dict[str, tuple[str, ...]] = {}
+    for field, runtime in (("requirements", "python"), ("packages", "node")):
+        specs = []
+        for i, spec in enumerate(getattr(doc, field) or ()):
+            try:
+                specs.append(normalize(runtime, spec))
+            except ValueError as exc:
+                problems.append(Problem(f"{field}[{i}]", str(exc)))
+        flow_reqs[field] = tuple(specs)
     if problems:
         raise FlowError(problems)
     return Flow(
@@ -314,7 +331,43 @@ def _validate(doc: _FlowDoc, *, base_dir: Path | None, runtimes: Collection[str]
         wires=tuple(wires),
         description=doc.description,
         base_dir=base_dir,
+        requirements=flow_reqs["requirements"],
+        packages=flow_reqs["packages"],
     )
+
+
+#: which field lists a runtime's requirements
+REQUIREMENT_FIELD = {"python": "requirements", "node": "packages"}
+
+
+def _requirements(
+    m: _ModuleDoc, at: str, doc: _FlowDoc, problems: list[Problem]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(what the module declares, normalized; with the flow's for its runtime merged in)."""
+    own_field = REQUIREMENT_FIELD.get(m.runtime)
+    for field in ("requirements", "packages"):
+        if getattr(m, field) is not None and field != own_field:
+            wanted = f"{own_field}" if own_field else "none"
+            problems.append(
+                Problem(
+                    f"{at}.{field}", f"{m.runtime} modules take no {field} (they take: {wanted})"
+                )
+            )
+    if own_field is None:
+        return (), ()
+    declared = []
+    for i, spec in enumerate(getattr(m, own_field) or ()):
+        try:
+            declared.append(normalize(m.runtime, spec))
+        except ValueError as exc:
+            problems.append(Problem(f"{at}.{own_field}[{i}]", str(exc)))
+    flow_level = []
+    for spec in getattr(doc, own_field) or ():
+        try:
+            flow_level.append(normalize(m.runtime, spec))
+        except ValueError:
+            pass  # reported once, at the flow's field
+    return tuple(declared), tuple(sorted(set(flow_level) | set(declared)))
 
 
 def dump_flow(flow: Flow, *, inline: bool = False) -> bytes:
@@ -326,6 +379,10 @@ def dump_flow(flow: Flow, *, inline: bool = False) -> bytes:
     doc: dict[str, Any] = {"fifoflow": flow.fifoflow, "id": flow.id}
     if flow.description is not None:
         doc["description"] = flow.description
+    if flow.requirements:
+        doc["requirements"] = list(flow.requirements)
+    if flow.packages:
+        doc["packages"] = list(flow.packages)
     modules = []
     for m in flow.modules:
         entry: dict[str, Any] = {"id": m.id, "runtime": m.runtime}
@@ -345,6 +402,8 @@ def dump_flow(flow: Flow, *, inline: bool = False) -> bytes:
             entry["outputs"] = list(m.outputs)
         if m.timeout != DEFAULT_TIMEOUT:
             entry["timeout"] = int(m.timeout) if float(m.timeout).is_integer() else m.timeout
+        if m.declared:
+            entry[REQUIREMENT_FIELD[m.runtime]] = list(m.declared)
         modules.append(entry)
     doc["modules"] = modules
     doc["wires"] = [str(w) for w in flow.wires]

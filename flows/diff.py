@@ -3,7 +3,8 @@
 :func:`diff_flows` compares modules by id and wires as a set. A module is
 
 - *added* / *removed*: its id is only in the new / old flow;
-- *moved*: its runtime changed (whatever else changed with it);
+- *moved*: its runtime or its requirements changed, so it runs in another runtime
+  process (``Module.host``: the runtime, or the runtime and its environment);
 - *code changed*: same runtime, different code (``code``, a file's text, or an exec
   ``command``/``cwd``);
 - *config changed*: same runtime and code, different ``config`` or ``timeout``;
@@ -33,7 +34,7 @@ class FlowDiff:
     removed: tuple[str, ...] = ()
     code_changed: tuple[str, ...] = ()
     config_changed: tuple[str, ...] = ()
-    #: (module id, old runtime, new runtime)
+    #: (module id, old host, new host): a host is a runtime id, or ``<runtime>-<env hash>``
     moved: tuple[tuple[str, str, str], ...] = ()
     ports_changed: tuple[str, ...] = ()
     wires_added: tuple[Wire, ...] = ()
@@ -101,8 +102,8 @@ def diff_flows(old: Flow, new: Flow) -> FlowDiff:
             continue
         if (o.inputs, o.outputs) != (m.inputs, m.outputs):
             ports.append(m.id)
-        if o.runtime != m.runtime:
-            moved.append((m.id, o.runtime, m.runtime))
+        if o.host != m.host:
+            moved.append((m.id, o.host, m.host))
         elif _code_key(o) != _code_key(m):
             code.append(m.id)
         elif (o.config, o.timeout) != (m.config, m.timeout):

@@ -3,10 +3,14 @@
 A flow is a versioned document (``"fifoflow": 1``) of modules and wires. A module runs in
 one runtime; its code is inline (``code``) or in a file next to the flow (``file``); exec
 modules name a ``command`` instead. Wires connect ``module.port`` to ``module.port``.
+A python module may list pip ``requirements``, a node module npm ``packages``; the flow
+may list both for all its modules. Each distinct set gets its own environment and its own
+runtime process (``Module.environment``, ``Module.host``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Any
@@ -57,6 +61,27 @@ class Module:
     filename: str = attrs.field(default="", eq=False)
     #: working directory of exec modules (the flow file's folder)
     cwd: Path | None = attrs.field(default=None, eq=False)
+    #: what the module needs: pip specifiers (python) or npm specifiers (node), the
+    #: flow's own merged in, normalized and sorted
+    requirements: tuple[str, ...] = ()
+    #: what the module itself lists (the flow's list is kept on the flow)
+    declared: tuple[str, ...] = attrs.field(default=(), eq=False)
+
+    @property
+    def environment(self) -> str | None:
+        """The id of the environment the module needs (None: the runtime's bare one):
+        ``<runtime>-<hash>``, the same for every module and flow with the same set."""
+        if not self.requirements:
+            return None
+        digest = hashlib.sha256("\n".join([self.runtime, *self.requirements]).encode()).hexdigest()
+        return f"{self.runtime}-{digest[:16]}"
+
+    @property
+    def host(self) -> str:
+        """Which runtime process of its flow the module runs in: the runtime id, or the
+        runtime and its environment."""
+        env = self.environment
+        return env if env is not None else self.runtime
 
 
 @attrs.frozen
@@ -67,6 +92,9 @@ class Flow:
     description: str | None = None
     fifoflow: int = FORMAT_VERSION
     base_dir: Path | None = attrs.field(default=None, eq=False)
+    #: pip requirements of every python module, npm packages of every node module
+    requirements: tuple[str, ...] = ()
+    packages: tuple[str, ...] = ()
 
     def module(self, module_id: str) -> Module:
         for module in self.modules:

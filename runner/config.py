@@ -42,6 +42,11 @@ class RunnerConfig:
     #: ``state_dir``, the runner uses ``<state_dir>/fifos`` and clears what a killed
     #: runner left there)
     fifo_dir: Path | None = None
+    #: where module environments are built and cached (None: ``<state_dir>/envs``, or
+    #: ``$XDG_CACHE_HOME/fifoflow/envs`` without a state dir)
+    env_dir: Path | None = None
+    #: an environment no flow has used for this long is removed by ``gc``
+    env_max_idle: float = 7 * 24 * 3600 * SECONDS
     #: how often running flows' module state is written to ``state_dir``
     checkpoint_interval: float = 1 * SECONDS
 
@@ -54,6 +59,7 @@ class RunnerConfig:
                 f"unknown runner setting(s): {', '.join(unknown)} (known: {', '.join(sorted(fields))})"
             )
         values = dict(data)
-        if values.get("state_dir") is not None:
-            values["state_dir"] = Path(values["state_dir"])
+        for key in ("state_dir", "env_dir", "fifo_dir"):
+            if values.get(key) is not None:
+                values[key] = Path(values[key])
         return cls(**values)

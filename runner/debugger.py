@@ -175,7 +175,7 @@ class Debugger:
             batches: dict[RuntimeInstance, list[Delivery]] = defaultdict(list)
             for module in run.flow.modules:
                 qid = run.qualified(module.id)
-                instance = run.instances[module.runtime]
+                instance = run.instances[module.host]
                 one = instance.pop_one(qid)
                 if one is not None:
                     self.taken(qid, 1)
@@ -191,7 +191,7 @@ class Debugger:
             result: dict[str, Any] = {}
             for module in run.flow.modules:
                 qid = run.qualified(module.id)
-                queued = run.instances[module.runtime].queued(qid)
+                queued = run.instances[module.host].queued(qid)
                 result[qid] = {
                     "inputStates": {
                         "consumed": consumed.get(module.id),
@@ -215,7 +215,7 @@ class Debugger:
         out: dict[str, list[dict[str, Any]]] = {}
         for module in run.flow.modules:
             entries = []
-            for d in run.instances[module.runtime].queued(run.qualified(module.id)):
+            for d in run.instances[module.host].queued(run.qualified(module.id)):
                 for msg in d.msgs:
                     entries.append({"index": len(entries), "port": d.port, "msg": msg})
             out[module.id] = entries
@@ -232,7 +232,7 @@ class Debugger:
                 )
             qid = run.qualified(module)
             try:
-                old = run.instances[mod.runtime].replace_queued(qid, index, msg)
+                old = run.instances[mod.host].replace_queued(qid, index, msg)
             except IndexError:
                 waiting = len(self.queues()[module])
                 raise NotFound(

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ..flows import Flow
     from ..runtimes.registry import RuntimeManifest
     from .config import RunnerConfig
+    from .environments import Environment, EnvironmentManager
     from .events import Event, EventHub
 
 __all__ = ["FlowRun", "FlowStatus", "OutputSink", "Plan"]
@@ -62,8 +63,14 @@ class FlowStatus(enum.Enum):
 
 class FlowRun:
     def __init__(
-        self, flow: Flow, runtimes: dict[str, RuntimeManifest], config: RunnerConfig, hub: EventHub
+        self,
+        flow: Flow,
+        runtimes: dict[str, RuntimeManifest],
+        config: RunnerConfig,
+        hub: EventHub,
+        environments: EnvironmentManager | None = None,
     ) -> None:
+        self.environments = environments
         self.flow = flow
         self.flow_id = flow.id
         self.config = config
@@ -119,17 +126,22 @@ class FlowRun:
         by_id = {m.id: m for m in flow.modules}
         instances: dict[str, RuntimeInstance] = {}
         for module in flow.modules:
-            if module.runtime not in instances:
-                existing = self.instances.get(module.runtime)
+            host = module.host
+            if host not in instances:
+                existing = self.instances.get(host)
                 if existing is not None:
-                    instances[module.runtime] = existing
+                    instances[host] = existing
                 elif module.runtime not in self.runtimes:
                     raise RunnerError(
                         f"modules.{module.id}.runtime: runtime {module.runtime!r} is not available here"
                     )
                 else:
-                    instances[module.runtime] = RuntimeInstance(
-                        self, self.runtimes[module.runtime], self.config
+                    instances[host] = RuntimeInstance(
+                        self,
+                        self.runtimes[module.runtime],
+                        self.config,
+                        environment=module.environment,
+                        requirements=module.requirements,
                     )
         wires_from: dict[tuple[str, str], list[Any]] = defaultdict(list)
         for wire in flow.wires:
@@ -139,7 +151,7 @@ class FlowRun:
         routes: dict[tuple[str, str], list[tuple[RuntimeInstance, str, str] | None]] = {}
         for module in flow.modules:
             qid = self.qualified(module.id)
-            loads[module.runtime][qid] = {
+            loads[module.host][qid] = {
                 "op": "load",
                 "module": qid,
                 "code": module.source,
@@ -157,18 +169,16 @@ class FlowRun:
                 wires = wires_from.get((module.id, port), [])
                 for wire in wires:
                     dst = by_id[wire.dst]
-                    if dst.runtime == module.runtime and not external:
+                    if dst.host == module.host and not external:
                         local.append([self.qualified(dst.id), wire.dst_port])
                     else:
-                        targets.append(
-                            (instances[dst.runtime], self.qualified(dst.id), wire.dst_port)
-                        )
+                        targets.append((instances[dst.host], self.qualified(dst.id), wire.dst_port))
                 if not wires:
                     targets.append(_SINK)
                 table[port] = {"local": local, "external": bool(targets)}
                 if targets:
                     routes[(qid, port)] = targets
-            host_routes[module.runtime][qid] = table
+            host_routes[module.host][qid] = table
         # What each module's deliveries can produce messages for, through same-host wires.
         downstream: dict[str, dict[str, list[tuple[RuntimeInstance, str]]]] = defaultdict(dict)
         for module in flow.modules:
@@ -181,13 +191,27 @@ class FlowRun:
                 if current in seen:
                     continue
                 seen.add(current)
-                for port, spec in host_routes[module.runtime].get(current, {}).items():
+                for port, spec in host_routes[module.host].get(current, {}).items():
                     todo.extend(dst for dst, _ in spec["local"])
                     for target in routes.get((current, port), ()):
                         if target is not None:
                             found.add((target[0], target[1]))
-            downstream[module.runtime][qid] = sorted(found, key=lambda t: (t[0].name, t[1]))
+            downstream[module.host][qid] = sorted(found, key=lambda t: (t[0].name, t[1]))
         return Plan(instances, dict(loads), dict(host_routes), routes, dict(downstream), external)
+
+    async def build_environment(self, instance: RuntimeInstance) -> Environment:
+        """The environment an instance's host needs, built now if it does not exist;
+        progress goes out as ``environment`` events of this flow."""
+        if self.environments is None:
+            raise RunnerError("this runner has no environment manager")
+        assert instance.environment is not None
+
+        def progress(event: dict[str, Any]) -> None:
+            self.publish({"kind": "environment", "runtime": instance.manifest.id, **event})
+
+        return await self.environments.ensure(
+            instance.manifest.id, instance.environment, instance.requirements, progress
+        )
 
     def _install(self, plan: Plan) -> None:
         """Make ``plan`` the flow's wiring: one synchronous step, so no message is ever
@@ -201,7 +225,7 @@ class FlowRun:
 
     def instance_of(self, module_id: str) -> RuntimeInstance:
         module = self._module(module_id)
-        return self.instances[module.runtime]
+        return self.instances[module.host]
 
     def _module(self, module_id: str) -> Any:
         for module in self.flow.modules:
@@ -319,13 +343,13 @@ class FlowRun:
 
     def module_state(self, module_id: str) -> Any:
         module = self._module(module_id)
-        return self.instances[module.runtime].states.get(self.qualified(module_id))
+        return self.instances[module.host].states.get(self.qualified(module_id))
 
     def snapshot(self) -> dict[str, Any]:
         """The last state each module reported, by module id (modules without state left out)."""
         found: dict[str, Any] = {}
         for module in self.flow.modules:
-            state = self.instances[module.runtime].states.get(self.qualified(module.id))
+            state = self.instances[module.host].states.get(self.qualified(module.id))
             if state is not None:
                 found[module.id] = state
         return found
@@ -335,7 +359,7 @@ class FlowRun:
         States of modules this flow does not have are ignored."""
         for module in self.flow.modules:
             if module.id in states:
-                self.instances[module.runtime].states[self.qualified(module.id)] = states[module.id]
+                self.instances[module.host].states[self.qualified(module.id)] = states[module.id]
 
     def logs(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Recent log lines of every runtime of the flow, oldest first."""

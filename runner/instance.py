@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 import math
 import os
+import sys
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -83,11 +84,23 @@ class _HostEnded(Exception):
 
 
 class RuntimeInstance:
-    def __init__(self, flow: FlowRun, manifest: RuntimeManifest, config: RunnerConfig) -> None:
+    def __init__(
+        self,
+        flow: FlowRun,
+        manifest: RuntimeManifest,
+        config: RunnerConfig,
+        *,
+        environment: str | None = None,
+        requirements: tuple[str, ...] = (),
+    ) -> None:
         self.flow = flow
         self.manifest = manifest
         self.config = config
-        self.name = f"{flow.flow_id}/{manifest.id}"
+        #: the environment this host runs in (None: the runtime's bare one)
+        self.environment = environment
+        self.requirements = requirements
+        self._host_options: dict[str, Any] | None = None
+        self.name = f"{flow.flow_id}/{environment or manifest.id}"
         self.modules: dict[str, dict[str, Any]] = {}
         self.states: dict[str, Any] = {}
         self.routes: dict[str, Any] = {}
@@ -337,13 +350,22 @@ class RuntimeInstance:
             self._unacked_msgs = 0
             self._acked.set()  # a drain() waiting on the old host learns it is gone
             self._acked = trio.Event()
+        if self.environment is not None and self._host_options is None:
+            env = await self.flow.build_environment(self)
+            self._host_options = env.host_options()
+        options = self._host_options or {}
+        argv = self.manifest.argv()
+        if options.get("python"):
+            argv = [options["python"] if part == sys.executable else part for part in argv]
         try:
             async with spawn_runtime(
-                self.manifest.argv(),
+                argv,
                 name=self.name,
                 on_log=self._on_host_output,
                 start_timeout=self.config.start_timeout,
                 fifo_parent=self.config.fifo_dir,
+                env=options.get("env") or None,
+                cwd=options.get("cwd"),
             ) as proc:
                 self.process = proc
                 # A frame cut short for the dead host is in the window and goes again whole.

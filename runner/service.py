@@ -25,9 +25,11 @@ service's nursery.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from contextlib import asynccontextmanager
 from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -35,8 +37,10 @@ import orjson
 import trio
 
 from ..flows import FlowError, dump_flow, parse_flow
+from ..flows.requirements import normalize
 from ..runtimes.registry import discover
 from .config import RunnerConfig
+from .environments import EnvironmentManager
 from .errors import (
     FlowNotFound,
     FlowStateError,
@@ -68,6 +72,15 @@ class UpdateResult:
     report: dict[str, Any] | None
 
 
+def _env_dir(config: RunnerConfig) -> Path:
+    if config.env_dir is not None:
+        return config.env_dir
+    if config.state_dir is not None:
+        return config.state_dir / "envs"
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "fifoflow" / "envs"
+
+
 def _version() -> str:
     try:
         return metadata.version("fifoflow")
@@ -86,6 +99,7 @@ class Runner:
         self._nursery: trio.Nursery | None = None
         self._lock = trio.Lock()  # one deploy (add/update/remove/start/stop) at a time
         self.store = FlowStore.open(self.config.state_dir) if self.config.state_dir else None
+        self.environments = EnvironmentManager(_env_dir(self.config))
         if self.store is not None and self.config.fifo_dir is None:
             self.config = attrs.evolve(self.config, fifo_dir=self.store.fifos_dir)
         #: whether each flow should be running (what the user asked; persisted)
@@ -135,7 +149,7 @@ class Runner:
             except FlowError as exc:
                 problems.append(f"stored flow {item.flow_id!r} is no longer valid here: {exc}")
                 continue
-            run = FlowRun(flow, self.runtimes, self.config, self.events)
+            run = FlowRun(flow, self.runtimes, self.config, self.events, self.environments)
             run.revision = item.revision
             run.seed_states(item.states)
             self._flows[flow.id] = run
@@ -191,7 +205,11 @@ class Runner:
         if runtime_id not in self.runtimes:
             known = ", ".join(sorted(self.runtimes))
             raise RuntimeNotFound(f"unknown runtime {runtime_id!r} (known: {known})")
-        return sorted(fid for fid, run in self._flows.items() if runtime_id in run.instances)
+        return sorted(
+            fid
+            for fid, run in self._flows.items()
+            if any(m.runtime == runtime_id for m in run.flow.modules)
+        )
 
     async def add_or_update_flow(self, flow: Flow, *, revision: int | None = None) -> bool:
         """Add a flow (``True``) or update one (``False``); see :meth:`apply_flow`."""
@@ -223,7 +241,7 @@ class Runner:
                 self._save_flow(current)
                 self.checkpoint()
                 return UpdateResult(created=False, revision=current.revision, report=report)
-            run = FlowRun(flow, self.runtimes, self.config, self.events)
+            run = FlowRun(flow, self.runtimes, self.config, self.events, self.environments)
             if current is not None:
                 run.sink = current.sink
                 run.revision = current.revision + 1
@@ -320,6 +338,49 @@ class Runner:
         """Replace (``msg``) or drop (``None``) a waiting message of a paused flow; the
         old message."""
         return await self.flow(flow_id).debugger.edit_queued(module_id, index, msg)
+
+    # ------------------------------------------------------------------ environments
+
+    def environments_in_use(self) -> dict[str, list[str]]:
+        """Environment id -> the flows whose modules need it."""
+        used: dict[str, list[str]] = {}
+        for fid, run in sorted(self._flows.items()):
+            for env in sorted({m.environment for m in run.flow.modules if m.environment}):
+                used.setdefault(env, []).append(fid)
+        return used
+
+    def list_environments(self, runtime_id: str | None = None) -> list[dict[str, Any]]:
+        if runtime_id is not None and runtime_id not in self.runtimes:
+            raise RuntimeNotFound(
+                f"unknown runtime {runtime_id!r} (known: {', '.join(sorted(self.runtimes))})"
+            )
+        used = self.environments_in_use()
+        return [
+            {**env.describe(), "usedBy": used.get(env.id, [])}
+            for env in self.environments.list()
+            if runtime_id is None or env.runtime == runtime_id
+        ]
+
+    def _env_progress(self, event: dict[str, Any]) -> None:
+        self.events.publish({"kind": "environment", "flow": None, **event})
+
+    async def change_environment(
+        self, env_id: str, install: list[str], remove: list[str]
+    ) -> dict[str, Any]:
+        """Install or remove packages in an environment. Running hosts keep what they
+        imported; restart their flows to use the change."""
+        env = self.environments.get(env_id)
+        install = [normalize(env.runtime, spec) for spec in install]
+        env = await self.environments.change(env_id, install, remove, self._env_progress)
+        return env.describe()
+
+    async def rebuild_environment(self, env_id: str) -> dict[str, Any]:
+        env = await self.environments.rebuild(env_id, self._env_progress)
+        return env.describe()
+
+    def gc_environments(self, max_idle: float | None = None) -> list[str]:
+        idle = self.config.env_max_idle if max_idle is None else max_idle
+        return self.environments.gc(set(self.environments_in_use()), idle)
 
     # ------------------------------------------------------------------ around the API
 

@@ -78,10 +78,10 @@ async def hot_swap(run: FlowRun, new_flow: Flow) -> dict[str, Any]:
         # host that cannot load it keeps the old version (PROTOCOL.md, load).
         if reloaded:
             mid = reloaded[0]
-            instance = run.instances[run.flow.module(mid).runtime]
+            instance = run.instances[run.flow.module(mid).host]
             qid = run.qualified(mid)
             error = await instance.load_module(
-                {**plan.loads[instance.manifest.id][qid], "state": None}
+                {**plan.loads[run.flow.module(mid).host][qid], "state": None}
             )
             if error is not None:
                 raise SwapRejected(mid, error)
@@ -123,11 +123,11 @@ async def hot_swap(run: FlowRun, new_flow: Flow) -> dict[str, Any]:
 
         # Commit. First what needs the hosts (unloads), then one synchronous step.
         for mid in diff.removed:
-            await old_instances[by_id_old[mid].runtime].unload_module(run.qualified(mid))
+            await old_instances[by_id_old[mid].host].unload_module(run.qualified(mid))
         for mid, src, _ in diff.moved:
             await old_instances[src].unload_module(run.qualified(mid))
         for mid in diff.removed:
-            queue = old_instances[by_id_old[mid].runtime].take_queue(run.qualified(mid))
+            queue = old_instances[by_id_old[mid].host].take_queue(run.qualified(mid))
             if queue:
                 dropped[mid] = [{"port": d.port, "msgs": d.msgs} for d in queue]
                 run.settle(sum(len(d.msgs) for d in queue))
@@ -191,11 +191,11 @@ async def _load_all(
     undo: list[tuple[str, RuntimeInstance, str, dict[str, Any] | None, Any]] = []
 
     def frame_of(mid: str) -> dict[str, Any]:
-        return plan.loads[by_id_new[mid].runtime][run.qualified(mid)]
+        return plan.loads[by_id_new[mid].host][run.qualified(mid)]
 
     try:
         for mid in diff.added:
-            target = plan.instances[by_id_new[mid].runtime]
+            target = plan.instances[by_id_new[mid].host]
             error = await target.load_module({**frame_of(mid), "state": None})
             if error is not None:
                 raise SwapRejected(mid, error)
@@ -210,7 +210,7 @@ async def _load_all(
             undo.append(("unload", target, qid, None, None))
         for mid in diff.reloaded():
             qid = run.qualified(mid)
-            instance = old_instances[by_id_old[mid].runtime]
+            instance = old_instances[by_id_old[mid].host]
             before_frame = instance.modules[qid]
             before_state = instance.states.get(qid)
             error = await instance.load_module({**frame_of(mid), "state": None})

@@ -41,7 +41,11 @@ try:
 
     loads = orjson.loads
     DecodeError = orjson.JSONDecodeError
-except ImportError:  # pragma: no cover - exercised only where orjson is absent
+    # The host runs in users' environments, where orjson may be any version (or
+    # broken): use it only if it round-trips what the protocol needs.
+    if loads(dumps({"k": [1, 2.5, "é", None]})) != {"k": [1, 2.5, "é", None]}:
+        raise ImportError("orjson does not round-trip")
+except (ImportError, AttributeError, TypeError, ValueError):  # orjson absent or unusable
     import json
 
     _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
