@@ -16,7 +16,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from .auth import check_token
-from .errors import ApiError, Unauthorized, error_body
+from .errors import ApiError, InvalidParams, Unauthorized, error_body
 from .http import json_response
 from .openapi import openapi_blueprint
 from .routes import flows_blueprint, runtimes_blueprint
@@ -30,6 +30,14 @@ __all__ = ["ApiSettings", "create_app"]
 log = logging.getLogger("fifoflow.api")
 
 MiB = 1024 * 1024
+
+#: the query parameters each route takes (any other is a 422, not silently ignored)
+QUERY_PARAMETERS: dict[str, set[str]] = {
+    "flows.put_flow": {"revision"},
+    "flows.logs": {"limit"},
+    "runtimes.list_environments": {"runtime"},
+    "runtimes.gc_environments": {"maxIdle"},
+}
 
 
 @attrs.frozen
@@ -67,6 +75,15 @@ def create_app(runner: Runner, settings: ApiSettings) -> QuartTrio:
         provided = _bearer(request.headers.get("Authorization"))
         if not check_token(provided, settings.token):
             return _unauthorized(provided)
+        allowed = QUERY_PARAMETERS.get(request.endpoint or "", set())
+        unknown = sorted(set(request.args) - allowed)
+        if unknown:
+            error = InvalidParams(
+                f"unknown query parameter(s): {', '.join(unknown)} "
+                f"(allowed here: {', '.join(sorted(allowed)) or 'none'})",
+                field=unknown[0],
+            )
+            return json_response(error.body(), error.status)
         return None
 
     @app.before_websocket

@@ -32,6 +32,7 @@ from ..runner import (
     RuntimeStartError,
     SwapRejected,
 )
+from ..runner.environments import EnvironmentBuildError
 
 __all__ = [
     "ApiError",
@@ -101,6 +102,7 @@ STATUS: list[tuple[type[RunnerError], int]] = [
     (SwapRejected, 422),
     (FlowStateError, 409),
     (FlowLoadError, 422),
+    (EnvironmentBuildError, 422),
     (NotSupported, 501),
     (RuntimeStartError, 503),
     (ProtocolError, 502),

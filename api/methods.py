@@ -10,7 +10,8 @@ The seed's names are used verbatim: ``listRuntimes``, ``listFlowsForRuntime``,
 ``setBreakPointAtModule``, ``removeBreakPointAtModule``, ``singleStepFlow``. Around them:
 ``applyFlow`` (addOrUpdateFlow's whole answer), the debugger's ``pauseFlow``,
 ``continueFlow``, ``getDebugState``, ``getQueues``, ``editQueuedMessage``,
-``dropQueuedMessage``, and ``health``, ``listFlows``, ``getFlow``, ``inject``, ``getModuleState``,
+``dropQueuedMessage``, the environments' ``listEnvironments``, ``changeEnvironment``,
+``rebuildEnvironment``, ``gcEnvironments``, and ``health``, ``listFlows``, ``getFlow``, ``inject``, ``getModuleState``,
 ``getModuleErrors``, ``getLogs``.
 """
 
@@ -52,10 +53,10 @@ def _str(params: Params, name: str, *, default: str | None = None) -> str:
     value = params.get(name, default)
     if value is None:
         raise InvalidParams(f"missing required parameter {name!r}", field=name)
-    if not isinstance(value, str) or not value:
-        raise InvalidParams(
-            f"{name} must be a non-empty string, got {_json_type(value)}", field=name
-        )
+    if not isinstance(value, str):
+        raise InvalidParams(f"{name} must be a string, got {_json_type(value)}", field=name)
+    if not value:
+        raise InvalidParams(f"{name} must not be empty", field=name)
     return value
 
 
@@ -207,6 +208,44 @@ async def drop_queued_message(runner: Runner, params: Params) -> Any:
     return {"old": old}
 
 
+# ---------------------------------------------------------------------- environments
+
+
+def _str_list(params: Params, name: str) -> list[str]:
+    value = params.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise InvalidParams(f"{name} must be an array of non-empty strings", field=name)
+    return value
+
+
+async def list_environments(runner: Runner, params: Params) -> Any:
+    _no_extra(params, "runtimeId")
+    runtime = params.get("runtimeId")
+    return runner.list_environments(_str(params, "runtimeId") if runtime is not None else None)
+
+
+async def change_environment(runner: Runner, params: Params) -> Any:
+    _no_extra(params, "environmentId", "install", "remove")
+    install, remove = _str_list(params, "install"), _str_list(params, "remove")
+    if not install and not remove:
+        raise InvalidParams("give packages to install and/or remove", field="install")
+    try:
+        return await runner.change_environment(_str(params, "environmentId"), install, remove)
+    except ValueError as exc:
+        raise InvalidParams(str(exc), field="install") from None
+
+
+async def rebuild_environment(runner: Runner, params: Params) -> Any:
+    _no_extra(params, "environmentId")
+    return await runner.rebuild_environment(_str(params, "environmentId"))
+
+
+async def gc_environments(runner: Runner, params: Params) -> Any:
+    _no_extra(params, "maxIdle")
+    max_idle = _opt_int(params, "maxIdle", minimum=0)
+    return {"removed": runner.gc_environments(max_idle)}
+
+
 # ---------------------------------------------------------------------- around them
 
 
@@ -285,6 +324,10 @@ METHODS: dict[str, Method] = {
     "getQueues": get_queues,
     "editQueuedMessage": edit_queued_message,
     "dropQueuedMessage": drop_queued_message,
+    "listEnvironments": list_environments,
+    "changeEnvironment": change_environment,
+    "rebuildEnvironment": rebuild_environment,
+    "gcEnvironments": gc_environments,
     "health": health,
     "listFlows": list_flows,
     "getFlow": get_flow,

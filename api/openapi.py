@@ -273,6 +273,20 @@ def openapi_document(runtimes: list[str], version: str) -> dict[str, Any]:
                 },
             },
         },
+        "Environment": {
+            "type": "object",
+            "required": ["id", "runtime", "requirements", "packages", "usedBy"],
+            "properties": {
+                "id": {"type": "string"},
+                "runtime": {"type": "string"},
+                "requirements": {"type": "array", "items": {"type": "string"}},
+                "extra": {"type": "array", "items": {"type": "string"}},
+                "built": {"type": "number"},
+                "lastUsed": {"type": "number"},
+                "packages": {"type": "array", "items": {"type": "string"}},
+                "usedBy": {"type": "array", "items": {"type": "string"}},
+            },
+        },
         "Health": {
             "type": "object",
             "required": ["status", "version", "uptime", "flows", "runtimes"],
@@ -313,6 +327,23 @@ def openapi_document(runtimes: list[str], version: str) -> dict[str, Any]:
             "in": "path",
             "required": True,
             "description": "position in the module's queue (0: next to be handled)",
+            "schema": {"type": "integer", "minimum": 0},
+        },
+        "environmentId": path_param(
+            "environmentId", "an environment id, as listEnvironments gives it"
+        ),
+        "runtimeQuery": {
+            "name": "runtime",
+            "in": "query",
+            "required": False,
+            "description": "only this runtime's environments",
+            "schema": {"type": "string", "minLength": 1},
+        },
+        "maxIdle": {
+            "name": "maxIdle",
+            "in": "query",
+            "required": False,
+            "description": "seconds unused before removal (default: the runner's setting)",
             "schema": {"type": "integer", "minimum": 0},
         },
         "limit": {
@@ -362,6 +393,57 @@ def openapi_document(runtimes: list[str], version: str) -> dict[str, Any]:
                 _json({"type": "array", "items": {"type": "string"}}, "flow ids"),
                 (404,),
                 params=("runtimeId",),
+            )
+        },
+        "/environments": {
+            "get": _op(
+                "listEnvironments",
+                "Environments (one per requirement set) and their packages",
+                _json({"type": "array", "items": _ref("Environment")}, "the environments"),
+                (404, 422),
+                params=("runtimeQuery",),
+            )
+        },
+        "/environments/{environmentId}/packages": {
+            "post": _op(
+                "changeEnvironment",
+                "Install and/or remove packages in an environment",
+                _json(_ref("Environment"), "the environment after the change"),
+                (400, 404, 413, 422),
+                params=("environmentId",),
+                body={
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "install": {"type": "array", "items": {"type": "string", "minLength": 1}},
+                        "remove": {"type": "array", "items": {"type": "string", "minLength": 1}},
+                    },
+                },
+            )
+        },
+        "/environments/{environmentId}/rebuild": {
+            "post": _op(
+                "rebuildEnvironment",
+                "Build an environment again from its requirements",
+                _json(_ref("Environment"), "rebuilt"),
+                (404, 422),
+                params=("environmentId",),
+            )
+        },
+        "/environments/gc": {
+            "post": _op(
+                "gcEnvironments",
+                "Remove environments no flow uses, idle longer than maxIdle seconds",
+                _json(
+                    {
+                        "type": "object",
+                        "required": ["removed"],
+                        "properties": {"removed": {"type": "array", "items": {"type": "string"}}},
+                    },
+                    "what was removed",
+                ),
+                (400, 422),
+                params=("maxIdle",),
             )
         },
         "/flows": {

@@ -5,6 +5,10 @@
     GET    /health                                         health
     GET    /runtimes                                       listRuntimes
     GET    /runtimes/{runtimeId}/flows                     listFlowsForRuntime
+    GET    /environments[?runtime=ID]                      listEnvironments
+    POST   /environments/{environmentId}/packages          changeEnvironment ({install, remove})
+    POST   /environments/{environmentId}/rebuild           rebuildEnvironment
+    POST   /environments/gc[?maxIdle=S]                    gcEnvironments
     GET    /flows                                          listFlows
     GET    /flows/{flowId}                                 getFlow
     PUT    /flows/{flowId}[?revision=N]                    addOrUpdateFlow (201 added, 200 updated/swapped)
@@ -69,6 +73,38 @@ def runtimes_blueprint(runner: Runner) -> Blueprint:
     @bp.get("/runtimes")
     async def list_runtimes() -> Response:
         return json_response(await call(runner, "listRuntimes", {}))
+
+    @bp.get("/environments")
+    async def list_environments() -> Response:
+        params: dict[str, Any] = {}
+        if "runtime" in request.args:
+            params["runtimeId"] = request.args["runtime"]
+        return json_response(await call(runner, "listEnvironments", params))
+
+    @bp.post("/environments/<environmentId>/packages")
+    async def change_environment(environmentId: str) -> Response:
+        body = await _json_object('{"install": [...], "remove": [...]}')
+        extra = sorted(set(body) - {"install", "remove"})
+        if extra:
+            raise InvalidParams(
+                f"unknown field(s): {', '.join(extra)} (allowed: install, remove)", field=extra[0]
+            )
+        params = {**body, "environmentId": environmentId}
+        return json_response(await call(runner, "changeEnvironment", params))
+
+    @bp.post("/environments/<environmentId>/rebuild")
+    async def rebuild_environment(environmentId: str) -> Response:
+        return json_response(
+            await call(runner, "rebuildEnvironment", {"environmentId": environmentId})
+        )
+
+    @bp.post("/environments/gc")
+    async def gc_environments() -> Response:
+        params: dict[str, Any] = {}
+        max_idle = _query_int("maxIdle")
+        if max_idle is not None:
+            params["maxIdle"] = max_idle
+        return json_response(await call(runner, "gcEnvironments", params))
 
     @bp.get("/runtimes/<runtimeId>/flows")
     async def list_flows_for_runtime(runtimeId: str) -> Response:

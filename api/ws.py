@@ -52,6 +52,7 @@ EVENT_KINDS = (
     "step",
     "queue",
     "runtime",
+    "environment",
 )
 
 PARSE_ERROR = -32700

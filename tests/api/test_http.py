@@ -212,6 +212,8 @@ async def test_bad_input_gets_a_4xx_naming_the_field_and_loses_nothing() -> None
             await expect(422, "POST", inject, "extra", json={"msg": 1, "extra": 2})
             await expect(422, "POST", inject, "flowId", json={"msg": 1, "flowId": "x"})
             await expect(422, "GET", "/flows/chain/logs?limit=0", "limit")
+            message = await expect(422, "GET", "/flows/chain/logs?limt=5", "limt")
+            assert "allowed here: limit" in message
             await expect(413, "PUT", "/flows/big", "body", content=b"[" + b"1," * 5000 + b"1]")
             await expect(405, "PATCH", "/flows/chain", None)
             await expect(404, "GET", "/nothing-here", None)
