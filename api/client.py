@@ -188,6 +188,25 @@ class RunnerClient:
         path = f"/flows/{flow_id}/modules/{module_id}/queue/{index}"
         return (await self.request("DELETE", path))["old"]
 
+    # ------------------------------------------------------------------ environments
+
+    async def list_environments(self, runtime: str | None = None) -> list[dict[str, Any]]:
+        params = {"runtime": runtime} if runtime is not None else None
+        return await self.request("GET", "/environments", params=params)
+
+    async def change_environment(
+        self, env_id: str, install: list[str] | None = None, remove: list[str] | None = None
+    ) -> dict[str, Any]:
+        body = {"install": install or [], "remove": remove or []}
+        return await self.request("POST", f"/environments/{env_id}/packages", json=body)
+
+    async def rebuild_environment(self, env_id: str) -> dict[str, Any]:
+        return await self.request("POST", f"/environments/{env_id}/rebuild")
+
+    async def gc_environments(self, max_idle: int | None = None) -> list[str]:
+        params = {"maxIdle": max_idle} if max_idle is not None else None
+        return (await self.request("POST", "/environments/gc", params=params))["removed"]
+
     # ------------------------------------------------------------------ around them
 
     async def health(self) -> dict[str, Any]:

@@ -357,6 +357,46 @@ def cmd_debug_action(args: argparse.Namespace) -> int:
     return _run(main)
 
 
+# ---------------------------------------------------------------------- environments
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        async with _client(args) as client:
+            if args.action == "list":
+                envs = await client.list_environments(args.runtime)
+                if args.json:
+                    _out(_json(envs))
+                    return EXIT_OK
+                if not envs:
+                    _out("(no environments)")
+                for env in envs:
+                    used = ", ".join(env["usedBy"]) or "no flow"
+                    _out(f"{env['id']}  ({env['runtime']}; used by {used})")
+                    _out(f"  requires: {' '.join(env['requirements'])}")
+                    _out(f"  installed: {' '.join(env['packages']) or '-'}")
+            elif action_is(args, "install", "remove"):
+                kwargs = {args.action: args.packages}
+                env = await client.change_environment(args.env, **kwargs)
+                _out(f"{args.env}: {' '.join(env['packages']) or '-'}")
+            elif args.action == "rebuild":
+                env = await client.rebuild_environment(args.env)
+                _out(f"rebuilt {args.env}: {' '.join(env['packages']) or '-'}")
+            else:
+                removed = await client.gc_environments(args.max_idle)
+                _out(
+                    f"removed {len(removed)} environment(s)"
+                    + (": " + ", ".join(removed) if removed else "")
+                )
+        return EXIT_OK
+
+    return _run(main)
+
+
+def action_is(args: argparse.Namespace, *names: str) -> bool:
+    return args.action in names
+
+
 # ---------------------------------------------------------------------- argparse
 
 
@@ -471,6 +511,30 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             p.add_argument("--json", action="store_true")
         _client_options(p)
         p.set_defaults(func=cmd_debug_action)
+
+    env = sub.add_parser("env", help="list, change, rebuild and clean up module environments")
+    env_sub = env.add_subparsers(dest="action", required=True)
+    p = env_sub.add_parser("list", help="environments, their requirements and installed packages")
+    p.add_argument("--runtime", help="only this runtime's environments")
+    p.add_argument("--json", action="store_true")
+    _client_options(p)
+    for action, help_text in (
+        ("install", "install packages into an environment"),
+        ("remove", "remove packages from an environment"),
+    ):
+        p = env_sub.add_parser(action, help=help_text)
+        p.add_argument("env", metavar="ENV_ID")
+        p.add_argument("packages", nargs="+", metavar="SPEC")
+        _client_options(p)
+    p = env_sub.add_parser("rebuild", help="build an environment again from its requirements")
+    p.add_argument("env", metavar="ENV_ID")
+    _client_options(p)
+    p = env_sub.add_parser("gc", help="remove environments no flow has used for a while")
+    p.add_argument(
+        "--max-idle", type=int, metavar="SECONDS", help="default: the runner's setting (7 days)"
+    )
+    _client_options(p)
+    env.set_defaults(func=cmd_env)
 
     state = sub.add_parser("state", help="print a module's state")
     state.add_argument("flow", metavar="FLOW_ID")

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
+import json
 import os
+import tarfile
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,3 +59,60 @@ def _no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
         assert not leftover, f"test left processes running: {sorted(leftover)}"
     new_dirs = fifoflow_dirs() - dirs_before
     assert not new_dirs, f"test left FIFO directories behind: {sorted(new_dirs)}"
+
+
+# ---------------------------------------------------------------- local packages
+
+
+def make_wheel(folder: Path, name: str, version: str) -> Path:
+    """A pure-python wheel of a module ``name`` whose VERSION is ``version``."""
+    files = {
+        f"{name}/__init__.py": f"VERSION = {version!r}\n".encode(),
+        f"{name}-{version}.dist-info/METADATA": (
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()
+        ),
+        f"{name}-{version}.dist-info/WHEEL": (
+            b"Wheel-Version: 1.0\nGenerator: fifoflow-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = []
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{name}-{version}.dist-info/RECORD,,")
+    files[f"{name}-{version}.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path, data in files.items():
+            zf.writestr(path, data)
+    return wheel
+
+
+def make_npm_package(folder: Path, name: str, version: str) -> Path:
+    tgz = folder / f"{name}-{version}.tgz"
+    package = {"name": name, "version": version, "main": "index.js"}
+    with tarfile.open(tgz, "w:gz") as tf:
+        for path, text in (
+            ("package/package.json", json.dumps(package)),
+            ("package/index.js", f"exports.VERSION = {version!r};\n"),
+        ):
+            data = text.encode()
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return tgz
+
+
+@pytest.fixture
+def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A local package index: pip and npm install from it, without the network."""
+    index = tmp_path / "index"
+    index.mkdir()
+    for version in ("1.0", "2.0"):
+        make_wheel(index, "fflib", version)
+        make_npm_package(index, "fflib-node", f"{version}.0")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    monkeypatch.setenv("npm_config_offline", "true")
+    monkeypatch.setenv("npm_config_cache", str(tmp_path / "npm-cache"))
+    return index

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from ..conftest import make_wheel
 from .helpers import ServerProcess
 
 if TYPE_CHECKING:
@@ -226,3 +227,42 @@ def test_debugger_commands(runner_env: dict[str, str]) -> None:
         == "removed the breakpoint at tally/shout"
     )
     assert ff(env, "step", "tally").returncode == 1  # not paused
+
+
+def test_environment_commands(offline: Path, runner_env: dict[str, str], tmp_path: Path) -> None:
+    env = runner_env
+    flow = {
+        "fifoflow": 1,
+        "id": "deps",
+        "modules": [
+            {
+                "id": "m",
+                "runtime": "python",
+                "code": "import fflib\ndef handle(msg, ctx):\n    return fflib.VERSION\n",
+                "requirements": ["fflib==1.0"],
+            }
+        ],
+    }
+    path = tmp_path / "deps.json"
+    path.write_text(json.dumps(flow))
+    done = ff(env, "flow", "add", str(path), "--start")
+    assert done.returncode == 0, done.stderr
+    listing = ff(env, "env", "list")
+    lines = listing.stdout.splitlines()
+    assert lines[0].startswith("python-")
+    assert lines[0].endswith("(python; used by deps)")
+    assert lines[1:] == ["  requires: fflib==1.0", "  installed: fflib==1.0"]
+    env_id = lines[0].split()[0]
+    make_wheel(offline, "extralib", "0.1")
+    done = ff(env, "env", "install", env_id, "extralib==0.1")
+    assert done.stdout.strip() == f"{env_id}: extralib==0.1 fflib==1.0"
+    assert ff(env, "env", "remove", env_id, "extralib").stdout.strip() == f"{env_id}: fflib==1.0"
+    assert ff(env, "env", "gc", "--max-idle", "0").stdout.strip() == "removed 0 environment(s)"
+    missing = ff(env, "env", "rebuild", "python-nope")
+    assert missing.returncode == 1
+    assert "no environment 'python-nope'" in missing.stderr
+    assert ff(env, "flow", "remove", "deps").returncode == 0
+    assert (
+        ff(env, "env", "gc", "--max-idle", "0").stdout.strip()
+        == f"removed 1 environment(s): {env_id}"
+    )

@@ -3,12 +3,9 @@ its own environment and runtime process; sets are built once and shared."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import io
-import json
-import tarfile
-import zipfile
+import os
+import subprocess
+import sys
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -17,64 +14,11 @@ import trio
 from fifoflow.flows import FlowError
 from fifoflow.runner import RunnerConfig, RunnerError, open_runner
 
+from ..conftest import make_wheel
 from .helpers import Collector, make_flow
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-
-def make_wheel(folder: Path, name: str, version: str) -> Path:
-    """A pure-python wheel of a module ``name`` whose VERSION is ``version``."""
-    files = {
-        f"{name}/__init__.py": f"VERSION = {version!r}\n".encode(),
-        f"{name}-{version}.dist-info/METADATA": (
-            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()
-        ),
-        f"{name}-{version}.dist-info/WHEEL": (
-            b"Wheel-Version: 1.0\nGenerator: fifoflow-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-        ),
-    }
-    record = []
-    for path, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(data)}")
-    record.append(f"{name}-{version}.dist-info/RECORD,,")
-    files[f"{name}-{version}.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
-    wheel = folder / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as zf:
-        for path, data in files.items():
-            zf.writestr(path, data)
-    return wheel
-
-
-def make_npm_package(folder: Path, name: str, version: str) -> Path:
-    tgz = folder / f"{name}-{version}.tgz"
-    package = {"name": name, "version": version, "main": "index.js"}
-    with tarfile.open(tgz, "w:gz") as tf:
-        for path, text in (
-            ("package/package.json", json.dumps(package)),
-            ("package/index.js", f"exports.VERSION = {version!r};\n"),
-        ):
-            data = text.encode()
-            info = tarfile.TarInfo(path)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return tgz
-
-
-@pytest.fixture
-def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A local package index: pip and npm install from it, without the network."""
-    index = tmp_path / "index"
-    index.mkdir()
-    for version in ("1.0", "2.0"):
-        make_wheel(index, "fflib", version)
-        make_npm_package(index, "fflib-node", f"{version}.0")
-    monkeypatch.setenv("PIP_NO_INDEX", "1")
-    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
-    monkeypatch.setenv("npm_config_offline", "true")
-    monkeypatch.setenv("npm_config_cache", str(tmp_path / "npm-cache"))
-    return index
 
 
 def py_flow(fid: str, spec: str) -> dict[str, Any]:
@@ -223,3 +167,82 @@ async def test_environment_api_install_rebuild_gc(tmp_path: Path, offline: Path)
         assert runner.gc_environments(max_idle=0) == [env["id"]]
         assert runner.list_environments() == []
         assert not (tmp_path / "envs" / env["id"]).exists()
+
+
+async def test_the_host_survives_any_orjson_a_user_pins(tmp_path: Path, offline: Path) -> None:
+    """A module may need an orjson that is not one the host can use (here a stub with
+    nothing in it): the host falls back to the standard library and works on."""
+    make_wheel(offline, "orjson", "0.0.1")
+    code = "import orjson\ndef handle(msg, ctx):\n    return [msg, hasattr(orjson, 'dumps')]\n"
+    doc = {
+        "id": "pin",
+        "modules": [
+            {"id": "m", "runtime": "python", "code": code, "requirements": ["orjson==0.0.1"]}
+        ],
+    }
+    async with open_runner(RunnerConfig(env_dir=tmp_path / "envs")) as runner:
+        await runner.add_or_update_flow(make_flow(doc))
+        await runner.start_flow("pin")
+        sink = Collector()
+        runner.set_output_sink("pin", sink)
+        await runner.inject("pin", "m", "in", [{"n": 1}])
+        await sink.wait_for(1, seconds=60)
+        assert sink.msgs() == [[{"n": 1}, False]]
+
+
+def _registry_reachable(argv: list[str]) -> str | None:
+    """None if the registry answers, else why not (the tool's own words)."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    return None if done.returncode == 0 else (done.stderr.strip().splitlines() or ["failed"])[-1]
+
+
+@pytest.mark.parametrize(
+    ("runtime", "spec", "probe", "code", "expected"),
+    [
+        (
+            "python",
+            "six==1.16.0",
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "-q",
+                "-d",
+                "{tmp}",
+                "six==1.16.0",
+            ],
+            "import six\ndef handle(msg, ctx):\n    return six.__version__\n",
+            "1.16.0",
+        ),
+        (
+            "node",
+            "is-number@7.0.0",
+            ["npm", "view", "is-number@7.0.0", "version"],
+            "const isNumber = require('is-number');\nexports.handle = (msg) => isNumber(msg);\n",
+            True,
+        ),
+    ],
+)
+async def test_installing_from_the_real_registry(
+    tmp_path: Path, runtime: str, spec: str, probe: list[str], code: str, expected: Any
+) -> None:
+    why = _registry_reachable([part.replace("{tmp}", str(tmp_path)) for part in probe])
+    if why is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the {runtime} package registry cannot be reached under CI=true: {why}")
+        pytest.skip(f"the {runtime} package registry cannot be reached from here: {why}")
+    field = "requirements" if runtime == "python" else "packages"
+    doc = {"id": "real", "modules": [{"id": "m", "runtime": runtime, "code": code, field: [spec]}]}
+    async with open_runner(RunnerConfig(env_dir=tmp_path / "envs")) as runner:
+        await runner.add_or_update_flow(make_flow(doc))
+        await runner.start_flow("real")
+        sink = Collector()
+        runner.set_output_sink("real", sink)
+        await runner.inject("real", "m", "in", [5])
+        await sink.wait_for(1, seconds=60)
+        assert sink.msgs() == [expected]
