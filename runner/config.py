@@ -47,6 +47,8 @@ class RunnerConfig:
     env_dir: Path | None = None
     #: an environment no flow has used for this long is removed by ``gc``
     env_max_idle: float = 7 * 24 * 3600 * SECONDS
+    #: how often the runner looks for such environments
+    env_gc_interval: float = 3600 * SECONDS
     #: how often running flows' module state is written to ``state_dir``
     checkpoint_interval: float = 1 * SECONDS
 

@@ -35,7 +35,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -208,6 +208,14 @@ class EnvironmentManager:
             await self._build(fresh, [*env.requirements, *extra], progress, fresh=True)
             fresh.save()
             return fresh
+
+    def touch(self, env_ids: Iterable[str]) -> None:
+        """Record that these environments are in use now."""
+        for env_id in env_ids:
+            env = self.load(env_id)
+            if env is not None:
+                env.last_used = time.time()
+                env.save()
 
     def gc(self, in_use: set[str], max_idle: float) -> list[str]:
         """Remove environments no flow uses that were last used over ``max_idle`` s ago."""

@@ -121,6 +121,7 @@ class Runner:
                 if self.store is not None:
                     await self._restore()
                     nursery.start_soon(self._checkpoints)
+                nursery.start_soon(self._collect_environments)
                 task_status.started(self)
                 await trio.sleep_forever()
         finally:
@@ -185,6 +186,21 @@ class Runner:
                 self.checkpoint()
             except OSError as exc:  # a full disk must not take the flows down with it
                 log.error("could not write module state to %s: %s", self.config.state_dir, exc)
+
+    async def _collect_environments(self) -> None:
+        """Remove environments no flow has used for ``env_max_idle``, now and then."""
+        while True:
+            try:
+                # Mark what this runner uses: another runner sharing the folder must not
+                # collect it.
+                self.environments.touch(self.environments_in_use())
+                removed = self.gc_environments()
+            except OSError as exc:
+                log.error("could not clean up environments in %s: %s", self.environments.root, exc)
+            else:
+                for env_id in removed:
+                    log.info("removed environment %s (unused for %g s)", env_id, self.config.env_max_idle)
+            await trio.sleep(self.config.env_gc_interval)
 
     def _save_flow(self, run: FlowRun) -> None:
         if self.store is not None:
@@ -380,7 +396,10 @@ class Runner:
 
     def gc_environments(self, max_idle: float | None = None) -> list[str]:
         idle = self.config.env_max_idle if max_idle is None else max_idle
-        return self.environments.gc(set(self.environments_in_use()), idle)
+        removed = self.environments.gc(set(self.environments_in_use()), idle)
+        for env_id in removed:
+            self._env_progress({"phase": "removed", "env": env_id})
+        return removed
 
     # ------------------------------------------------------------------ around the API
 

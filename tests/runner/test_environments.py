@@ -15,7 +15,7 @@ from fifoflow.flows import FlowError
 from fifoflow.runner import RunnerConfig, RunnerError, open_runner
 
 from ..conftest import make_wheel
-from .helpers import Collector, make_flow
+from .helpers import Collector, make_flow, next_event
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -246,3 +246,17 @@ async def test_installing_from_the_real_registry(
         await runner.inject("real", "m", "in", [5])
         await sink.wait_for(1, seconds=60)
         assert sink.msgs() == [expected]
+
+
+async def test_unused_environments_are_collected_by_the_runner(tmp_path: Path, offline: Path) -> None:
+    config = RunnerConfig(env_dir=tmp_path / "envs", env_max_idle=0, env_gc_interval=0.05)
+    async with open_runner(config) as runner:
+        sub = runner.subscribe(kinds=["environment"])
+        await runner.add_or_update_flow(make_flow(py_flow("one", "fflib==1.0")))
+        await runner.start_flow("one")
+        done = await next_event(sub, "environment", phase="done")
+        folder = tmp_path / "envs" / done["env"]
+        await runner.remove_flow("one")
+        # The runner's own collector removes it.
+        await next_event(sub, "environment", phase="removed", env=done["env"])
+        assert not folder.exists()
