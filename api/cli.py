@@ -144,12 +144,20 @@ async def _run_flow(args: argparse.Namespace) -> int:
 
 
 async def _print_events(runner: Runner, flow_id: str, quiet: bool) -> None:
-    kinds = ["error"] if quiet else ["error", "log"]
+    kinds = ["error", "environment"] if quiet else ["error", "log", "environment"]
     with trio.CancelScope():
         sub = runner.subscribe(flows=[flow_id], kinds=kinds, capacity=10_000)
         try:
             async for event in sub:
-                if event["kind"] == "missed":
+                if event["kind"] == "environment":
+                    if "line" in event:
+                        continue
+                    detail = {
+                        "done": f"ready in {event.get('seconds', 0):.1f} s",
+                        "failed": f"failed: {event.get('error')}",
+                    }.get(event["phase"], event["phase"] + "...")
+                    _err(f"[{flow_id}] environment {event['env']}: {detail}")
+                elif event["kind"] == "missed":
                     _err(f"[{flow_id}] ... {event['count']} log/error events not shown")
                 elif event["kind"] == "error":
                     err = event["error"]
