@@ -23,6 +23,7 @@ from ..runner import RunnerError
 from .auth import TokenError, default_state_dir, read_token
 from .client import ApiError, ConnectError, RunnerClient
 from .debugview import format_pause, format_queues, format_step
+from .dispatcher_cli import add_dispatcher_commands
 from .server import DEFAULT_PORT, ServeOptions, serve
 
 if TYPE_CHECKING:
@@ -91,6 +92,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         token_file=Path(args.token_file) if args.token_file else None,
         max_body=args.max_body,
+        dispatcher=args.dispatcher,
+        registration_token=args.registration_token or os.environ.get("FIFOFLOW_REGISTRATION_TOKEN"),
     )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         _err(
@@ -100,6 +103,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         trio.run(serve, options)
     except (TokenError, RunnerError) as exc:
         _err(f"fifoflow: {exc}")
+        return EXIT_USAGE
+    except BaseExceptionGroup as group:
+        refused = group.subgroup(lambda e: isinstance(e, (TokenError, RunnerError)))
+        if refused is None:
+            raise
+        leaf: BaseException = refused
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        _err(f"fifoflow: {leaf}")
         return EXIT_USAGE
     except OSError as exc:
         _err(f"fifoflow: cannot serve on {args.host}:{args.port}: {exc}")
@@ -437,7 +449,17 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         metavar="BYTES",
         help="largest request body (default: 16 MiB)",
     )
+    serve_p.add_argument(
+        "--dispatcher", metavar="URL", help="register with this dispatcher and report to it"
+    )
+    serve_p.add_argument(
+        "--registration-token",
+        metavar="TOKEN",
+        help="one-time token for the first registration ($FIFOFLOW_REGISTRATION_TOKEN)",
+    )
     serve_p.set_defaults(func=cmd_serve)
+
+    add_dispatcher_commands(sub)
 
     flow = sub.add_parser(
         "flow", help="add, update, remove, start, stop, list and show flows on a runner"

@@ -18,6 +18,7 @@ import hypercorn.trio
 import trio
 
 from ..runner import RunnerConfig, open_runner
+from ..runner.link import DispatcherLink
 from .app import ApiSettings, create_app
 from .auth import load_or_create_token
 
@@ -34,6 +35,9 @@ class ServeOptions:
     token_file: Path | None = None
     max_body: int = 16 * 1024 * 1024
     graceful_timeout: float = 2.0
+    #: a dispatcher to register with and report to (None: a standalone runner)
+    dispatcher: str | None = None
+    registration_token: str | None = None
 
     @property
     def token_path(self) -> Path:
@@ -78,9 +82,23 @@ async def serve(
                 )
                 _say(f"fifoflow runner {runner.version} listening on {' '.join(urls)}")
                 _say(f"state dir: {options.state_dir}")
-                task_status.started(urls)
-                async for signum in signals:
-                    _say(f"{signal.Signals(signum).name}: stopping flows (state is saved)")
-                    stop.set()
-                    break
+                async with trio.open_nursery() as link_nursery:
+                    link = None
+                    if options.dispatcher:
+                        link = DispatcherLink(
+                            options.dispatcher,
+                            runner,
+                            options.state_dir,
+                            registration_token=options.registration_token,
+                        )
+                        runner_id = await link_nursery.start(link.run)
+                        _say(f"linked to the dispatcher at {options.dispatcher} as {runner_id}")
+                    task_status.started(urls)
+                    async for signum in signals:
+                        _say(f"{signal.Signals(signum).name}: stopping flows (state is saved)")
+                        if link is not None:
+                            await link.sign_off()
+                        stop.set()
+                        break
+                    link_nursery.cancel_scope.cancel()
     _say("stopped")

@@ -114,22 +114,25 @@ class ServerProcess:
         self.url = ""
         self.lines: list[str] = []
 
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "fifoflow.api",
+            "runner",
+            "serve",
+            "--port",
+            "0",
+            "--state-dir",
+            str(self.state_dir),
+            *self.extra,
+        ]
+
     def start(self, timeout: float = 30) -> str:
         if self.proc is not None:  # a previous run: collect what it printed, close its pipe
             self.stop()
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fifoflow.api",
-                "runner",
-                "serve",
-                "--port",
-                "0",
-                "--state-dir",
-                str(self.state_dir),
-                *self.extra,
-            ],
+            self.command(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             bufsize=0,

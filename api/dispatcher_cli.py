@@ -1,0 +1,185 @@
+"""CLI of the dispatcher: ``fifoflow dispatcher serve|token|runners|events``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import orjson
+import trio
+
+from .auth import TokenError, read_token
+from .dispatcher_app import (
+    DEFAULT_DISPATCHER_PORT,
+    DispatcherServeOptions,
+    default_dispatcher_state_dir,
+    serve_dispatcher,
+)
+
+if TYPE_CHECKING:
+    import argparse
+
+__all__ = ["add_dispatcher_commands"]
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    options = DispatcherServeOptions(
+        state_dir=Path(args.state_dir) if args.state_dir else default_dispatcher_state_dir(),
+        host=args.host,
+        port=args.port,
+        heartbeat=args.heartbeat,
+        ttl=args.ttl,
+    )
+    try:
+        trio.run(serve_dispatcher, options)
+    except TokenError as exc:
+        _err(f"fifoflow: {exc}")
+        return 2
+    except OSError as exc:
+        _err(f"fifoflow: cannot serve on {args.host}:{args.port}: {exc}")
+        return 2
+    return 0
+
+
+def _request(args: argparse.Namespace, method: str, path: str, **kw: Any) -> Any:
+    token_file = (
+        Path(args.token_file) if args.token_file else default_dispatcher_state_dir() / "token"
+    )
+    token = read_token(token_file)
+    try:
+        response = httpx.request(
+            method,
+            args.url.rstrip("/") + path,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+            **kw,
+        )
+    except httpx.TransportError as exc:
+        raise SystemExit(f"fifoflow: cannot reach the dispatcher at {args.url}: {exc}") from None
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:200]
+        raise SystemExit(f"fifoflow: {message} (HTTP {response.status_code})")
+    return orjson.loads(response.content)
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    try:
+        if args.action == "token":
+            body = {"ttl": args.ttl} if args.ttl else None
+            answer = _request(args, "POST", "/tokens", json=body)
+            if args.quiet:
+                _out(answer["token"])
+            else:
+                expires = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(answer["expires"]))
+                _out(answer["token"])
+                _err(
+                    f"(works once, until {expires}; give it to: fifoflow runner serve --dispatcher URL --registration-token TOKEN)"
+                )
+        elif args.action == "runners":
+            runners = _request(args, "GET", "/runners")
+            if args.json:
+                _out(orjson.dumps(runners, option=orjson.OPT_INDENT_2).decode())
+                return 0
+            rows = [("RUNNER", "NAME", "STATUS", "SEEN", "CPUS", "MEM GiB", "RUNTIMES")]
+            now = time.time()
+            for r in runners:
+                hw = r["hardware"]
+                seen = f"{now - r['lastSeen']:.0f}s ago" if r["lastSeen"] else "-"
+                rows.append(
+                    (
+                        r["id"],
+                        r["name"],
+                        r["status"],
+                        seen,
+                        str(hw.get("cpus", "-")),
+                        str(hw.get("memoryGiB", "-")),
+                        ",".join(hw.get("runtimes", [])),
+                    )
+                )
+            widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+            for row in rows:
+                _out("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        else:  # events
+            for event in _request(args, "GET", "/events", params={"since": args.since}):
+                stamp = time.strftime("%H:%M:%S", time.localtime(event.pop("time")))
+                kind, runner, eid = event.pop("kind"), event.pop("runner"), event.pop("id")
+                extra = orjson.dumps(event).decode() if event else ""
+                _out(f"{eid:>5} {stamp} {kind:<11} {runner or '-':<15} {extra}")
+    except TokenError as exc:
+        _err(f"fifoflow: {exc}")
+        return 2
+    return 0
+
+
+def add_dispatcher_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    d = sub.add_parser("dispatcher", help="serve or ask a dispatcher (runners, tokens, events)")
+    d_sub = d.add_subparsers(dest="action", required=True)
+    serve = d_sub.add_parser("serve", help="run a dispatcher until Ctrl-C")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_DISPATCHER_PORT,
+        help="0 picks a free port (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--state-dir",
+        help=f"SQLite state and the operator token (default: {default_dispatcher_state_dir()})",
+    )
+    serve.add_argument(
+        "--heartbeat",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="runners' heartbeat interval (default: 5)",
+    )
+    serve.add_argument(
+        "--ttl",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="lost after this silence (default: 3 heartbeats)",
+    )
+    serve.set_defaults(func=cmd_serve)
+    for action, help_text in (
+        ("token", "a one-time registration token for a new runner"),
+        ("runners", "every runner, its status and hardware"),
+        ("events", "what happened, oldest first"),
+    ):
+        p = d_sub.add_parser(action, help=help_text)
+        p.add_argument(
+            "--url",
+            default=os.environ.get(
+                "FIFOFLOW_DISPATCHER_URL", f"http://127.0.0.1:{DEFAULT_DISPATCHER_PORT}"
+            ),
+        )
+        p.add_argument("--token-file", default=os.environ.get("FIFOFLOW_DISPATCHER_TOKEN_FILE"))
+        if action == "token":
+            p.add_argument(
+                "--ttl", type=float, help="seconds the token stays valid (default: 1 hour)"
+            )
+            p.add_argument("--quiet", "-q", action="store_true", help="print only the token")
+        if action == "runners":
+            p.add_argument("--json", action="store_true")
+        if action == "events":
+            p.add_argument("--since", type=int, default=0, help="only events after this id")
+        p.set_defaults(func=cmd_client)

@@ -1,0 +1,159 @@
+"""The dispatcher's state in SQLite (WAL): registration tokens, runners, events.
+
+Every change is one transaction (``with self.db:``), so a dispatcher that stops at any
+point comes back with what was committed. Secrets and tokens are stored as SHA-256
+digests, never in clear.
+
+Resource handling: one connection, opened by :meth:`DispatcherStore.open` and closed by
+:meth:`close`; calls are short and local, made from the trio thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+__all__ = ["DispatcherStore", "digest"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokens (
+    digest TEXT PRIMARY KEY, created REAL NOT NULL, expires REAL NOT NULL, used_by TEXT
+);
+CREATE TABLE IF NOT EXISTS runners (
+    id TEXT PRIMARY KEY, secret_digest TEXT NOT NULL, name TEXT NOT NULL,
+    registered REAL NOT NULL, status TEXT NOT NULL, last_seen REAL,
+    hardware TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, runner TEXT,
+    kind TEXT NOT NULL, detail TEXT NOT NULL
+);
+"""
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class DispatcherStore:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    @classmethod
+    def open(cls, state_dir: Path) -> DispatcherStore:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        db = sqlite3.connect(state_dir / "dispatcher.sqlite3", isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(SCHEMA)
+        db.isolation_level = "DEFERRED"  # `with db:` is one transaction from here on
+        return cls(db)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ------------------------------------------------------------------ tokens
+
+    def add_token(self, token: str, ttl: float) -> float:
+        now = time.time()
+        with self.db:
+            self.db.execute(
+                "INSERT INTO tokens (digest, created, expires) VALUES (?, ?, ?)",
+                (digest(token), now, now + ttl),
+            )
+        return now + ttl
+
+    def use_token(self, token: str, runner_id: str) -> str | None:
+        """Mark the token used by ``runner_id``; None if that worked, else why not."""
+        with self.db:
+            row = self.db.execute(
+                "SELECT expires, used_by FROM tokens WHERE digest = ?", (digest(token),)
+            ).fetchone()
+            if row is None:
+                return "unknown registration token"
+            if row["used_by"] is not None:
+                return "this registration token was already used (a token works once)"
+            if row["expires"] < time.time():
+                return "this registration token has expired"
+            self.db.execute(
+                "UPDATE tokens SET used_by = ? WHERE digest = ?", (runner_id, digest(token))
+            )
+        return None
+
+    # ------------------------------------------------------------------ runners
+
+    def add_runner(self, runner_id: str, secret: str, name: str) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT INTO runners (id, secret_digest, name, registered, status) VALUES (?, ?, ?, ?, ?)",
+                (runner_id, digest(secret), name, time.time(), "registered"),
+            )
+
+    def runner(self, runner_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM runners WHERE id = ?", (runner_id,)).fetchone()
+        return _runner(row) if row is not None else None
+
+    def check_secret(self, runner_id: str, secret: str) -> bool:
+        row = self.db.execute(
+            "SELECT secret_digest FROM runners WHERE id = ?", (runner_id,)
+        ).fetchone()
+        return row is not None and row["secret_digest"] == digest(secret)
+
+    def runners(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM runners ORDER BY registered").fetchall()
+        return [_runner(row) for row in rows]
+
+    def update_runner(self, runner_id: str, **fields: Any) -> None:
+        if "hardware" in fields:
+            fields["hardware"] = orjson.dumps(fields["hardware"]).decode()
+        assigns = ", ".join(f"{name} = ?" for name in fields)
+        with self.db:
+            self.db.execute(
+                f"UPDATE runners SET {assigns} WHERE id = ?",
+                (*fields.values(), runner_id),
+            )
+
+    # ------------------------------------------------------------------ events
+
+    def add_event(self, runner_id: str | None, kind: str, detail: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        with self.db:
+            cur = self.db.execute(
+                "INSERT INTO events (time, runner, kind, detail) VALUES (?, ?, ?, ?)",
+                (now, runner_id, kind, orjson.dumps(detail).decode()),
+            )
+        return {"id": cur.lastrowid, "time": now, "runner": runner_id, "kind": kind, **detail}
+
+    def events(self, since: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (since, limit)
+        ).fetchall()
+        return [
+            {
+                "id": r["id"],
+                "time": r["time"],
+                "runner": r["runner"],
+                "kind": r["kind"],
+                **orjson.loads(r["detail"]),
+            }
+            for r in rows
+        ]
+
+
+def _runner(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "registered": row["registered"],
+        "status": row["status"],
+        "lastSeen": row["last_seen"],
+        "hardware": orjson.loads(row["hardware"]),
+    }

@@ -1,0 +1,221 @@
+"""A real dispatcher process and real runner processes: registration, hardware,
+heartbeats, loss, sign-off, and a dispatcher restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import orjson
+import pytest
+
+from ..api.helpers import ServerProcess
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+
+class DispatcherProcess(ServerProcess):
+    def __init__(self, state_dir: Path, port: int = 0, heartbeat: float = 0.2) -> None:
+        super().__init__(state_dir)
+        self.port = port
+        self.heartbeat = heartbeat
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "fifoflow.api", "dispatcher", "serve",
+            "--port", str(self.port), "--state-dir", str(self.state_dir),
+            "--heartbeat", str(self.heartbeat),
+        ]  # fmt: skip
+
+    def api(self, method: str, path: str, **kw: Any) -> Any:
+        token = (self.state_dir / "token").read_text().strip()
+        response = httpx.request(
+            method, self.url + path, headers={"Authorization": f"Bearer {token}"}, timeout=30, **kw
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def token(self) -> str:
+        return self.api("POST", "/tokens")["token"]
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float = 20) -> Any:
+    """Poll a condition of the dispatcher's state with a deadline (its API has no push)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def runner_status(dispatcher: DispatcherProcess, runner_id: str) -> str:
+    return next(r["status"] for r in dispatcher.api("GET", "/runners") if r["id"] == runner_id)
+
+
+def events(
+    dispatcher: DispatcherProcess, kind: str, runner_id: str | None = None
+) -> list[dict[str, Any]]:
+    return [
+        e for e in dispatcher.api("GET", "/events")
+        if e["kind"] == kind and (runner_id is None or e["runner"] == runner_id)
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def dispatcher(tmp_path: Path) -> Iterator[DispatcherProcess]:
+    proc = DispatcherProcess(tmp_path / "dispatcher")
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def start_runner(
+    tmp_path: Path, name: str, dispatcher: DispatcherProcess, token: str | None
+) -> ServerProcess:
+    extra = ["--dispatcher", dispatcher.url]
+    if token:
+        extra += ["--registration-token", token]
+    runner = ServerProcess(tmp_path / name, *extra)
+    runner.start()
+    return runner
+
+
+def linked_id(runner: ServerProcess) -> str:
+    assert runner.proc is not None
+    # The runner prints "linked ... as <id>" once its first ready was accepted.
+    fd = runner.proc.stdout.fileno()  # type: ignore[union-attr]
+    buffer = "\n".join(runner.lines)
+    deadline = time.monotonic() + 20
+    while " as r-" not in buffer:
+        assert time.monotonic() < deadline, buffer
+        import select
+
+        ready, _, _ = select.select([fd], [], [], 1)
+        if ready:
+            buffer += os.read(fd, 65536).decode()
+    return "r-" + buffer.split(" as r-", 1)[1].split()[0]
+
+
+def test_three_runners_register_report_and_sign_off(
+    tmp_path: Path, dispatcher: DispatcherProcess
+) -> None:
+    runners = [start_runner(tmp_path, f"r{i}", dispatcher, dispatcher.token()) for i in range(3)]
+    try:
+        ids = [linked_id(r) for r in runners]
+        listed = {r["id"]: r for r in dispatcher.api("GET", "/runners")}
+        assert sorted(listed) == sorted(ids)
+        for rid in ids:
+            assert listed[rid]["status"] == "ready"
+            hw = listed[rid]["hardware"]
+            assert hw["cpus"] >= 1
+            assert {"python", "node", "exec"} <= set(hw["runtimes"])
+            [report] = events(dispatcher, "hardware", rid)
+            assert report["full"] is True
+        identity = tmp_path / "r0" / "dispatcher.json"
+        assert oct(identity.stat().st_mode & 0o777) == "0o600"
+        assert orjson.loads(identity.read_bytes())["runnerId"] == ids[0]
+
+        # SIGTERM: the runner signs off and exits 0.
+        assert runners[0].stop() == 0
+        assert runner_status(dispatcher, ids[0]) == "signed-off"
+
+        # Restart with a changed cached hardware copy: only the difference is sent.
+        cache = tmp_path / "r0" / "hardware.json"
+        real = orjson.loads(cache.read_bytes())
+        cache.write_bytes(orjson.dumps({**real, "cpus": 999, "os": "Plan 9"}))
+        runners[0] = start_runner(tmp_path, "r0", dispatcher, None)  # no token needed now
+        assert linked_id(runners[0]) == ids[0]
+        reports = events(dispatcher, "hardware", ids[0])
+        assert reports[-1]["full"] is False
+        assert reports[-1]["changes"] == {"cpus": real["cpus"], "os": real["os"]}
+        assert runner_status(dispatcher, ids[0]) == "ready"
+
+        # SIGKILL: no sign-off; the dispatcher marks it lost after the TTL (3 x 0.2 s).
+        assert runners[1].proc is not None
+        runners[1].proc.send_signal(signal.SIGKILL)
+        runners[1].proc.wait()
+        wait_until(
+            "the killed runner to be lost", lambda: runner_status(dispatcher, ids[1]) == "lost"
+        )
+        [lost] = events(dispatcher, "lost", ids[1])
+        assert lost["silentFor"] >= 0.6
+        assert runner_status(dispatcher, ids[2]) == "ready"  # the others are fine
+    finally:
+        for runner in runners:
+            runner.stop()
+
+
+def test_a_used_or_unknown_token_is_refused(tmp_path: Path, dispatcher: DispatcherProcess) -> None:
+    token = dispatcher.token()
+    first = start_runner(tmp_path, "a", dispatcher, token)
+    try:
+        linked_id(first)
+        for name, bad in (("b", token), ("c", "ffreg_nope")):
+            done = subprocess.run(
+                [sys.executable, "-m", "fifoflow.api", "runner", "serve", "--port", "0",
+                 "--state-dir", str(tmp_path / name), "--dispatcher", dispatcher.url,
+                 "--registration-token", bad],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert done.returncode == 2
+            expected = "already used" if bad == token else "unknown registration token"
+            assert expected in done.stderr
+            assert "fifoflow dispatcher token" in done.stderr
+        unregistered = subprocess.run(
+            [sys.executable, "-m", "fifoflow.api", "runner", "serve", "--port", "0",
+             "--state-dir", str(tmp_path / "d"), "--dispatcher", dispatcher.url],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert unregistered.returncode == 2
+        assert "not registered" in unregistered.stderr
+    finally:
+        first.stop()
+
+
+def test_runners_reconnect_after_a_dispatcher_restart(tmp_path: Path) -> None:
+    dispatcher = DispatcherProcess(tmp_path / "dispatcher")
+    dispatcher.start()
+    port = int(dispatcher.url.rsplit(":", 1)[1])
+    runner = start_runner(tmp_path, "r", dispatcher, dispatcher.token())
+    try:
+        rid = linked_id(runner)
+        assert dispatcher.stop() == 0
+        dispatcher = DispatcherProcess(tmp_path / "dispatcher", port=port)
+        dispatcher.start()
+        # Same runners (SQLite), and the runner comes back on its own (backoff).
+        assert [r["id"] for r in dispatcher.api("GET", "/runners")] == [rid]
+        wait_until(
+            "the runner to reconnect", lambda: len(events(dispatcher, "connected", rid)) >= 2
+        )
+        wait_until(
+            "the runner to be ready again", lambda: runner_status(dispatcher, rid) == "ready"
+        )
+        assert len(events(dispatcher, "registered", rid)) == 1
+    finally:
+        runner.stop()
+        dispatcher.stop()
+
+
+def test_operator_routes_need_the_token(dispatcher: DispatcherProcess) -> None:
+    for method, path in (
+        ("GET", "/runners"),
+        ("POST", "/tokens"),
+        ("GET", "/events"),
+        ("GET", "/health"),
+    ):
+        response = httpx.request(method, dispatcher.url + path, timeout=30)
+        assert response.status_code == 401
+        assert response.json()["error"]["field"] == "Authorization"
+    assert dispatcher.api("GET", "/health")["status"] == "ok"
