@@ -6,7 +6,12 @@ Operators (``Authorization: Bearer <token from the dispatcher's state dir>``)::
     POST /tokens  {ttl?}         a one-time registration token for a new runner
     GET  /runners                every runner: status, last heartbeat, hardware
     GET  /events[?since=ID]      what happened (registered, connected, hardware, ready,
-                                 lost, back, signed-off), oldest first
+                                 lost, back, signed-off, placed, pending, displaced), oldest first
+    POST /flows {flow}           deploy: place the flow on a runner (201)
+    GET  /flows[/{id}]           where each flow runs (status placed|pending, reason)
+    DELETE /flows/{id}
+    POST /flows/{id}/start|stop, POST /flows/{id}/modules/{m}/inputs/{port} {msgs},
+    GET  /flows/{id}/modules/{m}/state      forwarded to the runner that holds the flow
     GET  /openapi.json
 
 Runners: ``GET /link`` is a WebSocket carrying JSON-RPC 2.0 calls from the runner:
@@ -27,16 +32,18 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import hypercorn.config
 import hypercorn.trio
-import orjson
 import trio
 import trio.lowlevel
 from quart import Blueprint, Response, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from ..dispatcher.service import Dispatcher, DispatcherConfig, DispatcherError
+from ..dispatcher.service import Dispatcher, DispatcherConfig, DispatcherError, flow_summary
+from ..flows import FlowError
+from ..runner.errors import RunnerError
+from ..runner.rpc import RemoteError, RpcPeer
 from .auth import check_token, load_or_create_token
-from .errors import ApiError, InvalidParams, Unauthorized
+from .errors import ApiError, InvalidParams, Unauthorized, error_body
 from .http import json_response, read_json
 
 if TYPE_CHECKING:
@@ -57,9 +64,17 @@ def _error_response(exc: Exception) -> Response:
     if isinstance(exc, ApiError):
         return json_response(exc.body(), exc.status)
     if isinstance(exc, DispatcherError):
-        status = 404 if exc.code == "unknown_runner" else 409
+        status = 404 if exc.code in ("unknown_runner", "flow_not_found") else 409
         error = ApiError(str(exc), status=status, code=exc.code, field=exc.field)
         return json_response(error.body(), status)
+    if isinstance(exc, RemoteError):
+        # what the runner said about a forwarded call
+        status = 404 if (exc.remote_code or "").endswith("not_found") else 409
+        error = ApiError(str(exc), status=status, code=exc.remote_code or exc.code)
+        return json_response(error.body(), status)
+    if isinstance(exc, (FlowError, RunnerError)):
+        body, status = error_body(exc)
+        return json_response(body, status)
     raise TypeError(exc) from exc
 
 
@@ -130,6 +145,48 @@ def create_dispatcher_app(dispatcher: Dispatcher, token: str) -> QuartTrio:
             raise InvalidParams("since must be an integer event id", field="since") from None
         return json_response(dispatcher.events(since))
 
+    @bp.get("/flows")
+    async def flows() -> Response:
+        return json_response(dispatcher.flows())
+
+    @bp.post("/flows")
+    async def deploy() -> Response:
+        body = await read_json()
+        if not isinstance(body, dict):
+            raise InvalidParams("the body must be a flow document (a JSON object)", field="body")
+        return json_response(await dispatcher.deploy(body), 201)
+
+    @bp.get("/flows/<flowId>")
+    async def get_flow(flowId: str) -> Response:
+        record = dispatcher.flow(flowId)
+        return json_response(
+            {**flow_summary(record), "states": record["states"], "flow": record["document"]}
+        )
+
+    @bp.delete("/flows/<flowId>")
+    async def remove_flow(flowId: str) -> Response:
+        await dispatcher.remove(flowId)
+        return json_response({"removed": flowId})
+
+    @bp.post("/flows/<flowId>/<any(start, stop):action>")
+    async def start_stop(flowId: str, action: str) -> Response:
+        return json_response(await dispatcher.forward(flowId, action))
+
+    @bp.post("/flows/<flowId>/modules/<moduleId>/inputs/<port>")
+    async def inject(flowId: str, moduleId: str, port: str) -> Response:
+        body = await read_json()
+        if not isinstance(body, dict) or not isinstance(body.get("msgs"), list):
+            raise InvalidParams('the body must be {"msgs": [...]}', field="msgs")
+        return json_response(
+            await dispatcher.forward(
+                flowId, "inject", moduleId=moduleId, port=port, msgs=body["msgs"]
+            )
+        )
+
+    @bp.get("/flows/<flowId>/modules/<moduleId>/state")
+    async def module_state(flowId: str, moduleId: str) -> Response:
+        return json_response(await dispatcher.forward(flowId, "state", moduleId=moduleId))
+
     @bp.get("/openapi.json")
     async def openapi() -> Response:
         return json_response(_openapi(dispatcher.version))
@@ -148,65 +205,37 @@ def create_dispatcher_app(dispatcher: Dispatcher, token: str) -> QuartTrio:
 
 
 class RunnerLink:
-    """One runner's control link: JSON-RPC calls from the runner, in order."""
+    """One runner's control link: JSON-RPC both ways (``runner/rpc.py``)."""
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
         self.runner_id: str | None = None
+        self.peer: RpcPeer | None = None
+        self.nursery: trio.Nursery | None = None
 
     async def serve(self) -> None:
         await websocket.accept()
-        while True:
-            raw = await websocket.receive()
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            peer = self.peer = RpcPeer(websocket.send, self.handle, nursery)
             try:
-                message = orjson.loads(raw)
-                method, params, request_id = (
-                    message["method"],
-                    message.get("params") or {},
-                    message.get("id"),
-                )
-                if not isinstance(method, str) or not isinstance(params, dict):
-                    raise TypeError
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                await websocket.send(
-                    orjson.dumps(
-                        {
-                            "jsonrpc": "2.0",
-                            "id": None,
-                            "error": {"code": -32600, "message": "not a JSON-RPC call"},
-                        }
-                    ).decode()
-                )
-                continue
-            try:
-                result = self.call(method, params)
-                reply: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "result": result}
-            except DispatcherError as exc:
-                reply = {
-                    "jsonrpc": "2.0",
-                    "id": request_id,
-                    "error": {
-                        "code": -32000,
-                        "message": str(exc),
-                        "data": {"code": exc.code, "field": exc.field},
-                    },
-                }
-            except (KeyError, TypeError, ValueError) as exc:
-                reply = {
-                    "jsonrpc": "2.0",
-                    "id": request_id,
-                    "error": {"code": -32602, "message": f"bad params for {method}: {exc}"},
-                }
-            if request_id is not None:
-                await websocket.send(orjson.dumps(reply).decode())
+                while True:
+                    peer.feed(await websocket.receive())
+            finally:
+                peer.close()
+                if self.runner_id is not None:
+                    self.dispatcher.detach(self.runner_id, peer)
+                nursery.cancel_scope.cancel()
 
-    def call(self, method: str, params: dict[str, Any]) -> Any:
+    async def handle(self, method: str, params: dict[str, Any]) -> Any:
         d = self.dispatcher
         if method == "register":
             return d.register(str(params["token"]), str(params.get("name") or "runner"))
         if method == "hello":
             answer = d.hello(str(params["runnerId"]), str(params["secret"]), params.get("version"))
             self.runner_id = str(params["runnerId"])
+            assert self.peer is not None
+            d.attach(self.runner_id, self.peer)
             return answer
         if self.runner_id is None:
             raise DispatcherError("say hello first (runnerId and secret)")
@@ -220,6 +249,9 @@ class RunnerLink:
             return True
         if method == "ready":
             d.ready(self.runner_id)
+            flows = params.get("flows") or []
+            assert self.nursery is not None
+            self.nursery.start_soon(d.runner_ready, self.runner_id, flows)
             return True
         if method == "heartbeat":
             d.heartbeat(self.runner_id)
@@ -227,6 +259,9 @@ class RunnerLink:
         if method == "signoff":
             d.sign_off(self.runner_id)
             return True
+        if method == "snapshot":
+            d.snapshot(self.runner_id, str(params["flowId"]), dict(params["states"]))
+            return None
         raise DispatcherError(f"unknown method {method!r}")
 
 
@@ -253,6 +288,22 @@ def _openapi(version: str) -> dict[str, Any]:
             "/tokens": {"post": op("issueToken", "A one-time registration token", "201")},
             "/runners": {"get": op("listRunners", "Every runner and its status")},
             "/events": {"get": op("listEvents", "What happened, oldest first")},
+            "/flows": {
+                "get": op("listFlows", "Deployed flows and where they run"),
+                "post": op("deployFlow", "Deploy (place) a flow", "201"),
+            },
+            "/flows/{flowId}": {
+                "get": op("getFlow", "A flow, its placement and document"),
+                "delete": op("removeFlow", "Remove a flow"),
+            },
+            "/flows/{flowId}/start": {"post": op("startFlow", "Start a deployed flow")},
+            "/flows/{flowId}/stop": {"post": op("stopFlow", "Stop a deployed flow")},
+            "/flows/{flowId}/modules/{moduleId}/inputs/{port}": {
+                "post": op("inject", "Send messages into a module")
+            },
+            "/flows/{flowId}/modules/{moduleId}/state": {
+                "get": op("getModuleState", "A module's state")
+            },
             "/openapi.json": {"get": op("openapi", "This document")},
             "/link": {
                 "get": {

@@ -14,7 +14,16 @@ Runner lifecycle, as the dispatcher sees it (``status``)::
   ``ready``. Heartbeats keep it ``ready``; :meth:`Dispatcher.run` marks a runner ``lost``
   when its last heartbeat is older than ``ttl`` (3 intervals by default).
 
-Placement, relay and the ``local`` backend build on this (next steps, see README.md).
+Placement (this step: a whole flow on one runner). ``deploy`` stores the flow and places
+it on a ``ready`` runner whose link is up, that has every runtime the flow needs, with
+the fewest flows; the runner gets it over its control link (``deploy``). When none
+can take it, the flow waits as ``pending`` with the reason, and is placed when a runner
+becomes ready. Runners send the module states of each checkpoint (``snapshot``); when a
+runner is lost, its flows are placed again elsewhere from their last snapshot (module
+state survives; messages that were queued in the lost runner are lost with it). A
+runner that comes back after being declared lost is told to remove the flows that now
+run elsewhere, so a flow never runs in two places. Spanning runners (relay) and the
+``local`` backend come next (README.md).
 
 Error handling: every refusal is a :class:`DispatcherError` whose message says what to
 do; nothing a runner sends can stop the service.
@@ -25,28 +34,45 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
+import orjson
 import trio
 
+from ..flows import dump_flow, parse_flow
+from ..runner.errors import RunnerError
+from ..runner.rpc import LinkClosed, RemoteError, RpcPeer
+from ..runtimes.registry import discover
 from .store import DispatcherStore
 
-__all__ = ["Dispatcher", "DispatcherConfig", "DispatcherError"]
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+__all__ = ["Dispatcher", "DispatcherConfig", "DispatcherError", "flow_summary"]
 
 SECONDS = 1.0
 
 
-class DispatcherError(Exception):
+class DispatcherError(RunnerError):
     code = "dispatcher_error"
-    field: str | None = None
 
 
 class RegistrationRefused(DispatcherError):
     code = "registration_refused"
     field = "token"
+
+
+class FlowUnknown(DispatcherError):
+    code = "flow_not_found"
+    field = "flowId"
+
+
+class FlowPending(DispatcherError):
+    code = "flow_pending"
 
 
 class UnknownRunner(DispatcherError):
@@ -73,6 +99,10 @@ class Dispatcher:
     def __init__(self, config: DispatcherConfig) -> None:
         self.config = config
         self.store = DispatcherStore.open(config.state_dir)
+        #: runner id -> the RPC peer of its live control link
+        self.links: dict[str, RpcPeer] = {}
+        self._nursery: trio.Nursery | None = None
+        self._placing = trio.Lock()
         self.started_at = time.time()
         self._changed = trio.Event()
         try:
@@ -83,13 +113,17 @@ class Dispatcher:
     async def run(
         self, *, task_status: trio.TaskStatus[Dispatcher] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Watch heartbeats until cancelled."""
+        """Watch heartbeats and place flows until cancelled."""
         try:
-            task_status.started(self)
-            while True:
-                await trio.sleep(min(self.config.heartbeat, self.config.runner_ttl) / 2)
-                self.check_liveness()
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started(self)
+                while True:
+                    await trio.sleep(min(self.config.heartbeat, self.config.runner_ttl) / 2)
+                    for runner_id in self.check_liveness():
+                        self.displace(runner_id)
         finally:
+            self._nursery = None
             self.store.close()
 
     # ------------------------------------------------------------------ operators
@@ -192,8 +226,154 @@ class Dispatcher:
                 lost.append(runner["id"])
         return lost
 
+    # ------------------------------------------------------------------ links
+
+    def attach(self, runner_id: str, peer: RpcPeer) -> None:
+        self.links[runner_id] = peer
+
+    def detach(self, runner_id: str, peer: RpcPeer) -> None:
+        if self.links.get(runner_id) is peer:
+            del self.links[runner_id]
+
+    async def runner_ready(self, runner_id: str, flows: list[dict[str, Any]]) -> None:
+        """A runner said ready: remove flows it holds that run elsewhere now, then
+        place what is pending."""
+        peer = self.links.get(runner_id)
+        for summary in flows:
+            fid = summary.get("id")
+            record = self.store.flow(fid) if isinstance(fid, str) else None
+            if peer is not None and (record is None or record["runner"] != runner_id):
+                with suppress_remote():
+                    await peer.call("remove", flowId=fid)
+                self.store.add_event(runner_id, "removed-stale-flow", {"flow": fid})
+        await self.place_pending()
+
+    def snapshot(self, runner_id: str, flow_id: str, states: dict[str, Any]) -> None:
+        record = self.store.flow(flow_id)
+        if record is not None and record["runner"] == runner_id:
+            self.store.update_flow(flow_id, states=states)
+
+    # ------------------------------------------------------------------ flows
+
+    def flows(self) -> list[dict[str, Any]]:
+        return [flow_summary(f) for f in self.store.flows()]
+
+    def flow(self, flow_id: str) -> dict[str, Any]:
+        record = self.store.flow(flow_id)
+        if record is None:
+            known = ", ".join(f["id"] for f in self.store.flows()) or "none"
+            raise FlowUnknown(f"no flow {flow_id!r} (flows: {known})")
+        return record
+
+    async def deploy(self, document: dict[str, Any]) -> dict[str, Any]:
+        flow = parse_flow(document, base_dir=None, runtimes=discover().keys(), source_name="flow")
+        standalone = orjson.loads(dump_flow(flow, inline=True))
+        existing = self.store.flow(flow.id)
+        self.store.put_flow(flow.id, standalone)
+        self.store.add_event(None, "deployed", {"flow": flow.id})
+        if existing is not None and existing["runner"] and existing["runner"] in self.links:
+            # Update in place on its runner (a hot swap there when it runs).
+            await self.links[existing["runner"]].call("deploy", flow=standalone, start=True)
+        else:
+            await self.place(flow.id)
+        return flow_summary(self.flow(flow.id))
+
+    async def remove(self, flow_id: str) -> None:
+        record = self.flow(flow_id)
+        peer = self.links.get(record["runner"] or "")
+        if peer is not None:
+            with suppress_remote():
+                await peer.call("remove", flowId=flow_id)
+        self.store.remove_flow(flow_id)
+        self.store.add_event(record["runner"], "flow-removed", {"flow": flow_id})
+
+    async def forward(self, flow_id: str, method: str, **params: Any) -> Any:
+        """Call the runner that holds the flow (inject, state, start, stop, describe)."""
+        record = self.flow(flow_id)
+        peer = self.links.get(record["runner"] or "")
+        if peer is None:
+            raise FlowPending(
+                f"flow {flow_id!r} is {record['status']}"
+                + (f" ({record['reason']})" if record["reason"] else "")
+                + "; it has no runner right now"
+            )
+        return await peer.call(method, flowId=flow_id, **params)
+
+    def displace(self, runner_id: str) -> None:
+        """The runner is gone: its flows go back to pending and are placed again."""
+        for record in self.store.flows():
+            if record["runner"] == runner_id:
+                self.store.update_flow(
+                    record["id"],
+                    runner=None,
+                    status="pending",
+                    reason=f"runner {runner_id} was lost",
+                )
+                self.store.add_event(runner_id, "displaced", {"flow": record["id"]})
+        if self._nursery is not None:
+            self._nursery.start_soon(self.place_pending)
+
+    async def place_pending(self) -> None:
+        for record in self.store.flows():
+            if record["status"] == "pending":
+                await self.place(record["id"])
+
+    async def place(self, flow_id: str) -> None:
+        async with self._placing:
+            record = self.flow(flow_id)
+            if record["status"] == "placed" and record["runner"] in self.links:
+                return
+            needed = {m["runtime"] for m in record["document"]["modules"]}
+            load = {}
+            for f in self.store.flows():
+                if f["runner"]:
+                    load[f["runner"]] = load.get(f["runner"], 0) + 1
+            candidates = [
+                r for r in self.store.runners()
+                if r["status"] == "ready" and r["id"] in self.links
+                and needed <= set(r["hardware"].get("runtimes", ()))
+            ]  # fmt: skip
+            candidates.sort(key=lambda r: (load.get(r["id"], 0), r["registered"]))
+            reasons = []
+            for runner in candidates:
+                try:
+                    await self.links[runner["id"]].call(
+                        "deploy", flow=record["document"], states=record["states"], start=True
+                    )
+                except (RemoteError, LinkClosed) as exc:
+                    reasons.append(f"{runner['id']}: {exc}")
+                    continue
+                self.store.update_flow(flow_id, runner=runner["id"], status="placed", reason=None)
+                self.store.add_event(runner["id"], "placed", {"flow": flow_id})
+                return
+            if not candidates:
+                reasons.append(f"no ready runner has the runtimes {', '.join(sorted(needed))}")
+            reason = "; ".join(reasons)
+            self.store.update_flow(flow_id, runner=None, status="pending", reason=reason)
+            self.store.add_event(None, "pending", {"flow": flow_id, "reason": reason})
+
     def _runner(self, runner_id: str) -> dict[str, Any]:
         runner = self.store.runner(runner_id)
         if runner is None:
             raise UnknownRunner(f"no runner {runner_id!r}")
         return runner
+
+
+def flow_summary(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": record["id"],
+        "runner": record["runner"],
+        "status": record["status"],
+        "reason": record["reason"],
+        "modules": [m["id"] for m in record["document"]["modules"]],
+        "snapshot": bool(record["states"]),
+        "updated": record["updated"],
+    }
+
+
+@contextmanager
+def suppress_remote() -> Iterator[None]:
+    try:
+        yield
+    except (RemoteError, LinkClosed):
+        pass

@@ -31,6 +31,10 @@ CREATE TABLE IF NOT EXISTS runners (
     registered REAL NOT NULL, status TEXT NOT NULL, last_seen REAL,
     hardware TEXT NOT NULL DEFAULT '{}'
 );
+CREATE TABLE IF NOT EXISTS flows (
+    id TEXT PRIMARY KEY, document TEXT NOT NULL, runner TEXT, status TEXT NOT NULL,
+    reason TEXT, states TEXT NOT NULL DEFAULT '{}', updated REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, runner TEXT,
     kind TEXT NOT NULL, detail TEXT NOT NULL
@@ -121,6 +125,35 @@ class DispatcherStore:
                 (*fields.values(), runner_id),
             )
 
+    # ------------------------------------------------------------------ flows
+
+    def put_flow(self, flow_id: str, document: dict[str, Any]) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT INTO flows (id, document, status, updated) VALUES (?, ?, 'pending', ?) "
+                "ON CONFLICT(id) DO UPDATE SET document = excluded.document, updated = excluded.updated",
+                (flow_id, orjson.dumps(document).decode(), time.time()),
+            )
+
+    def flow(self, flow_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM flows WHERE id = ?", (flow_id,)).fetchone()
+        return _flow(row) if row is not None else None
+
+    def flows(self) -> list[dict[str, Any]]:
+        return [_flow(r) for r in self.db.execute("SELECT * FROM flows ORDER BY id").fetchall()]
+
+    def update_flow(self, flow_id: str, **fields: Any) -> None:
+        if "states" in fields:
+            fields["states"] = orjson.dumps(fields["states"]).decode()
+        fields["updated"] = time.time()
+        assigns = ", ".join(f"{name} = ?" for name in fields)  # column names are ours
+        with self.db:
+            self.db.execute(f"UPDATE flows SET {assigns} WHERE id = ?", (*fields.values(), flow_id))
+
+    def remove_flow(self, flow_id: str) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM flows WHERE id = ?", (flow_id,))
+
     # ------------------------------------------------------------------ events
 
     def add_event(self, runner_id: str | None, kind: str, detail: dict[str, Any]) -> dict[str, Any]:
@@ -156,4 +189,16 @@ def _runner(row: sqlite3.Row) -> dict[str, Any]:
         "status": row["status"],
         "lastSeen": row["last_seen"],
         "hardware": orjson.loads(row["hardware"]),
+    }
+
+
+def _flow(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "document": orjson.loads(row["document"]),
+        "runner": row["runner"],
+        "status": row["status"],
+        "reason": row["reason"],
+        "states": orjson.loads(row["states"]),
+        "updated": row["updated"],
     }

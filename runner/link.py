@@ -8,7 +8,12 @@
    cached in ``<state dir>/hardware.json`` — and ``ready``.
 3. Heartbeats every interval the dispatcher asks for. A dropped link is reopened with
    exponential backoff and jitter (0.2 s doubling up to 10 s), then step 2 again.
-4. :meth:`DispatcherLink.sign_off` on shutdown.
+4. Calls from the dispatcher, over the same link (``runner/rpc.py``): ``deploy`` (a
+   flow document, optional module states, start), ``start``, ``stop``, ``remove``,
+   ``inject``, ``state``, ``describe``; and the runner sends ``snapshot`` notifications
+   of each checkpointed flow's module states, so that a flow placed again elsewhere
+   resumes from them.
+5. :meth:`DispatcherLink.sign_off` on shutdown.
 
 Resource handling: the WebSocket and its tasks live inside :meth:`DispatcherLink.run`.
 """
@@ -19,6 +24,7 @@ import platform
 import random
 import shutil
 import socket
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -26,10 +32,13 @@ import psutil
 import trio
 import trio_websocket
 
+from ..flows import parse_flow
 from .errors import RunnerError
+from .rpc import LinkClosed, RemoteError, RpcPeer
 from .store import atomic_write
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
     from .service import Runner
@@ -79,7 +88,7 @@ class DispatcherLink:
         self.runner_id: str | None = None
         self.connected = trio.Event()
         self._ws: trio_websocket.WebSocketConnection | None = None
-        self._ids = 0
+        self._peer: RpcPeer | None = None
 
     @property
     def ws_url(self) -> str:
@@ -92,10 +101,16 @@ class DispatcherLink:
         delay = 0.2
         while True:
             try:
-                async with trio_websocket.open_websocket_url(self.ws_url) as ws:
+                async with (
+                    _unwrapped(),
+                    trio_websocket.open_websocket_url(self.ws_url) as ws,
+                    trio.open_nursery() as nursery,
+                ):
                     self._ws = ws
+                    peer = self._peer = RpcPeer(ws.send_message, self._handle, nursery)
+                    nursery.start_soon(self._read, ws, peer)
                     identity = await self._identity()
-                    answer = await self._call(
+                    answer = await peer.call(
                         "hello",
                         runnerId=identity["runnerId"],
                         secret=identity["secret"],
@@ -103,17 +118,22 @@ class DispatcherLink:
                     )
                     self.runner_id = identity["runnerId"]
                     await self._report_hardware()
-                    await self._call("ready")
+                    await peer.call("ready", flows=self.runner.flows())
                     self.connected.set()
                     delay = 0.2
                     if not started:
                         started = True
                         task_status.started(self.runner_id)
+                    nursery.start_soon(self._forward_snapshots, peer)
                     while True:
                         await trio.sleep(float(answer["heartbeat"]))
-                        await self._call("heartbeat")
-            except (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed) as exc:
-                self._ws = None
+                        await peer.call("heartbeat")
+            except (
+                OSError,
+                trio_websocket.HandshakeError,
+                trio_websocket.ConnectionClosed,
+                LinkClosed,
+            ) as exc:
                 self.connected = trio.Event()
                 if (
                     not started
@@ -124,18 +144,85 @@ class DispatcherLink:
                     raise LinkRefused(f"cannot reach the dispatcher at {self.url}: {exc}") from None
                 await trio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 10.0)
+            except RemoteError as exc:
+                raise LinkRefused(f"the dispatcher refused this runner: {exc}") from None
             finally:
                 self._ws = None
+                if self._peer is not None:
+                    self._peer.close()
+                    self._peer = None
+
+    async def _read(self, ws: trio_websocket.WebSocketConnection, peer: RpcPeer) -> None:
+        try:
+            while True:
+                peer.feed(await ws.get_message())
+        except trio_websocket.ConnectionClosed:
+            peer.close()
+            raise
 
     async def sign_off(self) -> None:
         """Tell the dispatcher this runner stops (best effort, bounded)."""
-        if self._ws is None:
+        if self._peer is None:
             return
         with trio.move_on_after(2):
             try:
-                await self._call("signoff")
-            except (trio_websocket.ConnectionClosed, LinkRefused, OSError):
+                await self._peer.call("signoff")
+            except (trio_websocket.ConnectionClosed, RunnerError, OSError):
                 pass
+
+    async def _forward_snapshots(self, peer: RpcPeer) -> None:
+        """Send each checkpointed module state to the dispatcher: a flow placed again
+        elsewhere starts from it."""
+        sub = self.runner.subscribe(kinds=["checkpoint"], capacity=1000)
+        try:
+            async for event in sub:
+                fid = event.get("flow")
+                if fid is None:
+                    continue
+                try:
+                    states = self.runner.flow(fid).snapshot()
+                except RunnerError:
+                    continue
+                await peer.notify("snapshot", flowId=fid, states=states)
+        finally:
+            sub.close()
+
+    async def _handle(self, method: str, params: dict[str, Any]) -> Any:
+        """Calls from the dispatcher: the Runner API for the flows placed here."""
+        runner = self.runner
+        if method == "deploy":
+            flow = parse_flow(
+                params["flow"], base_dir=None, runtimes=runner.runtimes, source_name="flow"
+            )
+            result = await runner.apply_flow(flow, states=params.get("states") or None)
+            if params.get("start", True):
+                await runner.start_flow(flow.id)
+            return {
+                "created": result.created,
+                "swap": result.report,
+                "flow": runner.describe_flow(flow.id),
+            }
+        flow_id = str(params["flowId"])
+        if method == "start":
+            await runner.start_flow(flow_id)
+        elif method == "stop":
+            await runner.stop_flow(flow_id)
+        elif method == "remove":
+            await runner.remove_flow(flow_id)
+            return True
+        elif method == "inject":
+            msgs = params["msgs"]
+            if not isinstance(msgs, list):
+                raise TypeError("msgs must be an array")
+            await runner.inject(
+                flow_id, str(params["moduleId"]), str(params.get("port") or "in"), msgs
+            )
+            return {"accepted": len(msgs)}
+        elif method == "state":
+            return {"state": runner.module_state(flow_id, str(params["moduleId"]))}
+        elif method != "describe":
+            raise RunnerError(f"unknown method {method!r}")
+        return runner.describe_flow(flow_id)
 
     # ------------------------------------------------------------------ steps
 
@@ -151,7 +238,13 @@ class DispatcherLink:
                 f"this runner is not registered with {self.url}: pass --registration-token "
                 "(get one with: fifoflow dispatcher token)"
             )
-        answer = await self._call("register", token=self.registration_token, name=self.name)
+        assert self._peer is not None
+        try:
+            answer = await self._peer.call(
+                "register", token=self.registration_token, name=self.name
+            )
+        except RemoteError as exc:
+            raise LinkRefused(f"the dispatcher refused register: {exc}") from None
         identity = {"url": self.url, "runnerId": answer["runnerId"], "secret": answer["secret"]}
         atomic_write(self.identity_path, orjson.dumps(identity), mode=0o600)
         return identity
@@ -162,27 +255,33 @@ class DispatcherLink:
             cached = orjson.loads(self.hardware_path.read_bytes())
         except (OSError, orjson.JSONDecodeError):
             cached = None
+        assert self._peer is not None
         if cached is None:
-            await self._call("hardware", full=current)
+            await self._peer.call("hardware", full=current)
         else:
             changes = {k: v for k, v in current.items() if cached.get(k) != v}
             if changes:
-                await self._call("hardware", changes=changes)
+                await self._peer.call("hardware", changes=changes)
         atomic_write(self.hardware_path, orjson.dumps(current), mode=0o600)
 
-    async def _call(self, method: str, **params: Any) -> Any:
-        ws = self._ws
-        assert ws is not None
-        self._ids += 1
-        await ws.send_message(
-            orjson.dumps(
-                {"jsonrpc": "2.0", "id": self._ids, "method": method, "params": params}
-            ).decode()
-        )
-        while True:
-            reply = orjson.loads(await ws.get_message())
-            if reply.get("id") == self._ids:
-                break
-        if "error" in reply:
-            raise LinkRefused(f"the dispatcher refused {method}: {reply['error']['message']}")
-        return reply["result"]
+
+@asynccontextmanager
+async def _unwrapped() -> AsyncIterator[None]:
+    """Let the exception a nursery wrapped come out as itself (so that the ``except``
+    clauses about a dropped link see it)."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves: list[BaseException] = []
+
+        def walk(exc: BaseException) -> None:
+            if isinstance(exc, BaseExceptionGroup):
+                for inner in exc.exceptions:
+                    walk(inner)
+            elif not isinstance(exc, trio.Cancelled):
+                leaves.append(exc)
+
+        walk(group)
+        if leaves:
+            raise leaves[0] from None
+        raise

@@ -231,14 +231,21 @@ class Runner:
         """Add a flow (``True``) or update one (``False``); see :meth:`apply_flow`."""
         return (await self.apply_flow(flow, revision=revision)).created
 
-    async def apply_flow(self, flow: Flow, *, revision: int | None = None) -> UpdateResult:
+    async def apply_flow(
+        self,
+        flow: Flow,
+        *,
+        revision: int | None = None,
+        states: dict[str, Any] | None = None,
+    ) -> UpdateResult:
         """Add a flow, or update one. A running flow is hot-swapped (``runner/swap.py``):
         it keeps running, no message is lost, module state is kept; new code that does
         not load is refused (:class:`SwapRejected`) and the old version runs on. A stopped
         flow is replaced, keeping the state of the modules that are still there.
 
         With ``revision``, refuse (:class:`RevisionConflict`) unless the flow is at that
-        revision (``0``: the flow must not exist yet)."""
+        revision (``0``: the flow must not exist yet). ``states`` (module id -> state)
+        seeds a flow that is not running (a flow placed again by a dispatcher)."""
         async with self._lock:
             current = self._flows.get(flow.id)
             have = current.revision if current is not None else 0
@@ -262,6 +269,8 @@ class Runner:
                 run.sink = current.sink
                 run.revision = current.revision + 1
                 run.seed_states(current.snapshot())
+            if states:
+                run.seed_states(states)
             self._flows[flow.id] = run
             self._want_running.setdefault(flow.id, False)
             self._save_flow(run)

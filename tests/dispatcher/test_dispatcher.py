@@ -219,3 +219,114 @@ def test_operator_routes_need_the_token(dispatcher: DispatcherProcess) -> None:
         assert response.status_code == 401
         assert response.json()["error"]["field"] == "Authorization"
     assert dispatcher.api("GET", "/health")["status"] == "ok"
+
+
+COUNTER = {
+    "fifoflow": 1,
+    "id": "counter",
+    "modules": [
+        {
+            "id": "count",
+            "runtime": "python",
+            "code": (
+                "def handle(msg, ctx):\n"
+                "    ctx.state[msg] = ctx.state.get(msg, 0) + 1\n"
+                "    return {msg: ctx.state[msg]}\n"
+            ),
+        }
+    ],
+}
+
+
+def test_a_flow_is_placed_and_moves_off_a_lost_runner_with_its_state(tmp_path: Path) -> None:
+    dispatcher = DispatcherProcess(tmp_path / "dispatcher")
+    dispatcher.start()
+    port = int(dispatcher.url.rsplit(":", 1)[1])
+    runners = [start_runner(tmp_path, f"r{i}", dispatcher, dispatcher.token()) for i in range(2)]
+    try:
+        ids = [linked_id(r) for r in runners]
+        placed = dispatcher.api("POST", "/flows", json=COUNTER)
+        assert placed["status"] == "placed"
+        holder = placed["runner"]
+        other = next(i for i in ids if i != holder)
+        dispatcher.api(
+            "POST", "/flows/counter/modules/count/inputs/in", json={"msgs": ["a", "a", "b"]}
+        )
+        wait_until(
+            "the counts",
+            lambda: (
+                dispatcher.api("GET", "/flows/counter/modules/count/state")["state"]
+                == {"a": 2, "b": 1}
+            ),
+        )
+        # The runner's checkpoint reaches the dispatcher (every second).
+        wait_until(
+            "a snapshot",
+            lambda: (
+                dispatcher.api("GET", "/flows/counter")["states"] == {"count": {"a": 2, "b": 1}}
+            ),
+        )
+
+        killed = runners[ids.index(holder)]
+        assert killed.proc is not None
+        killed.proc.send_signal(signal.SIGKILL)
+        killed.proc.wait()
+        moved = wait_until(
+            "the flow to be placed on the other runner",
+            lambda: (
+                (f := dispatcher.api("GET", "/flows/counter"))["runner"] == other
+                and f["status"] == "placed"
+                and f
+            ),
+        )
+        assert moved["runner"] == other
+        kinds = [e["kind"] for e in dispatcher.api("GET", "/events") if e.get("flow") == "counter"]
+        assert kinds[-3:] == ["placed", "displaced", "placed"]
+        dispatcher.api("POST", "/flows/counter/modules/count/inputs/in", json={"msgs": ["a"]})
+        wait_until(
+            "the counter to go on from its snapshot",
+            lambda: (
+                dispatcher.api("GET", "/flows/counter/modules/count/state")["state"]
+                == {"a": 3, "b": 1}
+            ),
+        )
+
+        # A dispatcher restart keeps flows and placements.
+        assert dispatcher.stop() == 0
+        dispatcher = DispatcherProcess(tmp_path / "dispatcher", port=port)
+        dispatcher.start()
+        [flow] = dispatcher.api("GET", "/flows")
+        assert (flow["id"], flow["runner"], flow["status"]) == ("counter", other, "placed")
+        wait_until(
+            "the runner to be ready again", lambda: runner_status(dispatcher, other) == "ready"
+        )
+        wait_until(
+            "calls to be forwarded again",
+            lambda: _try(
+                lambda: dispatcher.api("GET", "/flows/counter/modules/count/state")["state"]
+            ),
+        )
+    finally:
+        for runner in runners:
+            runner.stop()  # (a killed one: just collects its output and closes its pipe)
+        dispatcher.stop()
+
+
+def _try(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except httpx.HTTPStatusError:
+        return None
+
+
+def test_a_flow_no_runner_can_take_waits_as_pending(dispatcher: DispatcherProcess) -> None:
+    pending = dispatcher.api("POST", "/flows", json=COUNTER)
+    assert pending["status"] == "pending"
+    assert "no ready runner has the runtimes python" in pending["reason"]
+    response = httpx.get(
+        dispatcher.url + "/flows/counter/modules/count/state",
+        headers={"Authorization": f"Bearer {(dispatcher.state_dir / 'token').read_text().strip()}"},
+        timeout=30,
+    )
+    assert response.status_code == 409
+    assert "no runner right now" in response.json()["error"]["message"]

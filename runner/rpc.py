@@ -1,0 +1,123 @@
+"""A JSON-RPC 2.0 peer over any message transport: both ends of a control link call
+each other (the runner calls the dispatcher, the dispatcher calls the runner).
+
+Sans-IO-ish: the owner reads messages and hands each to :meth:`RpcPeer.feed`; the peer
+sends through the ``send`` callable it was given. Incoming calls run as tasks in the
+owner's nursery, so a slow handler never holds up replies to our own calls.
+
+Error handling: a handler's :class:`RunnerError` (or ``ValueError``/``KeyError``/
+``TypeError`` for bad params) becomes an error reply; :meth:`call` raises
+:class:`RemoteError` with the other side's message; a closed link fails pending calls
+with :class:`LinkClosed`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import trio
+
+from .errors import RunnerError
+
+__all__ = ["LinkClosed", "RemoteError", "RpcPeer"]
+
+Handler = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+
+class RemoteError(RunnerError):
+    code = "remote_error"
+
+    def __init__(self, message: str, data: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.data = data or {}
+        self.remote_code = self.data.get("code")
+
+
+class LinkClosed(RunnerError):
+    code = "link_closed"
+
+
+class RpcPeer:
+    def __init__(
+        self, send: Callable[[str], Awaitable[None]], handler: Handler, nursery: trio.Nursery
+    ) -> None:
+        self._send = send
+        self._handler = handler
+        self._nursery = nursery
+        self._ids = itertools.count(1)
+        self._pending: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
+        self._lock = trio.Lock()
+        self.closed = False
+
+    async def send(self, message: dict[str, Any]) -> None:
+        async with self._lock:
+            await self._send(orjson.dumps(message).decode())
+
+    async def call(self, method: str, **params: Any) -> Any:
+        if self.closed:
+            raise LinkClosed("the link is closed")
+        request_id = next(self._ids)
+        send, receive = trio.open_memory_channel[dict[str, Any]](1)
+        self._pending[request_id] = send
+        await self.send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+        try:
+            reply = await receive.receive()
+        except trio.EndOfChannel:
+            raise LinkClosed(f"the link closed before {method} was answered") from None
+        if "error" in reply:
+            error = reply["error"]
+            raise RemoteError(str(error.get("message")), error.get("data"))
+        return reply.get("result")
+
+    async def notify(self, method: str, **params: Any) -> None:
+        await self.send({"jsonrpc": "2.0", "method": method, "params": params})
+
+    def feed(self, raw: str | bytes) -> None:
+        try:
+            message = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(message, dict):
+            return
+        if "method" in message:
+            self._nursery.start_soon(self._answer, message)
+        elif (channel := self._pending.pop(message.get("id"), None)) is not None:  # type: ignore[arg-type]
+            channel.send_nowait(message)
+
+    async def _answer(self, message: dict[str, Any]) -> None:
+        request_id = message.get("id")
+        params = message.get("params") or {}
+        try:
+            if not isinstance(params, dict):
+                raise TypeError("params must be an object")
+            result = await self._handler(str(message["method"]), params)
+            reply: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "result": result}
+        except RunnerError as exc:
+            reply = {
+                "jsonrpc": "2.0",
+                "id": request_id,
+                "error": {"code": -32000, "message": str(exc), "data": {"code": exc.code}},
+            }
+        except (KeyError, TypeError, ValueError) as exc:
+            reply = {
+                "jsonrpc": "2.0",
+                "id": request_id,
+                "error": {
+                    "code": -32602,
+                    "message": f"bad params for {message.get('method')}: {exc!r}",
+                },
+            }
+        if request_id is not None and not self.closed:
+            try:
+                await self.send(reply)
+            except Exception:  # the link went away while we answered: nothing to tell
+                self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        for channel in self._pending.values():
+            channel.close()
+        self._pending.clear()
