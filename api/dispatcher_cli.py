@@ -1,4 +1,4 @@
-"""CLI of the dispatcher: ``fifoflow dispatcher serve|token|runners|events``."""
+"""CLI of the dispatcher: ``fifoflow dispatcher serve|token|runners|events|flows|deploy``."""
 
 from __future__ import annotations
 
@@ -118,6 +118,44 @@ def cmd_client(args: argparse.Namespace) -> int:
             widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
             for row in rows:
                 _out("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        elif args.action == "flows":
+            flows = _request(args, "GET", "/flows")
+            if args.json:
+                _out(orjson.dumps(flows, option=orjson.OPT_INDENT_2).decode())
+                return 0
+            rows = [("FLOW", "STATUS", "RUNNER", "MODULES", "REASON")]
+            rows += [
+                (
+                    f["id"],
+                    f["status"],
+                    f["runner"] or "-",
+                    ",".join(f["modules"]),
+                    f["reason"] or "",
+                )
+                for f in flows
+            ]
+            widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+            for row in rows:
+                _out("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        elif args.action == "deploy":
+            from ..flows import FlowError, dump_flow, load_flow
+            from ..runtimes.registry import discover
+
+            try:
+                flow = load_flow(Path(args.flow), runtimes=discover().keys())
+            except FlowError as exc:
+                _err(
+                    f"{args.flow}: invalid flow\n"
+                    + "\n".join(f"  {line}" for line in str(exc).splitlines())
+                )
+                return 2
+            answer = _request(
+                args, "POST", "/flows", json=orjson.loads(dump_flow(flow, inline=True))
+            )
+            if answer["runner"]:
+                _out(f"flow {answer['id']!r} placed on {answer['runner']}")
+            else:
+                _out(f"flow {answer['id']!r} is pending: {answer['reason']} (placed when a runner can take it)")
         else:  # events
             for event in _request(args, "GET", "/events", params={"since": args.since}):
                 stamp = time.strftime("%H:%M:%S", time.localtime(event.pop("time")))
@@ -164,6 +202,8 @@ def add_dispatcher_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
         ("token", "a one-time registration token for a new runner"),
         ("runners", "every runner, its status and hardware"),
         ("events", "what happened, oldest first"),
+        ("flows", "deployed flows and where they run"),
+        ("deploy", "deploy a flow file: the dispatcher places it on a runner"),
     ):
         p = d_sub.add_parser(action, help=help_text)
         p.add_argument(
@@ -178,8 +218,10 @@ def add_dispatcher_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
                 "--ttl", type=float, help="seconds the token stays valid (default: 1 hour)"
             )
             p.add_argument("--quiet", "-q", action="store_true", help="print only the token")
-        if action == "runners":
+        if action in ("runners", "flows"):
             p.add_argument("--json", action="store_true")
+        if action == "deploy":
+            p.add_argument("flow", metavar="FLOW_FILE")
         if action == "events":
             p.add_argument("--since", type=int, default=0, help="only events after this id")
         p.set_defaults(func=cmd_client)
