@@ -38,6 +38,7 @@ from quart import Blueprint, Response, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from ..dispatcher.backends import LocalBackend
 from ..dispatcher.service import Dispatcher, DispatcherConfig, DispatcherError, flow_summary
 from ..flows import FlowError
 from ..runner.errors import RunnerError
@@ -323,6 +324,8 @@ class DispatcherServeOptions:
     port: int = DEFAULT_DISPATCHER_PORT
     heartbeat: float = 5.0
     ttl: float | None = None
+    #: runner processes the dispatcher starts on this machine (the local backend)
+    local_runners: int = 0
 
 
 def _say(text: str) -> None:
@@ -359,9 +362,20 @@ async def serve_dispatcher(
             )
             _say(f"fifoflow dispatcher {dispatcher.version} listening on {' '.join(urls)}")
             _say(f"state dir: {options.state_dir}")
+            backend = None
+            if options.local_runners:
+                root = options.state_dir / "local-runners"
+                backend = await nursery.start(LocalBackend(root, urls[0]).run)
+                for i in range(options.local_runners):
+                    name = f"local-{i + 1}"
+                    token = None if backend.registered(name) else dispatcher.issue_token()["token"]
+                    await backend.start_runner(name, token)
+                _say(f"started {options.local_runners} local runner(s) in {root}")
             task_status.started(urls)
             async for signum in signals:
                 _say(f"{signal.Signals(signum).name}: stopping")
+                if backend is not None:
+                    await backend.stop_all()  # they sign off while the dispatcher still listens
                 stop.set()
                 break
             with trio.move_on_after(3):

@@ -45,6 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         heartbeat=args.heartbeat,
         ttl=args.ttl,
+        local_runners=args.local_runners,
     )
     try:
         trio.run(serve_dispatcher, options)
@@ -155,7 +156,9 @@ def cmd_client(args: argparse.Namespace) -> int:
             if answer["runner"]:
                 _out(f"flow {answer['id']!r} placed on {answer['runner']}")
             else:
-                _out(f"flow {answer['id']!r} is pending: {answer['reason']} (placed when a runner can take it)")
+                _out(
+                    f"flow {answer['id']!r} is pending: {answer['reason']} (placed when a runner can take it)"
+                )
         else:  # events
             for event in _request(args, "GET", "/events", params={"since": args.since}):
                 stamp = time.strftime("%H:%M:%S", time.localtime(event.pop("time")))
@@ -196,6 +199,13 @@ def add_dispatcher_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
         default=None,
         metavar="SECONDS",
         help="lost after this silence (default: 3 heartbeats)",
+    )
+    serve.add_argument(
+        "--local-runners",
+        type=int,
+        default=0,
+        metavar="N",
+        help="start N runner processes on this machine (the local backend)",
     )
     serve.set_defaults(func=cmd_serve)
     for action, help_text in (

@@ -330,3 +330,41 @@ def test_a_flow_no_runner_can_take_waits_as_pending(dispatcher: DispatcherProces
     )
     assert response.status_code == 409
     assert "no runner right now" in response.json()["error"]["message"]
+
+
+def test_local_runners_in_one_command(tmp_path: Path) -> None:
+    dispatcher = DispatcherProcess(tmp_path / "dispatcher")
+    dispatcher.command = lambda: [  # type: ignore[method-assign]
+        *DispatcherProcess.command(dispatcher), "--local-runners", "2",
+    ]  # fmt: skip
+    dispatcher.start()
+    try:
+        wait_until(
+            "two local runners",
+            lambda: [r["status"] for r in dispatcher.api("GET", "/runners")] == ["ready", "ready"],
+        )
+        placed = dispatcher.api("POST", "/flows", json=COUNTER)
+        assert placed["status"] == "placed"
+        dispatcher.api("POST", "/flows/counter/modules/count/inputs/in", json={"msgs": ["x"]})
+        wait_until(
+            "the count",
+            lambda: (
+                dispatcher.api("GET", "/flows/counter/modules/count/state")["state"] == {"x": 1}
+            ),
+        )
+    finally:
+        assert dispatcher.stop() == 0
+    # The dispatcher stopped its runners first: they signed off, and none is left running.
+    statuses = {r["status"] for r in _runners_from_db(tmp_path / "dispatcher")}
+    assert statuses == {"signed-off"}
+    assert "started 2 local runner(s)" in "\n".join(dispatcher.lines)
+
+
+def _runners_from_db(state_dir: Path) -> list[dict[str, Any]]:
+    from fifoflow.dispatcher.store import DispatcherStore
+
+    store = DispatcherStore.open(state_dir)
+    try:
+        return store.runners()
+    finally:
+        store.close()
