@@ -5,6 +5,7 @@ Operators (``Authorization: Bearer <token from the dispatcher's state dir>``)::
     GET  /health                 status, version, runners by status
     POST /tokens  {ttl?}         a one-time registration token for a new runner
     GET  /runners                every runner: status, last heartbeat, hardware
+    POST /runners/{id}/drain     move its flows elsewhere (state and queued messages too)
     GET  /events[?since=ID]      what happened (registered, connected, hardware, ready,
                                  lost, back, signed-off, placed, pending, displaced), oldest first
     POST /flows {flow}           deploy: place the flow on a runner (201)
@@ -137,6 +138,10 @@ def create_dispatcher_app(dispatcher: Dispatcher, token: str) -> QuartTrio:
     @bp.get("/runners")
     async def runners() -> Response:
         return json_response(dispatcher.runners())
+
+    @bp.post("/runners/<runnerId>/drain")
+    async def drain(runnerId: str) -> Response:
+        return json_response({"moved": await dispatcher.drain(runnerId)})
 
     @bp.get("/events")
     async def events() -> Response:
@@ -288,6 +293,9 @@ def _openapi(version: str) -> dict[str, Any]:
             "/health": {"get": op("health", "The dispatcher's health")},
             "/tokens": {"post": op("issueToken", "A one-time registration token", "201")},
             "/runners": {"get": op("listRunners", "Every runner and its status")},
+            "/runners/{runnerId}/drain": {
+                "post": op("drainRunner", "Move every flow off a runner, nothing lost")
+            },
             "/events": {"get": op("listEvents", "What happened, oldest first")},
             "/flows": {
                 "get": op("listFlows", "Deployed flows and where they run"),

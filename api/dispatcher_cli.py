@@ -1,4 +1,4 @@
-"""CLI of the dispatcher: ``fifoflow dispatcher serve|token|runners|events|flows|deploy``."""
+"""CLI of the dispatcher: ``fifoflow dispatcher serve|token|runners|events|flows|deploy|drain``."""
 
 from __future__ import annotations
 
@@ -159,6 +159,12 @@ def cmd_client(args: argparse.Namespace) -> int:
                 _out(
                     f"flow {answer['id']!r} is pending: {answer['reason']} (placed when a runner can take it)"
                 )
+        elif args.action == "drain":
+            moved = _request(args, "POST", f"/runners/{args.runner}/drain")["moved"]
+            _out(
+                f"drained {args.runner}: moved {len(moved)} flow(s)"
+                + (": " + ", ".join(moved) if moved else "")
+            )
         else:  # events
             for event in _request(args, "GET", "/events", params={"since": args.since}):
                 stamp = time.strftime("%H:%M:%S", time.localtime(event.pop("time")))
@@ -214,6 +220,7 @@ def add_dispatcher_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
         ("events", "what happened, oldest first"),
         ("flows", "deployed flows and where they run"),
         ("deploy", "deploy a flow file: the dispatcher places it on a runner"),
+        ("drain", "move every flow off a runner (state and queued messages too)"),
     ):
         p = d_sub.add_parser(action, help=help_text)
         p.add_argument(
@@ -232,6 +239,8 @@ def add_dispatcher_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
             p.add_argument("--json", action="store_true")
         if action == "deploy":
             p.add_argument("flow", metavar="FLOW_FILE")
+        if action == "drain":
+            p.add_argument("runner", metavar="RUNNER_ID")
         if action == "events":
             p.add_argument("--since", type=int, default=0, help="only events after this id")
         p.set_defaults(func=cmd_client)

@@ -299,6 +299,34 @@ class Dispatcher:
             )
         return await peer.call(method, flowId=flow_id, **params)
 
+    async def drain(self, runner_id: str) -> list[str]:
+        """Move every flow off a runner, with its state and the messages that waited in
+        it (nothing lost), and stop placing flows there. Returns the flows moved."""
+        self._runner(runner_id)
+        self.store.update_runner(runner_id, status="draining")
+        self.store.add_event(runner_id, "draining", {})
+        peer = self.links.get(runner_id)
+        moved = []
+        for record in self.store.flows():
+            if record["runner"] != runner_id:
+                continue
+            if peer is not None:
+                handed = await peer.call("release", flowId=record["id"])
+                self.store.update_flow(
+                    record["id"], states=handed["states"], queued=handed["queued"]
+                )
+            self.store.update_flow(
+                record["id"],
+                runner=None,
+                status="pending",
+                reason=f"runner {runner_id} is draining",
+            )
+            await self.place(record["id"])
+            moved.append(record["id"])
+        self.store.update_runner(runner_id, status="drained")
+        self.store.add_event(runner_id, "drained", {"flows": moved})
+        return moved
+
     def displace(self, runner_id: str) -> None:
         """The runner is gone: its flows go back to pending and are placed again."""
         for record in self.store.flows():
@@ -338,12 +366,18 @@ class Dispatcher:
             for runner in candidates:
                 try:
                     await self.links[runner["id"]].call(
-                        "deploy", flow=record["document"], states=record["states"], start=True
+                        "deploy",
+                        flow=record["document"],
+                        states=record["states"],
+                        queued=record["queued"],
+                        start=True,
                     )
                 except (RemoteError, LinkClosed) as exc:
                     reasons.append(f"{runner['id']}: {exc}")
                     continue
-                self.store.update_flow(flow_id, runner=runner["id"], status="placed", reason=None)
+                self.store.update_flow(
+                    flow_id, runner=runner["id"], status="placed", reason=None, queued={}
+                )
                 self.store.add_event(runner["id"], "placed", {"flow": flow_id})
                 return
             if not candidates:

@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS runners (
 );
 CREATE TABLE IF NOT EXISTS flows (
     id TEXT PRIMARY KEY, document TEXT NOT NULL, runner TEXT, status TEXT NOT NULL,
-    reason TEXT, states TEXT NOT NULL DEFAULT '{}', updated REAL NOT NULL
+    reason TEXT, states TEXT NOT NULL DEFAULT '{}', queued TEXT NOT NULL DEFAULT '{}',
+    updated REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, runner TEXT,
@@ -143,8 +144,9 @@ class DispatcherStore:
         return [_flow(r) for r in self.db.execute("SELECT * FROM flows ORDER BY id").fetchall()]
 
     def update_flow(self, flow_id: str, **fields: Any) -> None:
-        if "states" in fields:
-            fields["states"] = orjson.dumps(fields["states"]).decode()
+        for key in ("states", "queued"):
+            if key in fields:
+                fields[key] = orjson.dumps(fields[key]).decode()
         fields["updated"] = time.time()
         assigns = ", ".join(f"{name} = ?" for name in fields)  # column names are ours
         with self.db:
@@ -200,5 +202,6 @@ def _flow(row: sqlite3.Row) -> dict[str, Any]:
         "status": row["status"],
         "reason": row["reason"],
         "states": orjson.loads(row["states"]),
+        "queued": orjson.loads(row["queued"]),
         "updated": row["updated"],
     }

@@ -9,7 +9,9 @@
 3. Heartbeats every interval the dispatcher asks for. A dropped link is reopened with
    exponential backoff and jitter (0.2 s doubling up to 10 s), then step 2 again.
 4. Calls from the dispatcher, over the same link (``runner/rpc.py``): ``deploy`` (a
-   flow document, optional module states, start), ``start``, ``stop``, ``remove``,
+   flow document, optional module states and queued messages, start), ``release``
+   (stop gracefully, hand over state and queued messages, forget), ``start``, ``stop``,
+   ``remove``,
    ``inject``, ``state``, ``describe``; and the runner sends ``snapshot`` notifications
    of each checkpointed flow's module states, so that a flow placed again elsewhere
    resumes from them.
@@ -197,11 +199,29 @@ class DispatcherLink:
             result = await runner.apply_flow(flow, states=params.get("states") or None)
             if params.get("start", True):
                 await runner.start_flow(flow.id)
+                # Messages that waited in the runner this flow came from, in order.
+                for module_id, entries in (params.get("queued") or {}).items():
+                    for port, msg in entries:
+                        await runner.inject(flow.id, module_id, port, [msg])
             return {
                 "created": result.created,
                 "swap": result.report,
                 "flow": runner.describe_flow(flow.id),
             }
+        if method == "release":
+            # Hand the flow over: stop it gracefully, give its state and what still
+            # waited in this runner, forget it.
+            flow_id = str(params["flowId"])
+            run = runner.flow(flow_id)
+            await runner.stop_flow(flow_id)
+            states = run.snapshot()
+            queued = {
+                m: [[q["port"], q["msg"]] for q in entries]
+                for m, entries in run.debugger.queues().items()
+                if entries
+            }
+            await runner.remove_flow(flow_id)
+            return {"states": states, "queued": queued}
         flow_id = str(params["flowId"])
         if method == "start":
             await runner.start_flow(flow_id)

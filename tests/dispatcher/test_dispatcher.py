@@ -368,3 +368,53 @@ def _runners_from_db(state_dir: Path) -> list[dict[str, Any]]:
         return store.runners()
     finally:
         store.close()
+
+
+def test_draining_a_runner_moves_its_flow_with_state_and_queued_messages(tmp_path: Path) -> None:
+    slow = {
+        "fifoflow": 1,
+        "id": "slow",
+        "modules": [
+            {
+                "id": "count",
+                "runtime": "python",
+                "code": (
+                    "import time\n"
+                    "def handle(msg, ctx):\n"
+                    "    time.sleep(0.002)\n"
+                    "    ctx.state['n'] = ctx.state.get('n', 0) + 1\n"
+                    "    ctx.state['last'] = msg\n"
+                ),
+            }
+        ],
+    }
+    dispatcher = DispatcherProcess(tmp_path / "dispatcher")
+    dispatcher.start()
+    runners = [start_runner(tmp_path, f"r{i}", dispatcher, dispatcher.token()) for i in range(2)]
+    try:
+        ids = [linked_id(r) for r in runners]
+        holder = dispatcher.api("POST", "/flows", json=slow)["runner"]
+        other = next(i for i in ids if i != holder)
+        dispatcher.api(
+            "POST", "/flows/slow/modules/count/inputs/in", json={"msgs": list(range(1000))}
+        )
+        moved = dispatcher.api("POST", f"/runners/{holder}/drain")
+        assert moved == {"moved": ["slow"]}
+        flow = dispatcher.api("GET", "/flows/slow")
+        assert (flow["runner"], flow["status"]) == (other, "placed")
+        # Every message handled exactly once across the two runners, in order.
+        wait_until(
+            "all 1000 messages",
+            lambda: (
+                dispatcher.api("GET", "/flows/slow/modules/count/state")["state"]
+                == {"n": 1000, "last": 999}
+            ),
+            timeout=60,
+        )
+        assert runner_status(dispatcher, holder) == "drained"
+        handed = [e for e in dispatcher.api("GET", "/events") if e["kind"] == "drained"]
+        assert handed[-1]["flows"] == ["slow"]
+    finally:
+        for runner in runners:
+            runner.stop()
+        dispatcher.stop()
