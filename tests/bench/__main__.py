@@ -19,7 +19,10 @@ Figures:
 - ``swap_*``: hot swap under load: added latency, pause and duration per swap, throughput
   during swap storms (see ``swap``).
 
-``--only core``, ``--only api`` or ``--only swap`` runs one group.
+- ``dispatcher_heartbeats``: simulated runners held by one dispatcher at a 1 s heartbeat,
+  its CPU and memory (see ``dispatcher``).
+
+``--only core|api|swap|dispatcher`` runs one group.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from fifoflow.runner import RunnerConfig, open_runner
 from fifoflow.runtimes.registry import discover
 
 from . import api_requests, costs, fifo_echo, nodered, swap
+from . import dispatcher as dispatcher_bench
 
 RUNTIMES = discover()
 PY_ID = "def handle(msg, ctx):\n    return msg\n"
@@ -267,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--quick", action="store_true", help="few rounds and messages (smoke run)")
     parser.add_argument("--out", type=Path, default=Path("bench-results/latest.json"))
-    parser.add_argument("--only", choices=["core", "api", "swap"], help="run one group of figures")
+    parser.add_argument(
+        "--only", choices=["core", "api", "swap", "dispatcher"], help="run one group of figures"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.messages = 2, 20_000
@@ -287,6 +293,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {key:<26} {value:>10,.1f}")
     if args.only in (None, "api"):
         _api(args, figures)
+    if args.only in (None, "dispatcher"):
+        print()
+        print("dispatcher: simulated runners (real protocol) at a 1 s heartbeat")
+        counts = (250, 500) if args.quick else (250, 500, 1000, 1500)
+        held = dispatcher_bench.run(counts, window=3.0 if args.quick else 5.0)
+        print(
+            f"  runners held under half a core: {held['runners_under_half_a_core']:,}   target >= 1,000 "
+            f"{'met' if held['runners_under_half_a_core'] >= 1000 else 'NOT met' if not args.quick else '(quick run)'}"
+        )
+        figures.update(held)
     if args.only in (None, "swap"):
         result = swap.run(quick=args.quick)
         swap.print_report(result)

@@ -1,0 +1,120 @@
+"""How many runners one dispatcher holds: simulated runners (lightweight clients of the
+real control-link protocol, all in this process) register, say hello, report hardware,
+say ready, then heartbeat every second; the dispatcher's CPU is measured over a steady
+window for growing numbers of runners.
+
+Target (issue): >= 1,000 runners at a 1 s heartbeat using under half a core.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import psutil
+import trio
+import trio_websocket
+
+from ..dispatcher.test_dispatcher import DispatcherProcess
+
+HARDWARE = {"cpus": 2, "memoryGiB": 4.0, "runtimes": ["python", "node", "exec"]}
+
+
+async def _runner(url: str, token: str, ready: trio.Semaphore, stop: trio.Event) -> None:
+    async with trio_websocket.open_websocket_url(url) as ws:
+        ids = 0
+
+        async def call(method: str, **params: Any) -> Any:
+            nonlocal ids
+            ids += 1
+            await ws.send_message(
+                orjson.dumps(
+                    {"jsonrpc": "2.0", "id": ids, "method": method, "params": params}
+                ).decode()
+            )
+            while True:
+                reply = orjson.loads(await ws.get_message())
+                if reply.get("id") == ids:
+                    return reply.get("result")
+
+        identity = await call("register", token=token, name="sim")
+        await call("hello", runnerId=identity["runnerId"], secret=identity["secret"], version="sim")
+        await call("hardware", full=HARDWARE)
+        await call("ready", flows=[])
+        ready.release()
+        # spread heartbeats over the second
+        await trio.sleep(trio.current_time() % 1.0)
+        while not stop.is_set():
+            await call("heartbeat")
+            with trio.move_on_after(1.0):
+                await stop.wait()
+
+
+async def _measure(
+    dispatcher: DispatcherProcess, counts: list[int], window: float
+) -> list[dict[str, float]]:
+    token = (dispatcher.state_dir / "token").read_text().strip()
+    ws_url = dispatcher.url.replace("http", "ws") + "/link"
+    proc = psutil.Process(dispatcher.proc.pid)  # type: ignore[union-attr]
+    results = []
+    async with trio.open_nursery() as nursery:
+        stop = trio.Event()
+        running = 0
+        async with httpx.AsyncClient(
+            base_url=dispatcher.url, headers={"Authorization": f"Bearer {token}"}
+        ) as http:
+            for target in counts:
+                ready = trio.Semaphore(0)
+                new = target - running
+                for _ in range(new):
+                    reg = (await http.post("/tokens")).json()["token"]
+                    nursery.start_soon(_runner, ws_url, reg, ready, stop)
+                with trio.fail_after(120):
+                    for _ in range(new):
+                        await ready.acquire()
+                running = target
+                await trio.sleep(2.0)  # settle: every runner has sent a few heartbeats
+                before = sum(proc.cpu_times()[:2])
+                start = time.perf_counter()
+                await trio.sleep(window)
+                cpu = (sum(proc.cpu_times()[:2]) - before) / (time.perf_counter() - start)
+                health = (await http.get("/health")).json()
+                results.append(
+                    {
+                        "runners": target,
+                        "ready": health["runners"].get("ready", 0),
+                        "lost": health["runners"].get("lost", 0),
+                        "cpu_cores": cpu,
+                        "rss_mib": proc.memory_info().rss / 2**20,
+                    }
+                )
+                print(
+                    f"  {target:>5} runners at 1 s heartbeat: dispatcher {cpu * 100:5.1f}% of a core, "
+                    f"{results[-1]['rss_mib']:.0f} MiB, ready {results[-1]['ready']}, lost {results[-1]['lost']}",
+                    flush=True,
+                )
+        stop.set()
+    return results
+
+
+def run(counts: tuple[int, ...] = (250, 500, 1000, 1500), window: float = 5.0) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="ffbench-dispatcher-") as tmp:
+        dispatcher = DispatcherProcess(Path(tmp) / "state", heartbeat=1.0)
+        dispatcher.start()
+        try:
+            rows = trio.run(_measure, dispatcher, list(counts), window)
+        finally:
+            dispatcher.stop()
+    held = [r["runners"] for r in rows if r["cpu_cores"] < 0.5 and r["lost"] == 0]
+    return {"dispatcher_heartbeats": rows, "runners_under_half_a_core": max(held, default=0)}
+
+
+if __name__ == "__main__":
+    result = run()
+    print(
+        f"runners held under half a core: {result['runners_under_half_a_core']} (target >= 1,000)"
+    )
