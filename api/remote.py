@@ -25,6 +25,7 @@ from .client import ApiError, ConnectError, RunnerClient
 from .debugview import format_pause, format_queues, format_step
 from .dispatcher_cli import add_dispatcher_commands
 from .server import DEFAULT_PORT, ServeOptions, serve
+from .service_install import add_service_commands
 
 if TYPE_CHECKING:
     import argparse
@@ -458,6 +459,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="one-time token for the first registration ($FIFOFLOW_REGISTRATION_TOKEN)",
     )
     serve_p.set_defaults(func=cmd_serve)
+    add_service_commands(runner_sub)
 
     add_dispatcher_commands(sub)
 
