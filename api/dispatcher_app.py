@@ -265,6 +265,18 @@ class RunnerLink:
         if method == "signoff":
             d.sign_off(self.runner_id)
             return True
+        if method == "relay":
+            msgs = params["msgs"]
+            if not isinstance(msgs, list):
+                raise TypeError("msgs must be an array")
+            await d.relay(
+                self.runner_id,
+                str(params["flowId"]),
+                str(params["moduleId"]),
+                str(params["port"]),
+                msgs,
+            )
+            return True
         if method == "snapshot":
             d.snapshot(self.runner_id, str(params["flowId"]), dict(params["states"]))
             return None

@@ -9,6 +9,7 @@ input, 3 the runner cannot be reached, 130 interrupted.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -28,7 +29,6 @@ from .server import DEFAULT_PORT, ServeOptions, serve
 from .service_install import add_service_commands
 
 if TYPE_CHECKING:
-    import argparse
     from collections.abc import Awaitable, Callable
 
 __all__ = ["add_commands"]
@@ -83,6 +83,12 @@ def _client(args: argparse.Namespace) -> RunnerClient:
 # ---------------------------------------------------------------------- runner serve
 
 
+def _label(text: str) -> str:
+    if "=" not in text or not text.split("=", 1)[0]:
+        raise argparse.ArgumentTypeError(f"write labels as KEY=VALUE, got {text!r}")
+    return text
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
@@ -95,6 +101,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_body=args.max_body,
         dispatcher=args.dispatcher,
         registration_token=args.registration_token or os.environ.get("FIFOFLOW_REGISTRATION_TOKEN"),
+        labels=dict(label.split("=", 1) for label in args.label),
     )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         _err(
@@ -452,6 +459,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     serve_p.add_argument(
         "--dispatcher", metavar="URL", help="register with this dispatcher and report to it"
+    )
+    serve_p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        type=_label,
+        help="a placement label reported to the dispatcher (repeatable)",
     )
     serve_p.add_argument(
         "--registration-token",

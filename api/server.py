@@ -38,6 +38,8 @@ class ServeOptions:
     #: a dispatcher to register with and report to (None: a standalone runner)
     dispatcher: str | None = None
     registration_token: str | None = None
+    #: placement labels reported to the dispatcher (modules may require them)
+    labels: dict[str, str] = attrs.field(factory=dict)
 
     @property
     def token_path(self) -> Path:
@@ -90,6 +92,7 @@ async def serve(
                             runner,
                             options.state_dir,
                             registration_token=options.registration_token,
+                            labels=options.labels,
                         )
                         runner_id = await link_nursery.start(link.run)
                         _say(f"linked to the dispatcher at {options.dispatcher} as {runner_id}")

@@ -43,7 +43,7 @@ import attrs
 import orjson
 import trio
 
-from ..flows import dump_flow, parse_flow
+from ..flows import Wire, dump_flow, parse_flow
 from ..runner.errors import RunnerError
 from ..runner.rpc import LinkClosed, RemoteError, RpcPeer
 from ..runtimes.registry import discover
@@ -242,7 +242,9 @@ class Dispatcher:
         for summary in flows:
             fid = summary.get("id")
             record = self.store.flow(fid) if isinstance(fid, str) else None
-            if peer is not None and (record is None or record["runner"] != runner_id):
+            if peer is not None and (
+                record is None or runner_id not in record["placement"].values()
+            ):
                 with suppress_remote():
                     await peer.call("remove", flowId=fid)
                 self.store.add_event(runner_id, "removed-stale-flow", {"flow": fid})
@@ -250,8 +252,12 @@ class Dispatcher:
 
     def snapshot(self, runner_id: str, flow_id: str, states: dict[str, Any]) -> None:
         record = self.store.flow(flow_id)
-        if record is not None and record["runner"] == runner_id:
-            self.store.update_flow(flow_id, states=states)
+        if record is None:
+            return
+        mine = {m for m, r in record["placement"].items() if r == runner_id}
+        merged = {**record["states"], **{m: st for m, st in states.items() if m in mine}}
+        if merged != record["states"]:
+            self.store.update_flow(flow_id, states=merged)
 
     # ------------------------------------------------------------------ flows
 
@@ -271,33 +277,44 @@ class Dispatcher:
         existing = self.store.flow(flow.id)
         self.store.put_flow(flow.id, standalone)
         self.store.add_event(None, "deployed", {"flow": flow.id})
-        if existing is not None and existing["runner"] and existing["runner"] in self.links:
-            # Update in place on its runner (a hot swap there when it runs).
-            await self.links[existing["runner"]].call("deploy", flow=standalone, start=True)
-        else:
-            await self.place(flow.id)
+        if existing is not None and existing["status"] == "placed":
+            # Update in place: each part is hot-swapped where it runs.
+            self.store.update_flow(flow.id, status="updating")
+        await self.place(flow.id)
         return flow_summary(self.flow(flow.id))
 
     async def remove(self, flow_id: str) -> None:
         record = self.flow(flow_id)
-        peer = self.links.get(record["runner"] or "")
-        if peer is not None:
-            with suppress_remote():
-                await peer.call("remove", flowId=flow_id)
+        for runner_id in set(record["placement"].values()):
+            peer = self.links.get(runner_id)
+            if peer is not None:
+                with suppress_remote():
+                    await peer.call("remove", flowId=flow_id)
         self.store.remove_flow(flow_id)
         self.store.add_event(record["runner"], "flow-removed", {"flow": flow_id})
 
     async def forward(self, flow_id: str, method: str, **params: Any) -> Any:
-        """Call the runner that holds the flow (inject, state, start, stop, describe)."""
+        """Call the runner(s) that hold the flow: a module's runner for inject and
+        state, every part's runner for start, stop and describe."""
         record = self.flow(flow_id)
-        peer = self.links.get(record["runner"] or "")
-        if peer is None:
+        module = params.get("moduleId")
+        runners = (
+            [record["placement"].get(module)]
+            if module is not None
+            else sorted(set(record["placement"].values()))
+        )
+        peers = [self.links.get(r or "") for r in runners]
+        if not runners or any(p is None for p in peers):
             raise FlowPending(
                 f"flow {flow_id!r} is {record['status']}"
                 + (f" ({record['reason']})" if record["reason"] else "")
                 + "; it has no runner right now"
             )
-        return await peer.call(method, flowId=flow_id, **params)
+        result = None
+        for peer in peers:
+            assert peer is not None
+            result = await peer.call(method, flowId=flow_id, **params)
+        return result
 
     async def drain(self, runner_id: str) -> list[str]:
         """Move every flow off a runner, with its state and the messages that waited in
@@ -308,15 +325,19 @@ class Dispatcher:
         peer = self.links.get(runner_id)
         moved = []
         for record in self.store.flows():
-            if record["runner"] != runner_id:
+            if runner_id not in record["placement"].values():
                 continue
+            states, queued = dict(record["states"]), dict(record["queued"])
             if peer is not None:
                 handed = await peer.call("release", flowId=record["id"])
-                self.store.update_flow(
-                    record["id"], states=handed["states"], queued=handed["queued"]
-                )
+                states.update(handed["states"])
+                queued.update(handed["queued"])
+            placement = {m: r for m, r in record["placement"].items() if r != runner_id}
             self.store.update_flow(
                 record["id"],
+                states=states,
+                queued=queued,
+                placement=placement,
                 runner=None,
                 status="pending",
                 reason=f"runner {runner_id} is draining",
@@ -328,15 +349,14 @@ class Dispatcher:
         return moved
 
     def displace(self, runner_id: str) -> None:
-        """The runner is gone: its flows go back to pending and are placed again."""
+        """The runner is gone: its modules go back to pending and are placed again."""
         for record in self.store.flows():
-            if record["runner"] == runner_id:
+            if runner_id in record["placement"].values():
+                placement = {m: r for m, r in record["placement"].items() if r != runner_id}
                 self.store.update_flow(
-                    record["id"],
-                    runner=None,
-                    status="pending",
+                    record["id"], placement=placement, runner=None, status="pending",
                     reason=f"runner {runner_id} was lost",
-                )
+                )  # fmt: skip
                 self.store.add_event(runner_id, "displaced", {"flow": record["id"]})
         if self._nursery is not None:
             self._nursery.start_soon(self.place_pending)
@@ -346,45 +366,113 @@ class Dispatcher:
             if record["status"] == "pending":
                 await self.place(record["id"])
 
+    def _candidates(self, modules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Live ready runners with every runtime and label these modules need, least
+        loaded (fewest placed modules) first."""
+        needed = {m["runtime"] for m in modules}
+        wanted = [(m.get("placement") or {}).get("labels") or {} for m in modules]
+        load: dict[str, int] = {}
+        for f in self.store.flows():
+            for rid in f["placement"].values():
+                load[rid] = load.get(rid, 0) + 1
+        found = []
+        for r in self.store.runners():
+            hw = r["hardware"]
+            have = hw.get("labels") or {}
+            if (
+                r["status"] == "ready"
+                and r["id"] in self.links
+                and needed <= set(hw.get("runtimes", ()))
+                and all(have.get(k) == v for labels in wanted for k, v in labels.items())
+            ):
+                found.append(r)
+        found.sort(key=lambda r: (load.get(r["id"], 0), r["registered"]))
+        return found
+
     async def place(self, flow_id: str) -> None:
+        """Give every module of the flow a live runner (all on one runner when one can
+        take them all, else module by module), then deploy each runner's part."""
         async with self._placing:
             record = self.flow(flow_id)
-            if record["status"] == "placed" and record["runner"] in self.links:
-                return
-            needed = {m["runtime"] for m in record["document"]["modules"]}
-            load = {}
-            for f in self.store.flows():
-                if f["runner"]:
-                    load[f["runner"]] = load.get(f["runner"], 0) + 1
-            candidates = [
-                r for r in self.store.runners()
-                if r["status"] == "ready" and r["id"] in self.links
-                and needed <= set(r["hardware"].get("runtimes", ()))
-            ]  # fmt: skip
-            candidates.sort(key=lambda r: (load.get(r["id"], 0), r["registered"]))
-            reasons = []
-            for runner in candidates:
-                try:
-                    await self.links[runner["id"]].call(
-                        "deploy",
-                        flow=record["document"],
-                        states=record["states"],
-                        queued=record["queued"],
-                        start=True,
+            modules = record["document"]["modules"]
+            live = {rid for rid in self.links}
+            placement = {m: r for m, r in record["placement"].items() if r in live}
+            unplaced = [m for m in modules if m["id"] not in placement]
+            reasons: list[str] = []
+            if unplaced and not placement:
+                whole = self._candidates(modules)
+                if whole:
+                    placement = {m["id"]: whole[0]["id"] for m in modules}
+                    unplaced = []
+            for module in unplaced:
+                candidates = self._candidates([module])
+                if candidates:
+                    placement[module["id"]] = candidates[0]["id"]
+                else:
+                    labels = (module.get("placement") or {}).get("labels") or {}
+                    need = f"runtime {module['runtime']}" + (
+                        f" and labels {labels}" if labels else ""
                     )
-                except (RemoteError, LinkClosed) as exc:
-                    reasons.append(f"{runner['id']}: {exc}")
-                    continue
+                    reasons.append(f"module {module['id']}: no ready runner has {need}")
+            if reasons:
                 self.store.update_flow(
-                    flow_id, runner=runner["id"], status="placed", reason=None, queued={}
+                    flow_id, placement=placement, status="pending", reason="; ".join(reasons)
                 )
-                self.store.add_event(runner["id"], "placed", {"flow": flow_id})
+                self.store.add_event(
+                    None, "pending", {"flow": flow_id, "reason": "; ".join(reasons)}
+                )
                 return
-            if not candidates:
-                reasons.append(f"no ready runner has the runtimes {', '.join(sorted(needed))}")
-            reason = "; ".join(reasons)
-            self.store.update_flow(flow_id, runner=None, status="pending", reason=reason)
-            self.store.add_event(None, "pending", {"flow": flow_id, "reason": reason})
+            try:
+                await self._deploy_parts(record, placement)
+            except (RemoteError, LinkClosed) as exc:
+                reason = f"deploying failed: {exc}"
+                self.store.update_flow(flow_id, status="pending", reason=reason)
+                self.store.add_event(None, "pending", {"flow": flow_id, "reason": reason})
+                return
+            runners = set(placement.values())
+            self.store.update_flow(
+                flow_id,
+                placement=placement,
+                runner=next(iter(runners)) if len(runners) == 1 else None,
+                status="placed",
+                reason=None,
+                queued={},
+            )
+            self.store.add_event(None, "placed", {"flow": flow_id, "placement": placement})
+
+    async def _deploy_parts(self, record: dict[str, Any], placement: dict[str, str]) -> None:
+        doc = record["document"]
+        old = set(record["placement"].values())
+        for runner_id in sorted(set(placement.values())):
+            part, relay = flow_part(doc, {m for m, r in placement.items() if r == runner_id})
+            mine = {m for m, r in placement.items() if r == runner_id}
+            await self.links[runner_id].call(
+                "deploy",
+                flow=part,
+                states={m: s for m, s in record["states"].items() if m in mine},
+                queued={m: q for m, q in record["queued"].items() if m in mine},
+                relay=relay,
+                start=True,
+            )
+        for runner_id in old - set(placement.values()):
+            if runner_id in self.links:
+                with suppress_remote():
+                    await self.links[runner_id].call("remove", flowId=record["id"])
+
+    async def relay(
+        self, runner_id: str, flow_id: str, module: str, port: str, msgs: list[Any]
+    ) -> None:
+        """Messages a part emitted on a wire to another runner: into the target modules."""
+        record = self.flow(flow_id)
+        for wire in record["document"].get("wires", ()):
+            w = Wire.parse(wire)
+            if (w.src, w.src_port) != (module, port):
+                continue
+            target = record["placement"].get(w.dst)
+            peer = self.links.get(target or "")
+            if peer is None:
+                raise FlowPending(f"module {w.dst!r} of flow {flow_id!r} has no runner right now")
+            await peer.call("inject", flowId=flow_id, moduleId=w.dst, port=w.dst_port, msgs=msgs)
 
     def _runner(self, runner_id: str) -> dict[str, Any]:
         runner = self.store.runner(runner_id)
@@ -400,6 +488,7 @@ def flow_summary(record: dict[str, Any]) -> dict[str, Any]:
         "status": record["status"],
         "reason": record["reason"],
         "modules": [m["id"] for m in record["document"]["modules"]],
+        "placement": record["placement"],
         "snapshot": bool(record["states"]),
         "updated": record["updated"],
     }
@@ -411,3 +500,16 @@ def suppress_remote() -> Iterator[None]:
         yield
     except (RemoteError, LinkClosed):
         pass
+
+
+def flow_part(doc: dict[str, Any], modules: set[str]) -> tuple[dict[str, Any], list[str]]:
+    """The part of a flow one runner holds, and the ports whose wires leave it."""
+    wires, relay = [], set()
+    for text in doc.get("wires", ()):
+        w = Wire.parse(text)
+        if w.src in modules and w.dst in modules:
+            wires.append(text)
+        elif w.src in modules:
+            relay.add(f"{w.src}.{w.src_port}")
+    part = {**doc, "modules": [m for m in doc["modules"] if m["id"] in modules], "wires": wires}
+    return part, sorted(relay)

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS runners (
 CREATE TABLE IF NOT EXISTS flows (
     id TEXT PRIMARY KEY, document TEXT NOT NULL, runner TEXT, status TEXT NOT NULL,
     reason TEXT, states TEXT NOT NULL DEFAULT '{}', queued TEXT NOT NULL DEFAULT '{}',
+    placement TEXT NOT NULL DEFAULT '{}',
     updated REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
@@ -144,7 +145,7 @@ class DispatcherStore:
         return [_flow(r) for r in self.db.execute("SELECT * FROM flows ORDER BY id").fetchall()]
 
     def update_flow(self, flow_id: str, **fields: Any) -> None:
-        for key in ("states", "queued"):
+        for key in ("states", "queued", "placement"):
             if key in fields:
                 fields[key] = orjson.dumps(fields[key]).decode()
         fields["updated"] = time.time()
@@ -203,5 +204,6 @@ def _flow(row: sqlite3.Row) -> dict[str, Any]:
         "reason": row["reason"],
         "states": orjson.loads(row["states"]),
         "queued": orjson.loads(row["queued"]),
+        "placement": orjson.loads(row["placement"]),
         "updated": row["updated"],
     }

@@ -40,6 +40,7 @@ class _ModuleDoc:
     timeout: float = DEFAULT_TIMEOUT
     requirements: list[str] | None = None
     packages: list[str] | None = None
+    placement: dict[str, Any] | None = None
 
 
 @attrs.define
@@ -253,6 +254,24 @@ def _validate(doc: _FlowDoc, *, base_dir: Path | None, runtimes: Collection[str]
                     except (OSError, UnicodeDecodeError) as exc:
                         problems.append(Problem(f"{at}.file", f"cannot read {path}: {exc}"))
         declared, merged = _requirements(m, at, doc, problems)
+        labels: dict[str, str] = {}
+        if m.placement is not None:
+            extra = sorted(set(m.placement) - {"labels"})
+            if extra:
+                problems.append(
+                    Problem(
+                        f"{at}.placement", f"unknown field(s): {', '.join(extra)} (known: labels)"
+                    )
+                )
+            raw_labels = m.placement.get("labels") or {}
+            if not isinstance(raw_labels, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in raw_labels.items()
+            ):
+                problems.append(
+                    Problem(f"{at}.placement.labels", "labels must be an object of strings")
+                )
+            else:
+                labels = dict(raw_labels)
         modules.append(
             Module(
                 id=m.id,
@@ -269,6 +288,7 @@ def _validate(doc: _FlowDoc, *, base_dir: Path | None, runtimes: Collection[str]
                 cwd=base_dir,
                 requirements=merged,
                 declared=declared,
+                labels=labels,
             )
         )
     by_id = {m.id: m for m in modules}
@@ -404,6 +424,8 @@ def dump_flow(flow: Flow, *, inline: bool = False) -> bytes:
             entry["timeout"] = int(m.timeout) if float(m.timeout).is_integer() else m.timeout
         if m.declared:
             entry[REQUIREMENT_FIELD[m.runtime]] = list(m.declared)
+        if m.labels:
+            entry["placement"] = {"labels": dict(sorted(m.labels.items()))}
         modules.append(entry)
     doc["modules"] = modules
     doc["wires"] = [str(w) for w in flow.wires]

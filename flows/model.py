@@ -66,6 +66,8 @@ class Module:
     requirements: tuple[str, ...] = ()
     #: what the module itself lists (the flow's list is kept on the flow)
     declared: tuple[str, ...] = attrs.field(default=(), eq=False)
+    #: placement labels a runner must have to hold this module (a dispatcher's concern)
+    labels: dict[str, str] = attrs.field(factory=dict, eq=False)
 
     @property
     def environment(self) -> str | None:

@@ -79,7 +79,9 @@ class DispatcherLink:
         *,
         registration_token: str | None = None,
         name: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> None:
+        self.labels = dict(labels or {})
         self.url = url.rstrip("/")
         self.runner = runner
         self.state_dir = state_dir
@@ -189,6 +191,35 @@ class DispatcherLink:
         finally:
             sub.close()
 
+    def _relay_sink(self, flow_id: str, ports: set[str]) -> Any:
+        """The output sink of a flow part: messages on ports whose wire leads to another
+        runner go to the dispatcher (``relay``), one batch at a time and awaited, so the
+        order of each wire and its backpressure hold across runners. While the link or
+        the far side is down the batch is retried (the host is not acknowledged
+        meanwhile: at least once)."""
+
+        async def sink(module: str, port: str, msgs: list[Any]) -> None:
+            if f"{module}.{port}" not in ports:
+                return
+            delay = 0.05
+            while True:
+                peer = self._peer
+                if peer is not None:
+                    try:
+                        await peer.call(
+                            "relay", flowId=flow_id, moduleId=module, port=port, msgs=msgs
+                        )
+                        return
+                    except RemoteError as exc:
+                        if exc.remote_code == "flow_not_found":
+                            return  # the flow was removed: nobody waits for these
+                    except LinkClosed:
+                        pass
+                await trio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+        return sink
+
     async def _handle(self, method: str, params: dict[str, Any]) -> Any:
         """Calls from the dispatcher: the Runner API for the flows placed here."""
         runner = self.runner
@@ -197,6 +228,8 @@ class DispatcherLink:
                 params["flow"], base_dir=None, runtimes=runner.runtimes, source_name="flow"
             )
             result = await runner.apply_flow(flow, states=params.get("states") or None)
+            relay = {str(p) for p in params.get("relay") or ()}
+            runner.set_output_sink(flow.id, self._relay_sink(flow.id, relay) if relay else None)
             if params.get("start", True):
                 await runner.start_flow(flow.id)
                 # Messages that waited in the runner this flow came from, in order.
@@ -270,7 +303,10 @@ class DispatcherLink:
         return identity
 
     async def _report_hardware(self) -> None:
-        current = collect_hardware(self.state_dir, list(self.runner.runtimes))
+        current = {
+            **collect_hardware(self.state_dir, list(self.runner.runtimes)),
+            "labels": self.labels,
+        }
         try:
             cached = orjson.loads(self.hardware_path.read_bytes())
         except (OSError, orjson.JSONDecodeError):

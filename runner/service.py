@@ -259,7 +259,7 @@ class Runner:
                     f"flow {flow.id!r} is {current.status.value}; update it once that is done"
                 )
             if current is not None and current.status is FlowStatus.RUNNING:
-                report = await hot_swap(current, flow)
+                report = await hot_swap(current, flow, states)
                 current.revision += 1
                 self._save_flow(current)
                 self.checkpoint()

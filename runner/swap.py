@@ -61,8 +61,12 @@ class SwapRejected(RunnerError):
         )
 
 
-async def hot_swap(run: FlowRun, new_flow: Flow) -> dict[str, Any]:
-    """Apply ``new_flow`` to the running ``run``; a report of what was done."""
+async def hot_swap(
+    run: FlowRun, new_flow: Flow, states: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Apply ``new_flow`` to the running ``run``; a report of what was done. ``states``
+    (module id -> state) seeds modules the update adds (a module a dispatcher moves
+    here from another runner)."""
     started = time.perf_counter()
     diff = diff_flows(run.flow, new_flow)
     if run.status.value != "running" or run.instance_nursery is None:
@@ -119,7 +123,7 @@ async def hot_swap(run: FlowRun, new_flow: Flow) -> dict[str, Any]:
                 f"flow {run.flow_id!r} did not reach a quiet point within "
                 f"{run.config.swap_timeout:g} s (a handler is busy); nothing was changed"
             )
-        await _load_all(run, plan, diff, old_instances, by_id_old, by_id_new)
+        await _load_all(run, plan, diff, old_instances, by_id_old, by_id_new, states or {})
 
         # Commit. First what needs the hosts (unloads), then one synchronous step.
         for mid in diff.removed:
@@ -187,6 +191,7 @@ async def _load_all(
     old_instances: dict[str, RuntimeInstance],
     by_id_old: dict[str, Any],
     by_id_new: dict[str, Any],
+    states: dict[str, Any],
 ) -> None:
     undo: list[tuple[str, RuntimeInstance, str, dict[str, Any] | None, Any]] = []
 
@@ -196,7 +201,7 @@ async def _load_all(
     try:
         for mid in diff.added:
             target = plan.instances[by_id_new[mid].host]
-            error = await target.load_module({**frame_of(mid), "state": None})
+            error = await target.load_module({**frame_of(mid), "state": states.get(mid)})
             if error is not None:
                 raise SwapRejected(mid, error)
             undo.append(("unload", target, run.qualified(mid), None, None))

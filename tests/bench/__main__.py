@@ -303,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{'met' if held['runners_under_half_a_core'] >= 1000 else 'NOT met' if not args.quick else '(quick run)'}"
         )
         figures.update(held)
+        rel = dispatcher_bench.relay(50_000 if args.quick else 200_000)
+        figures["relay"] = rel
+        met = "met" if rel["relay_msg_s"] >= 50_000 else "NOT met"
+        print(f"  relay between two runners: {rel['relay_msg_s']:,.0f} msg/s   target >= 50,000 {met}")
     if args.only in (None, "swap"):
         result = swap.run(quick=args.quick)
         swap.print_report(result)

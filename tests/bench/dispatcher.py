@@ -4,6 +4,9 @@ say ready, then heartbeat every second; the dispatcher's CPU is measured over a 
 window for growing numbers of runners.
 
 Target (issue): >= 1,000 runners at a 1 s heartbeat using under half a core.
+
+``relay``: messages across two runners (a flow with one module on each, placed by
+labels), end to end through the dispatcher's relay. Target: >= 50,000 msg/s.
 """
 
 from __future__ import annotations
@@ -118,3 +121,72 @@ if __name__ == "__main__":
     print(
         f"runners held under half a core: {result['runners_under_half_a_core']} (target >= 1,000)"
     )
+
+
+RELAY_FLOW = {
+    "fifoflow": 1,
+    "id": "relay",
+    "modules": [
+        {
+            "id": "a",
+            "runtime": "python",
+            "code": "def handle(msg, ctx):\n    return msg\n",
+            "placement": {"labels": {"zone": "a"}},
+        },
+        {
+            "id": "b",
+            "runtime": "python",
+            "code": "def handle(msg, ctx):\n    ctx.state['n'] = ctx.state.get('n', 0) + 1\n",
+            "placement": {"labels": {"zone": "b"}},
+        },
+    ],
+    "wires": ["a.out -> b.in"],
+}
+
+
+def relay(messages: int = 200_000) -> dict[str, float]:
+    """msgs/s across two runners: runner A's module emits, the dispatcher relays, runner
+    B's module counts (end-to-end, injection through the dispatcher's HTTP API)."""
+    from ..api.helpers import ServerProcess
+
+    with tempfile.TemporaryDirectory(prefix="ffbench-relay-") as tmp:
+        root = Path(tmp)
+        dispatcher = DispatcherProcess(root / "state", heartbeat=1.0)
+        dispatcher.start()
+        runners = []
+        try:
+            for zone in ("a", "b"):
+                token = httpx.post(
+                    dispatcher.url + "/tokens",
+                    headers={
+                        "Authorization": f"Bearer {(root / 'state' / 'token').read_text().strip()}"
+                    },
+                ).json()["token"]
+                runner = ServerProcess(
+                    root / zone,
+                    "--dispatcher",
+                    dispatcher.url,
+                    "--registration-token",
+                    token,
+                    "--label",
+                    f"zone={zone}",
+                )
+                runner.start()
+                runners.append(runner)
+            deadline = time.monotonic() + 30
+            while len([r for r in dispatcher.api("GET", "/runners") if r["status"] == "ready"]) < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            dispatcher.api("POST", "/flows", json=RELAY_FLOW)
+            batch = list(range(1000))
+            start = time.perf_counter()
+            for _ in range(messages // 1000):
+                dispatcher.api("POST", "/flows/relay/modules/a/inputs/in", json={"msgs": batch})
+            while dispatcher.api("GET", "/flows/relay/modules/b/state")["state"] != {"n": messages}:
+                time.sleep(0.01)
+            elapsed = time.perf_counter() - start
+        finally:
+            for runner in runners:
+                runner.stop()
+            dispatcher.stop()
+    return {"relay_msg_s": messages / elapsed, "messages": messages}

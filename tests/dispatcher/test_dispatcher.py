@@ -322,7 +322,7 @@ def _try(fn: Callable[[], Any]) -> Any:
 def test_a_flow_no_runner_can_take_waits_as_pending(dispatcher: DispatcherProcess) -> None:
     pending = dispatcher.api("POST", "/flows", json=COUNTER)
     assert pending["status"] == "pending"
-    assert "no ready runner has the runtimes python" in pending["reason"]
+    assert "module count: no ready runner has runtime python" in pending["reason"]
     response = httpx.get(
         dispatcher.url + "/flows/counter/modules/count/state",
         headers={"Authorization": f"Bearer {(dispatcher.state_dir / 'token').read_text().strip()}"},
@@ -401,7 +401,10 @@ def test_draining_a_runner_moves_its_flow_with_state_and_queued_messages(tmp_pat
         moved = dispatcher.api("POST", f"/runners/{holder}/drain")
         assert moved == {"moved": ["slow"]}
         flow = dispatcher.api("GET", "/flows/slow")
-        assert (flow["runner"], flow["status"]) == (other, "placed")
+        assert (flow["runner"], flow["status"]) == (other, "placed"), [
+            (e["kind"], e["runner"], e.get("flow"), e.get("placement"))
+            for e in dispatcher.api("GET", "/events")
+        ]
         # Every message handled exactly once across the two runners, in order.
         wait_until(
             "all 1000 messages",
@@ -414,6 +417,63 @@ def test_draining_a_runner_moves_its_flow_with_state_and_queued_messages(tmp_pat
         assert runner_status(dispatcher, holder) == "drained"
         handed = [e for e in dispatcher.api("GET", "/events") if e["kind"] == "drained"]
         assert handed[-1]["flows"] == ["slow"]
+    finally:
+        for runner in runners:
+            runner.stop()
+        dispatcher.stop()
+
+
+def test_a_flow_spanning_two_runners_keeps_order(tmp_path: Path) -> None:
+    last = (
+        "def handle(msg, ctx):\n"
+        "    s = ctx.state\n"
+        "    s['ok'] = s.get('ok', True) and msg['i'] == s.get('n', 0)\n"
+        "    s['n'] = s.get('n', 0) + 1\n"
+    )
+    flow = {
+        "fifoflow": 1,
+        "id": "span",
+        "modules": [
+            {"id": "a", "runtime": "python", "code": "def handle(msg, ctx):\n    return {'i': msg}\n",
+             "placement": {"labels": {"zone": "a"}}},
+            {"id": "b", "runtime": "node", "code": "exports.handle = (msg) => msg;\n",
+             "placement": {"labels": {"zone": "b"}}},
+            {"id": "c", "runtime": "python", "code": last, "placement": {"labels": {"zone": "a"}}},
+        ],
+        "wires": ["a.out -> b.in", "b.out -> c.in"],
+    }  # fmt: skip
+    dispatcher = DispatcherProcess(tmp_path / "dispatcher")
+    dispatcher.start()
+    runners = []
+    try:
+        for zone in ("a", "b"):
+            runner = ServerProcess(
+                tmp_path / zone, "--dispatcher", dispatcher.url,
+                "--registration-token", dispatcher.token(), "--label", f"zone={zone}",
+            )  # fmt: skip
+            runner.start()
+            runners.append(runner)
+        ids = {zone: linked_id(r) for zone, r in zip("ab", runners, strict=True)}
+        placed = dispatcher.api("POST", "/flows", json=flow)
+        assert placed["status"] == "placed"
+        assert placed["placement"] == {"a": ids["a"], "b": ids["b"], "c": ids["a"]}
+        assert placed["runner"] is None  # it spans two runners
+        for start in range(0, 10_000, 1000):
+            dispatcher.api(
+                "POST",
+                "/flows/span/modules/a/inputs/in",
+                json={"msgs": list(range(start, start + 1000))},
+            )
+        state = wait_until(
+            "10,000 messages through both runners",
+            lambda: (
+                (s := dispatcher.api("GET", "/flows/span/modules/c/state")["state"])
+                and s.get("n") == 10_000
+                and s
+            ),
+            timeout=60,
+        )
+        assert state == {"ok": True, "n": 10_000}
     finally:
         for runner in runners:
             runner.stop()
