@@ -13,6 +13,10 @@ Operators (``Authorization: Bearer <token from the dispatcher's state dir>``)::
     DELETE /flows/{id}
     POST /flows/{id}/start|stop, POST /flows/{id}/modules/{m}/inputs/{port} {msgs},
     GET  /flows/{id}/modules/{m}/state      forwarded to the runner that holds the flow
+    PUT|DELETE /flows/{id}/modules/{m}/breakpoint, POST /flows/{id}/pause|continue|step:
+                                 the debugger across runners (a breakpoint hit on one
+                                 runner pauses the flow's parts on the others)
+    GET  /flows/{id}/logs, GET /runners/{id}/logs
     GET  /openapi.json
 
 Runners: ``GET /link`` is a WebSocket carrying JSON-RPC 2.0 calls from the runner:
@@ -193,6 +197,36 @@ def create_dispatcher_app(dispatcher: Dispatcher, token: str) -> QuartTrio:
     async def module_state(flowId: str, moduleId: str) -> Response:
         return json_response(await dispatcher.forward(flowId, "state", moduleId=moduleId))
 
+    @bp.put("/flows/<flowId>/modules/<moduleId>/breakpoint")
+    async def set_breakpoint(flowId: str, moduleId: str) -> Response:
+        condition = None
+        if await request.get_data(cache=True):
+            body = await read_json()
+            if not isinstance(body, dict) or set(body) - {"condition"}:
+                raise InvalidParams('the body must be {"condition": "..."} or empty', field="body")
+            condition = body.get("condition")
+        return json_response(
+            await dispatcher.debug(flowId, "break", moduleId=moduleId, condition=condition)
+        )
+
+    @bp.delete("/flows/<flowId>/modules/<moduleId>/breakpoint")
+    async def remove_breakpoint(flowId: str, moduleId: str) -> Response:
+        return json_response(
+            {"removed": await dispatcher.debug(flowId, "unbreak", moduleId=moduleId)}
+        )
+
+    @bp.post("/flows/<flowId>/<any(pause, continue, step):action>")
+    async def debug_action(flowId: str, action: str) -> Response:
+        return json_response(await dispatcher.debug(flowId, action))
+
+    @bp.get("/flows/<flowId>/logs")
+    async def flow_logs(flowId: str) -> Response:
+        return json_response(await dispatcher.logs(flow_id=flowId))
+
+    @bp.get("/runners/<runnerId>/logs")
+    async def runner_logs(runnerId: str) -> Response:
+        return json_response(await dispatcher.logs(runner_id=runnerId))
+
     @bp.get("/openapi.json")
     async def openapi() -> Response:
         return json_response(_openapi(dispatcher.version))
@@ -277,6 +311,11 @@ class RunnerLink:
                 msgs,
             )
             return True
+        if method == "paused":
+            info = {k: params.get(k) for k in ("reason", "module", "port", "msg")}
+            assert self.nursery is not None
+            self.nursery.start_soon(d.paused, self.runner_id, str(params["flowId"]), info)
+            return None
         if method == "snapshot":
             d.snapshot(self.runner_id, str(params["flowId"]), dict(params["states"]))
             return None
@@ -325,6 +364,19 @@ def _openapi(version: str) -> dict[str, Any]:
             "/flows/{flowId}/modules/{moduleId}/state": {
                 "get": op("getModuleState", "A module's state")
             },
+            "/flows/{flowId}/modules/{moduleId}/breakpoint": {
+                "put": op("setBreakPointAtModule", "A breakpoint, on the module's runner"),
+                "delete": op("removeBreakPointAtModule", "Remove it"),
+            },
+            "/flows/{flowId}/pause": {"post": op("pauseFlow", "Pause every part of the flow")},
+            "/flows/{flowId}/continue": {"post": op("continueFlow", "Resume every part")},
+            "/flows/{flowId}/step": {
+                "post": op("singleStepFlow", "One tick on every part, answers merged")
+            },
+            "/flows/{flowId}/logs": {
+                "get": op("getFlowLogs", "Log lines from every runner of the flow")
+            },
+            "/runners/{runnerId}/logs": {"get": op("getRunnerLogs", "A runner's log lines")},
             "/openapi.json": {"get": op("openapi", "This document")},
             "/link": {
                 "get": {

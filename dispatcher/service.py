@@ -348,6 +348,59 @@ class Dispatcher:
         self.store.add_event(runner_id, "drained", {"flows": moved})
         return moved
 
+    async def paused(self, runner_id: str, flow_id: str, info: dict[str, Any]) -> None:
+        """A part of the flow hit a breakpoint: pause its parts on the other runners."""
+        record = self.store.flow(flow_id)
+        if record is None:
+            return
+        self.store.add_event(runner_id, "paused", {"flow": flow_id, **info})
+        for other in sorted(set(record["placement"].values()) - {runner_id}):
+            peer = self.links.get(other)
+            if peer is not None:
+                with suppress_remote():
+                    await peer.call("pause", flowId=flow_id)
+
+    async def debug(self, flow_id: str, method: str, **params: Any) -> Any:
+        """Debugger calls across the flow's runners: a breakpoint goes to its module's
+        runner; pause, continue and step go to every part (a step's answers are merged,
+        keyed by flowModuleId)."""
+        if method in ("break", "unbreak"):
+            return await self.forward(flow_id, method, **params)
+        record = self.flow(flow_id)
+        merged: dict[str, Any] = {}
+        for runner_id in sorted(set(record["placement"].values())):
+            peer = self.links.get(runner_id)
+            if peer is None:
+                raise FlowPending(f"a part of flow {flow_id!r} has no runner right now")
+            answer = await peer.call(method, flowId=flow_id)
+            if method == "step":
+                merged.update(answer)
+            else:
+                merged = answer
+        return merged
+
+    async def logs(
+        self, flow_id: str | None = None, runner_id: str | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Log lines of a flow (from every runner holding a part), or of a runner."""
+        if runner_id is not None:
+            self._runner(runner_id)
+            peer = self.links.get(runner_id)
+            if peer is None:
+                raise FlowPending(f"runner {runner_id!r} is not connected")
+            return await peer.call("logs", limit=limit)
+        assert flow_id is not None
+        record = self.flow(flow_id)
+        entries: list[dict[str, Any]] = []
+        for rid in sorted(set(record["placement"].values())):
+            peer = self.links.get(rid)
+            if peer is not None:
+                entries += [
+                    {**e, "runner": rid}
+                    for e in await peer.call("logs", flowId=flow_id, limit=limit)
+                ]
+        return sorted(entries, key=lambda e: e["time"])[-limit:]
+
     def displace(self, runner_id: str) -> None:
         """The runner is gone: its modules go back to pending and are placed again."""
         for record in self.store.flows():

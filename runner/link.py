@@ -11,7 +11,7 @@
 4. Calls from the dispatcher, over the same link (``runner/rpc.py``): ``deploy`` (a
    flow document, optional module states and queued messages, start), ``release``
    (stop gracefully, hand over state and queued messages, forget), ``start``, ``stop``,
-   ``remove``,
+   ``remove``, ``break``, ``unbreak``, ``pause``, ``continue``, ``step``, ``logs``,
    ``inject``, ``state``, ``describe``; and the runner sends ``snapshot`` notifications
    of each checkpointed flow's module states, so that a flow placed again elsewhere
    resumes from them.
@@ -177,11 +177,16 @@ class DispatcherLink:
     async def _forward_snapshots(self, peer: RpcPeer) -> None:
         """Send each checkpointed module state to the dispatcher: a flow placed again
         elsewhere starts from it."""
-        sub = self.runner.subscribe(kinds=["checkpoint"], capacity=1000)
+        sub = self.runner.subscribe(kinds=["checkpoint", "paused"], capacity=1000)
         try:
             async for event in sub:
                 fid = event.get("flow")
                 if fid is None:
+                    continue
+                if event["kind"] == "paused":
+                    # A breakpoint here pauses the parts of the flow on other runners too.
+                    info = {k: event.get(k) for k in ("reason", "module", "port", "msg")}
+                    await peer.notify("paused", flowId=fid, **info)
                     continue
                 try:
                     states = self.runner.flow(fid).snapshot()
@@ -255,7 +260,29 @@ class DispatcherLink:
             }
             await runner.remove_flow(flow_id)
             return {"states": states, "queued": queued}
+        if method == "logs" and "flowId" not in params:
+            limit = int(params.get("limit") or 1000)
+            entries = [
+                {**entry, "flow": summary["id"]}
+                for summary in runner.flows()
+                for entry in runner.flow_logs(summary["id"], limit)
+            ]
+            return sorted(entries, key=lambda e: e["time"])[-limit:]
         flow_id = str(params["flowId"])
+        if method == "logs":
+            return runner.flow_logs(flow_id, int(params.get("limit") or 1000))
+        if method == "break":
+            return await runner.set_breakpoint_at_module(
+                f"{flow_id}/{params['moduleId']}", params.get("condition")
+            )
+        if method == "unbreak":
+            return await runner.remove_breakpoint_at_module(f"{flow_id}/{params['moduleId']}")
+        if method == "pause":
+            return await runner.pause_flow(flow_id)
+        if method == "continue":
+            return await runner.continue_flow(flow_id)
+        if method == "step":
+            return await runner.single_step_flow(flow_id)
         if method == "start":
             await runner.start_flow(flow_id)
         elif method == "stop":

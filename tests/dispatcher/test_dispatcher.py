@@ -478,3 +478,63 @@ def test_a_flow_spanning_two_runners_keeps_order(tmp_path: Path) -> None:
         for runner in runners:
             runner.stop()
         dispatcher.stop()
+
+
+def test_breakpoints_steps_and_logs_across_runners(tmp_path: Path) -> None:
+    flow = {
+        "fifoflow": 1,
+        "id": "dbg",
+        "modules": [
+            {"id": "a", "runtime": "python", "code": "def handle(msg, ctx):\n    ctx.log('a got', msg)\n    return msg + 1\n",
+             "placement": {"labels": {"zone": "a"}}},
+            {"id": "b", "runtime": "node", "code": "exports.handle = (msg) => msg * 2;\n",
+             "placement": {"labels": {"zone": "b"}}},
+        ],
+        "wires": ["a.out -> b.in"],
+    }  # fmt: skip
+    dispatcher = DispatcherProcess(tmp_path / "dispatcher")
+    dispatcher.start()
+    runners = []
+    try:
+        for zone in ("a", "b"):
+            runner = ServerProcess(
+                tmp_path / zone, "--dispatcher", dispatcher.url,
+                "--registration-token", dispatcher.token(), "--label", f"zone={zone}",
+            )  # fmt: skip
+            runner.start()
+            runners.append(runner)
+        ids = {zone: linked_id(r) for zone, r in zip("ab", runners, strict=True)}
+        assert dispatcher.api("POST", "/flows", json=flow)["status"] == "placed"
+        bp = dispatcher.api(
+            "PUT", "/flows/dbg/modules/a/breakpoint", json={"condition": "msg == 2"}
+        )
+        assert bp == {"module": "a", "condition": "msg == 2", "hits": 0}
+        dispatcher.api("POST", "/flows/dbg/modules/a/inputs/in", json={"msgs": [1, 2, 3]})
+        # The hit on runner a pauses the part on runner b as well.
+        wait_until(
+            "the pause to reach runner b",
+            lambda: any(e["kind"] == "paused" for e in dispatcher.api("GET", "/events")),
+        )
+        paused = next(e for e in dispatcher.api("GET", "/events") if e["kind"] == "paused")
+        assert (paused["runner"], paused["module"], paused["msg"]) == (ids["a"], "a", 2)
+        step = dispatcher.api("POST", "/flows/dbg/step")
+        assert sorted(step) == ["dbg/a", "dbg/b"]
+        assert step["dbg/a"]["inputStates"]["consumed"] == {"port": "in", "msg": 2}
+        assert step["dbg/a"]["outputStates"] == {"out": [3]}
+        assert dispatcher.api("DELETE", "/flows/dbg/modules/a/breakpoint") == {"removed": True}
+        dispatcher.api("POST", "/flows/dbg/continue")
+        logs = wait_until(
+            "a's three log lines",
+            lambda: (
+                (lines := [e["text"] for e in dispatcher.api("GET", "/flows/dbg/logs")])
+                and len(lines) >= 3
+                and lines
+            ),
+        )
+        assert logs[:3] == ["a got 1", "a got 2", "a got 3"]
+        runner_logs = dispatcher.api("GET", f"/runners/{ids['a']}/logs")
+        assert {e["flow"] for e in runner_logs} == {"dbg"}
+    finally:
+        for runner in runners:
+            runner.stop()
+        dispatcher.stop()
