@@ -29,12 +29,12 @@ def default_state_dir() -> Path:
     return Path(base) / "fifoflow" / "runner"
 
 
-def read_token(path: Path) -> str:
+def read_token(path: Path, server: str = "runner") -> str:
     try:
         text = path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
         raise TokenError(
-            f"no token file at {path} (a runner creates one on first start; "
+            f"no token file at {path} (a {server} creates one on first start; "
             "pass --token-file to point at another)"
         ) from None
     except (OSError, UnicodeDecodeError) as exc:

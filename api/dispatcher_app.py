@@ -8,7 +8,10 @@ Operators (``Authorization: Bearer <token from the dispatcher's state dir>``)::
     POST /runners/{id}/drain     move its flows elsewhere (state and queued messages too)
     GET  /events[?since=ID]      what happened (registered, connected, hardware, ready,
                                  lost, back, signed-off, placed, pending, displaced), oldest first
+    GET  /runtimes               every runtime some runner has, and which ready runners
+    GET  /runtimes/{id}/flows    deployed flows with a module in that runtime
     POST /flows {flow}           deploy: place the flow on a runner (201)
+    PUT  /flows/{id} {flow}      deploy or update (each part hot-swapped where it runs)
     GET  /flows[/{id}]           where each flow runs (status placed|pending, reason)
     DELETE /flows/{id}
     POST /flows/{id}/start|stop, POST /flows/{id}/modules/{m}/inputs/{port} {msgs},
@@ -16,6 +19,7 @@ Operators (``Authorization: Bearer <token from the dispatcher's state dir>``)::
     PUT|DELETE /flows/{id}/modules/{m}/breakpoint, POST /flows/{id}/pause|continue|step:
                                  the debugger across runners (a breakpoint hit on one
                                  runner pauses the flow's parts on the others)
+    GET  /flows/{id}/debug|queues  every part's debugger state (per runner), queues (per module)
     GET  /flows/{id}/logs, GET /runners/{id}/logs
     GET  /openapi.json
 
@@ -48,7 +52,9 @@ from ..dispatcher.service import Dispatcher, DispatcherConfig, DispatcherError, 
 from ..flows import FlowError
 from ..runner.errors import RunnerError
 from ..runner.rpc import RemoteError, RpcPeer
+from ..runtimes.registry import discover
 from .auth import check_token, load_or_create_token
+from .dispatcher_openapi import dispatcher_openapi
 from .errors import ApiError, InvalidParams, Unauthorized, error_body
 from .http import json_response, read_json
 
@@ -70,7 +76,9 @@ def _error_response(exc: Exception) -> Response:
     if isinstance(exc, ApiError):
         return json_response(exc.body(), exc.status)
     if isinstance(exc, DispatcherError):
-        status = 404 if exc.code in ("unknown_runner", "flow_not_found") else 409
+        status = (
+            404 if exc.code in ("unknown_runner", "flow_not_found", "runtime_not_found") else 409
+        )
         error = ApiError(str(exc), status=status, code=exc.code, field=exc.field)
         return json_response(error.body(), status)
     if isinstance(exc, RemoteError):
@@ -100,6 +108,15 @@ def create_dispatcher_app(dispatcher: Dispatcher, token: str) -> QuartTrio:
                 field="Authorization",
             )
             return json_response(error.body(), 401, {"WWW-Authenticate": 'Bearer realm="fifoflow"'})
+        allowed = {"dispatcher.events": {"since"}}.get(request.endpoint or "", set())
+        unknown = sorted(set(request.args) - allowed)
+        if unknown:
+            bad = InvalidParams(
+                f"unknown query parameter(s): {', '.join(unknown)} "
+                f"(allowed here: {', '.join(sorted(allowed)) or 'none'})",
+                field=unknown[0],
+            )
+            return json_response(bad.body(), bad.status)
         return None
 
     @app.errorhandler(HTTPException)
@@ -133,7 +150,7 @@ def create_dispatcher_app(dispatcher: Dispatcher, token: str) -> QuartTrio:
             if not isinstance(body, dict) or set(body) - {"ttl"}:
                 raise InvalidParams('the body must be {"ttl": seconds} or empty', field="body")
             ttl = body.get("ttl")
-            if ttl is not None and (
+            if "ttl" in body and (
                 isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0
             ):
                 raise InvalidParams("ttl must be a positive number of seconds", field="ttl")
@@ -165,6 +182,29 @@ def create_dispatcher_app(dispatcher: Dispatcher, token: str) -> QuartTrio:
         if not isinstance(body, dict):
             raise InvalidParams("the body must be a flow document (a JSON object)", field="body")
         return json_response(await dispatcher.deploy(body), 201)
+
+    @bp.put("/flows/<flowId>")
+    async def update_flow(flowId: str) -> Response:
+        body = await read_json()
+        if not isinstance(body, dict):
+            raise InvalidParams("the body must be a flow document (a JSON object)", field="body")
+        if body.get("id", flowId) != flowId:
+            raise InvalidParams(
+                f"the document's id {body.get('id')!r} is not the path's {flowId!r}", field="id"
+            )
+        return json_response(await dispatcher.deploy({**body, "id": flowId}))
+
+    @bp.get("/runtimes")
+    async def runtimes() -> Response:
+        return json_response(dispatcher.runtimes())
+
+    @bp.get("/runtimes/<runtimeId>/flows")
+    async def runtime_flows(runtimeId: str) -> Response:
+        return json_response(dispatcher.flows_for_runtime(runtimeId))
+
+    @bp.get("/flows/<flowId>/<any(debug, queues):what>")
+    async def debug_view(flowId: str, what: str) -> Response:
+        return json_response(await dispatcher.debug(flowId, what))
 
     @bp.get("/flows/<flowId>")
     async def get_flow(flowId: str) -> Response:
@@ -229,7 +269,7 @@ def create_dispatcher_app(dispatcher: Dispatcher, token: str) -> QuartTrio:
 
     @bp.get("/openapi.json")
     async def openapi() -> Response:
-        return json_response(_openapi(dispatcher.version))
+        return json_response(dispatcher_openapi(sorted(discover()), dispatcher.version))
 
     @bp.websocket("/link")
     async def link() -> None:
@@ -320,73 +360,6 @@ class RunnerLink:
             d.snapshot(self.runner_id, str(params["flowId"]), dict(params["states"]))
             return None
         raise DispatcherError(f"unknown method {method!r}")
-
-
-def _openapi(version: str) -> dict[str, Any]:
-    error = {
-        "description": "error",
-        "content": {"application/json": {"schema": {"type": "object"}}},
-    }
-
-    def op(op_id: str, summary: str, ok: str = "200") -> dict[str, Any]:
-        return {
-            "operationId": op_id,
-            "summary": summary,
-            "responses": {ok: {"description": "ok"}, "401": error},
-        }
-
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "fifoflow dispatcher API", "version": version},
-        "security": [{"bearer": []}],
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-        "paths": {
-            "/health": {"get": op("health", "The dispatcher's health")},
-            "/tokens": {"post": op("issueToken", "A one-time registration token", "201")},
-            "/runners": {"get": op("listRunners", "Every runner and its status")},
-            "/runners/{runnerId}/drain": {
-                "post": op("drainRunner", "Move every flow off a runner, nothing lost")
-            },
-            "/events": {"get": op("listEvents", "What happened, oldest first")},
-            "/flows": {
-                "get": op("listFlows", "Deployed flows and where they run"),
-                "post": op("deployFlow", "Deploy (place) a flow", "201"),
-            },
-            "/flows/{flowId}": {
-                "get": op("getFlow", "A flow, its placement and document"),
-                "delete": op("removeFlow", "Remove a flow"),
-            },
-            "/flows/{flowId}/start": {"post": op("startFlow", "Start a deployed flow")},
-            "/flows/{flowId}/stop": {"post": op("stopFlow", "Stop a deployed flow")},
-            "/flows/{flowId}/modules/{moduleId}/inputs/{port}": {
-                "post": op("inject", "Send messages into a module")
-            },
-            "/flows/{flowId}/modules/{moduleId}/state": {
-                "get": op("getModuleState", "A module's state")
-            },
-            "/flows/{flowId}/modules/{moduleId}/breakpoint": {
-                "put": op("setBreakPointAtModule", "A breakpoint, on the module's runner"),
-                "delete": op("removeBreakPointAtModule", "Remove it"),
-            },
-            "/flows/{flowId}/pause": {"post": op("pauseFlow", "Pause every part of the flow")},
-            "/flows/{flowId}/continue": {"post": op("continueFlow", "Resume every part")},
-            "/flows/{flowId}/step": {
-                "post": op("singleStepFlow", "One tick on every part, answers merged")
-            },
-            "/flows/{flowId}/logs": {
-                "get": op("getFlowLogs", "Log lines from every runner of the flow")
-            },
-            "/runners/{runnerId}/logs": {"get": op("getRunnerLogs", "A runner's log lines")},
-            "/openapi.json": {"get": op("openapi", "This document")},
-            "/link": {
-                "get": {
-                    "operationId": "runnerLink",
-                    "summary": "WebSocket control link for runners (JSON-RPC)",
-                    "responses": {"101": {"description": "switching protocols"}},
-                }
-            },
-        },
-    }
 
 
 @attrs.frozen

@@ -13,6 +13,7 @@ import httpx
 import orjson
 import trio
 
+from ..flows.resources import human_size
 from .auth import TokenError, read_token
 from .dispatcher_app import (
     DEFAULT_DISPATCHER_PORT,
@@ -62,7 +63,7 @@ def _request(args: argparse.Namespace, method: str, path: str, **kw: Any) -> Any
     token_file = (
         Path(args.token_file) if args.token_file else default_dispatcher_state_dir() / "token"
     )
-    token = read_token(token_file)
+    token = read_token(token_file, server="dispatcher")
     try:
         response = httpx.request(
             method,
@@ -100,10 +101,11 @@ def cmd_client(args: argparse.Namespace) -> int:
             if args.json:
                 _out(orjson.dumps(runners, option=orjson.OPT_INDENT_2).decode())
                 return 0
-            rows = [("RUNNER", "NAME", "STATUS", "SEEN", "CPUS", "MEM GiB", "RUNTIMES")]
+            rows = [("RUNNER", "NAME", "STATUS", "SEEN", "CPUS", "MEMORY", "RUNTIMES", "LABELS")]
             now = time.time()
             for r in runners:
                 hw = r["hardware"]
+                offered = hw.get("capacity") or {}
                 seen = f"{now - r['lastSeen']:.0f}s ago" if r["lastSeen"] else "-"
                 rows.append(
                     (
@@ -111,9 +113,12 @@ def cmd_client(args: argparse.Namespace) -> int:
                         r["name"],
                         r["status"],
                         seen,
-                        str(hw.get("cpus", "-")),
-                        str(hw.get("memoryGiB", "-")),
+                        f"{offered['cpus']:g}" if "cpus" in offered else str(hw.get("cpus", "-")),
+                        human_size(offered["memory"])
+                        if "memory" in offered
+                        else f"{hw.get('memoryGiB', '-')}GiB",
                         ",".join(hw.get("runtimes", [])),
+                        ",".join(f"{k}={v}" for k, v in sorted((hw.get("labels") or {}).items())),
                     )
                 )
             widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -153,8 +158,11 @@ def cmd_client(args: argparse.Namespace) -> int:
             answer = _request(
                 args, "POST", "/flows", json=orjson.loads(dump_flow(flow, inline=True))
             )
-            if answer["runner"]:
-                _out(f"flow {answer['id']!r} placed on {answer['runner']}")
+            if answer["status"] == "placed":
+                where = answer["runner"] or ", ".join(
+                    f"{m} on {r}" for m, r in sorted(answer["placement"].items())
+                )
+                _out(f"flow {answer['id']!r} placed: {where}")
             else:
                 _out(
                     f"flow {answer['id']!r} is pending: {answer['reason']} (placed when a runner can take it)"

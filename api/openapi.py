@@ -123,6 +123,34 @@ def openapi_document(runtimes: list[str], version: str) -> dict[str, Any]:
                 "inputs": {"type": "array", "items": ident},
                 "outputs": {"type": "array", "items": ident},
                 "timeout": {"type": "number", "exclusiveMinimum": 0},
+                "requirements": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "python modules: pip requirement specifiers",
+                },
+                "packages": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "node modules: npm package specifiers",
+                },
+                "placement": _ref("Placement"),
+            },
+        },
+        "Placement": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "what a dispatcher needs of the runner that holds the module",
+            "properties": {
+                "labels": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string"},
+                    "description": "labels the runner must report (fifoflow runner serve --label)",
+                },
+                "cpus": {"type": "number", "minimum": 0, "description": "CPUs reserved"},
+                "memory": {
+                    "type": ["integer", "string"],
+                    "description": 'memory reserved: bytes, or "512MiB", "2GiB", "500MB"',
+                },
             },
         },
         "Flow": {
@@ -135,6 +163,16 @@ def openapi_document(runtimes: list[str], version: str) -> dict[str, Any]:
                 "fifoflow": {"type": "integer", "const": 1},
                 "id": ident,
                 "description": {"type": "string"},
+                "requirements": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "pip specifiers for every python module",
+                },
+                "packages": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "npm specifiers for every node module",
+                },
                 "modules": {"type": "array", "items": _ref("Module")},
                 "wires": {
                     "type": "array",

@@ -20,6 +20,7 @@ import orjson
 import trio
 
 from ..flows import FlowError, dump_flow, load_flow
+from ..flows.resources import parse_size
 from ..runner import RunnerError
 from .auth import TokenError, default_state_dir, read_token
 from .client import ApiError, ConnectError, RunnerClient
@@ -89,6 +90,23 @@ def _label(text: str) -> str:
     return text
 
 
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _cpus(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"write CPUs as a number > 0, got {text!r}")
+    return value
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
@@ -102,6 +120,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         dispatcher=args.dispatcher,
         registration_token=args.registration_token or os.environ.get("FIFOFLOW_REGISTRATION_TOKEN"),
         labels=dict(label.split("=", 1) for label in args.label),
+        cpus=args.cpus,
+        memory=args.memory,
     )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         _err(
@@ -467,6 +487,18 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         metavar="KEY=VALUE",
         type=_label,
         help="a placement label reported to the dispatcher (repeatable)",
+    )
+    serve_p.add_argument(
+        "--cpus",
+        type=_cpus,
+        metavar="N",
+        help="CPUs this runner offers to a dispatcher's flows (default: the machine's)",
+    )
+    serve_p.add_argument(
+        "--memory",
+        type=_size,
+        metavar="SIZE",
+        help="memory it offers, e.g. 2GiB (default: the machine's)",
     )
     serve_p.add_argument(
         "--registration-token",

@@ -40,6 +40,9 @@ class ServeOptions:
     registration_token: str | None = None
     #: placement labels reported to the dispatcher (modules may require them)
     labels: dict[str, str] = attrs.field(factory=dict)
+    #: what the runner offers to a dispatcher's flows (None: the machine's CPUs/memory)
+    cpus: float | None = None
+    memory: int | None = None
 
     @property
     def token_path(self) -> Path:
@@ -93,6 +96,8 @@ async def serve(
                             options.state_dir,
                             registration_token=options.registration_token,
                             labels=options.labels,
+                            cpus=options.cpus,
+                            memory=options.memory,
                         )
                         runner_id = await link_nursery.start(link.run)
                         _say(f"linked to the dispatcher at {options.dispatcher} as {runner_id}")

@@ -14,16 +14,19 @@ Runner lifecycle, as the dispatcher sees it (``status``)::
   ``ready``. Heartbeats keep it ``ready``; :meth:`Dispatcher.run` marks a runner ``lost``
   when its last heartbeat is older than ``ttl`` (3 intervals by default).
 
-Placement (this step: a whole flow on one runner). ``deploy`` stores the flow and places
-it on a ``ready`` runner whose link is up, that has every runtime the flow needs, with
-the fewest flows; the runner gets it over its control link (``deploy``). When none
-can take it, the flow waits as ``pending`` with the reason, and is placed when a runner
+Placement. ``deploy`` stores the flow and places it on a ``ready`` runner whose link is
+up, that has every runtime and label the flow's modules need and room for the CPUs and
+memory they reserve (``placement.cpus``/``placement.memory``, against the capacity each
+runner reports), the least loaded first; when no one runner can take it all, module by
+module, and the parts' cross-runner wires are relayed. Each runner gets its part over
+its control link (``deploy``) and may still refuse it (its own check); a refusing runner
+is left out and the flow placed again. When none can take it, the flow waits as
+``pending`` with the reason (which runtime, label or limit), and is placed when a runner
 becomes ready. Runners send the module states of each checkpoint (``snapshot``); when a
 runner is lost, its flows are placed again elsewhere from their last snapshot (module
 state survives; messages that were queued in the lost runner are lost with it). A
 runner that comes back after being declared lost is told to remove the flows that now
-run elsewhere, so a flow never runs in two places. Spanning runners (relay) and the
-``local`` backend come next (README.md).
+run elsewhere, so a flow never runs in two places.
 
 Error handling: every refusal is a :class:`DispatcherError` whose message says what to
 do; nothing a runner sends can stop the service.
@@ -44,13 +47,14 @@ import orjson
 import trio
 
 from ..flows import Wire, dump_flow, parse_flow
+from ..flows.resources import format_size, parse_size
 from ..runner.errors import RunnerError
 from ..runner.rpc import LinkClosed, RemoteError, RpcPeer
 from ..runtimes.registry import discover
 from .store import DispatcherStore
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Collection, Iterator
 
 __all__ = ["Dispatcher", "DispatcherConfig", "DispatcherError", "flow_summary"]
 
@@ -73,6 +77,10 @@ class FlowUnknown(DispatcherError):
 
 class FlowPending(DispatcherError):
     code = "flow_pending"
+
+
+class RuntimeUnknown(DispatcherError):
+    code = "runtime_not_found"
 
 
 class UnknownRunner(DispatcherError):
@@ -264,6 +272,30 @@ class Dispatcher:
     def flows(self) -> list[dict[str, Any]]:
         return [flow_summary(f) for f in self.store.flows()]
 
+    def runtimes(self) -> list[dict[str, Any]]:
+        """listRuntimes across runners: each runtime some runner reports, and which
+        ready runners have it."""
+        found: dict[str, list[str]] = {}
+        for r in self.store.runners():
+            for runtime in r["hardware"].get("runtimes", ()):
+                ids = found.setdefault(runtime, [])
+                if r["status"] == "ready":
+                    ids.append(r["id"])
+        return [{"id": rt, "runners": ids} for rt, ids in sorted(found.items())]
+
+    def flows_for_runtime(self, runtime_id: str) -> list[str]:
+        """listFlowsForRuntime across runners: deployed flows with a module in it."""
+        known = {r["id"] for r in self.runtimes()}
+        if runtime_id not in known:
+            raise RuntimeUnknown(
+                f"no runner reports runtime {runtime_id!r} (known: {', '.join(sorted(known)) or 'none'})"
+            )
+        return [
+            f["id"]
+            for f in self.store.flows()
+            if any(m["runtime"] == runtime_id for m in f["document"]["modules"])
+        ]
+
     def flow(self, flow_id: str) -> dict[str, Any]:
         record = self.store.flow(flow_id)
         if record is None:
@@ -292,6 +324,7 @@ class Dispatcher:
                     await peer.call("remove", flowId=flow_id)
         self.store.remove_flow(flow_id)
         self.store.add_event(record["runner"], "flow-removed", {"flow": flow_id})
+        await self.place_pending()  # what waited for room may fit now
 
     async def forward(self, flow_id: str, method: str, **params: Any) -> Any:
         """Call the runner(s) that hold the flow: a module's runner for inject and
@@ -363,9 +396,20 @@ class Dispatcher:
     async def debug(self, flow_id: str, method: str, **params: Any) -> Any:
         """Debugger calls across the flow's runners: a breakpoint goes to its module's
         runner; pause, continue and step go to every part (a step's answers are merged,
-        keyed by flowModuleId)."""
+        keyed by flowModuleId); ``debug`` and ``queues`` are merged per part (keyed by
+        runner id, and by module)."""
         if method in ("break", "unbreak"):
             return await self.forward(flow_id, method, **params)
+        if method in ("debug", "queues"):
+            parts = {}
+            for runner_id in sorted(set(self.flow(flow_id)["placement"].values())):
+                peer = self.links.get(runner_id)
+                if peer is None:
+                    raise FlowPending(f"a part of flow {flow_id!r} has no runner right now")
+                parts[runner_id] = await peer.call(method, flowId=flow_id)
+            if method == "queues":
+                return {m: q for part in parts.values() for m, q in part.items()}
+            return parts
         record = self.flow(flow_id)
         merged: dict[str, Any] = {}
         for runner_id in sorted(set(record["placement"].values())):
@@ -419,98 +463,184 @@ class Dispatcher:
             if record["status"] == "pending":
                 await self.place(record["id"])
 
-    def _candidates(self, modules: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Live ready runners with every runtime and label these modules need, least
-        loaded (fewest placed modules) first."""
+    def _free(self, flow_id: str, placement: dict[str, str]) -> dict[str, list[float]]:
+        """CPUs and memory each ready runner has left: its reported capacity minus what
+        the modules placed on it reserve (other flows', and this flow's in
+        ``placement``). A runner that reports no capacity is not limited."""
+        held: dict[str, list[float]] = {}
+        for f in self.store.flows():
+            if f["id"] == flow_id:
+                continue
+            needs = {m["id"]: module_needs(m) for m in f["document"]["modules"]}
+            for mid, rid in f["placement"].items():
+                h = held.setdefault(rid, [0.0, 0.0])
+                cpus, memory = needs.get(mid, (0.0, 0))
+                h[0] += cpus
+                h[1] += memory
+        record = self.store.flow(flow_id)
+        if record is not None:
+            needs = {m["id"]: module_needs(m) for m in record["document"]["modules"]}
+            for mid, rid in placement.items():
+                h = held.setdefault(rid, [0.0, 0.0])
+                cpus, memory = needs.get(mid, (0.0, 0))
+                h[0] += cpus
+                h[1] += memory
+        free = {}
+        for r in self.store.runners():
+            capacity = r["hardware"].get("capacity") or {}
+            h = held.get(r["id"], [0.0, 0.0])
+            free[r["id"]] = [
+                float(capacity.get("cpus", float("inf"))) - h[0],
+                float(capacity.get("memory", float("inf"))) - h[1],
+            ]
+        return free
+
+    def _candidates(
+        self,
+        modules: list[dict[str, Any]],
+        free: dict[str, list[float]],
+        excluded: Collection[str] = (),
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Live ready runners with every runtime and label these modules need and room
+        for what they reserve, least loaded (fewest placed modules) first; when there is
+        none, why."""
         needed = {m["runtime"] for m in modules}
         wanted = [(m.get("placement") or {}).get("labels") or {} for m in modules]
+        need_cpus = sum(module_needs(m)[0] for m in modules)
+        need_memory = sum(module_needs(m)[1] for m in modules)
         load: dict[str, int] = {}
         for f in self.store.flows():
             for rid in f["placement"].values():
                 load[rid] = load.get(rid, 0) + 1
-        found = []
+        suitable, found = [], []
         for r in self.store.runners():
             hw = r["hardware"]
             have = hw.get("labels") or {}
             if (
                 r["status"] == "ready"
                 and r["id"] in self.links
+                and r["id"] not in excluded
                 and needed <= set(hw.get("runtimes", ()))
                 and all(have.get(k) == v for labels in wanted for k, v in labels.items())
             ):
-                found.append(r)
+                suitable.append(r)
+                cpus, memory = free.get(r["id"], [float("inf")] * 2)
+                if need_cpus <= cpus + 1e-9 and need_memory <= memory:
+                    found.append(r)
         found.sort(key=lambda r: (load.get(r["id"], 0), r["registered"]))
-        return found
+        if found:
+            return found, None
+        labels = {k: v for w in wanted for k, v in w.items()}
+        need = f"runtime {', '.join(sorted(needed))}" + (f" and labels {labels}" if labels else "")
+        if not suitable:
+            return [], f"no ready runner has {need}"
+        roomiest = max(suitable, key=lambda r: tuple(free.get(r["id"], [0.0, 0.0])))
+        cpus, memory = free[roomiest["id"]]
+        return [], (
+            f"needs {need_cpus:g} CPUs and {format_size(need_memory)} of memory; the ready"
+            f" runners with {need} have at most {max(cpus, 0):g} CPUs and"
+            f" {format_size(int(max(memory, 0)))} free ({roomiest['id']})"
+        )
 
     async def place(self, flow_id: str) -> None:
         """Give every module of the flow a live runner (all on one runner when one can
-        take them all, else module by module), then deploy each runner's part."""
+        take them all, else module by module), then deploy each runner's part. A runner
+        that refuses its part is left out and the flow is placed again without it."""
         async with self._placing:
-            record = self.flow(flow_id)
-            modules = record["document"]["modules"]
-            live = {rid for rid in self.links}
-            placement = {m: r for m, r in record["placement"].items() if r in live}
-            unplaced = [m for m in modules if m["id"] not in placement]
-            reasons: list[str] = []
-            if unplaced and not placement:
-                whole = self._candidates(modules)
-                if whole:
-                    placement = {m["id"]: whole[0]["id"] for m in modules}
-                    unplaced = []
-            for module in unplaced:
-                candidates = self._candidates([module])
-                if candidates:
-                    placement[module["id"]] = candidates[0]["id"]
-                else:
-                    labels = (module.get("placement") or {}).get("labels") or {}
-                    need = f"runtime {module['runtime']}" + (
-                        f" and labels {labels}" if labels else ""
-                    )
-                    reasons.append(f"module {module['id']}: no ready runner has {need}")
-            if reasons:
-                self.store.update_flow(
-                    flow_id, placement=placement, status="pending", reason="; ".join(reasons)
-                )
-                self.store.add_event(
-                    None, "pending", {"flow": flow_id, "reason": "; ".join(reasons)}
-                )
-                return
-            try:
-                await self._deploy_parts(record, placement)
-            except (RemoteError, LinkClosed) as exc:
-                reason = f"deploying failed: {exc}"
-                self.store.update_flow(flow_id, status="pending", reason=reason)
-                self.store.add_event(None, "pending", {"flow": flow_id, "reason": reason})
-                return
-            runners = set(placement.values())
-            self.store.update_flow(
-                flow_id,
-                placement=placement,
-                runner=next(iter(runners)) if len(runners) == 1 else None,
-                status="placed",
-                reason=None,
-                queued={},
-            )
-            self.store.add_event(None, "placed", {"flow": flow_id, "placement": placement})
+            refused: dict[str, str] = {}
+            while True:
+                refusal = await self._place_once(flow_id, refused)
+                if refusal is None:
+                    return
+                runner_id, why = refusal
+                refused[runner_id] = why
+                self.store.add_event(runner_id, "refused", {"flow": flow_id, "reason": why})
+
+    async def _place_once(self, flow_id: str, refused: dict[str, str]) -> tuple[str, str] | None:
+        record = self.flow(flow_id)
+        modules = record["document"]["modules"]
+        live = {rid for rid in self.links if rid not in refused}
+        placement = {m: r for m, r in record["placement"].items() if r in live}
+        unplaced = [m for m in modules if m["id"] not in placement]
+        reasons: list[str] = []
+        if unplaced and not placement:
+            whole, _ = self._candidates(modules, self._free(flow_id, {}), refused)
+            if whole:
+                placement = {m["id"]: whole[0]["id"] for m in modules}
+                unplaced = []
+        for module in unplaced:
+            candidates, why = self._candidates([module], self._free(flow_id, placement), refused)
+            if candidates:
+                placement[module["id"]] = candidates[0]["id"]
+            else:
+                reasons.append(f"module {module['id']}: {why}")
+        reasons += [f"runner {rid} refused: {why}" for rid, why in refused.items()]
+        if len(reasons) > len(refused):
+            await self._release_dropped(record, placement)
+            reason = "; ".join(reasons)
+            self.store.update_flow(flow_id, placement=placement, status="pending", reason=reason)
+            self.store.add_event(None, "pending", {"flow": flow_id, "reason": reason})
+            return None
+        try:
+            await self._deploy_parts(record, placement)
+        except Refusal as exc:
+            return exc.runner_id, exc.why
+        except (RemoteError, LinkClosed) as exc:
+            reason = f"deploying failed: {exc}"
+            self.store.update_flow(flow_id, status="pending", reason=reason)
+            self.store.add_event(None, "pending", {"flow": flow_id, "reason": reason})
+            return None
+        runners = set(placement.values())
+        self.store.update_flow(
+            flow_id,
+            placement=placement,
+            runner=next(iter(runners)) if len(runners) == 1 else None,
+            status="placed",
+            reason=None,
+            queued={},
+        )
+        self.store.add_event(None, "placed", {"flow": flow_id, "placement": placement})
+        return None
 
     async def _deploy_parts(self, record: dict[str, Any], placement: dict[str, str]) -> None:
+        """Deploy each runner's part. Runners that no longer hold any of the flow hand
+        it over first (state and waiting messages, kept in the record), so a flow moved
+        off a runner that refused its update loses nothing."""
         doc = record["document"]
-        old = set(record["placement"].values())
+        states, queued = await self._release_dropped(record, placement)
         for runner_id in sorted(set(placement.values())):
-            part, relay = flow_part(doc, {m for m, r in placement.items() if r == runner_id})
             mine = {m for m, r in placement.items() if r == runner_id}
-            await self.links[runner_id].call(
-                "deploy",
-                flow=part,
-                states={m: s for m, s in record["states"].items() if m in mine},
-                queued={m: q for m, q in record["queued"].items() if m in mine},
-                relay=relay,
-                start=True,
-            )
-        for runner_id in old - set(placement.values()):
-            if runner_id in self.links:
-                with suppress_remote():
-                    await self.links[runner_id].call("remove", flowId=record["id"])
+            part, relay = flow_part(doc, mine)
+            try:
+                await self.links[runner_id].call(
+                    "deploy",
+                    flow=part,
+                    states={m: st for m, st in states.items() if m in mine},
+                    queued={m: q for m, q in queued.items() if m in mine},
+                    relay=relay,
+                    start=True,
+                )
+            except RemoteError as exc:
+                if exc.remote_code == "refused":
+                    raise Refusal(runner_id, str(exc)) from None
+                raise
+
+    async def _release_dropped(
+        self, record: dict[str, Any], placement: dict[str, str]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Runners that held the flow and hold none of it in ``placement`` (they refused
+        an update) hand it over: state and waiting messages go into the record."""
+        states, queued = dict(record["states"]), dict(record["queued"])
+        for runner_id in sorted(set(record["placement"].values()) - set(placement.values())):
+            peer = self.links.get(runner_id)
+            if peer is None:
+                continue
+            with suppress_remote():
+                handed = await peer.call("release", flowId=record["id"])
+                states.update(handed["states"])
+                queued.update(handed["queued"])
+                self.store.update_flow(record["id"], states=states, queued=queued)
+        return states, queued
 
     async def relay(
         self, runner_id: str, flow_id: str, module: str, port: str, msgs: list[Any]
@@ -532,6 +662,21 @@ class Dispatcher:
         if runner is None:
             raise UnknownRunner(f"no runner {runner_id!r}")
         return runner
+
+
+class Refusal(Exception):
+    """A runner refused the part it was given (its own check of runtimes and capacity)."""
+
+    def __init__(self, runner_id: str, why: str) -> None:
+        super().__init__(f"runner {runner_id} refused: {why}")
+        self.runner_id = runner_id
+        self.why = why
+
+
+def module_needs(module: dict[str, Any]) -> tuple[float, int]:
+    """The CPUs and bytes of memory a module (as stored) reserves on its runner."""
+    placement = module.get("placement") or {}
+    return float(placement.get("cpus", 0)), parse_size(placement.get("memory", 0))
 
 
 def flow_summary(record: dict[str, Any]) -> dict[str, Any]:

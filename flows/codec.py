@@ -20,6 +20,7 @@ from cattrs.preconf.orjson import make_converter as _make_orjson_converter
 from .errors import FlowError, Problem
 from .model import DEFAULT_TIMEOUT, FORMAT_VERSION, ID_PATTERN, Flow, Module, Wire
 from .requirements import normalize
+from .resources import format_size, parse_size
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
@@ -76,6 +77,19 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(float, structure_float)
     converter.register_structure_hook(str, structure_str)
     converter.register_structure_hook(int, structure_int)
+
+    # Arrays must be arrays: cattrs would take any iterable ({} or "ab" as a list).
+    for list_type in (list[str], list[_ModuleDoc]):
+        base = converter.get_structure_hook(list_type)
+
+        def structure_list(value: Any, t: Any, base: Any = base) -> Any:
+            if not isinstance(value, list):
+                raise TypeError(f"expected an array, got {_json_type(value)}")
+            return base(value, t)
+
+        converter.register_structure_hook_func(
+            lambda t, list_type=list_type: t == list_type, structure_list
+        )
     return converter
 
 
@@ -140,6 +154,20 @@ def parse_flow(
                 )
             ]
         )
+    nulls = [
+        Problem(key, "null is not allowed here: leave the field out")
+        for key, v in raw.items()
+        if v is None
+    ]
+    for index, module in enumerate(raw.get("modules") or []):
+        if isinstance(module, dict):
+            nulls += [
+                Problem(f"modules[{index}].{key}", "null is not allowed here: leave the field out")
+                for key, v in module.items()
+                if v is None
+            ]
+    if nulls:
+        raise FlowError(nulls)
     try:
         doc = _CONVERTER.structure(raw, _FlowDoc)
     except (
@@ -255,12 +283,14 @@ def _validate(doc: _FlowDoc, *, base_dir: Path | None, runtimes: Collection[str]
                         problems.append(Problem(f"{at}.file", f"cannot read {path}: {exc}"))
         declared, merged = _requirements(m, at, doc, problems)
         labels: dict[str, str] = {}
+        cpus, memory = 0.0, 0
         if m.placement is not None:
-            extra = sorted(set(m.placement) - {"labels"})
+            extra = sorted(set(m.placement) - {"labels", "cpus", "memory"})
             if extra:
                 problems.append(
                     Problem(
-                        f"{at}.placement", f"unknown field(s): {', '.join(extra)} (known: labels)"
+                        f"{at}.placement",
+                        f"unknown field(s): {', '.join(extra)} (known: labels, cpus, memory)",
                     )
                 )
             raw_labels = m.placement.get("labels") or {}
@@ -272,6 +302,17 @@ def _validate(doc: _FlowDoc, *, base_dir: Path | None, runtimes: Collection[str]
                 )
             else:
                 labels = dict(raw_labels)
+            raw_cpus = m.placement.get("cpus", 0)
+            if isinstance(raw_cpus, bool) or not isinstance(raw_cpus, int | float) or raw_cpus < 0:
+                problems.append(
+                    Problem(f"{at}.placement.cpus", f"cpus must be a number >= 0, got {raw_cpus!r}")
+                )
+            else:
+                cpus = float(raw_cpus)
+            try:
+                memory = parse_size(m.placement.get("memory", 0))
+            except ValueError as exc:
+                problems.append(Problem(f"{at}.placement.memory", str(exc)))
         modules.append(
             Module(
                 id=m.id,
@@ -289,6 +330,8 @@ def _validate(doc: _FlowDoc, *, base_dir: Path | None, runtimes: Collection[str]
                 requirements=merged,
                 declared=declared,
                 labels=labels,
+                cpus=cpus,
+                memory=memory,
             )
         )
     by_id = {m.id: m for m in modules}
@@ -424,8 +467,15 @@ def dump_flow(flow: Flow, *, inline: bool = False) -> bytes:
             entry["timeout"] = int(m.timeout) if float(m.timeout).is_integer() else m.timeout
         if m.declared:
             entry[REQUIREMENT_FIELD[m.runtime]] = list(m.declared)
+        placement: dict[str, Any] = {}
         if m.labels:
-            entry["placement"] = {"labels": dict(sorted(m.labels.items()))}
+            placement["labels"] = dict(sorted(m.labels.items()))
+        if m.cpus:
+            placement["cpus"] = int(m.cpus) if m.cpus.is_integer() else m.cpus
+        if m.memory:
+            placement["memory"] = format_size(m.memory)
+        if placement:
+            entry["placement"] = placement
         modules.append(entry)
     doc["modules"] = modules
     doc["wires"] = [str(w) for w in flow.wires]

@@ -68,6 +68,10 @@ class Module:
     declared: tuple[str, ...] = attrs.field(default=(), eq=False)
     #: placement labels a runner must have to hold this module (a dispatcher's concern)
     labels: dict[str, str] = attrs.field(factory=dict, eq=False)
+    #: what a runner must have free to hold this module: CPUs and bytes of memory
+    #: (0: nothing reserved; a dispatcher's concern, like labels)
+    cpus: float = attrs.field(default=0.0, eq=False)
+    memory: int = attrs.field(default=0, eq=False)
 
     @property
     def environment(self) -> str | None:

@@ -11,11 +11,18 @@
 4. Calls from the dispatcher, over the same link (``runner/rpc.py``): ``deploy`` (a
    flow document, optional module states and queued messages, start), ``release``
    (stop gracefully, hand over state and queued messages, forget), ``start``, ``stop``,
-   ``remove``, ``break``, ``unbreak``, ``pause``, ``continue``, ``step``, ``logs``,
-   ``inject``, ``state``, ``describe``; and the runner sends ``snapshot`` notifications
+   ``remove``, ``break``, ``unbreak``, ``pause``, ``continue``, ``step``, ``debug``,
+   ``queues``, ``logs``, ``inject``, ``state``, ``describe``; and the runner sends ``snapshot`` notifications
    of each checkpointed flow's module states, so that a flow placed again elsewhere
    resumes from them.
 5. :meth:`DispatcherLink.sign_off` on shutdown.
+
+Admission: the runner offers a capacity (CPUs and memory; the machine's unless
+``--cpus``/``--memory`` say less) in its hardware report, and ``deploy`` refuses a part
+(:class:`Refused`, code ``refused``) that needs a runtime it does not have, more CPUs or
+memory than its flows leave of that capacity (modules reserve what their
+``placement.cpus``/``placement.memory`` say), or more memory than the machine has free
+right now, saying which limit and by how much.
 
 Resource handling: the WebSocket and its tasks live inside :meth:`DispatcherLink.run`.
 """
@@ -35,6 +42,7 @@ import trio
 import trio_websocket
 
 from ..flows import parse_flow
+from ..flows.resources import format_size
 from .errors import RunnerError
 from .rpc import LinkClosed, RemoteError, RpcPeer
 from .store import atomic_write
@@ -45,7 +53,7 @@ if TYPE_CHECKING:
 
     from .service import Runner
 
-__all__ = ["DispatcherLink", "LinkRefused", "collect_hardware"]
+__all__ = ["DispatcherLink", "LinkRefused", "Refused", "collect_hardware"]
 
 GiB = 1024**3
 
@@ -54,6 +62,12 @@ class LinkRefused(RunnerError):
     """The dispatcher refused this runner (bad token, unknown identity)."""
 
     code = "link_refused"
+
+
+class Refused(RunnerError):
+    """This runner will not hold a flow (part): the message says which limit."""
+
+    code = "refused"
 
 
 def collect_hardware(state_dir: Path, runtimes: list[str]) -> dict[str, Any]:
@@ -80,8 +94,15 @@ class DispatcherLink:
         registration_token: str | None = None,
         name: str | None = None,
         labels: dict[str, str] | None = None,
+        cpus: float | None = None,
+        memory: int | None = None,
     ) -> None:
         self.labels = dict(labels or {})
+        #: what this runner offers to the flows placed on it
+        self.capacity = {
+            "cpus": float(cpus if cpus is not None else psutil.cpu_count() or 1),
+            "memory": int(memory if memory is not None else psutil.virtual_memory().total),
+        }
         self.url = url.rstrip("/")
         self.runner = runner
         self.state_dir = state_dir
@@ -229,6 +250,7 @@ class DispatcherLink:
         """Calls from the dispatcher: the Runner API for the flows placed here."""
         runner = self.runner
         if method == "deploy":
+            self.admit(params["flow"])
             flow = parse_flow(
                 params["flow"], base_dir=None, runtimes=runner.runtimes, source_name="flow"
             )
@@ -283,6 +305,10 @@ class DispatcherLink:
             return await runner.continue_flow(flow_id)
         if method == "step":
             return await runner.single_step_flow(flow_id)
+        if method == "debug":
+            return runner.debug_state(flow_id)
+        if method == "queues":
+            return runner.queues(flow_id)
         if method == "start":
             await runner.start_flow(flow_id)
         elif method == "stop":
@@ -303,6 +329,47 @@ class DispatcherLink:
         elif method != "describe":
             raise RunnerError(f"unknown method {method!r}")
         return runner.describe_flow(flow_id)
+
+    def admit(self, document: dict[str, Any]) -> None:
+        """Refuse (:class:`Refused`) a flow part this runner cannot hold, saying why."""
+        runner = self.runner
+        modules = document.get("modules") or []
+        missing = sorted({str(m.get("runtime")) for m in modules} - set(runner.runtimes))
+        if missing:
+            raise Refused(
+                f"this runner has no runtime {', '.join(missing)}"
+                f" (it has: {', '.join(sorted(runner.runtimes))})"
+            )
+        flow = parse_flow(document, base_dir=None, runtimes=runner.runtimes, source_name="flow")
+        need_cpus = sum(m.cpus for m in flow.modules)
+        need_memory = sum(m.memory for m in flow.modules)
+        held_cpus = held_memory = 0.0
+        before = 0
+        for summary in runner.flows():
+            held = runner.flow(summary["id"]).flow.modules
+            if summary["id"] == flow.id:
+                before = sum(m.memory for m in held)
+                continue
+            held_cpus += sum(m.cpus for m in held)
+            held_memory += sum(m.memory for m in held)
+        cpus, memory = self.capacity["cpus"], self.capacity["memory"]
+        if need_cpus and held_cpus + need_cpus > cpus + 1e-9:
+            raise Refused(
+                f"flow {flow.id} needs {need_cpus:g} CPUs; this runner offers {cpus:g}"
+                f" and its other flows hold {held_cpus:g}"
+            )
+        if need_memory and held_memory + need_memory > memory:
+            raise Refused(
+                f"flow {flow.id} needs {format_size(need_memory)} of memory; this runner"
+                f" offers {format_size(memory)} and its other flows hold"
+                f" {format_size(int(held_memory))}"
+            )
+        free = psutil.virtual_memory().available
+        if need_memory - before > free:
+            raise Refused(
+                f"flow {flow.id} needs {format_size(need_memory - before)} more memory;"
+                f" this machine has {format_size(free)} free now"
+            )
 
     # ------------------------------------------------------------------ steps
 
@@ -333,6 +400,7 @@ class DispatcherLink:
         current = {
             **collect_hardware(self.state_dir, list(self.runner.runtimes)),
             "labels": self.labels,
+            "capacity": self.capacity,
         }
         try:
             cached = orjson.loads(self.hardware_path.read_bytes())

@@ -53,8 +53,9 @@ def fifoflow_dirs() -> set[str]:
 def _no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
     dirs_before = fifoflow_dirs()
     yield
-    # A module-scoped server outlives single tests; its own teardown checks that it ends.
-    if "live_server" not in request.fixturenames:
+    # A module-scoped server (a live_* fixture) outlives single tests; its own teardown
+    # checks that it ends.
+    if not any(name.startswith("live_") for name in request.fixturenames):
         leftover = child_pids()
         assert not leftover, f"test left processes running: {sorted(leftover)}"
     new_dirs = fifoflow_dirs() - dirs_before

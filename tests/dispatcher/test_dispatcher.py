@@ -517,6 +517,15 @@ def test_breakpoints_steps_and_logs_across_runners(tmp_path: Path) -> None:
         )
         paused = next(e for e in dispatcher.api("GET", "/events") if e["kind"] == "paused")
         assert (paused["runner"], paused["module"], paused["msg"]) == (ids["a"], "a", 2)
+        wait_until(
+            "both parts to be paused",
+            lambda: all(
+                part["paused"] for part in dispatcher.api("GET", "/flows/dbg/debug").values()
+            ),
+        )
+        assert sorted(dispatcher.api("GET", "/flows/dbg/debug")) == sorted(ids.values())
+        queues = dispatcher.api("GET", "/flows/dbg/queues")
+        assert [q["msg"] for q in queues["a"]] == [2, 3]
         step = dispatcher.api("POST", "/flows/dbg/step")
         assert sorted(step) == ["dbg/a", "dbg/b"]
         assert step["dbg/a"]["inputStates"]["consumed"] == {"port": "in", "msg": 2}
@@ -534,6 +543,89 @@ def test_breakpoints_steps_and_logs_across_runners(tmp_path: Path) -> None:
         assert logs[:3] == ["a got 1", "a got 2", "a got 3"]
         runner_logs = dispatcher.api("GET", f"/runners/{ids['a']}/logs")
         assert {e["flow"] for e in runner_logs} == {"dbg"}
+    finally:
+        for runner in runners:
+            runner.stop()
+        dispatcher.stop()
+
+
+def _sized(flow_id: str, **placement: Any) -> dict[str, Any]:
+    module = {**COUNTER["modules"][0], "placement": placement}  # type: ignore[index]
+    return {**COUNTER, "id": flow_id, "modules": [module]}
+
+
+def test_placement_by_capacity_and_refusals_that_say_why(tmp_path: Path) -> None:
+    dispatcher = DispatcherProcess(tmp_path / "dispatcher")
+    dispatcher.start()
+    runners = []
+    try:
+        # small offers 1 CPU and 1 GiB; big offers 2 CPUs and far more memory than
+        # this machine has (its own check refuses what does not fit right now).
+        for name, cpus, memory in (("small", "1", "1GiB"), ("big", "2", "1000TiB")):
+            runner = ServerProcess(
+                tmp_path / name, "--dispatcher", dispatcher.url,
+                "--registration-token", dispatcher.token(), "--cpus", cpus, "--memory", memory,
+            )  # fmt: skip
+            runner.start()
+            runners.append(runner)
+        small, big = (linked_id(r) for r in runners)
+        hw = {r["id"]: r["hardware"] for r in dispatcher.api("GET", "/runners")}
+        assert hw[small]["capacity"] == {"cpus": 1.0, "memory": 1024**3}
+        python = next(r for r in dispatcher.api("GET", "/runtimes") if r["id"] == "python")
+        assert sorted(python["runners"]) == sorted([small, big])
+
+        # 1.5 CPUs fit only on big; then 0.5 CPU + 512 MiB goes to the less loaded small.
+        assert dispatcher.api("POST", "/flows", json=_sized("f1", cpus=1.5))["runner"] == big
+        placed = dispatcher.api("POST", "/flows", json=_sized("f2", cpus=0.5, memory="512MiB"))
+        assert placed["runner"] == small
+        # 1 CPU: each has 0.5 left.
+        pending = dispatcher.api("POST", "/flows", json=_sized("f3", cpus=1))
+        assert pending["status"] == "pending"
+        assert "needs 1 CPUs" in pending["reason"]
+        assert "at most 0.5 CPUs" in pending["reason"], pending["reason"]
+        # 500 TiB passes the dispatcher's books (big offers 1000) but not big's own check.
+        hungry = dispatcher.api("POST", "/flows", json=_sized("f4", memory="500TiB"))
+        assert hungry["status"] == "pending"
+        assert f"runner {big} refused" in hungry["reason"]
+        assert "free now" in hungry["reason"], hungry["reason"]
+        [refusal] = [e for e in events(dispatcher, "refused") if e["flow"] == "f4"]
+        assert refusal["runner"] == big
+
+        assert dispatcher.api("GET", "/runtimes/python/flows") == ["f1", "f2", "f3", "f4"]
+        assert dispatcher.api("GET", "/runtimes/node/flows") == []
+        response = httpx.get(
+            dispatcher.url + "/runtimes/cobol/flows",
+            headers={
+                "Authorization": f"Bearer {(dispatcher.state_dir / 'token').read_text().strip()}"
+            },
+            timeout=30,
+        )
+        assert response.status_code == 404
+        assert "no runner reports runtime 'cobol'" in response.json()["error"]["message"]
+
+        # Removing f1 frees big's CPUs: f3 is placed there at once.
+        dispatcher.api("DELETE", "/flows/f1")
+        f3 = dispatcher.api("GET", "/flows/f3")
+        assert (f3["status"], f3["runner"]) == ("placed", big)
+
+        # An update that asks for more than its runner offers: refused there, the flow
+        # waits with its state (nothing lost), and says why.
+        dispatcher.api("POST", "/flows/f2/modules/count/inputs/in", json={"msgs": ["a", "a"]})
+        wait_until(
+            "f2's count",
+            lambda: dispatcher.api("GET", "/flows/f2/modules/count/state")["state"] == {"a": 2},
+        )
+        updated = dispatcher.api("PUT", "/flows/f2", json=_sized("f2", cpus=4))
+        assert updated["status"] == "pending"
+        assert f"runner {small} refused: flow f2 needs 4 CPUs" in updated["reason"]
+        assert dispatcher.api("GET", "/flows/f2")["states"] == {"count": {"a": 2}}
+        # Back to a size that fits: placed again, the count goes on.
+        assert dispatcher.api("PUT", "/flows/f2", json=_sized("f2", cpus=0.5))["status"] == "placed"
+        dispatcher.api("POST", "/flows/f2/modules/count/inputs/in", json={"msgs": ["a"]})
+        wait_until(
+            "f2's count to go on",
+            lambda: dispatcher.api("GET", "/flows/f2/modules/count/state")["state"] == {"a": 3},
+        )
     finally:
         for runner in runners:
             runner.stop()

@@ -93,6 +93,31 @@ def test_type_errors_and_unknown_fields_name_their_path() -> None:
     assert "modules[0]: unknown field(s): colour" in found
 
 
+def test_arrays_must_be_arrays_and_null_is_refused() -> None:
+    # (a loose converter takes any iterable: {} or "ab" as a list)
+    assert problems(doc(wires={})) == ["wires: expected list"]
+    assert problems(doc(modules="ab")) == ["modules: expected list"]
+    assert problems(doc(description=None, packages=None)) == [
+        "description: null is not allowed here: leave the field out",
+        "packages: null is not allowed here: leave the field out",
+    ]
+
+
+def test_placement_resources_parse_and_dump_canonically() -> None:
+    d = doc()
+    d["modules"][0]["placement"] = {"cpus": 0.5, "memory": "1024Mi", "labels": {"zone": "a"}}  # type: ignore[index]
+    flow = parse_flow(orjson.dumps(d), base_dir=None, runtimes=RUNTIMES)
+    a = flow.module("a")
+    assert (a.cpus, a.memory, a.labels) == (0.5, 1024**3, {"zone": "a"})
+    dumped = orjson.loads(dump_flow(flow))
+    assert dumped["modules"][0]["placement"] == {"labels": {"zone": "a"}, "cpus": 0.5, "memory": "1GiB"}
+    d["modules"][0]["placement"] = {"cpus": -1, "memory": "lots", "gpu": 1}  # type: ignore[index]
+    found = problems(d)
+    assert "modules[0].placement: unknown field(s): gpu (known: labels, cpus, memory)" in found
+    assert "modules[0].placement.cpus: cpus must be a number >= 0, got -1" in found
+    assert any(p.startswith("modules[0].placement.memory: not a size: 'lots'") for p in found)
+
+
 def test_code_and_command_rules() -> None:
     d = doc(wires=[])
     d["modules"] = [
