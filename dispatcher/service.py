@@ -111,6 +111,7 @@ class Dispatcher:
         self.links: dict[str, RpcPeer] = {}
         self._nursery: trio.Nursery | None = None
         self._placing = trio.Lock()
+        self._route_cache: dict[str, tuple[int, dict[tuple[str, str], Any]]] = {}
         self.started_at = time.time()
         self._changed = trio.Event()
         try:
@@ -207,6 +208,8 @@ class Dispatcher:
         self.store.add_event(runner_id, "ready", {})
 
     def heartbeat(self, runner_id: str) -> None:
+        if self.store.touch_runner(runner_id, time.time()):
+            return
         runner = self._runner(runner_id)
         fields: dict[str, Any] = {"last_seen": time.time()}
         if runner["status"] == "lost":
@@ -223,15 +226,12 @@ class Dispatcher:
         """Mark runners whose last heartbeat is older than the TTL as lost."""
         now = time.time()
         lost = []
-        for runner in self.store.runners():
-            if runner["status"] in ("ready", "starting") and (
-                runner["lastSeen"] is None or now - runner["lastSeen"] > self.config.runner_ttl
-            ):
-                self.store.update_runner(runner["id"], status="lost")
-                self.store.add_event(
-                    runner["id"], "lost", {"silentFor": round(now - (runner["lastSeen"] or now), 3)}
-                )
-                lost.append(runner["id"])
+        for runner in self.store.stale_runners(now - self.config.runner_ttl):
+            self.store.update_runner(runner["id"], status="lost")
+            self.store.add_event(
+                runner["id"], "lost", {"silentFor": round(now - (runner["lastSeen"] or now), 3)}
+            )
+            lost.append(runner["id"])
         return lost
 
     # ------------------------------------------------------------------ links
@@ -646,16 +646,28 @@ class Dispatcher:
         self, runner_id: str, flow_id: str, module: str, port: str, msgs: list[Any]
     ) -> None:
         """Messages a part emitted on a wire to another runner: into the target modules."""
-        record = self.flow(flow_id)
-        for wire in record["document"].get("wires", ()):
-            w = Wire.parse(wire)
-            if (w.src, w.src_port) != (module, port):
-                continue
-            target = record["placement"].get(w.dst)
+        for dst, dst_port, target in self._routes(flow_id).get((module, port), ()):
             peer = self.links.get(target or "")
             if peer is None:
-                raise FlowPending(f"module {w.dst!r} of flow {flow_id!r} has no runner right now")
-            await peer.call("inject", flowId=flow_id, moduleId=w.dst, port=w.dst_port, msgs=msgs)
+                raise FlowPending(f"module {dst!r} of flow {flow_id!r} has no runner right now")
+            await peer.call("inject", flowId=flow_id, moduleId=dst, port=dst_port, msgs=msgs)
+
+    def _routes(self, flow_id: str) -> dict[tuple[str, str], list[tuple[str, str, str | None]]]:
+        """(module, port) -> [(target module, port, its runner)], cached until the flow's
+        record changes (relay runs per batch; reading the record each time halved it)."""
+        generation = self.store.flow_generation.get(flow_id, 0)
+        cached = self._route_cache.get(flow_id)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        record = self.flow(flow_id)
+        routes: dict[tuple[str, str], list[tuple[str, str, str | None]]] = {}
+        for text in record["document"].get("wires", ()):
+            w = Wire.parse(text)
+            routes.setdefault((w.src, w.src_port), []).append(
+                (w.dst, w.dst_port, record["placement"].get(w.dst))
+            )
+        self._route_cache[flow_id] = (generation, routes)
+        return routes
 
     def _runner(self, runner_id: str) -> dict[str, Any]:
         runner = self.store.runner(runner_id)

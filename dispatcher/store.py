@@ -51,6 +51,12 @@ def digest(secret: str) -> str:
 class DispatcherStore:
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
+        #: flow id -> a number that changes with every write of that flow (the
+        #: dispatcher's caches of derived data, like relay routes, check it)
+        self.flow_generation: dict[str, int] = {}
+
+    def _touch(self, flow_id: str) -> None:
+        self.flow_generation[flow_id] = self.flow_generation.get(flow_id, 0) + 1
 
     @classmethod
     def open(cls, state_dir: Path) -> DispatcherStore:
@@ -117,6 +123,25 @@ class DispatcherStore:
         rows = self.db.execute("SELECT * FROM runners ORDER BY registered").fetchall()
         return [_runner(row) for row in rows]
 
+    def stale_runners(self, seen_before: float) -> list[dict[str, Any]]:
+        """Ready or starting runners not heard from since ``seen_before`` (one narrow
+        query: the liveness check runs twice per heartbeat interval)."""
+        rows = self.db.execute(
+            "SELECT id, last_seen FROM runners WHERE status IN ('ready', 'starting') "
+            "AND (last_seen IS NULL OR last_seen < ?)",
+            (seen_before,),
+        ).fetchall()
+        return [{"id": r["id"], "lastSeen": r["last_seen"]} for r in rows]
+
+    def touch_runner(self, runner_id: str, now: float) -> bool:
+        """A heartbeat: last seen now, unless the runner is lost or unknown (False)."""
+        with self.db:
+            cur = self.db.execute(
+                "UPDATE runners SET last_seen = ? WHERE id = ? AND status != 'lost'",
+                (now, runner_id),
+            )
+        return cur.rowcount == 1
+
     def update_runner(self, runner_id: str, **fields: Any) -> None:
         if "hardware" in fields:
             fields["hardware"] = orjson.dumps(fields["hardware"]).decode()
@@ -136,6 +161,7 @@ class DispatcherStore:
                 "ON CONFLICT(id) DO UPDATE SET document = excluded.document, updated = excluded.updated",
                 (flow_id, orjson.dumps(document).decode(), time.time()),
             )
+        self._touch(flow_id)
 
     def flow(self, flow_id: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM flows WHERE id = ?", (flow_id,)).fetchone()
@@ -152,10 +178,12 @@ class DispatcherStore:
         assigns = ", ".join(f"{name} = ?" for name in fields)  # column names are ours
         with self.db:
             self.db.execute(f"UPDATE flows SET {assigns} WHERE id = ?", (*fields.values(), flow_id))
+        self._touch(flow_id)
 
     def remove_flow(self, flow_id: str) -> None:
         with self.db:
             self.db.execute("DELETE FROM flows WHERE id = ?", (flow_id,))
+        self._touch(flow_id)
 
     # ------------------------------------------------------------------ events
 
