@@ -10,6 +10,7 @@ demo: $(VENV)/.ready check-tools
 	$(BIN)/fifoflow run flows/examples/hello/flow.json --input '{"name": "world"}'
 
 test: $(VENV)/.ready-test check-tools
+	$(BIN)/python -m tests.setup_machine
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 

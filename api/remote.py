@@ -26,6 +26,7 @@ from .auth import TokenError, default_state_dir, read_token
 from .client import ApiError, ConnectError, RunnerClient
 from .debugview import format_pause, format_queues, format_step
 from .dispatcher_cli import add_dispatcher_commands
+from .images_cli import add_images_commands
 from .server import DEFAULT_PORT, ServeOptions, serve
 from .service_install import add_service_commands
 
@@ -145,6 +146,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _err(f"fifoflow: cannot serve on {args.host}:{args.port}: {exc}")
         return EXIT_USAGE
     return EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+    try:
+        url = args.url or (state_dir / "url").read_text().strip()
+    except OSError:
+        _err(f"fifoflow: no runner URL in {state_dir / 'url'} (pass --url)")
+        return 1
+
+    async def main() -> int:
+        async with RunnerClient(url, read_token(state_dir / "token")) as client:
+            _out(orjson.dumps(await client.health()).decode())
+        return EXIT_OK
+
+    return 0 if _run(main) == EXIT_OK else 1
 
 
 # ---------------------------------------------------------------------- flows
@@ -478,7 +495,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="largest request body (default: 16 MiB)",
     )
     serve_p.add_argument(
-        "--dispatcher", metavar="URL", help="register with this dispatcher and report to it"
+        "--dispatcher",
+        metavar="URL",
+        default=os.environ.get("FIFOFLOW_DISPATCHER"),
+        help="register with this dispatcher and report to it ($FIFOFLOW_DISPATCHER)",
     )
     serve_p.add_argument(
         "--label",
@@ -506,9 +526,19 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="one-time token for the first registration ($FIFOFLOW_REGISTRATION_TOKEN)",
     )
     serve_p.set_defaults(func=cmd_serve)
+    health_p = runner_sub.add_parser(
+        "health",
+        help="exit 0 when the runner answers (for container health checks)",
+        description="Ask a runner for its health: exit 0 and print it when it answers, "
+        "1 otherwise. Without --url, the URL the runner of the state dir wrote at start.",
+    )
+    health_p.add_argument("--url", help="the runner's URL (default: <state dir>/url)")
+    health_p.add_argument("--state-dir", help="the runner's state dir (token and url)")
+    health_p.set_defaults(func=cmd_health)
     add_service_commands(runner_sub)
 
     add_dispatcher_commands(sub)
+    add_images_commands(sub)
 
     flow = sub.add_parser(
         "flow", help="add, update, remove, start, stop, list and show flows on a runner"

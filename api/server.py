@@ -19,6 +19,7 @@ import trio
 
 from ..runner import RunnerConfig, open_runner
 from ..runner.link import DispatcherLink
+from ..runner.store import atomic_write
 from .app import ApiSettings, create_app
 from .auth import load_or_create_token
 
@@ -86,6 +87,9 @@ async def serve(
                     )
                 )
                 _say(f"fifoflow runner {runner.version} listening on {' '.join(urls)}")
+                # Where it listens, for local tools (fifoflow runner health) when the
+                # port was picked by the system.
+                atomic_write(options.state_dir / "url", urls[0].encode() + b"\n", mode=0o600)
                 _say(f"state dir: {options.state_dir}")
                 async with trio.open_nursery() as link_nursery:
                     link = None

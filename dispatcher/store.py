@@ -37,6 +37,11 @@ CREATE TABLE IF NOT EXISTS flows (
     placement TEXT NOT NULL DEFAULT '{}',
     updated REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS containers (
+    name TEXT PRIMARY KEY, backend TEXT NOT NULL, container_id TEXT, image TEXT NOT NULL,
+    cpus REAL NOT NULL, memory INTEGER NOT NULL, status TEXT NOT NULL, created REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, runner TEXT,
     kind TEXT NOT NULL, detail TEXT NOT NULL
@@ -184,6 +189,58 @@ class DispatcherStore:
         with self.db:
             self.db.execute("DELETE FROM flows WHERE id = ?", (flow_id,))
         self._touch(flow_id)
+
+    # ------------------------------------------------------------------ meta
+
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row["value"] if row is not None else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    # ------------------------------------------------------------------ containers
+
+    def containers(self, backend: str) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT * FROM containers WHERE backend = ? ORDER BY created", (backend,)
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    def put_container(self, name: str, backend: str, **fields: Any) -> None:
+        with self.db:
+            exists = self.db.execute(
+                "SELECT 1 FROM containers WHERE name = ?", (name,)
+            ).fetchone()
+            if exists is None:
+                self.db.execute(
+                    "INSERT INTO containers (name, backend, container_id, image, cpus, memory,"
+                    " status, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        name,
+                        backend,
+                        fields.get("container_id"),
+                        fields["image"],
+                        fields["cpus"],
+                        fields["memory"],
+                        fields.get("status", "starting"),
+                        time.time(),
+                    ),
+                )
+            else:
+                assigns = ", ".join(f"{k} = ?" for k in fields)  # column names are ours
+                self.db.execute(
+                    f"UPDATE containers SET {assigns} WHERE name = ?", (*fields.values(), name)
+                )
+
+    def remove_container(self, name: str) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM containers WHERE name = ?", (name,))
 
     # ------------------------------------------------------------------ events
 
