@@ -21,6 +21,9 @@ Operators (``Authorization: Bearer <token from the dispatcher's state dir>``)::
                                  runner pauses the flow's parts on the others)
     GET  /flows/{id}/debug|queues  every part's debugger state (per runner), queues (per module)
     GET  /flows/{id}/logs, GET /runners/{id}/logs
+    GET  /backend                the container backend: image, pull policy, containers
+    POST /backend/image {image, pull?}  move every runner to a new image (flows move
+                                 with their state; no message lost)
     GET  /openapi.json
 
 Runners: ``GET /link`` is a WebSocket carrying JSON-RPC 2.0 calls from the runner:
@@ -48,6 +51,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from ..dispatcher.backends import LocalBackend
+from ..dispatcher.docker_backend import DockerBackend, DockerOptions
 from ..dispatcher.service import Dispatcher, DispatcherConfig, DispatcherError, flow_summary
 from ..flows import FlowError
 from ..runner.errors import RunnerError
@@ -267,6 +271,36 @@ def create_dispatcher_app(dispatcher: Dispatcher, token: str) -> QuartTrio:
     async def runner_logs(runnerId: str) -> Response:
         return json_response(await dispatcher.logs(runner_id=runnerId))
 
+    @bp.get("/backend")
+    async def backend() -> Response:
+        if dispatcher.backend is None:
+            return json_response({"backend": None})
+        return json_response(dispatcher.backend.describe())
+
+    @bp.post("/backend/image")
+    async def update_image() -> Response:
+        body = await read_json()
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("image"), str)
+            or set(body)
+            - {
+                "image",
+                "pull",
+            }
+        ):
+            raise InvalidParams('the body must be {"image": "...", "pull"?: policy}', field="image")
+        if dispatcher.backend is None:
+            raise DispatcherError("this dispatcher has no container backend (serve --docker IMAGE)")
+        try:
+            return json_response(
+                await dispatcher.backend.update_image(body["image"], body.get("pull"))
+            )
+        except ValueError as exc:
+            raise InvalidParams(str(exc), field="pull") from None
+        except RuntimeError as exc:
+            raise DispatcherError(f"update to {body['image']} failed: {exc}") from None
+
     @bp.get("/openapi.json")
     async def openapi() -> Response:
         return json_response(dispatcher_openapi(sorted(discover()), dispatcher.version))
@@ -371,6 +405,15 @@ class DispatcherServeOptions:
     ttl: float | None = None
     #: runner processes the dispatcher starts on this machine (the local backend)
     local_runners: int = 0
+    #: the Docker backend: runner containers from this image (None: no Docker backend)
+    docker_image: str | None = None
+    docker_runners: int = 1
+    pull: str = "if-not-present"
+    docker_cpus: float = 1.0
+    docker_memory: int = 1024**3
+    docker_network: str = "host"
+    #: the dispatcher's URL as containers reach it (default: the one it listens on)
+    public_url: str | None = None
 
 
 def _say(text: str) -> None:
@@ -416,6 +459,27 @@ async def serve_dispatcher(
                     token = None if backend.registered(name) else dispatcher.issue_token()["token"]
                     await backend.start_runner(name, token)
                 _say(f"started {options.local_runners} local runner(s) in {root}")
+            if options.docker_image:
+                docker_backend = DockerBackend(
+                    dispatcher,
+                    DockerOptions(
+                        image=options.docker_image,
+                        dispatcher_url=options.public_url or urls[0],
+                        pull=options.pull,
+                        runners=options.docker_runners,
+                        cpus=options.docker_cpus,
+                        memory=options.docker_memory,
+                        network=options.docker_network,
+                        interval=min(1.0, options.heartbeat),
+                    ),
+                    say=_say,
+                )
+                dispatcher.backend = docker_backend
+                await nursery.start(docker_backend.run)
+                _say(
+                    f"docker backend: {options.docker_runners} runner container(s) from"
+                    f" {docker_backend.image} (pull: {options.pull})"
+                )
             task_status.started(urls)
             async for signum in signals:
                 _say(f"{signal.Signals(signum).name}: stopping")

@@ -13,7 +13,8 @@ import httpx
 import orjson
 import trio
 
-from ..flows.resources import human_size
+from ..dispatcher.docker_backend import PULL_POLICIES
+from ..flows.resources import human_size, parse_size
 from .auth import TokenError, read_token
 from .dispatcher_app import (
     DEFAULT_DISPATCHER_PORT,
@@ -47,6 +48,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         heartbeat=args.heartbeat,
         ttl=args.ttl,
         local_runners=args.local_runners,
+        docker_image=args.docker,
+        docker_runners=args.docker_runners,
+        pull=args.pull,
+        docker_cpus=args.docker_cpus,
+        docker_memory=args.docker_memory,
+        docker_network=args.docker_network,
+        public_url=args.public_url,
     )
     try:
         trio.run(serve_dispatcher, options)
@@ -69,8 +77,7 @@ def _request(args: argparse.Namespace, method: str, path: str, **kw: Any) -> Any
             method,
             args.url.rstrip("/") + path,
             headers={"Authorization": f"Bearer {token}"},
-            timeout=30,
-            **kw,
+            **{"timeout": 30, **kw},
         )
     except httpx.TransportError as exc:
         raise SystemExit(f"fifoflow: cannot reach the dispatcher at {args.url}: {exc}") from None
@@ -167,6 +174,41 @@ def cmd_client(args: argparse.Namespace) -> int:
                 _out(
                     f"flow {answer['id']!r} is pending: {answer['reason']} (placed when a runner can take it)"
                 )
+        elif args.action == "containers":
+            info = _request(args, "GET", "/backend")
+            if args.json or info.get("backend") is None:
+                _out(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
+                return 0
+            _out(f"image {info['image']} (pull: {info['pull']}, keeps {info['runners']})")
+            if info.get("problem"):
+                _out(f"problem: {info['problem']}")
+            rows = [
+                ("CONTAINER", "ID", "STATUS", "IMAGE", "CPUS", "MEMORY", "RUNNER", "RUNNER STATUS")
+            ]
+            rows += [
+                (
+                    c["name"],
+                    c["container"],
+                    c["status"],
+                    c["image"],
+                    f"{c['cpus']:g}",
+                    human_size(c["memory"]),
+                    c["runner"] or "-",
+                    c["runnerStatus"] or "-",
+                )
+                for c in info["containers"]
+            ]
+            widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+            for row in rows:
+                _out("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        elif args.action == "update-image":
+            body = {"image": args.image, **({"pull": args.pull} if args.pull else {})}
+            _err(f"updating to {args.image} (follow with: fifoflow dispatcher events)")
+            done = _request(args, "POST", "/backend/image", json=body, timeout=None)
+            _out(
+                f"runners now on {done['image']}: moved {len(done['moved'])} flow(s) in"
+                f" {done['seconds']:.1f} s"
+            )
         elif args.action == "drain":
             moved = _request(args, "POST", f"/runners/{args.runner}/drain")["moved"]
             _out(
@@ -221,6 +263,40 @@ def add_dispatcher_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
         metavar="N",
         help="start N runner processes on this machine (the local backend)",
     )
+    serve.add_argument(
+        "--docker",
+        metavar="IMAGE",
+        help="run runners as containers from IMAGE (the Docker backend)",
+    )
+    serve.add_argument(
+        "--docker-runners", type=int, default=1, metavar="N", help="containers kept running"
+    )
+    serve.add_argument(
+        "--pull",
+        choices=PULL_POLICIES,
+        default="if-not-present",
+        help="when to pull the image (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--docker-cpus", type=float, default=1.0, metavar="N", help="CPUs per container"
+    )
+    serve.add_argument(
+        "--docker-memory",
+        type=parse_size,
+        default=1024**3,
+        metavar="SIZE",
+        help="memory per container (default: 1GiB)",
+    )
+    serve.add_argument(
+        "--docker-network",
+        default="host",
+        help="host (default), or a Docker network the dispatcher is reachable on",
+    )
+    serve.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="the dispatcher's URL as runners in containers reach it (default: where it listens)",
+    )
     serve.set_defaults(func=cmd_serve)
     for action, help_text in (
         ("token", "a one-time registration token for a new runner"),
@@ -229,6 +305,8 @@ def add_dispatcher_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
         ("flows", "deployed flows and where they run"),
         ("deploy", "deploy a flow file: the dispatcher places it on a runner"),
         ("drain", "move every flow off a runner (state and queued messages too)"),
+        ("containers", "the container backend's image and containers"),
+        ("update-image", "move every runner container to a new image, flows and all"),
     ):
         p = d_sub.add_parser(action, help=help_text)
         p.add_argument(
@@ -249,6 +327,11 @@ def add_dispatcher_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
             p.add_argument("flow", metavar="FLOW_FILE")
         if action == "drain":
             p.add_argument("runner", metavar="RUNNER_ID")
+        if action == "update-image":
+            p.add_argument("image", metavar="IMAGE")
+            p.add_argument("--pull", choices=PULL_POLICIES, help="pull policy for this image")
+        if action == "containers":
+            p.add_argument("--json", action="store_true")
         if action == "events":
             p.add_argument("--since", type=int, default=0, help="only events after this id")
         p.set_defaults(func=cmd_client)

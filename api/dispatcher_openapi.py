@@ -480,6 +480,43 @@ def dispatcher_openapi(runtimes: list[str], version: str) -> dict[str, Any]:
                 params=("flowId",),
             )
         },
+        "/backend": {
+            "get": _op(
+                "getBackend",
+                "The container backend: image, pull policy, containers and their runners",
+                _json(any_object, '{"backend": null} when the dispatcher has none'),
+            )
+        },
+        "/backend/image": {
+            "post": _op(
+                "updateImage",
+                "Move every runner to a new image: new containers, flows moved with their "
+                "state and waiting messages, old containers stopped",
+                _json(
+                    {
+                        "type": "object",
+                        "required": ["image", "moved", "seconds"],
+                        "properties": {
+                            "image": {"type": "string"},
+                            "moved": {"type": "array", "items": {"type": "string"}},
+                            "seconds": {"type": "number"},
+                            "containers": {"type": "array", "items": {"type": "string"}},
+                        },
+                    },
+                    "the update is done",
+                ),
+                (400, 409, 413, 422),
+                body={
+                    "type": "object",
+                    "required": ["image"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "image": {"type": "string", "minLength": 1},
+                        "pull": {"type": "string", "enum": ["always", "if-not-present", "never"]},
+                    },
+                },
+            )
+        },
         "/openapi.json": {"get": _op("openapi", "This document", _json(any_object, "OpenAPI 3.1"))},
         "/link": {
             "get": {

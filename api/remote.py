@@ -123,6 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         labels=dict(label.split("=", 1) for label in args.label),
         cpus=args.cpus,
         memory=args.memory,
+        name=args.name,
     )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         _err(
@@ -507,6 +508,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         metavar="KEY=VALUE",
         type=_label,
         help="a placement label reported to the dispatcher (repeatable)",
+    )
+    serve_p.add_argument(
+        "--name", help="the name the dispatcher shows for this runner (default: the hostname)"
     )
     serve_p.add_argument(
         "--cpus",

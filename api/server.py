@@ -44,6 +44,8 @@ class ServeOptions:
     #: what the runner offers to a dispatcher's flows (None: the machine's CPUs/memory)
     cpus: float | None = None
     memory: int | None = None
+    #: the name the dispatcher shows (None: the hostname)
+    name: str | None = None
 
     @property
     def token_path(self) -> Path:
@@ -102,6 +104,7 @@ async def serve(
                             labels=options.labels,
                             cpus=options.cpus,
                             memory=options.memory,
+                            name=options.name,
                         )
                         runner_id = await link_nursery.start(link.run)
                         _say(f"linked to the dispatcher at {options.dispatcher} as {runner_id}")

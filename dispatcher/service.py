@@ -112,8 +112,14 @@ class Dispatcher:
         self._nursery: trio.Nursery | None = None
         self._placing = trio.Lock()
         self._route_cache: dict[str, tuple[int, dict[tuple[str, str], Any]]] = {}
+        #: why the backend cannot start runners right now (a failed pull, say): added to
+        #: the reason of flows that wait for a runner
+        self.backend_problem: str | None = None
+        #: the container backend, when the dispatcher runs one (for its API)
+        self.backend: Any = None
         self.started_at = time.time()
-        self._changed = trio.Event()
+        #: set (and replaced) whenever a runner becomes ready: wait on ``runner_ready_event``
+        self._ready_event = trio.Event()
         try:
             self.version = metadata.version("fifoflow")
         except metadata.PackageNotFoundError:
@@ -206,6 +212,12 @@ class Dispatcher:
         self._runner(runner_id)
         self.store.update_runner(runner_id, status="ready", last_seen=time.time())
         self.store.add_event(runner_id, "ready", {})
+        self._ready_event.set()
+        self._ready_event = trio.Event()
+
+    def runner_ready_event(self) -> trio.Event:
+        """An event set the next time a runner says ready."""
+        return self._ready_event
 
     def heartbeat(self, runner_id: str) -> None:
         if self.store.touch_runner(runner_id, time.time()):
@@ -233,6 +245,16 @@ class Dispatcher:
             )
             lost.append(runner["id"])
         return lost
+
+    def runner_gone(self, runner_id: str, why: str) -> None:
+        """A backend saw the runner's process or container end: lost now, without
+        waiting for its heartbeats to run out; its flows are placed again."""
+        runner = self.store.runner(runner_id)
+        if runner is None or runner["status"] in ("lost", "signed-off", "drained"):
+            return
+        self.store.update_runner(runner_id, status="lost")
+        self.store.add_event(runner_id, "lost", {"why": why})
+        self.displace(runner_id)
 
     # ------------------------------------------------------------------ links
 
@@ -575,6 +597,8 @@ class Dispatcher:
             else:
                 reasons.append(f"module {module['id']}: {why}")
         reasons += [f"runner {rid} refused: {why}" for rid, why in refused.items()]
+        if self.backend_problem and len(reasons) > len(refused):
+            reasons.append(self.backend_problem)
         if len(reasons) > len(refused):
             await self._release_dropped(record, placement)
             reason = "; ".join(reasons)

@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS flows (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS containers (
     name TEXT PRIMARY KEY, backend TEXT NOT NULL, container_id TEXT, image TEXT NOT NULL,
-    cpus REAL NOT NULL, memory INTEGER NOT NULL, status TEXT NOT NULL, created REAL NOT NULL
+    cpus REAL NOT NULL, memory INTEGER NOT NULL, status TEXT NOT NULL, created REAL NOT NULL,
+    flow TEXT
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, runner TEXT,
@@ -214,13 +215,11 @@ class DispatcherStore:
 
     def put_container(self, name: str, backend: str, **fields: Any) -> None:
         with self.db:
-            exists = self.db.execute(
-                "SELECT 1 FROM containers WHERE name = ?", (name,)
-            ).fetchone()
+            exists = self.db.execute("SELECT 1 FROM containers WHERE name = ?", (name,)).fetchone()
             if exists is None:
                 self.db.execute(
                     "INSERT INTO containers (name, backend, container_id, image, cpus, memory,"
-                    " status, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " status, created, flow) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         name,
                         backend,
@@ -230,6 +229,7 @@ class DispatcherStore:
                         fields["memory"],
                         fields.get("status", "starting"),
                         time.time(),
+                        fields.get("flow"),
                     ),
                 )
             else:

@@ -1,0 +1,486 @@
+"""The Docker backend: runner containers the dispatcher starts, watches and replaces.
+
+It keeps a **pool** of runner containers from one image (``fifoflow dispatcher serve
+--docker IMAGE --docker-runners N``), and starts one more, sized to the flow's needs,
+for a flow that waits because no runner has room for it. Placement never sees any of
+this: each container runs ``fifoflow runner serve`` and registers over its control
+link like any runner (``backends.py``).
+
+Per container (a *slot*, named ``ff-<dispatcher>-<n>``, recorded in the dispatcher's
+SQLite ``containers`` table):
+
+- the image is made present first by its **pull policy** (``always``,
+  ``if-not-present``, ``never``), with pull progress as ``pull`` events and printed
+  lines; a failed pull is a ``pull-failed`` event, the flows that wait for a runner
+  say why, and the pull is tried again later (backoff up to a minute);
+- labels ``io.fifoflow.dispatcher`` / ``io.fifoflow.slot``; CPU and memory limits
+  (``nano_cpus``, ``mem_limit``; the runner offers the same with ``--cpus``/``--memory``);
+  the one-time registration token in ``FIFOFLOW_REGISTRATION_TOKEN``; a named volume
+  for the runner's state dir (``/state``); restart policy ``on-failure`` (a crash
+  restarts it in place, with its identity and flows);
+- a container that is gone or has exited (``docker kill``, OOM, removed by hand) is
+  removed with its volume and its runner declared lost at once: its flows are placed
+  again from their last snapshot, on the pool's replacement or another runner.
+
+On start the backend **reconciles**: containers labelled with this dispatcher that
+its table knows are adopted, the others (orphans) removed with their volumes; table
+rows whose container is missing are dropped.
+
+**Update** (:meth:`DockerBackend.update_image`): pull the new image, start as many new
+containers as the pool has, wait for their runners to be ready, cordon the old runners
+(no new flows), drain each (its flows move with their state and waiting messages, as
+in ``Dispatcher.drain``), then stop and remove the old containers. Progress is reported
+as ``update`` events.
+
+Resource handling: docker SDK calls block, so each runs in a worker thread
+(``trio.to_thread.run_sync``); the loop in :meth:`run` lives in the dispatcher's
+nursery. Containers outlive the dispatcher on purpose (a restarted dispatcher adopts
+them); ``stop_all`` stops and removes them when asked.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from ..flows.resources import format_size, parse_size
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .service import Dispatcher
+
+__all__ = ["PULL_POLICIES", "DockerBackend", "DockerOptions"]
+
+PULL_POLICIES = ("always", "if-not-present", "never")
+LABEL_DISPATCHER = "io.fifoflow.dispatcher"
+LABEL_SLOT = "io.fifoflow.slot"
+GiB = 1024**3
+
+
+@attrs.frozen
+class DockerOptions:
+    #: the runner image of the pool
+    image: str
+    #: URL of the dispatcher as the containers reach it
+    dispatcher_url: str
+    pull: str = "if-not-present"
+    #: runner containers kept running
+    runners: int = 1
+    #: limits of a pool container (what its runner offers)
+    cpus: float = 1.0
+    memory: int = 1 * GiB
+    #: "host" (the containers share the host's network; the dispatcher may listen on
+    #: 127.0.0.1) or a Docker network name
+    network: str = "host"
+    #: how often containers are checked
+    interval: float = 1.0
+    #: seconds a stopping runner gets to sign off before it is killed
+    stop_timeout: float = 10.0
+
+
+class DockerBackend:
+    name = "docker"
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        options: DockerOptions,
+        *,
+        client: Any = None,
+        say: Callable[[str], None] | None = None,
+    ) -> None:
+        if options.pull not in PULL_POLICIES:
+            raise ValueError(f"pull policy must be one of {', '.join(PULL_POLICIES)}")
+        self.dispatcher = dispatcher
+        self.store = dispatcher.store
+        self.options = options
+        self.say = say or (lambda text: None)
+        if client is None:
+            import docker
+
+            client = docker.from_env()
+        self.client = client
+        did = self.store.meta("dispatcher_id")
+        if did is None:
+            did = uuid.uuid4().hex[:8]
+            self.store.set_meta("dispatcher_id", did)
+        self.dispatcher_id = did
+        #: the pool's image: the option, or what the last update set
+        self.image = self.store.meta("docker_image") or options.image
+        self._pull_retry: dict[str, tuple[float, float]] = {}  # image -> (not before, delay)
+        self._sized_for: set[str] = set()  # flows a sized container was started for
+        self._lock = trio.Lock()
+        self._updating = False
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _docker(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return await trio.to_thread.run_sync(lambda: fn(*args, **kw))
+
+    def _event(self, kind: str, **detail: Any) -> None:
+        self.store.add_event(None, kind, detail)
+
+    def slots(self) -> list[dict[str, Any]]:
+        return self.store.containers(self.name)
+
+    def runners(self) -> list[str]:
+        return [s["name"] for s in self.slots()]
+
+    def runner_of(self, slot: str) -> dict[str, Any] | None:
+        for runner in self.store.runners():
+            if (runner["hardware"].get("labels") or {}).get("fifoflow.slot") == slot:
+                return runner
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        slots = []
+        for slot in self.slots():
+            runner = self.runner_of(slot["name"])
+            slots.append(
+                {
+                    "name": slot["name"],
+                    "container": (slot["container_id"] or "")[:12],
+                    "image": slot["image"],
+                    "cpus": slot["cpus"],
+                    "memory": slot["memory"],
+                    "status": slot["status"],
+                    "runner": runner["id"] if runner else None,
+                    "runnerStatus": runner["status"] if runner else None,
+                }
+            )
+        return {
+            "backend": self.name,
+            "image": self.image,
+            "pull": self.options.pull,
+            "runners": self.options.runners,
+            "problem": self.dispatcher.backend_problem,
+            "containers": slots,
+        }
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[DockerBackend] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        await self.reconcile()
+        task_status.started(self)
+        while True:
+            try:
+                async with self._lock:
+                    await self.tick()
+            except Exception as exc:  # an engine hiccup must not end the dispatcher
+                self._event("backend-error", error=f"{type(exc).__name__}: {exc}")
+                self.say(f"docker backend: {type(exc).__name__}: {exc}")
+            await trio.sleep(self.options.interval)
+
+    async def reconcile(self) -> None:
+        """Adopt this dispatcher's known containers, remove its orphans."""
+        found = await self._docker(
+            self.client.containers.list,
+            all=True,
+            filters={"label": f"{LABEL_DISPATCHER}={self.dispatcher_id}"},
+        )
+        known = {s["name"]: s for s in self.slots()}
+        for container in found:
+            slot = container.labels.get(LABEL_SLOT, "")
+            if slot in known:
+                self.store.put_container(slot, self.name, container_id=container.id)
+                self._event("container-adopted", container=slot, status=container.status)
+            else:
+                await self._remove(container, slot)
+                self._event("orphan-removed", container=slot or container.name)
+        present = {c.labels.get(LABEL_SLOT) for c in found}
+        for name in known:
+            if name not in present:
+                self.store.remove_container(name)
+                self._event("container-missing", container=name)
+
+    async def tick(self) -> None:
+        await self._check_containers()
+        if self._updating:
+            return
+        live = [s for s in self.slots() if s["image"] == self.image and not s["flow"]]
+        missing = self.options.runners - len(live)
+        for _ in range(max(0, missing)):
+            if not await self.start_container(self.image, self.options.cpus, self.options.memory):
+                return
+        await self._size_for_pending()
+
+    async def _check_containers(self) -> None:
+        import docker.errors
+
+        for slot in self.slots():
+            try:
+                container = await self._docker(self.client.containers.get, slot["container_id"])
+                status = container.status
+                code = container.attrs.get("State", {}).get("ExitCode")
+            except docker.errors.NotFound:
+                container, status, code = None, "missing", None
+            if status in ("running", "created", "restarting"):
+                if status != slot["status"]:
+                    self.store.put_container(slot["name"], self.name, status=status)
+                continue
+            # exited, dead or gone: its runner is lost now; the slot is replaced
+            runner = self.runner_of(slot["name"])
+            self._event("container-exited", container=slot["name"], status=status, exitCode=code)
+            self.say(f"docker backend: container {slot['name']} {status} (exit code {code})")
+            if container is not None:
+                await self._remove(container, slot["name"])
+            else:
+                await self._remove_volume(slot["name"])
+            self.store.remove_container(slot["name"])
+            if runner is not None:
+                self.dispatcher.runner_gone(runner["id"], f"its container {status}")
+
+    async def _size_for_pending(self) -> None:
+        """A flow that waits for room no runner has gets a container sized to it."""
+        for record in self.store.flows():
+            if record["status"] != "pending" or record["id"] in self._sized_for:
+                continue
+            if "CPUs and" not in (record["reason"] or ""):
+                continue  # not a matter of room (a runtime, a label, a refusal)
+            cpus = memory = 0.0
+            for module in record["document"]["modules"]:
+                placement = module.get("placement") or {}
+                cpus += float(placement.get("cpus", 0))
+                memory += parse_size(placement.get("memory", 0))
+            cpus = max(cpus, self.options.cpus)
+            memory = max(int(memory * 1.25), self.options.memory)  # the runtimes' own share
+            self._sized_for.add(record["id"])
+            self._event(
+                "container-for-flow", flow=record["id"], cpus=cpus, memory=format_size(memory)
+            )
+            await self.start_container(self.image, cpus, memory, sized_for=record["id"])
+
+    # ------------------------------------------------------------------ images
+
+    async def ensure_image(self, image: str, policy: str | None = None) -> bool:
+        """Make the image present by its pull policy. False (and the problem noted for
+        pending flows) when it cannot be."""
+        import docker.errors
+
+        policy = policy or self.options.pull
+        not_before, delay = self._pull_retry.get(image, (0.0, 2.0))
+        if time.monotonic() < not_before:
+            return False
+        try:
+            present = True
+            try:
+                await self._docker(self.client.images.get, image)
+            except docker.errors.ImageNotFound:
+                present = False
+            if policy == "never" and not present:
+                raise LookupError(
+                    f"image {image} is not present and the pull policy is never"
+                    " (docker pull it, or use --pull if-not-present)"
+                )
+            if policy == "always" or not present:
+                await self._pull(image)
+        except (LookupError, docker.errors.APIError, docker.errors.DockerException) as exc:
+            why = str(exc.explanation if isinstance(exc, docker.errors.APIError) else exc)
+            problem = f"the docker backend cannot start a runner: pull of {image} failed: {why}"
+            if isinstance(exc, LookupError):
+                problem = f"the docker backend cannot start a runner: {why}"
+            if self.dispatcher.backend_problem != problem:
+                self._event("pull-failed", image=image, error=why)
+                self.say(f"docker backend: {problem}")
+            self.dispatcher.backend_problem = problem
+            self._pull_retry[image] = (time.monotonic() + delay, min(delay * 2, 60.0))
+            for record in self.store.flows():
+                if record["status"] == "pending":
+                    reason = (record["reason"] or "").split("; the docker backend")[0]
+                    self.store.update_flow(
+                        record["id"], reason=f"{reason}; {problem}" if reason else problem
+                    )
+            return False
+        self._pull_retry.pop(image, None)
+        self.dispatcher.backend_problem = None
+        return True
+
+    async def _pull(self, image: str) -> None:
+        from docker.utils import parse_repository_tag
+
+        repository, tag = parse_repository_tag(image)
+        self.say(f"pulling {image}")
+        self._event("pull", image=image, status="started")
+        layers: dict[str, tuple[int, int]] = {}
+        last = [0.0]
+        send, receive = trio.open_memory_channel[dict[str, Any]](100)
+
+        def stream() -> None:
+            try:
+                for chunk in self.client.api.pull(
+                    repository, tag=tag or "latest", stream=True, decode=True
+                ):
+                    trio.from_thread.run(send.send, chunk)
+            finally:
+                trio.from_thread.run_sync(send.close)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, stream)
+            async for chunk in receive:
+                if "error" in chunk:
+                    import docker.errors
+
+                    raise docker.errors.APIError(chunk["error"], explanation=chunk["error"])
+                detail = chunk.get("progressDetail") or {}
+                if chunk.get("id") and detail.get("total"):
+                    layers[chunk["id"]] = (int(detail.get("current", 0)), int(detail["total"]))
+                now = time.monotonic()
+                if layers and now - last[0] >= 1.0:
+                    last[0] = now
+                    done = sum(c for c, _ in layers.values())
+                    total = sum(t for _, t in layers.values())
+                    self._event("pull", image=image, status="progress", done=done, total=total)
+                    self.say(
+                        f"pulling {image}: {100 * done / total:.0f}%"
+                        f" ({done / 2**20:.1f} of {total / 2**20:.1f} MiB)"
+                    )
+        self._event("pull", image=image, status="done")
+        self.say(f"pulled {image}")
+
+    # ------------------------------------------------------------------ containers
+
+    async def start_container(
+        self, image: str, cpus: float, memory: int, *, sized_for: str | None = None
+    ) -> str | None:
+        if not await self.ensure_image(image):
+            return None
+        n = int(self.store.meta("docker_next_slot") or "1")
+        self.store.set_meta("docker_next_slot", str(n + 1))
+        name = f"ff-{self.dispatcher_id}-{n}"
+        token = self.dispatcher.issue_token()["token"]
+        command = [
+            "--host", "127.0.0.1" if self.options.network == "host" else "0.0.0.0",
+            "--port", "0", "--name", name, "--label", f"fifoflow.slot={name}",
+            "--cpus", f"{cpus:g}", "--memory", str(int(memory)),
+        ]  # fmt: skip
+        self.store.put_container(
+            name, self.name, image=image, cpus=cpus, memory=int(memory), flow=sized_for
+        )
+        container = await self._docker(
+            self.client.containers.run,
+            image,
+            command=command,
+            name=name,
+            detach=True,
+            labels={LABEL_DISPATCHER: self.dispatcher_id, LABEL_SLOT: name},
+            environment={
+                "FIFOFLOW_REGISTRATION_TOKEN": token,
+                "FIFOFLOW_DISPATCHER": self.options.dispatcher_url,
+            },
+            volumes={name: {"bind": "/state", "mode": "rw"}},
+            network_mode=self.options.network,
+            restart_policy={"Name": "on-failure", "MaximumRetryCount": 5},
+            nano_cpus=int(cpus * 1e9),
+            mem_limit=int(memory),
+            init=True,
+        )
+        self.store.put_container(name, self.name, container_id=container.id, status="running")
+        self._event(
+            "container-started",
+            container=name,
+            image=image,
+            cpus=cpus,
+            memory=format_size(int(memory)),
+            **({"flow": sized_for} if sized_for else {}),
+        )
+        self.say(f"docker backend: started {name} from {image}")
+        return name
+
+    async def _remove(self, container: Any, slot: str) -> None:
+        import docker.errors
+
+        try:
+            await self._docker(container.remove, force=True)
+        except docker.errors.NotFound:
+            pass
+        await self._remove_volume(slot)
+
+    async def _remove_volume(self, slot: str) -> None:
+        import docker.errors
+
+        if not slot:
+            return
+        try:
+            volume = await self._docker(self.client.volumes.get, slot)
+            await self._docker(volume.remove, force=True)
+        except docker.errors.NotFound:
+            pass
+
+    async def stop_container(self, slot: str) -> None:
+        """Stop gracefully (the runner signs off), then remove it and its volume."""
+        import docker.errors
+
+        record = next((s for s in self.slots() if s["name"] == slot), None)
+        if record is None:
+            return
+        self.store.put_container(slot, self.name, status="stopping")
+        try:
+            container = await self._docker(self.client.containers.get, record["container_id"])
+            await self._docker(container.stop, timeout=int(self.options.stop_timeout))
+            await self._remove(container, slot)
+        except docker.errors.NotFound:
+            await self._remove_volume(slot)
+        self.store.remove_container(slot)
+        self._event("container-stopped", container=slot)
+
+    async def stop_all(self) -> None:
+        async with self._lock:
+            for slot in self.slots():
+                await self.stop_container(slot["name"])
+
+    # ------------------------------------------------------------------ update
+
+    async def update_image(
+        self, image: str, pull: str | None = None, *, ready_timeout: float = 120.0
+    ) -> dict[str, Any]:
+        """Move the pool to a new image: new containers first, then each flow moves
+        to them with its state and waiting messages, then the old ones stop."""
+        if pull is not None and pull not in PULL_POLICIES:
+            raise ValueError(f"pull policy must be one of {', '.join(PULL_POLICIES)}")
+        started = time.monotonic()
+        async with self._lock:
+            self._updating = True
+            try:
+                self._event("update", image=image, step="pull")
+                self.say(f"update to {image}: pulling")
+                if not await self.ensure_image(image, pull):
+                    raise RuntimeError(self.dispatcher.backend_problem or f"cannot pull {image}")
+                old = [s["name"] for s in self.slots()]
+                new = []
+                for _ in range(max(1, self.options.runners)):
+                    name = await self.start_container(image, self.options.cpus, self.options.memory)
+                    if name is None:
+                        raise RuntimeError(self.dispatcher.backend_problem or "cannot start")
+                    new.append(name)
+                self._event("update", image=image, step="starting", containers=new)
+                self.say(f"update to {image}: started {', '.join(new)}; waiting for them")
+                with trio.fail_after(ready_timeout):
+                    while not all(
+                        (r := self.runner_of(n)) is not None and r["status"] == "ready" for n in new
+                    ):
+                        await self.dispatcher.runner_ready_event().wait()
+                old_runners = [r for n in old if (r := self.runner_of(n)) is not None]
+                for runner in old_runners:  # cordon all first: flows go to the new ones
+                    self.store.update_runner(runner["id"], status="draining")
+                moved: list[str] = []
+                for runner in old_runners:
+                    self._event("update", image=image, step="moving", runner=runner["id"])
+                    self.say(f"update to {image}: moving the flows of {runner['id']}")
+                    moved += await self.dispatcher.drain(runner["id"])
+                for name in old:
+                    await self.stop_container(name)
+                self.image = image
+                self.store.set_meta("docker_image", image)
+                took = round(time.monotonic() - started, 3)
+                self._event("update", image=image, step="done", moved=moved, seconds=took)
+                self.say(f"update to {image}: done in {took:.1f} s ({len(moved)} flow(s) moved)")
+                return {"image": image, "moved": moved, "seconds": took, "containers": new}
+            finally:
+                self._updating = False
