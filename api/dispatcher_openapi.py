@@ -140,7 +140,7 @@ def dispatcher_openapi(runtimes: list[str], version: str) -> dict[str, Any]:
                     "type": ["string", "null"],
                     "description": "the runner holding all of it (null: pending, or spanning)",
                 },
-                "status": {"type": "string", "enum": ["pending", "placed", "updating"]},
+                "status": {"type": "string", "enum": ["pending", "placed", "updating", "moving"]},
                 "reason": {"type": ["string", "null"], "description": "why it is pending"},
                 "modules": {"type": "array", "items": {"type": "string"}},
                 "placement": {

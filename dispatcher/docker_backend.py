@@ -288,7 +288,7 @@ class DockerBackend:
                 problem = f"the docker backend cannot start a runner: {why}"
             if self.dispatcher.backend_problem != problem:
                 self._event("pull-failed", image=image, error=why)
-                self.say(f"docker backend: {problem}")
+                self.say(problem)
             self.dispatcher.backend_problem = problem
             self._pull_retry[image] = (time.monotonic() + delay, min(delay * 2, 60.0))
             for record in self.store.flows():
@@ -303,6 +303,7 @@ class DockerBackend:
         return True
 
     async def _pull(self, image: str) -> None:
+        import docker.errors
         from docker.utils import parse_repository_tag
 
         repository, tag = parse_repository_tag(image)
@@ -313,21 +314,27 @@ class DockerBackend:
         send, receive = trio.open_memory_channel[dict[str, Any]](100)
 
         def stream() -> None:
+            # Errors travel as chunks: the pull's own ({"error": ...}) and the engine's
+            # refusal to start it (an unknown repository, say).
             try:
                 for chunk in self.client.api.pull(
                     repository, tag=tag or "latest", stream=True, decode=True
                 ):
                     trio.from_thread.run(send.send, chunk)
+            except docker.errors.APIError as exc:
+                trio.from_thread.run(send.send, {"error": str(exc.explanation or exc)})
+            except docker.errors.DockerException as exc:
+                trio.from_thread.run(send.send, {"error": str(exc)})
             finally:
                 trio.from_thread.run_sync(send.close)
 
+        error = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.to_thread.run_sync, stream)
             async for chunk in receive:
                 if "error" in chunk:
-                    import docker.errors
-
-                    raise docker.errors.APIError(chunk["error"], explanation=chunk["error"])
+                    error = str(chunk["error"])
+                    continue  # (the stream ends after it; read it to its end)
                 detail = chunk.get("progressDetail") or {}
                 if chunk.get("id") and detail.get("total"):
                     layers[chunk["id"]] = (int(detail.get("current", 0)), int(detail["total"]))
@@ -341,6 +348,8 @@ class DockerBackend:
                         f"pulling {image}: {100 * done / total:.0f}%"
                         f" ({done / 2**20:.1f} of {total / 2**20:.1f} MiB)"
                     )
+        if error is not None:
+            raise docker.errors.APIError(error, explanation=error)
         self._event("pull", image=image, status="done")
         self.say(f"pulled {image}")
 

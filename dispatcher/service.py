@@ -129,6 +129,10 @@ class Dispatcher:
         self, *, task_status: trio.TaskStatus[Dispatcher] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Watch heartbeats and place flows until cancelled."""
+        # The dispatcher's own downtime is no sign that a runner died: every runner it
+        # knew as live gets a full TTL from now to reconnect before it is lost (else
+        # its flows would be placed again from snapshots older than what they ran).
+        self.store.refresh_live_runners(time.time())
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -368,7 +372,18 @@ class Dispatcher:
         result = None
         for peer in peers:
             assert peer is not None
-            result = await peer.call(method, flowId=flow_id, **params)
+            try:
+                result = await peer.call(method, flowId=flow_id, **params)
+            except RemoteError as exc:
+                now = self.store.flow(flow_id)
+                if exc.remote_code == "flow_not_found" and now is not None and (
+                    now["placement"] != record["placement"] or now["status"] != "placed"
+                ):
+                    # The flow moved while the call was on its way: not gone, elsewhere.
+                    raise FlowPending(
+                        f"flow {flow_id!r} is moving between runners; send the call again"
+                    ) from None
+                raise
         return result
 
     async def drain(self, runner_id: str) -> list[str]:
@@ -382,21 +397,24 @@ class Dispatcher:
         for record in self.store.flows():
             if runner_id not in record["placement"].values():
                 continue
+            # Calls for its modules get "pending, send again" (409) from here on, not
+            # the draining runner's "no such flow" once it has let go.
+            placement = {m: r for m, r in record["placement"].items() if r != runner_id}
+            # "moving", not "pending": nobody else places it before its state and
+            # waiting messages are handed over (it would start from an older snapshot).
+            self.store.update_flow(
+                record["id"],
+                placement=placement,
+                runner=None,
+                status="moving",
+                reason=f"runner {runner_id} is draining",
+            )
             states, queued = dict(record["states"]), dict(record["queued"])
             if peer is not None:
                 handed = await peer.call("release", flowId=record["id"])
                 states.update(handed["states"])
                 queued.update(handed["queued"])
-            placement = {m: r for m, r in record["placement"].items() if r != runner_id}
-            self.store.update_flow(
-                record["id"],
-                states=states,
-                queued=queued,
-                placement=placement,
-                runner=None,
-                status="pending",
-                reason=f"runner {runner_id} is draining",
-            )
+            self.store.update_flow(record["id"], states=states, queued=queued, status="pending")
             await self.place(record["id"])
             moved.append(record["id"])
         self.store.update_runner(runner_id, status="drained")
@@ -580,10 +598,14 @@ class Dispatcher:
 
     async def _place_once(self, flow_id: str, refused: dict[str, str]) -> tuple[str, str] | None:
         record = self.flow(flow_id)
+        if record["status"] == "moving":
+            return None  # its move places it once the state is handed over
         modules = record["document"]["modules"]
         live = {rid for rid in self.links if rid not in refused}
         placement = {m: r for m, r in record["placement"].items() if r in live}
         unplaced = [m for m in modules if m["id"] not in placement]
+        if record["status"] == "placed" and not unplaced and not refused:
+            return None  # placed already, every part on a live runner: nothing to do
         reasons: list[str] = []
         if unplaced and not placement:
             whole, _ = self._candidates(modules, self._free(flow_id, {}), refused)

@@ -139,6 +139,12 @@ class DispatcherStore:
         ).fetchall()
         return [{"id": r["id"], "lastSeen": r["last_seen"]} for r in rows]
 
+    def refresh_live_runners(self, now: float) -> None:
+        with self.db:
+            self.db.execute(
+                "UPDATE runners SET last_seen = ? WHERE status IN ('ready', 'starting')", (now,)
+            )
+
     def touch_runner(self, runner_id: str, now: float) -> bool:
         """A heartbeat: last seen now, unless the runner is lost or unknown (False)."""
         with self.db:

@@ -37,7 +37,7 @@ class DispatcherProcess(ServerProcess):
     def api(self, method: str, path: str, **kw: Any) -> Any:
         token = (self.state_dir / "token").read_text().strip()
         response = httpx.request(
-            method, self.url + path, headers={"Authorization": f"Bearer {token}"}, timeout=30, **kw
+            method, self.url + path, headers={"Authorization": f"Bearer {token}"}, **{"timeout": 30, **kw}
         )
         response.raise_for_status()
         return response.json()

@@ -1,0 +1,212 @@
+"""The Docker backend against a real engine: pulls from a local registry, runner
+containers, docker kill, reconcile, image update under load."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+
+from ..dispatcher.test_dispatcher import DispatcherProcess, events, wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+pytestmark = pytest.mark.slow
+
+# python -> node -> python; the last module counts and checks the order.
+CHAIN = {
+    "fifoflow": 1,
+    "id": "chain",
+    "modules": [
+        {"id": "a", "runtime": "python", "code": "def handle(msg, ctx):\n    return {'i': msg}\n"},
+        {"id": "b", "runtime": "node", "code": "exports.handle = (msg) => ({...msg, seen: 'node'});\n"},
+        {
+            "id": "c",
+            "runtime": "python",
+            "code": (
+                "def handle(msg, ctx):\n"
+                "    s = ctx.state\n"
+                "    s['ok'] = s.get('ok', True) and msg['seen'] == 'node' and msg['i'] == s.get('n', 0)\n"
+                "    s['n'] = s.get('n', 0) + 1\n"
+            ),
+        },
+    ],
+    "wires": ["a.out -> b.in", "b.out -> c.in"],
+}  # fmt: skip
+
+
+def docker_dispatcher(tmp_path: Path, image: str, *extra: str) -> DispatcherProcess:
+    dispatcher = DispatcherProcess(tmp_path / "dispatcher", heartbeat=0.5)
+    dispatcher.command = lambda: [  # type: ignore[method-assign]
+        *DispatcherProcess.command(dispatcher), "--docker", image, *extra,
+    ]  # fmt: skip
+    return dispatcher
+
+
+def state_of(dispatcher: DispatcherProcess) -> dict[str, Any] | None:
+    try:
+        return dispatcher.api("GET", "/flows/chain/modules/c/state")["state"]
+    except httpx.HTTPStatusError:
+        return None
+
+
+def inject(dispatcher: DispatcherProcess, msgs: list[int]) -> None:
+    dispatcher.api("POST", "/flows/chain/modules/a/inputs/in", json={"msgs": msgs})
+
+
+def test_a_flow_on_a_pulled_container_goes_on_after_docker_kill(
+    tmp_path: Path,
+    docker_client: Any,
+    pushed: Callable[[str], str],
+    cleanup_containers: Callable[[Path], None],
+) -> None:
+    image = pushed("pull-kill")
+    dispatcher = docker_dispatcher(tmp_path, image, "--docker-cpus", "1.5", "--docker-memory", "768MiB")
+    cleanup_containers(dispatcher.state_dir)
+    dispatcher.start()
+    try:
+        # The image was not here: the backend pulled it from the registry.
+        wait_until("the pull", lambda: any(e["status"] == "done" for e in events(dispatcher, "pull")), 120)
+        assert events(dispatcher, "pull")[0] == {**events(dispatcher, "pull")[0], "status": "started", "image": image}
+        [slot] = wait_until("a ready runner container", lambda: [
+            c for c in dispatcher.api("GET", "/backend")["containers"] if c["runnerStatus"] == "ready"
+        ], 120)  # fmt: skip
+        container = docker_client.containers.get(slot["container"])
+        labels = container.labels
+        assert labels["io.fifoflow.slot"] == slot["name"]
+        assert "io.fifoflow.dispatcher" in labels
+        host = container.attrs["HostConfig"]
+        assert (host["NanoCpus"], host["Memory"]) == (1_500_000_000, 768 * 2**20)
+        assert host["RestartPolicy"]["Name"] == "on-failure"
+        assert any(m["Destination"] == "/state" and m["Type"] == "volume" for m in container.attrs["Mounts"])
+        assert any(e.startswith("FIFOFLOW_REGISTRATION_TOKEN=ffreg_") for e in container.attrs["Config"]["Env"])
+        assert container.attrs["Config"]["User"] == "fifoflow"
+        runner = next(r for r in dispatcher.api("GET", "/runners") if r["id"] == slot["runner"])
+        assert runner["hardware"]["capacity"] == {"cpus": 1.5, "memory": 768 * 2**20}
+
+        placed = dispatcher.api("POST", "/flows", json=CHAIN)
+        assert (placed["status"], placed["runner"]) == ("placed", slot["runner"])
+        inject(dispatcher, list(range(1000)))
+        wait_until("1000 messages through python -> node -> python", lambda: state_of(dispatcher) == {"ok": True, "n": 1000})
+        wait_until("a snapshot at the dispatcher", lambda: dispatcher.api("GET", "/flows/chain")["states"].get("c", {}).get("n") == 1000)
+
+        started = time.monotonic()
+        container.kill()
+        moved = wait_until("the flow on a new container's runner", lambda: (
+            (f := dispatcher.api("GET", "/flows/chain"))["status"] == "placed"
+            and f["runner"] not in (None, slot["runner"]) and f
+        ), 120)  # fmt: skip
+        took = time.monotonic() - started
+        print(f"docker kill -> flow placed on a new container: {took:.1f} s")
+        [exited] = events(dispatcher, "container-exited")
+        assert (exited["container"], exited["exitCode"]) == (slot["name"], 137)
+        assert any(e["runner"] == slot["runner"] and e.get("why") for e in events(dispatcher, "lost"))
+        new = [c for c in dispatcher.api("GET", "/backend")["containers"]]
+        assert [c["runner"] for c in new] == [moved["runner"]]
+        # The counter goes on from its snapshot, in order.
+        inject(dispatcher, list(range(1000, 1100)))
+        wait_until("the counter to go on", lambda: state_of(dispatcher) == {"ok": True, "n": 1100})
+
+        # A dispatcher restart (same address) adopts its container and removes an
+        # orphan it labelled.
+        dispatcher.port = int(dispatcher.url.rsplit(":", 1)[1])
+        assert dispatcher.stop() == 0
+        did = new[0]["name"].split("-")[1]
+        orphan = docker_client.containers.run(
+            "fifoflow-base:bookworm", ["sleep", "600"], detach=True,
+            labels={"io.fifoflow.dispatcher": did, "io.fifoflow.slot": f"ff-{did}-999"},
+        )  # fmt: skip
+        dispatcher.start()
+        wait_until("the orphan removed", lambda: events(dispatcher, "orphan-removed"))
+        assert [e["container"] for e in events(dispatcher, "container-adopted")] == [new[0]["name"]]
+        assert orphan.id not in {c.id for c in docker_client.containers.list(all=True)}
+        # (the runner reconnects within its TTL: not lost, the flow kept where it runs)
+        wait_until("the flow answers again", lambda: state_of(dispatcher) == {"ok": True, "n": 1100})
+        assert not [e for e in events(dispatcher, "displaced") if e["runner"] == moved["runner"]]
+    finally:
+        dispatcher.stop()
+
+
+def test_a_missing_image_fails_its_pull_and_the_flow_waits(
+    tmp_path: Path, registry: str, cleanup_containers: Callable[[Path], None]
+) -> None:
+    image = f"{registry}/fifoflow-runner:no-such-tag"
+    dispatcher = docker_dispatcher(tmp_path, image)
+    cleanup_containers(dispatcher.state_dir)
+    dispatcher.start()
+    try:
+        [failed] = wait_until("the failed pull", lambda: events(dispatcher, "pull-failed"), 60)
+        assert failed["image"] == image
+        assert "not found" in failed["error"] or "unknown" in failed["error"], failed
+        pending = dispatcher.api("POST", "/flows", json=CHAIN)
+        assert pending["status"] == "pending"
+        assert "no ready runner has runtime" in pending["reason"]
+        assert f"pull of {image} failed" in pending["reason"], pending["reason"]
+        assert dispatcher.api("GET", "/backend")["containers"] == []
+    finally:
+        dispatcher.stop()
+
+
+def test_an_image_update_under_load_loses_nothing(
+    tmp_path: Path,
+    docker_client: Any,
+    pushed: Callable[[str], str],
+    cleanup_containers: Callable[[Path], None],
+) -> None:
+    v1, v2 = pushed("v1"), pushed("v2")
+    dispatcher = docker_dispatcher(tmp_path, v1)
+    cleanup_containers(dispatcher.state_dir)
+    dispatcher.start()
+    total, sent = 20_000, [0]
+    failures: list[BaseException] = []
+    try:
+        wait_until("a ready runner container", lambda: [
+            c for c in dispatcher.api("GET", "/backend")["containers"] if c["runnerStatus"] == "ready"
+        ], 120)  # fmt: skip
+        assert dispatcher.api("POST", "/flows", json=CHAIN)["status"] == "placed"
+
+        def produce() -> None:
+            # 200 messages every call, as fast as the dispatcher takes them; a call that
+            # finds the flow between two runners (409) is sent again.
+            try:
+                while sent[0] < total:
+                    batch = list(range(sent[0], sent[0] + 200))
+                    try:
+                        inject(dispatcher, batch)
+                        sent[0] += len(batch)
+                    except httpx.HTTPStatusError as exc:
+                        if exc.response.status_code != 409:
+                            raise
+            except BaseException as exc:
+                failures.append(exc)
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        wait_until("the load to be under way", lambda: sent[0] >= 2000)
+        done = dispatcher.api("POST", "/backend/image", json={"image": v2}, timeout=300)
+        producer.join(timeout=300)
+        assert not failures, failures
+        assert done["moved"] == ["chain"]
+        print(f"image update under load: {done['seconds']:.2f} s, sent {sent[0]} messages")
+        try:
+            wait_until("every message, once, in order", lambda: state_of(dispatcher) == {"ok": True, "n": total}, 30)
+        except AssertionError:
+            print("STATE", state_of(dispatcher))
+            for e in dispatcher.api("GET", "/events")[-30:]:
+                print("EV", {k: v for k, v in e.items() if k not in ("placement",)})
+            raise
+        backend = dispatcher.api("GET", "/backend")
+        assert backend["image"] == v2
+        assert [c["image"] for c in backend["containers"]] == [v2]
+        steps = [e["step"] for e in events(dispatcher, "update")]
+        assert steps == ["pull", "starting", "moving", "done"]
+        old = [e["container"] for e in events(dispatcher, "container-stopped")]
+        assert len(old) == 1
+        assert old[0] not in [c["name"] for c in backend["containers"]]
+    finally:
+        dispatcher.stop()
