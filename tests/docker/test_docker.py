@@ -210,3 +210,43 @@ def test_an_image_update_under_load_loses_nothing(
         assert old[0] not in [c["name"] for c in backend["containers"]]
     finally:
         dispatcher.stop()
+
+
+def test_a_flow_that_needs_more_gets_a_container_sized_to_it(
+    tmp_path: Path,
+    docker_client: Any,
+    pushed: Callable[[str], str],
+    cleanup_containers: Callable[[Path], None],
+) -> None:
+    image = pushed("sized")
+    dispatcher = docker_dispatcher(tmp_path, image, "--docker-cpus", "0.5", "--docker-memory", "512MiB")
+    cleanup_containers(dispatcher.state_dir)
+    dispatcher.start()
+    try:
+        wait_until("the pool's runner", lambda: [
+            c for c in dispatcher.api("GET", "/backend")["containers"] if c["runnerStatus"] == "ready"
+        ], 120)  # fmt: skip
+        big = {**CHAIN, "modules": [
+            {**m, "placement": {"cpus": 0.75, "memory": "600MiB"}} if m["id"] == "b" else m
+            for m in CHAIN["modules"]
+        ]}  # fmt: skip
+        first = dispatcher.api("POST", "/flows", json=big)
+        assert first["status"] == "pending"
+        assert "needs 0.75 CPUs" in first["reason"], first["reason"]
+        placed = wait_until("a container sized to the flow", lambda: (
+            (f := dispatcher.api("GET", "/flows/chain"))["status"] == "placed" and f
+        ), 120)  # fmt: skip
+        # b (the module that needs the room) runs there; a and c fit the pool's runner.
+        [sized] = [
+            c for c in dispatcher.api("GET", "/backend")["containers"]
+            if c["runner"] == placed["placement"]["b"]
+        ]  # fmt: skip
+        assert (sized["cpus"], sized["memory"]) == (0.75, int(600 * 2**20 * 1.25))
+        host = docker_client.containers.get(sized["container"]).attrs["HostConfig"]
+        assert (host["NanoCpus"], host["Memory"]) == (750_000_000, int(600 * 2**20 * 1.25))
+        [started] = [e for e in events(dispatcher, "container-for-flow")]
+        assert started["flow"] == "chain"
+        inject(dispatcher, list(range(100)))
+        wait_until("the flow runs there", lambda: state_of(dispatcher) == {"ok": True, "n": 100})
+    finally:
+        dispatcher.stop()
