@@ -51,7 +51,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from ..dispatcher.backends import LocalBackend
-from ..dispatcher.docker_backend import DockerBackend, DockerOptions
+from ..dispatcher.docker_backend import DockerBackend, DockerOptions, SwarmBackend
 from ..dispatcher.service import Dispatcher, DispatcherConfig, DispatcherError, flow_summary
 from ..flows import FlowError
 from ..runner.errors import RunnerError
@@ -412,6 +412,8 @@ class DispatcherServeOptions:
     docker_cpus: float = 1.0
     docker_memory: int = 1024**3
     docker_network: str = "host"
+    #: run the runner containers as Docker Swarm services (one per runner)
+    swarm: bool = False
     #: the dispatcher's URL as containers reach it (default: the one it listens on)
     public_url: str | None = None
 
@@ -460,7 +462,8 @@ async def serve_dispatcher(
                     await backend.start_runner(name, token)
                 _say(f"started {options.local_runners} local runner(s) in {root}")
             if options.docker_image:
-                docker_backend = DockerBackend(
+                kind = SwarmBackend if options.swarm else DockerBackend
+                docker_backend = kind(
                     dispatcher,
                     DockerOptions(
                         image=options.docker_image,
@@ -477,8 +480,8 @@ async def serve_dispatcher(
                 dispatcher.backend = docker_backend
                 await nursery.start(docker_backend.run)
                 _say(
-                    f"docker backend: {options.docker_runners} runner container(s) from"
-                    f" {docker_backend.image} (pull: {options.pull})"
+                    f"{docker_backend.name} backend: {options.docker_runners} runner"
+                    f" container(s) from {docker_backend.image} (pull: {options.pull})"
                 )
             task_status.started(urls)
             async for signum in signals:

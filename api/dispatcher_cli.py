@@ -55,6 +55,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         docker_memory=args.docker_memory,
         docker_network=args.docker_network,
         public_url=args.public_url,
+        swarm=args.swarm,
     )
     try:
         trio.run(serve_dispatcher, options)
@@ -267,6 +268,11 @@ def add_dispatcher_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
         "--docker",
         metavar="IMAGE",
         help="run runners as containers from IMAGE (the Docker backend)",
+    )
+    serve.add_argument(
+        "--swarm",
+        action="store_true",
+        help="with --docker: run each runner as a Docker Swarm service (on a manager node)",
     )
     serve.add_argument(
         "--docker-runners", type=int, default=1, metavar="N", help="containers kept running"

@@ -175,26 +175,21 @@ class DockerBackend:
                     await self.tick()
             except Exception as exc:  # an engine hiccup must not end the dispatcher
                 self._event("backend-error", error=f"{type(exc).__name__}: {exc}")
-                self.say(f"docker backend: {type(exc).__name__}: {exc}")
+                self.say(f"{self.name} backend: {type(exc).__name__}: {exc}")
             await trio.sleep(self.options.interval)
 
     async def reconcile(self) -> None:
         """Adopt this dispatcher's known containers, remove its orphans."""
-        found = await self._docker(
-            self.client.containers.list,
-            all=True,
-            filters={"label": f"{LABEL_DISPATCHER}={self.dispatcher_id}"},
-        )
+        found = await self._labelled()
         known = {s["name"]: s for s in self.slots()}
-        for container in found:
-            slot = container.labels.get(LABEL_SLOT, "")
+        for slot, ident, status, obj in found:
             if slot in known:
-                self.store.put_container(slot, self.name, container_id=container.id)
-                self._event("container-adopted", container=slot, status=container.status)
+                self.store.put_container(slot, self.name, container_id=ident)
+                self._event("container-adopted", container=slot, status=status)
             else:
-                await self._remove(container, slot)
-                self._event("orphan-removed", container=slot or container.name)
-        present = {c.labels.get(LABEL_SLOT) for c in found}
+                await self._destroy(obj, slot, graceful=False)
+                self._event("orphan-removed", container=slot or ident[:12])
+        present = {slot for slot, _, _, _ in found}
         for name in known:
             if name not in present:
                 self.store.remove_container(name)
@@ -212,27 +207,17 @@ class DockerBackend:
         await self._size_for_pending()
 
     async def _check_containers(self) -> None:
-        import docker.errors
-
         for slot in self.slots():
-            try:
-                container = await self._docker(self.client.containers.get, slot["container_id"])
-                status = container.status
-                code = container.attrs.get("State", {}).get("ExitCode")
-            except docker.errors.NotFound:
-                container, status, code = None, "missing", None
-            if status in ("running", "created", "restarting"):
+            obj, status, code = await self._state(slot)
+            if status in ("running", "created", "restarting", "pending"):
                 if status != slot["status"]:
                     self.store.put_container(slot["name"], self.name, status=status)
                 continue
             # exited, dead or gone: its runner is lost now; the slot is replaced
             runner = self.runner_of(slot["name"])
             self._event("container-exited", container=slot["name"], status=status, exitCode=code)
-            self.say(f"docker backend: container {slot['name']} {status} (exit code {code})")
-            if container is not None:
-                await self._remove(container, slot["name"])
-            else:
-                await self._remove_volume(slot["name"])
+            self.say(f"{self.name} backend: {slot['name']} {status} (exit code {code})")
+            await self._destroy(obj, slot["name"], graceful=False)
             self.store.remove_container(slot["name"])
             if runner is not None:
                 self.dispatcher.runner_gone(runner["id"], f"its container {status}")
@@ -242,20 +227,29 @@ class DockerBackend:
         for record in self.store.flows():
             if record["status"] != "pending" or record["id"] in self._sized_for:
                 continue
-            if "CPUs and" not in (record["reason"] or ""):
-                continue  # not a matter of room (a runtime, a label, a refusal)
+            reason = record["reason"] or ""
+            if "CPUs and" not in reason and " and labels " not in reason:
+                continue  # not a matter of room or labels (a runtime, a refusal)
             cpus = memory = 0.0
+            labels: dict[str, str] = {}
             for module in record["document"]["modules"]:
                 placement = module.get("placement") or {}
                 cpus += float(placement.get("cpus", 0))
                 memory += parse_size(placement.get("memory", 0))
+                labels.update(placement.get("labels") or {})
             cpus = max(cpus, self.options.cpus)
             memory = max(int(memory * 1.25), self.options.memory)  # the runtimes' own share
             self._sized_for.add(record["id"])
             self._event(
-                "container-for-flow", flow=record["id"], cpus=cpus, memory=format_size(memory)
+                "container-for-flow",
+                flow=record["id"],
+                cpus=cpus,
+                memory=format_size(memory),
+                labels=labels,
             )
-            await self.start_container(self.image, cpus, memory, sized_for=record["id"])
+            await self.start_container(
+                self.image, cpus, memory, sized_for=record["id"], labels=labels
+            )
 
     # ------------------------------------------------------------------ images
 
@@ -356,8 +350,17 @@ class DockerBackend:
     # ------------------------------------------------------------------ containers
 
     async def start_container(
-        self, image: str, cpus: float, memory: int, *, sized_for: str | None = None
+        self,
+        image: str,
+        cpus: float,
+        memory: int,
+        *,
+        sized_for: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> str | None:
+        """A new runner container (slot) from ``image`` that registers with a fresh
+        one-time token; ``labels``: placement labels its runner reports (on Swarm, also
+        constraints on the node it runs on)."""
         if not await self.ensure_image(image):
             return None
         n = int(self.store.meta("docker_next_slot") or "1")
@@ -369,28 +372,24 @@ class DockerBackend:
             "--port", "0", "--name", name, "--label", f"fifoflow.slot={name}",
             "--cpus", f"{cpus:g}", "--memory", str(int(memory)),
         ]  # fmt: skip
+        for key, value in sorted((labels or {}).items()):
+            command += ["--label", f"{key}={value}"]
         self.store.put_container(
             name, self.name, image=image, cpus=cpus, memory=int(memory), flow=sized_for
         )
-        container = await self._docker(
-            self.client.containers.run,
+        ident = await self._launch(
+            name,
             image,
-            command=command,
-            name=name,
-            detach=True,
-            labels={LABEL_DISPATCHER: self.dispatcher_id, LABEL_SLOT: name},
-            environment={
+            command,
+            env={
                 "FIFOFLOW_REGISTRATION_TOKEN": token,
                 "FIFOFLOW_DISPATCHER": self.options.dispatcher_url,
             },
-            volumes={name: {"bind": "/state", "mode": "rw"}},
-            network_mode=self.options.network,
-            restart_policy={"Name": "on-failure", "MaximumRetryCount": 5},
-            nano_cpus=int(cpus * 1e9),
-            mem_limit=int(memory),
-            init=True,
+            cpus=cpus,
+            memory=int(memory),
+            labels=labels or {},
         )
-        self.store.put_container(name, self.name, container_id=container.id, status="running")
+        self.store.put_container(name, self.name, container_id=ident, status="running")
         self._event(
             "container-started",
             container=name,
@@ -399,16 +398,79 @@ class DockerBackend:
             memory=format_size(int(memory)),
             **({"flow": sized_for} if sized_for else {}),
         )
-        self.say(f"docker backend: started {name} from {image}")
+        self.say(f"{self.name} backend: started {name} from {image}")
         return name
 
-    async def _remove(self, container: Any, slot: str) -> None:
+    async def stop_container(self, slot: str) -> None:
+        """Stop gracefully (the runner signs off), then remove it and its volume."""
+        record = next((s for s in self.slots() if s["name"] == slot), None)
+        if record is None:
+            return
+        self.store.put_container(slot, self.name, status="stopping")
+        obj, _, _ = await self._state(record)
+        await self._destroy(obj, slot, graceful=True)
+        self.store.remove_container(slot)
+        self._event("container-stopped", container=slot)
+
+    # ------------------------------------------------------------------ the engine
+
+    async def _launch(
+        self,
+        name: str,
+        image: str,
+        command: list[str],
+        *,
+        env: dict[str, str],
+        cpus: float,
+        memory: int,
+        labels: dict[str, str],
+    ) -> str:
+        container = await self._docker(
+            self.client.containers.run,
+            image,
+            command=command,
+            name=name,
+            detach=True,
+            labels={LABEL_DISPATCHER: self.dispatcher_id, LABEL_SLOT: name},
+            environment=env,
+            volumes={name: {"bind": "/state", "mode": "rw"}},
+            network_mode=self.options.network,
+            restart_policy={"Name": "on-failure", "MaximumRetryCount": 5},
+            nano_cpus=int(cpus * 1e9),
+            mem_limit=memory,
+            init=True,
+        )
+        return str(container.id)
+
+    async def _state(self, slot: dict[str, Any]) -> tuple[Any, str, int | None]:
+        """(the container, its status, its exit code); status "missing" when gone."""
         import docker.errors
 
         try:
-            await self._docker(container.remove, force=True)
+            container = await self._docker(self.client.containers.get, slot["container_id"])
         except docker.errors.NotFound:
-            pass
+            return None, "missing", None
+        return container, container.status, container.attrs.get("State", {}).get("ExitCode")
+
+    async def _labelled(self) -> list[tuple[str, str, str, Any]]:
+        """(slot, id, status, object) of everything labelled with this dispatcher."""
+        found = await self._docker(
+            self.client.containers.list,
+            all=True,
+            filters={"label": f"{LABEL_DISPATCHER}={self.dispatcher_id}"},
+        )
+        return [(c.labels.get(LABEL_SLOT, ""), c.id, c.status, c) for c in found]
+
+    async def _destroy(self, container: Any, slot: str, *, graceful: bool) -> None:
+        import docker.errors
+
+        if container is not None:
+            try:
+                if graceful:
+                    await self._docker(container.stop, timeout=int(self.options.stop_timeout))
+                await self._docker(container.remove, force=True)
+            except docker.errors.NotFound:
+                pass
         await self._remove_volume(slot)
 
     async def _remove_volume(self, slot: str) -> None:
@@ -421,23 +483,6 @@ class DockerBackend:
             await self._docker(volume.remove, force=True)
         except docker.errors.NotFound:
             pass
-
-    async def stop_container(self, slot: str) -> None:
-        """Stop gracefully (the runner signs off), then remove it and its volume."""
-        import docker.errors
-
-        record = next((s for s in self.slots() if s["name"] == slot), None)
-        if record is None:
-            return
-        self.store.put_container(slot, self.name, status="stopping")
-        try:
-            container = await self._docker(self.client.containers.get, record["container_id"])
-            await self._docker(container.stop, timeout=int(self.options.stop_timeout))
-            await self._remove(container, slot)
-        except docker.errors.NotFound:
-            await self._remove_volume(slot)
-        self.store.remove_container(slot)
-        self._event("container-stopped", container=slot)
 
     async def stop_all(self) -> None:
         async with self._lock:
@@ -493,3 +538,94 @@ class DockerBackend:
                 return {"image": image, "moved": moved, "seconds": took, "containers": new}
             finally:
                 self._updating = False
+
+
+class SwarmBackend(DockerBackend):
+    """The same backend on Docker Swarm: a service (one replica) per runner slot.
+
+    How it maps: a slot is a service named like the container would be, labelled the
+    same way (``io.fifoflow.dispatcher``/``io.fifoflow.slot``, on the service and its
+    task containers); CPU/memory limits are the service's resource limits; the state
+    dir is a named volume on the node that runs the task; the restart policy is
+    Swarm's (``any``: a killed task is started again by Swarm, with the same volume, so
+    its runner comes back with its identity and its flows). A slot started for a flow
+    whose modules require labels gets placement constraints ``node.labels.<k>==<v>``:
+    Swarm picks a node with those labels (``docker node update --label-add k=v NODE``),
+    and its runner reports the labels so that the dispatcher places those modules there.
+    Placement across runners stays the dispatcher's; Swarm only decides which host runs
+    a runner. Run the dispatcher on a manager node.
+    """
+
+    name = "swarm"
+
+    async def _launch(
+        self,
+        name: str,
+        image: str,
+        command: list[str],
+        *,
+        env: dict[str, str],
+        cpus: float,
+        memory: int,
+        labels: dict[str, str],
+    ) -> str:
+        from docker.types import Resources, RestartPolicy
+
+        tags = {LABEL_DISPATCHER: self.dispatcher_id, LABEL_SLOT: name}
+        service = await self._docker(
+            self.client.services.create,
+            image,
+            args=command,
+            name=name,
+            labels=tags,
+            container_labels=tags,
+            env=[f"{k}={v}" for k, v in env.items()],
+            mounts=[f"{name}:/state:rw"],
+            resources=Resources(cpu_limit=int(cpus * 1e9), mem_limit=memory),
+            restart_policy=RestartPolicy(condition="any", delay=1_000_000_000),
+            networks=[self.options.network],
+            constraints=[f"node.labels.{k}=={v}" for k, v in sorted(labels.items())],
+            stop_grace_period=int(self.options.stop_timeout * 1e9),
+            init=True,
+        )
+        return str(service.id)
+
+    async def _state(self, slot: dict[str, Any]) -> tuple[Any, str, int | None]:
+        import docker.errors
+
+        try:
+            service = await self._docker(self.client.services.get, slot["container_id"])
+        except docker.errors.NotFound:
+            return None, "missing", None
+        tasks = await self._docker(service.tasks)
+        states = {t.get("Status", {}).get("State") for t in tasks}
+        # Swarm restarts failed tasks itself: the slot lives while its service does.
+        return service, "running" if "running" in states else "pending", None
+
+    async def _labelled(self) -> list[tuple[str, str, str, Any]]:
+        found = await self._docker(
+            self.client.services.list,
+            filters={"label": f"{LABEL_DISPATCHER}={self.dispatcher_id}"},
+        )
+        return [(s.attrs["Spec"]["Labels"].get(LABEL_SLOT, ""), s.id, "running", s) for s in found]
+
+    async def _destroy(self, service: Any, slot: str, *, graceful: bool) -> None:
+        import docker.errors
+
+        if service is not None:
+            try:
+                await self._docker(service.remove)  # tasks get SIGTERM, then the grace period
+            except docker.errors.NotFound:
+                pass
+        # The volume is free once the task containers are gone.
+        with trio.move_on_after(self.options.stop_timeout + 5):
+            while await self._docker(  # noqa: ASYNC110 (the engine's state, polled)
+                self.client.containers.list,
+                all=True,
+                filters={"label": f"{LABEL_SLOT}={slot}"},
+            ):
+                await trio.sleep(0.2)
+        try:
+            await self._remove_volume(slot)
+        except docker.errors.APIError as exc:
+            self._event("volume-left", container=slot, error=str(exc.explanation or exc))

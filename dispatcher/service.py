@@ -376,8 +376,10 @@ class Dispatcher:
                 result = await peer.call(method, flowId=flow_id, **params)
             except RemoteError as exc:
                 now = self.store.flow(flow_id)
-                if exc.remote_code == "flow_not_found" and now is not None and (
-                    now["placement"] != record["placement"] or now["status"] != "placed"
+                if (
+                    exc.remote_code == "flow_not_found"
+                    and now is not None
+                    and (now["placement"] != record["placement"] or now["status"] != "placed")
                 ):
                     # The flow moved while the call was on its way: not gone, elsewhere.
                     raise FlowPending(

@@ -250,3 +250,82 @@ def test_a_flow_that_needs_more_gets_a_container_sized_to_it(
         wait_until("the flow runs there", lambda: state_of(dispatcher) == {"ok": True, "n": 100})
     finally:
         dispatcher.stop()
+
+
+@pytest.fixture
+def swarm(docker_client: Any) -> Any:
+    """This engine as a one-node Swarm (left again afterwards if the test made it one)."""
+    made = docker_client.info()["Swarm"]["LocalNodeState"] != "active"
+    if made:
+        docker_client.swarm.init(advertise_addr="127.0.0.1")
+    node = docker_client.nodes.list()[0]
+    yield node
+    spec = node.attrs["Spec"]
+    node.reload()
+    node.update({**node.attrs["Spec"], "Labels": spec.get("Labels", {})})
+    if made:
+        docker_client.swarm.leave(force=True)
+
+
+def test_the_swarm_backend_runs_runners_as_services(
+    tmp_path: Path,
+    docker_client: Any,
+    swarm: Any,
+    pushed: Callable[[str], str],
+    cleanup_containers: Callable[[Path], None],
+) -> None:
+    image = pushed("swarm")
+    dispatcher = docker_dispatcher(tmp_path, image, "--swarm", "--docker-cpus", "0.5")
+    cleanup_containers(dispatcher.state_dir)
+    dispatcher.start()
+    services: list[Any] = []
+    try:
+        [slot] = wait_until("a ready runner service", lambda: [
+            c for c in dispatcher.api("GET", "/backend")["containers"] if c["runnerStatus"] == "ready"
+        ], 120)  # fmt: skip
+        assert dispatcher.api("GET", "/backend")["backend"] == "swarm"
+        service = docker_client.services.get(slot["name"])
+        services.append(service)
+        spec = service.attrs["Spec"]
+        assert spec["Labels"]["io.fifoflow.slot"] == slot["name"]
+        task = spec["TaskTemplate"]
+        assert task["Resources"]["Limits"]["NanoCPUs"] == 500_000_000
+        assert task["RestartPolicy"]["Condition"] == "any"
+        assert task["ContainerSpec"]["Mounts"][0]["Target"] == "/state"
+
+        assert dispatcher.api("POST", "/flows", json=CHAIN)["runner"] == slot["runner"]
+        inject(dispatcher, list(range(500)))
+        wait_until("500 messages through the service's runner", lambda: state_of(dispatcher) == {"ok": True, "n": 500})
+
+        # A module that needs zone=b: a service constrained to such nodes; it runs once
+        # the node has the label, and the module is placed on its runner.
+        zoned = {**CHAIN, "id": "zoned", "modules": [
+            {**m, "placement": {"labels": {"zone": "b"}}} if m["id"] == "c" else m
+            for m in CHAIN["modules"]
+        ]}  # fmt: skip
+        assert dispatcher.api("POST", "/flows", json=zoned)["status"] == "pending"
+        [started] = wait_until("a service for the zoned flow", lambda: events(dispatcher, "container-for-flow"))
+        assert started["labels"] == {"zone": "b"}
+        zoned_service = wait_until("the zoned service", lambda: [
+            s for s in docker_client.services.list() if s.name not in (slot["name"],)
+            and s.attrs["Spec"]["Labels"].get("io.fifoflow.slot")
+        ])[0]  # fmt: skip
+        services.append(zoned_service)
+        placement = zoned_service.attrs["Spec"]["TaskTemplate"]["Placement"]
+        assert placement["Constraints"] == ["node.labels.zone==b"]
+        assert dispatcher.api("GET", "/flows/zoned")["status"] == "pending"  # no such node yet
+        swarm.update({**swarm.attrs["Spec"], "Labels": {**swarm.attrs["Spec"].get("Labels", {}), "zone": "b"}})
+        placed = wait_until("the zoned flow placed", lambda: (
+            (f := dispatcher.api("GET", "/flows/zoned"))["status"] == "placed" and f
+        ), 120)  # fmt: skip
+        zoned_runner = next(
+            c["runner"] for c in dispatcher.api("GET", "/backend")["containers"] if c["name"] == zoned_service.name
+        )
+        assert placed["placement"]["c"] == zoned_runner
+    finally:
+        dispatcher.stop()
+        for service in services:
+            try:
+                service.remove()
+            except Exception:
+                pass
