@@ -22,7 +22,9 @@ Figures:
 - ``dispatcher_heartbeats``: simulated runners held by one dispatcher at a 1 s heartbeat,
   its CPU and memory (see ``dispatcher``).
 
-``--only core|api|swap|dispatcher`` runs one group.
+- ``containers``: the runner image, container start to ready, image update (``containers``).
+
+``--only core|api|swap|dispatcher|docker`` runs one group.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from fifoflow.flows import parse_flow
 from fifoflow.runner import RunnerConfig, open_runner
 from fifoflow.runtimes.registry import discover
 
-from . import api_requests, costs, fifo_echo, nodered, swap
+from . import api_requests, containers, costs, fifo_echo, nodered, swap
 from . import dispatcher as dispatcher_bench
 
 RUNTIMES = discover()
@@ -272,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="few rounds and messages (smoke run)")
     parser.add_argument("--out", type=Path, default=Path("bench-results/latest.json"))
     parser.add_argument(
-        "--only", choices=["core", "api", "swap", "dispatcher"], help="run one group of figures"
+        "--only",
+        choices=["core", "api", "swap", "dispatcher", "docker"],
+        help="run one group of figures",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -307,6 +311,13 @@ def main(argv: list[str] | None = None) -> int:
         figures["relay"] = rel
         met = "met" if rel["relay_msg_s"] >= 50_000 else "NOT met"
         print(f"  relay between two runners: {rel['relay_msg_s']:,.0f} msg/s   target >= 50,000 {met}")
+    if args.only in (None, "docker"):
+        print()
+        print("runner containers (Docker engine, local registry)")
+        found = containers.run(kills=2 if args.quick else 5, updates=1 if args.quick else 3)
+        containers.print_report(found)
+        if found is not None:
+            figures["containers"] = found
     if args.only in (None, "swap"):
         result = swap.run(quick=args.quick)
         swap.print_report(result)
