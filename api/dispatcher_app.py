@@ -24,6 +24,7 @@ Operators (``Authorization: Bearer <token from the dispatcher's state dir>``)::
     GET  /backend                the container backend: image, pull policy, containers
     POST /backend/image {image, pull?}  move every runner to a new image (flows move
                                  with their state; no message lost)
+    GET  /client/, /client/{name}  the client runner's files (no token: code for pages)
     GET  /openapi.json
 
 Runners: ``GET /link`` is a WebSocket carrying JSON-RPC 2.0 calls from the runner:
@@ -56,7 +57,7 @@ from ..dispatcher.service import Dispatcher, DispatcherConfig, DispatcherError, 
 from ..flows import FlowError
 from ..runner.errors import RunnerError
 from ..runner.rpc import RemoteError, RpcPeer
-from ..runtimes.registry import discover
+from ..runtimes.registry import BUILTIN_DIR, discover
 from .auth import check_token, load_or_create_token
 from .dispatcher_openapi import dispatcher_openapi
 from .errors import ApiError, InvalidParams, Unauthorized, error_body
@@ -73,6 +74,12 @@ __all__ = [
 ]
 
 log = logging.getLogger("fifoflow.dispatcher")
+
+#: what the dispatcher serves under /client/ (no token: it is code for web pages)
+CLIENT_FILES = {
+    "index.html": (BUILTIN_DIR / "browser" / "index.html", "text/html; charset=utf-8"),
+    "core.mjs": (BUILTIN_DIR / "node" / "core.mjs", "text/javascript; charset=utf-8"),
+}
 DEFAULT_DISPATCHER_PORT = 8480
 
 
@@ -102,6 +109,8 @@ def create_dispatcher_app(dispatcher: Dispatcher, token: str) -> QuartTrio:
 
     @app.before_request
     async def _auth() -> Response | None:
+        if request.endpoint == "dispatcher.client_file":
+            return None  # the client runner's code is public; its socket needs a token
         header = request.headers.get("Authorization") or ""
         scheme, _, value = header.partition(" ")
         provided = value.strip() if scheme.lower() == "bearer" else None
@@ -300,6 +309,19 @@ def create_dispatcher_app(dispatcher: Dispatcher, token: str) -> QuartTrio:
             raise InvalidParams(str(exc), field="pull") from None
         except RuntimeError as exc:
             raise DispatcherError(f"update to {body['image']} failed: {exc}") from None
+
+    @bp.get("/client/", defaults={"name": "index.html"})
+    @bp.get("/client/<name>")
+    async def client_file(name: str) -> Response:
+        found = CLIENT_FILES.get(name)
+        if found is None:
+            raise ApiError(
+                f"no client file {name!r} (files: {', '.join(sorted(CLIENT_FILES))})",
+                status=404,
+                code="not_found",
+            )
+        path, media_type = found
+        return Response(path.read_bytes(), 200, {"Content-Type": media_type})
 
     @bp.get("/openapi.json")
     async def openapi() -> Response:

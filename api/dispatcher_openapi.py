@@ -517,6 +517,33 @@ def dispatcher_openapi(runtimes: list[str], version: str) -> dict[str, Any]:
                 },
             )
         },
+        "/client/": {
+            "get": {
+                "operationId": "clientPage",
+                "summary": "The client runner's page (public)",
+                "security": [],
+                "responses": {
+                    "200": {"description": "HTML", "content": {"text/html": {"schema": {}}}}
+                },
+            }
+        },
+        "/client/{name}": {
+            "get": {
+                "operationId": "clientFile",
+                "summary": "A file of the client runner: index.html, core.mjs (public)",
+                "security": [],
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the file",
+                        "content": {"text/javascript": {"schema": {}}, "text/html": {"schema": {}}},
+                    },
+                    "404": _json(_ref("Error"), "no such file"),
+                },
+            }
+        },
         "/openapi.json": {"get": _op("openapi", "This document", _json(any_object, "OpenAPI 3.1"))},
         "/link": {
             "get": {

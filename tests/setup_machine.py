@@ -6,6 +6,8 @@
   the tests, like any engine.
 - ``debootstrap`` (the offline base image) and ``docker-registry`` (a local registry,
   so the dispatcher's pulls are real pulls).
+- ``chromium`` for the browser tests (Playwright drives /usr/bin/chromium; it never
+  downloads a browser).
 
 Without root, or without apt, nothing is installed: the Docker tests then skip with
 the reason, except under ``CI=true``, where this script fails instead.
@@ -20,7 +22,12 @@ import sys
 import time
 
 DOCKERD_LOG = "/var/log/fifoflow-dockerd.log"
-PACKAGES = {"dockerd": "docker.io", "debootstrap": "debootstrap", "docker-registry": "docker-registry"}
+PACKAGES = {
+    "dockerd": "docker.io",
+    "debootstrap": "debootstrap",
+    "docker-registry": "docker-registry",
+    "chromium": "chromium",
+}
 
 
 def _say(text: str) -> None:
@@ -77,12 +84,12 @@ def ensure_docker() -> str | None:
 def main() -> int:
     problem = ensure_docker() or ensure_packages()
     if problem is None:
-        _say("Docker engine, debootstrap and docker-registry ready")
+        _say("Docker engine, debootstrap, docker-registry and chromium ready")
         return 0
     if os.environ.get("CI") == "true":
         print(f"setup: FAILED: {problem}", file=sys.stderr)
         return 1
-    _say(f"Docker tests will be skipped: {problem}")
+    _say(f"Docker and browser tests will be skipped: {problem}")
     return 0
 
 
