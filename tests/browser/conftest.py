@@ -29,8 +29,10 @@ ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
+@pytest.fixture(scope="module")
+def live_browser() -> Iterator[Any]:
+    """One Chromium per test module (a live_* fixture: the leftover guard lets it run
+    between tests; it is closed, and its processes reaped, when the module ends)."""
     if not os.path.exists(CHROMIUM) or shutil.which("chromium") is None:
         why = f"no {CHROMIUM} (Debian: apt-get install chromium; make test installs it as root)"
         if os.environ.get("CI") == "true":
@@ -47,8 +49,8 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context()
+def page(live_browser: Any) -> Iterator[Any]:
+    context = live_browser.new_context()
     page = context.new_page()
     try:
         yield page
