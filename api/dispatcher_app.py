@@ -36,6 +36,7 @@ A runner authenticates with its own credentials there, not the operator token.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
@@ -45,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import hypercorn.config
 import hypercorn.trio
+import orjson
 import trio
 import trio.lowlevel
 from quart import Blueprint, Response, request, websocket
@@ -52,9 +54,11 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from ..dispatcher.backends import LocalBackend
+from ..dispatcher.clients import PAGE_ID, ClientRunners
 from ..dispatcher.docker_backend import DockerBackend, DockerOptions, SwarmBackend
 from ..dispatcher.service import Dispatcher, DispatcherConfig, DispatcherError, flow_summary
 from ..flows import FlowError
+from ..runner.attached import AttachedProcess
 from ..runner.errors import RunnerError
 from ..runner.rpc import RemoteError, RpcPeer
 from ..runtimes.registry import BUILTIN_DIR, discover
@@ -79,6 +83,8 @@ log = logging.getLogger("fifoflow.dispatcher")
 CLIENT_FILES = {
     "index.html": (BUILTIN_DIR / "browser" / "index.html", "text/html; charset=utf-8"),
     "core.mjs": (BUILTIN_DIR / "node" / "core.mjs", "text/javascript; charset=utf-8"),
+    "fifoflow.js": (BUILTIN_DIR / "browser" / "fifoflow.js", "text/javascript; charset=utf-8"),
+    "demo.html": (BUILTIN_DIR / "browser" / "demo.html", "text/html; charset=utf-8"),
 }
 DEFAULT_DISPATCHER_PORT = 8480
 
@@ -103,7 +109,9 @@ def _error_response(exc: Exception) -> Response:
     raise TypeError(exc) from exc
 
 
-def create_dispatcher_app(dispatcher: Dispatcher, token: str) -> QuartTrio:
+def create_dispatcher_app(
+    dispatcher: Dispatcher, token: str, client_token: str | None = None
+) -> QuartTrio:
     app = QuartTrio(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
 
@@ -325,11 +333,25 @@ def create_dispatcher_app(dispatcher: Dispatcher, token: str) -> QuartTrio:
 
     @bp.get("/openapi.json")
     async def openapi() -> Response:
-        return json_response(dispatcher_openapi(sorted(discover()), dispatcher.version))
+        return json_response(
+            dispatcher_openapi(sorted(discover(attached=True)), dispatcher.version)
+        )
 
     @bp.websocket("/link")
     async def link() -> None:
         await RunnerLink(dispatcher).serve()
+
+    @bp.websocket("/client/ws")
+    async def client_control() -> None:
+        await ClientSocket(dispatcher, client_token).control()
+
+    @bp.websocket("/client/host")
+    async def client_host() -> None:
+        await ClientSocket(dispatcher, client_token).host()
+
+    @bp.get("/client-token")
+    async def get_client_token() -> Response:
+        return json_response({"token": client_token})
 
     app.register_blueprint(bp)
 
@@ -338,6 +360,112 @@ def create_dispatcher_app(dispatcher: Dispatcher, token: str) -> QuartTrio:
         return None  # runners authenticate inside the link (hello)
 
     return app
+
+
+class ClientSocket:
+    """A web page's sockets: ``/client/ws`` (its control: hosts to open, injections,
+    bye) and ``/client/host`` (one runtime host's frames). Both need the client token
+    (``?token=``), refused with close code 4401 and the reason."""
+
+    def __init__(self, dispatcher: Dispatcher, client_token: str | None) -> None:
+        self.dispatcher = dispatcher
+        self.client_token = client_token
+
+    async def _admit(self) -> tuple[Any, str] | None:
+        ws = websocket._get_current_object()
+        await ws.accept()
+        page = websocket.args.get("page", "")
+        why = None
+        if self.client_token is None or not check_token(
+            websocket.args.get("token"), self.client_token
+        ):
+            why = (
+                "wrong or missing client token (ask the operator: fifoflow dispatcher client-token)"
+            )
+        elif not PAGE_ID.match(page):
+            why = "page must be 1 to 64 letters, digits, '-' or '_'"
+        elif self.dispatcher.clients is None:
+            why = "this dispatcher serves no client runners"
+        if why is not None:
+            await ws.send(orjson.dumps({"op": "refused", "message": why}).decode())
+            await ws.close(4401, why[:120])
+            return None
+        return ws, page
+
+    async def control(self) -> None:
+        admitted = await self._admit()
+        if admitted is None:
+            return
+        ws, page = admitted
+        clients = self.dispatcher.clients
+        client = await clients.page(page)
+        generation = clients.connected(client)
+
+        async def request_host(name: str) -> None:
+            await ws.send(orjson.dumps({"op": "spawn", "host": name}).decode())
+
+        client.hosts.page_connected(request_host)
+        try:
+            await ws.send(
+                orjson.dumps({"op": "welcome", "page": page, "runner": client.runner_id}).decode()
+            )
+            while True:
+                raw = await ws.receive()
+                try:
+                    message = orjson.loads(raw)
+                    op = message["op"]
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    await ws.send(
+                        orjson.dumps({"op": "error", "message": "not a control message"}).decode()
+                    )
+                    continue
+                if op == "bye":
+                    client.stop.set()
+                    break
+                if op == "inject":
+                    answer: dict[str, Any] = {"op": "injected", "id": message.get("id")}
+                    try:
+                        await self.dispatcher.forward(
+                            str(message["flow"]),
+                            "inject",
+                            moduleId=str(message["module"]),
+                            port=str(message.get("port") or "in"),
+                            msgs=list(message["msgs"]),
+                        )
+                    except (RunnerError, KeyError, TypeError) as exc:
+                        answer = {"op": "error", "id": message.get("id"), "message": str(exc)}
+                    await ws.send(orjson.dumps(answer).decode())
+        finally:
+            clients.disconnected(client, generation)
+
+    async def host(self) -> None:
+        admitted = await self._admit()
+        if admitted is None:
+            return
+        ws, page = admitted
+        client = self.dispatcher.clients.get(page)
+        name = websocket.args.get("host", "")
+        proc = AttachedProcess(name, ws.send)
+        if client is None or not client.hosts.offer(proc):
+            why = f"nobody asked for host {name!r} of page {page!r}"
+            await ws.send(orjson.dumps({"op": "refused", "message": why}).decode())
+            await ws.close(4404, why[:120])
+            return
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def closer() -> None:
+                    await proc.close_requested.wait()
+                    with contextlib.suppress(Exception):
+                        await ws.close(1000)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(closer)
+                while True:
+                    data = await ws.receive()
+                    await proc.feed_wait(data.encode() if isinstance(data, str) else data)
+        finally:
+            proc.ended()
 
 
 class RunnerLink:
@@ -460,7 +588,8 @@ async def serve_dispatcher(
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             dispatcher: Dispatcher = await nursery.start(Dispatcher(config).run)
-            app = create_dispatcher_app(dispatcher, token)
+            client_token, _ = load_or_create_token(options.state_dir / "client-token")
+            app = create_dispatcher_app(dispatcher, token, client_token)
             hc = hypercorn.config.Config()
             hc.bind = [f"{options.host}:{options.port}"]
             hc.graceful_timeout = 1.0
@@ -474,6 +603,12 @@ async def serve_dispatcher(
             )
             _say(f"fifoflow dispatcher {dispatcher.version} listening on {' '.join(urls)}")
             _say(f"state dir: {options.state_dir}")
+            dispatcher.clients = await nursery.start(
+                ClientRunners(dispatcher, urls[0], options.state_dir).run
+            )
+            _say(
+                f"client runners: {urls[0]}/client/ (client token: {options.state_dir / 'client-token'})"
+            )
             backend = None
             if options.local_runners:
                 root = options.state_dir / "local-runners"
@@ -510,6 +645,7 @@ async def serve_dispatcher(
                 _say(f"{signal.Signals(signum).name}: stopping")
                 if backend is not None:
                     await backend.stop_all()  # they sign off while the dispatcher still listens
+                await dispatcher.clients.stop_all()
                 stop.set()
                 break
             with trio.move_on_after(3):

@@ -156,7 +156,7 @@ def cmd_client(args: argparse.Namespace) -> int:
             from ..runtimes.registry import discover
 
             try:
-                flow = load_flow(Path(args.flow), runtimes=discover().keys())
+                flow = load_flow(Path(args.flow), runtimes=discover(attached=True).keys())
             except FlowError as exc:
                 _err(
                     f"{args.flow}: invalid flow\n"
@@ -175,6 +175,8 @@ def cmd_client(args: argparse.Namespace) -> int:
                 _out(
                     f"flow {answer['id']!r} is pending: {answer['reason']} (placed when a runner can take it)"
                 )
+        elif args.action == "client-token":
+            _out(_request(args, "GET", "/client-token")["token"])
         elif args.action == "containers":
             info = _request(args, "GET", "/backend")
             if args.json or info.get("backend") is None:
@@ -312,6 +314,7 @@ def add_dispatcher_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
         ("deploy", "deploy a flow file: the dispatcher places it on a runner"),
         ("drain", "move every flow off a runner (state and queued messages too)"),
         ("containers", "the container backend's image and containers"),
+        ("client-token", "the token web pages connect their client runner with"),
         ("update-image", "move every runner container to a new image, flows and all"),
     ):
         p = d_sub.add_parser(action, help=help_text)

@@ -530,7 +530,7 @@ def dispatcher_openapi(runtimes: list[str], version: str) -> dict[str, Any]:
         "/client/{name}": {
             "get": {
                 "operationId": "clientFile",
-                "summary": "A file of the client runner: index.html, core.mjs (public)",
+                "summary": "A file of the client runner: index.html, fifoflow.js, core.mjs (public)",
                 "security": [],
                 "parameters": [
                     {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -542,6 +542,38 @@ def dispatcher_openapi(runtimes: list[str], version: str) -> dict[str, Any]:
                     },
                     "404": _json(_ref("Error"), "no such file"),
                 },
+            }
+        },
+        "/client-token": {
+            "get": _op(
+                "getClientToken",
+                "The token web pages' client runners connect with (not the operator token)",
+                _json(
+                    {
+                        "type": "object",
+                        "required": ["token"],
+                        "properties": {"token": {"type": "string"}},
+                    },
+                    "the client token",
+                ),
+            )
+        },
+        "/client/ws": {
+            "get": {
+                "operationId": "clientControl",
+                "summary": "WebSocket of a page's client runner (?token=&page=): hosts to "
+                "open, injections, bye",
+                "security": [],
+                "responses": {"101": {"description": "switching protocols"}},
+            }
+        },
+        "/client/host": {
+            "get": {
+                "operationId": "clientHost",
+                "summary": "WebSocket of one runtime host in a page (?token=&page=&host=): "
+                "the frames of runtimes/PROTOCOL.md",
+                "security": [],
+                "responses": {"101": {"description": "switching protocols"}},
             }
         },
         "/openapi.json": {"get": _op("openapi", "This document", _json(any_object, "OpenAPI 3.1"))},

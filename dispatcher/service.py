@@ -117,6 +117,8 @@ class Dispatcher:
         self.backend_problem: str | None = None
         #: the container backend, when the dispatcher runs one (for its API)
         self.backend: Any = None
+        #: the web pages' client runners (dispatcher/clients.py), when served
+        self.clients: Any = None
         self.started_at = time.time()
         #: set (and replaced) whenever a runner becomes ready: wait on ``runner_ready_event``
         self._ready_event = trio.Event()
@@ -330,7 +332,9 @@ class Dispatcher:
         return record
 
     async def deploy(self, document: dict[str, Any]) -> dict[str, Any]:
-        flow = parse_flow(document, base_dir=None, runtimes=discover().keys(), source_name="flow")
+        flow = parse_flow(
+            document, base_dir=None, runtimes=discover(attached=True).keys(), source_name="flow"
+        )
         standalone = orjson.loads(dump_flow(flow, inline=True))
         existing = self.store.flow(flow.id)
         self.store.put_flow(flow.id, standalone)

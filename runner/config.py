@@ -51,6 +51,9 @@ class RunnerConfig:
     env_gc_interval: float = 3600 * SECONDS
     #: how often running flows' module state is written to ``state_dir``
     checkpoint_interval: float = 1 * SECONDS
+    #: where hosts of runtimes that attach themselves come from (``runner/attached.py``;
+    #: a web page's client runner). None: this runner takes none.
+    attached: Any = attrs.field(default=None, eq=False)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> RunnerConfig:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import enum
 import math
-import os
 import sys
 import time
 from collections import deque
@@ -32,6 +31,7 @@ import attrs
 import orjson
 import trio
 
+from .attached import attach_runtime
 from .errors import FlowLoadError, FlowStateError, ProtocolError, RuntimeStartError
 from .framing import decode_frame, encode_frame
 from .process import RuntimeProcess, spawn_runtime
@@ -197,9 +197,7 @@ class RuntimeInstance:
             return
         data = b"".join(chunks)
         try:
-            written = os.write(proc._writer.fileno(), data)
-        except BlockingIOError:
-            written = 0
+            written = proc.try_write(data)
         except OSError:
             written = 0  # the writer task meets the same error and ends the host
         if written < len(data):
@@ -313,7 +311,8 @@ class RuntimeInstance:
                 crashes.append(now)
                 while crashes and now - crashes[0] > self.config.crash_period:
                     crashes.popleft()
-                if len(crashes) >= self.config.crash_limit:
+                # A page that goes away and comes back is no crash loop (attached hosts).
+                if len(crashes) >= self.config.crash_limit and not self.manifest.attach:
                     self.status = InstanceStatus.FAILED
                     message = (
                         f"runtime {self.manifest.id} of flow {self.flow.flow_id} crashed {len(crashes)} times "
@@ -357,8 +356,17 @@ class RuntimeInstance:
         argv = self.manifest.argv()
         if options.get("python"):
             argv = [options["python"] if part == sys.executable else part for part in argv]
-        try:
-            async with spawn_runtime(
+        if self.manifest.attach:
+            if self.config.attached is None:
+                raise RuntimeStartError(
+                    f"{self.name}: runtime {self.manifest.id} has hosts that attach"
+                    " themselves (a web page), and this runner takes none"
+                )
+            host = attach_runtime(
+                self.config.attached, self.name, start_timeout=self.config.start_timeout
+            )
+        else:
+            host = spawn_runtime(
                 argv,
                 name=self.name,
                 on_log=self._on_host_output,
@@ -366,7 +374,9 @@ class RuntimeInstance:
                 fifo_parent=self.config.fifo_dir,
                 env=options.get("env") or None,
                 cwd=options.get("cwd"),
-            ) as proc:
+            )
+        try:
+            async with host as proc:
                 self.process = proc
                 # A frame cut short for the dead host is in the window and goes again whole.
                 self._leftover = None

@@ -73,6 +73,13 @@ class RuntimeProcess:
             if lines:
                 return lines
 
+    def try_write(self, data: bytes) -> int:
+        """Write what the pipe takes now, without waiting (bytes written)."""
+        try:
+            return os.write(self._writer.fileno(), data)
+        except BlockingIOError:
+            return 0
+
     async def send(self, data: bytes) -> None:
         async with self._send_lock:
             await self._writer.send_all(data)

@@ -199,7 +199,9 @@ class Runner:
                 log.error("could not clean up environments in %s: %s", self.environments.root, exc)
             else:
                 for env_id in removed:
-                    log.info("removed environment %s (unused for %g s)", env_id, self.config.env_max_idle)
+                    log.info(
+                        "removed environment %s (unused for %g s)", env_id, self.config.env_max_idle
+                    )
             await trio.sleep(self.config.env_gc_interval)
 
     def _save_flow(self, run: FlowRun) -> None:

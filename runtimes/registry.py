@@ -40,6 +40,8 @@ class RuntimeManifest:
     command: tuple[str, ...]
     directory: Path
     source_suffixes: tuple[str, ...] = ()
+    #: no command: its hosts attach themselves over a socket (the browser client runner)
+    attach: bool = False
 
     @classmethod
     def from_file(cls, path: Path) -> RuntimeManifest:
@@ -49,12 +51,13 @@ class RuntimeManifest:
             raise ManifestError(f"{path}: cannot read runtime manifest: {exc}") from exc
         if not isinstance(data, dict):
             raise ManifestError(f"{path}: a runtime manifest must be a JSON object")
+        attach = data.get("attach") is True
         for field, kind in (
             ("id", str),
             ("name", str),
             ("version", str),
             ("protocol", int),
-            ("command", list),
+            *(() if attach else (("command", list),)),
         ):
             if not isinstance(data.get(field), kind):
                 raise ManifestError(f"{path}: field {field!r} must be a {kind.__name__}")
@@ -67,9 +70,10 @@ class RuntimeManifest:
             name=data["name"],
             version=data["version"],
             protocol=data["protocol"],
-            command=tuple(str(part) for part in data["command"]),
+            command=tuple(str(part) for part in data.get("command") or ()),
             directory=path.parent,
             source_suffixes=tuple(data.get("source_suffixes", ())),
+            attach=attach,
         )
 
     def argv(self) -> list[str]:
@@ -83,9 +87,11 @@ class RuntimeManifest:
         return {"id": self.id, "name": self.name, "version": self.version}
 
 
-def discover(*extra_dirs: Path) -> dict[str, RuntimeManifest]:
+def discover(*extra_dirs: Path, attached: bool = False) -> dict[str, RuntimeManifest]:
     """Find runtimes: the built-in ones, then each folder of ``extra_dirs`` and of
-    ``$FIFOFLOW_RUNTIMES_PATH`` (``:``-separated). A later manifest with the same id wins."""
+    ``$FIFOFLOW_RUNTIMES_PATH`` (``:``-separated). A later manifest with the same id wins.
+    Runtimes whose hosts attach themselves (``"attach": true``, the browser) only with
+    ``attached``: a runner process cannot start them."""
     dirs = [BUILTIN_DIR, *extra_dirs]
     env = os.environ.get("FIFOFLOW_RUNTIMES_PATH", "")
     dirs += [Path(p) for p in env.split(os.pathsep) if p]
@@ -93,5 +99,7 @@ def discover(*extra_dirs: Path) -> dict[str, RuntimeManifest]:
     for base in dirs:
         for path in sorted(base.glob("*/manifest.json")):
             manifest = RuntimeManifest.from_file(path)
+            if manifest.attach and not attached:
+                continue
             found[manifest.id] = manifest
     return found

@@ -9,7 +9,7 @@ import pytest
 
 from fifoflow.flows import FlowError, Wire, dump_flow, load_flow, parse_flow
 
-RUNTIMES = {"python", "node", "exec"}
+RUNTIMES = {"python", "node", "exec", "browser"}
 EXAMPLES = Path(__file__).resolve().parents[2] / "flows" / "examples"
 
 

@@ -1,0 +1,151 @@
+"""Client runners: the runners of web pages, kept in the dispatcher's process.
+
+Each page (``page`` id chosen by the page, kept across reloads in its session storage)
+gets a :class:`~fifoflow.runner.service.Runner` here whose only runtime is ``browser``
+and whose hosts attach themselves from the page (``runner/attached.py``). That runner
+registers with this dispatcher over an ordinary control link (to its own URL), with the
+label ``client=<page>``: placement, relay, breakpoints, steps, hot swap and snapshots
+treat it like any runner. Design: ``runtimes/browser/DESIGN.md``.
+
+Lifecycle: created when the page first connects; while the page is away its hosts wait
+for it (their modules' state and unacknowledged messages are kept); a page that says
+``bye``, or stays away longer than ``grace`` seconds, has its runner signed off and
+stopped (its flows are then placed again elsewhere or wait).
+
+Resource handling: every client runner lives in :meth:`ClientRunners.run`'s nursery;
+leaving it stops them all (they sign off first).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from ..runner import RunnerConfig, open_runner
+from ..runner.attached import AttachedHosts
+from ..runner.link import DispatcherLink
+from ..runtimes.registry import discover
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .service import Dispatcher
+
+__all__ = ["PAGE_ID", "ClientRunner", "ClientRunners"]
+
+PAGE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@attrs.define(eq=False)
+class ClientRunner:
+    page: str
+    hosts: AttachedHosts
+    runner: Any = None  # the Runner, once started
+    runner_id: str | None = None
+    stop: trio.Event = attrs.field(factory=trio.Event)
+    ended: trio.Event = attrs.field(factory=trio.Event)
+    #: the connections of the page now (a reload can overlap the old one)
+    connections: int = 0
+    generation: int = 0
+
+
+class ClientRunners:
+    def __init__(
+        self, dispatcher: Dispatcher, url: str, state_dir: Path, *, grace: float = 60.0
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.url = url
+        self.state_dir = state_dir
+        self.grace = grace
+        self.pages: dict[str, ClientRunner] = {}
+        self._nursery: trio.Nursery | None = None
+        self._lock = trio.Lock()
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[ClientRunners] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started(self)
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+
+    async def stop_all(self) -> None:
+        for client in list(self.pages.values()):
+            client.stop.set()
+        for client in list(self.pages.values()):
+            await client.ended.wait()
+
+    async def page(self, page: str) -> ClientRunner:
+        """The page's runner, started (and registered) if it is not running."""
+        async with self._lock:
+            client = self.pages.get(page)
+            if client is not None and not client.ended.is_set():
+                return client
+            assert self._nursery is not None, "client runners are not being served"
+            client = ClientRunner(page, AttachedHosts())
+            self.pages[page] = client
+            await self._nursery.start(self._serve, client)
+            return client
+
+    def get(self, page: str) -> ClientRunner | None:
+        client = self.pages.get(page)
+        return client if client is not None and not client.ended.is_set() else None
+
+    def connected(self, client: ClientRunner) -> int:
+        client.connections += 1
+        client.generation += 1
+        return client.generation
+
+    def disconnected(self, client: ClientRunner, generation: int) -> None:
+        client.connections -= 1
+        if client.generation == generation:
+            client.hosts.page_gone()
+        if client.connections == 0 and self._nursery is not None:
+            self._nursery.start_soon(self._expire, client, client.generation)
+
+    async def _expire(self, client: ClientRunner, generation: int) -> None:
+        await trio.sleep(self.grace)
+        if client.connections == 0 and client.generation == generation:
+            client.stop.set()
+
+    async def _serve(self, client: ClientRunner, *, task_status: trio.TaskStatus[None]) -> None:
+        state_dir = self.state_dir / "clients" / client.page
+        config = RunnerConfig(state_dir=state_dir, attached=client.hosts)
+        runtimes = {"browser": discover(attached=True)["browser"]}
+        try:
+            async with open_runner(config, runtimes) as runner:
+                client.runner = runner
+                registered = (state_dir / "dispatcher.json").exists()
+                link = DispatcherLink(
+                    self.url,
+                    runner,
+                    state_dir,
+                    registration_token=None
+                    if registered
+                    else self.dispatcher.issue_token()["token"],
+                    name=f"browser {client.page}",
+                    labels={"client": client.page},
+                )
+                async with trio.open_nursery() as nursery:
+                    client.runner_id = await nursery.start(link.run)
+                    task_status.started()
+                    await client.stop.wait()
+                    with trio.move_on_after(5):
+                        await link.sign_off()
+                    nursery.cancel_scope.cancel()
+        finally:
+            client.ended.set()
+            if self.pages.get(client.page) is client:
+                del self.pages[client.page]
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [
+            {"page": c.page, "runner": c.runner_id, "connected": c.connections > 0}
+            for c in self.pages.values()
+        ]
