@@ -18,6 +18,7 @@ leaving it stops them all (they sign off first).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ import trio
 
 from ..runner import RunnerConfig, open_runner
 from ..runner.attached import AttachedHosts
+from ..runner.errors import RunnerError
 from ..runner.link import DispatcherLink
 from ..runtimes.registry import discover
 
@@ -138,6 +140,16 @@ class ClientRunners:
                     await client.stop.wait()
                     with trio.move_on_after(5):
                         await link.sign_off()
+                    # The page is gone for good: its modules' last states go to the
+                    # dispatcher and its flows are placed again (or wait for a page).
+                    for summary in runner.flows():
+                        with contextlib.suppress(RunnerError):
+                            self.dispatcher.snapshot(
+                                client.runner_id,
+                                summary["id"],
+                                runner.flow(summary["id"]).snapshot(),
+                            )
+                    self.dispatcher.displace(client.runner_id)
                     nursery.cancel_scope.cancel()
         finally:
             client.ended.set()

@@ -24,7 +24,9 @@ Figures:
 
 - ``containers``: the runner image, container start to ready, image update (``containers``).
 
-``--only core|api|swap|dispatcher|docker`` runs one group.
+- ``browser``: messages between server modules and a browser module (``browser``).
+
+``--only core|api|swap|dispatcher|docker|browser`` runs one group.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from fifoflow.flows import parse_flow
 from fifoflow.runner import RunnerConfig, open_runner
 from fifoflow.runtimes.registry import discover
 
-from . import api_requests, containers, costs, fifo_echo, nodered, swap
+from . import api_requests, browser, containers, costs, fifo_echo, nodered, swap
 from . import dispatcher as dispatcher_bench
 
 RUNTIMES = discover()
@@ -275,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-results/latest.json"))
     parser.add_argument(
         "--only",
-        choices=["core", "api", "swap", "dispatcher", "docker"],
+        choices=["core", "api", "swap", "dispatcher", "docker", "browser"],
         help="run one group of figures",
     )
     args = parser.parse_args(argv)
@@ -318,6 +320,13 @@ def main(argv: list[str] | None = None) -> int:
         containers.print_report(found)
         if found is not None:
             figures["containers"] = found
+    if args.only in (None, "browser"):
+        print()
+        print("browser client runner (headless Chromium, through the dispatcher)")
+        found_b = browser.run(10_000 if args.quick else 50_000)
+        browser.print_report(found_b)
+        if found_b is not None:
+            figures["browser"] = found_b
     if args.only in (None, "swap"):
         result = swap.run(quick=args.quick)
         swap.print_report(result)

@@ -180,6 +180,26 @@ def test_a_dropped_socket_reconnects_and_no_message_is_lost(
         lambda: len((state_of(d, "c") or {}).get("got", {})) == total,
         timeout=120,
     )
+    # The module's state came back with the page: its count covers every message
+    # (redelivered ones may count twice: at least once).
+    assert state_of(d, "b")["n"] >= total
+
+
+def test_closing_the_page_signs_its_runner_off(
+    live_dispatcher: DispatcherProcess, page: Any
+) -> None:
+    d = live_dispatcher
+    runner_id = _deploy(d, page, FLOW, "page-close")
+    page.close()
+    wait_until(
+        "the page's runner to sign off",
+        lambda: next(r for r in d.api("GET", "/runners") if r["id"] == runner_id)["status"]
+        == "signed-off",
+    )
+    flow = wait_until("the flow to wait for a page", lambda: (
+        (f := d.api("GET", "/flows/trip"))["status"] == "pending" and f
+    ))  # fmt: skip
+    assert "runtime browser" in flow["reason"]
 
 
 def test_the_demo_page_draws_what_python_and_node_compute(
