@@ -59,7 +59,7 @@ def cmd_runtimes(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    runtimes = discover()
+    runtimes = discover(attached=True)  # browser modules are valid (a dispatcher runs them)
     status = EXIT_OK
     for path in args.flows:
         try:
@@ -89,6 +89,11 @@ async def _run_flow(args: argparse.Namespace) -> int:
             f"{args.flow}: invalid flow\n"
             + "\n".join(f"  {line}" for line in str(exc).splitlines())
         )
+        if "runtime 'browser'" in str(exc):
+            _err(
+                "  (browser modules run in web pages: deploy the flow to a dispatcher with"
+                " fifoflow dispatcher deploy, and open a page that connects to it)"
+            )
         return EXIT_USAGE
     inputs = [_parse_json(text, "--input") for text in args.input]
     if inputs:

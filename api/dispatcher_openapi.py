@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .openapi import openapi_document
+from .openapi import JSON, _json, _ref, openapi_document
 
 __all__ = ["dispatcher_openapi"]
-
-JSON = "application/json"
 
 _ERRORS = {
     400: "the body is not JSON, or a parameter is malformed",
@@ -25,14 +23,6 @@ _ERRORS = {
     413: "the body is larger than 1 MiB",
     422: "a field has the wrong type or value; the flow document is invalid",
 }
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": schema}}}
 
 
 def _op(
@@ -202,7 +192,7 @@ def dispatcher_openapi(runtimes: list[str], version: str) -> dict[str, Any]:
             "in": "query",
             "required": False,
             "description": "only events after this id",
-            "schema": {"type": "integer"},
+            "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
         },
     }
     flow_404 = (404, 409)

@@ -12,7 +12,7 @@
 // no dependency. The control socket reconnects with backoff when it drops; the hosts
 // are asked for again and get their modules' state and every unacknowledged message.
 
-import { ModuleHost, ProtocolViolation, parseLine } from "./core.mjs";
+import { ModuleHost, ProtocolViolation, handleLines } from "./core.mjs";
 
 const PROTOCOL = 1;
 const VERSION = "1.0.0";
@@ -94,47 +94,17 @@ class Host {
   }
 
   process(lines, start) {
-    const core = this.core;
-    for (let i = start; i < lines.length; i++) {
-      if (lines[i].length === 0) continue;
-      const frame = parseLine(lines[i]);
-      if (frame.op === "deliver") {
-        core.deliver(frame);
-        continue;
-      }
-      const pending = core.drain();
-      if (pending) return pending.then(() => this.process(lines, i));
-      switch (frame.op) {
-        case "load": {
-          const p = core.load(frame);
-          if (p) return p.then(() => this.process(lines, i + 1));
-          break;
-        }
-        case "route":
-          core.setRoutes(frame);
-          break;
-        case "unload":
-          core.unload(frame);
-          break;
-        case "ping":
-          core.frames.push({ op: "pong", id: frame.id === undefined ? null : frame.id });
-          break;
-        case "shutdown": {
-          const finish = () => {
-            this.flush(true);
-            this.send('{"op":"bye"}\n');
-            this.ws.close();
-          };
-          const p = core.drain();
-          if (p) return p.then(finish);
-          finish();
-          return undefined;
-        }
-        default:
-          core.frames.push({ op: "unsupported", ref: frame.op });
-      }
-    }
-    return core.drain();
+    return handleLines(this.core, lines, start, () => {
+      const finish = () => {
+        this.flush(true);
+        this.send('{"op":"bye"}\n');
+        this.ws.close();
+      };
+      const p = this.core.drain();
+      if (p) return p.then(finish);
+      finish();
+      return undefined;
+    });
   }
 
   fatal(err) {

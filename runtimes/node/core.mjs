@@ -391,3 +391,45 @@ export function parseLine(line) {
   if (typeof frame.op !== "string") throw new ProtocolViolation(`frame has no string 'op': ${line.slice(0, 200)}`);
   return frame;
 }
+
+// Handle the frames in `lines` from index `start` on: deliveries go to the work queue,
+// every other op takes effect between two messages. Returns undefined when every line
+// is handled, or a Promise (an async handler, init or migrate) after which the rest is
+// handled. `onShutdown()` is called for `shutdown` (and may return a Promise). Both the
+// node host (host.mjs) and the browser client (runtimes/browser/fifoflow.js) use it.
+export function handleLines(host, lines, start, onShutdown) {
+  for (let i = start; i < lines.length; i++) {
+    const line = lines[i];
+    if (line.length === 0) continue;
+    const frame = parseLine(line);
+    const op = frame.op;
+    if (op === "deliver") {
+      host.deliver(frame);
+      continue;
+    }
+    // Control ops take effect between two messages: finish what came before.
+    const pending = host.drain();
+    if (pending) return pending.then(() => handleLines(host, lines, i, onShutdown));
+    switch (op) {
+      case "load": {
+        const p = host.load(frame);
+        if (p) return p.then(() => handleLines(host, lines, i + 1, onShutdown));
+        break;
+      }
+      case "route":
+        host.setRoutes(frame);
+        break;
+      case "unload":
+        host.unload(frame);
+        break;
+      case "ping":
+        host.frames.push({ op: "pong", id: frame.id === undefined ? null : frame.id });
+        break;
+      case "shutdown":
+        return onShutdown() || new Promise(() => {});
+      default:
+        host.frames.push({ op: "unsupported", ref: op });
+    }
+  }
+  return host.drain();
+}

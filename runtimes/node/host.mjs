@@ -17,7 +17,7 @@ import net from "node:net";
 import path from "node:path";
 import { createRequire } from "node:module";
 import { Worker } from "node:worker_threads";
-import { ModuleHost, ProtocolViolation, parseLine } from "./core.mjs";
+import { ModuleHost, ProtocolViolation, handleLines } from "./core.mjs";
 
 const PROTOCOL = 1;
 const VERSION = "1.0.0";
@@ -131,40 +131,7 @@ function fatal(err) {
 
 // Returns undefined when every line is handled, or a Promise (async handler or init).
 function processLines(lines, start) {
-  for (let i = start; i < lines.length; i++) {
-    const line = lines[i];
-    if (line.length === 0) continue;
-    const frame = parseLine(line);
-    const op = frame.op;
-    if (op === "deliver") {
-      host.deliver(frame);
-      continue;
-    }
-    // Control ops take effect between two messages: finish what came before.
-    const pending = host.drain();
-    if (pending) return pending.then(() => processLines(lines, i));
-    switch (op) {
-      case "load": {
-        const p = host.load(frame);
-        if (p) return p.then(() => processLines(lines, i + 1));
-        break;
-      }
-      case "route":
-        host.setRoutes(frame);
-        break;
-      case "unload":
-        host.unload(frame);
-        break;
-      case "ping":
-        host.frames.push({ op: "pong", id: frame.id === undefined ? null : frame.id });
-        break;
-      case "shutdown":
-        return shutdown() || new Promise(() => {});
-      default:
-        host.frames.push({ op: "unsupported", ref: op });
-    }
-  }
-  return host.drain();
+  return handleLines(host, lines, start, shutdown);
 }
 
 // ------------------------------------------------------------------ the read loop
