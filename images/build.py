@@ -235,22 +235,33 @@ def build_wheelhouse(
     for old in wheel_dir.glob("fifoflow-*.whl"):
         old.unlink()  # always this tree's fifoflow
     say(f"wheelhouse: {wheel_dir}")
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--disable-pip-version-check",
-            "--find-links",
-            str(wheel_dir),
-            "--wheel-dir",
-            str(wheel_dir),
-            str(project_dir),
-        ],
-        say,
-        "pip wheel",
-    )
+    # Built from a copy: an in-tree build would leave build/ and *.egg-info in the tree.
+    with tempfile.TemporaryDirectory(prefix="fifoflow-src-") as tmp:
+        source = Path(tmp) / "fifoflow"
+        shutil.copytree(
+            project_dir,
+            source,
+            ignore=shutil.ignore_patterns(
+                ".venv", ".git", "build", "*.egg-info", "__pycache__", ".pytest_cache",
+                ".ruff_cache", "bench-results", "node_modules",
+            ),
+        )  # fmt: skip
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--disable-pip-version-check",
+                "--find-links",
+                str(wheel_dir),
+                "--wheel-dir",
+                str(wheel_dir),
+                str(source),
+            ],
+            say,
+            "pip wheel",
+        )
     return wheel_dir
 
 
