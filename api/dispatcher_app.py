@@ -400,13 +400,11 @@ class ClientSocket:
             return
         ws, page = admitted
         clients = self.dispatcher.clients
-        client = await clients.page(page)
-        generation = clients.connected(client)
 
         async def request_host(name: str) -> None:
             await ws.send(orjson.dumps({"op": "spawn", "host": name}).decode())
 
-        client.hosts.page_connected(request_host)
+        client, generation = await clients.page(page, request_host)
         try:
             await ws.send(
                 orjson.dumps({"op": "welcome", "page": page, "runner": client.runner_id}).decode()

@@ -32,6 +32,7 @@ from ..runner.link import DispatcherLink
 from ..runtimes.registry import discover
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
     from pathlib import Path
 
     from .service import Dispatcher
@@ -83,17 +84,25 @@ class ClientRunners:
         for client in list(self.pages.values()):
             await client.ended.wait()
 
-    async def page(self, page: str) -> ClientRunner:
-        """The page's runner, started (and registered) if it is not running."""
+    async def page(
+        self, page: str, request_host: Callable[[str], Awaitable[None]]
+    ) -> tuple[ClientRunner, int]:
+        """The page's runner, started (and registered) if it is not running, with the
+        page connected first: a runner that restores running flows from its state dir
+        asks the page for their hosts while it starts."""
         async with self._lock:
             client = self.pages.get(page)
-            if client is not None and not client.ended.is_set():
-                return client
-            assert self._nursery is not None, "client runners are not being served"
-            client = ClientRunner(page, AttachedHosts())
-            self.pages[page] = client
-            await self._nursery.start(self._serve, client)
-            return client
+            if client is None or client.ended.is_set():
+                assert self._nursery is not None, "client runners are not being served"
+                client = ClientRunner(page, AttachedHosts())
+                self.pages[page] = client
+                generation = self.connected(client)
+                client.hosts.page_connected(request_host)
+                await self._nursery.start(self._serve, client)
+            else:
+                generation = self.connected(client)
+                client.hosts.page_connected(request_host)
+            return client, generation
 
     def get(self, page: str) -> ClientRunner | None:
         client = self.pages.get(page)

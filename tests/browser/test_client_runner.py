@@ -247,3 +247,27 @@ def test_the_demo_page_draws_what_python_and_node_compute(
     page.locator("#chart").screenshot(path=str(shot))
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     print(f"demo screenshot: {shot} ({shot.stat().st_size} bytes, {inked} blue pixels)")
+
+
+def test_a_page_carries_on_after_a_dispatcher_restart(
+    live_dispatcher: DispatcherProcess, page: Any
+) -> None:
+    d = live_dispatcher
+    runner_id = _deploy(d, page, FLOW, "page-restart")
+    d.api("POST", "/flows/trip/modules/a/inputs/in", json={"msgs": list(range(50))})
+    wait_until("50 through", lambda: state_of(d, "c") == {"ok": True, "n": 50})
+    wait_until("b's snapshot", lambda: d.api("GET", "/flows/trip")["states"].get("b") == {"n": 50})
+    # Same address: the page and the local runner reconnect by themselves.
+    d.port = int(d.url.rsplit(":", 1)[1])
+    assert d.stop() == 0
+    d.start()
+    wait_until(
+        "the page's runner back, with the same identity",
+        lambda: next((r for r in d.api("GET", "/runners") if r["id"] == runner_id), {}).get("status")
+        == "ready",
+        timeout=60,
+    )
+    wait_until("the flow placed", lambda: d.api("GET", "/flows/trip")["status"] == "placed", timeout=60)
+    d.api("POST", "/flows/trip/modules/a/inputs/in", json={"msgs": list(range(50, 100))})
+    wait_until("50 more, in order", lambda: state_of(d, "c") == {"ok": True, "n": 100}, timeout=60)
+    assert state_of(d, "b") == {"n": 100}  # the browser module's state came back
