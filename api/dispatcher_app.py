@@ -191,7 +191,7 @@ def create_dispatcher_app(
             since = int(request.args.get("since", "0"))
         except ValueError:
             raise InvalidParams("since must be an integer event id", field="since") from None
-        if not 0 <= since < 2**63:
+        if not 0 <= since < 2**53:
             raise InvalidParams("since must be an event id (0 or more)", field="since")
         return json_response(dispatcher.events(since))
 

@@ -192,7 +192,7 @@ def dispatcher_openapi(runtimes: list[str], version: str) -> dict[str, Any]:
             "in": "query",
             "required": False,
             "description": "only events after this id",
-            "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+            "schema": {"type": "integer", "minimum": 0, "maximum": 2**53 - 1},
         },
     }
     flow_404 = (404, 409)
