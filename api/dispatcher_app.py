@@ -435,6 +435,13 @@ class ClientSocket:
                     except (RunnerError, KeyError, TypeError) as exc:
                         answer = {"op": "error", "id": message.get("id"), "message": str(exc)}
                     await ws.send(orjson.dumps(answer).decode())
+                    continue
+                unknown = {
+                    "op": "error",
+                    "id": message.get("id"),
+                    "message": f"unknown op {op!r} (known: inject, bye)",
+                }
+                await ws.send(orjson.dumps(unknown).decode())
         finally:
             clients.disconnected(client, generation)
 

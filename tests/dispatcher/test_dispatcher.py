@@ -630,3 +630,50 @@ def test_placement_by_capacity_and_refusals_that_say_why(tmp_path: Path) -> None
         for runner in runners:
             runner.stop()
         dispatcher.stop()
+
+
+async def test_client_sockets_refuse_bad_input_with_reasons(tmp_path: Path) -> None:
+    import trio
+    import trio_websocket
+
+    dispatcher = DispatcherProcess(tmp_path / "dispatcher")
+    dispatcher.start()
+    try:
+        ws_url = dispatcher.url.replace("http", "ws")
+        token = dispatcher.api("GET", "/client-token")["token"]
+        assert token != (dispatcher.state_dir / "token").read_text().strip()
+        operator = (dispatcher.state_dir / "token").read_text().strip()
+        with trio.fail_after(30):
+            # The operator token is not a client token; a bad page id is refused too.
+            for query, why in (
+                (f"token={operator}&page=p1", "wrong or missing client token"),
+                (f"token={token}&page=bad%20id", "page must be"),
+            ):
+                async with trio_websocket.open_websocket_url(f"{ws_url}/client/ws?{query}") as ws:
+                    answer = orjson.loads(await ws.get_message())
+                    assert answer["op"] == "refused"
+                    assert why in answer["message"]
+            async with trio_websocket.open_websocket_url(
+                f"{ws_url}/client/ws?token={token}&page=p1"
+            ) as ws:
+                assert orjson.loads(await ws.get_message())["op"] == "welcome"
+                await ws.send_message("not json")
+                assert orjson.loads(await ws.get_message()) == {
+                    "op": "error", "message": "not a control message",
+                }  # fmt: skip
+                await ws.send_message('{"op": "teleport", "id": 7}')
+                reply = orjson.loads(await ws.get_message())
+                assert reply == {"op": "error", "id": 7, "message": "unknown op 'teleport' (known: inject, bye)"}
+                await ws.send_message('{"op": "inject", "id": 8, "flow": "nope", "module": "m", "msgs": [1]}')
+                reply = orjson.loads(await ws.get_message())
+                assert (reply["op"], reply["id"]) == ("error", 8)
+                assert "no flow 'nope'" in reply["message"]
+                await ws.send_message('{"op": "bye"}')
+            # A host socket nobody asked for is refused.
+            async with trio_websocket.open_websocket_url(
+                f"{ws_url}/client/host?token={token}&page=p1&host=x"
+            ) as ws:
+                answer = orjson.loads(await ws.get_message())
+                assert answer["op"] == "refused"
+    finally:
+        dispatcher.stop()
