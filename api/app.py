@@ -16,8 +16,8 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from .auth import check_token
-from .errors import ApiError, InvalidParams, Unauthorized, error_body
-from .http import json_response
+from .errors import ApiError, Unauthorized, error_body
+from .http import json_response, refuse_unknown_query
 from .openapi import openapi_blueprint
 from .routes import flows_blueprint, runtimes_blueprint
 from .ws import ws_blueprint
@@ -75,16 +75,7 @@ def create_app(runner: Runner, settings: ApiSettings) -> QuartTrio:
         provided = _bearer(request.headers.get("Authorization"))
         if not check_token(provided, settings.token):
             return _unauthorized(provided)
-        allowed = QUERY_PARAMETERS.get(request.endpoint or "", set())
-        unknown = sorted(set(request.args) - allowed)
-        if unknown:
-            error = InvalidParams(
-                f"unknown query parameter(s): {', '.join(unknown)} "
-                f"(allowed here: {', '.join(sorted(allowed)) or 'none'})",
-                field=unknown[0],
-            )
-            return json_response(error.body(), error.status)
-        return None
+        return refuse_unknown_query(QUERY_PARAMETERS.get(request.endpoint or "", set()))
 
     @app.before_websocket
     async def _auth_ws() -> Response | None:

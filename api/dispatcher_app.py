@@ -65,7 +65,7 @@ from ..runtimes.registry import BUILTIN_DIR, discover
 from .auth import check_token, load_or_create_token
 from .dispatcher_openapi import dispatcher_openapi
 from .errors import ApiError, InvalidParams, Unauthorized, error_body
-from .http import json_response, read_json
+from .http import json_response, read_json, refuse_unknown_query
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -130,15 +130,7 @@ def create_dispatcher_app(
             )
             return json_response(error.body(), 401, {"WWW-Authenticate": 'Bearer realm="fifoflow"'})
         allowed = {"dispatcher.events": {"since"}}.get(request.endpoint or "", set())
-        unknown = sorted(set(request.args) - allowed)
-        if unknown:
-            bad = InvalidParams(
-                f"unknown query parameter(s): {', '.join(unknown)} "
-                f"(allowed here: {', '.join(sorted(allowed)) or 'none'})",
-                field=unknown[0],
-            )
-            return json_response(bad.body(), bad.status)
-        return None
+        return refuse_unknown_query(allowed)
 
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
@@ -470,7 +462,7 @@ class ClientSocket:
                 nursery.start_soon(closer)
                 while True:
                     data = await ws.receive()
-                    await proc.feed_wait(data.encode() if isinstance(data, str) else data)
+                    await proc.feed(data.encode() if isinstance(data, str) else data)
         finally:
             proc.ended()
 

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from quart import Response, request
 
-from .errors import BadRequest
+from .errors import BadRequest, InvalidParams
 
 __all__ = ["json_response", "read_json"]
 
@@ -27,3 +27,16 @@ async def read_json() -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}", field="body") from None
+
+
+def refuse_unknown_query(allowed: set[str]) -> Response | None:
+    """A 422 naming the query parameters this route does not take, or None."""
+    unknown = sorted(set(request.args) - allowed)
+    if not unknown:
+        return None
+    error = InvalidParams(
+        f"unknown query parameter(s): {', '.join(unknown)} "
+        f"(allowed here: {', '.join(sorted(allowed)) or 'none'})",
+        field=unknown[0],
+    )
+    return json_response(error.body(), error.status)

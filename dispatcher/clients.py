@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -46,7 +46,6 @@ PAGE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 class ClientRunner:
     page: str
     hosts: AttachedHosts
-    runner: Any = None  # the Runner, once started
     runner_id: str | None = None
     stop: trio.Event = attrs.field(factory=trio.Event)
     ended: trio.Event = attrs.field(factory=trio.Event)
@@ -131,7 +130,6 @@ class ClientRunners:
         runtimes = {"browser": discover(attached=True)["browser"]}
         try:
             async with open_runner(config, runtimes) as runner:
-                client.runner = runner
                 registered = (state_dir / "dispatcher.json").exists()
                 link = DispatcherLink(
                     self.url,
@@ -164,9 +162,3 @@ class ClientRunners:
             client.ended.set()
             if self.pages.get(client.page) is client:
                 del self.pages[client.page]
-
-    def describe(self) -> list[dict[str, Any]]:
-        return [
-            {"page": c.page, "runner": c.runner_id, "connected": c.connections > 0}
-            for c in self.pages.values()
-        ]

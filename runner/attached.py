@@ -41,9 +41,6 @@ class _Writer:
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self.proc._send_text(bytes(data))
 
-    def fileno(self) -> int:
-        return -1
-
 
 class AttachedProcess:
     """A host on the other end of a socket; the runner's side of it."""
@@ -66,12 +63,9 @@ class AttachedProcess:
 
     # -- the web handler's side
 
-    def feed(self, data: bytes) -> None:
-        """A message from the page (complete lines). Raises trio.WouldBlock when the
-        runner is this far behind: the handler waits (backpressure on the socket)."""
-        self._incoming_send.send_nowait(data)
-
-    async def feed_wait(self, data: bytes) -> None:
+    async def feed(self, data: bytes) -> None:
+        """A message from the page (complete lines); waits while the runner is 1000
+        messages behind (backpressure on the socket)."""
         await self._incoming_send.send(data)
 
     def ended(self) -> None:

@@ -6,15 +6,13 @@ with one flow moved. Needs a Docker engine (``make test`` starts one); skipped w
 
 from __future__ import annotations
 
-import shutil
-import socket
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from ..dispatcher.test_dispatcher import DispatcherProcess
+from ..dispatcher.test_dispatcher import DispatcherProcess, events, wait_until
+from ..docker.registry import start_registry
 
 
 def _engine() -> Any:
@@ -26,19 +24,6 @@ def _engine() -> Any:
     except Exception:
         return None
     return client
-
-
-def _wait(check: Any, timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise TimeoutError("benchmark step timed out")
-        time.sleep(0.05)
-    return value
-
-
-def _events(dispatcher: DispatcherProcess, kind: str) -> list[dict[str, Any]]:
-    return [e for e in dispatcher.api("GET", "/events") if e["kind"] == kind]
 
 
 def run(kills: int = 5, updates: int = 3) -> dict[str, Any] | None:
@@ -64,32 +49,13 @@ def run(kills: int = 5, updates: int = 3) -> dict[str, Any] | None:
         say=quiet,
     )
     size = client.images.get(tag).attrs["Size"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    binary = str(Path(shutil.which("docker-registry") or "/usr/bin/docker-registry").resolve())
     with tempfile.TemporaryDirectory(prefix="ffbench-docker-") as tmp:
-        config = Path(tmp) / "registry.yml"
-        config.write_text(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
-            f"    rootdirectory: /tmp/registry\nhttp:\n  addr: 127.0.0.1:{port}\n"
-        )
-        registry = client.containers.run(
-            DEFAULT_BASE,
-            ["docker-registry", "serve", "/etc/registry.yml"],
-            detach=True,
-            network_mode="host",
-            volumes={
-                binary: {"bind": "/usr/bin/docker-registry", "mode": "ro"},
-                str(config): {"bind": "/etc/registry.yml", "mode": "ro"},
-            },
-        )
+        registry, address = start_registry(client, Path(tmp))
         dispatcher = None
         try:
-            _wait(lambda: _answers(f"http://127.0.0.1:{port}/v2/"), 30)
             refs = []
             for name in ("v1", "v2"):
-                ref = f"127.0.0.1:{port}/fifoflow-runner:{name}"
+                ref = f"{address}/fifoflow-runner:{name}"
                 client.images.get(tag).tag(ref)
                 _pushed(client, ref)
                 refs.append(ref)
@@ -101,26 +67,31 @@ def run(kills: int = 5, updates: int = 3) -> dict[str, Any] | None:
             ]  # fmt: skip
             dispatcher.start()
             d = dispatcher
-            _wait(lambda: any(e["status"] == "done" for e in _events(d, "pull")))
-            pulls = _events(d, "pull")
+            wait_until(
+                "the pull", lambda: any(e["status"] == "done" for e in events(d, "pull")), 120
+            )
+            pulls = events(d, "pull")
             pull_s = pulls[-1]["time"] - pulls[0]["time"]
             starts = []
             for i in range(kills + 1):
-                slot = _wait(
+                slot = wait_until(
+                    "the benchmark step",
                     lambda: [
-                        c for c in d.api("GET", "/backend")["containers"]
+                        c
+                        for c in d.api("GET", "/backend")["containers"]
                         if c["runnerStatus"] == "ready"
-                    ]
+                    ],
+                    120,
                 )[0]
                 started = next(
-                    e for e in _events(d, "container-started") if e["container"] == slot["name"]
+                    e for e in events(d, "container-started") if e["container"] == slot["name"]
                 )
-                ready = next(e for e in _events(d, "ready") if e["runner"] == slot["runner"])
+                ready = next(e for e in events(d, "ready") if e["runner"] == slot["runner"])
                 if i:  # the first one includes the pull
                     starts.append(ready["time"] - started["time"])
                 if i < kills:
                     client.containers.get(slot["container"]).kill()
-                    _wait(lambda s=slot: not any(
+                    wait_until("the killed container gone", lambda s=slot: not any(
                         c["name"] == s["name"] for c in d.api("GET", "/backend")["containers"]
                     ))  # fmt: skip
             d.api("POST", "/flows", json=_FLOW)
@@ -146,15 +117,6 @@ def run(kills: int = 5, updates: int = 3) -> dict[str, Any] | None:
         "update_s": statistics.median(durations),
         "update_max_s": max(durations),
     }
-
-
-def _answers(url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def _pushed(client: Any, ref: str) -> bool:

@@ -10,19 +10,12 @@ import httpx
 import hypothesis
 import pytest
 import schemathesis
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    ignored_auth,
-    negative_data_rejection,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from fifoflow.api.dispatcher_app import create_dispatcher_app
 from fifoflow.api.dispatcher_openapi import dispatcher_openapi
 from fifoflow.dispatcher.service import Dispatcher, DispatcherConfig
 
+from ..api.test_openapi import CHECKS
 from ..conftest import child_pids
 from .test_dispatcher import COUNTER, DispatcherProcess
 
@@ -91,18 +84,10 @@ def test_the_served_document_is_this_one(live_dispatcher: dict[str, Any]) -> Non
 def test_the_dispatcher_does_what_its_document_says(
     case: Any, live_dispatcher: dict[str, Any]
 ) -> None:
-    checks = [
-        status_code_conformance,
-        content_type_conformance,
-        response_schema_conformance,
-        negative_data_rejection,
-        ignored_auth,
-        not_a_server_error,
-    ]
     response = case.call_and_validate(
         base_url=live_dispatcher["url"],
         headers=live_dispatcher["headers"],
-        checks=checks,
+        checks=CHECKS,
         timeout=30,
     )
     assert response.status_code < 500

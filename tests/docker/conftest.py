@@ -14,10 +14,7 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import sqlite3
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +30,8 @@ from fifoflow.images.build import (
     build_wheelhouse,
     default_cache_dir,
 )
+
+from .registry import start_registry
 
 RUNNER_TEST_TAG = "fifoflow-runner:test"
 
@@ -61,65 +60,21 @@ def runner_image(docker_client: Any) -> str:
     return build_runner(RUNNER_TEST_TAG, base=DEFAULT_BASE, wheel_dir=wheels, say=say)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
-def registry(docker_client: Any, runner_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = shutil.which("docker-registry")
-    if binary is None:
-        why = "Debian's docker-registry is not installed (tests/setup_machine.py installs it)"
+def registry(
+    docker_client: Any, runner_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    try:
+        container, address = start_registry(docker_client, tmp_path_factory.mktemp("registry"))
+    except FileNotFoundError as exc:
+        why = f"{exc} (tests/setup_machine.py installs it)"
         if os.environ.get("CI") == "true":
             pytest.fail(why)
         pytest.skip(why)
-    port = _free_port()
-    config = tmp_path_factory.mktemp("registry") / "config.yml"
-    config.write_text(
-        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
-        "    rootdirectory: /tmp/registry\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
-    container = docker_client.containers.run(
-        DEFAULT_BASE,
-        ["docker-registry", "serve", "/etc/registry.yml"],
-        name=f"fifoflow-test-registry-{port}",
-        detach=True,
-        network_mode="host",
-        volumes={
-            str(Path(binary).resolve()): {"bind": "/usr/bin/docker-registry", "mode": "ro"},
-            str(config): {"bind": "/etc/registry.yml", "mode": "ro"},
-        },
-        labels={"io.fifoflow.test": "registry"},
-    )
     try:
-        import httpx
-
-        address = f"127.0.0.1:{port}"
-        _wait(lambda: _answers(httpx, f"http://{address}/v2/"), "the registry to answer")
         yield address
     finally:
         container.remove(force=True)
-
-
-def _answers(httpx: Any, url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-def _wait(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-    return value
 
 
 @pytest.fixture(scope="session")
@@ -152,15 +107,6 @@ def pushed(
     return push
 
 
-def remove_local(docker_client: Any, ref: str) -> None:
-    import docker.errors
-
-    try:
-        docker_client.images.remove(ref, force=True)
-    except docker.errors.ImageNotFound:
-        pass
-
-
 @pytest.fixture
 def cleanup_containers(docker_client: Any) -> Iterator[Callable[[Path], None]]:
     """Remove the containers and volumes of the dispatchers (by state dir) a test ran."""
@@ -184,7 +130,3 @@ def cleanup_containers(docker_client: Any) -> Iterator[Callable[[Path], None]]:
                         docker_client.volumes.get(mount["Name"]).remove(force=True)
                     except Exception:
                         pass
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"

@@ -66,13 +66,21 @@ def test_a_flow_on_a_pulled_container_goes_on_after_docker_kill(
     cleanup_containers: Callable[[Path], None],
 ) -> None:
     image = pushed("pull-kill")
-    dispatcher = docker_dispatcher(tmp_path, image, "--docker-cpus", "1.5", "--docker-memory", "768MiB")
+    dispatcher = docker_dispatcher(
+        tmp_path, image, "--docker-cpus", "1.5", "--docker-memory", "768MiB"
+    )
     cleanup_containers(dispatcher.state_dir)
     dispatcher.start()
     try:
         # The image was not here: the backend pulled it from the registry.
-        wait_until("the pull", lambda: any(e["status"] == "done" for e in events(dispatcher, "pull")), 120)
-        assert events(dispatcher, "pull")[0] == {**events(dispatcher, "pull")[0], "status": "started", "image": image}
+        wait_until(
+            "the pull", lambda: any(e["status"] == "done" for e in events(dispatcher, "pull")), 120
+        )
+        assert events(dispatcher, "pull")[0] == {
+            **events(dispatcher, "pull")[0],
+            "status": "started",
+            "image": image,
+        }
         [slot] = wait_until("a ready runner container", lambda: [
             c for c in dispatcher.api("GET", "/backend")["containers"] if c["runnerStatus"] == "ready"
         ], 120)  # fmt: skip
@@ -83,8 +91,14 @@ def test_a_flow_on_a_pulled_container_goes_on_after_docker_kill(
         host = container.attrs["HostConfig"]
         assert (host["NanoCpus"], host["Memory"]) == (1_500_000_000, 768 * 2**20)
         assert host["RestartPolicy"]["Name"] == "on-failure"
-        assert any(m["Destination"] == "/state" and m["Type"] == "volume" for m in container.attrs["Mounts"])
-        assert any(e.startswith("FIFOFLOW_REGISTRATION_TOKEN=ffreg_") for e in container.attrs["Config"]["Env"])
+        assert any(
+            m["Destination"] == "/state" and m["Type"] == "volume"
+            for m in container.attrs["Mounts"]
+        )
+        assert any(
+            e.startswith("FIFOFLOW_REGISTRATION_TOKEN=ffreg_")
+            for e in container.attrs["Config"]["Env"]
+        )
         assert container.attrs["Config"]["User"] == "fifoflow"
         runner = next(r for r in dispatcher.api("GET", "/runners") if r["id"] == slot["runner"])
         assert runner["hardware"]["capacity"] == {"cpus": 1.5, "memory": 768 * 2**20}
@@ -92,8 +106,14 @@ def test_a_flow_on_a_pulled_container_goes_on_after_docker_kill(
         placed = dispatcher.api("POST", "/flows", json=CHAIN)
         assert (placed["status"], placed["runner"]) == ("placed", slot["runner"])
         inject(dispatcher, list(range(1000)))
-        wait_until("1000 messages through python -> node -> python", lambda: state_of(dispatcher) == {"ok": True, "n": 1000})
-        wait_until("a snapshot at the dispatcher", lambda: dispatcher.api("GET", "/flows/chain")["states"].get("c", {}).get("n") == 1000)
+        wait_until(
+            "1000 messages through python -> node -> python",
+            lambda: state_of(dispatcher) == {"ok": True, "n": 1000},
+        )
+        wait_until(
+            "a snapshot at the dispatcher",
+            lambda: dispatcher.api("GET", "/flows/chain")["states"].get("c", {}).get("n") == 1000,
+        )
 
         started = time.monotonic()
         container.kill()
@@ -105,7 +125,9 @@ def test_a_flow_on_a_pulled_container_goes_on_after_docker_kill(
         print(f"docker kill -> flow placed on a new container: {took:.1f} s")
         [exited] = events(dispatcher, "container-exited")
         assert (exited["container"], exited["exitCode"]) == (slot["name"], 137)
-        assert any(e["runner"] == slot["runner"] and e.get("why") for e in events(dispatcher, "lost"))
+        assert any(
+            e["runner"] == slot["runner"] and e.get("why") for e in events(dispatcher, "lost")
+        )
         new = [c for c in dispatcher.api("GET", "/backend")["containers"]]
         assert [c["runner"] for c in new] == [moved["runner"]]
         # The counter goes on from its snapshot, in order.
@@ -126,7 +148,9 @@ def test_a_flow_on_a_pulled_container_goes_on_after_docker_kill(
         assert [e["container"] for e in events(dispatcher, "container-adopted")] == [new[0]["name"]]
         assert orphan.id not in {c.id for c in docker_client.containers.list(all=True)}
         # (the runner reconnects within its TTL: not lost, the flow kept where it runs)
-        wait_until("the flow answers again", lambda: state_of(dispatcher) == {"ok": True, "n": 1100})
+        wait_until(
+            "the flow answers again", lambda: state_of(dispatcher) == {"ok": True, "n": 1100}
+        )
         assert not [e for e in events(dispatcher, "displaced") if e["runner"] == moved["runner"]]
     finally:
         dispatcher.stop()
@@ -194,7 +218,11 @@ def test_an_image_update_under_load_loses_nothing(
         assert done["moved"] == ["chain"]
         print(f"image update under load: {done['seconds']:.2f} s, sent {sent[0]} messages")
         try:
-            wait_until("every message, once, in order", lambda: state_of(dispatcher) == {"ok": True, "n": total}, 30)
+            wait_until(
+                "every message, once, in order",
+                lambda: state_of(dispatcher) == {"ok": True, "n": total},
+                30,
+            )
         except AssertionError:
             print("STATE", state_of(dispatcher))
             for e in dispatcher.api("GET", "/events")[-30:]:
@@ -219,7 +247,9 @@ def test_a_flow_that_needs_more_gets_a_container_sized_to_it(
     cleanup_containers: Callable[[Path], None],
 ) -> None:
     image = pushed("sized")
-    dispatcher = docker_dispatcher(tmp_path, image, "--docker-cpus", "0.5", "--docker-memory", "512MiB")
+    dispatcher = docker_dispatcher(
+        tmp_path, image, "--docker-cpus", "0.5", "--docker-memory", "512MiB"
+    )
     cleanup_containers(dispatcher.state_dir)
     dispatcher.start()
     try:
@@ -295,7 +325,10 @@ def test_the_swarm_backend_runs_runners_as_services(
 
         assert dispatcher.api("POST", "/flows", json=CHAIN)["runner"] == slot["runner"]
         inject(dispatcher, list(range(500)))
-        wait_until("500 messages through the service's runner", lambda: state_of(dispatcher) == {"ok": True, "n": 500})
+        wait_until(
+            "500 messages through the service's runner",
+            lambda: state_of(dispatcher) == {"ok": True, "n": 500},
+        )
 
         # A module that needs zone=b: a service constrained to such nodes; it runs once
         # the node has the label, and the module is placed on its runner.
@@ -304,7 +337,9 @@ def test_the_swarm_backend_runs_runners_as_services(
             for m in CHAIN["modules"]
         ]}  # fmt: skip
         assert dispatcher.api("POST", "/flows", json=zoned)["status"] == "pending"
-        [started] = wait_until("a service for the zoned flow", lambda: events(dispatcher, "container-for-flow"))
+        [started] = wait_until(
+            "a service for the zoned flow", lambda: events(dispatcher, "container-for-flow")
+        )
         assert started["labels"] == {"zone": "b"}
         zoned_service = wait_until("the zoned service", lambda: [
             s for s in docker_client.services.list() if s.name not in (slot["name"],)
@@ -314,12 +349,19 @@ def test_the_swarm_backend_runs_runners_as_services(
         placement = zoned_service.attrs["Spec"]["TaskTemplate"]["Placement"]
         assert placement["Constraints"] == ["node.labels.zone==b"]
         assert dispatcher.api("GET", "/flows/zoned")["status"] == "pending"  # no such node yet
-        swarm.update({**swarm.attrs["Spec"], "Labels": {**swarm.attrs["Spec"].get("Labels", {}), "zone": "b"}})
+        swarm.update(
+            {
+                **swarm.attrs["Spec"],
+                "Labels": {**swarm.attrs["Spec"].get("Labels", {}), "zone": "b"},
+            }
+        )
         placed = wait_until("the zoned flow placed", lambda: (
             (f := dispatcher.api("GET", "/flows/zoned"))["status"] == "placed" and f
         ), 120)  # fmt: skip
         zoned_runner = next(
-            c["runner"] for c in dispatcher.api("GET", "/backend")["containers"] if c["name"] == zoned_service.name
+            c["runner"]
+            for c in dispatcher.api("GET", "/backend")["containers"]
+            if c["name"] == zoned_service.name
         )
         assert placed["placement"]["c"] == zoned_runner
     finally:
