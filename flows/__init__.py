@@ -5,7 +5,8 @@ Public names: :class:`Flow`, :class:`Module`, :class:`Wire`, :func:`load_flow`,
 :class:`Problem`.
 """
 
-from .codec import dump_flow, load_flow, make_converter, parse_flow
+from .codec import dump_flow, load_flow, parse_flow
+from .converter import make_converter
 from .errors import FlowError, Problem
 from .model import FORMAT_VERSION, Flow, Module, Wire
 

@@ -8,15 +8,15 @@ writes a stable, git-friendly form: fixed key order, defaults left out, two-spac
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import cattrs
 import orjson
-from cattrs.preconf.orjson import make_converter as _make_orjson_converter
 
+from .converter import json_type, make_converter
+from .converter import problems as structure_problems
 from .errors import FlowError, Problem
 from .model import DEFAULT_TIMEOUT, FORMAT_VERSION, ID_PATTERN, Flow, Module, Wire
 from .requirements import normalize
@@ -25,7 +25,7 @@ from .resources import format_size, parse_size
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
 
-__all__ = ["dump_flow", "load_flow", "make_converter", "parse_flow"]
+__all__ = ["dump_flow", "load_flow", "parse_flow"]
 
 
 @attrs.define
@@ -55,72 +55,7 @@ class _FlowDoc:
     packages: list[str] | None = None
 
 
-def make_converter() -> cattrs.Converter:
-    """The one converter of fifoflow documents: strict (unknown keys are errors)."""
-    converter = _make_orjson_converter(forbid_extra_keys=True)
-
-    def structure_float(value: Any, _: type) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"expected a number, got {type(value).__name__}")
-        return float(value)
-
-    def structure_str(value: Any, _: type) -> str:
-        if not isinstance(value, str):
-            raise TypeError(f"expected a string, got {_json_type(value)}")
-        return value
-
-    def structure_int(value: Any, _: type) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"expected an integer, got {_json_type(value)}")
-        return value
-
-    converter.register_structure_hook(float, structure_float)
-    converter.register_structure_hook(str, structure_str)
-    converter.register_structure_hook(int, structure_int)
-
-    # Arrays must be arrays: cattrs would take any iterable ({} or "ab" as a list).
-    for list_type in (list[str], list[_ModuleDoc]):
-        base = converter.get_structure_hook(list_type)
-
-        def structure_list(value: Any, t: Any, base: Any = base) -> Any:
-            if not isinstance(value, list):
-                raise TypeError(f"expected an array, got {_json_type(value)}")
-            return base(value, t)
-
-        converter.register_structure_hook_func(
-            lambda t, list_type=list_type: t == list_type, structure_list
-        )
-    return converter
-
-
 _CONVERTER = make_converter()
-
-
-def _json_type(value: Any) -> str:
-    return {
-        dict: "an object",
-        list: "an array",
-        str: "a string",
-        bool: "a boolean",
-        type(None): "null",
-    }.get(type(value), type(value).__name__)
-
-
-def _cattrs_path(raw: str) -> str:
-    # "$.modules[0].runtime" -> "modules[0].runtime"
-    return raw[2:] if raw.startswith("$.") else raw.lstrip("$")
-
-
-def _structure_problems(exc: Exception) -> list[Problem]:
-    problems = []
-    for line in cattrs.transform_error(exc, path="$"):
-        message, _, path = line.rpartition(" @ ")
-        message = message.replace("required field missing", "missing required field")
-        message = re.sub(r"invalid value for type, expected (\w+)", r"expected \1", message)
-        if message.startswith("extra fields found"):
-            message = "unknown field(s): " + message.split("(", 1)[-1].rstrip(")")
-        problems.append(Problem(_cattrs_path(path), message))
-    return problems
 
 
 def parse_flow(
@@ -139,7 +74,7 @@ def parse_flow(
     else:
         raw = dict(data)
     if not isinstance(raw, dict):
-        raise FlowError([Problem("", f"a flow must be a JSON object, got {_json_type(raw)}")])
+        raise FlowError([Problem("", f"a flow must be a JSON object, got {json_type(raw)}")])
     version = raw.get("fifoflow")
     if version is None:
         raise FlowError(
@@ -175,7 +110,7 @@ def parse_flow(
         cattrs.IterableValidationError,
         cattrs.ForbiddenExtraKeysError,
     ) as exc:
-        raise FlowError(_structure_problems(exc)) from None
+        raise FlowError(structure_problems(exc)) from None
     return _validate(doc, base_dir=base_dir, runtimes=runtimes)
 
 
