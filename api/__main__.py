@@ -1,5 +1,5 @@
 """``python -m fifoflow.api`` is the ``fifoflow`` command."""
 
-from .cli import main
+from fifoflow.api.cli import main
 
 main()

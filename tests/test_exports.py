@@ -16,11 +16,11 @@ import pytest
         "fifoflow.runner",
         "fifoflow.runtimes.registry",
         "fifoflow.runtimes.conformance",
-        "fifoflow.api.app",
+        "fifoflow.api.runner.app",
         "fifoflow.api.client",
-        "fifoflow.api.errors",
-        "fifoflow.api.methods",
-        "fifoflow.api.server",
+        "fifoflow.api.common.errors",
+        "fifoflow.api.runner.methods",
+        "fifoflow.api.runner.server",
     ],
 )
 def test_all_names_exist(package: str) -> None:

@@ -17,8 +17,8 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from fifoflow.api.app import ApiSettings, create_app
 from fifoflow.api.client import RunnerClient
+from fifoflow.api.runner.app import ApiSettings, create_app
 from fifoflow.runner import Runner, RunnerConfig, open_runner
 
 if TYPE_CHECKING:

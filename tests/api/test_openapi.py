@@ -19,8 +19,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from fifoflow.api.app import ApiSettings, create_app
-from fifoflow.api.openapi import openapi_document
+from fifoflow.api.runner.app import ApiSettings, create_app
+from fifoflow.api.runner.openapi import openapi_document
 from fifoflow.runner import Runner
 
 from ..conftest import child_pids

@@ -183,7 +183,7 @@ async def test_module_state_is_checkpointed_while_flows_run(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("mode", [0o644, 0o640])
 def test_a_token_file_others_can_read_is_refused(tmp_path: Path, mode: int) -> None:
-    from fifoflow.api.auth import TokenError, load_or_create_token
+    from fifoflow.api.common.auth import TokenError, load_or_create_token
 
     path = tmp_path / "token"
     path.write_text("secret\n")

@@ -11,8 +11,8 @@ import hypothesis
 import pytest
 import schemathesis
 
-from fifoflow.api.dispatcher_app import create_dispatcher_app
-from fifoflow.api.dispatcher_openapi import dispatcher_openapi
+from fifoflow.api.dispatcher.app import create_dispatcher_app
+from fifoflow.api.dispatcher.openapi import dispatcher_openapi
 from fifoflow.dispatcher.service import Dispatcher, DispatcherConfig
 
 from ..api.test_openapi import CHECKS

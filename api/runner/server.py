@@ -17,11 +17,11 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from ..runner import RunnerConfig, open_runner
-from ..runner.link import DispatcherLink
-from ..runner.store import atomic_write
-from .app import ApiSettings, create_app
-from .auth import load_or_create_token
+from fifoflow.api.common.auth import load_or_create_token
+from fifoflow.api.runner.app import ApiSettings, create_app
+from fifoflow.runner import RunnerConfig, open_runner
+from fifoflow.runner.link import DispatcherLink
+from fifoflow.runner.store import atomic_write
 
 __all__ = ["DEFAULT_PORT", "ServeOptions", "serve"]
 

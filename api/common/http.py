@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from quart import Response, request
 
-from .errors import BadRequest, InvalidParams
+from fifoflow.api.common.errors import BadRequest, InvalidParams
 
 __all__ = ["json_response", "read_json"]
 

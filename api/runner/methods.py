@@ -20,12 +20,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from ..flows import parse_flow
-from ..runner.conditions import ConditionError
-from .errors import InvalidParams
+from fifoflow.api.common.errors import InvalidParams
+from fifoflow.flows import parse_flow
+from fifoflow.runner.conditions import ConditionError
 
 if TYPE_CHECKING:
-    from ..runner import Runner
+    from fifoflow.runner import Runner
 
 __all__ = ["METHODS", "Method", "call"]
 

@@ -13,15 +13,15 @@ import httpx
 import orjson
 import trio
 
-from ..dispatcher.docker_backend import PULL_POLICIES
-from ..flows.resources import human_size, parse_size
-from .auth import TokenError, read_token
-from .dispatcher_app import (
+from fifoflow.api.common.auth import TokenError, read_token
+from fifoflow.api.dispatcher.app import (
     DEFAULT_DISPATCHER_PORT,
     DispatcherServeOptions,
     default_dispatcher_state_dir,
     serve_dispatcher,
 )
+from fifoflow.dispatcher.docker_backend import PULL_POLICIES
+from fifoflow.flows.resources import human_size, parse_size
 
 if TYPE_CHECKING:
     import argparse
@@ -152,8 +152,8 @@ def cmd_client(args: argparse.Namespace) -> int:
             for row in rows:
                 _out("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         elif args.action == "deploy":
-            from ..flows import FlowError, dump_flow, load_flow
-            from ..runtimes.registry import discover
+            from fifoflow.flows import FlowError, dump_flow, load_flow
+            from fifoflow.runtimes.registry import discover
 
             try:
                 flow = load_flow(Path(args.flow), runtimes=discover(attached=True).keys())

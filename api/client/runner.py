@@ -10,7 +10,7 @@
             await client.inject("hello", "greet", "in", [{"name": "Ada"}])
             event = await rpc.next_event()
 
-Failures raise :class:`~fifoflow.api.errors.ApiError` with the server's ``status``,
+Failures raise :class:`~fifoflow.api.common.errors.ApiError` with the server's ``status``,
 ``code``, ``message`` and ``field``; an unreachable server raises :class:`ConnectError`.
 
 Resource handling: the client owns one ``httpx.AsyncClient`` (closed by ``aclose`` or
@@ -31,7 +31,7 @@ import orjson
 import trio
 import trio_websocket
 
-from .errors import ApiError
+from fifoflow.api.common.errors import ApiError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable

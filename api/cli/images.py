@@ -19,7 +19,7 @@ def _say(text: str) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from ..images.build import (
+    from fifoflow.images.build import (
         DEFAULT_BASE,
         BuildError,
         build_base,

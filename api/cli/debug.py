@@ -30,17 +30,17 @@ from typing import TYPE_CHECKING
 import orjson
 import trio
 
-from ..flows import FlowError, load_flow
-from ..runner import RunnerConfig, RunnerError, open_runner
-from ..runner.conditions import ConditionError
-from ..runtimes.registry import discover
-from .debugview import format_pause, format_queues, format_step, short_json
+from fifoflow.api.cli.debugview import format_pause, format_queues, format_step, short_json
+from fifoflow.flows import FlowError, load_flow
+from fifoflow.runner import RunnerConfig, RunnerError, open_runner
+from fifoflow.runner.conditions import ConditionError
+from fifoflow.runtimes.registry import discover
 
 if TYPE_CHECKING:
     import argparse
 
-    from ..flows import Flow
-    from ..runner import Runner
+    from fifoflow.flows import Flow
+    from fifoflow.runner import Runner
 
 __all__ = ["cmd_debug"]
 

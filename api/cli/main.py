@@ -17,10 +17,10 @@ from typing import Any
 import orjson
 import trio
 
-from ..flows import FlowError, load_flow
-from ..runner import Runner, RunnerConfig, RunnerError, open_runner
-from ..runtimes.registry import ManifestError, discover
-from .remote import add_commands
+from fifoflow.api.cli.runner import add_commands
+from fifoflow.flows import FlowError, load_flow
+from fifoflow.runner import Runner, RunnerConfig, RunnerError, open_runner
+from fifoflow.runtimes.registry import ManifestError, discover
 
 __all__ = ["main"]
 
@@ -199,13 +199,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
-    from .dev import cmd_dev
+    from fifoflow.api.cli.dev import cmd_dev
 
     return cmd_dev(args)
 
 
 def _cmd_debug(args: argparse.Namespace) -> int:
-    from .debug_repl import cmd_debug
+    from fifoflow.api.cli.debug import cmd_debug
 
     return cmd_debug(args)
 
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["conformance"]:
         # The kit parses its own options (including a host command after --).
-        from ..runtimes import conformance
+        from fifoflow.runtimes import conformance
 
         raise SystemExit(conformance.main(argv[1:], prog="fifoflow conformance"))
     parser = build_parser()

@@ -30,14 +30,14 @@ import orjson
 import trio
 import watchfiles
 
-from ..flows import Flow, FlowError, load_flow
-from ..runner import RunnerConfig, RunnerError, open_runner
-from ..runtimes.registry import discover
+from fifoflow.flows import Flow, FlowError, load_flow
+from fifoflow.runner import RunnerConfig, RunnerError, open_runner
+from fifoflow.runtimes.registry import discover
 
 if TYPE_CHECKING:
     import argparse
 
-    from ..runner import Runner
+    from fifoflow.runner import Runner
 
 __all__ = ["cmd_dev"]
 
@@ -161,7 +161,7 @@ class DevSession:
 
 
 async def dev(args: argparse.Namespace) -> int:
-    from .cli import _parse_json, _parse_port, _print_events
+    from fifoflow.api.cli.main import _parse_json, _parse_port, _print_events
 
     runtimes = discover()
     flow_file: Path = args.flow_file

@@ -15,15 +15,15 @@ from quart import Response, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from .auth import check_token
-from .errors import ApiError, Unauthorized, error_body
-from .http import json_response, refuse_unknown_query
-from .openapi import openapi_blueprint
-from .routes import flows_blueprint, runtimes_blueprint
-from .ws import ws_blueprint
+from fifoflow.api.common.auth import check_token
+from fifoflow.api.common.errors import ApiError, Unauthorized, error_body
+from fifoflow.api.common.http import json_response, refuse_unknown_query
+from fifoflow.api.runner.openapi import openapi_blueprint
+from fifoflow.api.runner.routes import flows_blueprint, runtimes_blueprint
+from fifoflow.api.runner.ws import ws_blueprint
 
 if TYPE_CHECKING:
-    from ..runner import Runner
+    from fifoflow.runner import Runner
 
 __all__ = ["ApiSettings", "create_app"]
 

@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import trio
 
-from ..flows import FlowError, dump_flow, load_flow
-from ..flows.resources import parse_size
-from ..runner import RunnerError
-from .auth import TokenError, default_state_dir, read_token
-from .client import ApiError, ConnectError, RunnerClient
-from .debugview import format_pause, format_queues, format_step
-from .dispatcher_cli import add_dispatcher_commands
-from .images_cli import add_images_commands
-from .server import DEFAULT_PORT, ServeOptions, serve
-from .service_install import add_service_commands
+from fifoflow.api.cli.debugview import format_pause, format_queues, format_step
+from fifoflow.api.cli.dispatcher import add_dispatcher_commands
+from fifoflow.api.cli.images import add_images_commands
+from fifoflow.api.cli.service import add_service_commands
+from fifoflow.api.client import ApiError, ConnectError, RunnerClient
+from fifoflow.api.common.auth import TokenError, default_state_dir, read_token
+from fifoflow.api.runner.server import DEFAULT_PORT, ServeOptions, serve
+from fifoflow.flows import FlowError, dump_flow, load_flow
+from fifoflow.flows.resources import parse_size
+from fifoflow.runner import RunnerError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

@@ -23,8 +23,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..runner.store import atomic_write
-from .auth import default_state_dir
+from fifoflow.api.common.auth import default_state_dir
+from fifoflow.runner.store import atomic_write
 
 if TYPE_CHECKING:
     import argparse

@@ -29,14 +29,14 @@ import orjson
 import trio
 from quart import Blueprint, websocket
 
-from ..flows import FlowError
-from ..runner import RunnerError
-from .errors import ApiError, InvalidParams, from_exception
-from .methods import METHODS
+from fifoflow.api.common.errors import ApiError, InvalidParams, from_exception
+from fifoflow.api.runner.methods import METHODS
+from fifoflow.flows import FlowError
+from fifoflow.runner import RunnerError
 
 if TYPE_CHECKING:
-    from ..runner import Runner, Subscription
-    from .app import ApiSettings
+    from fifoflow.api.runner.app import ApiSettings
+    from fifoflow.runner import Runner, Subscription
 
 __all__ = ["EVENT_KINDS", "ws_blueprint"]
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..flows import FlowError
-from ..runner import (
+from fifoflow.flows import FlowError
+from fifoflow.runner import (
     FlowLoadError,
     FlowStateError,
     NotFound,
@@ -32,7 +32,7 @@ from ..runner import (
     RuntimeStartError,
     SwapRejected,
 )
-from ..runner.environments import EnvironmentBuildError
+from fifoflow.runner.environments import EnvironmentBuildError
 
 __all__ = [
     "ApiError",

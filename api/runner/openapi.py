@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from quart import Blueprint, Response
 
-from ..flows.model import ID_PATTERN
-from .http import json_response
-from .methods import MAX_INJECT, MAX_LOGS
+from fifoflow.api.common.http import json_response
+from fifoflow.api.runner.methods import MAX_INJECT, MAX_LOGS
+from fifoflow.flows.model import ID_PATTERN
 
 if TYPE_CHECKING:
-    from ..runner import Runner
+    from fifoflow.runner import Runner
 
 __all__ = ["openapi_blueprint", "openapi_document"]
 

@@ -53,19 +53,19 @@ from quart import Blueprint, Response, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from ..dispatcher.backends import LocalBackend
-from ..dispatcher.clients import PAGE_ID, ClientRunners
-from ..dispatcher.docker_backend import DockerBackend, DockerOptions, SwarmBackend
-from ..dispatcher.service import Dispatcher, DispatcherConfig, DispatcherError, flow_summary
-from ..flows import FlowError
-from ..runner.attached import AttachedProcess
-from ..runner.errors import RunnerError
-from ..runner.rpc import RemoteError, RpcPeer
-from ..runtimes.registry import BUILTIN_DIR, discover
-from .auth import check_token, load_or_create_token
-from .dispatcher_openapi import dispatcher_openapi
-from .errors import ApiError, InvalidParams, Unauthorized, error_body
-from .http import json_response, read_json, refuse_unknown_query
+from fifoflow.api.common.auth import check_token, load_or_create_token
+from fifoflow.api.common.errors import ApiError, InvalidParams, Unauthorized, error_body
+from fifoflow.api.common.http import json_response, read_json, refuse_unknown_query
+from fifoflow.api.dispatcher.openapi import dispatcher_openapi
+from fifoflow.dispatcher.backends import LocalBackend
+from fifoflow.dispatcher.clients import PAGE_ID, ClientRunners
+from fifoflow.dispatcher.docker_backend import DockerBackend, DockerOptions, SwarmBackend
+from fifoflow.dispatcher.service import Dispatcher, DispatcherConfig, DispatcherError, flow_summary
+from fifoflow.flows import FlowError
+from fifoflow.runner.attached import AttachedProcess
+from fifoflow.runner.errors import RunnerError
+from fifoflow.runner.rpc import RemoteError, RpcPeer
+from fifoflow.runtimes.registry import BUILTIN_DIR, discover
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

@@ -36,12 +36,12 @@ from typing import TYPE_CHECKING, Any
 
 from quart import Blueprint, Response, request
 
-from .errors import InvalidParams
-from .http import json_response, read_json
-from .methods import call
+from fifoflow.api.common.errors import InvalidParams
+from fifoflow.api.common.http import json_response, read_json
+from fifoflow.api.runner.methods import call
 
 if TYPE_CHECKING:
-    from ..runner import Runner
+    from fifoflow.runner import Runner
 
 __all__ = ["flows_blueprint", "runtimes_blueprint"]
 

@@ -1,7 +1,7 @@
 """The dispatcher's OpenAPI 3.1 document (``GET /openapi.json`` on the dispatcher).
 
 Flow documents, errors and log lines share their schemas with the runner's document
-(:func:`fifoflow.api.openapi.openapi_document`); a test checks that every route of
+(:func:`fifoflow.api.runner.openapi.openapi_document`); a test checks that every route of
 the dispatcher app is in here and nothing else, and schemathesis runs it against a
 live dispatcher.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .openapi import JSON, _json, _ref, openapi_document
+from fifoflow.api.runner.openapi import JSON, _json, _ref, openapi_document
 
 __all__ = ["dispatcher_openapi"]
 

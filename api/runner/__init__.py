@@ -1,0 +1,1 @@
+"""The Runner API: ``fifoflow runner serve`` (HTTP routes, JSON-RPC over ``/ws``, OpenAPI)."""
