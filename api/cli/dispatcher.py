@@ -14,7 +14,7 @@ import orjson
 import trio
 
 from fifoflow.api.common.auth import TokenError, read_token
-from fifoflow.api.dispatcher.app import (
+from fifoflow.api.dispatcher.server import (
     DEFAULT_DISPATCHER_PORT,
     DispatcherServeOptions,
     default_dispatcher_state_dir,

@@ -36,57 +36,28 @@ A runner authenticates with its own credentials there, not the operator token.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import signal
-import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-import attrs
-import hypercorn.config
-import hypercorn.trio
-import orjson
-import trio
-import trio.lowlevel
 from quart import Blueprint, Response, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from fifoflow.api.common.auth import check_token, load_or_create_token
+from fifoflow.api.common.auth import check_token
 from fifoflow.api.common.errors import ApiError, InvalidParams, Unauthorized, error_body
 from fifoflow.api.common.http import json_response, read_json, refuse_unknown_query
+from fifoflow.api.dispatcher import pages
 from fifoflow.api.dispatcher.openapi import dispatcher_openapi
-from fifoflow.dispatcher.backends import LocalBackend
-from fifoflow.dispatcher.clients import PAGE_ID, ClientRunners
-from fifoflow.dispatcher.docker_backend import DockerBackend, DockerOptions, SwarmBackend
-from fifoflow.dispatcher.service import Dispatcher, DispatcherConfig, DispatcherError, flow_summary
+from fifoflow.dispatcher.link import RunnerLink
+from fifoflow.dispatcher.service import Dispatcher, DispatcherError, flow_summary
 from fifoflow.flows import FlowError
-from fifoflow.runner.attached import AttachedProcess
 from fifoflow.runner.errors import RunnerError
-from fifoflow.runner.rpc import RemoteError, RpcPeer
-from fifoflow.runtimes.registry import BUILTIN_DIR, discover
+from fifoflow.runner.rpc import RemoteError
+from fifoflow.runtimes.registry import discover
 
-if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
-__all__ = [
-    "DEFAULT_DISPATCHER_PORT",
-    "DispatcherServeOptions",
-    "create_dispatcher_app",
-    "serve_dispatcher",
-]
+__all__ = ["create_dispatcher_app"]
 
 log = logging.getLogger("fifoflow.dispatcher")
 
-#: what the dispatcher serves under /client/ (no token: it is code for web pages)
-CLIENT_FILES = {
-    "index.html": (BUILTIN_DIR / "browser" / "index.html", "text/html; charset=utf-8"),
-    "core.mjs": (BUILTIN_DIR / "node" / "core.mjs", "text/javascript; charset=utf-8"),
-    "fifoflow.js": (BUILTIN_DIR / "browser" / "fifoflow.js", "text/javascript; charset=utf-8"),
-    "demo.html": (BUILTIN_DIR / "browser" / "demo.html", "text/html; charset=utf-8"),
-}
-DEFAULT_DISPATCHER_PORT = 8480
 
 
 def _error_response(exc: Exception) -> Response:
@@ -315,15 +286,7 @@ def create_dispatcher_app(
     @bp.get("/client/", defaults={"name": "index.html"})
     @bp.get("/client/<name>")
     async def client_file(name: str) -> Response:
-        found = CLIENT_FILES.get(name)
-        if found is None:
-            raise ApiError(
-                f"no client file {name!r} (files: {', '.join(sorted(CLIENT_FILES))})",
-                status=404,
-                code="not_found",
-            )
-        path, media_type = found
-        return Response(path.read_bytes(), 200, {"Content-Type": media_type})
+        return pages.client_file(name)
 
     @bp.get("/openapi.json")
     async def openapi() -> Response:
@@ -333,15 +296,16 @@ def create_dispatcher_app(
 
     @bp.websocket("/link")
     async def link() -> None:
-        await RunnerLink(dispatcher).serve()
+        await websocket.accept()
+        await RunnerLink(dispatcher).serve(websocket.receive, websocket.send)
 
     @bp.websocket("/client/ws")
     async def client_control() -> None:
-        await ClientSocket(dispatcher, client_token).control()
+        await pages.ClientSocket(dispatcher, client_token).control()
 
     @bp.websocket("/client/host")
     async def client_host() -> None:
-        await ClientSocket(dispatcher, client_token).host()
+        await pages.ClientSocket(dispatcher, client_token).host()
 
     @bp.get("/client-token")
     async def get_client_token() -> Response:
@@ -356,307 +320,3 @@ def create_dispatcher_app(
     return app
 
 
-class ClientSocket:
-    """A web page's sockets: ``/client/ws`` (its control: hosts to open, injections,
-    bye) and ``/client/host`` (one runtime host's frames). Both need the client token
-    (``?token=``), refused with close code 4401 and the reason."""
-
-    def __init__(self, dispatcher: Dispatcher, client_token: str | None) -> None:
-        self.dispatcher = dispatcher
-        self.client_token = client_token
-
-    async def _admit(self) -> tuple[Any, str] | None:
-        ws = websocket._get_current_object()
-        await ws.accept()
-        page = websocket.args.get("page", "")
-        why = None
-        if self.client_token is None or not check_token(
-            websocket.args.get("token"), self.client_token
-        ):
-            why = (
-                "wrong or missing client token (ask the operator: fifoflow dispatcher client-token)"
-            )
-        elif not PAGE_ID.match(page):
-            why = "page must be 1 to 64 letters, digits, '-' or '_'"
-        elif self.dispatcher.clients is None:
-            why = "this dispatcher serves no client runners"
-        if why is not None:
-            await ws.send(orjson.dumps({"op": "refused", "message": why}).decode())
-            await ws.close(4401, why[:120])
-            return None
-        return ws, page
-
-    async def control(self) -> None:
-        admitted = await self._admit()
-        if admitted is None:
-            return
-        ws, page = admitted
-        clients = self.dispatcher.clients
-
-        async def request_host(name: str) -> None:
-            await ws.send(orjson.dumps({"op": "spawn", "host": name}).decode())
-
-        client, generation = await clients.page(page, request_host)
-        try:
-            await ws.send(
-                orjson.dumps({"op": "welcome", "page": page, "runner": client.runner_id}).decode()
-            )
-            while True:
-                raw = await ws.receive()
-                try:
-                    message = orjson.loads(raw)
-                    op = message["op"]
-                except (orjson.JSONDecodeError, KeyError, TypeError):
-                    await ws.send(
-                        orjson.dumps({"op": "error", "message": "not a control message"}).decode()
-                    )
-                    continue
-                if op == "bye":
-                    client.stop.set()
-                    break
-                if op == "inject":
-                    answer: dict[str, Any] = {"op": "injected", "id": message.get("id")}
-                    try:
-                        await self.dispatcher.forward(
-                            str(message["flow"]),
-                            "inject",
-                            moduleId=str(message["module"]),
-                            port=str(message.get("port") or "in"),
-                            msgs=list(message["msgs"]),
-                        )
-                    except (RunnerError, KeyError, TypeError) as exc:
-                        answer = {"op": "error", "id": message.get("id"), "message": str(exc)}
-                    await ws.send(orjson.dumps(answer).decode())
-                    continue
-                unknown = {
-                    "op": "error",
-                    "id": message.get("id"),
-                    "message": f"unknown op {op!r} (known: inject, bye)",
-                }
-                await ws.send(orjson.dumps(unknown).decode())
-        finally:
-            clients.disconnected(client, generation)
-
-    async def host(self) -> None:
-        admitted = await self._admit()
-        if admitted is None:
-            return
-        ws, page = admitted
-        client = self.dispatcher.clients.get(page)
-        name = websocket.args.get("host", "")
-        proc = AttachedProcess(name, ws.send)
-        if client is None or not client.hosts.offer(proc):
-            why = f"nobody asked for host {name!r} of page {page!r}"
-            await ws.send(orjson.dumps({"op": "refused", "message": why}).decode())
-            await ws.close(4404, why[:120])
-            return
-        try:
-            async with trio.open_nursery() as nursery:
-
-                async def closer() -> None:
-                    await proc.close_requested.wait()
-                    with contextlib.suppress(Exception):
-                        await ws.close(1000)
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(closer)
-                while True:
-                    data = await ws.receive()
-                    await proc.feed(data.encode() if isinstance(data, str) else data)
-        finally:
-            proc.ended()
-
-
-class RunnerLink:
-    """One runner's control link: JSON-RPC both ways (``runner/rpc.py``)."""
-
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self.dispatcher = dispatcher
-        self.runner_id: str | None = None
-        self.peer: RpcPeer | None = None
-        self.nursery: trio.Nursery | None = None
-
-    async def serve(self) -> None:
-        await websocket.accept()
-        async with trio.open_nursery() as nursery:
-            self.nursery = nursery
-            peer = self.peer = RpcPeer(websocket.send, self.handle, nursery)
-            try:
-                while True:
-                    peer.feed(await websocket.receive())
-            finally:
-                peer.close()
-                if self.runner_id is not None:
-                    self.dispatcher.detach(self.runner_id, peer)
-                nursery.cancel_scope.cancel()
-
-    async def handle(self, method: str, params: dict[str, Any]) -> Any:
-        d = self.dispatcher
-        if method == "register":
-            return d.register(str(params["token"]), str(params.get("name") or "runner"))
-        if method == "hello":
-            answer = d.hello(str(params["runnerId"]), str(params["secret"]), params.get("version"))
-            self.runner_id = str(params["runnerId"])
-            assert self.peer is not None
-            d.attach(self.runner_id, self.peer)
-            return answer
-        if self.runner_id is None:
-            raise DispatcherError("say hello first (runnerId and secret)")
-        if method == "hardware":
-            full, changes = params.get("full"), params.get("changes")
-            if (full is not None and not isinstance(full, dict)) or (
-                changes is not None and not isinstance(changes, dict)
-            ):
-                raise ValueError("full and changes must be objects")
-            d.report_hardware(self.runner_id, full, changes)
-            return True
-        if method == "ready":
-            d.ready(self.runner_id)
-            flows = params.get("flows") or []
-            assert self.nursery is not None
-            self.nursery.start_soon(d.runner_ready, self.runner_id, flows)
-            return True
-        if method == "heartbeat":
-            d.heartbeat(self.runner_id)
-            return True
-        if method == "signoff":
-            d.sign_off(self.runner_id)
-            return True
-        if method == "relay":
-            msgs = params["msgs"]
-            if not isinstance(msgs, list):
-                raise TypeError("msgs must be an array")
-            await d.relay(
-                self.runner_id,
-                str(params["flowId"]),
-                str(params["moduleId"]),
-                str(params["port"]),
-                msgs,
-            )
-            return True
-        if method == "paused":
-            info = {k: params.get(k) for k in ("reason", "module", "port", "msg")}
-            assert self.nursery is not None
-            self.nursery.start_soon(d.paused, self.runner_id, str(params["flowId"]), info)
-            return None
-        if method == "snapshot":
-            d.snapshot(self.runner_id, str(params["flowId"]), dict(params["states"]))
-            return None
-        raise DispatcherError(f"unknown method {method!r}")
-
-
-@attrs.frozen
-class DispatcherServeOptions:
-    state_dir: Path
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_DISPATCHER_PORT
-    heartbeat: float = 5.0
-    ttl: float | None = None
-    #: runner processes the dispatcher starts on this machine (the local backend)
-    local_runners: int = 0
-    #: the Docker backend: runner containers from this image (None: no Docker backend)
-    docker_image: str | None = None
-    docker_runners: int = 1
-    pull: str = "if-not-present"
-    docker_cpus: float = 1.0
-    docker_memory: int = 1024**3
-    docker_network: str = "host"
-    #: run the runner containers as Docker Swarm services (one per runner)
-    swarm: bool = False
-    #: the dispatcher's URL as containers reach it (default: the one it listens on)
-    public_url: str | None = None
-
-
-def _say(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
-
-
-async def serve_dispatcher(
-    options: DispatcherServeOptions,
-    *,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
-    ready: Callable[[list[str]], Awaitable[None]] | None = None,
-) -> None:
-    token_path = options.state_dir / "token"
-    token, created = load_or_create_token(token_path)
-    _say(f"token: {token_path}" + (" (created)" if created else ""))
-    config = DispatcherConfig(
-        state_dir=options.state_dir, heartbeat=options.heartbeat, ttl=options.ttl
-    )
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            dispatcher: Dispatcher = await nursery.start(Dispatcher(config).run)
-            client_token, _ = load_or_create_token(options.state_dir / "client-token")
-            app = create_dispatcher_app(dispatcher, token, client_token)
-            hc = hypercorn.config.Config()
-            hc.bind = [f"{options.host}:{options.port}"]
-            hc.graceful_timeout = 1.0
-            hc.accesslog = None
-            hc.errorlog = None
-            stop = trio.Event()
-            urls = await nursery.start(
-                lambda task_status: hypercorn.trio.serve(
-                    app, hc, shutdown_trigger=stop.wait, task_status=task_status
-                )
-            )
-            _say(f"fifoflow dispatcher {dispatcher.version} listening on {' '.join(urls)}")
-            _say(f"state dir: {options.state_dir}")
-            dispatcher.clients = await nursery.start(
-                ClientRunners(dispatcher, urls[0], options.state_dir).run
-            )
-            _say(
-                f"client runners: {urls[0]}/client/ (client token: {options.state_dir / 'client-token'})"
-            )
-            backend = None
-            if options.local_runners:
-                root = options.state_dir / "local-runners"
-                backend = await nursery.start(LocalBackend(root, urls[0]).run)
-                for i in range(options.local_runners):
-                    name = f"local-{i + 1}"
-                    token = None if backend.registered(name) else dispatcher.issue_token()["token"]
-                    await backend.start_runner(name, token)
-                _say(f"started {options.local_runners} local runner(s) in {root}")
-            if options.docker_image:
-                kind = SwarmBackend if options.swarm else DockerBackend
-                docker_backend = kind(
-                    dispatcher,
-                    DockerOptions(
-                        image=options.docker_image,
-                        dispatcher_url=options.public_url or urls[0],
-                        pull=options.pull,
-                        runners=options.docker_runners,
-                        cpus=options.docker_cpus,
-                        memory=options.docker_memory,
-                        network=options.docker_network,
-                        interval=min(1.0, options.heartbeat),
-                    ),
-                    say=_say,
-                )
-                dispatcher.backend = docker_backend
-                await nursery.start(docker_backend.run)
-                _say(
-                    f"{docker_backend.name} backend: {options.docker_runners} runner"
-                    f" container(s) from {docker_backend.image} (pull: {options.pull})"
-                )
-            task_status.started(urls)
-            async for signum in signals:
-                _say(f"{signal.Signals(signum).name}: stopping")
-                if backend is not None:
-                    await backend.stop_all()  # they sign off while the dispatcher still listens
-                await dispatcher.clients.stop_all()
-                stop.set()
-                break
-            with trio.move_on_after(3):
-                await trio.lowlevel.checkpoint()  # let hypercorn finish its graceful shutdown
-            nursery.cancel_scope.cancel()
-    _say("stopped")
-
-
-def default_dispatcher_state_dir() -> Path:
-    import os
-
-    if env := os.environ.get("FIFOFLOW_DISPATCHER_STATE_DIR"):
-        return Path(env)
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "fifoflow" / "dispatcher"

@@ -1,0 +1,155 @@
+"""``fifoflow dispatcher serve``: a dispatcher, its API and its backends in one process.
+
+Resource handling: :func:`serve_dispatcher` owns the dispatcher, hypercorn, the client
+runners of web pages and the backends (local runner processes, Docker or Swarm
+containers), in one nursery. SIGINT or SIGTERM stops the local runners first (they sign
+off while the dispatcher still listens), then the pages' runners, then the server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import attrs
+import hypercorn.config
+import hypercorn.trio
+import trio
+import trio.lowlevel
+
+from fifoflow.api.common.auth import load_or_create_token
+from fifoflow.api.dispatcher.app import create_dispatcher_app
+from fifoflow.dispatcher.backends import LocalBackend
+from fifoflow.dispatcher.clients import ClientRunners
+from fifoflow.dispatcher.docker_backend import DockerBackend, DockerOptions, SwarmBackend
+from fifoflow.dispatcher.service import Dispatcher, DispatcherConfig
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+__all__ = [
+    "DEFAULT_DISPATCHER_PORT",
+    "DispatcherServeOptions",
+    "default_dispatcher_state_dir",
+    "serve_dispatcher",
+]
+
+DEFAULT_DISPATCHER_PORT = 8480
+
+
+@attrs.frozen
+class DispatcherServeOptions:
+    state_dir: Path
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_DISPATCHER_PORT
+    heartbeat: float = 5.0
+    ttl: float | None = None
+    #: runner processes the dispatcher starts on this machine (the local backend)
+    local_runners: int = 0
+    #: the Docker backend: runner containers from this image (None: no Docker backend)
+    docker_image: str | None = None
+    docker_runners: int = 1
+    pull: str = "if-not-present"
+    docker_cpus: float = 1.0
+    docker_memory: int = 1024**3
+    docker_network: str = "host"
+    #: run the runner containers as Docker Swarm services (one per runner)
+    swarm: bool = False
+    #: the dispatcher's URL as containers reach it (default: the one it listens on)
+    public_url: str | None = None
+
+
+def _say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+async def serve_dispatcher(
+    options: DispatcherServeOptions,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    ready: Callable[[list[str]], Awaitable[None]] | None = None,
+) -> None:
+    token_path = options.state_dir / "token"
+    token, created = load_or_create_token(token_path)
+    _say(f"token: {token_path}" + (" (created)" if created else ""))
+    config = DispatcherConfig(
+        state_dir=options.state_dir, heartbeat=options.heartbeat, ttl=options.ttl
+    )
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            dispatcher: Dispatcher = await nursery.start(Dispatcher(config).run)
+            client_token, _ = load_or_create_token(options.state_dir / "client-token")
+            app = create_dispatcher_app(dispatcher, token, client_token)
+            hc = hypercorn.config.Config()
+            hc.bind = [f"{options.host}:{options.port}"]
+            hc.graceful_timeout = 1.0
+            hc.accesslog = None
+            hc.errorlog = None
+            stop = trio.Event()
+            urls = await nursery.start(
+                lambda task_status: hypercorn.trio.serve(
+                    app, hc, shutdown_trigger=stop.wait, task_status=task_status
+                )
+            )
+            _say(f"fifoflow dispatcher {dispatcher.version} listening on {' '.join(urls)}")
+            _say(f"state dir: {options.state_dir}")
+            dispatcher.clients = await nursery.start(
+                ClientRunners(dispatcher, urls[0], options.state_dir).run
+            )
+            _say(
+                f"client runners: {urls[0]}/client/ (client token: {options.state_dir / 'client-token'})"
+            )
+            backend = None
+            if options.local_runners:
+                root = options.state_dir / "local-runners"
+                backend = await nursery.start(LocalBackend(root, urls[0]).run)
+                for i in range(options.local_runners):
+                    name = f"local-{i + 1}"
+                    token = None if backend.registered(name) else dispatcher.issue_token()["token"]
+                    await backend.start_runner(name, token)
+                _say(f"started {options.local_runners} local runner(s) in {root}")
+            if options.docker_image:
+                kind = SwarmBackend if options.swarm else DockerBackend
+                docker_backend = kind(
+                    dispatcher,
+                    DockerOptions(
+                        image=options.docker_image,
+                        dispatcher_url=options.public_url or urls[0],
+                        pull=options.pull,
+                        runners=options.docker_runners,
+                        cpus=options.docker_cpus,
+                        memory=options.docker_memory,
+                        network=options.docker_network,
+                        interval=min(1.0, options.heartbeat),
+                    ),
+                    say=_say,
+                )
+                dispatcher.backend = docker_backend
+                await nursery.start(docker_backend.run)
+                _say(
+                    f"{docker_backend.name} backend: {options.docker_runners} runner"
+                    f" container(s) from {docker_backend.image} (pull: {options.pull})"
+                )
+            task_status.started(urls)
+            async for signum in signals:
+                _say(f"{signal.Signals(signum).name}: stopping")
+                if backend is not None:
+                    await backend.stop_all()  # they sign off while the dispatcher still listens
+                await dispatcher.clients.stop_all()
+                stop.set()
+                break
+            with trio.move_on_after(3):
+                await trio.lowlevel.checkpoint()  # let hypercorn finish its graceful shutdown
+            nursery.cancel_scope.cancel()
+    _say("stopped")
+
+
+def default_dispatcher_state_dir() -> Path:
+    if env := os.environ.get("FIFOFLOW_DISPATCHER_STATE_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "fifoflow" / "dispatcher"
