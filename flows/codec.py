@@ -25,11 +25,13 @@ from .resources import format_size, parse_size
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
 
-__all__ = ["dump_flow", "load_flow", "parse_flow"]
+__all__ = ["FlowDocument", "ModuleDocument", "dump_flow", "load_flow", "parse_flow"]
 
 
 @attrs.define
-class _ModuleDoc:
+class ModuleDocument:
+    """A module as written in a flow document (before validation gives it meaning)."""
+
     id: str
     runtime: str
     code: str | None = None
@@ -45,10 +47,13 @@ class _ModuleDoc:
 
 
 @attrs.define
-class _FlowDoc:
+class FlowDocument:
+    """A flow document's shape: what the converter structures, and what the APIs
+    document (their OpenAPI schemas are generated from these two classes)."""
+
     fifoflow: int
     id: str
-    modules: list[_ModuleDoc]
+    modules: list[ModuleDocument]
     wires: list[str] = attrs.field(factory=list)
     description: str | None = None
     requirements: list[str] | None = None
@@ -104,7 +109,7 @@ def parse_flow(
     if nulls:
         raise FlowError(nulls)
     try:
-        doc = _CONVERTER.structure(raw, _FlowDoc)
+        doc = _CONVERTER.structure(raw, FlowDocument)
     except (
         cattrs.ClassValidationError,
         cattrs.IterableValidationError,
@@ -126,7 +131,7 @@ def load_flow(path: Path | str, *, runtimes: Collection[str]) -> Flow:
     )
 
 
-def _validate(doc: _FlowDoc, *, base_dir: Path | None, runtimes: Collection[str]) -> Flow:
+def _validate(doc: FlowDocument, *, base_dir: Path | None, runtimes: Collection[str]) -> Flow:
     problems: list[Problem] = []
     if not ID_PATTERN.match(doc.id):
         problems.append(
@@ -339,7 +344,7 @@ REQUIREMENT_FIELD = {"python": "requirements", "node": "packages"}
 
 
 def _requirements(
-    m: _ModuleDoc, at: str, doc: _FlowDoc, problems: list[Problem]
+    m: ModuleDocument, at: str, doc: FlowDocument, problems: list[Problem]
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(what the module declares, normalized; with the flow's for its runtime merged in)."""
     own_field = REQUIREMENT_FIELD.get(m.runtime)

@@ -5,12 +5,12 @@
     ApiError                    an HTTP status, a stable code, a message, the field at fault
     ├── BadRequest              400: the body is not JSON, or not the right shape
     ├── InvalidParams           422: a field has the wrong type or value (.field names it)
-    ├── Unauthorized            401: no token, or the wrong one
-    └── NotFoundError           404: no such route
+    └── Unauthorized            401: no token, or the wrong one
 
-Errors of the cores are translated here, not caught in routes: a
-:class:`~fifoflow.runner.RunnerError` keeps its ``code`` and ``field`` and gets the status
-of :data:`STATUS`; a :class:`~fifoflow.flows.FlowError` becomes a 422 listing every
+Errors of the cores are translated here, not caught in routes, for both apps: a
+:class:`~fifoflow.runner.RunnerError` (the dispatcher's errors are RunnerErrors too)
+keeps its ``code`` and ``field`` and gets the status of :data:`STATUS`, by class; what a
+runner answered to a forwarded call (``RemoteError``) keeps the runner's code; a :class:`~fifoflow.flows.FlowError` becomes a 422 listing every
 problem with its path. Every error body is::
 
     {"error": {"status": 422, "code": "invalid_flow", "message": "...",
@@ -21,6 +21,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from fifoflow.dispatcher.service import (
+    DispatcherError,
+    FlowUnknown,
+    RuntimeUnknown,
+    UnknownRunner,
+)
 from fifoflow.flows import FlowError
 from fifoflow.runner import (
     FlowLoadError,
@@ -33,14 +39,13 @@ from fifoflow.runner import (
     SwapRejected,
 )
 from fifoflow.runner.environments import EnvironmentBuildError
+from fifoflow.runner.rpc import RemoteError
 
 __all__ = [
     "ApiError",
     "BadRequest",
     "InvalidParams",
-    "NotFoundError",
     "Unauthorized",
-    "error_body",
     "from_exception",
 ]
 
@@ -91,11 +96,6 @@ class Unauthorized(ApiError):
     code = "unauthorized"
 
 
-class NotFoundError(ApiError):
-    status = 404
-    code = "not_found"
-
-
 #: HTTP status of each kind of runner error (first match wins; RunnerError itself is 400)
 STATUS: list[tuple[type[RunnerError], int]] = [
     (NotFound, 404),
@@ -106,6 +106,10 @@ STATUS: list[tuple[type[RunnerError], int]] = [
     (NotSupported, 501),
     (RuntimeStartError, 503),
     (ProtocolError, 502),
+    (FlowUnknown, 404),
+    (RuntimeUnknown, 404),
+    (UnknownRunner, 404),
+    (DispatcherError, 409),
 ]
 
 
@@ -126,12 +130,11 @@ def from_exception(exc: Exception) -> ApiError:
     if isinstance(exc, SwapRejected):
         problem = {"path": f"modules.{exc.module}", "message": str(exc)}
         return InvalidParams(str(exc), code=exc.code, field="flow", problems=[problem])
+    if isinstance(exc, RemoteError):
+        # what a runner said about a call the dispatcher forwarded to it
+        status = 404 if (exc.remote_code or "").endswith("not_found") else 409
+        return ApiError(str(exc), status=status, code=exc.remote_code or exc.code)
     if isinstance(exc, RunnerError):
         status = next((code for kind, code in STATUS if isinstance(exc, kind)), 400)
         return ApiError(str(exc), status=status, code=exc.code, field=exc.field)
     raise TypeError(f"not an API error: {exc!r}") from exc
-
-
-def error_body(exc: Exception) -> tuple[dict[str, Any], int]:
-    error = from_exception(exc)
-    return error.body(), error.status

@@ -1,15 +1,31 @@
-"""Small helpers shared by the routes: JSON in, JSON out."""
+"""What both apps share over HTTP: JSON in and out, the bearer token, JSON errors."""
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
 
-from fifoflow.api.common.errors import BadRequest, InvalidParams
+from .auth import check_token
+from .errors import ApiError, BadRequest, InvalidParams, Unauthorized, from_exception
 
-__all__ = ["json_response", "read_json"]
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = [
+    "bearer",
+    "create_json_app",
+    "json_response",
+    "read_json",
+    "refuse_unknown_query",
+    "unauthorized",
+]
+
+log = logging.getLogger("fifoflow.api")
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -40,3 +56,72 @@ def refuse_unknown_query(allowed: set[str]) -> Response | None:
         field=unknown[0],
     )
     return json_response(error.body(), error.status)
+
+
+def bearer(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (None if there is none)."""
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else None
+
+
+def unauthorized(provided: str | None, where: str) -> Response:
+    """The 401 for a missing or wrong token; ``where`` says where the right one is."""
+    reason = "missing bearer token" if provided is None else "wrong token"
+    error = Unauthorized(
+        f"{reason}: send 'Authorization: Bearer <token>' (the token is in {where})",
+        field="Authorization",
+    )
+    return json_response(error.body(), 401, {"WWW-Authenticate": 'Bearer realm="fifoflow"'})
+
+
+def create_json_app(
+    name: str,
+    *,
+    token: str,
+    token_where: str,
+    max_body: int,
+    public: Callable[[str | None], bool] = lambda endpoint: False,
+) -> QuartTrio:
+    """A quart-trio app whose every route needs the bearer token (but the ``public``
+    endpoints) and whose every error is the JSON error body of :mod:`.errors`, quart's
+    own 404/405/413 included. WebSockets authenticate themselves (each knows how)."""
+    app = QuartTrio(name, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = max_body
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+
+    @app.before_request
+    async def _auth() -> Response | None:
+        if public(request.endpoint):
+            return None
+        provided = bearer(request.headers.get("Authorization"))
+        if not check_token(provided, token):
+            return unauthorized(provided, token_where)
+        return None
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
+            status, "http_error"
+        )
+        message, field = exc.description or exc.name, None
+        if status == 413:
+            message = f"the request body is larger than the limit of {max_body} bytes"
+            field = "body"
+        error = ApiError(message, status=status, code=code, field=field)
+        return json_response(error.body(), status)
+
+    @app.errorhandler(Exception)
+    async def _error(exc: Exception) -> Response:
+        try:
+            error = from_exception(exc)
+        except TypeError:
+            log.exception("unexpected error in %s %s", request.method, request.path)
+            error = ApiError(
+                f"internal error: {type(exc).__name__}: {exc}", status=500, code="internal"
+            )
+        return json_response(error.body(), error.status)
+
+    return app

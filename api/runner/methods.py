@@ -1,342 +1,176 @@
-"""The Runner API's methods, once: REST routes and JSON-RPC calls both come here.
+"""The Runner API's methods, once: each takes its params model and calls the runner.
 
-Each method takes the :class:`~fifoflow.runner.Runner` and a dict of named parameters
-(what a JSON-RPC call sends as ``params``; what a REST route gathers from its path, query
-and body), checks every parameter (an :class:`~.errors.InvalidParams` names the one at
-fault) and calls the runner. Nothing here keeps state.
-
-The seed's names are used verbatim: ``listRuntimes``, ``listFlowsForRuntime``,
-``addOrUpdateFlow``, ``removeFlow``, ``startFlow``, ``stopFlow``,
-``setBreakPointAtModule``, ``removeBreakPointAtModule``, ``singleStepFlow``. Around them:
-``applyFlow`` (addOrUpdateFlow's whole answer), the debugger's ``pauseFlow``,
-``continueFlow``, ``getDebugState``, ``getQueues``, ``editQueuedMessage``,
-``dropQueuedMessage``, the environments' ``listEnvironments``, ``changeEnvironment``,
-``rebuildEnvironment``, ``gcEnvironments``, and ``health``, ``listFlows``, ``getFlow``, ``inject``, ``getModuleState``,
-``getModuleErrors``, ``getLogs``.
+JSON-RPC calls them by name (:data:`METHODS`); REST routes (``routes.py``) build the same
+params from the path, query and body and call the same functions. The seed's names are
+used verbatim: ``listRuntimes``, ``listFlowsForRuntime``, ``addOrUpdateFlow``,
+``removeFlow``, ``startFlow``, ``stopFlow``, ``setBreakPointAtModule``,
+``removeBreakPointAtModule``, ``singleStepFlow``; around them the debugger
+(``pauseFlow``, ``continueFlow``, ``getDebugState``, ``getQueues``,
+``editQueuedMessage``, ``dropQueuedMessage``), environments (``listEnvironments``,
+``changeEnvironment``, ``rebuildEnvironment``, ``gcEnvironments``) and ``applyFlow``,
+``health``, ``listFlows``, ``getFlow``, ``inject``, ``getModuleState``,
+``getModuleErrors``, ``getLogs``. Nothing here keeps state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from fifoflow.api.common.errors import InvalidParams
+from fifoflow.api.common.routes import Method
 from fifoflow.flows import parse_flow
 from fifoflow.runner.conditions import ConditionError
+
+from . import models as m
 
 if TYPE_CHECKING:
     from fifoflow.runner import Runner
 
-__all__ = ["METHODS", "Method", "call"]
-
-Params = dict[str, Any]
-Method = Callable[["Runner", Params], Awaitable[Any]]
-
-#: largest number of messages one inject call takes (split bigger batches)
-MAX_INJECT = 100_000
-MAX_LOGS = 10_000
+__all__ = ["METHODS", "apply_flow", "inject", "set_breakpoint"]
 
 
-def _json_type(value: Any) -> str:
-    return {
-        dict: "an object",
-        list: "an array",
-        str: "a string",
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        type(None): "null",
-    }.get(type(value), type(value).__name__)
-
-
-def _str(params: Params, name: str, *, default: str | None = None) -> str:
-    value = params.get(name, default)
-    if value is None:
-        raise InvalidParams(f"missing required parameter {name!r}", field=name)
-    if not isinstance(value, str):
-        raise InvalidParams(f"{name} must be a string, got {_json_type(value)}", field=name)
-    if not value:
-        raise InvalidParams(f"{name} must not be empty", field=name)
-    return value
-
-
-def _opt_int(params: Params, name: str, *, minimum: int, maximum: int | None = None) -> int | None:
-    value = params.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidParams(f"{name} must be an integer, got {_json_type(value)}", field=name)
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-        raise InvalidParams(f"{name} must be {bound}, got {value}", field=name)
-    return value
-
-
-def _no_extra(params: Params, *known: str) -> None:
-    extra = sorted(set(params) - set(known))
-    if extra:
-        allowed = ", ".join(known) or "none"
-        raise InvalidParams(
-            f"unknown parameter(s): {', '.join(extra)} (allowed: {allowed})", field=extra[0]
-        )
-
-
-# ---------------------------------------------------------------------- the seed's methods
-
-
-async def list_runtimes(runner: Runner, params: Params) -> Any:
-    _no_extra(params)
-    return runner.list_runtimes()
-
-
-async def list_flows_for_runtime(runner: Runner, params: Params) -> Any:
-    _no_extra(params, "runtimeId")
-    return runner.list_flows_for_runtime(_str(params, "runtimeId"))
-
-
-async def apply_flow(runner: Runner, params: Params) -> Any:
+async def apply_flow(runner: Runner, p: m.ApplyFlow) -> m.ApplyResult:
     """addOrUpdateFlow with the whole answer: created, revision, and for a running flow
     the hot swap's report (what changed, messages re-homed and dropped, timings)."""
-    _no_extra(params, "flow", "revision")
-    document = params.get("flow")
-    if not isinstance(document, dict):
-        raise InvalidParams(
-            f"flow must be a flow document (an object), got {_json_type(document)}", field="flow"
-        )
-    revision = _opt_int(params, "revision", minimum=0)
-    flow = parse_flow(document, base_dir=None, runtimes=runner.runtimes, source_name="flow")
-    result = await runner.apply_flow(flow, revision=revision)
-    return {"created": result.created, "revision": result.revision, "swap": result.report}
+    flow = parse_flow(p.flow, base_dir=None, runtimes=runner.runtimes, source_name="flow")
+    result = await runner.apply_flow(flow, revision=p.revision)
+    return m.ApplyResult(created=result.created, revision=result.revision, swap=result.report)
 
 
-async def add_or_update_flow(runner: Runner, params: Params) -> Any:
-    return (await apply_flow(runner, params))["created"]
+async def add_or_update_flow(runner: Runner, p: m.ApplyFlow) -> bool:
+    return (await apply_flow(runner, p)).created
 
 
-async def remove_flow(runner: Runner, params: Params) -> Any:
-    _no_extra(params, "flowId")
-    await runner.remove_flow(_str(params, "flowId"))
+async def remove_flow(runner: Runner, p: m.FlowRef) -> bool:
+    await runner.remove_flow(p.flowId)
     return True
 
 
-async def start_flow(runner: Runner, params: Params) -> Any:
-    _no_extra(params, "flowId")
-    flow_id = _str(params, "flowId")
-    await runner.start_flow(flow_id)
-    return runner.describe_flow(flow_id)
+async def start_flow(runner: Runner, p: m.FlowRef) -> Any:
+    await runner.start_flow(p.flowId)
+    return runner.describe_flow(p.flowId)
 
 
-async def stop_flow(runner: Runner, params: Params) -> Any:
-    _no_extra(params, "flowId")
-    flow_id = _str(params, "flowId")
-    await runner.stop_flow(flow_id)
-    return runner.describe_flow(flow_id)
+async def stop_flow(runner: Runner, p: m.FlowRef) -> Any:
+    await runner.stop_flow(p.flowId)
+    return runner.describe_flow(p.flowId)
 
 
-async def set_breakpoint(runner: Runner, params: Params) -> Any:
-    _no_extra(params, "flowModuleId", "condition")
-    condition = params.get("condition")
-    if condition is not None and not isinstance(condition, str):
-        raise InvalidParams(
-            f"condition must be a string like 'msg.n == 3', got {_json_type(condition)}",
-            field="condition",
-        )
+async def set_breakpoint(runner: Runner, p: m.SetBreakpoint) -> Any:
     try:
-        return await runner.set_breakpoint_at_module(_str(params, "flowModuleId"), condition)
+        return await runner.set_breakpoint_at_module(p.flowModuleId, p.condition)
     except ConditionError as exc:
         raise InvalidParams(str(exc), field="condition") from None
 
 
-async def remove_breakpoint(runner: Runner, params: Params) -> Any:
-    _no_extra(params, "flowModuleId")
-    return await runner.remove_breakpoint_at_module(_str(params, "flowModuleId"))
-
-
-async def single_step_flow(runner: Runner, params: Params) -> Any:
-    _no_extra(params, "flowId")
-    flow_id = params.get("flowId")
-    return await runner.single_step_flow(_str(params, "flowId") if flow_id is not None else None)
-
-
-# ---------------------------------------------------------------------- the debugger
-
-
-async def pause_flow(runner: Runner, params: Params) -> Any:
-    _no_extra(params, "flowId")
-    return await runner.pause_flow(_str(params, "flowId"))
-
-
-async def continue_flow(runner: Runner, params: Params) -> Any:
-    _no_extra(params, "flowId")
-    return await runner.continue_flow(_str(params, "flowId"))
-
-
-async def get_debug_state(runner: Runner, params: Params) -> Any:
-    _no_extra(params, "flowId")
-    return runner.debug_state(_str(params, "flowId"))
-
-
-async def get_queues(runner: Runner, params: Params) -> Any:
-    _no_extra(params, "flowId")
-    return runner.queues(_str(params, "flowId"))
-
-
-def _index(params: Params) -> int:
-    index = _opt_int(params, "index", minimum=0)
-    if index is None:
-        raise InvalidParams("missing required parameter 'index'", field="index")
-    return index
-
-
-async def edit_queued_message(runner: Runner, params: Params) -> Any:
-    _no_extra(params, "flowId", "moduleId", "index", "msg")
-    if params.get("msg") is None:
+async def edit_queued(runner: Runner, p: m.QueueEdit) -> m.Old:
+    if p.msg is None:
         raise InvalidParams(
             "msg is required (null is not a message; use dropQueuedMessage)", field="msg"
         )
-    old = await runner.edit_queued_message(
-        _str(params, "flowId"), _str(params, "moduleId"), _index(params), params["msg"]
-    )
-    return {"old": old}
+    return m.Old(await runner.edit_queued_message(p.flowId, p.moduleId, p.index, p.msg))
 
 
-async def drop_queued_message(runner: Runner, params: Params) -> Any:
-    _no_extra(params, "flowId", "moduleId", "index")
-    old = await runner.edit_queued_message(
-        _str(params, "flowId"), _str(params, "moduleId"), _index(params), None
-    )
-    return {"old": old}
+async def drop_queued(runner: Runner, p: m.QueueDrop) -> m.Old:
+    return m.Old(await runner.edit_queued_message(p.flowId, p.moduleId, p.index, None))
 
 
-# ---------------------------------------------------------------------- environments
-
-
-def _str_list(params: Params, name: str) -> list[str]:
-    value = params.get(name, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise InvalidParams(f"{name} must be an array of non-empty strings", field=name)
-    return value
-
-
-async def list_environments(runner: Runner, params: Params) -> Any:
-    _no_extra(params, "runtimeId")
-    runtime = params.get("runtimeId")
-    return runner.list_environments(_str(params, "runtimeId") if runtime is not None else None)
-
-
-async def change_environment(runner: Runner, params: Params) -> Any:
-    _no_extra(params, "environmentId", "install", "remove")
-    install, remove = _str_list(params, "install"), _str_list(params, "remove")
-    if not install and not remove:
+async def change_environment(runner: Runner, p: m.EnvironmentChange) -> Any:
+    if not p.install and not p.remove:
         raise InvalidParams("give packages to install and/or remove", field="install")
     try:
-        return await runner.change_environment(_str(params, "environmentId"), install, remove)
+        return await runner.change_environment(p.environmentId, p.install, p.remove)
     except ValueError as exc:
         raise InvalidParams(str(exc), field="install") from None
 
 
-async def rebuild_environment(runner: Runner, params: Params) -> Any:
-    _no_extra(params, "environmentId")
-    return await runner.rebuild_environment(_str(params, "environmentId"))
+async def get_flow(runner: Runner, p: m.FlowRef) -> Any:
+    return {**runner.describe_flow(p.flowId), "flow": runner.flow_document(p.flowId)}
 
 
-async def gc_environments(runner: Runner, params: Params) -> Any:
-    _no_extra(params, "maxIdle")
-    max_idle = _opt_int(params, "maxIdle", minimum=0)
-    return {"removed": runner.gc_environments(max_idle)}
-
-
-# ---------------------------------------------------------------------- around them
-
-
-async def health(runner: Runner, params: Params) -> Any:
-    _no_extra(params)
-    return runner.health()
-
-
-async def list_flows(runner: Runner, params: Params) -> Any:
-    _no_extra(params)
-    return runner.flows()
-
-
-async def get_flow(runner: Runner, params: Params) -> Any:
-    _no_extra(params, "flowId")
-    flow_id = _str(params, "flowId")
-    return {**runner.describe_flow(flow_id), "flow": runner.flow_document(flow_id)}
-
-
-async def inject(runner: Runner, params: Params) -> Any:
-    _no_extra(params, "flowId", "moduleId", "port", "msgs", "msg")
-    flow_id = _str(params, "flowId")
-    module_id = _str(params, "moduleId")
-    port = _str(params, "port", default="in")
-    if ("msgs" in params) == ("msg" in params):
+async def inject(runner: Runner, p: m.Inject) -> m.Accepted:
+    if (p.msg is None) == (p.msgs is None):
         raise InvalidParams(
             "give either msg (one message) or msgs (an array of messages)", field="msgs"
         )
-    if "msg" in params:
-        msgs = [params["msg"]]
-    else:
-        msgs = params["msgs"]
-        if not isinstance(msgs, list):
-            raise InvalidParams(f"msgs must be an array, got {_json_type(msgs)}", field="msgs")
-        if len(msgs) > MAX_INJECT:
-            raise InvalidParams(
-                f"at most {MAX_INJECT} messages per call, got {len(msgs)}", field="msgs"
-            )
-    if any(m is None for m in msgs):
+    msgs = [p.msg] if p.msgs is None else p.msgs
+    if any(msg is None for msg in msgs):
         raise InvalidParams("a message cannot be null (null means 'send nothing')", field="msgs")
-    await runner.inject(flow_id, module_id, port, msgs)
-    return {"accepted": len(msgs)}
+    await runner.inject(p.flowId, p.moduleId, p.port, msgs)
+    return m.Accepted(len(msgs))
 
 
-async def get_module_state(runner: Runner, params: Params) -> Any:
-    _no_extra(params, "flowId", "moduleId")
-    flow_id, module_id = _str(params, "flowId"), _str(params, "moduleId")
-    return {"state": runner.module_state(flow_id, module_id)}
+def _sync(fn: Any) -> Any:
+    async def call(runner: Runner, p: Any) -> Any:
+        return fn(runner, p)
+
+    return call
 
 
-async def get_module_errors(runner: Runner, params: Params) -> Any:
-    _no_extra(params, "flowId", "moduleId")
-    return runner.module_errors(_str(params, "flowId"), _str(params, "moduleId"))
+def _async(fn: Any) -> Any:
+    async def call(runner: Runner, p: Any) -> Any:
+        return await fn(runner, p)
 
-
-async def get_logs(runner: Runner, params: Params) -> Any:
-    _no_extra(params, "flowId", "limit")
-    limit = _opt_int(params, "limit", minimum=1, maximum=MAX_LOGS)
-    return runner.flow_logs(_str(params, "flowId"), limit)
+    return call
 
 
 METHODS: dict[str, Method] = {
-    "listRuntimes": list_runtimes,
-    "listFlowsForRuntime": list_flows_for_runtime,
-    "addOrUpdateFlow": add_or_update_flow,
-    "removeFlow": remove_flow,
-    "startFlow": start_flow,
-    "stopFlow": stop_flow,
-    "setBreakPointAtModule": set_breakpoint,
-    "removeBreakPointAtModule": remove_breakpoint,
-    "singleStepFlow": single_step_flow,
-    "applyFlow": apply_flow,
-    "pauseFlow": pause_flow,
-    "continueFlow": continue_flow,
-    "getDebugState": get_debug_state,
-    "getQueues": get_queues,
-    "editQueuedMessage": edit_queued_message,
-    "dropQueuedMessage": drop_queued_message,
-    "listEnvironments": list_environments,
-    "changeEnvironment": change_environment,
-    "rebuildEnvironment": rebuild_environment,
-    "gcEnvironments": gc_environments,
-    "health": health,
-    "listFlows": list_flows,
-    "getFlow": get_flow,
-    "inject": inject,
-    "getModuleState": get_module_state,
-    "getModuleErrors": get_module_errors,
-    "getLogs": get_logs,
+    method.name: method
+    for method in [
+        Method("listRuntimes", m.NoParams, _sync(lambda r, p: r.list_runtimes())),
+        Method(
+            "listFlowsForRuntime",
+            m.RuntimeRef,
+            _sync(lambda r, p: r.list_flows_for_runtime(p.runtimeId)),
+        ),
+        Method("addOrUpdateFlow", m.ApplyFlow, add_or_update_flow),
+        Method("removeFlow", m.FlowRef, remove_flow),
+        Method("startFlow", m.FlowRef, start_flow),
+        Method("stopFlow", m.FlowRef, stop_flow),
+        Method("setBreakPointAtModule", m.SetBreakpoint, set_breakpoint),
+        Method(
+            "removeBreakPointAtModule",
+            m.BreakpointRef,
+            _async(lambda r, p: r.remove_breakpoint_at_module(p.flowModuleId)),
+        ),
+        Method("singleStepFlow", m.StepParams, _async(lambda r, p: r.single_step_flow(p.flowId))),
+        Method("applyFlow", m.ApplyFlow, apply_flow),
+        Method("pauseFlow", m.FlowRef, _async(lambda r, p: r.pause_flow(p.flowId))),
+        Method("continueFlow", m.FlowRef, _async(lambda r, p: r.continue_flow(p.flowId))),
+        Method("getDebugState", m.FlowRef, _sync(lambda r, p: r.debug_state(p.flowId))),
+        Method("getQueues", m.FlowRef, _sync(lambda r, p: r.queues(p.flowId))),
+        Method("editQueuedMessage", m.QueueEdit, edit_queued),
+        Method("dropQueuedMessage", m.QueueDrop, drop_queued),
+        Method(
+            "listEnvironments",
+            m.EnvironmentFilter,
+            _sync(lambda r, p: r.list_environments(p.runtimeId)),
+        ),
+        Method("changeEnvironment", m.EnvironmentChange, change_environment),
+        Method(
+            "rebuildEnvironment",
+            m.EnvironmentRef,
+            _async(lambda r, p: r.rebuild_environment(p.environmentId)),
+        ),
+        Method(
+            "gcEnvironments",
+            m.GcParams,
+            _sync(lambda r, p: m.GcResult(r.gc_environments(p.maxIdle))),
+        ),
+        Method("health", m.NoParams, _sync(lambda r, p: r.health())),
+        Method("listFlows", m.NoParams, _sync(lambda r, p: r.flows())),
+        Method("getFlow", m.FlowRef, get_flow),
+        Method("inject", m.Inject, inject),
+        Method(
+            "getModuleState",
+            m.ModuleRef,
+            _sync(lambda r, p: m.ModuleState(r.module_state(p.flowId, p.moduleId))),
+        ),
+        Method(
+            "getModuleErrors",
+            m.ModuleRef,
+            _sync(lambda r, p: r.module_errors(p.flowId, p.moduleId)),
+        ),
+        Method("getLogs", m.LogsParams, _sync(lambda r, p: r.flow_logs(p.flowId, p.limit))),
+    ]
 }
-
-
-async def call(runner: Runner, name: str, params: Params) -> Any:
-    return await METHODS[name](runner, params)

@@ -1,243 +1,168 @@
-"""REST routes: one blueprint per resource, each a translation to :mod:`.methods`.
+"""The Runner API's REST routes: one table, each route a translation to a method.
 
-::
-
-    GET    /health                                         health
-    GET    /runtimes                                       listRuntimes
-    GET    /runtimes/{runtimeId}/flows                     listFlowsForRuntime
-    GET    /environments[?runtime=ID]                      listEnvironments
-    POST   /environments/{environmentId}/packages          changeEnvironment ({install, remove})
-    POST   /environments/{environmentId}/rebuild           rebuildEnvironment
-    POST   /environments/gc[?maxIdle=S]                    gcEnvironments
-    GET    /flows                                          listFlows
-    GET    /flows/{flowId}                                 getFlow
-    PUT    /flows/{flowId}[?revision=N]                    addOrUpdateFlow (201 added, 200 updated/swapped)
-    DELETE /flows/{flowId}                                 removeFlow
-    POST   /flows/{flowId}/start                           startFlow
-    POST   /flows/{flowId}/stop                            stopFlow
-    POST   /flows/{flowId}/step                            singleStepFlow
-    PUT    /flows/{flowId}/modules/{moduleId}/breakpoint   setBreakPointAtModule ({condition}?)
-    DELETE /flows/{flowId}/modules/{moduleId}/breakpoint   removeBreakPointAtModule
-    GET    /flows/{flowId}/debug                           getDebugState
-    POST   /flows/{flowId}/pause                           pauseFlow
-    POST   /flows/{flowId}/continue                        continueFlow
-    GET    /flows/{flowId}/queues                          getQueues
-    PUT    /flows/{flowId}/modules/{moduleId}/queue/{i}    editQueuedMessage
-    DELETE /flows/{flowId}/modules/{moduleId}/queue/{i}    dropQueuedMessage
-    POST   /flows/{flowId}/modules/{moduleId}/inputs/{port} inject
-    GET    /flows/{flowId}/modules/{moduleId}/state        getModuleState
-    GET    /flows/{flowId}/modules/{moduleId}/errors       getModuleErrors
-    GET    /flows/{flowId}/logs[?limit=N]                  getLogs
+The table is what the app registers (``app.py``) and what the OpenAPI document is built
+from (``openapi.py``): a route's path, models, answer and errors are written here once.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from quart import Blueprint, Response, request
-
 from fifoflow.api.common.errors import InvalidParams
-from fifoflow.api.common.http import json_response, read_json
-from fifoflow.api.runner.methods import call
+from fifoflow.api.common.models import LogEntry, ModuleError
+from fifoflow.api.common.routes import CONVERTER, Answer, Call, Route
+from fifoflow.flows.codec import FlowDocument
+
+from . import methods
+from . import models as m
 
 if TYPE_CHECKING:
     from fifoflow.runner import Runner
 
-__all__ = ["flows_blueprint", "runtimes_blueprint"]
+__all__ = ["ROUTES"]
+
+F = {"flowId": (str, "the flow's id")}
+FM = {**F, "moduleId": (str, "a module's id within the flow")}
 
 
-def _query_int(name: str) -> int | None:
-    text = request.args.get(name)
-    if text is None:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise InvalidParams(f"{name} must be an integer, got {text!r}", field=name) from None
+def _call(name: str, **fixed: Any) -> Any:
+    """A view that calls the method ``name`` with the path parameters (and ``fixed``)."""
+    method = methods.METHODS[name]
+
+    async def view(runner: Runner, call: Call) -> Any:
+        params = method.params(**call.path, **fixed)
+        return await method.call(runner, params)
+
+    return view
 
 
-async def _json_object(what: str) -> dict[str, Any]:
-    body = await read_json()
-    if not isinstance(body, dict):
-        raise InvalidParams(f"the body must be {what} (a JSON object)", field="body")
-    return body
-
-
-def runtimes_blueprint(runner: Runner) -> Blueprint:
-    bp = Blueprint("runtimes", __name__)
-
-    @bp.get("/health")
-    async def health() -> Response:
-        return json_response(await call(runner, "health", {}))
-
-    @bp.get("/runtimes")
-    async def list_runtimes() -> Response:
-        return json_response(await call(runner, "listRuntimes", {}))
-
-    @bp.get("/environments")
-    async def list_environments() -> Response:
-        params: dict[str, Any] = {}
-        if "runtime" in request.args:
-            params["runtimeId"] = request.args["runtime"]
-        return json_response(await call(runner, "listEnvironments", params))
-
-    @bp.post("/environments/<environmentId>/packages")
-    async def change_environment(environmentId: str) -> Response:
-        body = await _json_object('{"install": [...], "remove": [...]}')
-        extra = sorted(set(body) - {"install", "remove"})
-        if extra:
-            raise InvalidParams(
-                f"unknown field(s): {', '.join(extra)} (allowed: install, remove)", field=extra[0]
-            )
-        params = {**body, "environmentId": environmentId}
-        return json_response(await call(runner, "changeEnvironment", params))
-
-    @bp.post("/environments/<environmentId>/rebuild")
-    async def rebuild_environment(environmentId: str) -> Response:
-        return json_response(
-            await call(runner, "rebuildEnvironment", {"environmentId": environmentId})
+async def _put_flow(runner: Runner, call: Call) -> Answer:
+    flow_id = call.path["flowId"]
+    document = dict(call.body)
+    document.setdefault("id", flow_id)
+    if document["id"] != flow_id:
+        raise InvalidParams(
+            f"the flow's id {document['id']!r} is not the id in the path {flow_id!r}",
+            field="flow.id",
         )
-
-    @bp.post("/environments/gc")
-    async def gc_environments() -> Response:
-        params: dict[str, Any] = {}
-        max_idle = _query_int("maxIdle")
-        if max_idle is not None:
-            params["maxIdle"] = max_idle
-        return json_response(await call(runner, "gcEnvironments", params))
-
-    @bp.get("/runtimes/<runtimeId>/flows")
-    async def list_flows_for_runtime(runtimeId: str) -> Response:
-        return json_response(await call(runner, "listFlowsForRuntime", {"runtimeId": runtimeId}))
-
-    return bp
+    result = await methods.apply_flow(runner, m.ApplyFlow(document, call.query.revision))
+    summary = CONVERTER.structure(runner.describe_flow(flow_id), m.FlowSummary)
+    body = m.Applied(result.created, summary, result.swap)
+    return Answer(body, 201 if result.created else 200)
 
 
-def flows_blueprint(runner: Runner) -> Blueprint:
-    bp = Blueprint("flows", __name__)
+async def _delete_flow(runner: Runner, call: Call) -> m.Removed:
+    await runner.remove_flow(call.path["flowId"])
+    return m.Removed(call.path["flowId"])
 
-    @bp.get("/flows")
-    async def list_flows() -> Response:
-        return json_response(await call(runner, "listFlows", {}))
 
-    @bp.get("/flows/<flowId>")
-    async def get_flow(flowId: str) -> Response:
-        return json_response(await call(runner, "getFlow", {"flowId": flowId}))
+def _flow_module(call: Call) -> str:
+    return f"{call.path['flowId']}/{call.path['moduleId']}"
 
-    @bp.put("/flows/<flowId>")
-    async def put_flow(flowId: str) -> Response:
-        revision = _query_int("revision")
-        document = await _json_object("a flow document")
-        document.setdefault("id", flowId)
-        if document["id"] != flowId:
-            raise InvalidParams(
-                f"the flow's id {document['id']!r} is not the id in the path {flowId!r}",
-                field="flow.id",
-            )
-        params: dict[str, Any] = {"flow": document}
-        if revision is not None:
-            params["revision"] = revision
-        result = await call(runner, "applyFlow", params)
-        body = {
-            "created": result["created"],
-            "flow": runner.describe_flow(flowId),
-            "swap": result["swap"],
-        }
-        return json_response(body, 201 if result["created"] else 200)
 
-    @bp.delete("/flows/<flowId>")
-    async def delete_flow(flowId: str) -> Response:
-        await call(runner, "removeFlow", {"flowId": flowId})
-        return json_response({"removed": flowId})
+async def _set_breakpoint(runner: Runner, call: Call) -> Any:
+    condition = call.body.condition if call.body is not None else None
+    return await methods.set_breakpoint(runner, m.SetBreakpoint(_flow_module(call), condition))
 
-    @bp.post("/flows/<flowId>/start")
-    async def start_flow(flowId: str) -> Response:
-        return json_response(await call(runner, "startFlow", {"flowId": flowId}))
 
-    @bp.post("/flows/<flowId>/stop")
-    async def stop_flow(flowId: str) -> Response:
-        return json_response(await call(runner, "stopFlow", {"flowId": flowId}))
+async def _remove_breakpoint(runner: Runner, call: Call) -> m.RemovedBreakpoint:
+    return m.RemovedBreakpoint(await runner.remove_breakpoint_at_module(_flow_module(call)))
 
-    @bp.post("/flows/<flowId>/step")
-    async def step_flow(flowId: str) -> Response:
-        return json_response(await call(runner, "singleStepFlow", {"flowId": flowId}))
 
-    @bp.put("/flows/<flowId>/modules/<moduleId>/breakpoint")
-    async def set_breakpoint(flowId: str, moduleId: str) -> Response:
-        params: dict[str, Any] = {"flowModuleId": f"{flowId}/{moduleId}"}
-        if await request.get_data(cache=True):
-            body = await _json_object('{"condition": "msg.n == 3"} or no body')
-            extra = sorted(set(body) - {"condition"})
-            if extra:
-                raise InvalidParams(
-                    f"unknown field(s): {', '.join(extra)} (allowed: condition)", field=extra[0]
-                )
-            if "condition" in body:
-                params["condition"] = body["condition"]
-        return json_response(await call(runner, "setBreakPointAtModule", params))
+async def _edit_queued(runner: Runner, call: Call) -> m.Old:
+    return await methods.edit_queued(runner, m.QueueEdit(**call.path, msg=call.body.msg))
 
-    @bp.delete("/flows/<flowId>/modules/<moduleId>/breakpoint")
-    async def remove_breakpoint(flowId: str, moduleId: str) -> Response:
-        params = {"flowModuleId": f"{flowId}/{moduleId}"}
-        return json_response({"removed": await call(runner, "removeBreakPointAtModule", params)})
 
-    @bp.get("/flows/<flowId>/debug")
-    async def debug_state(flowId: str) -> Response:
-        return json_response(await call(runner, "getDebugState", {"flowId": flowId}))
+async def _inject(runner: Runner, call: Call) -> m.Accepted:
+    body = call.body
+    return await methods.inject(runner, m.Inject(**call.path, msg=body.msg, msgs=body.msgs))
 
-    @bp.post("/flows/<flowId>/pause")
-    async def pause_flow(flowId: str) -> Response:
-        return json_response(await call(runner, "pauseFlow", {"flowId": flowId}))
 
-    @bp.post("/flows/<flowId>/continue")
-    async def continue_flow(flowId: str) -> Response:
-        return json_response(await call(runner, "continueFlow", {"flowId": flowId}))
+async def _list_environments(runner: Runner, call: Call) -> Any:
+    return runner.list_environments(call.query.runtime)
 
-    @bp.get("/flows/<flowId>/queues")
-    async def queues(flowId: str) -> Response:
-        return json_response(await call(runner, "getQueues", {"flowId": flowId}))
 
-    @bp.put("/flows/<flowId>/modules/<moduleId>/queue/<int:index>")
-    async def edit_queued(flowId: str, moduleId: str, index: int) -> Response:
-        body = await _json_object('{"msg": ...}')
-        extra = sorted(set(body) - {"msg"})
-        if extra:
-            raise InvalidParams(
-                f"unknown field(s): {', '.join(extra)} (allowed: msg)", field=extra[0]
-            )
-        params = {"flowId": flowId, "moduleId": moduleId, "index": index, "msg": body.get("msg")}
-        return json_response(await call(runner, "editQueuedMessage", params))
+async def _change_environment(runner: Runner, call: Call) -> Any:
+    body = call.body
+    params = m.EnvironmentChange(call.path["environmentId"], body.install, body.remove)
+    return await methods.change_environment(runner, params)
 
-    @bp.delete("/flows/<flowId>/modules/<moduleId>/queue/<int:index>")
-    async def drop_queued(flowId: str, moduleId: str, index: int) -> Response:
-        params = {"flowId": flowId, "moduleId": moduleId, "index": index}
-        return json_response(await call(runner, "dropQueuedMessage", params))
 
-    @bp.post("/flows/<flowId>/modules/<moduleId>/inputs/<port>")
-    async def inject(flowId: str, moduleId: str, port: str) -> Response:
-        body = await _json_object('{"msg": ...} or {"msgs": [...]}')
-        for reserved in ("flowId", "moduleId", "port"):
-            if reserved in body:
-                raise InvalidParams(f"{reserved} belongs in the path, not the body", field=reserved)
-        params = {**body, "flowId": flowId, "moduleId": moduleId, "port": port}
-        return json_response(await call(runner, "inject", params))
+async def _gc(runner: Runner, call: Call) -> m.GcResult:
+    return m.GcResult(runner.gc_environments(call.query.maxIdle))
 
-    @bp.get("/flows/<flowId>/modules/<moduleId>/state")
-    async def module_state(flowId: str, moduleId: str) -> Response:
-        params = {"flowId": flowId, "moduleId": moduleId}
-        return json_response(await call(runner, "getModuleState", params))
 
-    @bp.get("/flows/<flowId>/modules/<moduleId>/errors")
-    async def module_errors(flowId: str, moduleId: str) -> Response:
-        params = {"flowId": flowId, "moduleId": moduleId}
-        return json_response(await call(runner, "getModuleErrors", params))
+async def _logs(runner: Runner, call: Call) -> Any:
+    return runner.flow_logs(call.path["flowId"], call.query.limit)
 
-    @bp.get("/flows/<flowId>/logs")
-    async def logs(flowId: str) -> Response:
-        params: dict[str, Any] = {"flowId": flowId}
-        limit = _query_int("limit")
-        if limit is not None:
-            params["limit"] = limit
-        return json_response(await call(runner, "getLogs", params))
 
-    return bp
+async def _openapi(runner: Runner, call: Call) -> Any:
+    from .openapi import runner_openapi  # the document is built from this table
+
+    return runner_openapi(sorted(runner.runtimes), runner.version)
+
+
+ENV = {"environmentId": (str, "an environment id, as listEnvironments gives it")}
+INDEX = {**FM, "index": (int, "position in the module's queue (0: next to be handled)")}
+
+ROUTES: list[Route] = [
+    Route("get", "/health", "health", "The runner's health and version", _call("health"), m.Health),
+    Route("get", "/runtimes", "listRuntimes", "Runtimes this runner can run", _call("listRuntimes"), list[m.Runtime], "the runtimes"),
+    Route("get", "/runtimes/{runtimeId}/flows", "listFlowsForRuntime", "Flows with modules on a runtime",
+          _call("listFlowsForRuntime"), list[str], "flow ids", errors=(404,),
+          params={"runtimeId": (str, "a runtime id, as listRuntimes gives it")}),
+    Route("get", "/environments", "listEnvironments", "Environments (one per requirement set) and their packages",
+          _list_environments, list[m.Environment], "the environments", query=m.EnvironmentsQuery, errors=(404, 422)),
+    Route("post", "/environments/{environmentId}/packages", "changeEnvironment", "Install and/or remove packages in an environment",
+          _change_environment, m.Environment, "the environment after the change", body=m.PackagesBody,
+          errors=(400, 404, 413, 422), params=ENV),
+    Route("post", "/environments/{environmentId}/rebuild", "rebuildEnvironment", "Build an environment again from its requirements",
+          _call("rebuildEnvironment"), m.Environment, "rebuilt", errors=(404, 422), params=ENV),
+    Route("post", "/environments/gc", "gcEnvironments", "Remove environments no flow uses, idle longer than maxIdle seconds",
+          _gc, m.GcResult, "what was removed", query=m.GcQuery, errors=(400, 422)),
+    Route("get", "/flows", "listFlows", "Every flow and its status", _call("listFlows"), list[m.FlowSummary], "the flows"),
+    Route("get", "/flows/{flowId}", "getFlow", "A flow's status and document", _call("getFlow"), m.FlowDetail, "the flow",
+          errors=(404,), params=F),
+    Route("put", "/flows/{flowId}", "addOrUpdateFlow", "Add a flow, or update it (a running flow is hot-swapped)",
+          _put_flow, m.Applied,
+          "the flow was updated (a running flow hot-swapped, a stopped one replaced; module state is kept)",
+          also={201: "the flow was added"}, query=m.PutFlowQuery, body=FlowDocument, parse_body=False,
+          errors=(400, 409, 413, 422), params=F),
+    Route("delete", "/flows/{flowId}", "removeFlow", "Stop and remove a flow", _delete_flow, m.Removed, "removed",
+          errors=(404,), params=F),
+    Route("post", "/flows/{flowId}/start", "startFlow", "Start a flow", _call("startFlow"), m.FlowSummary, "the flow's status",
+          errors=(404, 409, 422, 503), params=F),
+    Route("post", "/flows/{flowId}/stop", "stopFlow", "Stop a flow gracefully", _call("stopFlow"), m.FlowSummary, "the flow's status",
+          errors=(404,), params=F),
+    Route("post", "/flows/{flowId}/step", "singleStepFlow", "Advance a paused flow one tick: each module with a waiting message handles one",
+          _call("singleStepFlow"), m.Step, "what every module consumed, emitted and raised", errors=(404, 409), params=F),
+    Route("post", "/flows/{flowId}/pause", "pauseFlow", "Pause a running flow (returns once nothing is in flight)",
+          _call("pauseFlow"), m.DebugState, "paused", errors=(404, 409), params=F),
+    Route("post", "/flows/{flowId}/continue", "continueFlow", "Resume a paused flow until the next breakpoint",
+          _call("continueFlow"), m.DebugState, "running", errors=(404, 409), params=F),
+    Route("get", "/flows/{flowId}/debug", "getDebugState", "Whether the flow is paused, why, and its breakpoints",
+          _call("getDebugState"), m.DebugState, "the debugger's state", errors=(404,), params=F),
+    Route("get", "/flows/{flowId}/queues", "getQueues", "Every module's waiting messages",
+          _call("getQueues"), m.Queues, "the queues", errors=(404,), params=F),
+    Route("put", "/flows/{flowId}/modules/{moduleId}/breakpoint", "setBreakPointAtModule",
+          "Pause the flow when a message (matching the condition) is about to reach the module",
+          _set_breakpoint, m.Breakpoint, "set", body=m.BreakpointBody, body_required=False,
+          errors=(400, 404, 409, 422), params=FM),
+    Route("delete", "/flows/{flowId}/modules/{moduleId}/breakpoint", "removeBreakPointAtModule", "Remove a module's breakpoint",
+          _remove_breakpoint, m.RemovedBreakpoint, "whether there was one", errors=(404, 409), params=FM),
+    Route("put", "/flows/{flowId}/modules/{moduleId}/queue/{index}", "editQueuedMessage", "Replace a waiting message of a paused flow",
+          _edit_queued, m.Old, "replaced", body=m.QueueEditBody, errors=(400, 404, 409, 422), params=INDEX),
+    Route("delete", "/flows/{flowId}/modules/{moduleId}/queue/{index}", "dropQueuedMessage", "Drop a waiting message of a paused flow",
+          _call("dropQueuedMessage"), m.Old, "dropped", errors=(404, 409), params=INDEX),
+    Route("post", "/flows/{flowId}/modules/{moduleId}/inputs/{port}", "inject",
+          "Send messages to a module's input port (waits while its queue is full)",
+          _inject, m.Accepted, "queued, in order", body=m.InjectBody, errors=(400, 404, 409, 413, 422),
+          params={**FM, "port": (str, "an input port of the module")}),
+    Route("get", "/flows/{flowId}/modules/{moduleId}/state", "getModuleState", "The module's last reported state",
+          _call("getModuleState"), m.ModuleState, "state", errors=(404,), params=FM),
+    Route("get", "/flows/{flowId}/modules/{moduleId}/errors", "getModuleErrors", "The module's recent errors, oldest first",
+          _call("getModuleErrors"), list[ModuleError], "errors", errors=(404,), params=FM),
+    Route("get", "/flows/{flowId}/logs", "getLogs", "Recent log lines of the flow's runtimes, oldest first",
+          _logs, list[LogEntry], "log lines", query=m.LogsQuery, errors=(400, 404, 422), params=F),
+    Route("get", "/openapi.json", "openapi", "This document", _openapi, dict[str, Any], "OpenAPI 3.1"),
+]  # fmt: skip

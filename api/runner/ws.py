@@ -1,6 +1,7 @@
 """``GET /ws``: the Runner API as JSON-RPC 2.0 over a WebSocket, and event streams.
 
-Every method of :mod:`.methods` is callable by its name with named ``params``; calls on
+Every method of :mod:`.methods` is callable by its name with named ``params`` (its
+params model); calls on
 one connection are handled one after another, in the order they arrive, so injects sent
 in order are delivered in order. Batches (a JSON array of calls) are answered with an
 array. Two more methods manage event streams:
@@ -30,7 +31,9 @@ import trio
 from quart import Blueprint, websocket
 
 from fifoflow.api.common.errors import ApiError, InvalidParams, from_exception
+from fifoflow.api.common.routes import structure, unstructure
 from fifoflow.api.runner.methods import METHODS
+from fifoflow.api.runner.models import Subscribe, Unsubscribe
 from fifoflow.flows import FlowError
 from fifoflow.runner import RunnerError
 
@@ -38,22 +41,7 @@ if TYPE_CHECKING:
     from fifoflow.api.runner.app import ApiSettings
     from fifoflow.runner import Runner, Subscription
 
-__all__ = ["EVENT_KINDS", "ws_blueprint"]
-
-EVENT_KINDS = (
-    "output",
-    "error",
-    "log",
-    "flow",
-    "checkpoint",
-    "swap",
-    "paused",
-    "continued",
-    "step",
-    "queue",
-    "runtime",
-    "environment",
-)
+__all__ = ["ws_blueprint"]
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -75,23 +63,6 @@ def _error(request_id: Any, code: int, message: str, data: Any = None) -> dict[s
     if data is not None:
         error["data"] = data
     return {"jsonrpc": "2.0", "id": request_id, "error": error}
-
-
-def _string_list(
-    params: dict[str, Any], name: str, allowed: tuple[str, ...] | None = None
-) -> list[str] | None:
-    value = params.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InvalidParams(f"{name} must be an array of strings", field=name)
-    if allowed is not None:
-        for v in value:
-            if v not in allowed:
-                raise InvalidParams(
-                    f"unknown {name[:-1]} {v!r} (known: {', '.join(allowed)})", field=name
-                )
-    return value
 
 
 class RpcConnection:
@@ -184,31 +155,18 @@ class RpcConnection:
             return self._subscribe(params)
         if method == "unsubscribe":
             return self._unsubscribe(params)
-        handler = METHODS.get(method)
-        if handler is None:
+        found = METHODS.get(method)
+        if found is None:
             known = ", ".join([*METHODS, "subscribe", "unsubscribe"])
             raise _RpcError(METHOD_NOT_FOUND, f"unknown method {method!r} (methods: {known})")
-        return await handler(self.runner, params)
+        return unstructure(await found.call(self.runner, structure(params, found.params)))
 
     def _subscribe(self, params: dict[str, Any]) -> dict[str, str]:
-        extra = sorted(set(params) - {"flows", "kinds", "outputs"})
-        if extra:
-            raise InvalidParams(
-                f"unknown parameter(s): {', '.join(extra)} (allowed: flows, kinds, outputs)",
-                field=extra[0],
-            )
-        flows = _string_list(params, "flows")
-        kinds = _string_list(params, "kinds", EVENT_KINDS)
-        outputs = _string_list(params, "outputs")
-        for port in outputs or ():
-            if port.count(".") != 1:
-                raise InvalidParams(
-                    f"outputs are written 'module.port', got {port!r}", field="outputs"
-                )
+        p = structure(params, Subscribe)
         sub = self.runner.subscribe(
-            flows=flows,
-            kinds=kinds,
-            outputs=outputs,
+            flows=p.flows,
+            kinds=[str(kind) for kind in p.kinds] if p.kinds is not None else None,
+            outputs=p.outputs,
             capacity=self.settings.subscription_buffer,
         )
         sid = f"s{next(self._ids)}"
@@ -219,8 +177,8 @@ class RpcConnection:
         return {"subscription": sid}
 
     def _unsubscribe(self, params: dict[str, Any]) -> bool:
-        sid = params.get("subscription")
-        if not isinstance(sid, str) or sid not in self._subs:
+        sid = structure(params, Unsubscribe).subscription
+        if sid not in self._subs:
             known = ", ".join(self._subs) or "none"
             raise InvalidParams(
                 f"no subscription {sid!r} on this connection (subscriptions: {known})",

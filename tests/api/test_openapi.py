@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from fifoflow.api.runner.app import ApiSettings, create_app
-from fifoflow.api.runner.openapi import openapi_document
+from fifoflow.api.runner.openapi import runner_openapi
 from fifoflow.runner import Runner
 
 from ..conftest import child_pids
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 # Generated flows use python and node only: exec modules run whatever command they are
 # given, and a fuzzer should not pick commands to run on this machine.
-DOCUMENT = openapi_document(["node", "python"], "test")
+DOCUMENT = runner_openapi(["node", "python"], "test")
 #: what schemathesis checks on every answer (the dispatcher's document too)
 CHECKS = [
     status_code_conformance,
@@ -47,7 +47,7 @@ def _without_installs(document: dict[str, Any]) -> dict[str, Any]:
     """The document with no requirements/packages fields: a generated one would make the
     runner install packages from the registries."""
     doc = copy.deepcopy(document)
-    for name in ("Module", "Flow"):
+    for name in ("ModuleDocument", "FlowDocument"):
         for field in ("requirements", "packages"):
             del doc["components"]["schemas"][name]["properties"][field]
     return doc
@@ -98,7 +98,7 @@ async def test_the_served_document_is_this_one() -> None:
         served_doc = await client.request("GET", "/openapi.json")
     assert served_doc["openapi"] == "3.1.0"
     assert served_doc["paths"].keys() == DOCUMENT["paths"].keys()
-    runtimes = served_doc["components"]["schemas"]["Module"]["properties"]["runtime"]["enum"]
+    runtimes = served_doc["components"]["schemas"]["ModuleDocument"]["properties"]["runtime"]["enum"]
     assert set(runtimes) >= {"python", "node", "exec"}
 
 

@@ -653,6 +653,11 @@ async def test_client_sockets_refuse_bad_input_with_reasons(tmp_path: Path) -> N
                     answer = orjson.loads(await ws.get_message())
                     assert answer["op"] == "refused"
                     assert why in answer["message"]
+                    # the server closes it (4401): wait for that, or the client's
+                    # socket is left to the garbage collector
+                    with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                        await ws.get_message()
+                    assert closed.value.reason.code == 4401
             async with trio_websocket.open_websocket_url(
                 f"{ws_url}/client/ws?token={token}&page=p1"
             ) as ws:
@@ -675,5 +680,8 @@ async def test_client_sockets_refuse_bad_input_with_reasons(tmp_path: Path) -> N
             ) as ws:
                 answer = orjson.loads(await ws.get_message())
                 assert answer["op"] == "refused"
+                with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                    await ws.get_message()
+                assert closed.value.reason.code == 4404
     finally:
         dispatcher.stop()

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-DOCUMENT = dispatcher_openapi(["node", "python"], "test")
+DOCUMENT = dispatcher_openapi("test", ["node", "python"])
 schema = schemathesis.openapi.from_dict(DOCUMENT)
 
 

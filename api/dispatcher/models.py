@@ -1,0 +1,177 @@
+"""The dispatcher API's shapes: bodies and queries it takes, answers it gives.
+
+Constraints are ``msgspec.Meta``: the converter checks them and the OpenAPI document
+shows them (``api/common/schema.py``). Answers the core gives as plain data are
+described here for the document.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import attrs
+import msgspec
+
+from fifoflow.api.common.schema import Message, NonEmpty
+from fifoflow.flows.codec import FlowDocument
+
+# ---------------------------------------------------------------------- bodies, queries
+
+
+@attrs.frozen
+class TokenBody:
+    ttl: Annotated[float, msgspec.Meta(gt=0, description="seconds the token is valid")] = None
+
+
+@attrs.frozen
+class EventsQuery:
+    since: Annotated[
+        int, msgspec.Meta(ge=0, le=2**53 - 1, description="only events after this id")
+    ] | None = None
+
+
+@attrs.frozen
+class InjectBody:
+    msgs: list[Message]
+
+
+@attrs.frozen
+class BreakpointBody:
+    condition: Annotated[str | None, msgspec.Meta(examples=["msg.n == 3"])] = None
+
+
+@attrs.frozen
+class ImageBody:
+    image: NonEmpty
+    pull: Literal["always", "if-not-present", "never"] | None = None
+
+
+# ---------------------------------------------------------------------- answers
+
+
+@attrs.frozen
+class Health:
+    status: Literal["ok"]
+    version: str
+    uptime: float
+    runners: Annotated[dict[str, int], msgspec.Meta(description="how many runners in each status")]
+    heartbeat: Annotated[float, msgspec.Meta(description="seconds between heartbeats")]
+    ttl: Annotated[float, msgspec.Meta(description="silence after which a runner is lost")]
+
+
+@attrs.frozen
+class Token:
+    token: Annotated[str, msgspec.Meta(description="works once")]
+    expires: Annotated[float, msgspec.Meta(description="unix time")]
+
+
+@attrs.frozen
+class Runner:
+    id: str
+    name: str
+    registered: float
+    status: Literal["registered", "starting", "ready", "lost", "signed-off", "draining", "drained"]  # fmt: skip
+    lastSeen: float | None
+    hardware: Annotated[
+        dict[str, Any],
+        msgspec.Meta(
+            description="hostname, os, arch, cpus, memoryGiB, diskGiB, runtimes, labels, "
+            "capacity {cpus, memory (bytes)}"
+        ),
+    ]
+
+
+@attrs.frozen
+class Event:
+    """kind: token, registered, connected, hardware, ready, lost, back, signed-off,
+    deployed, placed, pending, refused, displaced, paused, draining, drained,
+    flow-removed, removed-stale-flow; other fields depend on the kind."""
+
+    id: int
+    time: float
+    runner: str | None
+    kind: str
+
+
+@attrs.frozen
+class FlowPlacement:
+    id: str
+    runner: Annotated[
+        str | None,
+        msgspec.Meta(description="the runner holding all of it (null: pending, or spanning)"),
+    ]
+    status: Literal["pending", "placed", "updating", "moving"]
+    reason: Annotated[str | None, msgspec.Meta(description="why it is pending")]
+    modules: list[str]
+    placement: Annotated[dict[str, str], msgspec.Meta(description="module id -> runner id")]
+    snapshot: Annotated[bool, msgspec.Meta(description="module states are held")] = None
+    updated: float = None
+
+
+@attrs.frozen
+class FlowRecord(FlowPlacement):
+    states: Annotated[
+        dict[str, Any], msgspec.Meta(description="the last module states the runners reported")
+    ] = None
+    flow: FlowDocument = None
+
+
+@attrs.frozen
+class RuntimeRunners:
+    id: str
+    runners: Annotated[list[str], msgspec.Meta(description="ready runners that have it")]
+
+
+@attrs.frozen
+class Moved:
+    moved: list[str]
+
+
+@attrs.frozen
+class Removed:
+    removed: str
+
+
+@attrs.frozen
+class RemovedBreakpoint:
+    removed: bool
+
+
+@attrs.frozen
+class Accepted:
+    accepted: int
+
+
+@attrs.frozen
+class ModuleState:
+    state: Any
+
+
+@attrs.frozen
+class ModuleStep:
+    inputStates: dict[str, Any] = None
+    outputStates: dict[str, Any] = None
+    errors: list[Any] = None
+
+
+Step = Annotated[
+    dict[str, ModuleStep],
+    msgspec.Meta(description="per flowModuleId: inputStates, outputStates, errors"),
+]
+DebugParts = Annotated[
+    dict[str, dict[str, Any]], msgspec.Meta(description="runner id -> its part's debugger state")
+]
+Queues = Annotated[dict[str, list[Any]], msgspec.Meta(description="module id -> queued messages")]
+
+
+@attrs.frozen
+class ImageUpdate:
+    image: str
+    moved: list[str]
+    seconds: float
+    containers: list[str] = None
+
+
+@attrs.frozen
+class ClientToken:
+    token: str | None

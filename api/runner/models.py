@@ -1,0 +1,394 @@
+"""The Runner API's shapes: what each method takes (params, bodies, queries) and answers.
+
+JSON-RPC calls send a method's params model as named params; REST routes gather the same
+fields from the path, the query and the body. Constraints are ``msgspec.Meta``: the
+converter checks them and the OpenAPI document shows them (``api/common/schema.py``).
+Answers the cores give as plain data are described here too, for the document.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any
+
+import attrs
+import msgspec
+
+from fifoflow.api.common.models import ModuleError
+from fifoflow.api.common.schema import Message, NonEmpty
+from fifoflow.flows.codec import FlowDocument
+
+#: largest number of messages one inject call takes (split bigger batches)
+MAX_INJECT = 100_000
+MAX_LOGS = 10_000
+
+Revision = Annotated[
+    int, msgspec.Meta(ge=0, description="act only if the flow is at this revision (0: new)")
+]
+
+
+# ---------------------------------------------------------------------- params
+
+
+@attrs.frozen
+class NoParams:
+    pass
+
+
+@attrs.frozen
+class RuntimeRef:
+    runtimeId: NonEmpty
+
+
+@attrs.frozen
+class FlowRef:
+    flowId: NonEmpty
+
+
+@attrs.frozen
+class StepParams:
+    """singleStepFlow without a flowId steps the one paused flow."""
+
+    flowId: NonEmpty | None = None
+
+
+@attrs.frozen
+class ModuleRef:
+    flowId: NonEmpty
+    moduleId: NonEmpty
+
+
+@attrs.frozen
+class ApplyFlow:
+    flow: dict[str, Any]
+    revision: Revision | None = None
+
+
+@attrs.frozen
+class SetBreakpoint:
+    flowModuleId: NonEmpty
+    condition: str | None = None
+
+
+@attrs.frozen
+class BreakpointRef:
+    flowModuleId: NonEmpty
+
+
+@attrs.frozen
+class QueueEdit:
+    flowId: NonEmpty
+    moduleId: NonEmpty
+    index: Annotated[int, msgspec.Meta(ge=0)]
+    msg: Message
+
+
+@attrs.frozen
+class QueueDrop:
+    flowId: NonEmpty
+    moduleId: NonEmpty
+    index: Annotated[int, msgspec.Meta(ge=0)]
+
+
+@attrs.frozen
+class EnvironmentFilter:
+    runtimeId: NonEmpty | None = None
+
+
+@attrs.frozen
+class EnvironmentRef:
+    environmentId: NonEmpty
+
+
+@attrs.frozen
+class EnvironmentChange:
+    environmentId: NonEmpty
+    install: list[NonEmpty] = attrs.field(factory=list)
+    remove: list[NonEmpty] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class GcParams:
+    maxIdle: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+@attrs.frozen
+class Inject:
+    """One message (msg) or several in order (msgs)."""
+
+    flowId: NonEmpty
+    moduleId: NonEmpty
+    port: NonEmpty = "in"
+    msg: Message = None
+    msgs: Annotated[list[Message], msgspec.Meta(max_length=MAX_INJECT)] | None = None
+
+
+@attrs.frozen
+class LogsParams:
+    flowId: NonEmpty
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LOGS)] | None = None
+
+
+class EventKind(enum.StrEnum):
+    """What a subscription can ask for (api/README.md, Events)."""
+
+    OUTPUT = "output"
+    ERROR = "error"
+    LOG = "log"
+    FLOW = "flow"
+    CHECKPOINT = "checkpoint"
+    SWAP = "swap"
+    PAUSED = "paused"
+    CONTINUED = "continued"
+    STEP = "step"
+    QUEUE = "queue"
+    RUNTIME = "runtime"
+    ENVIRONMENT = "environment"
+
+
+@attrs.frozen
+class Subscribe:
+    flows: list[str] | None = None
+    kinds: list[EventKind] | None = None
+    outputs: list[
+        Annotated[str, msgspec.Meta(pattern=r"^[^.]+\.[^.]+$", description="module.port")]
+    ] | None = None
+
+
+@attrs.frozen
+class Unsubscribe:
+    subscription: str
+
+
+# ---------------------------------------------------------------------- REST bodies, queries
+
+
+@attrs.frozen
+class Messages:
+    """One message (msg) or several in order (msgs)."""
+
+    msg: Message = None
+    msgs: Annotated[list[Message], msgspec.Meta(max_length=MAX_INJECT)] = None
+
+
+InjectBody = Annotated[
+    Messages,
+    msgspec.Meta(extra_json_schema={"oneOf": [{"required": ["msg"]}, {"required": ["msgs"]}]}),
+]
+
+
+@attrs.frozen
+class BreakpointBody:
+    condition: Annotated[
+        str,
+        msgspec.Meta(
+            description="msg.path OP json, or port OP json; OP is == != < <= > >=",
+            examples=["msg.n == 3"],
+        ),
+    ] = None
+
+
+@attrs.frozen
+class QueueEditBody:
+    msg: Message
+
+
+@attrs.frozen
+class PackagesBody:
+    install: list[NonEmpty] = attrs.field(factory=list)
+    remove: list[NonEmpty] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class PutFlowQuery:
+    revision: Revision | None = None
+
+
+@attrs.frozen
+class LogsQuery:
+    limit: Annotated[
+        int, msgspec.Meta(ge=1, le=MAX_LOGS, description="the most recent N lines")
+    ] | None = None
+
+
+@attrs.frozen
+class EnvironmentsQuery:
+    runtime: Annotated[
+        str, msgspec.Meta(min_length=1, description="only this runtime's environments")
+    ] | None = None
+
+
+@attrs.frozen
+class GcQuery:
+    maxIdle: Annotated[
+        int,
+        msgspec.Meta(
+            ge=0, description="seconds unused before removal (default: the runner's setting)"
+        ),
+    ] | None = None
+
+
+# ---------------------------------------------------------------------- answers
+
+
+@attrs.frozen
+class Runtime:
+    id: str
+    name: str
+    version: str
+
+
+@attrs.frozen
+class FlowSummary:
+    id: str
+    revision: int
+    status: Annotated[str, msgspec.Meta(extra_json_schema={"enum": ["stopped", "starting", "running", "stopping", "failed"]})]  # fmt: skip
+    error: str | None
+    pending: Annotated[int, msgspec.Meta(description="messages queued or in flight")]
+    outputs: Annotated[int, msgspec.Meta(description="messages that reached an exit")]
+    errors: Annotated[int, msgspec.Meta(description="errors raised by modules")]
+    wantRunning: Annotated[
+        bool, msgspec.Meta(description="started by the user; a restarted runner starts it again")
+    ]
+    runtimes: Annotated[
+        dict[str, Any], msgspec.Meta(description="per runtime: pid, queues, restarts")
+    ] = None
+    paused: Annotated[bool, msgspec.Meta(description="held by the debugger")] = False
+
+
+@attrs.frozen
+class FlowDetail(FlowSummary):
+    flow: FlowDocument = None
+
+
+@attrs.frozen
+class Applied:
+    """addOrUpdateFlow's whole answer (REST)."""
+
+    created: bool
+    flow: FlowSummary
+    swap: Annotated[
+        dict[str, Any] | None,
+        msgspec.Meta(
+            description="a running flow was hot-swapped: changes, summary, rehomed (messages "
+            "that followed a moved module), dropped (what waited for a removed module), "
+            "pausedMs, durationMs"
+        ),
+    ]
+
+
+@attrs.frozen
+class ApplyResult:
+    """applyFlow's answer (JSON-RPC)."""
+
+    created: bool
+    revision: int
+    swap: dict[str, Any] | None
+
+
+@attrs.frozen
+class Removed:
+    removed: str
+
+
+@attrs.frozen
+class RemovedBreakpoint:
+    removed: bool
+
+
+@attrs.frozen
+class Breakpoint:
+    module: str
+    condition: Annotated[str | None, msgspec.Meta(examples=["msg.n == 3"])]
+    hits: int
+
+
+@attrs.frozen
+class DebugState:
+    paused: bool
+    pause: Annotated[
+        dict[str, Any] | None,
+        msgspec.Meta(description="why: reason (breakpoint|pause), module, port, msg, time"),
+    ]
+    breakpoints: list[Breakpoint]
+
+
+@attrs.frozen
+class InputStates:
+    consumed: Annotated[
+        dict[str, Any] | None, msgspec.Meta(description="{port, msg} handled this tick")
+    ]
+    queued: Annotated[
+        dict[str, list[Any]], msgspec.Meta(description="per input port, the messages still waiting")
+    ]
+
+
+@attrs.frozen
+class ModuleStep:
+    inputStates: InputStates
+    outputStates: Annotated[
+        dict[str, list[Any]], msgspec.Meta(description="per output port, what it emitted this tick")
+    ]
+    errors: list[ModuleError]
+    edits: list[dict[str, Any]]
+
+
+Step = Annotated[
+    dict[str, ModuleStep],
+    msgspec.Meta(description="per flowModuleId ('<flow>/<module>'): what the tick did"),
+]
+
+
+@attrs.frozen
+class QueuedMessage:
+    index: int
+    port: str
+    msg: Any
+
+
+Queues = Annotated[
+    dict[str, list[QueuedMessage]],
+    msgspec.Meta(description="per module, its waiting messages in order"),
+]
+
+
+@attrs.frozen
+class Old:
+    old: Any
+
+
+@attrs.frozen
+class Accepted:
+    accepted: int
+
+
+@attrs.frozen
+class ModuleState:
+    state: Any
+
+
+@attrs.frozen
+class Environment:
+    id: str
+    runtime: str
+    requirements: list[str]
+    packages: list[str]
+    usedBy: list[str]
+    extra: list[str] = None
+    built: float = None
+    lastUsed: float = None
+
+
+@attrs.frozen
+class GcResult:
+    removed: list[str]
+
+
+@attrs.frozen
+class Health:
+    status: str
+    version: str
+    uptime: float
+    flows: dict[str, int]
+    runtimes: list[str]
+    stateDir: str | None = None
