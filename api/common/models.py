@@ -17,7 +17,16 @@ from fifoflow.flows.model import ID_PATTERN
 
 from .schema import not_null
 
-__all__ = ["LogEntry", "ModuleError", "Placement", "flow_schemas"]
+__all__ = [
+    "Accepted",
+    "LogEntry",
+    "ModuleError",
+    "ModuleState",
+    "Placement",
+    "Removed",
+    "RemovedBreakpoint",
+    "flow_schemas",
+]
 
 IDENT = "^" + ID_PATTERN.pattern.removesuffix(r"\Z") + "$"
 
@@ -42,6 +51,26 @@ class LogEntry:
     stream: str
     text: str
     module: str | None = None
+
+
+@attrs.frozen
+class Removed:
+    removed: str
+
+
+@attrs.frozen
+class RemovedBreakpoint:
+    removed: bool
+
+
+@attrs.frozen
+class Accepted:
+    accepted: int
+
+
+@attrs.frozen
+class ModuleState:
+    state: Any
 
 
 @attrs.frozen

@@ -128,26 +128,6 @@ class Moved:
 
 
 @attrs.frozen
-class Removed:
-    removed: str
-
-
-@attrs.frozen
-class RemovedBreakpoint:
-    removed: bool
-
-
-@attrs.frozen
-class Accepted:
-    accepted: int
-
-
-@attrs.frozen
-class ModuleState:
-    state: Any
-
-
-@attrs.frozen
 class ModuleStep:
     inputStates: dict[str, Any] = None
     outputStates: dict[str, Any] = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from fifoflow.api.common import models as shared
 from fifoflow.api.common.errors import InvalidParams
 from fifoflow.api.common.models import LogEntry
 from fifoflow.api.common.routes import Answer, Call, Route
@@ -58,9 +59,9 @@ async def _get_flow(d: Dispatcher, call: Call) -> Any:
     return {**flow_summary(record), "states": record["states"], "flow": record["document"]}
 
 
-async def _remove(d: Dispatcher, call: Call) -> m.Removed:
+async def _remove(d: Dispatcher, call: Call) -> shared.Removed:
     await d.remove(call.path["flowId"])
-    return m.Removed(call.path["flowId"])
+    return shared.Removed(call.path["flowId"])
 
 
 def _forward(action: str) -> Any:
@@ -95,9 +96,9 @@ async def _set_breakpoint(d: Dispatcher, call: Call) -> Any:
     )
 
 
-async def _remove_breakpoint(d: Dispatcher, call: Call) -> m.RemovedBreakpoint:
+async def _remove_breakpoint(d: Dispatcher, call: Call) -> shared.RemovedBreakpoint:
     removed = await d.debug(call.path["flowId"], "unbreak", moduleId=call.path["moduleId"])
-    return m.RemovedBreakpoint(removed)
+    return shared.RemovedBreakpoint(removed)
 
 
 async def _backend(d: Dispatcher, call: Call) -> Any:
@@ -162,22 +163,22 @@ ROUTES: list[Route] = [
     Route("put", "/flows/{flowId}", "addOrUpdateFlow", "Deploy or update the flow with this id", _put_flow,
           m.FlowPlacement, PLACED, body=FlowDocument, parse_body=False, errors=(400, 413, 422), params=F),
     Route("delete", "/flows/{flowId}", "removeFlow", "Remove a flow from its runners and the dispatcher", _remove,
-          m.Removed, "removed", errors=(404,), params=F),
+          shared.Removed, "removed", errors=(404,), params=F),
     Route("post", "/flows/{flowId}/start", "startFlow", "Start every part", _forward("start"), dict[str, Any], SUMMARY,
           errors=FLOW_404, params=F),
     Route("post", "/flows/{flowId}/stop", "stopFlow", "Stop every part (state kept)", _forward("stop"), dict[str, Any],
           SUMMARY, errors=FLOW_404, params=F),
     Route("post", "/flows/{flowId}/modules/{moduleId}/inputs/{port}", "inject",
-          "Send messages into a module, on whichever runner holds it", _inject, m.Accepted, "how many were queued",
+          "Send messages into a module, on whichever runner holds it", _inject, shared.Accepted, "how many were queued",
           body=m.InjectBody, errors=(400, 404, 409, 413, 422),
           params={**FM, "port": (str, "an input port of the module")}),
     Route("get", "/flows/{flowId}/modules/{moduleId}/state", "getModuleState", "A module's state, from its runner",
-          _state, m.ModuleState, "the state", errors=FLOW_404, params=FM),
+          _state, shared.ModuleState, "the state", errors=FLOW_404, params=FM),
     Route("put", "/flows/{flowId}/modules/{moduleId}/breakpoint", "setBreakPointAtModule",
           "A breakpoint, set on the module's runner; a hit pauses every part", _set_breakpoint, dict[str, Any],
           "the breakpoint", body=m.BreakpointBody, body_required=False, errors=(400, 404, 409, 422), params=FM),
     Route("delete", "/flows/{flowId}/modules/{moduleId}/breakpoint", "removeBreakPointAtModule", "Remove it",
-          _remove_breakpoint, m.RemovedBreakpoint, "whether there was one", errors=FLOW_404, params=FM),
+          _remove_breakpoint, shared.RemovedBreakpoint, "whether there was one", errors=FLOW_404, params=FM),
     Route("post", "/flows/{flowId}/pause", "pauseFlow", "Pause every part", _debug("pause"), dict[str, Any], DEBUG,
           errors=FLOW_404, params=F),
     Route("post", "/flows/{flowId}/continue", "continueFlow", "Resume every part until the next breakpoint",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from fifoflow.api.common import models as shared
 from fifoflow.api.common.errors import InvalidParams
 from fifoflow.api.common.routes import Method
 from fifoflow.flows import parse_flow
@@ -88,7 +89,7 @@ async def get_flow(runner: Runner, p: m.FlowRef) -> Any:
     return {**runner.describe_flow(p.flowId), "flow": runner.flow_document(p.flowId)}
 
 
-async def inject(runner: Runner, p: m.Inject) -> m.Accepted:
+async def inject(runner: Runner, p: m.Inject) -> shared.Accepted:
     if (p.msg is None) == (p.msgs is None):
         raise InvalidParams(
             "give either msg (one message) or msgs (an array of messages)", field="msgs"
@@ -97,7 +98,7 @@ async def inject(runner: Runner, p: m.Inject) -> m.Accepted:
     if any(msg is None for msg in msgs):
         raise InvalidParams("a message cannot be null (null means 'send nothing')", field="msgs")
     await runner.inject(p.flowId, p.moduleId, p.port, msgs)
-    return m.Accepted(len(msgs))
+    return shared.Accepted(len(msgs))
 
 
 def _sync(fn: Any) -> Any:
@@ -164,7 +165,7 @@ METHODS: dict[str, Method] = {
         Method(
             "getModuleState",
             m.ModuleRef,
-            _sync(lambda r, p: m.ModuleState(r.module_state(p.flowId, p.moduleId))),
+            _sync(lambda r, p: shared.ModuleState(r.module_state(p.flowId, p.moduleId))),
         ),
         Method(
             "getModuleErrors",

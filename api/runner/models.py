@@ -287,16 +287,6 @@ class ApplyResult:
 
 
 @attrs.frozen
-class Removed:
-    removed: str
-
-
-@attrs.frozen
-class RemovedBreakpoint:
-    removed: bool
-
-
-@attrs.frozen
 class Breakpoint:
     module: str
     condition: Annotated[str | None, msgspec.Meta(examples=["msg.n == 3"])]
@@ -355,16 +345,6 @@ Queues = Annotated[
 @attrs.frozen
 class Old:
     old: Any
-
-
-@attrs.frozen
-class Accepted:
-    accepted: int
-
-
-@attrs.frozen
-class ModuleState:
-    state: Any
 
 
 @attrs.frozen

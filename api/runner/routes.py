@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from fifoflow.api.common import models as shared
 from fifoflow.api.common.errors import InvalidParams
 from fifoflow.api.common.models import LogEntry, ModuleError
 from fifoflow.api.common.routes import CONVERTER, Answer, Call, Route
@@ -51,9 +52,9 @@ async def _put_flow(runner: Runner, call: Call) -> Answer:
     return Answer(body, 201 if result.created else 200)
 
 
-async def _delete_flow(runner: Runner, call: Call) -> m.Removed:
+async def _delete_flow(runner: Runner, call: Call) -> shared.Removed:
     await runner.remove_flow(call.path["flowId"])
-    return m.Removed(call.path["flowId"])
+    return shared.Removed(call.path["flowId"])
 
 
 def _flow_module(call: Call) -> str:
@@ -65,15 +66,15 @@ async def _set_breakpoint(runner: Runner, call: Call) -> Any:
     return await methods.set_breakpoint(runner, m.SetBreakpoint(_flow_module(call), condition))
 
 
-async def _remove_breakpoint(runner: Runner, call: Call) -> m.RemovedBreakpoint:
-    return m.RemovedBreakpoint(await runner.remove_breakpoint_at_module(_flow_module(call)))
+async def _remove_breakpoint(runner: Runner, call: Call) -> shared.RemovedBreakpoint:
+    return shared.RemovedBreakpoint(await runner.remove_breakpoint_at_module(_flow_module(call)))
 
 
 async def _edit_queued(runner: Runner, call: Call) -> m.Old:
     return await methods.edit_queued(runner, m.QueueEdit(**call.path, msg=call.body.msg))
 
 
-async def _inject(runner: Runner, call: Call) -> m.Accepted:
+async def _inject(runner: Runner, call: Call) -> shared.Accepted:
     body = call.body
     return await methods.inject(runner, m.Inject(**call.path, msg=body.msg, msgs=body.msgs))
 
@@ -128,7 +129,7 @@ ROUTES: list[Route] = [
           "the flow was updated (a running flow hot-swapped, a stopped one replaced; module state is kept)",
           also={201: "the flow was added"}, query=m.PutFlowQuery, body=FlowDocument, parse_body=False,
           errors=(400, 409, 413, 422), params=F),
-    Route("delete", "/flows/{flowId}", "removeFlow", "Stop and remove a flow", _delete_flow, m.Removed, "removed",
+    Route("delete", "/flows/{flowId}", "removeFlow", "Stop and remove a flow", _delete_flow, shared.Removed, "removed",
           errors=(404,), params=F),
     Route("post", "/flows/{flowId}/start", "startFlow", "Start a flow", _call("startFlow"), m.FlowSummary, "the flow's status",
           errors=(404, 409, 422, 503), params=F),
@@ -149,17 +150,17 @@ ROUTES: list[Route] = [
           _set_breakpoint, m.Breakpoint, "set", body=m.BreakpointBody, body_required=False,
           errors=(400, 404, 409, 422), params=FM),
     Route("delete", "/flows/{flowId}/modules/{moduleId}/breakpoint", "removeBreakPointAtModule", "Remove a module's breakpoint",
-          _remove_breakpoint, m.RemovedBreakpoint, "whether there was one", errors=(404, 409), params=FM),
+          _remove_breakpoint, shared.RemovedBreakpoint, "whether there was one", errors=(404, 409), params=FM),
     Route("put", "/flows/{flowId}/modules/{moduleId}/queue/{index}", "editQueuedMessage", "Replace a waiting message of a paused flow",
           _edit_queued, m.Old, "replaced", body=m.QueueEditBody, errors=(400, 404, 409, 422), params=INDEX),
     Route("delete", "/flows/{flowId}/modules/{moduleId}/queue/{index}", "dropQueuedMessage", "Drop a waiting message of a paused flow",
           _call("dropQueuedMessage"), m.Old, "dropped", errors=(404, 409), params=INDEX),
     Route("post", "/flows/{flowId}/modules/{moduleId}/inputs/{port}", "inject",
           "Send messages to a module's input port (waits while its queue is full)",
-          _inject, m.Accepted, "queued, in order", body=m.InjectBody, errors=(400, 404, 409, 413, 422),
+          _inject, shared.Accepted, "queued, in order", body=m.InjectBody, errors=(400, 404, 409, 413, 422),
           params={**FM, "port": (str, "an input port of the module")}),
     Route("get", "/flows/{flowId}/modules/{moduleId}/state", "getModuleState", "The module's last reported state",
-          _call("getModuleState"), m.ModuleState, "state", errors=(404,), params=FM),
+          _call("getModuleState"), shared.ModuleState, "state", errors=(404,), params=FM),
     Route("get", "/flows/{flowId}/modules/{moduleId}/errors", "getModuleErrors", "The module's recent errors, oldest first",
           _call("getModuleErrors"), list[ModuleError], "errors", errors=(404,), params=FM),
     Route("get", "/flows/{flowId}/logs", "getLogs", "Recent log lines of the flow's runtimes, oldest first",
