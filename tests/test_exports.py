@@ -16,11 +16,22 @@ import pytest
         "fifoflow.runner",
         "fifoflow.runtimes.registry",
         "fifoflow.runtimes.conformance",
-        "fifoflow.api.runner.app",
+        "fifoflow.dispatcher.link",
         "fifoflow.api.client",
         "fifoflow.api.common.errors",
+        "fifoflow.api.common.http",
+        "fifoflow.api.common.openapi",
+        "fifoflow.api.common.routes",
+        "fifoflow.api.common.schema",
+        "fifoflow.api.common.models",
+        "fifoflow.api.runner.app",
         "fifoflow.api.runner.methods",
+        "fifoflow.api.runner.routes",
         "fifoflow.api.runner.server",
+        "fifoflow.api.dispatcher.app",
+        "fifoflow.api.dispatcher.pages",
+        "fifoflow.api.dispatcher.routes",
+        "fifoflow.api.dispatcher.server",
     ],
 )
 def test_all_names_exist(package: str) -> None:
@@ -30,9 +41,19 @@ def test_all_names_exist(package: str) -> None:
 
 
 def test_cores_do_not_import_api_or_quart() -> None:
+    """flows, runtimes, runner and every module of dispatcher load without the HTTP layer
+    (nor msgspec: the cores read constraints by duck typing)."""
     code = (
-        "import sys, fifoflow.flows, fifoflow.runner, fifoflow.runtimes.registry\n"
-        "print([m for m in sys.modules if m.startswith(('fifoflow.api', 'quart', 'hypercorn', 'httpx'))])"
+        "import sys, pkgutil, importlib, fifoflow.flows, fifoflow.runner, "
+        "fifoflow.runtimes.registry, fifoflow.dispatcher\n"
+        "for m in pkgutil.iter_modules(fifoflow.dispatcher.__path__):\n"
+        "    importlib.import_module('fifoflow.dispatcher.' + m.name)\n"
+        "for m in pkgutil.iter_modules(fifoflow.runner.__path__):\n"
+        "    importlib.import_module('fifoflow.runner.' + m.name)\n"
+        "print([m for m in sys.modules if m.startswith(('fifoflow.api', 'quart', 'hypercorn', "
+        "'httpx', 'werkzeug', 'msgspec'))])"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "[]"
