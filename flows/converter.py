@@ -82,7 +82,12 @@ def _check(value: Any, meta: Any) -> None:
             raise Invalid(f"must have at most {high} {unit}, got {len(value)}")
     pattern = limit("pattern")
     if pattern is not None and isinstance(value, str) and not re.search(pattern, value):
-        raise Invalid(f"{value!r} does not match {pattern}")
+        what = limit("description")
+        raise Invalid(
+            f"{value!r} is not {what} ({pattern})"
+            if what
+            else f"{value!r} does not match {pattern}"
+        )
 
 
 def make_converter() -> cattrs.Converter:
