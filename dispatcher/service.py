@@ -48,44 +48,35 @@ import trio
 
 from ..flows import Wire, dump_flow, parse_flow
 from ..flows.resources import format_size, parse_size
-from ..runner.errors import RunnerError
 from ..runner.rpc import LinkClosed, RemoteError, RpcPeer
 from ..runtimes.registry import discover
+from .errors import (
+    DispatcherError,
+    FlowPending,
+    FlowUnknown,
+    RegistrationRefused,
+    RuntimeUnknown,
+    UnknownRunner,
+)
 from .store import DispatcherStore
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterator
 
-__all__ = ["Dispatcher", "DispatcherConfig", "DispatcherError", "flow_summary"]
+__all__ = [
+    "Dispatcher",
+    "DispatcherConfig",
+    # the errors live in errors.py; these names are imported from here too
+    "DispatcherError",
+    "FlowPending",
+    "FlowUnknown",
+    "RegistrationRefused",
+    "RuntimeUnknown",
+    "UnknownRunner",
+    "flow_summary",
+]
 
 SECONDS = 1.0
-
-
-class DispatcherError(RunnerError):
-    code = "dispatcher_error"
-
-
-class RegistrationRefused(DispatcherError):
-    code = "registration_refused"
-    field = "token"
-
-
-class FlowUnknown(DispatcherError):
-    code = "flow_not_found"
-    field = "flowId"
-
-
-class FlowPending(DispatcherError):
-    code = "flow_pending"
-
-
-class RuntimeUnknown(DispatcherError):
-    code = "runtime_not_found"
-
-
-class UnknownRunner(DispatcherError):
-    code = "unknown_runner"
-    field = "runnerId"
 
 
 @attrs.frozen

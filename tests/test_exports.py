@@ -14,6 +14,8 @@ import pytest
     [
         "fifoflow.flows",
         "fifoflow.runner",
+        "fifoflow.dispatcher.errors",
+        "fifoflow.dispatcher.service",
         "fifoflow.runtimes.registry",
         "fifoflow.runtimes.conformance",
         "fifoflow.api.app",
@@ -32,6 +34,7 @@ def test_all_names_exist(package: str) -> None:
 def test_cores_do_not_import_api_or_quart() -> None:
     code = (
         "import sys, fifoflow.flows, fifoflow.runner, fifoflow.runtimes.registry\n"
+        "import fifoflow.dispatcher.service, fifoflow.dispatcher.clients\n"
         "print([m for m in sys.modules if m.startswith(('fifoflow.api', 'quart', 'hypercorn', 'httpx'))])"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
