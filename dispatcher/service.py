@@ -1,10 +1,6 @@
 """The dispatcher service: runner registration, identity, hardware, liveness.
 
-Runner lifecycle, as the dispatcher sees it (``status``)::
-
-    registered --hello--> starting --ready--> ready --(no heartbeat for ttl)--> lost
-                                               |                                  |
-                                               +--signoff--> signed-off    hello (back)
+Runner lifecycle: the statuses in ``status.py`` and the calls below that change them.
 
 - An operator asks for a one-time registration token (``issue_token``); a runner trades
   it for an id and a secret (``register``); the token then never works again, and
@@ -58,6 +54,7 @@ from .errors import (
     RuntimeUnknown,
     UnknownRunner,
 )
+from .status import FlowStatus, RunnerStatus
 from .store import DispatcherStore
 
 if TYPE_CHECKING:
@@ -187,7 +184,7 @@ class Dispatcher:
             )
         previous = self.store.runner(runner_id)
         assert previous is not None
-        self.store.update_runner(runner_id, status="starting", last_seen=time.time())
+        self.store.update_runner(runner_id, status=RunnerStatus.STARTING, last_seen=time.time())
         self.store.add_event(
             runner_id, "connected", {"version": version, "was": previous["status"]}
         )
@@ -207,7 +204,7 @@ class Dispatcher:
 
     def ready(self, runner_id: str) -> None:
         self._runner(runner_id)
-        self.store.update_runner(runner_id, status="ready", last_seen=time.time())
+        self.store.update_runner(runner_id, status=RunnerStatus.READY, last_seen=time.time())
         self.store.add_event(runner_id, "ready", {})
         self._ready_event.set()
         self._ready_event = trio.Event()
@@ -221,14 +218,14 @@ class Dispatcher:
             return
         runner = self._runner(runner_id)
         fields: dict[str, Any] = {"last_seen": time.time()}
-        if runner["status"] == "lost":
-            fields["status"] = "ready"
+        if runner["status"] == RunnerStatus.LOST:
+            fields["status"] = RunnerStatus.READY
             self.store.add_event(runner_id, "back", {})
         self.store.update_runner(runner_id, **fields)
 
     def sign_off(self, runner_id: str) -> None:
         self._runner(runner_id)
-        self.store.update_runner(runner_id, status="signed-off", last_seen=time.time())
+        self.store.update_runner(runner_id, status=RunnerStatus.SIGNED_OFF, last_seen=time.time())
         self.store.add_event(runner_id, "signed-off", {})
 
     def check_liveness(self) -> list[str]:
@@ -236,7 +233,7 @@ class Dispatcher:
         now = time.time()
         lost = []
         for runner in self.store.stale_runners(now - self.config.runner_ttl):
-            self.store.update_runner(runner["id"], status="lost")
+            self.store.update_runner(runner["id"], status=RunnerStatus.LOST)
             self.store.add_event(
                 runner["id"], "lost", {"silentFor": round(now - (runner["lastSeen"] or now), 3)}
             )
@@ -247,9 +244,13 @@ class Dispatcher:
         """A backend saw the runner's process or container end: lost now, without
         waiting for its heartbeats to run out; its flows are placed again."""
         runner = self.store.runner(runner_id)
-        if runner is None or runner["status"] in ("lost", "signed-off", "drained"):
+        if runner is None or runner["status"] in (
+            RunnerStatus.LOST,
+            RunnerStatus.SIGNED_OFF,
+            RunnerStatus.DRAINED,
+        ):
             return
-        self.store.update_runner(runner_id, status="lost")
+        self.store.update_runner(runner_id, status=RunnerStatus.LOST)
         self.store.add_event(runner_id, "lost", {"why": why})
         self.displace(runner_id)
 
@@ -298,7 +299,7 @@ class Dispatcher:
         for r in self.store.runners():
             for runtime in r["hardware"].get("runtimes", ()):
                 ids = found.setdefault(runtime, [])
-                if r["status"] == "ready":
+                if r["status"] == RunnerStatus.READY:
                     ids.append(r["id"])
         return [{"id": rt, "runners": ids} for rt, ids in sorted(found.items())]
 
@@ -330,9 +331,9 @@ class Dispatcher:
         existing = self.store.flow(flow.id)
         self.store.put_flow(flow.id, standalone)
         self.store.add_event(None, "deployed", {"flow": flow.id})
-        if existing is not None and existing["status"] == "placed":
+        if existing is not None and existing["status"] == FlowStatus.PLACED:
             # Update in place: each part is hot-swapped where it runs.
-            self.store.update_flow(flow.id, status="updating")
+            self.store.update_flow(flow.id, status=FlowStatus.UPDATING)
         await self.place(flow.id)
         return flow_summary(self.flow(flow.id))
 
@@ -374,7 +375,10 @@ class Dispatcher:
                 if (
                     exc.remote_code == "flow_not_found"
                     and now is not None
-                    and (now["placement"] != record["placement"] or now["status"] != "placed")
+                    and (
+                        now["placement"] != record["placement"]
+                        or now["status"] != FlowStatus.PLACED
+                    )
                 ):
                     # The flow moved while the call was on its way: not gone, elsewhere.
                     raise FlowPending(
@@ -387,7 +391,7 @@ class Dispatcher:
         """Move every flow off a runner, with its state and the messages that waited in
         it (nothing lost), and stop placing flows there. Returns the flows moved."""
         self._runner(runner_id)
-        self.store.update_runner(runner_id, status="draining")
+        self.store.update_runner(runner_id, status=RunnerStatus.DRAINING)
         self.store.add_event(runner_id, "draining", {})
         peer = self.links.get(runner_id)
         moved = []
@@ -403,7 +407,7 @@ class Dispatcher:
                 record["id"],
                 placement=placement,
                 runner=None,
-                status="moving",
+                status=FlowStatus.MOVING,
                 reason=f"runner {runner_id} is draining",
             )
             states, queued = dict(record["states"]), dict(record["queued"])
@@ -411,10 +415,12 @@ class Dispatcher:
                 handed = await peer.call("release", flowId=record["id"])
                 states.update(handed["states"])
                 queued.update(handed["queued"])
-            self.store.update_flow(record["id"], states=states, queued=queued, status="pending")
+            self.store.update_flow(
+                record["id"], states=states, queued=queued, status=FlowStatus.PENDING
+            )
             await self.place(record["id"])
             moved.append(record["id"])
-        self.store.update_runner(runner_id, status="drained")
+        self.store.update_runner(runner_id, status=RunnerStatus.DRAINED)
         self.store.add_event(runner_id, "drained", {"flows": moved})
         return moved
 
@@ -488,7 +494,7 @@ class Dispatcher:
             if runner_id in record["placement"].values():
                 placement = {m: r for m, r in record["placement"].items() if r != runner_id}
                 self.store.update_flow(
-                    record["id"], placement=placement, runner=None, status="pending",
+                    record["id"], placement=placement, runner=None, status=FlowStatus.PENDING,
                     reason=f"runner {runner_id} was lost",
                 )  # fmt: skip
                 self.store.add_event(runner_id, "displaced", {"flow": record["id"]})
@@ -497,7 +503,7 @@ class Dispatcher:
 
     async def place_pending(self) -> None:
         for record in self.store.flows():
-            if record["status"] == "pending":
+            if record["status"] == FlowStatus.PENDING:
                 await self.place(record["id"])
 
     def _free(self, flow_id: str, placement: dict[str, str]) -> dict[str, list[float]]:
@@ -554,7 +560,7 @@ class Dispatcher:
             hw = r["hardware"]
             have = hw.get("labels") or {}
             if (
-                r["status"] == "ready"
+                r["status"] == RunnerStatus.READY
                 and r["id"] in self.links
                 and r["id"] not in excluded
                 and needed <= set(hw.get("runtimes", ()))
@@ -595,13 +601,13 @@ class Dispatcher:
 
     async def _place_once(self, flow_id: str, refused: dict[str, str]) -> tuple[str, str] | None:
         record = self.flow(flow_id)
-        if record["status"] == "moving":
+        if record["status"] == FlowStatus.MOVING:
             return None  # its move places it once the state is handed over
         modules = record["document"]["modules"]
         live = {rid for rid in self.links if rid not in refused}
         placement = {m: r for m, r in record["placement"].items() if r in live}
         unplaced = [m for m in modules if m["id"] not in placement]
-        if record["status"] == "placed" and not unplaced and not refused:
+        if record["status"] == FlowStatus.PLACED and not unplaced and not refused:
             return None  # placed already, every part on a live runner: nothing to do
         reasons: list[str] = []
         if unplaced and not placement:
@@ -621,7 +627,9 @@ class Dispatcher:
         if len(reasons) > len(refused):
             await self._release_dropped(record, placement)
             reason = "; ".join(reasons)
-            self.store.update_flow(flow_id, placement=placement, status="pending", reason=reason)
+            self.store.update_flow(
+                flow_id, placement=placement, status=FlowStatus.PENDING, reason=reason
+            )
             self.store.add_event(None, "pending", {"flow": flow_id, "reason": reason})
             return None
         try:
@@ -630,7 +638,7 @@ class Dispatcher:
             return exc.runner_id, exc.why
         except (RemoteError, LinkClosed) as exc:
             reason = f"deploying failed: {exc}"
-            self.store.update_flow(flow_id, status="pending", reason=reason)
+            self.store.update_flow(flow_id, status=FlowStatus.PENDING, reason=reason)
             self.store.add_event(None, "pending", {"flow": flow_id, "reason": reason})
             return None
         runners = set(placement.values())
@@ -638,7 +646,7 @@ class Dispatcher:
             flow_id,
             placement=placement,
             runner=next(iter(runners)) if len(runners) == 1 else None,
-            status="placed",
+            status=FlowStatus.PLACED,
             reason=None,
             queued={},
         )

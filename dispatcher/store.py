@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .status import WATCHED, FlowStatus, RunnerStatus
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -112,7 +114,7 @@ class DispatcherStore:
         with self.db:
             self.db.execute(
                 "INSERT INTO runners (id, secret_digest, name, registered, status) VALUES (?, ?, ?, ?, ?)",
-                (runner_id, digest(secret), name, time.time(), "registered"),
+                (runner_id, digest(secret), name, time.time(), RunnerStatus.REGISTERED),
             )
 
     def runner(self, runner_id: str) -> dict[str, Any] | None:
@@ -133,24 +135,24 @@ class DispatcherStore:
         """Ready or starting runners not heard from since ``seen_before`` (one narrow
         query: the liveness check runs twice per heartbeat interval)."""
         rows = self.db.execute(
-            "SELECT id, last_seen FROM runners WHERE status IN ('ready', 'starting') "
+            "SELECT id, last_seen FROM runners WHERE status IN (?, ?) "
             "AND (last_seen IS NULL OR last_seen < ?)",
-            (seen_before,),
+            (*WATCHED, seen_before),
         ).fetchall()
         return [{"id": r["id"], "lastSeen": r["last_seen"]} for r in rows]
 
     def refresh_live_runners(self, now: float) -> None:
         with self.db:
             self.db.execute(
-                "UPDATE runners SET last_seen = ? WHERE status IN ('ready', 'starting')", (now,)
+                "UPDATE runners SET last_seen = ? WHERE status IN (?, ?)", (now, *WATCHED)
             )
 
     def touch_runner(self, runner_id: str, now: float) -> bool:
         """A heartbeat: last seen now, unless the runner is lost or unknown (False)."""
         with self.db:
             cur = self.db.execute(
-                "UPDATE runners SET last_seen = ? WHERE id = ? AND status != 'lost'",
-                (now, runner_id),
+                "UPDATE runners SET last_seen = ? WHERE id = ? AND status != ?",
+                (now, runner_id, RunnerStatus.LOST),
             )
         return cur.rowcount == 1
 
@@ -169,9 +171,9 @@ class DispatcherStore:
     def put_flow(self, flow_id: str, document: dict[str, Any]) -> None:
         with self.db:
             self.db.execute(
-                "INSERT INTO flows (id, document, status, updated) VALUES (?, ?, 'pending', ?) "
+                "INSERT INTO flows (id, document, status, updated) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(id) DO UPDATE SET document = excluded.document, updated = excluded.updated",
-                (flow_id, orjson.dumps(document).decode(), time.time()),
+                (flow_id, orjson.dumps(document).decode(), FlowStatus.PENDING, time.time()),
             )
         self._touch(flow_id)
 

@@ -16,6 +16,7 @@ import pytest
         "fifoflow.runner",
         "fifoflow.dispatcher.errors",
         "fifoflow.dispatcher.service",
+        "fifoflow.dispatcher.status",
         "fifoflow.runtimes.registry",
         "fifoflow.runtimes.conformance",
         "fifoflow.api.app",
