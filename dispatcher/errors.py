@@ -13,8 +13,10 @@ that has no runner right now a :class:`~fifoflow.runner.errors.FlowStateError`):
         ├── FlowUnknown             no flow with that id         (also a runner FlowNotFound)
         ├── RuntimeUnknown          no runner reports that runtime (also a RuntimeNotFound)
         ├── UnknownRunner           no runner with that id, or a wrong secret (also a NotFound)
-        └── FlowPending             the flow (or the runner asked for) has no live runner
-                                    right now; send the call again   (also a FlowStateError)
+        ├── FlowPending             the flow (or the runner asked for) has no live runner
+        │                           right now; send the call again   (also a FlowStateError)
+        └── StoreVersionError       the state dir was written by a newer fifoflow; .found,
+                                    .known (schema versions)
 
 ``.code`` is stable and machine-readable (it is what API answers carry); ``.field``
 names the argument at fault, or is None.
@@ -22,7 +24,12 @@ names the argument at fault, or is None.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..runner.errors import FlowNotFound, FlowStateError, NotFound, RunnerError, RuntimeNotFound
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = [
     "DispatcherError",
@@ -30,6 +37,7 @@ __all__ = [
     "FlowUnknown",
     "RegistrationRefused",
     "RuntimeUnknown",
+    "StoreVersionError",
     "UnknownRunner",
 ]
 
@@ -62,3 +70,20 @@ class UnknownRunner(DispatcherError, NotFound):
 
 class FlowPending(DispatcherError, FlowStateError):
     code = "flow_pending"
+
+
+class StoreVersionError(DispatcherError):
+    """The SQLite state was written by a newer fifoflow than this one: this one cannot
+    know what the newer one stored, so it does not touch it."""
+
+    code = "store_version"
+
+    def __init__(self, path: Path, found: int, known: int) -> None:
+        super().__init__(
+            f"{path} has schema version {found}, but this fifoflow knows versions up to"
+            f" {known}: run the fifoflow that wrote it (or a newer one), or use another"
+            " state dir"
+        )
+        self.path = path
+        self.found = found
+        self.known = known

@@ -17,6 +17,7 @@ import pytest
         "fifoflow.dispatcher.errors",
         "fifoflow.dispatcher.service",
         "fifoflow.dispatcher.status",
+        "fifoflow.dispatcher.store",
         "fifoflow.runtimes.registry",
         "fifoflow.runtimes.conformance",
         "fifoflow.api.app",
