@@ -43,7 +43,6 @@ import orjson
 import trio
 
 from ..flows import Wire, dump_flow, parse_flow
-from ..flows.resources import format_size, parse_size
 from ..runner.rpc import LinkClosed, RemoteError, RpcPeer
 from ..runtimes.registry import discover
 from .errors import (
@@ -54,11 +53,12 @@ from .errors import (
     RuntimeUnknown,
     UnknownRunner,
 )
+from .placement import ModuleAsk, PlacementPlan, RunnerOffer, plan_placement
 from .status import FlowStatus, RunnerStatus
 from .store import DispatcherStore
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterator
+    from collections.abc import Iterator
 
 __all__ = [
     "Dispatcher",
@@ -506,83 +506,39 @@ class Dispatcher:
             if record["status"] == FlowStatus.PENDING:
                 await self.place(record["id"])
 
-    def _free(self, flow_id: str, placement: dict[str, str]) -> dict[str, list[float]]:
-        """CPUs and memory each ready runner has left: its reported capacity minus what
-        the modules placed on it reserve (other flows', and this flow's in
-        ``placement``). A runner that reports no capacity is not limited."""
-        held: dict[str, list[float]] = {}
-        for f in self.store.flows():
-            if f["id"] == flow_id:
-                continue
-            needs = {m["id"]: module_needs(m) for m in f["document"]["modules"]}
-            for mid, rid in f["placement"].items():
-                h = held.setdefault(rid, [0.0, 0.0])
-                cpus, memory = needs.get(mid, (0.0, 0))
-                h[0] += cpus
-                h[1] += memory
-        record = self.store.flow(flow_id)
-        if record is not None:
-            needs = {m["id"]: module_needs(m) for m in record["document"]["modules"]}
-            for mid, rid in placement.items():
-                h = held.setdefault(rid, [0.0, 0.0])
-                cpus, memory = needs.get(mid, (0.0, 0))
-                h[0] += cpus
-                h[1] += memory
-        free = {}
-        for r in self.store.runners():
-            capacity = r["hardware"].get("capacity") or {}
-            h = held.get(r["id"], [0.0, 0.0])
-            free[r["id"]] = [
-                float(capacity.get("cpus", float("inf"))) - h[0],
-                float(capacity.get("memory", float("inf"))) - h[1],
-            ]
-        return free
-
-    def _candidates(
-        self,
-        modules: list[dict[str, Any]],
-        free: dict[str, list[float]],
-        excluded: Collection[str] = (),
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        """Live ready runners with every runtime and label these modules need and room
-        for what they reserve, least loaded (fewest placed modules) first; when there is
-        none, why."""
-        needed = {m["runtime"] for m in modules}
-        wanted = [(m.get("placement") or {}).get("labels") or {} for m in modules]
-        need_cpus = sum(module_needs(m)[0] for m in modules)
-        need_memory = sum(module_needs(m)[1] for m in modules)
+    def _plan(self, record: dict[str, Any], refused: dict[str, str]) -> PlacementPlan:
+        """Placement's decision for the flow, on what the store and the links say now:
+        each runner with what other flows' modules reserve on it and its load (modules
+        placed on it, of every flow)."""
+        reserved: dict[str, list[float]] = {}
         load: dict[str, int] = {}
         for f in self.store.flows():
-            for rid in f["placement"].values():
-                load[rid] = load.get(rid, 0) + 1
-        suitable, found = [], []
+            asks = {m["id"]: ModuleAsk.from_module(m) for m in f["document"]["modules"]}
+            for module_id, runner_id in f["placement"].items():
+                load[runner_id] = load.get(runner_id, 0) + 1
+                ask = asks.get(module_id)
+                if f["id"] != record["id"] and ask is not None:
+                    held = reserved.setdefault(runner_id, [0.0, 0.0])
+                    held[0] += ask.cpus
+                    held[1] += ask.memory
+        offers = []
         for r in self.store.runners():
-            hw = r["hardware"]
-            have = hw.get("labels") or {}
-            if (
-                r["status"] == RunnerStatus.READY
-                and r["id"] in self.links
-                and r["id"] not in excluded
-                and needed <= set(hw.get("runtimes", ()))
-                and all(have.get(k) == v for labels in wanted for k, v in labels.items())
-            ):
-                suitable.append(r)
-                cpus, memory = free.get(r["id"], [float("inf")] * 2)
-                if need_cpus <= cpus + 1e-9 and need_memory <= memory:
-                    found.append(r)
-        found.sort(key=lambda r: (load.get(r["id"], 0), r["registered"]))
-        if found:
-            return found, None
-        labels = {k: v for w in wanted for k, v in w.items()}
-        need = f"runtime {', '.join(sorted(needed))}" + (f" and labels {labels}" if labels else "")
-        if not suitable:
-            return [], f"no ready runner has {need}"
-        roomiest = max(suitable, key=lambda r: tuple(free.get(r["id"], [0.0, 0.0])))
-        cpus, memory = free[roomiest["id"]]
-        return [], (
-            f"needs {need_cpus:g} CPUs and {format_size(need_memory)} of memory; the ready"
-            f" runners with {need} have at most {max(cpus, 0):g} CPUs and"
-            f" {format_size(int(max(memory, 0)))} free ({roomiest['id']})"
+            cpus, memory = reserved.get(r["id"], [0.0, 0.0])
+            offers.append(
+                RunnerOffer.from_runner(
+                    r,
+                    linked=r["id"] in self.links,
+                    load=load.get(r["id"], 0),
+                    reserved_cpus=cpus,
+                    reserved_memory=memory,
+                )
+            )
+        return plan_placement(
+            [ModuleAsk.from_module(m) for m in record["document"]["modules"]],
+            offers,
+            record["placement"],
+            refused=refused,
+            backend_problem=self.backend_problem,
         )
 
     async def place(self, flow_id: str) -> None:
@@ -603,34 +559,16 @@ class Dispatcher:
         record = self.flow(flow_id)
         if record["status"] == FlowStatus.MOVING:
             return None  # its move places it once the state is handed over
-        modules = record["document"]["modules"]
-        live = {rid for rid in self.links if rid not in refused}
-        placement = {m: r for m, r in record["placement"].items() if r in live}
-        unplaced = [m for m in modules if m["id"] not in placement]
-        if record["status"] == FlowStatus.PLACED and not unplaced and not refused:
+        plan = self._plan(record, refused)
+        if record["status"] == FlowStatus.PLACED and plan.unchanged and not refused:
             return None  # placed already, every part on a live runner: nothing to do
-        reasons: list[str] = []
-        if unplaced and not placement:
-            whole, _ = self._candidates(modules, self._free(flow_id, {}), refused)
-            if whole:
-                placement = {m["id"]: whole[0]["id"] for m in modules}
-                unplaced = []
-        for module in unplaced:
-            candidates, why = self._candidates([module], self._free(flow_id, placement), refused)
-            if candidates:
-                placement[module["id"]] = candidates[0]["id"]
-            else:
-                reasons.append(f"module {module['id']}: {why}")
-        reasons += [f"runner {rid} refused: {why}" for rid, why in refused.items()]
-        if self.backend_problem and len(reasons) > len(refused):
-            reasons.append(self.backend_problem)
-        if len(reasons) > len(refused):
+        placement = plan.placement
+        if plan.reason is not None:
             await self._release_dropped(record, placement)
-            reason = "; ".join(reasons)
             self.store.update_flow(
-                flow_id, placement=placement, status=FlowStatus.PENDING, reason=reason
+                flow_id, placement=placement, status=FlowStatus.PENDING, reason=plan.reason
             )
-            self.store.add_event(None, "pending", {"flow": flow_id, "reason": reason})
+            self.store.add_event(None, "pending", {"flow": flow_id, "reason": plan.reason})
             return None
         try:
             await self._deploy_parts(record, placement)
@@ -734,12 +672,6 @@ class Refusal(Exception):
         super().__init__(f"runner {runner_id} refused: {why}")
         self.runner_id = runner_id
         self.why = why
-
-
-def module_needs(module: dict[str, Any]) -> tuple[float, int]:
-    """The CPUs and bytes of memory a module (as stored) reserves on its runner."""
-    placement = module.get("placement") or {}
-    return float(placement.get("cpus", 0)), parse_size(placement.get("memory", 0))
 
 
 def flow_summary(record: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import pytest
         "fifoflow.flows",
         "fifoflow.runner",
         "fifoflow.dispatcher.errors",
+        "fifoflow.dispatcher.placement",
         "fifoflow.dispatcher.service",
         "fifoflow.dispatcher.status",
         "fifoflow.dispatcher.store",
