@@ -14,7 +14,9 @@ import pytest
     [
         "fifoflow.flows",
         "fifoflow.runner",
+        "fifoflow.dispatcher.deploy",
         "fifoflow.dispatcher.errors",
+        "fifoflow.dispatcher.parts",
         "fifoflow.dispatcher.placement",
         "fifoflow.dispatcher.service",
         "fifoflow.dispatcher.status",
