@@ -114,9 +114,9 @@ class DispatcherStore:
         db = sqlite3.connect(path, isolation_level=None)
         try:
             db.row_factory = sqlite3.Row
+            migrate(db, path)  # first: a file from a newer fifoflow is left as it was
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            migrate(db, path)
         except BaseException:
             db.close()
             raise

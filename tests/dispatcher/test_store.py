@@ -135,6 +135,9 @@ def test_a_file_from_a_newer_fifoflow_is_refused_untouched(tmp_path: Path) -> No
     assert f"versions up to {SCHEMA_VERSION}" in message
     assert user_version(path) == SCHEMA_VERSION + 1
     assert tables(path) == set()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # not switched to WAL
+    db.close()
 
 
 def test_each_migration_is_one_transaction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
