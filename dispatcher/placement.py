@@ -120,6 +120,8 @@ class RunnerOffer:
 
 @attrs.frozen
 class PlacementPlan:
+    """What placement decided for one flow."""
+
     #: module id -> runner id, for every module that has a runner (kept or new)
     placement: dict[str, str]
     #: module id -> why no runner can take it, in the flow's module order
