@@ -48,6 +48,7 @@ import attrs
 import trio
 
 from ..flows.resources import format_size, parse_size
+from .status import FlowStatus, RunnerStatus
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -225,7 +226,7 @@ class DockerBackend:
     async def _size_for_pending(self) -> None:
         """A flow that waits for room no runner has gets a container sized to it."""
         for record in self.store.flows():
-            if record["status"] != "pending" or record["id"] in self._sized_for:
+            if record["status"] != FlowStatus.PENDING or record["id"] in self._sized_for:
                 continue
             reason = record["reason"] or ""
             if "CPUs and" not in reason and " and labels " not in reason:
@@ -286,7 +287,7 @@ class DockerBackend:
             self.dispatcher.backend_problem = problem
             self._pull_retry[image] = (time.monotonic() + delay, min(delay * 2, 60.0))
             for record in self.store.flows():
-                if record["status"] == "pending":
+                if record["status"] == FlowStatus.PENDING:
                     reason = (record["reason"] or "").split("; the docker backend")[0]
                     self.store.update_flow(
                         record["id"], reason=f"{reason}; {problem}" if reason else problem
@@ -517,12 +518,13 @@ class DockerBackend:
                 self.say(f"update to {image}: started {', '.join(new)}; waiting for them")
                 with trio.fail_after(ready_timeout):
                     while not all(
-                        (r := self.runner_of(n)) is not None and r["status"] == "ready" for n in new
+                        (r := self.runner_of(n)) is not None and r["status"] == RunnerStatus.READY
+                        for n in new
                     ):
                         await self.dispatcher.runner_ready_event().wait()
                 old_runners = [r for n in old if (r := self.runner_of(n)) is not None]
                 for runner in old_runners:  # cordon all first: flows go to the new ones
-                    self.store.update_runner(runner["id"], status="draining")
+                    self.store.update_runner(runner["id"], status=RunnerStatus.DRAINING)
                 moved: list[str] = []
                 for runner in old_runners:
                     self._event("update", image=image, step="moving", runner=runner["id"])

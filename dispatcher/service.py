@@ -1,10 +1,14 @@
-"""The dispatcher service: runner registration, identity, hardware, liveness.
+"""The dispatcher: the runners it knows, their links and liveness, and the one object
+the API and the runners' links talk to.
 
-Runner lifecycle, as the dispatcher sees it (``status``)::
+Owns: the SQLite store (opened here, closed when :meth:`Dispatcher.run` ends), the live
+control links (runner id -> RPC peer), and the task that watches heartbeats. Flows are
+kept by two components it holds, which share the store and the links:
+``self.deployments`` (``deploy.py``: records, placement, deploying and moving flows; the
+decision itself is ``placement.py``) and ``self.parts`` (``parts.py``: calls that reach
+a flow's parts on their runners, relay). The flow methods here hand over to them.
 
-    registered --hello--> starting --ready--> ready --(no heartbeat for ttl)--> lost
-                                               |                                  |
-                                               +--signoff--> signed-off    hello (back)
+Runners (statuses and their changes: ``status.py``):
 
 - An operator asks for a one-time registration token (``issue_token``); a runner trades
   it for an id and a secret (``register``); the token then never works again, and
@@ -12,24 +16,12 @@ Runner lifecycle, as the dispatcher sees it (``status``)::
 - On each (re)connection the runner proves who it is (``hello``), reports hardware —
   everything the first time, then only what changed (``report_hardware``) — and says
   ``ready``. Heartbeats keep it ``ready``; :meth:`Dispatcher.run` marks a runner ``lost``
-  when its last heartbeat is older than ``ttl`` (3 intervals by default).
+  when its last heartbeat is older than ``ttl`` (3 intervals by default), and its flows
+  are placed again elsewhere. ``drain`` moves every flow off a runner, and it gets no
+  new ones.
 
-Placement. ``deploy`` stores the flow and places it on a ``ready`` runner whose link is
-up, that has every runtime and label the flow's modules need and room for the CPUs and
-memory they reserve (``placement.cpus``/``placement.memory``, against the capacity each
-runner reports), the least loaded first; when no one runner can take it all, module by
-module, and the parts' cross-runner wires are relayed. Each runner gets its part over
-its control link (``deploy``) and may still refuse it (its own check); a refusing runner
-is left out and the flow placed again. When none can take it, the flow waits as
-``pending`` with the reason (which runtime, label or limit), and is placed when a runner
-becomes ready. Runners send the module states of each checkpoint (``snapshot``); when a
-runner is lost, its flows are placed again elsewhere from their last snapshot (module
-state survives; messages that were queued in the lost runner are lost with it). A
-runner that comes back after being declared lost is told to remove the flows that now
-run elsewhere, so a flow never runs in two places.
-
-Error handling: every refusal is a :class:`DispatcherError` whose message says what to
-do; nothing a runner sends can stop the service.
+Error handling: every refusal is a :class:`DispatcherError` (``errors.py``) whose
+message says what to do; nothing a runner sends can stop the service.
 """
 
 from __future__ import annotations
@@ -37,55 +29,43 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
-from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import orjson
 import trio
 
-from ..flows import Wire, dump_flow, parse_flow
-from ..flows.resources import format_size, parse_size
-from ..runner.errors import RunnerError
-from ..runner.rpc import LinkClosed, RemoteError, RpcPeer
-from ..runtimes.registry import discover
+from .deploy import Deployments, flow_summary
+from .errors import (
+    DispatcherError,
+    FlowPending,
+    FlowUnknown,
+    RegistrationRefused,
+    RuntimeUnknown,
+    UnknownRunner,
+)
+from .parts import FlowParts, known_flow
+from .status import RunnerStatus
 from .store import DispatcherStore
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterator
+    from ..runner.rpc import RpcPeer
 
-__all__ = ["Dispatcher", "DispatcherConfig", "DispatcherError", "flow_summary"]
+__all__ = [
+    "Dispatcher",
+    "DispatcherConfig",
+    # where the API has always imported them from; they live in errors.py and deploy.py
+    "DispatcherError",
+    "FlowPending",
+    "FlowUnknown",
+    "RegistrationRefused",
+    "RuntimeUnknown",
+    "UnknownRunner",
+    "flow_summary",
+]
 
 SECONDS = 1.0
-
-
-class DispatcherError(RunnerError):
-    code = "dispatcher_error"
-
-
-class RegistrationRefused(DispatcherError):
-    code = "registration_refused"
-    field = "token"
-
-
-class FlowUnknown(DispatcherError):
-    code = "flow_not_found"
-    field = "flowId"
-
-
-class FlowPending(DispatcherError):
-    code = "flow_pending"
-
-
-class RuntimeUnknown(DispatcherError):
-    code = "runtime_not_found"
-
-
-class UnknownRunner(DispatcherError):
-    code = "unknown_runner"
-    field = "runnerId"
 
 
 @attrs.frozen
@@ -110,11 +90,11 @@ class Dispatcher:
         #: runner id -> the RPC peer of its live control link
         self.links: dict[str, RpcPeer] = {}
         self._nursery: trio.Nursery | None = None
-        self._placing = trio.Lock()
-        self._route_cache: dict[str, tuple[int, dict[tuple[str, str], Any]]] = {}
         #: why the backend cannot start runners right now (a failed pull, say): added to
         #: the reason of flows that wait for a runner
         self.backend_problem: str | None = None
+        self.deployments = Deployments(self.store, self.links, lambda: self.backend_problem)
+        self.parts = FlowParts(self.store, self.links)
         #: the container backend, when the dispatcher runs one (for its API)
         self.backend: Any = None
         #: the web pages' client runners (dispatcher/clients.py), when served
@@ -196,7 +176,7 @@ class Dispatcher:
             )
         previous = self.store.runner(runner_id)
         assert previous is not None
-        self.store.update_runner(runner_id, status="starting", last_seen=time.time())
+        self.store.update_runner(runner_id, status=RunnerStatus.STARTING, last_seen=time.time())
         self.store.add_event(
             runner_id, "connected", {"version": version, "was": previous["status"]}
         )
@@ -216,7 +196,7 @@ class Dispatcher:
 
     def ready(self, runner_id: str) -> None:
         self._runner(runner_id)
-        self.store.update_runner(runner_id, status="ready", last_seen=time.time())
+        self.store.update_runner(runner_id, status=RunnerStatus.READY, last_seen=time.time())
         self.store.add_event(runner_id, "ready", {})
         self._ready_event.set()
         self._ready_event = trio.Event()
@@ -230,14 +210,14 @@ class Dispatcher:
             return
         runner = self._runner(runner_id)
         fields: dict[str, Any] = {"last_seen": time.time()}
-        if runner["status"] == "lost":
-            fields["status"] = "ready"
+        if runner["status"] == RunnerStatus.LOST:
+            fields["status"] = RunnerStatus.READY
             self.store.add_event(runner_id, "back", {})
         self.store.update_runner(runner_id, **fields)
 
     def sign_off(self, runner_id: str) -> None:
         self._runner(runner_id)
-        self.store.update_runner(runner_id, status="signed-off", last_seen=time.time())
+        self.store.update_runner(runner_id, status=RunnerStatus.SIGNED_OFF, last_seen=time.time())
         self.store.add_event(runner_id, "signed-off", {})
 
     def check_liveness(self) -> list[str]:
@@ -245,7 +225,7 @@ class Dispatcher:
         now = time.time()
         lost = []
         for runner in self.store.stale_runners(now - self.config.runner_ttl):
-            self.store.update_runner(runner["id"], status="lost")
+            self.store.update_runner(runner["id"], status=RunnerStatus.LOST)
             self.store.add_event(
                 runner["id"], "lost", {"silentFor": round(now - (runner["lastSeen"] or now), 3)}
             )
@@ -256,9 +236,13 @@ class Dispatcher:
         """A backend saw the runner's process or container end: lost now, without
         waiting for its heartbeats to run out; its flows are placed again."""
         runner = self.store.runner(runner_id)
-        if runner is None or runner["status"] in ("lost", "signed-off", "drained"):
+        if runner is None or runner["status"] in (
+            RunnerStatus.LOST,
+            RunnerStatus.SIGNED_OFF,
+            RunnerStatus.DRAINED,
+        ):
             return
-        self.store.update_runner(runner_id, status="lost")
+        self.store.update_runner(runner_id, status=RunnerStatus.LOST)
         self.store.add_event(runner_id, "lost", {"why": why})
         self.displace(runner_id)
 
@@ -271,34 +255,7 @@ class Dispatcher:
         if self.links.get(runner_id) is peer:
             del self.links[runner_id]
 
-    async def runner_ready(self, runner_id: str, flows: list[dict[str, Any]]) -> None:
-        """A runner said ready: remove flows it holds that run elsewhere now, then
-        place what is pending."""
-        peer = self.links.get(runner_id)
-        for summary in flows:
-            fid = summary.get("id")
-            record = self.store.flow(fid) if isinstance(fid, str) else None
-            if peer is not None and (
-                record is None or runner_id not in record["placement"].values()
-            ):
-                with suppress_remote():
-                    await peer.call("remove", flowId=fid)
-                self.store.add_event(runner_id, "removed-stale-flow", {"flow": fid})
-        await self.place_pending()
-
-    def snapshot(self, runner_id: str, flow_id: str, states: dict[str, Any]) -> None:
-        record = self.store.flow(flow_id)
-        if record is None:
-            return
-        mine = {m for m, r in record["placement"].items() if r == runner_id}
-        merged = {**record["states"], **{m: st for m, st in states.items() if m in mine}}
-        if merged != record["states"]:
-            self.store.update_flow(flow_id, states=merged)
-
-    # ------------------------------------------------------------------ flows
-
-    def flows(self) -> list[dict[str, Any]]:
-        return [flow_summary(f) for f in self.store.flows()]
+    # ------------------------------------------------------------------ runtimes
 
     def runtimes(self) -> list[dict[str, Any]]:
         """listRuntimes across runners: each runtime some runner reports, and which
@@ -307,7 +264,7 @@ class Dispatcher:
         for r in self.store.runners():
             for runtime in r["hardware"].get("runtimes", ()):
                 ids = found.setdefault(runtime, [])
-                if r["status"] == "ready":
+                if r["status"] == RunnerStatus.READY:
                     ids.append(r["id"])
         return [{"id": rt, "runners": ids} for rt, ids in sorted(found.items())]
 
@@ -324,150 +281,61 @@ class Dispatcher:
             if any(m["runtime"] == runtime_id for m in f["document"]["modules"])
         ]
 
+    # ------------------------------------------------------------------ flows (deploy.py)
+
+    def flows(self) -> list[dict[str, Any]]:
+        return self.deployments.summaries()
+
     def flow(self, flow_id: str) -> dict[str, Any]:
-        record = self.store.flow(flow_id)
-        if record is None:
-            known = ", ".join(f["id"] for f in self.store.flows()) or "none"
-            raise FlowUnknown(f"no flow {flow_id!r} (flows: {known})")
-        return record
+        return known_flow(self.store, flow_id)
 
     async def deploy(self, document: dict[str, Any]) -> dict[str, Any]:
-        flow = parse_flow(
-            document, base_dir=None, runtimes=discover(attached=True).keys(), source_name="flow"
-        )
-        standalone = orjson.loads(dump_flow(flow, inline=True))
-        existing = self.store.flow(flow.id)
-        self.store.put_flow(flow.id, standalone)
-        self.store.add_event(None, "deployed", {"flow": flow.id})
-        if existing is not None and existing["status"] == "placed":
-            # Update in place: each part is hot-swapped where it runs.
-            self.store.update_flow(flow.id, status="updating")
-        await self.place(flow.id)
-        return flow_summary(self.flow(flow.id))
+        return await self.deployments.deploy(document)
 
     async def remove(self, flow_id: str) -> None:
-        record = self.flow(flow_id)
-        for runner_id in set(record["placement"].values()):
-            peer = self.links.get(runner_id)
-            if peer is not None:
-                with suppress_remote():
-                    await peer.call("remove", flowId=flow_id)
-        self.store.remove_flow(flow_id)
-        self.store.add_event(record["runner"], "flow-removed", {"flow": flow_id})
-        await self.place_pending()  # what waited for room may fit now
+        await self.deployments.remove(flow_id)
 
-    async def forward(self, flow_id: str, method: str, **params: Any) -> Any:
-        """Call the runner(s) that hold the flow: a module's runner for inject and
-        state, every part's runner for start, stop and describe."""
-        record = self.flow(flow_id)
-        module = params.get("moduleId")
-        runners = (
-            [record["placement"].get(module)]
-            if module is not None
-            else sorted(set(record["placement"].values()))
-        )
-        peers = [self.links.get(r or "") for r in runners]
-        if not runners or any(p is None for p in peers):
-            raise FlowPending(
-                f"flow {flow_id!r} is {record['status']}"
-                + (f" ({record['reason']})" if record["reason"] else "")
-                + "; it has no runner right now"
-            )
-        result = None
-        for peer in peers:
-            assert peer is not None
-            try:
-                result = await peer.call(method, flowId=flow_id, **params)
-            except RemoteError as exc:
-                now = self.store.flow(flow_id)
-                if (
-                    exc.remote_code == "flow_not_found"
-                    and now is not None
-                    and (now["placement"] != record["placement"] or now["status"] != "placed")
-                ):
-                    # The flow moved while the call was on its way: not gone, elsewhere.
-                    raise FlowPending(
-                        f"flow {flow_id!r} is moving between runners; send the call again"
-                    ) from None
-                raise
-        return result
+    async def runner_ready(self, runner_id: str, flows: list[dict[str, Any]]) -> None:
+        """A runner said ready: remove flows it holds that run elsewhere now, then
+        place what is pending."""
+        await self.deployments.runner_ready(runner_id, flows)
+
+    def snapshot(self, runner_id: str, flow_id: str, states: dict[str, Any]) -> None:
+        self.deployments.snapshot(runner_id, flow_id, states)
+
+    def displace(self, runner_id: str) -> None:
+        """The runner is gone: its modules go back to pending and are placed again."""
+        self.deployments.displace(runner_id)
+        if self._nursery is not None:
+            self._nursery.start_soon(self.deployments.place_pending)
 
     async def drain(self, runner_id: str) -> list[str]:
         """Move every flow off a runner, with its state and the messages that waited in
         it (nothing lost), and stop placing flows there. Returns the flows moved."""
         self._runner(runner_id)
-        self.store.update_runner(runner_id, status="draining")
+        self.store.update_runner(runner_id, status=RunnerStatus.DRAINING)
         self.store.add_event(runner_id, "draining", {})
-        peer = self.links.get(runner_id)
-        moved = []
-        for record in self.store.flows():
-            if runner_id not in record["placement"].values():
-                continue
-            # Calls for its modules get "pending, send again" (409) from here on, not
-            # the draining runner's "no such flow" once it has let go.
-            placement = {m: r for m, r in record["placement"].items() if r != runner_id}
-            # "moving", not "pending": nobody else places it before its state and
-            # waiting messages are handed over (it would start from an older snapshot).
-            self.store.update_flow(
-                record["id"],
-                placement=placement,
-                runner=None,
-                status="moving",
-                reason=f"runner {runner_id} is draining",
-            )
-            states, queued = dict(record["states"]), dict(record["queued"])
-            if peer is not None:
-                handed = await peer.call("release", flowId=record["id"])
-                states.update(handed["states"])
-                queued.update(handed["queued"])
-            self.store.update_flow(record["id"], states=states, queued=queued, status="pending")
-            await self.place(record["id"])
-            moved.append(record["id"])
-        self.store.update_runner(runner_id, status="drained")
+        moved = await self.deployments.move_off(runner_id)
+        self.store.update_runner(runner_id, status=RunnerStatus.DRAINED)
         self.store.add_event(runner_id, "drained", {"flows": moved})
         return moved
 
-    async def paused(self, runner_id: str, flow_id: str, info: dict[str, Any]) -> None:
-        """A part of the flow hit a breakpoint: pause its parts on the other runners."""
-        record = self.store.flow(flow_id)
-        if record is None:
-            return
-        self.store.add_event(runner_id, "paused", {"flow": flow_id, **info})
-        for other in sorted(set(record["placement"].values()) - {runner_id}):
-            peer = self.links.get(other)
-            if peer is not None:
-                with suppress_remote():
-                    await peer.call("pause", flowId=flow_id)
+    # ------------------------------------------------------------------ flow parts (parts.py)
+
+    async def forward(self, flow_id: str, method: str, **params: Any) -> Any:
+        return await self.parts.forward(flow_id, method, **params)
 
     async def debug(self, flow_id: str, method: str, **params: Any) -> Any:
-        """Debugger calls across the flow's runners: a breakpoint goes to its module's
-        runner; pause, continue and step go to every part (a step's answers are merged,
-        keyed by flowModuleId); ``debug`` and ``queues`` are merged per part (keyed by
-        runner id, and by module)."""
-        if method in ("break", "unbreak"):
-            return await self.forward(flow_id, method, **params)
-        if method in ("debug", "queues"):
-            parts = {}
-            for runner_id in sorted(set(self.flow(flow_id)["placement"].values())):
-                peer = self.links.get(runner_id)
-                if peer is None:
-                    raise FlowPending(f"a part of flow {flow_id!r} has no runner right now")
-                parts[runner_id] = await peer.call(method, flowId=flow_id)
-            if method == "queues":
-                return {m: q for part in parts.values() for m, q in part.items()}
-            return parts
-        record = self.flow(flow_id)
-        merged: dict[str, Any] = {}
-        for runner_id in sorted(set(record["placement"].values())):
-            peer = self.links.get(runner_id)
-            if peer is None:
-                raise FlowPending(f"a part of flow {flow_id!r} has no runner right now")
-            answer = await peer.call(method, flowId=flow_id)
-            if method == "step":
-                merged.update(answer)
-            else:
-                merged = answer
-        return merged
+        return await self.parts.debug(flow_id, method, **params)
+
+    async def paused(self, runner_id: str, flow_id: str, info: dict[str, Any]) -> None:
+        await self.parts.paused(runner_id, flow_id, info)
+
+    async def relay(
+        self, runner_id: str, flow_id: str, module: str, port: str, msgs: list[Any]
+    ) -> None:
+        """Messages the runner's part emitted on a wire to another runner."""
+        await self.parts.relay(flow_id, module, port, msgs)
 
     async def logs(
         self, flow_id: str | None = None, runner_id: str | None = None, limit: int = 1000
@@ -480,298 +348,10 @@ class Dispatcher:
                 raise FlowPending(f"runner {runner_id!r} is not connected")
             return await peer.call("logs", limit=limit)
         assert flow_id is not None
-        record = self.flow(flow_id)
-        entries: list[dict[str, Any]] = []
-        for rid in sorted(set(record["placement"].values())):
-            peer = self.links.get(rid)
-            if peer is not None:
-                entries += [
-                    {**e, "runner": rid}
-                    for e in await peer.call("logs", flowId=flow_id, limit=limit)
-                ]
-        return sorted(entries, key=lambda e: e["time"])[-limit:]
-
-    def displace(self, runner_id: str) -> None:
-        """The runner is gone: its modules go back to pending and are placed again."""
-        for record in self.store.flows():
-            if runner_id in record["placement"].values():
-                placement = {m: r for m, r in record["placement"].items() if r != runner_id}
-                self.store.update_flow(
-                    record["id"], placement=placement, runner=None, status="pending",
-                    reason=f"runner {runner_id} was lost",
-                )  # fmt: skip
-                self.store.add_event(runner_id, "displaced", {"flow": record["id"]})
-        if self._nursery is not None:
-            self._nursery.start_soon(self.place_pending)
-
-    async def place_pending(self) -> None:
-        for record in self.store.flows():
-            if record["status"] == "pending":
-                await self.place(record["id"])
-
-    def _free(self, flow_id: str, placement: dict[str, str]) -> dict[str, list[float]]:
-        """CPUs and memory each ready runner has left: its reported capacity minus what
-        the modules placed on it reserve (other flows', and this flow's in
-        ``placement``). A runner that reports no capacity is not limited."""
-        held: dict[str, list[float]] = {}
-        for f in self.store.flows():
-            if f["id"] == flow_id:
-                continue
-            needs = {m["id"]: module_needs(m) for m in f["document"]["modules"]}
-            for mid, rid in f["placement"].items():
-                h = held.setdefault(rid, [0.0, 0.0])
-                cpus, memory = needs.get(mid, (0.0, 0))
-                h[0] += cpus
-                h[1] += memory
-        record = self.store.flow(flow_id)
-        if record is not None:
-            needs = {m["id"]: module_needs(m) for m in record["document"]["modules"]}
-            for mid, rid in placement.items():
-                h = held.setdefault(rid, [0.0, 0.0])
-                cpus, memory = needs.get(mid, (0.0, 0))
-                h[0] += cpus
-                h[1] += memory
-        free = {}
-        for r in self.store.runners():
-            capacity = r["hardware"].get("capacity") or {}
-            h = held.get(r["id"], [0.0, 0.0])
-            free[r["id"]] = [
-                float(capacity.get("cpus", float("inf"))) - h[0],
-                float(capacity.get("memory", float("inf"))) - h[1],
-            ]
-        return free
-
-    def _candidates(
-        self,
-        modules: list[dict[str, Any]],
-        free: dict[str, list[float]],
-        excluded: Collection[str] = (),
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        """Live ready runners with every runtime and label these modules need and room
-        for what they reserve, least loaded (fewest placed modules) first; when there is
-        none, why."""
-        needed = {m["runtime"] for m in modules}
-        wanted = [(m.get("placement") or {}).get("labels") or {} for m in modules]
-        need_cpus = sum(module_needs(m)[0] for m in modules)
-        need_memory = sum(module_needs(m)[1] for m in modules)
-        load: dict[str, int] = {}
-        for f in self.store.flows():
-            for rid in f["placement"].values():
-                load[rid] = load.get(rid, 0) + 1
-        suitable, found = [], []
-        for r in self.store.runners():
-            hw = r["hardware"]
-            have = hw.get("labels") or {}
-            if (
-                r["status"] == "ready"
-                and r["id"] in self.links
-                and r["id"] not in excluded
-                and needed <= set(hw.get("runtimes", ()))
-                and all(have.get(k) == v for labels in wanted for k, v in labels.items())
-            ):
-                suitable.append(r)
-                cpus, memory = free.get(r["id"], [float("inf")] * 2)
-                if need_cpus <= cpus + 1e-9 and need_memory <= memory:
-                    found.append(r)
-        found.sort(key=lambda r: (load.get(r["id"], 0), r["registered"]))
-        if found:
-            return found, None
-        labels = {k: v for w in wanted for k, v in w.items()}
-        need = f"runtime {', '.join(sorted(needed))}" + (f" and labels {labels}" if labels else "")
-        if not suitable:
-            return [], f"no ready runner has {need}"
-        roomiest = max(suitable, key=lambda r: tuple(free.get(r["id"], [0.0, 0.0])))
-        cpus, memory = free[roomiest["id"]]
-        return [], (
-            f"needs {need_cpus:g} CPUs and {format_size(need_memory)} of memory; the ready"
-            f" runners with {need} have at most {max(cpus, 0):g} CPUs and"
-            f" {format_size(int(max(memory, 0)))} free ({roomiest['id']})"
-        )
-
-    async def place(self, flow_id: str) -> None:
-        """Give every module of the flow a live runner (all on one runner when one can
-        take them all, else module by module), then deploy each runner's part. A runner
-        that refuses its part is left out and the flow is placed again without it."""
-        async with self._placing:
-            refused: dict[str, str] = {}
-            while True:
-                refusal = await self._place_once(flow_id, refused)
-                if refusal is None:
-                    return
-                runner_id, why = refusal
-                refused[runner_id] = why
-                self.store.add_event(runner_id, "refused", {"flow": flow_id, "reason": why})
-
-    async def _place_once(self, flow_id: str, refused: dict[str, str]) -> tuple[str, str] | None:
-        record = self.flow(flow_id)
-        if record["status"] == "moving":
-            return None  # its move places it once the state is handed over
-        modules = record["document"]["modules"]
-        live = {rid for rid in self.links if rid not in refused}
-        placement = {m: r for m, r in record["placement"].items() if r in live}
-        unplaced = [m for m in modules if m["id"] not in placement]
-        if record["status"] == "placed" and not unplaced and not refused:
-            return None  # placed already, every part on a live runner: nothing to do
-        reasons: list[str] = []
-        if unplaced and not placement:
-            whole, _ = self._candidates(modules, self._free(flow_id, {}), refused)
-            if whole:
-                placement = {m["id"]: whole[0]["id"] for m in modules}
-                unplaced = []
-        for module in unplaced:
-            candidates, why = self._candidates([module], self._free(flow_id, placement), refused)
-            if candidates:
-                placement[module["id"]] = candidates[0]["id"]
-            else:
-                reasons.append(f"module {module['id']}: {why}")
-        reasons += [f"runner {rid} refused: {why}" for rid, why in refused.items()]
-        if self.backend_problem and len(reasons) > len(refused):
-            reasons.append(self.backend_problem)
-        if len(reasons) > len(refused):
-            await self._release_dropped(record, placement)
-            reason = "; ".join(reasons)
-            self.store.update_flow(flow_id, placement=placement, status="pending", reason=reason)
-            self.store.add_event(None, "pending", {"flow": flow_id, "reason": reason})
-            return None
-        try:
-            await self._deploy_parts(record, placement)
-        except Refusal as exc:
-            return exc.runner_id, exc.why
-        except (RemoteError, LinkClosed) as exc:
-            reason = f"deploying failed: {exc}"
-            self.store.update_flow(flow_id, status="pending", reason=reason)
-            self.store.add_event(None, "pending", {"flow": flow_id, "reason": reason})
-            return None
-        runners = set(placement.values())
-        self.store.update_flow(
-            flow_id,
-            placement=placement,
-            runner=next(iter(runners)) if len(runners) == 1 else None,
-            status="placed",
-            reason=None,
-            queued={},
-        )
-        self.store.add_event(None, "placed", {"flow": flow_id, "placement": placement})
-        return None
-
-    async def _deploy_parts(self, record: dict[str, Any], placement: dict[str, str]) -> None:
-        """Deploy each runner's part. Runners that no longer hold any of the flow hand
-        it over first (state and waiting messages, kept in the record), so a flow moved
-        off a runner that refused its update loses nothing."""
-        doc = record["document"]
-        states, queued = await self._release_dropped(record, placement)
-        for runner_id in sorted(set(placement.values())):
-            mine = {m for m, r in placement.items() if r == runner_id}
-            part, relay = flow_part(doc, mine)
-            try:
-                await self.links[runner_id].call(
-                    "deploy",
-                    flow=part,
-                    states={m: st for m, st in states.items() if m in mine},
-                    queued={m: q for m, q in queued.items() if m in mine},
-                    relay=relay,
-                    start=True,
-                )
-            except RemoteError as exc:
-                if exc.remote_code == "refused":
-                    raise Refusal(runner_id, str(exc)) from None
-                raise
-
-    async def _release_dropped(
-        self, record: dict[str, Any], placement: dict[str, str]
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Runners that held the flow and hold none of it in ``placement`` (they refused
-        an update) hand it over: state and waiting messages go into the record."""
-        states, queued = dict(record["states"]), dict(record["queued"])
-        for runner_id in sorted(set(record["placement"].values()) - set(placement.values())):
-            peer = self.links.get(runner_id)
-            if peer is None:
-                continue
-            with suppress_remote():
-                handed = await peer.call("release", flowId=record["id"])
-                states.update(handed["states"])
-                queued.update(handed["queued"])
-                self.store.update_flow(record["id"], states=states, queued=queued)
-        return states, queued
-
-    async def relay(
-        self, runner_id: str, flow_id: str, module: str, port: str, msgs: list[Any]
-    ) -> None:
-        """Messages a part emitted on a wire to another runner: into the target modules."""
-        for dst, dst_port, target in self._routes(flow_id).get((module, port), ()):
-            peer = self.links.get(target or "")
-            if peer is None:
-                raise FlowPending(f"module {dst!r} of flow {flow_id!r} has no runner right now")
-            await peer.call("inject", flowId=flow_id, moduleId=dst, port=dst_port, msgs=msgs)
-
-    def _routes(self, flow_id: str) -> dict[tuple[str, str], list[tuple[str, str, str | None]]]:
-        """(module, port) -> [(target module, port, its runner)], cached until the flow's
-        record changes (relay runs per batch; reading the record each time halved it)."""
-        generation = self.store.flow_generation.get(flow_id, 0)
-        cached = self._route_cache.get(flow_id)
-        if cached is not None and cached[0] == generation:
-            return cached[1]
-        record = self.flow(flow_id)
-        routes: dict[tuple[str, str], list[tuple[str, str, str | None]]] = {}
-        for text in record["document"].get("wires", ()):
-            w = Wire.parse(text)
-            routes.setdefault((w.src, w.src_port), []).append(
-                (w.dst, w.dst_port, record["placement"].get(w.dst))
-            )
-        self._route_cache[flow_id] = (generation, routes)
-        return routes
+        return await self.parts.logs(flow_id, limit)
 
     def _runner(self, runner_id: str) -> dict[str, Any]:
         runner = self.store.runner(runner_id)
         if runner is None:
             raise UnknownRunner(f"no runner {runner_id!r}")
         return runner
-
-
-class Refusal(Exception):
-    """A runner refused the part it was given (its own check of runtimes and capacity)."""
-
-    def __init__(self, runner_id: str, why: str) -> None:
-        super().__init__(f"runner {runner_id} refused: {why}")
-        self.runner_id = runner_id
-        self.why = why
-
-
-def module_needs(module: dict[str, Any]) -> tuple[float, int]:
-    """The CPUs and bytes of memory a module (as stored) reserves on its runner."""
-    placement = module.get("placement") or {}
-    return float(placement.get("cpus", 0)), parse_size(placement.get("memory", 0))
-
-
-def flow_summary(record: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": record["id"],
-        "runner": record["runner"],
-        "status": record["status"],
-        "reason": record["reason"],
-        "modules": [m["id"] for m in record["document"]["modules"]],
-        "placement": record["placement"],
-        "snapshot": bool(record["states"]),
-        "updated": record["updated"],
-    }
-
-
-@contextmanager
-def suppress_remote() -> Iterator[None]:
-    try:
-        yield
-    except (RemoteError, LinkClosed):
-        pass
-
-
-def flow_part(doc: dict[str, Any], modules: set[str]) -> tuple[dict[str, Any], list[str]]:
-    """The part of a flow one runner holds, and the ports whose wires leave it."""
-    wires, relay = [], set()
-    for text in doc.get("wires", ()):
-        w = Wire.parse(text)
-        if w.src in modules and w.dst in modules:
-            wires.append(text)
-        elif w.src in modules:
-            relay.add(f"{w.src}.{w.src_port}")
-    part = {**doc, "modules": [m for m in doc["modules"] if m["id"] in modules], "wires": wires}
-    return part, sorted(relay)

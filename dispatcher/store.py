@@ -1,4 +1,9 @@
-"""The dispatcher's state in SQLite (WAL): registration tokens, runners, events.
+"""The dispatcher's state in SQLite (WAL): registration tokens, runners, flows, the
+containers of its backend, events.
+
+The schema is versioned (``PRAGMA user_version``) and built by an ordered list of
+migrations (:data:`MIGRATIONS`): opening a file brings it to the latest version, and a
+file from a newer fifoflow is refused rather than misread.
 
 Every change is one transaction (``with self.db:``), so a dispatcher that stops at any
 point comes back with what was committed. Secrets and tokens are stored as SHA-256
@@ -17,37 +22,73 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .errors import StoreVersionError
+from .status import WATCHED, FlowStatus, RunnerStatus
+
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["DispatcherStore", "digest"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "DispatcherStore", "digest", "migrate"]
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS tokens (
-    digest TEXT PRIMARY KEY, created REAL NOT NULL, expires REAL NOT NULL, used_by TEXT
-);
-CREATE TABLE IF NOT EXISTS runners (
-    id TEXT PRIMARY KEY, secret_digest TEXT NOT NULL, name TEXT NOT NULL,
-    registered REAL NOT NULL, status TEXT NOT NULL, last_seen REAL,
-    hardware TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS flows (
-    id TEXT PRIMARY KEY, document TEXT NOT NULL, runner TEXT, status TEXT NOT NULL,
-    reason TEXT, states TEXT NOT NULL DEFAULT '{}', queued TEXT NOT NULL DEFAULT '{}',
-    placement TEXT NOT NULL DEFAULT '{}',
-    updated REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS containers (
-    name TEXT PRIMARY KEY, backend TEXT NOT NULL, container_id TEXT, image TEXT NOT NULL,
-    cpus REAL NOT NULL, memory INTEGER NOT NULL, status TEXT NOT NULL, created REAL NOT NULL,
-    flow TEXT
-);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, runner TEXT,
-    kind TEXT NOT NULL, detail TEXT NOT NULL
-);
-"""
+#: The schema, one migration per version: ``MIGRATIONS[n - 1]`` takes a database from
+#: version n - 1 to n, and ``PRAGMA user_version`` says which version a file is at. Each
+#: migration runs in one transaction; append new ones, never edit a released one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: tokens, runners, flows, meta, containers, events. Databases written before
+    # versions were kept are at version 0 with these very tables: IF NOT EXISTS lets
+    # them through unchanged.
+    (
+        """CREATE TABLE IF NOT EXISTS tokens (
+            digest TEXT PRIMARY KEY, created REAL NOT NULL, expires REAL NOT NULL, used_by TEXT
+        )""",
+        """CREATE TABLE IF NOT EXISTS runners (
+            id TEXT PRIMARY KEY, secret_digest TEXT NOT NULL, name TEXT NOT NULL,
+            registered REAL NOT NULL, status TEXT NOT NULL, last_seen REAL,
+            hardware TEXT NOT NULL DEFAULT '{}'
+        )""",
+        """CREATE TABLE IF NOT EXISTS flows (
+            id TEXT PRIMARY KEY, document TEXT NOT NULL, runner TEXT, status TEXT NOT NULL,
+            reason TEXT, states TEXT NOT NULL DEFAULT '{}', queued TEXT NOT NULL DEFAULT '{}',
+            placement TEXT NOT NULL DEFAULT '{}',
+            updated REAL NOT NULL
+        )""",
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        """CREATE TABLE IF NOT EXISTS containers (
+            name TEXT PRIMARY KEY, backend TEXT NOT NULL, container_id TEXT, image TEXT NOT NULL,
+            cpus REAL NOT NULL, memory INTEGER NOT NULL, status TEXT NOT NULL, created REAL NOT NULL,
+            flow TEXT
+        )""",
+        """CREATE TABLE IF NOT EXISTS events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, runner TEXT,
+            kind TEXT NOT NULL, detail TEXT NOT NULL
+        )""",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Bring the database (a connection in autocommit mode) to :data:`SCHEMA_VERSION`,
+    one migration per transaction. A database of a newer version is refused, untouched
+    (:class:`StoreVersionError`). Each step reads the version inside its write
+    transaction, so two processes opening one new file do not both migrate it."""
+    while True:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreVersionError(path, version, SCHEMA_VERSION)
+            if version == SCHEMA_VERSION:
+                db.execute("COMMIT")
+                return
+            for statement in MIGRATIONS[version]:
+                db.execute(statement)
+            # PRAGMA takes no parameters; the number is ours
+            db.execute(f"PRAGMA user_version = {version + 1}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
 
 def digest(secret: str) -> str:
@@ -66,12 +107,19 @@ class DispatcherStore:
 
     @classmethod
     def open(cls, state_dir: Path) -> DispatcherStore:
+        """Open (or create) ``dispatcher.sqlite3`` in ``state_dir`` at the latest schema
+        version; raises :class:`StoreVersionError` for a file from a newer fifoflow."""
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        db = sqlite3.connect(state_dir / "dispatcher.sqlite3", isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(SCHEMA)
+        path = state_dir / "dispatcher.sqlite3"
+        db = sqlite3.connect(path, isolation_level=None)
+        try:
+            db.row_factory = sqlite3.Row
+            migrate(db, path)  # first: a file from a newer fifoflow is left as it was
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            db.close()
+            raise
         db.isolation_level = "DEFERRED"  # `with db:` is one transaction from here on
         return cls(db)
 
@@ -112,7 +160,7 @@ class DispatcherStore:
         with self.db:
             self.db.execute(
                 "INSERT INTO runners (id, secret_digest, name, registered, status) VALUES (?, ?, ?, ?, ?)",
-                (runner_id, digest(secret), name, time.time(), "registered"),
+                (runner_id, digest(secret), name, time.time(), RunnerStatus.REGISTERED),
             )
 
     def runner(self, runner_id: str) -> dict[str, Any] | None:
@@ -133,24 +181,24 @@ class DispatcherStore:
         """Ready or starting runners not heard from since ``seen_before`` (one narrow
         query: the liveness check runs twice per heartbeat interval)."""
         rows = self.db.execute(
-            "SELECT id, last_seen FROM runners WHERE status IN ('ready', 'starting') "
+            "SELECT id, last_seen FROM runners WHERE status IN (?, ?) "
             "AND (last_seen IS NULL OR last_seen < ?)",
-            (seen_before,),
+            (*WATCHED, seen_before),
         ).fetchall()
         return [{"id": r["id"], "lastSeen": r["last_seen"]} for r in rows]
 
     def refresh_live_runners(self, now: float) -> None:
         with self.db:
             self.db.execute(
-                "UPDATE runners SET last_seen = ? WHERE status IN ('ready', 'starting')", (now,)
+                "UPDATE runners SET last_seen = ? WHERE status IN (?, ?)", (now, *WATCHED)
             )
 
     def touch_runner(self, runner_id: str, now: float) -> bool:
         """A heartbeat: last seen now, unless the runner is lost or unknown (False)."""
         with self.db:
             cur = self.db.execute(
-                "UPDATE runners SET last_seen = ? WHERE id = ? AND status != 'lost'",
-                (now, runner_id),
+                "UPDATE runners SET last_seen = ? WHERE id = ? AND status != ?",
+                (now, runner_id, RunnerStatus.LOST),
             )
         return cur.rowcount == 1
 
@@ -169,9 +217,9 @@ class DispatcherStore:
     def put_flow(self, flow_id: str, document: dict[str, Any]) -> None:
         with self.db:
             self.db.execute(
-                "INSERT INTO flows (id, document, status, updated) VALUES (?, ?, 'pending', ?) "
+                "INSERT INTO flows (id, document, status, updated) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(id) DO UPDATE SET document = excluded.document, updated = excluded.updated",
-                (flow_id, orjson.dumps(document).decode(), time.time()),
+                (flow_id, orjson.dumps(document).decode(), FlowStatus.PENDING, time.time()),
             )
         self._touch(flow_id)
 

@@ -14,6 +14,13 @@ import pytest
     [
         "fifoflow.flows",
         "fifoflow.runner",
+        "fifoflow.dispatcher.deploy",
+        "fifoflow.dispatcher.errors",
+        "fifoflow.dispatcher.parts",
+        "fifoflow.dispatcher.placement",
+        "fifoflow.dispatcher.service",
+        "fifoflow.dispatcher.status",
+        "fifoflow.dispatcher.store",
         "fifoflow.runtimes.registry",
         "fifoflow.runtimes.conformance",
         "fifoflow.dispatcher.link",

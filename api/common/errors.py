@@ -21,12 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fifoflow.dispatcher.service import (
-    DispatcherError,
-    FlowUnknown,
-    RuntimeUnknown,
-    UnknownRunner,
-)
+from fifoflow.dispatcher.errors import DispatcherError
 from fifoflow.flows import FlowError
 from fifoflow.runner import (
     FlowLoadError,
@@ -106,9 +101,8 @@ STATUS: list[tuple[type[RunnerError], int]] = [
     (NotSupported, 501),
     (RuntimeStartError, 503),
     (ProtocolError, 502),
-    (FlowUnknown, 404),
-    (RuntimeUnknown, 404),
-    (UnknownRunner, 404),
+    # the dispatcher's not-found and not-now errors are NotFound and FlowStateError
+    # above; any other is a call that does not fit the dispatcher's state
     (DispatcherError, 409),
 ]
 

@@ -1,0 +1,308 @@
+"""Deployed flows: their records, where their parts run, and getting them there.
+
+``deploy`` stores the flow and places it: :func:`~.placement.plan_placement` decides
+where each module goes, on inputs read here from the store and the live links; each
+runner then gets its part over its control link (``deploy``, with the modules' last
+states and waiting messages) and may still refuse it (its own check of runtimes and
+capacity): a refusing runner is left out and the flow placed again without it. When no
+runner can take a module, the flow waits as ``pending`` with the reason, and is placed
+again when a runner becomes ready or room frees up (``place_pending``).
+
+Runners send the module states of each checkpoint (``snapshot``). A lost runner's flows
+are placed again elsewhere from their last snapshot (``displace``; messages queued in
+the lost runner are lost with it); a draining runner's flows move with their state and
+waiting messages (``move_off``; nothing lost). A runner that comes back is told to
+remove the flows that run elsewhere now (``runner_ready``), so a flow never runs in
+two places.
+
+Owns: the flows' records in the store and the lock that makes placements one at a
+time. Reads the dispatcher's live links (it attaches and detaches them).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import trio
+
+from ..flows import dump_flow, parse_flow
+from ..runner.rpc import LinkClosed, RemoteError
+from ..runtimes.registry import discover
+from .parts import flow_part, known_flow, suppress_remote
+from .placement import ModuleAsk, RunnerOffer, plan_placement
+from .status import FlowStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ..runner.rpc import RpcPeer
+    from .placement import PlacementPlan
+    from .store import DispatcherStore
+
+__all__ = ["Deployments", "flow_summary"]
+
+
+def flow_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """What the API shows of a flow's record: where it runs, or why it waits."""
+    return {
+        "id": record["id"],
+        "runner": record["runner"],
+        "status": record["status"],
+        "reason": record["reason"],
+        "modules": [m["id"] for m in record["document"]["modules"]],
+        "placement": record["placement"],
+        "snapshot": bool(record["states"]),
+        "updated": record["updated"],
+    }
+
+
+class Refusal(Exception):
+    """A runner refused the part it was given (its own check of runtimes and capacity)."""
+
+    def __init__(self, runner_id: str, why: str) -> None:
+        super().__init__(f"runner {runner_id} refused: {why}")
+        self.runner_id = runner_id
+        self.why = why
+
+
+class Deployments:
+    def __init__(
+        self,
+        store: DispatcherStore,
+        links: dict[str, RpcPeer],
+        backend_problem: Callable[[], str | None],
+    ) -> None:
+        self.store = store
+        #: the dispatcher's live links (runner id -> peer)
+        self.links = links
+        #: why the backend cannot start runners right now, if it cannot
+        self.backend_problem = backend_problem
+        self._placing = trio.Lock()
+
+    def summaries(self) -> list[dict[str, Any]]:
+        return [flow_summary(f) for f in self.store.flows()]
+
+    async def deploy(self, document: dict[str, Any]) -> dict[str, Any]:
+        flow = parse_flow(
+            document, base_dir=None, runtimes=discover(attached=True).keys(), source_name="flow"
+        )
+        standalone = orjson.loads(dump_flow(flow, inline=True))
+        existing = self.store.flow(flow.id)
+        self.store.put_flow(flow.id, standalone)
+        self.store.add_event(None, "deployed", {"flow": flow.id})
+        if existing is not None and existing["status"] == FlowStatus.PLACED:
+            # Update in place: each part is hot-swapped where it runs.
+            self.store.update_flow(flow.id, status=FlowStatus.UPDATING)
+        await self.place(flow.id)
+        return flow_summary(known_flow(self.store, flow.id))
+
+    async def remove(self, flow_id: str) -> None:
+        record = known_flow(self.store, flow_id)
+        for runner_id in set(record["placement"].values()):
+            peer = self.links.get(runner_id)
+            if peer is not None:
+                with suppress_remote():
+                    await peer.call("remove", flowId=flow_id)
+        self.store.remove_flow(flow_id)
+        self.store.add_event(record["runner"], "flow-removed", {"flow": flow_id})
+        await self.place_pending()  # what waited for room may fit now
+
+    def snapshot(self, runner_id: str, flow_id: str, states: dict[str, Any]) -> None:
+        """Module states of a checkpoint of the runner's part: kept for its modules."""
+        record = self.store.flow(flow_id)
+        if record is None:
+            return
+        mine = {m for m, r in record["placement"].items() if r == runner_id}
+        merged = {**record["states"], **{m: st for m, st in states.items() if m in mine}}
+        if merged != record["states"]:
+            self.store.update_flow(flow_id, states=merged)
+
+    async def runner_ready(self, runner_id: str, flows: list[dict[str, Any]]) -> None:
+        """A runner said ready, holding ``flows``: remove those that run elsewhere now,
+        then place what is pending."""
+        peer = self.links.get(runner_id)
+        for summary in flows:
+            fid = summary.get("id")
+            record = self.store.flow(fid) if isinstance(fid, str) else None
+            if peer is not None and (
+                record is None or runner_id not in record["placement"].values()
+            ):
+                with suppress_remote():
+                    await peer.call("remove", flowId=fid)
+                self.store.add_event(runner_id, "removed-stale-flow", {"flow": fid})
+        await self.place_pending()
+
+    def displace(self, runner_id: str) -> None:
+        """The runner is gone: its modules go back to pending (``place_pending`` places
+        them again)."""
+        for record in self.store.flows():
+            if runner_id in record["placement"].values():
+                placement = {m: r for m, r in record["placement"].items() if r != runner_id}
+                self.store.update_flow(
+                    record["id"], placement=placement, runner=None, status=FlowStatus.PENDING,
+                    reason=f"runner {runner_id} was lost",
+                )  # fmt: skip
+                self.store.add_event(runner_id, "displaced", {"flow": record["id"]})
+
+    async def move_off(self, runner_id: str) -> list[str]:
+        """Move every flow off a (draining) runner, with its state and the messages that
+        waited in it. Returns the flows moved."""
+        peer = self.links.get(runner_id)
+        moved = []
+        for record in self.store.flows():
+            if runner_id not in record["placement"].values():
+                continue
+            # Calls for its modules get "pending, send again" (409) from here on, not
+            # the draining runner's "no such flow" once it has let go.
+            placement = {m: r for m, r in record["placement"].items() if r != runner_id}
+            # "moving", not "pending": nobody else places it before its state and
+            # waiting messages are handed over (it would start from an older snapshot).
+            self.store.update_flow(
+                record["id"],
+                placement=placement,
+                runner=None,
+                status=FlowStatus.MOVING,
+                reason=f"runner {runner_id} is draining",
+            )
+            states, queued = dict(record["states"]), dict(record["queued"])
+            if peer is not None:
+                handed = await peer.call("release", flowId=record["id"])
+                states.update(handed["states"])
+                queued.update(handed["queued"])
+            self.store.update_flow(
+                record["id"], states=states, queued=queued, status=FlowStatus.PENDING
+            )
+            await self.place(record["id"])
+            moved.append(record["id"])
+        return moved
+
+    async def place_pending(self) -> None:
+        for record in self.store.flows():
+            if record["status"] == FlowStatus.PENDING:
+                await self.place(record["id"])
+
+    async def place(self, flow_id: str) -> None:
+        """Give every module of the flow a live runner (all on one runner when one can
+        take them all, else module by module), then deploy each runner's part. A runner
+        that refuses its part is left out and the flow is placed again without it."""
+        async with self._placing:
+            refused: dict[str, str] = {}
+            while True:
+                refusal = await self._place_once(flow_id, refused)
+                if refusal is None:
+                    return
+                runner_id, why = refusal
+                refused[runner_id] = why
+                self.store.add_event(runner_id, "refused", {"flow": flow_id, "reason": why})
+
+    async def _place_once(self, flow_id: str, refused: dict[str, str]) -> tuple[str, str] | None:
+        record = known_flow(self.store, flow_id)
+        if record["status"] == FlowStatus.MOVING:
+            return None  # its move places it once the state is handed over
+        plan = self._plan(record, refused)
+        if record["status"] == FlowStatus.PLACED and plan.unchanged and not refused:
+            return None  # placed already, every part on a live runner: nothing to do
+        placement = plan.placement
+        if plan.reason is not None:
+            await self._release_dropped(record, placement)
+            self.store.update_flow(
+                flow_id, placement=placement, status=FlowStatus.PENDING, reason=plan.reason
+            )
+            self.store.add_event(None, "pending", {"flow": flow_id, "reason": plan.reason})
+            return None
+        try:
+            await self._deploy_parts(record, placement)
+        except Refusal as exc:
+            return exc.runner_id, exc.why
+        except (RemoteError, LinkClosed) as exc:
+            reason = f"deploying failed: {exc}"
+            self.store.update_flow(flow_id, status=FlowStatus.PENDING, reason=reason)
+            self.store.add_event(None, "pending", {"flow": flow_id, "reason": reason})
+            return None
+        runners = set(placement.values())
+        self.store.update_flow(
+            flow_id,
+            placement=placement,
+            runner=next(iter(runners)) if len(runners) == 1 else None,
+            status=FlowStatus.PLACED,
+            reason=None,
+            queued={},
+        )
+        self.store.add_event(None, "placed", {"flow": flow_id, "placement": placement})
+        return None
+
+    def _plan(self, record: dict[str, Any], refused: dict[str, str]) -> PlacementPlan:
+        """Placement's decision for the flow, on what the store and the links say now:
+        each runner with what other flows' modules reserve on it and its load (modules
+        placed on it, of every flow)."""
+        reserved: dict[str, list[float]] = {}
+        load: dict[str, int] = {}
+        for f in self.store.flows():
+            asks = {m["id"]: ModuleAsk.from_module(m) for m in f["document"]["modules"]}
+            for module_id, runner_id in f["placement"].items():
+                load[runner_id] = load.get(runner_id, 0) + 1
+                ask = asks.get(module_id)
+                if f["id"] != record["id"] and ask is not None:
+                    held = reserved.setdefault(runner_id, [0.0, 0.0])
+                    held[0] += ask.cpus
+                    held[1] += ask.memory
+        offers = []
+        for r in self.store.runners():
+            cpus, memory = reserved.get(r["id"], [0.0, 0.0])
+            offers.append(
+                RunnerOffer.from_runner(
+                    r,
+                    linked=r["id"] in self.links,
+                    load=load.get(r["id"], 0),
+                    reserved_cpus=cpus,
+                    reserved_memory=memory,
+                )
+            )
+        return plan_placement(
+            [ModuleAsk.from_module(m) for m in record["document"]["modules"]],
+            offers,
+            record["placement"],
+            refused=refused,
+            backend_problem=self.backend_problem(),
+        )
+
+    async def _deploy_parts(self, record: dict[str, Any], placement: dict[str, str]) -> None:
+        """Deploy each runner's part. Runners that no longer hold any of the flow hand
+        it over first (state and waiting messages, kept in the record), so a flow moved
+        off a runner that refused its update loses nothing."""
+        doc = record["document"]
+        states, queued = await self._release_dropped(record, placement)
+        for runner_id in sorted(set(placement.values())):
+            mine = {m for m, r in placement.items() if r == runner_id}
+            part, relay = flow_part(doc, mine)
+            try:
+                await self.links[runner_id].call(
+                    "deploy",
+                    flow=part,
+                    states={m: st for m, st in states.items() if m in mine},
+                    queued={m: q for m, q in queued.items() if m in mine},
+                    relay=relay,
+                    start=True,
+                )
+            except RemoteError as exc:
+                if exc.remote_code == "refused":
+                    raise Refusal(runner_id, str(exc)) from None
+                raise
+
+    async def _release_dropped(
+        self, record: dict[str, Any], placement: dict[str, str]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Runners that held the flow and hold none of it in ``placement`` (they refused
+        an update) hand it over: state and waiting messages go into the record."""
+        states, queued = dict(record["states"]), dict(record["queued"])
+        for runner_id in sorted(set(record["placement"].values()) - set(placement.values())):
+            peer = self.links.get(runner_id)
+            if peer is None:
+                continue
+            with suppress_remote():
+                handed = await peer.call("release", flowId=record["id"])
+                states.update(handed["states"])
+                queued.update(handed["queued"])
+                self.store.update_flow(record["id"], states=states, queued=queued)
+        return states, queued

@@ -1,0 +1,196 @@
+"""A placed flow's parts: what each runner holds of it, and the calls that reach them.
+
+A flow placed on several runners runs as one *part* per runner (:func:`flow_part`): the
+modules placed there, the wires between them, and the ports whose wires leave it, which
+that runner sends to the dispatcher to relay. :class:`FlowParts` carries what users and
+runners send to a flow across its runners: calls forwarded to the runner(s) that hold
+it (inject, state, start, stop), debugger calls fanned out to every part and their
+answers merged, log lines gathered, a pause spread to every part, and relayed messages
+delivered into the parts that hold their target modules.
+
+Owns: the relay routes cache (per flow, kept until the flow's record changes). Reads
+the store's records and the dispatcher's live links; never writes the store.
+
+Error handling: a flow the store does not hold is :class:`FlowUnknown`; a part without a
+live runner is :class:`FlowPending` (send the call again); what a runner answers with
+an error comes back as its :class:`~fifoflow.runner.rpc.RemoteError`.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from ..flows import Wire
+from ..runner.rpc import LinkClosed, RemoteError
+from .errors import FlowPending, FlowUnknown
+from .status import FlowStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from ..runner.rpc import RpcPeer
+    from .store import DispatcherStore
+
+__all__ = ["FlowParts", "flow_part", "known_flow", "suppress_remote"]
+
+#: (module, port) -> [(target module, its port, the runner that holds it)]
+Routes = dict[tuple[str, str], list[tuple[str, str, str | None]]]
+
+
+def flow_part(doc: dict[str, Any], modules: set[str]) -> tuple[dict[str, Any], list[str]]:
+    """The part of a flow one runner holds, and the ports whose wires leave it."""
+    wires, relay = [], set()
+    for text in doc.get("wires", ()):
+        w = Wire.parse(text)
+        if w.src in modules and w.dst in modules:
+            wires.append(text)
+        elif w.src in modules:
+            relay.add(f"{w.src}.{w.src_port}")
+    part = {**doc, "modules": [m for m in doc["modules"] if m["id"] in modules], "wires": wires}
+    return part, sorted(relay)
+
+
+def known_flow(store: DispatcherStore, flow_id: str) -> dict[str, Any]:
+    """The flow's record; :class:`FlowUnknown`, naming the flows there are, if none."""
+    record = store.flow(flow_id)
+    if record is None:
+        known = ", ".join(f["id"] for f in store.flows()) or "none"
+        raise FlowUnknown(f"no flow {flow_id!r} (flows: {known})")
+    return record
+
+
+@contextmanager
+def suppress_remote() -> Iterator[None]:
+    """For calls whose failure changes nothing (the runner or its flow is gone already)."""
+    try:
+        yield
+    except (RemoteError, LinkClosed):
+        pass
+
+
+class FlowParts:
+    def __init__(self, store: DispatcherStore, links: dict[str, RpcPeer]) -> None:
+        self.store = store
+        #: the dispatcher's live links (runner id -> peer); it attaches and detaches them
+        self.links = links
+        self._route_cache: dict[str, tuple[int, Routes]] = {}
+
+    async def forward(self, flow_id: str, method: str, **params: Any) -> Any:
+        """Call the runner(s) that hold the flow: a module's runner for inject and
+        state, every part's runner for start, stop and describe."""
+        record = known_flow(self.store, flow_id)
+        module = params.get("moduleId")
+        runners = (
+            [record["placement"].get(module)]
+            if module is not None
+            else sorted(set(record["placement"].values()))
+        )
+        peers = [self.links.get(r or "") for r in runners]
+        if not runners or any(p is None for p in peers):
+            raise FlowPending(
+                f"flow {flow_id!r} is {record['status']}"
+                + (f" ({record['reason']})" if record["reason"] else "")
+                + "; it has no runner right now"
+            )
+        result = None
+        for peer in peers:
+            assert peer is not None
+            try:
+                result = await peer.call(method, flowId=flow_id, **params)
+            except RemoteError as exc:
+                now = self.store.flow(flow_id)
+                if (
+                    exc.remote_code == "flow_not_found"
+                    and now is not None
+                    and (
+                        now["placement"] != record["placement"]
+                        or now["status"] != FlowStatus.PLACED
+                    )
+                ):
+                    # The flow moved while the call was on its way: not gone, elsewhere.
+                    raise FlowPending(
+                        f"flow {flow_id!r} is moving between runners; send the call again"
+                    ) from None
+                raise
+        return result
+
+    async def debug(self, flow_id: str, method: str, **params: Any) -> Any:
+        """Debugger calls across the flow's runners: a breakpoint goes to its module's
+        runner; pause, continue and step go to every part (a step's answers are merged,
+        keyed by flowModuleId); ``debug`` and ``queues`` are merged per part (keyed by
+        runner id, and by module)."""
+        if method in ("break", "unbreak"):
+            return await self.forward(flow_id, method, **params)
+        if method in ("debug", "queues"):
+            parts = {}
+            for runner_id in sorted(set(known_flow(self.store, flow_id)["placement"].values())):
+                peer = self.links.get(runner_id)
+                if peer is None:
+                    raise FlowPending(f"a part of flow {flow_id!r} has no runner right now")
+                parts[runner_id] = await peer.call(method, flowId=flow_id)
+            if method == "queues":
+                return {m: q for part in parts.values() for m, q in part.items()}
+            return parts
+        record = known_flow(self.store, flow_id)
+        merged: dict[str, Any] = {}
+        for runner_id in sorted(set(record["placement"].values())):
+            peer = self.links.get(runner_id)
+            if peer is None:
+                raise FlowPending(f"a part of flow {flow_id!r} has no runner right now")
+            answer = await peer.call(method, flowId=flow_id)
+            if method == "step":
+                merged.update(answer)
+            else:
+                merged = answer
+        return merged
+
+    async def logs(self, flow_id: str, limit: int) -> list[dict[str, Any]]:
+        """The flow's last ``limit`` log lines, from every runner holding a part."""
+        record = known_flow(self.store, flow_id)
+        entries: list[dict[str, Any]] = []
+        for rid in sorted(set(record["placement"].values())):
+            peer = self.links.get(rid)
+            if peer is not None:
+                entries += [
+                    {**e, "runner": rid}
+                    for e in await peer.call("logs", flowId=flow_id, limit=limit)
+                ]
+        return sorted(entries, key=lambda e: e["time"])[-limit:]
+
+    async def paused(self, runner_id: str, flow_id: str, info: dict[str, Any]) -> None:
+        """A part of the flow hit a breakpoint: pause its parts on the other runners."""
+        record = self.store.flow(flow_id)
+        if record is None:
+            return
+        self.store.add_event(runner_id, "paused", {"flow": flow_id, **info})
+        for other in sorted(set(record["placement"].values()) - {runner_id}):
+            peer = self.links.get(other)
+            if peer is not None:
+                with suppress_remote():
+                    await peer.call("pause", flowId=flow_id)
+
+    async def relay(self, flow_id: str, module: str, port: str, msgs: list[Any]) -> None:
+        """Messages a part emitted on a wire to another runner: into the target modules."""
+        for dst, dst_port, target in self._routes(flow_id).get((module, port), ()):
+            peer = self.links.get(target or "")
+            if peer is None:
+                raise FlowPending(f"module {dst!r} of flow {flow_id!r} has no runner right now")
+            await peer.call("inject", flowId=flow_id, moduleId=dst, port=dst_port, msgs=msgs)
+
+    def _routes(self, flow_id: str) -> Routes:
+        """The flow's routes, cached until its record changes (relay runs per batch;
+        reading the record each time halved it)."""
+        generation = self.store.flow_generation.get(flow_id, 0)
+        cached = self._route_cache.get(flow_id)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        record = known_flow(self.store, flow_id)
+        routes: Routes = {}
+        for text in record["document"].get("wires", ()):
+            w = Wire.parse(text)
+            routes.setdefault((w.src, w.src_port), []).append(
+                (w.dst, w.dst_port, record["placement"].get(w.dst))
+            )
+        self._route_cache[flow_id] = (generation, routes)
+        return routes
