@@ -322,11 +322,41 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ flow parts (parts.py)
 
-    async def forward(self, flow_id: str, method: str, **params: Any) -> Any:
-        return await self.parts.forward(flow_id, method, **params)
+    # The Runner API for deployed flows: each call goes to the runner(s) holding the
+    # flow's parts (parts.py says which, and how answers are merged).
 
-    async def debug(self, flow_id: str, method: str, **params: Any) -> Any:
-        return await self.parts.debug(flow_id, method, **params)
+    async def start_flow(self, flow_id: str) -> Any:
+        return await self.parts.forward(flow_id, "start")
+
+    async def stop_flow(self, flow_id: str) -> Any:
+        return await self.parts.forward(flow_id, "stop")
+
+    async def inject(self, flow_id: str, module_id: str, port: str, msgs: list[Any]) -> Any:
+        return await self.parts.forward(flow_id, "inject", moduleId=module_id, port=port, msgs=msgs)
+
+    async def module_state(self, flow_id: str, module_id: str) -> Any:
+        return await self.parts.forward(flow_id, "state", moduleId=module_id)
+
+    async def set_breakpoint(self, flow_id: str, module_id: str, condition: str | None) -> Any:
+        return await self.parts.debug(flow_id, "break", moduleId=module_id, condition=condition)
+
+    async def remove_breakpoint(self, flow_id: str, module_id: str) -> bool:
+        return bool(await self.parts.debug(flow_id, "unbreak", moduleId=module_id))
+
+    async def pause_flow(self, flow_id: str) -> Any:
+        return await self.parts.debug(flow_id, "pause")
+
+    async def continue_flow(self, flow_id: str) -> Any:
+        return await self.parts.debug(flow_id, "continue")
+
+    async def step_flow(self, flow_id: str) -> Any:
+        return await self.parts.debug(flow_id, "step")
+
+    async def debug_state(self, flow_id: str) -> Any:
+        return await self.parts.debug(flow_id, "debug")
+
+    async def queues(self, flow_id: str) -> Any:
+        return await self.parts.debug(flow_id, "queues")
 
     async def paused(self, runner_id: str, flow_id: str, info: dict[str, Any]) -> None:
         await self.parts.paused(runner_id, flow_id, info)

@@ -109,12 +109,11 @@ class ClientSocket:
                 if op == "inject":
                     answer: dict[str, Any] = {"op": "injected", "id": message.get("id")}
                     try:
-                        await self.dispatcher.forward(
+                        await self.dispatcher.inject(
                             str(message["flow"]),
-                            "inject",
-                            moduleId=str(message["module"]),
-                            port=str(message.get("port") or "in"),
-                            msgs=list(message["msgs"]),
+                            str(message["module"]),
+                            str(message.get("port") or "in"),
+                            list(message["msgs"]),
                         )
                     except (RunnerError, KeyError, TypeError) as exc:
                         answer = {"op": "error", "id": message.get("id"), "message": str(exc)}

@@ -7,19 +7,16 @@ they are not JSON routes (``pages.py``, ``dispatcher/link.py``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fifoflow.api.common import models as shared
 from fifoflow.api.common.errors import InvalidParams
 from fifoflow.api.common.models import LogEntry
 from fifoflow.api.common.routes import Answer, Call, Route
-from fifoflow.dispatcher.service import DispatcherError, flow_summary
+from fifoflow.dispatcher.service import Dispatcher, DispatcherError, flow_summary
 from fifoflow.flows.codec import FlowDocument
 
 from . import models as m
-
-if TYPE_CHECKING:
-    from fifoflow.dispatcher.service import Dispatcher
 
 __all__ = ["ROUTES", "client_token_route"]
 
@@ -64,41 +61,28 @@ async def _remove(d: Dispatcher, call: Call) -> shared.Removed:
     return shared.Removed(call.path["flowId"])
 
 
-def _forward(action: str) -> Any:
-    async def view(d: Dispatcher, call: Call) -> Any:
-        return await d.forward(call.path["flowId"], action)
-
-    return view
-
-
-def _debug(action: str) -> Any:
-    async def view(d: Dispatcher, call: Call) -> Any:
-        return await d.debug(call.path["flowId"], action)
-
-    return view
-
-
 async def _inject(d: Dispatcher, call: Call) -> Any:
     p = call.path
-    return await d.forward(
-        p["flowId"], "inject", moduleId=p["moduleId"], port=p["port"], msgs=call.body.msgs
-    )
-
-
-async def _state(d: Dispatcher, call: Call) -> Any:
-    return await d.forward(call.path["flowId"], "state", moduleId=call.path["moduleId"])
+    return await d.inject(p["flowId"], p["moduleId"], p["port"], call.body.msgs)
 
 
 async def _set_breakpoint(d: Dispatcher, call: Call) -> Any:
     condition = call.body.condition if call.body is not None else None
-    return await d.debug(
-        call.path["flowId"], "break", moduleId=call.path["moduleId"], condition=condition
-    )
+    return await d.set_breakpoint(call.path["flowId"], call.path["moduleId"], condition)
 
 
 async def _remove_breakpoint(d: Dispatcher, call: Call) -> shared.RemovedBreakpoint:
-    removed = await d.debug(call.path["flowId"], "unbreak", moduleId=call.path["moduleId"])
+    removed = await d.remove_breakpoint(call.path["flowId"], call.path["moduleId"])
     return shared.RemovedBreakpoint(removed)
+
+
+def _flow(method: Any) -> Any:
+    """A view calling ``method(dispatcher, flowId)``."""
+
+    async def view(d: Dispatcher, call: Call) -> Any:
+        return await method(d, call.path["flowId"])
+
+    return view
 
 
 async def _backend(d: Dispatcher, call: Call) -> Any:
@@ -164,31 +148,31 @@ ROUTES: list[Route] = [
           m.FlowPlacement, PLACED, body=FlowDocument, parse_body=False, errors=(400, 413, 422), params=F),
     Route("delete", "/flows/{flowId}", "removeFlow", "Remove a flow from its runners and the dispatcher", _remove,
           shared.Removed, "removed", errors=(404,), params=F),
-    Route("post", "/flows/{flowId}/start", "startFlow", "Start every part", _forward("start"), dict[str, Any], SUMMARY,
+    Route("post", "/flows/{flowId}/start", "startFlow", "Start every part", _flow(Dispatcher.start_flow), dict[str, Any], SUMMARY,
           errors=FLOW_404, params=F),
-    Route("post", "/flows/{flowId}/stop", "stopFlow", "Stop every part (state kept)", _forward("stop"), dict[str, Any],
+    Route("post", "/flows/{flowId}/stop", "stopFlow", "Stop every part (state kept)", _flow(Dispatcher.stop_flow), dict[str, Any],
           SUMMARY, errors=FLOW_404, params=F),
     Route("post", "/flows/{flowId}/modules/{moduleId}/inputs/{port}", "inject",
           "Send messages into a module, on whichever runner holds it", _inject, shared.Accepted, "how many were queued",
           body=m.InjectBody, errors=(400, 404, 409, 413, 422),
           params={**FM, "port": (str, "an input port of the module")}),
     Route("get", "/flows/{flowId}/modules/{moduleId}/state", "getModuleState", "A module's state, from its runner",
-          _state, shared.ModuleState, "the state", errors=FLOW_404, params=FM),
+          lambda d, c: d.module_state(c.path["flowId"], c.path["moduleId"]), shared.ModuleState, "the state", errors=FLOW_404, params=FM),
     Route("put", "/flows/{flowId}/modules/{moduleId}/breakpoint", "setBreakPointAtModule",
           "A breakpoint, set on the module's runner; a hit pauses every part", _set_breakpoint, dict[str, Any],
           "the breakpoint", body=m.BreakpointBody, body_required=False, errors=(400, 404, 409, 422), params=FM),
     Route("delete", "/flows/{flowId}/modules/{moduleId}/breakpoint", "removeBreakPointAtModule", "Remove it",
           _remove_breakpoint, shared.RemovedBreakpoint, "whether there was one", errors=FLOW_404, params=FM),
-    Route("post", "/flows/{flowId}/pause", "pauseFlow", "Pause every part", _debug("pause"), dict[str, Any], DEBUG,
+    Route("post", "/flows/{flowId}/pause", "pauseFlow", "Pause every part", _flow(Dispatcher.pause_flow), dict[str, Any], DEBUG,
           errors=FLOW_404, params=F),
     Route("post", "/flows/{flowId}/continue", "continueFlow", "Resume every part until the next breakpoint",
-          _debug("continue"), dict[str, Any], DEBUG, errors=FLOW_404, params=F),
+          _flow(Dispatcher.continue_flow), dict[str, Any], DEBUG, errors=FLOW_404, params=F),
     Route("post", "/flows/{flowId}/step", "singleStepFlow", "One tick on every part; the answers merged by flowModuleId",
-          _debug("step"), m.Step, "per flowModuleId: inputStates, outputStates, errors", errors=FLOW_404, params=F),
-    Route("get", "/flows/{flowId}/debug", "getDebugState", "Every part's debugger state", _debug("debug"),
+          _flow(Dispatcher.step_flow), m.Step, "per flowModuleId: inputStates, outputStates, errors", errors=FLOW_404, params=F),
+    Route("get", "/flows/{flowId}/debug", "getDebugState", "Every part's debugger state", _flow(Dispatcher.debug_state),
           m.DebugParts, "runner id -> its part's debugger state", errors=FLOW_404, params=F),
     Route("get", "/flows/{flowId}/queues", "getQueues", "What waits at each module, across runners",
-          _debug("queues"), m.Queues, "module id -> queued messages", errors=FLOW_404, params=F),
+          _flow(Dispatcher.queues), m.Queues, "module id -> queued messages", errors=FLOW_404, params=F),
     Route("get", "/flows/{flowId}/logs", "getFlowLogs", "Log lines from every runner holding a part of the flow",
           lambda d, c: d.logs(flow_id=c.path["flowId"]), list[LogEntry], "oldest first", errors=(404,), params=F),
     Route("get", "/backend", "getBackend", "The container backend: image, pull policy, containers and their runners",
