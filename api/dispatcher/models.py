@@ -13,6 +13,8 @@ import attrs
 import msgspec
 
 from fifoflow.api.common.schema import Message, NonEmpty
+from fifoflow.dispatcher.status import FlowStatus as PlacementStatus
+from fifoflow.dispatcher.status import RunnerStatus
 from fifoflow.flows.codec import FlowDocument
 
 # ---------------------------------------------------------------------- bodies, queries
@@ -70,7 +72,7 @@ class Runner:
     id: str
     name: str
     registered: float
-    status: Literal["registered", "starting", "ready", "lost", "signed-off", "draining", "drained"]  # fmt: skip
+    status: RunnerStatus
     lastSeen: float | None
     hardware: Annotated[
         dict[str, Any],
@@ -100,7 +102,7 @@ class FlowPlacement:
         str | None,
         msgspec.Meta(description="the runner holding all of it (null: pending, or spanning)"),
     ]
-    status: Literal["pending", "placed", "updating", "moving"]
+    status: PlacementStatus
     reason: Annotated[str | None, msgspec.Meta(description="why it is pending")]
     modules: list[str]
     placement: Annotated[dict[str, str], msgspec.Meta(description="module id -> runner id")]
