@@ -1,4 +1,4 @@
-"""The ``fifoflow`` command: one module per command group (see ``api/README.md``)."""
+"""The ``fifoflow`` command: one module per command group (the list is in :mod:`.main`)."""
 
 from fifoflow.api.cli.main import main
 

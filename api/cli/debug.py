@@ -20,16 +20,26 @@ Resource handling: the runner and every runtime live in :func:`debug`'s ``open_r
 
 from __future__ import annotations
 
-import os
 import shlex
 import signal
 import sys
+from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
 import trio
 
+from fifoflow.api.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    err,
+    flow_problems,
+    parse_port,
+    run_until_interrupted,
+    stdin_lines,
+)
 from fifoflow.api.cli.debugview import format_pause, format_queues, format_step, short_json
 from fifoflow.flows import FlowError, load_flow
 from fifoflow.runner import RunnerConfig, RunnerError, open_runner
@@ -42,7 +52,7 @@ if TYPE_CHECKING:
     from fifoflow.flows import Flow
     from fifoflow.runner import Runner
 
-__all__ = ["cmd_debug"]
+__all__ = ["add_debug_parser", "cmd_debug"]
 
 PROMPT = "(fifoflow) "
 HELP = """\
@@ -135,8 +145,7 @@ class Repl:
         text = rest
         if " to " in rest:
             text, _, where = rest.rpartition(" to ")
-            module, _, port = where.strip().partition(".")
-            target = (module, port or "in")
+            target = parse_port(where.strip())
         if target is None:
             raise ValueError("the flow has several entry ports: send JSON to MODULE.PORT")
         try:
@@ -176,44 +185,29 @@ async def debug(args: argparse.Namespace) -> int:
     try:
         flow = load_flow(args.flow_file, runtimes=runtimes.keys())
     except FlowError as exc:
-        sys.stderr.write(
-            f"{args.flow}: invalid flow\n"
-            + "".join(f"  {line}\n" for line in str(exc).splitlines())
-        )
-        return 2
+        err(flow_problems(args.flow, exc))
+        return EXIT_USAGE
     async with open_runner(RunnerConfig(), runtimes) as runner:
         await runner.add_or_update_flow(flow)
         try:
             await runner.start_flow(flow.id)
         except RunnerError as exc:
-            sys.stderr.write(f"fifoflow: cannot start flow {flow.id!r}: {exc}\n")
-            return 1
+            err(f"fifoflow: cannot start flow {flow.id!r}: {exc}")
+            return EXIT_FAILED
         await runner.pause_flow(flow.id)
         repl = Repl(runner, flow)
         _write(f"flow {flow.id!r} is running, paused before its first message; type help\n{PROMPT}")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(repl.events)
             nursery.start_soon(_quit_on_sigterm, nursery.cancel_scope)
-            stream = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
-            buffer = b""
-            async with stream:
-                while True:
-                    data = await stream.receive_some(4096)
-                    if not data:
+            async with aclosing(stdin_lines()) as lines:
+                async for line in lines:
+                    if not await repl.command(line.decode(errors="replace")):
                         break
-                    buffer += data
-                    *lines, buffer = buffer.split(b"\n")
-                    quit_now = False
-                    for line in lines:
-                        if not await repl.command(line.decode(errors="replace")):
-                            quit_now = True
-                            break
-                        _write(PROMPT)
-                    if quit_now:
-                        break
+                    _write(PROMPT)
             nursery.cancel_scope.cancel()
     _write("\nstopped\n")
-    return 0
+    return EXIT_OK
 
 
 async def _quit_on_sigterm(scope: trio.CancelScope) -> None:
@@ -225,12 +219,10 @@ async def _quit_on_sigterm(scope: trio.CancelScope) -> None:
 
 def cmd_debug(args: argparse.Namespace) -> int:
     args.flow_file = Path(args.flow).resolve()
-    try:
-        return trio.run(debug, args)
-    except KeyboardInterrupt:
-        pass
-    except BaseExceptionGroup as group:
-        if group.subgroup(KeyboardInterrupt) is None:
-            raise
-    _write("\nstopped\n")
-    return 130
+    return run_until_interrupted(debug, args, on_interrupt=lambda: _write("\nstopped\n"))
+
+
+def add_debug_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dbg = sub.add_parser("debug", help="run a flow locally under an interactive debugger")
+    dbg.add_argument("flow", help="path of a flow file (flow.json)")
+    dbg.set_defaults(func=cmd_debug)

@@ -18,10 +18,10 @@ nursery inside it. exec modules' scripts are not watched (only the flow file nam
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import time
+from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,15 @@ import orjson
 import trio
 import watchfiles
 
+from fifoflow.api.cli.common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    parse_json,
+    parse_port,
+    run_until_interrupted,
+    stdin_lines,
+)
+from fifoflow.api.cli.local import add_local_run_options, output_sink, print_events
 from fifoflow.flows import Flow, FlowError, load_flow
 from fifoflow.runner import RunnerConfig, RunnerError, open_runner
 from fifoflow.runtimes.registry import discover
@@ -39,7 +48,7 @@ if TYPE_CHECKING:
 
     from fifoflow.runner import Runner
 
-__all__ = ["cmd_dev"]
+__all__ = ["add_dev_parser", "cmd_dev"]
 
 
 def _say(text: str) -> None:
@@ -134,55 +143,37 @@ class DevSession:
                     stop.set()
 
     async def read_stdin(self, target: tuple[str, str]) -> None:
-        stream = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
-        buffer = b""
-        async with stream:
-            while True:
-                data = await stream.receive_some(65536)
-                if not data:
-                    return
-                buffer += data
-                *lines, buffer = buffer.split(b"\n")
-                for line in lines:
-                    if not line.strip():
-                        continue
-                    try:
-                        msg = orjson.loads(line)
-                    except orjson.JSONDecodeError as exc:
-                        _say(f"stdin: not JSON, skipped: {exc}")
-                        continue
-                    if self.flow is None:
-                        _say("stdin: the flow is not running, message skipped")
-                        continue
-                    try:
-                        await self.runner.inject(self.flow.id, target[0], target[1], [msg])
-                    except RunnerError as exc:
-                        _say(f"stdin: {exc}")
+        async with aclosing(stdin_lines()) as lines:
+            async for line in lines:
+                if not line.strip():
+                    continue
+                try:
+                    msg = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    _say(f"stdin: not JSON, skipped: {exc}")
+                    continue
+                if self.flow is None:
+                    _say("stdin: the flow is not running, message skipped")
+                    continue
+                try:
+                    await self.runner.inject(self.flow.id, target[0], target[1], [msg])
+                except RunnerError as exc:
+                    _say(f"stdin: {exc}")
 
 
 async def dev(args: argparse.Namespace) -> int:
-    from fifoflow.api.cli.main import _parse_json, _parse_port, _print_events
-
     runtimes = discover()
     flow_file: Path = args.flow_file
     config = RunnerConfig(default_module_timeout=args.timeout) if args.timeout else RunnerConfig()
-    out = sys.stdout.buffer
-
-    async def sink(module: str, port: str, msgs: list[Any]) -> None:
-        out.write(
-            b"".join(orjson.dumps({"from": f"{module}.{port}", "msg": m}) + b"\n" for m in msgs)
-        )
-        out.flush()
-
     async with open_runner(config, runtimes) as runner:
         session = DevSession(runner, flow_file, runtimes, args)
         flow = session.load()
         if flow is None:
-            return 2
+            return EXIT_USAGE
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_print_events, runner, flow.id, args.quiet)
+            nursery.start_soon(print_events, runner, flow.id, args.quiet)
             await runner.add_or_update_flow(flow)
-            runner.set_output_sink(flow.id, sink)
+            runner.set_output_sink(flow.id, output_sink(raw=False))
             try:
                 await runner.start_flow(flow.id)
                 session.flow = flow
@@ -193,14 +184,14 @@ async def dev(args: argparse.Namespace) -> int:
             except RunnerError as exc:
                 session.files = _watched(flow_file, flow)
                 _say(f"cannot start flow {flow.id!r}: {exc}; fix it and save again")
-            target = _parse_port(args.to) if args.to else None
+            target = parse_port(args.to) if args.to else None
             if target is None:
                 entries = flow.entry_ports()
                 target = entries[0] if len(entries) == 1 else None
-            inputs = [_parse_json(text, "--input") for text in args.input]
+            inputs = [parse_json(text, "--input") for text in args.input]
             if (inputs or args.stdin) and target is None:
                 _say("the flow has several entry ports: say which with --to MODULE.PORT")
-                return 2
+                return EXIT_USAGE
             if inputs and session.flow is not None and target is not None:
                 await runner.inject(flow.id, target[0], target[1], inputs)
             nursery.start_soon(session.watch)
@@ -211,17 +202,35 @@ async def dev(args: argparse.Namespace) -> int:
                     break
             nursery.cancel_scope.cancel()
     _say("stopped (SIGTERM); every runtime ended")
-    return 0
+    return EXIT_OK
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
     args.flow_file = Path(args.flow).resolve()
-    try:
-        return trio.run(dev, args)
-    except KeyboardInterrupt:
-        pass
-    except BaseExceptionGroup as group:
-        if group.subgroup(KeyboardInterrupt) is None:
-            raise
-    _say("stopped; every runtime ended")
-    return 130
+    return run_until_interrupted(
+        dev, args, on_interrupt=lambda: _say("stopped; every runtime ended")
+    )
+
+
+def add_dev_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dev = sub.add_parser(
+        "dev", help="run a flow and hot-swap every change saved to its files (Ctrl-C ends)"
+    )
+    dev.add_argument("flow", help="path of a flow file (flow.json)")
+    dev.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="a message sent at start (repeatable)",
+    )
+    dev.add_argument(
+        "--stdin", action="store_true", help="send each JSON line read on stdin to the entry port"
+    )
+    dev.add_argument(
+        "--to",
+        metavar="MODULE.PORT",
+        help="where messages go (default: the flow's only entry port)",
+    )
+    add_local_run_options(dev)
+    dev.set_defaults(func=cmd_dev)

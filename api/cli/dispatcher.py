@@ -1,18 +1,35 @@
-"""CLI of the dispatcher: ``fifoflow dispatcher serve|token|runners|events|flows|deploy|drain``."""
+"""A dispatcher: ``fifoflow dispatcher serve`` runs one; ``token``, ``client-token``,
+``runners``, ``drain``, ``flows``, ``deploy``, ``events``, ``containers`` and
+``update-image`` ask one over its operator API (with :class:`DispatcherClient`).
+Those take ``--url`` (``$FIFOFLOW_DISPATCHER_URL``) and ``--token-file``
+(``$FIFOFLOW_DISPATCHER_TOKEN_FILE``, default: the default state dir's ``token``).
+
+Exit status: 0 done, 1 the dispatcher refused or cannot be reached (the message says
+which), 2 bad usage or input (a token file, a flow file).
+"""
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
 
-import httpx
 import orjson
 import trio
 
+from fifoflow.api.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    err,
+    flow_problems,
+    out,
+    print_json,
+    print_table,
+    serve_logging,
+)
+from fifoflow.api.client import ApiError, ConnectError, DispatcherClient
 from fifoflow.api.common.auth import TokenError, read_token
 from fifoflow.api.dispatcher.server import (
     DEFAULT_DISPATCHER_PORT,
@@ -21,26 +38,21 @@ from fifoflow.api.dispatcher.server import (
     serve_dispatcher,
 )
 from fifoflow.dispatcher.docker_backend import PULL_POLICIES
+from fifoflow.flows import FlowError, dump_flow, load_flow
 from fifoflow.flows.resources import human_size, parse_size
+from fifoflow.runtimes.registry import discover
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable
 
-__all__ = ["add_dispatcher_commands"]
+__all__ = ["add_dispatcher_parser"]
 
-
-def _out(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
-
-
-def _err(text: str) -> None:
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
+T = TypeVar("T")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    serve_logging()
     options = DispatcherServeOptions(
         state_dir=Path(args.state_dir) if args.state_dir else default_dispatcher_state_dir(),
         host=args.host,
@@ -60,177 +72,187 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         trio.run(serve_dispatcher, options)
     except TokenError as exc:
-        _err(f"fifoflow: {exc}")
-        return 2
+        err(f"fifoflow: {exc}")
+        return EXIT_USAGE
     except OSError as exc:
-        _err(f"fifoflow: cannot serve on {args.host}:{args.port}: {exc}")
-        return 2
-    return 0
+        err(f"fifoflow: cannot serve on {args.host}:{args.port}: {exc}")
+        return EXIT_USAGE
+    return EXIT_OK
 
 
-def _request(args: argparse.Namespace, method: str, path: str, **kw: Any) -> Any:
+def _ask(args: argparse.Namespace, call: Callable[[DispatcherClient], T]) -> T:
+    """One call to the dispatcher that ``--url`` and ``--token-file`` name."""
     token_file = (
         Path(args.token_file) if args.token_file else default_dispatcher_state_dir() / "token"
     )
-    token = read_token(token_file, server="dispatcher")
-    try:
-        response = httpx.request(
-            method,
-            args.url.rstrip("/") + path,
-            headers={"Authorization": f"Bearer {token}"},
-            **{"timeout": 30, **kw},
+    with DispatcherClient(args.url, read_token(token_file, server="dispatcher")) as client:
+        return call(client)
+
+
+def _token(args: argparse.Namespace) -> int:
+    answer = _ask(args, lambda client: client.create_token(args.ttl))
+    out(answer["token"])
+    if not args.quiet:
+        expires = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(answer["expires"]))
+        err(
+            f"(works once, until {expires}; give it to: fifoflow runner serve --dispatcher URL --registration-token TOKEN)"
         )
-    except httpx.TransportError as exc:
-        raise SystemExit(f"fifoflow: cannot reach the dispatcher at {args.url}: {exc}") from None
-    if response.status_code >= 400:
-        try:
-            message = response.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = response.text[:200]
-        raise SystemExit(f"fifoflow: {message} (HTTP {response.status_code})")
-    return orjson.loads(response.content)
+    return EXIT_OK
+
+
+def _client_token(args: argparse.Namespace) -> int:
+    out(_ask(args, DispatcherClient.client_token))
+    return EXIT_OK
+
+
+def _runners(args: argparse.Namespace) -> int:
+    runners = _ask(args, DispatcherClient.list_runners)
+    if args.json:
+        print_json(runners)
+        return EXIT_OK
+    rows = [("RUNNER", "NAME", "STATUS", "SEEN", "CPUS", "MEMORY", "RUNTIMES", "LABELS")]
+    now = time.time()
+    for r in runners:
+        hw = r["hardware"]
+        offered = hw.get("capacity") or {}
+        seen = f"{now - r['lastSeen']:.0f}s ago" if r["lastSeen"] else "-"
+        rows.append(
+            (
+                r["id"],
+                r["name"],
+                r["status"],
+                seen,
+                f"{offered['cpus']:g}" if "cpus" in offered else str(hw.get("cpus", "-")),
+                human_size(offered["memory"])
+                if "memory" in offered
+                else f"{hw.get('memoryGiB', '-')}GiB",
+                ",".join(hw.get("runtimes", [])),
+                ",".join(f"{k}={v}" for k, v in sorted((hw.get("labels") or {}).items())),
+            )
+        )
+    print_table(rows)
+    return EXIT_OK
+
+
+def _drain(args: argparse.Namespace) -> int:
+    moved = _ask(args, lambda client: client.drain_runner(args.runner))
+    listed = ": " + ", ".join(moved) if moved else ""
+    out(f"drained {args.runner}: moved {len(moved)} flow(s){listed}")
+    return EXIT_OK
+
+
+def _flows(args: argparse.Namespace) -> int:
+    flows = _ask(args, DispatcherClient.list_flows)
+    if args.json:
+        print_json(flows)
+        return EXIT_OK
+    rows = [("FLOW", "STATUS", "RUNNER", "MODULES", "REASON")]
+    rows += [
+        (f["id"], f["status"], f["runner"] or "-", ",".join(f["modules"]), f["reason"] or "")
+        for f in flows
+    ]
+    print_table(rows)
+    return EXIT_OK
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    try:
+        flow = load_flow(Path(args.flow), runtimes=discover(attached=True).keys())
+    except FlowError as exc:
+        err(flow_problems(args.flow, exc))
+        return EXIT_USAGE
+    document = orjson.loads(dump_flow(flow, inline=True))
+    answer = _ask(args, lambda client: client.deploy_flow(document))
+    if answer["status"] == "placed":
+        where = answer["runner"] or ", ".join(
+            f"{m} on {r}" for m, r in sorted(answer["placement"].items())
+        )
+        out(f"flow {answer['id']!r} placed: {where}")
+    else:
+        out(
+            f"flow {answer['id']!r} is pending: {answer['reason']} (placed when a runner can take it)"
+        )
+    return EXIT_OK
+
+
+def _events(args: argparse.Namespace) -> int:
+    events = _ask(args, lambda client: client.list_events(args.since))
+    for event in events:
+        stamp = time.strftime("%H:%M:%S", time.localtime(event.pop("time")))
+        kind, runner, eid = event.pop("kind"), event.pop("runner"), event.pop("id")
+        extra = orjson.dumps(event).decode() if event else ""
+        out(f"{eid:>5} {stamp} {kind:<11} {runner or '-':<15} {extra}")
+    return EXIT_OK
+
+
+def _containers(args: argparse.Namespace) -> int:
+    info = _ask(args, DispatcherClient.backend)
+    if args.json or info.get("backend") is None:
+        print_json(info)
+        return EXIT_OK
+    out(f"image {info['image']} (pull: {info['pull']}, keeps {info['runners']})")
+    if info.get("problem"):
+        out(f"problem: {info['problem']}")
+    rows = [("CONTAINER", "ID", "STATUS", "IMAGE", "CPUS", "MEMORY", "RUNNER", "RUNNER STATUS")]
+    rows += [
+        (
+            c["name"],
+            c["container"],
+            c["status"],
+            c["image"],
+            f"{c['cpus']:g}",
+            human_size(c["memory"]),
+            c["runner"] or "-",
+            c["runnerStatus"] or "-",
+        )
+        for c in info["containers"]
+    ]
+    print_table(rows)
+    return EXIT_OK
+
+
+def _update_image(args: argparse.Namespace) -> int:
+    err(f"updating to {args.image} (follow with: fifoflow dispatcher events)")
+    done = _ask(args, lambda client: client.update_image(args.image, args.pull))
+    out(
+        f"runners now on {done['image']}: moved {len(done['moved'])} flow(s) in"
+        f" {done['seconds']:.1f} s"
+    )
+    return EXIT_OK
+
+
+#: the client commands: name, help, what runs it
+ACTIONS: list[tuple[str, str, Callable[[argparse.Namespace], int]]] = [
+    ("token", "a one-time registration token for a new runner", _token),
+    ("runners", "every runner, its status and hardware", _runners),
+    ("events", "what happened, oldest first", _events),
+    ("flows", "deployed flows and where they run", _flows),
+    ("deploy", "deploy a flow file: the dispatcher places it on a runner", _deploy),
+    ("drain", "move every flow off a runner (state and queued messages too)", _drain),
+    ("containers", "the container backend's image and containers", _containers),
+    ("client-token", "the token web pages connect their client runner with", _client_token),
+    ("update-image", "move every runner container to a new image, flows and all", _update_image),
+]
 
 
 def cmd_client(args: argparse.Namespace) -> int:
+    """Run one client command: the dispatcher's refusals and an unreachable dispatcher
+    exit 1, a token file that cannot be used exits 2."""
+    action = next(run for name, _, run in ACTIONS if name == args.action)
     try:
-        if args.action == "token":
-            body = {"ttl": args.ttl} if args.ttl else None
-            answer = _request(args, "POST", "/tokens", json=body)
-            if args.quiet:
-                _out(answer["token"])
-            else:
-                expires = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(answer["expires"]))
-                _out(answer["token"])
-                _err(
-                    f"(works once, until {expires}; give it to: fifoflow runner serve --dispatcher URL --registration-token TOKEN)"
-                )
-        elif args.action == "runners":
-            runners = _request(args, "GET", "/runners")
-            if args.json:
-                _out(orjson.dumps(runners, option=orjson.OPT_INDENT_2).decode())
-                return 0
-            rows = [("RUNNER", "NAME", "STATUS", "SEEN", "CPUS", "MEMORY", "RUNTIMES", "LABELS")]
-            now = time.time()
-            for r in runners:
-                hw = r["hardware"]
-                offered = hw.get("capacity") or {}
-                seen = f"{now - r['lastSeen']:.0f}s ago" if r["lastSeen"] else "-"
-                rows.append(
-                    (
-                        r["id"],
-                        r["name"],
-                        r["status"],
-                        seen,
-                        f"{offered['cpus']:g}" if "cpus" in offered else str(hw.get("cpus", "-")),
-                        human_size(offered["memory"])
-                        if "memory" in offered
-                        else f"{hw.get('memoryGiB', '-')}GiB",
-                        ",".join(hw.get("runtimes", [])),
-                        ",".join(f"{k}={v}" for k, v in sorted((hw.get("labels") or {}).items())),
-                    )
-                )
-            widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-            for row in rows:
-                _out("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        elif args.action == "flows":
-            flows = _request(args, "GET", "/flows")
-            if args.json:
-                _out(orjson.dumps(flows, option=orjson.OPT_INDENT_2).decode())
-                return 0
-            rows = [("FLOW", "STATUS", "RUNNER", "MODULES", "REASON")]
-            rows += [
-                (
-                    f["id"],
-                    f["status"],
-                    f["runner"] or "-",
-                    ",".join(f["modules"]),
-                    f["reason"] or "",
-                )
-                for f in flows
-            ]
-            widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-            for row in rows:
-                _out("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        elif args.action == "deploy":
-            from fifoflow.flows import FlowError, dump_flow, load_flow
-            from fifoflow.runtimes.registry import discover
-
-            try:
-                flow = load_flow(Path(args.flow), runtimes=discover(attached=True).keys())
-            except FlowError as exc:
-                _err(
-                    f"{args.flow}: invalid flow\n"
-                    + "\n".join(f"  {line}" for line in str(exc).splitlines())
-                )
-                return 2
-            answer = _request(
-                args, "POST", "/flows", json=orjson.loads(dump_flow(flow, inline=True))
-            )
-            if answer["status"] == "placed":
-                where = answer["runner"] or ", ".join(
-                    f"{m} on {r}" for m, r in sorted(answer["placement"].items())
-                )
-                _out(f"flow {answer['id']!r} placed: {where}")
-            else:
-                _out(
-                    f"flow {answer['id']!r} is pending: {answer['reason']} (placed when a runner can take it)"
-                )
-        elif args.action == "client-token":
-            _out(_request(args, "GET", "/client-token")["token"])
-        elif args.action == "containers":
-            info = _request(args, "GET", "/backend")
-            if args.json or info.get("backend") is None:
-                _out(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
-                return 0
-            _out(f"image {info['image']} (pull: {info['pull']}, keeps {info['runners']})")
-            if info.get("problem"):
-                _out(f"problem: {info['problem']}")
-            rows = [
-                ("CONTAINER", "ID", "STATUS", "IMAGE", "CPUS", "MEMORY", "RUNNER", "RUNNER STATUS")
-            ]
-            rows += [
-                (
-                    c["name"],
-                    c["container"],
-                    c["status"],
-                    c["image"],
-                    f"{c['cpus']:g}",
-                    human_size(c["memory"]),
-                    c["runner"] or "-",
-                    c["runnerStatus"] or "-",
-                )
-                for c in info["containers"]
-            ]
-            widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-            for row in rows:
-                _out("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        elif args.action == "update-image":
-            body = {"image": args.image, **({"pull": args.pull} if args.pull else {})}
-            _err(f"updating to {args.image} (follow with: fifoflow dispatcher events)")
-            done = _request(args, "POST", "/backend/image", json=body, timeout=None)
-            _out(
-                f"runners now on {done['image']}: moved {len(done['moved'])} flow(s) in"
-                f" {done['seconds']:.1f} s"
-            )
-        elif args.action == "drain":
-            moved = _request(args, "POST", f"/runners/{args.runner}/drain")["moved"]
-            _out(
-                f"drained {args.runner}: moved {len(moved)} flow(s)"
-                + (": " + ", ".join(moved) if moved else "")
-            )
-        else:  # events
-            for event in _request(args, "GET", "/events", params={"since": args.since}):
-                stamp = time.strftime("%H:%M:%S", time.localtime(event.pop("time")))
-                kind, runner, eid = event.pop("kind"), event.pop("runner"), event.pop("id")
-                extra = orjson.dumps(event).decode() if event else ""
-                _out(f"{eid:>5} {stamp} {kind:<11} {runner or '-':<15} {extra}")
+        return action(args)
+    except ApiError as exc:
+        err(f"fifoflow: {exc.message} (HTTP {exc.status})")
+        return EXIT_FAILED
+    except ConnectError as exc:
+        err(f"fifoflow: {exc}")
+        return EXIT_FAILED
     except TokenError as exc:
-        _err(f"fifoflow: {exc}")
-        return 2
-    return 0
+        err(f"fifoflow: {exc}")
+        return EXIT_USAGE
 
 
-def add_dispatcher_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_dispatcher_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d = sub.add_parser("dispatcher", help="serve or ask a dispatcher (runners, tokens, events)")
     d_sub = d.add_subparsers(dest="action", required=True)
     serve = d_sub.add_parser("serve", help="run a dispatcher until Ctrl-C")
@@ -306,17 +328,7 @@ def add_dispatcher_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
         help="the dispatcher's URL as runners in containers reach it (default: where it listens)",
     )
     serve.set_defaults(func=cmd_serve)
-    for action, help_text in (
-        ("token", "a one-time registration token for a new runner"),
-        ("runners", "every runner, its status and hardware"),
-        ("events", "what happened, oldest first"),
-        ("flows", "deployed flows and where they run"),
-        ("deploy", "deploy a flow file: the dispatcher places it on a runner"),
-        ("drain", "move every flow off a runner (state and queued messages too)"),
-        ("containers", "the container backend's image and containers"),
-        ("client-token", "the token web pages connect their client runner with"),
-        ("update-image", "move every runner container to a new image, flows and all"),
-    ):
+    for action, help_text, _ in ACTIONS:
         p = d_sub.add_parser(action, help=help_text)
         p.add_argument(
             "--url",

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fifoflow.api.cli.common import EXIT_FAILED, EXIT_OK, err, out
+
 if TYPE_CHECKING:
     import argparse
 
-__all__ = ["add_images_commands"]
-
-
-def _say(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+__all__ = ["add_images_parser"]
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -30,7 +26,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     )
 
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    say = _say if args.verbose else (lambda line: None if line.startswith("  ") else _say(line))
+    say = out if args.verbose else (lambda line: None if line.startswith("  ") else out(line))
     started = time.monotonic()
     try:
         base = args.base or DEFAULT_BASE
@@ -40,13 +36,13 @@ def cmd_build(args: argparse.Namespace) -> int:
         tag = build_runner(args.tag, base=base, wheel_dir=wheels, say=say)
         size = image_size(tag)
     except BuildError as exc:
-        sys.stderr.write(f"fifoflow images build: {exc}\n")
-        return 1
-    _say(f"built {tag} ({size / 2**20:.0f} MiB) in {time.monotonic() - started:.0f} s")
-    return 0
+        err(f"fifoflow images build: {exc}")
+        return EXIT_FAILED
+    out(f"built {tag} ({size / 2**20:.0f} MiB) in {time.monotonic() - started:.0f} s")
+    return EXIT_OK
 
 
-def add_images_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_images_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     images = sub.add_parser("images", help="build the runner image (no registry needed)")
     images_sub = images.add_subparsers(dest="images_command", required=True)
     build = images_sub.add_parser(

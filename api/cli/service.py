@@ -23,13 +23,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fifoflow.api.cli.common import EXIT_FAILED, EXIT_OK, err, out
 from fifoflow.api.common.auth import default_state_dir
 from fifoflow.runner.store import atomic_write
 
 if TYPE_CHECKING:
     import argparse
 
-__all__ = ["add_service_commands"]
+__all__ = ["add_service_parsers"]
 
 UNIT = "fifoflow-runner.service"
 PLIST = "dev.fifoflow.runner.plist"
@@ -101,7 +102,7 @@ def _unit_path(args: argparse.Namespace) -> Path:
     return Path(base) / "systemd" / "user" / UNIT
 
 
-def _run(argv: list[str]) -> None:
+def _call(argv: list[str]) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         why = (done.stderr or done.stdout).strip().splitlines()
@@ -116,7 +117,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     text = plist_text(args, state_dir) if darwin else unit_text(args, state_dir)
     if args.print:
         sys.stdout.write(text)
-        return 0
+        return EXIT_OK
     path = _unit_path(args)
     written: list[Path] = []
     enabled = False
@@ -132,10 +133,10 @@ def cmd_install(args: argparse.Namespace) -> int:
         atomic_write(path, text.encode(), mode=0o644)
         written.append(path)
         if darwin:
-            _run(["launchctl", "load", "-w", str(path)])
+            _call(["launchctl", "load", "-w", str(path)])
         else:
             if shutil.which("systemd-analyze"):
-                _run(
+                _call(
                     [
                         "systemd-analyze",
                         "verify",
@@ -143,22 +144,20 @@ def cmd_install(args: argparse.Namespace) -> int:
                         str(path),
                     ]
                 )
-            _run([*systemctl, "daemon-reload"])
-            _run([*systemctl, "enable", "--now", UNIT])
+            _call([*systemctl, "daemon-reload"])
+            _call([*systemctl, "enable", "--now", UNIT])
             enabled = True
     except (InstallError, OSError) as exc:
         if enabled:
             subprocess.run([*systemctl, "disable", "--now", UNIT], capture_output=True, check=False)
         for item in reversed(written):
             item.unlink(missing_ok=True)
-        sys.stderr.write(f"fifoflow: could not install the runner service: {exc}\n")
+        err(f"fifoflow: could not install the runner service: {exc}")
         if written:
-            sys.stderr.write(
-                "  removed what was written: " + ", ".join(str(p) for p in written) + "\n"
-            )
-        return 1
-    print(f"installed and started: {path}")
-    return 0
+            err("  removed what was written: " + ", ".join(str(p) for p in written))
+        return EXIT_FAILED
+    out(f"installed and started: {path}")
+    return EXIT_OK
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
@@ -176,11 +175,11 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
             capture_output=True,
             check=False,
         )
-    print(f"removed {path}" if existed else f"nothing to remove at {path}")
-    return 0
+    out(f"removed {path}" if existed else f"nothing to remove at {path}")
+    return EXIT_OK
 
 
-def add_service_commands(runner_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_service_parsers(runner_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     install = runner_sub.add_parser(
         "install-service", help="start a runner at boot (systemd or launchd)"
     )

@@ -1,8 +1,11 @@
-"""Python clients of fifoflow's HTTP APIs (what the CLI uses; scripts can too)."""
+"""Python clients of fifoflow's HTTP APIs (what the CLI uses; scripts can too):
+:class:`RunnerClient` (async, with :class:`RpcSession` over its WebSocket) for a runner,
+:class:`DispatcherClient` (sync) for a dispatcher's operator API. Both raise
+:class:`ApiError` when the server refuses and :class:`ConnectError` when none answers."""
 
+from fifoflow.api.client.dispatcher import DispatcherClient
+from fifoflow.api.client.errors import ApiError, ConnectError
 from fifoflow.api.client.runner import (
-    ApiError,
-    ConnectError,
     FlowSummary,
     RpcSession,
     RunnerClient,
@@ -13,6 +16,7 @@ from fifoflow.api.client.runner import (
 __all__ = [
     "ApiError",
     "ConnectError",
+    "DispatcherClient",
     "FlowSummary",
     "RpcSession",
     "RunnerClient",

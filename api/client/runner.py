@@ -11,7 +11,8 @@
             event = await rpc.next_event()
 
 Failures raise :class:`~fifoflow.api.common.errors.ApiError` with the server's ``status``,
-``code``, ``message`` and ``field``; an unreachable server raises :class:`ConnectError`.
+``code``, ``message`` and ``field``; an unreachable server raises
+:class:`~fifoflow.api.client.errors.ConnectError`.
 
 Resource handling: the client owns one ``httpx.AsyncClient`` (closed by ``aclose`` or
 leaving ``async with``); each :meth:`RunnerClient.rpc` session owns one WebSocket and
@@ -24,31 +25,19 @@ import itertools
 import math
 import urllib.parse
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, NoReturn, TypedDict
 
 import httpx
 import orjson
 import trio
 import trio_websocket
 
-from fifoflow.api.common.errors import ApiError
+from fifoflow.api.client.errors import ApiError, ConnectError, api_error, leaves
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
 
-__all__ = [
-    "ApiError",
-    "ConnectError",
-    "FlowSummary",
-    "RpcSession",
-    "RunnerClient",
-    "Runtime",
-    "open_websocket",
-]
-
-
-class ConnectError(Exception):
-    """The runner could not be reached at its URL."""
+__all__ = ["FlowSummary", "RpcSession", "RunnerClient", "Runtime", "open_websocket"]
 
 
 class Runtime(TypedDict):
@@ -67,21 +56,6 @@ class FlowSummary(TypedDict, total=False):
     errors: int
     runtimes: dict[str, Any]
     wantRunning: bool
-
-
-def _api_error(response: httpx.Response) -> ApiError:
-    try:
-        error = orjson.loads(response.content)["error"]
-        return ApiError(
-            error["message"],
-            status=response.status_code,
-            code=error.get("code"),
-            field=error.get("field"),
-            problems=error.get("problems"),
-        )
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        text = response.text[:200]
-        return ApiError(f"HTTP {response.status_code}: {text}", status=response.status_code)
 
 
 class RunnerClient:
@@ -115,7 +89,7 @@ class RunnerClient:
         except httpx.TransportError as exc:
             raise ConnectError(f"cannot reach the runner at {self.url}: {exc}") from None
         if response.status_code >= 400:
-            raise _api_error(response)
+            raise api_error(response)
         return orjson.loads(response.content)
 
     # ------------------------------------------------------------------ the seed's methods
@@ -250,20 +224,11 @@ class RunnerClient:
                 _raise_single(group)
 
 
-def _raise_single(group: BaseExceptionGroup) -> None:
+def _raise_single(group: BaseExceptionGroup) -> NoReturn:
     """Raise the one exception a nursery wrapped (what the caller's code raised)."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        elif not isinstance(exc, trio.Cancelled):
-            leaves.append(exc)
-
-    walk(group)
-    if len(leaves) == 1:
-        raise leaves[0] from None
+    raised = [exc for exc in leaves(group) if not isinstance(exc, trio.Cancelled)]
+    if len(raised) == 1:
+        raise raised[0] from None
     raise group
 
 
@@ -300,19 +265,18 @@ async def open_websocket(
                     await ws.aclose()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        rejected = group.subgroup(trio_websocket.ConnectionRejected)
-        if rejected is not None:
-            exc = rejected.exceptions[0]
-            while isinstance(exc, BaseExceptionGroup):
-                exc = exc.exceptions[0]
-            assert isinstance(exc, trio_websocket.ConnectionRejected)
-            response = httpx.Response(exc.status_code, content=exc.body or b"")
-            raise _api_error(response) from None
+        for exc in leaves(group):
+            if isinstance(exc, trio_websocket.ConnectionRejected):
+                raise _rejected(exc) from None
         _raise_single(group)
     except trio_websocket.ConnectionRejected as exc:
-        raise _api_error(httpx.Response(exc.status_code, content=exc.body or b"")) from None
+        raise _rejected(exc) from None
     finally:
         await trio.aclose_forcefully(stream)
+
+
+def _rejected(exc: trio_websocket.ConnectionRejected) -> ApiError:
+    return api_error(httpx.Response(exc.status_code, content=exc.body or b""))
 
 
 class RpcSession:

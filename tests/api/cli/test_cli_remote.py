@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from ..conftest import make_wheel
-from .helpers import ServerProcess
+from ...conftest import make_wheel
+from ..helpers import ServerProcess
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

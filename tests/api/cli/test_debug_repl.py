@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from ..conftest import REPO
+from ...conftest import REPO
 
 
 class Screen:

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from ..conftest import REPO
+from ...conftest import REPO
 
 if TYPE_CHECKING:
     from pathlib import Path

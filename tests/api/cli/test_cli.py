@@ -11,7 +11,7 @@ import orjson
 import pytest
 import trio
 
-from ..conftest import REPO, child_pids, fifoflow_dirs
+from ...conftest import REPO, child_pids, fifoflow_dirs
 
 FIFOFLOW = [sys.executable, "-m", "fifoflow.api"]
 EXAMPLES = REPO / "flows" / "examples"

@@ -1,0 +1,50 @@
+"""What the clients raise, and how a server's error answer becomes one::
+
+    ApiError        the server answered with an error: its status, code, message, field
+                    and problems (the class is api/common/errors.py's, as the server's)
+    ConnectError    nothing answered at the URL, or the server closed a WebSocket under a call
+
+Trio nurseries wrap what their tasks raise in exception groups; :func:`leaves` flattens
+one into the exceptions it holds, so a caller can raise or report the one that matters.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import orjson
+
+from fifoflow.api.common.errors import ApiError
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["ApiError", "ConnectError", "api_error", "leaves"]
+
+
+class ConnectError(Exception):
+    """The server could not be reached at its URL."""
+
+
+def api_error(response: httpx.Response) -> ApiError:
+    """The :class:`ApiError` an error answer (``{"error": {...}}``) stands for."""
+    try:
+        error = orjson.loads(response.content)["error"]
+        return ApiError(
+            error["message"],
+            status=response.status_code,
+            code=error.get("code"),
+            field=error.get("field"),
+            problems=error.get("problems"),
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        text = response.text[:200]
+        return ApiError(f"HTTP {response.status_code}: {text}", status=response.status_code)
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The leaf exceptions of ``exc`` in order, nested groups flattened; an exception that
+    is not a group is its own one leaf."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaves(inner)]
+    return [exc]
