@@ -38,6 +38,7 @@ from fifoflow.api.dispatcher.server import (
     serve_dispatcher,
 )
 from fifoflow.dispatcher.docker_backend import PULL_POLICIES
+from fifoflow.dispatcher.errors import StoreVersionError
 from fifoflow.flows import FlowError, dump_flow, load_flow
 from fifoflow.flows.resources import human_size, parse_size
 from fifoflow.runtimes.registry import discover
@@ -71,7 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     try:
         trio.run(serve_dispatcher, options)
-    except TokenError as exc:
+    except (TokenError, StoreVersionError) as exc:
         err(f"fifoflow: {exc}")
         return EXIT_USAGE
     except OSError as exc:

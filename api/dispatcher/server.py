@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import attrs
 import hypercorn.config
@@ -26,9 +25,6 @@ from fifoflow.dispatcher.backends import LocalBackend
 from fifoflow.dispatcher.clients import ClientRunners
 from fifoflow.dispatcher.docker_backend import DockerBackend, DockerOptions, SwarmBackend
 from fifoflow.dispatcher.service import Dispatcher, DispatcherConfig
-
-if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
 
 __all__ = [
     "DEFAULT_DISPATCHER_PORT",
@@ -71,7 +67,6 @@ async def serve_dispatcher(
     options: DispatcherServeOptions,
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
-    ready: Callable[[list[str]], Awaitable[None]] | None = None,
 ) -> None:
     token_path = options.state_dir / "token"
     token, created = load_or_create_token(token_path)
@@ -79,9 +74,12 @@ async def serve_dispatcher(
     config = DispatcherConfig(
         state_dir=options.state_dir, heartbeat=options.heartbeat, ttl=options.ttl
     )
+    # Opened here, not in the nursery: a state dir it cannot use (StoreVersionError) is
+    # one plain error for the command to report.
+    opened = Dispatcher(config)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            dispatcher: Dispatcher = await nursery.start(Dispatcher(config).run)
+            dispatcher: Dispatcher = await nursery.start(opened.run)
             client_token, _ = load_or_create_token(options.state_dir / "client-token")
             app = create_dispatcher_app(dispatcher, token, client_token)
             hc = hypercorn.config.Config()
