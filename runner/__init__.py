@@ -19,6 +19,8 @@ from .errors import (
     RunnerError,
     RuntimeNotFound,
     RuntimeStartError,
+    first,
+    leaves,
 )
 from .events import EventHub, Subscription
 from .flowrun import FlowRun, FlowStatus
@@ -50,5 +52,7 @@ __all__ = [
     "Subscription",
     "SwapRejected",
     "UpdateResult",
+    "first",
+    "leaves",
     "open_runner",
 ]

@@ -24,7 +24,7 @@ import attrs
 import trio
 
 from .debugger import Debugger
-from .errors import FlowStateError, ModuleNotFound, PortNotFound, RunnerError
+from .errors import FlowStateError, ModuleNotFound, PortNotFound, RunnerError, first
 from .instance import InstanceStatus, RuntimeInstance
 
 if TYPE_CHECKING:
@@ -409,7 +409,7 @@ class FlowRun:
                         started = True
                         task_status.started()
                 except BaseExceptionGroup as group:
-                    leaf = _first_runner_error(group)
+                    leaf = first(group, RunnerError)
                     if leaf is None:
                         raise
                     raise leaf from None
@@ -454,14 +454,3 @@ class FlowRun:
                 other._stopping = True
         if self._scope is not None:
             self._scope.cancel()
-
-
-def _first_runner_error(group: BaseExceptionGroup) -> RunnerError | None:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            found = _first_runner_error(exc)
-            if found is not None:
-                return found
-        elif isinstance(exc, RunnerError):
-            return exc
-    return None

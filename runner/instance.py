@@ -32,7 +32,7 @@ import orjson
 import trio
 
 from .attached import attach_runtime
-from .errors import FlowLoadError, FlowStateError, ProtocolError, RuntimeStartError
+from .errors import FlowLoadError, FlowStateError, ProtocolError, RuntimeStartError, first
 from .framing import decode_frame, encode_frame
 from .process import RuntimeProcess, spawn_runtime
 
@@ -790,18 +790,8 @@ class RuntimeInstance:
 
 def _single(group: BaseExceptionGroup) -> BaseException:
     """The one meaningful exception of a task group (ours first), for a clear message."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    for kinds in ((_HostEnded, FlowLoadError, RuntimeStartError), (Exception,)):
-        for leaf in leaves:
-            if isinstance(leaf, kinds) and not isinstance(leaf, trio.Cancelled):
-                return leaf
-    return group
+    return (
+        first(group, (_HostEnded, FlowLoadError, RuntimeStartError))
+        or first(group, Exception)
+        or group
+    )

@@ -43,7 +43,7 @@ import trio_websocket
 
 from ..flows import parse_flow
 from ..flows.resources import format_size
-from .errors import RunnerError
+from .errors import RunnerError, first
 from .rpc import LinkClosed, RemoteError, RpcPeer
 from .store import atomic_write
 
@@ -423,16 +423,7 @@ async def _unwrapped() -> AsyncIterator[None]:
     try:
         yield
     except BaseExceptionGroup as group:
-        leaves: list[BaseException] = []
-
-        def walk(exc: BaseException) -> None:
-            if isinstance(exc, BaseExceptionGroup):
-                for inner in exc.exceptions:
-                    walk(inner)
-            elif not isinstance(exc, trio.Cancelled):
-                leaves.append(exc)
-
-        walk(group)
-        if leaves:
-            raise leaves[0] from None
+        leaf = first(group, BaseException)
+        if leaf is not None:
+            raise leaf from None
         raise

@@ -504,6 +504,8 @@ async def open_runner(
                     await runner.aclose()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
+        # One level, not errors.leaves(): the nursery wraps the body's exception once, and
+        # a group the body raised itself must come out as that group, not as its leaves.
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
         raise
