@@ -1,8 +1,9 @@
 """fifoflow.runner: runtime supervision, FIFO channels, routing, the runner service.
 
 Modules: ``pipes`` (the FIFO pair), ``framing`` (sans-IO line protocol), ``process`` (one
-host process), ``instance`` (supervision, queues, redelivery), ``flowrun`` (a flow's
-routing, outputs and errors), ``service`` (the Runner API object), ``swap`` (hot swap), ``store`` (the state dir), ``events``, ``config``.
+host process), ``instance`` (supervision of one host), ``queues`` (sans-IO queues, window
+and redelivery), ``flowrun`` (a flow's routing, outputs and errors), ``service`` (the
+Runner API object), ``swap`` (hot swap), ``store`` (the state dir), ``events``, ``config``.
 """
 
 from .config import RunnerConfig

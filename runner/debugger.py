@@ -4,7 +4,7 @@ Where the gate is. While a flow is debugged (it has a breakpoint, or is paused) 
 runner installs a wiring in which *every* wire goes through the runner, same-runtime
 wires included (``FlowRun.plan``: no ``local`` routes in the hosts' tables). A host then
 only ever handles what the runner sent it, so one gate in the runner — the per-module
-queues of ``RuntimeInstance`` — stops python, node and exec modules alike, and a
+queues of each ``RuntimeInstance``, ``queues.py`` — stops python, node and exec modules alike, and a
 breakpoint on a same-runtime wire behaves exactly as one on a cross-runtime wire.
 Switching the wiring happens at a quiet point (pause, drain, install, resume: the hot
 swap's barrier), so no message is lost or reordered by it. When the flow is no longer
@@ -42,7 +42,8 @@ if TYPE_CHECKING:
     from collections import deque
 
     from .flowrun import FlowRun
-    from .instance import Delivery, RuntimeInstance
+    from .instance import RuntimeInstance
+    from .queues import Delivery
 
 __all__ = ["Breakpoint", "Debugger", "Tick"]
 
@@ -176,7 +177,7 @@ class Debugger:
             for module in run.flow.modules:
                 qid = run.qualified(module.id)
                 instance = run.instances[module.host]
-                one = instance.pop_one(qid)
+                one = instance.queues.pop_one(qid)
                 if one is not None:
                     self.taken(qid, 1)
                     consumed[module.id] = {"port": one.port, "msg": one.msgs[0]}
@@ -191,7 +192,7 @@ class Debugger:
             result: dict[str, Any] = {}
             for module in run.flow.modules:
                 qid = run.qualified(module.id)
-                queued = run.instances[module.host].queued(qid)
+                queued = run.instances[module.host].queues.queued(qid)
                 result[qid] = {
                     "inputStates": {
                         "consumed": consumed.get(module.id),
@@ -215,7 +216,7 @@ class Debugger:
         out: dict[str, list[dict[str, Any]]] = {}
         for module in run.flow.modules:
             entries = []
-            for d in run.instances[module.host].queued(run.qualified(module.id)):
+            for d in run.instances[module.host].queues.queued(run.qualified(module.id)):
                 for msg in d.msgs:
                     entries.append({"index": len(entries), "port": d.port, "msg": msg})
             out[module.id] = entries
@@ -232,7 +233,7 @@ class Debugger:
                 )
             qid = run.qualified(module)
             try:
-                old = run.instances[mod.host].replace_queued(qid, index, msg)
+                old = run.instances[mod.host].queues.replace(qid, index, msg)
             except IndexError:
                 waiting = len(self.queues()[module])
                 raise NotFound(

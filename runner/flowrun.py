@@ -26,6 +26,7 @@ import trio
 from .debugger import Debugger
 from .errors import FlowStateError, ModuleNotFound, PortNotFound, RunnerError, first
 from .instance import InstanceStatus, RuntimeInstance
+from .queues import DeliveryQueues
 
 if TYPE_CHECKING:
     from ..flows import Flow
@@ -48,7 +49,7 @@ class Plan:
     loads: dict[str, dict[str, dict[str, Any]]]
     host_routes: dict[str, dict[str, Any]]
     routes: dict[tuple[str, str], list[tuple[RuntimeInstance, str, str] | None]]
-    downstream: dict[str, dict[str, list[tuple[RuntimeInstance, str]]]]
+    downstream: dict[str, dict[str, list[tuple[DeliveryQueues, str]]]]
     #: every wire goes through the runner (while the flow is debugged)
     external: bool = False
 
@@ -180,7 +181,7 @@ class FlowRun:
                     routes[(qid, port)] = targets
             host_routes[module.host][qid] = table
         # What each module's deliveries can produce messages for, through same-host wires.
-        downstream: dict[str, dict[str, list[tuple[RuntimeInstance, str]]]] = defaultdict(dict)
+        downstream: dict[str, dict[str, list[tuple[DeliveryQueues, str]]]] = defaultdict(dict)
         for module in flow.modules:
             qid = self.qualified(module.id)
             seen: set[str] = set()
@@ -196,7 +197,10 @@ class FlowRun:
                     for target in routes.get((current, port), ()):
                         if target is not None:
                             found.add((target[0], target[1]))
-            downstream[module.host][qid] = sorted(found, key=lambda t: (t[0].name, t[1]))
+            downstream[module.host][qid] = [
+                (instance.queues, dst)
+                for instance, dst in sorted(found, key=lambda t: (t[0].name, t[1]))
+            ]
         return Plan(instances, dict(loads), dict(host_routes), routes, dict(downstream), external)
 
     async def build_environment(self, instance: RuntimeInstance) -> Environment:
@@ -220,7 +224,7 @@ class FlowRun:
         self.external_routing = plan.external
         for runtime, instance in plan.instances.items():
             instance.set_modules(plan.loads.get(runtime, {}), plan.host_routes.get(runtime, {}))
-            instance.downstream = plan.downstream.get(runtime, {})
+            instance.queues.downstream = plan.downstream.get(runtime, {})
         self.instances = plan.instances
 
     def instance_of(self, module_id: str) -> RuntimeInstance:
@@ -251,7 +255,7 @@ class FlowRun:
             else:
                 instance, dst, dst_port = target
                 self._add_pending(len(msgs))
-                instance.enqueue(dst, dst_port, msgs)
+                instance.queues.enqueue(dst, dst_port, msgs)
                 self._touched.add(instance)
 
     def kick(self) -> None:
@@ -277,13 +281,13 @@ class FlowRun:
             while True:
                 # Looked up again after every wait: a hot swap may have moved the module.
                 instance = self.instance_of(module_id)
-                if instance.has_room(qid):
+                if instance.queues.has_room(qid):
                     break
                 await self.progress_event().wait()
             if self.status is not FlowStatus.RUNNING:
                 raise FlowStateError(f"flow {self.flow_id!r} stopped while messages were sent")
             self._add_pending(len(chunk))
-            instance.enqueue(qid, port, chunk)
+            instance.queues.enqueue(qid, port, chunk)
             instance.kick()
 
     def _add_pending(self, n: int) -> None:

@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 
     from ..flows import Flow
     from .flowrun import FlowRun
-    from .instance import Delivery, RuntimeInstance
+    from .instance import RuntimeInstance
+    from .queues import Delivery
 
 __all__ = ["SwapRejected", "hot_swap"]
 
@@ -131,14 +132,14 @@ async def hot_swap(
         for mid, src, _ in diff.moved:
             await old_instances[src].unload_module(run.qualified(mid))
         for mid in diff.removed:
-            queue = old_instances[by_id_old[mid].host].take_queue(run.qualified(mid))
+            queue = old_instances[by_id_old[mid].host].queues.take_queue(run.qualified(mid))
             if queue:
                 dropped[mid] = [{"port": d.port, "msgs": d.msgs} for d in queue]
                 run.settle(sum(len(d.msgs) for d in queue))
         for mid, src, dst in diff.moved:
             qid = run.qualified(mid)
-            queue: deque[Delivery] = old_instances[src].take_queue(qid)
-            rehomed += plan.instances[dst].prepend_queue(qid, queue)
+            queue: deque[Delivery] = old_instances[src].queues.take_queue(qid)
+            rehomed += plan.instances[dst].queues.prepend(qid, queue)
         run.flow = new_flow
         run._install(plan)
         run.debugger.forget({m.id for m in new_flow.modules})
