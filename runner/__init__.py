@@ -1,9 +1,11 @@
 """fifoflow.runner: runtime supervision, FIFO channels, routing, the runner service.
 
 Modules: ``pipes`` (the FIFO pair), ``framing`` (sans-IO line protocol), ``process`` (one
-host process), ``instance`` (supervision of one host), ``queues`` (sans-IO queues, window
-and redelivery), ``flowrun`` (a flow's routing, outputs and errors), ``service`` (the
-Runner API object), ``swap`` (hot swap), ``store`` (the state dir), ``events``, ``config``.
+host process), ``hosts`` (spawned or attached hosts), ``instance`` (supervision of one
+host), ``queues`` (sans-IO queues, window and redelivery), ``faults`` (sans-IO backoff,
+crash loops, hung handlers), ``flowrun`` (a flow's routing, outputs and errors),
+``service`` (the Runner API object), ``swap`` (hot swap), ``store`` (the state dir),
+``events``, ``config``.
 """
 
 from .config import RunnerConfig

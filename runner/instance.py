@@ -2,11 +2,16 @@
 
 The instance is the unit of supervision. It keeps, outside the host process, everything
 needed to rebuild it: each module's load frame, its last state snapshot, the route table,
-the queue of deliveries not yet sent and the window of deliveries sent but not yet
-acknowledged. When the host dies (exit, SIGKILL, garbage on its pipe, a hung handler),
-:meth:`RuntimeInstance.run` starts a new one, loads every module with its snapshot and
-sends the unacknowledged deliveries again, in order, before anything new (PROTOCOL.md
-section 6).
+and its :class:`~.queues.DeliveryQueues` (the deliveries not yet sent, and the window of
+those sent but not yet acknowledged). When the host dies (exit, SIGKILL, garbage on its
+pipe, a hung handler), :meth:`RuntimeInstance.run` starts a new one (``hosts.py``), loads
+every module with its snapshot and sends the unacknowledged deliveries again, in order,
+before anything new (PROTOCOL.md section 6). How long it backs off, when restarts are a
+crash loop and what a hung handler costs are decided in ``faults.py``.
+
+It also holds the conversation with the live host: the writer task, direct writes from
+the routing task (:meth:`RuntimeInstance.kick`), the reader task (emits are routed,
+``done`` empties the window), and the control frames of hot swap and the debugger.
 
 Resource handling: the host process, its FIFOs and its log pumps live inside
 :meth:`run`; leaving it (stop, cancellation, error) kills and reaps the process group
@@ -21,24 +26,23 @@ loop marks the instance failed and tells the flow.
 from __future__ import annotations
 
 import enum
-import math
-import sys
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .attached import attach_runtime
 from .errors import FlowLoadError, FlowStateError, ProtocolError, RuntimeStartError, first
+from .faults import CrashWindow, deadline, hang_errors
 from .framing import decode_frame, encode_frame
-from .process import RuntimeProcess, spawn_runtime
+from .hosts import open_host
 from .queues import DeliveryQueues
 
 if TYPE_CHECKING:
     from ..runtimes.registry import RuntimeManifest
     from .config import RunnerConfig
     from .flowrun import FlowRun
+    from .process import RuntimeProcess
     from .queues import Delivery
 
 __all__ = ["InstanceStatus", "RuntimeInstance"]
@@ -101,8 +105,6 @@ class RuntimeInstance:
         self._acked = trio.Event()
         self._unloaded: dict[str, trio.Event] = {}
 
-    # ------------------------------------------------------------------ sending
-
     def statistics(self) -> dict[str, Any]:
         queues = self.queues.statistics()
         return {
@@ -116,6 +118,8 @@ class RuntimeInstance:
             "delivered": queues.delivered,
             "redelivered": queues.redelivered,
         }
+
+    # ------------------------------------------------------------------ sending
 
     def kick(self) -> None:
         """Send what may go now straight from the calling task, without blocking.
@@ -154,7 +158,12 @@ class RuntimeInstance:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         started = False
-        crashes: deque[float] = deque()
+        crashes = CrashWindow(
+            # A page that goes away and comes back is no crash loop (attached hosts).
+            limit=None if self.manifest.attach else self.config.crash_limit,
+            period=self.config.crash_period,
+            backoff_max=self.config.restart_backoff_max,
+        )
         self._stopping = False
         self._stopped = trio.Event()
         self.status = InstanceStatus.STARTING
@@ -186,15 +195,11 @@ class RuntimeInstance:
                         "reason": reason,
                     }
                 )
-                now = trio.current_time()
-                crashes.append(now)
-                while crashes and now - crashes[0] > self.config.crash_period:
-                    crashes.popleft()
-                # A page that goes away and comes back is no crash loop (attached hosts).
-                if len(crashes) >= self.config.crash_limit and not self.manifest.attach:
+                delay = crashes.crashed(trio.current_time())
+                if delay is None:
                     self.status = InstanceStatus.FAILED
                     message = (
-                        f"runtime {self.manifest.id} of flow {self.flow.flow_id} crashed {len(crashes)} times "
+                        f"runtime {self.manifest.id} of flow {self.flow.flow_id} crashed {crashes.count} times "
                         f"within {self.config.crash_period:g} s; last: {reason}"
                     )
                     self.last_error = message
@@ -202,10 +207,6 @@ class RuntimeInstance:
                     return
                 self.status = InstanceStatus.RESTARTING
                 self.restarts += 1
-                delay = min(
-                    self.config.restart_backoff_max,
-                    0.0 if len(crashes) <= 1 else 0.1 * 2 ** (len(crashes) - 2),
-                )
                 if delay:
                     await trio.sleep(delay)
         finally:
@@ -223,29 +224,9 @@ class RuntimeInstance:
         if self.environment is not None and self._host_options is None:
             env = await self.flow.build_environment(self)
             self._host_options = env.host_options()
-        options = self._host_options or {}
-        argv = self.manifest.argv()
-        if options.get("python"):
-            argv = [options["python"] if part == sys.executable else part for part in argv]
-        if self.manifest.attach:
-            if self.config.attached is None:
-                raise RuntimeStartError(
-                    f"{self.name}: runtime {self.manifest.id} has hosts that attach"
-                    " themselves (a web page), and this runner takes none"
-                )
-            host = attach_runtime(
-                self.config.attached, self.name, start_timeout=self.config.start_timeout
-            )
-        else:
-            host = spawn_runtime(
-                argv,
-                name=self.name,
-                on_log=self._on_host_output,
-                start_timeout=self.config.start_timeout,
-                fifo_parent=self.config.fifo_dir,
-                env=options.get("env") or None,
-                cwd=options.get("cwd"),
-            )
+        host = open_host(
+            self.manifest, self.config, self.name, self._host_options or {}, self._on_host_output
+        )
         try:
             async with host as proc:
                 self.process = proc
@@ -294,18 +275,20 @@ class RuntimeInstance:
             return
         with trio.move_on_after(self.config.stop_timeout):
             try:
-                async with proc._send_lock:
-                    # Finish a frame a direct send left half-written, or the host reads garbage.
-                    leftover, self._leftover = self._leftover, None
-                    await proc._writer.send_all(
-                        bytes(leftover or b"") + encode_frame({"op": "shutdown"})
-                    )
+                await self._send(proc, encode_frame({"op": "shutdown"}))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             await self._stopped.wait()
         proc.kill()
 
     # ------------------------------------------------------------------ I/O tasks
+
+    async def _send(self, proc: RuntimeProcess, data: bytes) -> None:
+        """Write ``data`` now, outside the writer task. A frame a direct write (kick) left
+        half-written is finished first, or the host would read garbage."""
+        async with proc._send_lock:
+            leftover, self._leftover = self._leftover, None
+            await proc._writer.send_all(bytes(leftover or b"") + data)
 
     async def _writer(self, proc: RuntimeProcess) -> None:
         while True:
@@ -409,11 +392,9 @@ class RuntimeInstance:
         messages can take longer than this limit, and a host with a watchdog says ``hung``."""
         if "watchdog" in (proc.hello.get("features") or ()):
             return
-        timeouts = [
-            float(m.get("timeout") or self.config.default_module_timeout)
-            for m in self.modules.values()
-        ]
-        limit = 2 * max(timeouts, default=self.config.default_module_timeout) + 1.0
+        limit = deadline(
+            (m.get("timeout") for m in self.modules.values()), self.config.default_module_timeout
+        )
         period = max(0.05, min(1.0, limit / 4))
         while True:
             await trio.sleep(period)
@@ -424,50 +405,13 @@ class RuntimeInstance:
                 )
                 raise _HostEnded(f"no answer from host for {limit:g} s with deliveries pending")
 
-    # ------------------------------------------------------------------ faults
-
     def _on_hung(self, frame: dict[str, Any]) -> None:
-        module = frame["module"]
-        seq = frame.get("seq")
-        index = frame.get("index")
-        elapsed = frame.get("elapsed")
-        timeout = self.modules.get(module, {}).get("timeout")
-        detail = (
-            f"handler ran past its timeout of {timeout:g} s"
-            if isinstance(timeout, (int, float))
-            else "handler hung"
-        )
-        if isinstance(elapsed, (int, float)) and math.isfinite(elapsed):
-            detail += f" (running for {elapsed:.3g} s); runtime restarted"
-        removed = self.queues.hung(seq, index)
-        if removed is None:
-            # Nothing leaves the window: the frame goes again to the restarted host.
-            self.flow.record_error(
-                module,
-                frame.get("port"),
-                frame.get("msg"),
-                {"type": "Timeout", "message": detail},
-                runtime=self.manifest.id,
-            )
-            return
-        self.flow.settle(len(removed.msgs))
-        if removed.hangs < 2:
-            self.flow.record_error(
-                module,
-                frame.get("port"),
-                removed.msgs[0],
-                {"type": "Timeout", "message": detail},
-                runtime=self.manifest.id,
-            )
-            return
-        for msg in removed.msgs:
-            self.flow.record_error(
-                removed.module,
-                removed.port,
-                msg,
-                {"type": "Timeout", "message": detail + "; frame hung twice, not delivered again"},
-                runtime=self.manifest.id,
-            )
+        removed = self.queues.hung(frame.get("seq"), frame.get("index"))
+        if removed is not None:
+            self.flow.settle(len(removed.msgs))
+        timeout = self.modules.get(frame["module"], {}).get("timeout")
+        for e in hang_errors(frame, timeout, removed):
+            self.flow.record_error(e.module, e.port, e.msg, e.error, runtime=self.manifest.id)
 
     # ------------------------------------------------------------------ hot swap
 
@@ -499,11 +443,8 @@ class RuntimeInstance:
                 f"runtime {self.manifest.id} of flow {self.flow.flow_id} is "
                 f"{self.status.value}; try the update again"
             )
-        data = b"".join(encode_frame(f) for f in frames)
         try:
-            async with proc._send_lock:
-                leftover, self._leftover = self._leftover, None
-                await proc._writer.send_all(bytes(leftover or b"") + data)
+            await self._send(proc, b"".join(encode_frame(f) for f in frames))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise FlowStateError(f"runtime {self.manifest.id} went away: {exc}") from None
 
@@ -557,11 +498,8 @@ class RuntimeInstance:
         proc = self.process
         if proc is None or self.status is not InstanceStatus.RUNNING:
             return  # the restarted host gets them again from the window
-        data = b"".join(d.encode() for d in deliveries)
         try:
-            async with proc._send_lock:
-                leftover, self._leftover = self._leftover, None
-                await proc._writer.send_all(bytes(leftover or b"") + data)
+            await self._send(proc, b"".join(d.encode() for d in deliveries))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the reader sees the host go; the window is delivered again
 
