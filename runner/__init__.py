@@ -5,10 +5,11 @@ host process), ``hosts`` (spawned or attached hosts), ``instance`` (supervision 
 host), ``queues`` (sans-IO queues, window and redelivery), ``faults`` (sans-IO backoff,
 crash loops, hung handlers), ``flowrun`` (a flow's routing, outputs and errors),
 ``service`` (the Runner API object), ``swap`` (hot swap), ``store`` (the state dir),
-``events``, ``config``.
+``status`` (lifecycle enums), ``events``, ``config``.
 """
 
 from .config import RunnerConfig
+from .debugger import PauseReason
 from .errors import (
     FlowLoadError,
     FlowNotFound,
@@ -25,23 +26,27 @@ from .errors import (
     first,
     leaves,
 )
-from .events import EventHub, Subscription
-from .flowrun import FlowRun, FlowStatus
+from .events import EventHub, EventKind, Subscription
+from .flowrun import FlowRun
 from .service import Runner, UpdateResult, open_runner
+from .status import FlowStatus, InstanceStatus
 from .store import FlowStore, StateDirInUse, StoredFlow
 from .swap import SwapRejected
 
 __all__ = [
     "EventHub",
+    "EventKind",
     "FlowLoadError",
     "FlowNotFound",
     "FlowRun",
     "FlowStateError",
     "FlowStatus",
     "FlowStore",
+    "InstanceStatus",
     "ModuleNotFound",
     "NotFound",
     "NotSupported",
+    "PauseReason",
     "PortNotFound",
     "ProtocolError",
     "RevisionConflict",

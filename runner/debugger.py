@@ -28,6 +28,7 @@ it raised this tick) and ``edits`` (queue edits made since the previous step).
 
 from __future__ import annotations
 
+import enum
 import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,8 @@ import trio
 
 from .conditions import Condition
 from .errors import FlowStateError, NotFound
+from .events import EventKind
+from .status import FlowStatus
 
 if TYPE_CHECKING:
     from collections import deque
@@ -45,7 +48,16 @@ if TYPE_CHECKING:
     from .instance import RuntimeInstance
     from .queues import Delivery
 
-__all__ = ["Breakpoint", "Debugger", "Tick"]
+__all__ = ["Breakpoint", "Debugger", "PauseReason", "Tick"]
+
+
+class PauseReason(enum.StrEnum):
+    """Why a flow is paused (``reason`` of the ``paused`` event and of ``pause_info``)."""
+
+    #: a message reached a module with a breakpoint (and matched its condition)
+    BREAKPOINT = "breakpoint"
+    #: someone asked (pause_flow)
+    PAUSE = "pause"
 
 
 @attrs.define
@@ -77,7 +89,7 @@ class Debugger:
         self.run = run
         self.breakpoints: dict[str, Breakpoint] = {}
         self.paused = False
-        #: why the flow is paused: {"reason": "breakpoint"|"pause", module, port, msg}
+        #: why the flow is paused: {"reason": PauseReason, module, port, msg}
         self.pause_info: dict[str, Any] | None = None
         self.tick: Tick | None = None
         # qualified module id -> messages at the head of its queue that pass the
@@ -108,7 +120,12 @@ class Debugger:
                     bp.hits += 1
                     self._release[qid] = index + 1
                     self._pause(
-                        {"reason": "breakpoint", "module": bp.module, "port": d.port, "msg": msg}
+                        {
+                            "reason": PauseReason.BREAKPOINT,
+                            "module": bp.module,
+                            "port": d.port,
+                            "msg": msg,
+                        }
                     )
                     return index
                 index += 1
@@ -124,7 +141,7 @@ class Debugger:
     def _pause(self, info: dict[str, Any]) -> None:
         self.paused = True
         self.pause_info = {**info, "time": time.time()}
-        self.run.publish({"kind": "paused", **info})
+        self.run.publish({"kind": EventKind.PAUSED, **info})
 
     # ------------------------------------------------------------------ commands
 
@@ -147,7 +164,7 @@ class Debugger:
     async def pause(self) -> None:
         async with self._lock:
             if not self.paused:
-                self._pause({"reason": "pause"})
+                self._pause({"reason": PauseReason.PAUSE})
             await self.ensure_wiring()
             await self._quiet()
 
@@ -157,7 +174,7 @@ class Debugger:
                 raise FlowStateError(f"flow {self.run.flow_id!r} is not paused")
             self.paused = False
             self.pause_info = None
-            self.run.publish({"kind": "continued"})
+            self.run.publish({"kind": EventKind.CONTINUED})
             for instance in list(self.run.instances.values()):
                 instance.kick()
             self.run.notify()
@@ -207,7 +224,7 @@ class Debugger:
                     "errors": list(tick.errors.get(module.id, ())),
                     "edits": self._edits.pop(module.id, []),
                 }
-            run.publish({"kind": "step", "modules": result})
+            run.publish({"kind": EventKind.STEP, "modules": result})
             return result
 
     def queues(self) -> dict[str, list[dict[str, Any]]]:
@@ -247,7 +264,7 @@ class Debugger:
             if msg is not None:
                 edit["new"] = msg
             self._edits[module].append(edit)
-            run.publish({"kind": "queue", "module": module, **edit})
+            run.publish({"kind": EventKind.QUEUE, "module": module, **edit})
             return old
 
     def describe(self) -> dict[str, Any]:
@@ -271,7 +288,7 @@ class Debugger:
         want = self.active
         if run.external_routing == want:
             return
-        if run.status.value != "running":
+        if run.status is not FlowStatus.RUNNING:
             run._install(run.plan(run.flow))  # used when the flow starts
             return
         instances = list(run.instances.values())
@@ -299,7 +316,7 @@ class Debugger:
     async def _quiet(self) -> None:
         """Wait until no message of the flow is inside a host."""
         run = self.run
-        if run.status.value != "running":
+        if run.status is not FlowStatus.RUNNING:
             return
         try:
             with trio.fail_after(run.config.swap_timeout):
@@ -312,7 +329,7 @@ class Debugger:
             ) from None
 
     def _require_running(self) -> None:
-        if self.run.status.value != "running":
+        if self.run.status is not FlowStatus.RUNNING:
             raise FlowStateError(
-                f"flow {self.run.flow_id!r} is {self.run.status.value}: start it to step it"
+                f"flow {self.run.flow_id!r} is {self.run.status}: start it to step it"
             )

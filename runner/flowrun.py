@@ -14,7 +14,6 @@ flow. A message routed from A to B is counted before A's delivery is acknowledge
 
 from __future__ import annotations
 
-import enum
 import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
@@ -25,8 +24,10 @@ import trio
 
 from .debugger import Debugger
 from .errors import FlowStateError, ModuleNotFound, PortNotFound, RunnerError, first
-from .instance import InstanceStatus, RuntimeInstance
+from .events import EventKind
+from .instance import RuntimeInstance
 from .queues import DeliveryQueues
+from .status import FlowStatus, InstanceStatus
 
 if TYPE_CHECKING:
     from ..flows import Flow
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from .environments import Environment, EnvironmentManager
     from .events import Event, EventHub
 
-__all__ = ["FlowRun", "FlowStatus", "OutputSink", "Plan"]
+__all__ = ["FlowRun", "OutputSink", "Plan"]
 
 #: called with (module id, port, messages) for what reaches the flow's exits
 OutputSink = Callable[[str, str, list[Any]], Awaitable[None]]
@@ -52,14 +53,6 @@ class Plan:
     downstream: dict[str, dict[str, list[tuple[DeliveryQueues, str]]]]
     #: every wire goes through the runner (while the flow is debugged)
     external: bool = False
-
-
-class FlowStatus(enum.Enum):
-    STOPPED = "stopped"
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    FAILED = "failed"
 
 
 class FlowRun:
@@ -211,7 +204,7 @@ class FlowRun:
         assert instance.environment is not None
 
         def progress(event: dict[str, Any]) -> None:
-            self.publish({"kind": "environment", "runtime": instance.manifest.id, **event})
+            self.publish({"kind": EventKind.ENVIRONMENT, "runtime": instance.manifest.id, **event})
 
         return await self.environments.ensure(
             instance.manifest.id, instance.environment, instance.requirements, progress
@@ -267,7 +260,7 @@ class FlowRun:
     async def inject(self, module_id: str, port: str, msgs: list[Any]) -> None:
         if self.status is not FlowStatus.RUNNING:
             raise FlowStateError(
-                f"flow {self.flow_id!r} is {self.status.value}; start it before sending messages"
+                f"flow {self.flow_id!r} is {self.status}; start it before sending messages"
             )
         module = self._module(module_id)
         if port not in module.inputs:
@@ -320,7 +313,7 @@ class FlowRun:
             await self.sink(self.short(module), port, msgs)
         if self.hub.has_subscribers:
             self.publish(
-                {"kind": "output", "module": self.short(module), "port": port, "msgs": msgs}
+                {"kind": EventKind.OUTPUT, "module": self.short(module), "port": port, "msgs": msgs}
             )
 
     def record_error(
@@ -339,7 +332,7 @@ class FlowRun:
         self.error_count += 1
         if self.debugger.tick is not None:
             self.debugger.tick.errors[short].append(entry)
-        self.publish({"kind": "error", **entry})
+        self.publish({"kind": EventKind.ERROR, **entry})
 
     def publish(self, event: Event) -> None:
         if self.hub.has_subscribers:
@@ -379,7 +372,7 @@ class FlowRun:
         return {
             "id": self.flow_id,
             "revision": self.revision,
-            "status": self.status.value,
+            "status": self.status,
             "error": self.error,
             "pending": self.pending,
             "outputs": self.outputs,
@@ -391,7 +384,7 @@ class FlowRun:
         self.status = status
         if error is not None:
             self.error = error
-        self.publish({"kind": "flow", "status": status.value, "error": error})
+        self.publish({"kind": EventKind.FLOW, "status": status, "error": error})
         if status not in (FlowStatus.RUNNING, FlowStatus.STARTING):
             self._idle.set()
 

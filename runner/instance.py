@@ -25,7 +25,6 @@ loop marks the instance failed and tells the flow.
 
 from __future__ import annotations
 
-import enum
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -33,10 +32,12 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .errors import FlowLoadError, FlowStateError, ProtocolError, RuntimeStartError, first
+from .events import EventKind
 from .faults import CrashWindow, deadline, hang_errors
 from .framing import decode_frame, encode_frame
 from .hosts import open_host
 from .queues import DeliveryQueues
+from .status import InstanceStatus
 
 if TYPE_CHECKING:
     from ..runtimes.registry import RuntimeManifest
@@ -45,15 +46,7 @@ if TYPE_CHECKING:
     from .process import RuntimeProcess
     from .queues import Delivery
 
-__all__ = ["InstanceStatus", "RuntimeInstance"]
-
-
-class InstanceStatus(enum.Enum):
-    STOPPED = "stopped"
-    STARTING = "starting"
-    RUNNING = "running"
-    RESTARTING = "restarting"
-    FAILED = "failed"
+__all__ = ["RuntimeInstance"]
 
 
 class _HostEnded(Exception):
@@ -109,7 +102,7 @@ class RuntimeInstance:
         queues = self.queues.statistics()
         return {
             "runtime": self.manifest.id,
-            "status": self.status.value,
+            "status": self.status,
             "pid": self.process.pid if self.process else None,
             "queued": queues.queued,
             "unacknowledged": queues.unacknowledged,
@@ -189,7 +182,7 @@ class RuntimeInstance:
                 self._log(None, "error", f"runtime host {self.name} ended: {reason}; restarting")
                 self.flow.publish(
                     {
-                        "kind": "runtime",
+                        "kind": EventKind.RUNTIME,
                         "runtime": self.manifest.id,
                         "event": "restart",
                         "reason": reason,
@@ -239,7 +232,11 @@ class RuntimeInstance:
                     self.status = InstanceStatus.RUNNING
                     if self.restarts:
                         self.flow.publish(
-                            {"kind": "runtime", "runtime": self.manifest.id, "event": "ready"}
+                            {
+                                "kind": EventKind.RUNTIME,
+                                "runtime": self.manifest.id,
+                                "event": "ready",
+                            }
                         )
                     if task_status is not None:
                         task_status.started()
@@ -431,7 +428,7 @@ class RuntimeInstance:
             if self.status is not InstanceStatus.RUNNING:
                 raise FlowStateError(
                     f"runtime {self.manifest.id} of flow {self.flow.flow_id} is "
-                    f"{self.status.value}; try the update again"
+                    f"{self.status}; try the update again"
                 )
             await self._acked.wait()
 
@@ -441,7 +438,7 @@ class RuntimeInstance:
         if proc is None or self.status is not InstanceStatus.RUNNING:
             raise FlowStateError(
                 f"runtime {self.manifest.id} of flow {self.flow.flow_id} is "
-                f"{self.status.value}; try the update again"
+                f"{self.status}; try the update again"
             )
         try:
             await self._send(proc, b"".join(encode_frame(f) for f in frames))
@@ -518,7 +515,7 @@ class RuntimeInstance:
             "text": text,
         }
         self.logs.append(entry)
-        self.flow.publish({"kind": "log", **entry})
+        self.flow.publish({"kind": EventKind.LOG, **entry})
 
 
 def _single(group: BaseExceptionGroup) -> BaseException:

@@ -35,6 +35,8 @@ import trio
 
 from ..flows.diff import FlowDiff, diff_flows
 from .errors import FlowStateError, RunnerError
+from .events import EventKind
+from .status import FlowStatus
 
 if TYPE_CHECKING:
     from collections import deque
@@ -70,8 +72,8 @@ async def hot_swap(
     here from another runner)."""
     started = time.perf_counter()
     diff = diff_flows(run.flow, new_flow)
-    if run.status.value != "running" or run.instance_nursery is None:
-        raise FlowStateError(f"flow {run.flow_id!r} is {run.status.value}, not running")
+    if run.status is not FlowStatus.RUNNING or run.instance_nursery is None:
+        raise FlowStateError(f"flow {run.flow_id!r} is {run.status}, not running")
     plan = run.plan(new_flow)
     reloaded = diff.reloaded()
     if diff.empty or (
@@ -181,7 +183,7 @@ def _report(
         "pausedMs": round(paused_ms, 3),
         "durationMs": round((time.perf_counter() - started) * 1000, 3),
     }
-    run.publish({"kind": "swap", **report})
+    run.publish({"kind": EventKind.SWAP, **report})
     return report
 
 
