@@ -1,11 +1,15 @@
 """fifoflow.runner: runtime supervision, FIFO channels, routing, the runner service.
 
 Modules: ``pipes`` (the FIFO pair), ``framing`` (sans-IO line protocol), ``process`` (one
-host process), ``instance`` (supervision, queues, redelivery), ``flowrun`` (a flow's
-routing, outputs and errors), ``service`` (the Runner API object), ``swap`` (hot swap), ``store`` (the state dir), ``events``, ``config``.
+host process), ``hosts`` (spawned or attached hosts), ``instance`` (supervision of one
+host), ``queues`` (sans-IO queues, window and redelivery), ``faults`` (sans-IO backoff,
+crash loops, hung handlers), ``flowrun`` (a flow's routing, outputs and errors),
+``service`` (the Runner API object), ``swap`` (hot swap), ``store`` (the state dir),
+``status`` (lifecycle enums), ``events``, ``config``.
 """
 
 from .config import RunnerConfig
+from .debugger import PauseReason
 from .errors import (
     FlowLoadError,
     FlowNotFound,
@@ -19,24 +23,30 @@ from .errors import (
     RunnerError,
     RuntimeNotFound,
     RuntimeStartError,
+    first,
+    leaves,
 )
-from .events import EventHub, Subscription
-from .flowrun import FlowRun, FlowStatus
+from .events import EventHub, EventKind, Subscription
+from .flowrun import FlowRun
 from .service import Runner, UpdateResult, open_runner
+from .status import FlowStatus, InstanceStatus
 from .store import FlowStore, StateDirInUse, StoredFlow
 from .swap import SwapRejected
 
 __all__ = [
     "EventHub",
+    "EventKind",
     "FlowLoadError",
     "FlowNotFound",
     "FlowRun",
     "FlowStateError",
     "FlowStatus",
     "FlowStore",
+    "InstanceStatus",
     "ModuleNotFound",
     "NotFound",
     "NotSupported",
+    "PauseReason",
     "PortNotFound",
     "ProtocolError",
     "RevisionConflict",
@@ -50,5 +60,7 @@ __all__ = [
     "Subscription",
     "SwapRejected",
     "UpdateResult",
+    "first",
+    "leaves",
     "open_runner",
 ]

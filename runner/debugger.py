@@ -4,7 +4,7 @@ Where the gate is. While a flow is debugged (it has a breakpoint, or is paused) 
 runner installs a wiring in which *every* wire goes through the runner, same-runtime
 wires included (``FlowRun.plan``: no ``local`` routes in the hosts' tables). A host then
 only ever handles what the runner sent it, so one gate in the runner — the per-module
-queues of ``RuntimeInstance`` — stops python, node and exec modules alike, and a
+queues of each ``RuntimeInstance``, ``queues.py`` — stops python, node and exec modules alike, and a
 breakpoint on a same-runtime wire behaves exactly as one on a cross-runtime wire.
 Switching the wiring happens at a quiet point (pause, drain, install, resume: the hot
 swap's barrier), so no message is lost or reordered by it. When the flow is no longer
@@ -28,6 +28,7 @@ it raised this tick) and ``edits`` (queue edits made since the previous step).
 
 from __future__ import annotations
 
+import enum
 import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
@@ -37,14 +38,26 @@ import trio
 
 from .conditions import Condition
 from .errors import FlowStateError, NotFound
+from .events import EventKind
+from .status import FlowStatus
 
 if TYPE_CHECKING:
     from collections import deque
 
     from .flowrun import FlowRun
-    from .instance import Delivery, RuntimeInstance
+    from .instance import RuntimeInstance
+    from .queues import Delivery
 
-__all__ = ["Breakpoint", "Debugger", "Tick"]
+__all__ = ["Breakpoint", "Debugger", "PauseReason", "Tick"]
+
+
+class PauseReason(enum.StrEnum):
+    """Why a flow is paused (``reason`` of the ``paused`` event and of ``pause_info``)."""
+
+    #: a message reached a module with a breakpoint (and matched its condition)
+    BREAKPOINT = "breakpoint"
+    #: someone asked (pause_flow)
+    PAUSE = "pause"
 
 
 @attrs.define
@@ -76,7 +89,7 @@ class Debugger:
         self.run = run
         self.breakpoints: dict[str, Breakpoint] = {}
         self.paused = False
-        #: why the flow is paused: {"reason": "breakpoint"|"pause", module, port, msg}
+        #: why the flow is paused: {"reason": PauseReason, module, port, msg}
         self.pause_info: dict[str, Any] | None = None
         self.tick: Tick | None = None
         # qualified module id -> messages at the head of its queue that pass the
@@ -107,7 +120,12 @@ class Debugger:
                     bp.hits += 1
                     self._release[qid] = index + 1
                     self._pause(
-                        {"reason": "breakpoint", "module": bp.module, "port": d.port, "msg": msg}
+                        {
+                            "reason": PauseReason.BREAKPOINT,
+                            "module": bp.module,
+                            "port": d.port,
+                            "msg": msg,
+                        }
                     )
                     return index
                 index += 1
@@ -123,7 +141,7 @@ class Debugger:
     def _pause(self, info: dict[str, Any]) -> None:
         self.paused = True
         self.pause_info = {**info, "time": time.time()}
-        self.run.publish({"kind": "paused", **info})
+        self.run.publish({"kind": EventKind.PAUSED, **info})
 
     # ------------------------------------------------------------------ commands
 
@@ -146,7 +164,7 @@ class Debugger:
     async def pause(self) -> None:
         async with self._lock:
             if not self.paused:
-                self._pause({"reason": "pause"})
+                self._pause({"reason": PauseReason.PAUSE})
             await self.ensure_wiring()
             await self._quiet()
 
@@ -156,7 +174,7 @@ class Debugger:
                 raise FlowStateError(f"flow {self.run.flow_id!r} is not paused")
             self.paused = False
             self.pause_info = None
-            self.run.publish({"kind": "continued"})
+            self.run.publish({"kind": EventKind.CONTINUED})
             for instance in list(self.run.instances.values()):
                 instance.kick()
             self.run.notify()
@@ -176,7 +194,7 @@ class Debugger:
             for module in run.flow.modules:
                 qid = run.qualified(module.id)
                 instance = run.instances[module.host]
-                one = instance.pop_one(qid)
+                one = instance.queues.pop_one(qid)
                 if one is not None:
                     self.taken(qid, 1)
                     consumed[module.id] = {"port": one.port, "msg": one.msgs[0]}
@@ -191,7 +209,7 @@ class Debugger:
             result: dict[str, Any] = {}
             for module in run.flow.modules:
                 qid = run.qualified(module.id)
-                queued = run.instances[module.host].queued(qid)
+                queued = run.instances[module.host].queues.queued(qid)
                 result[qid] = {
                     "inputStates": {
                         "consumed": consumed.get(module.id),
@@ -206,7 +224,7 @@ class Debugger:
                     "errors": list(tick.errors.get(module.id, ())),
                     "edits": self._edits.pop(module.id, []),
                 }
-            run.publish({"kind": "step", "modules": result})
+            run.publish({"kind": EventKind.STEP, "modules": result})
             return result
 
     def queues(self) -> dict[str, list[dict[str, Any]]]:
@@ -215,7 +233,7 @@ class Debugger:
         out: dict[str, list[dict[str, Any]]] = {}
         for module in run.flow.modules:
             entries = []
-            for d in run.instances[module.host].queued(run.qualified(module.id)):
+            for d in run.instances[module.host].queues.queued(run.qualified(module.id)):
                 for msg in d.msgs:
                     entries.append({"index": len(entries), "port": d.port, "msg": msg})
             out[module.id] = entries
@@ -232,7 +250,7 @@ class Debugger:
                 )
             qid = run.qualified(module)
             try:
-                old = run.instances[mod.host].replace_queued(qid, index, msg)
+                old = run.instances[mod.host].queues.replace(qid, index, msg)
             except IndexError:
                 waiting = len(self.queues()[module])
                 raise NotFound(
@@ -246,7 +264,7 @@ class Debugger:
             if msg is not None:
                 edit["new"] = msg
             self._edits[module].append(edit)
-            run.publish({"kind": "queue", "module": module, **edit})
+            run.publish({"kind": EventKind.QUEUE, "module": module, **edit})
             return old
 
     def describe(self) -> dict[str, Any]:
@@ -270,7 +288,7 @@ class Debugger:
         want = self.active
         if run.external_routing == want:
             return
-        if run.status.value != "running":
+        if run.status is not FlowStatus.RUNNING:
             run._install(run.plan(run.flow))  # used when the flow starts
             return
         instances = list(run.instances.values())
@@ -298,7 +316,7 @@ class Debugger:
     async def _quiet(self) -> None:
         """Wait until no message of the flow is inside a host."""
         run = self.run
-        if run.status.value != "running":
+        if run.status is not FlowStatus.RUNNING:
             return
         try:
             with trio.fail_after(run.config.swap_timeout):
@@ -311,7 +329,7 @@ class Debugger:
             ) from None
 
     def _require_running(self) -> None:
-        if self.run.status.value != "running":
+        if self.run.status is not FlowStatus.RUNNING:
             raise FlowStateError(
-                f"flow {self.run.flow_id!r} is {self.run.status.value}: start it to step it"
+                f"flow {self.run.flow_id!r} is {self.run.status}: start it to step it"
             )

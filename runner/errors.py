@@ -18,11 +18,17 @@
 
 Pipe failures surface as trio's ``BrokenResourceError`` / ``ClosedResourceError``
 inside the runner and are turned into a runtime restart; they never reach callers.
+
+Exception groups: a nursery wraps what its tasks raise in (nested) exception groups.
+:func:`leaves` flattens one, and :func:`first` finds the exception that matters in it,
+for callers that re-raise it as itself (the one walk over groups; ``api/`` uses it too).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
+
+import trio
 
 __all__ = [
     "FlowLoadError",
@@ -37,7 +43,11 @@ __all__ = [
     "RunnerError",
     "RuntimeNotFound",
     "RuntimeStartError",
+    "first",
+    "leaves",
 ]
+
+E = TypeVar("E", bound=BaseException)
 
 
 class RunnerError(Exception):
@@ -98,3 +108,25 @@ class RuntimeStartError(RunnerError):
 
 class ProtocolError(RunnerError):
     code = "protocol_error"
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside ``exc``, nested groups flattened, in order (depth first);
+    ``[exc]`` for an exception that is not a group."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return [exc]
+    found: list[BaseException] = []
+    for inner in exc.exceptions:
+        found.extend(leaves(inner))
+    return found
+
+
+def first(exc: BaseException, kind: type[E] | tuple[type[E], ...]) -> E | None:
+    """The first leaf of ``exc`` (see :func:`leaves`) that is a ``kind``, or None.
+
+    ``trio.Cancelled`` never counts, even for ``kind=BaseException``: in a group it is how
+    a nursery stopped the other tasks, not what went wrong."""
+    for leaf in leaves(exc):
+        if isinstance(leaf, kind) and not isinstance(leaf, trio.Cancelled):
+            return leaf
+    return None

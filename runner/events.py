@@ -4,14 +4,17 @@ A subscriber never slows a flow: each has a bounded buffer; when it is full, eve
 dropped *for that subscriber only* and counted, and the next event it receives is
 preceded by a ``missed`` event saying how many it lost.
 
-Event kinds: ``output`` (flow, module, port, msgs), ``error`` (flow, module, port,
-runtime, msg, error), ``log`` (flow, runtime, module, level, stream, text), ``flow``
-(flow, status, error), ``checkpoint`` (flow, modules: whose state was just written to
-the state dir), ``missed`` (count).
+Event kinds (:class:`EventKind`; an event's ``kind`` is a member, which is its string):
+``output`` (flow, module, port, msgs), ``error`` (flow, module, port, runtime, msg,
+error), ``log`` (flow, runtime, module, level, stream, text), ``flow`` (flow, status,
+error), ``checkpoint`` (flow, modules: whose state was just written to the state dir),
+``missed`` (count), and those of the debugger, hot swap, runtimes and environments (see
+:class:`EventKind`).
 """
 
 from __future__ import annotations
 
+import enum
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +23,35 @@ import trio
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-__all__ = ["Event", "EventHub", "Subscription"]
+__all__ = ["Event", "EventHub", "EventKind", "Subscription"]
 
 Event = dict[str, Any]
+
+
+class EventKind(enum.StrEnum):
+    """What an event is about (its ``kind``). A ``StrEnum``: subscribers may compare and
+    filter with the plain strings, and JSON carries them unchanged."""
+
+    OUTPUT = "output"
+    ERROR = "error"
+    LOG = "log"
+    #: a flow's status changed (``status``, ``error``)
+    FLOW = "flow"
+    CHECKPOINT = "checkpoint"
+    #: a hot swap happened (its report)
+    SWAP = "swap"
+    #: the debugger paused a flow (``reason``: a :class:`~.debugger.PauseReason`)
+    PAUSED = "paused"
+    CONTINUED = "continued"
+    STEP = "step"
+    #: a waiting message was edited or dropped
+    QUEUE = "queue"
+    #: a runtime host restarts or is ready again
+    RUNTIME = "runtime"
+    #: progress of an environment build
+    ENVIRONMENT = "environment"
+    #: to one subscriber only, which lost ``count`` events; not subscribed to
+    MISSED = "missed"
 
 
 class Subscription:
@@ -51,7 +80,7 @@ class Subscription:
             return False
         if self.kinds is not None and event["kind"] not in self.kinds:
             return False
-        if self.outputs is not None and event["kind"] == "output":
+        if self.outputs is not None and event["kind"] == EventKind.OUTPUT:
             return f"{event['module']}.{event['port']}" in self.outputs
         return True
 
@@ -65,7 +94,7 @@ class Subscription:
     def receive_nowait(self) -> Event:
         if self._missed:
             missed, self._missed = self._missed, 0
-            return {"kind": "missed", "count": missed}
+            return {"kind": EventKind.MISSED, "count": missed}
         if self._buffer:
             return self._buffer.popleft()
         raise trio.WouldBlock

@@ -14,7 +14,6 @@ flow. A message routed from A to B is counted before A's delivery is acknowledge
 
 from __future__ import annotations
 
-import enum
 import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
@@ -24,8 +23,11 @@ import attrs
 import trio
 
 from .debugger import Debugger
-from .errors import FlowStateError, ModuleNotFound, PortNotFound, RunnerError
-from .instance import InstanceStatus, RuntimeInstance
+from .errors import FlowStateError, ModuleNotFound, PortNotFound, RunnerError, first
+from .events import EventKind
+from .instance import RuntimeInstance
+from .queues import DeliveryQueues
+from .status import FlowStatus, InstanceStatus
 
 if TYPE_CHECKING:
     from ..flows import Flow
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
     from .environments import Environment, EnvironmentManager
     from .events import Event, EventHub
 
-__all__ = ["FlowRun", "FlowStatus", "OutputSink", "Plan"]
+__all__ = ["FlowRun", "OutputSink", "Plan"]
 
 #: called with (module id, port, messages) for what reaches the flow's exits
 OutputSink = Callable[[str, str, list[Any]], Awaitable[None]]
@@ -48,17 +50,9 @@ class Plan:
     loads: dict[str, dict[str, dict[str, Any]]]
     host_routes: dict[str, dict[str, Any]]
     routes: dict[tuple[str, str], list[tuple[RuntimeInstance, str, str] | None]]
-    downstream: dict[str, dict[str, list[tuple[RuntimeInstance, str]]]]
+    downstream: dict[str, dict[str, list[tuple[DeliveryQueues, str]]]]
     #: every wire goes through the runner (while the flow is debugged)
     external: bool = False
-
-
-class FlowStatus(enum.Enum):
-    STOPPED = "stopped"
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    FAILED = "failed"
 
 
 class FlowRun:
@@ -180,7 +174,7 @@ class FlowRun:
                     routes[(qid, port)] = targets
             host_routes[module.host][qid] = table
         # What each module's deliveries can produce messages for, through same-host wires.
-        downstream: dict[str, dict[str, list[tuple[RuntimeInstance, str]]]] = defaultdict(dict)
+        downstream: dict[str, dict[str, list[tuple[DeliveryQueues, str]]]] = defaultdict(dict)
         for module in flow.modules:
             qid = self.qualified(module.id)
             seen: set[str] = set()
@@ -196,7 +190,10 @@ class FlowRun:
                     for target in routes.get((current, port), ()):
                         if target is not None:
                             found.add((target[0], target[1]))
-            downstream[module.host][qid] = sorted(found, key=lambda t: (t[0].name, t[1]))
+            downstream[module.host][qid] = [
+                (instance.queues, dst)
+                for instance, dst in sorted(found, key=lambda t: (t[0].name, t[1]))
+            ]
         return Plan(instances, dict(loads), dict(host_routes), routes, dict(downstream), external)
 
     async def build_environment(self, instance: RuntimeInstance) -> Environment:
@@ -207,7 +204,7 @@ class FlowRun:
         assert instance.environment is not None
 
         def progress(event: dict[str, Any]) -> None:
-            self.publish({"kind": "environment", "runtime": instance.manifest.id, **event})
+            self.publish({"kind": EventKind.ENVIRONMENT, "runtime": instance.manifest.id, **event})
 
         return await self.environments.ensure(
             instance.manifest.id, instance.environment, instance.requirements, progress
@@ -220,7 +217,7 @@ class FlowRun:
         self.external_routing = plan.external
         for runtime, instance in plan.instances.items():
             instance.set_modules(plan.loads.get(runtime, {}), plan.host_routes.get(runtime, {}))
-            instance.downstream = plan.downstream.get(runtime, {})
+            instance.queues.downstream = plan.downstream.get(runtime, {})
         self.instances = plan.instances
 
     def instance_of(self, module_id: str) -> RuntimeInstance:
@@ -251,7 +248,7 @@ class FlowRun:
             else:
                 instance, dst, dst_port = target
                 self._add_pending(len(msgs))
-                instance.enqueue(dst, dst_port, msgs)
+                instance.queues.enqueue(dst, dst_port, msgs)
                 self._touched.add(instance)
 
     def kick(self) -> None:
@@ -263,7 +260,7 @@ class FlowRun:
     async def inject(self, module_id: str, port: str, msgs: list[Any]) -> None:
         if self.status is not FlowStatus.RUNNING:
             raise FlowStateError(
-                f"flow {self.flow_id!r} is {self.status.value}; start it before sending messages"
+                f"flow {self.flow_id!r} is {self.status}; start it before sending messages"
             )
         module = self._module(module_id)
         if port not in module.inputs:
@@ -277,13 +274,13 @@ class FlowRun:
             while True:
                 # Looked up again after every wait: a hot swap may have moved the module.
                 instance = self.instance_of(module_id)
-                if instance.has_room(qid):
+                if instance.queues.has_room(qid):
                     break
                 await self.progress_event().wait()
             if self.status is not FlowStatus.RUNNING:
                 raise FlowStateError(f"flow {self.flow_id!r} stopped while messages were sent")
             self._add_pending(len(chunk))
-            instance.enqueue(qid, port, chunk)
+            instance.queues.enqueue(qid, port, chunk)
             instance.kick()
 
     def _add_pending(self, n: int) -> None:
@@ -316,7 +313,7 @@ class FlowRun:
             await self.sink(self.short(module), port, msgs)
         if self.hub.has_subscribers:
             self.publish(
-                {"kind": "output", "module": self.short(module), "port": port, "msgs": msgs}
+                {"kind": EventKind.OUTPUT, "module": self.short(module), "port": port, "msgs": msgs}
             )
 
     def record_error(
@@ -335,7 +332,7 @@ class FlowRun:
         self.error_count += 1
         if self.debugger.tick is not None:
             self.debugger.tick.errors[short].append(entry)
-        self.publish({"kind": "error", **entry})
+        self.publish({"kind": EventKind.ERROR, **entry})
 
     def publish(self, event: Event) -> None:
         if self.hub.has_subscribers:
@@ -375,7 +372,7 @@ class FlowRun:
         return {
             "id": self.flow_id,
             "revision": self.revision,
-            "status": self.status.value,
+            "status": self.status,
             "error": self.error,
             "pending": self.pending,
             "outputs": self.outputs,
@@ -387,7 +384,7 @@ class FlowRun:
         self.status = status
         if error is not None:
             self.error = error
-        self.publish({"kind": "flow", "status": status.value, "error": error})
+        self.publish({"kind": EventKind.FLOW, "status": status, "error": error})
         if status not in (FlowStatus.RUNNING, FlowStatus.STARTING):
             self._idle.set()
 
@@ -409,7 +406,7 @@ class FlowRun:
                         started = True
                         task_status.started()
                 except BaseExceptionGroup as group:
-                    leaf = _first_runner_error(group)
+                    leaf = first(group, RunnerError)
                     if leaf is None:
                         raise
                     raise leaf from None
@@ -454,14 +451,3 @@ class FlowRun:
                 other._stopping = True
         if self._scope is not None:
             self._scope.cancel()
-
-
-def _first_runner_error(group: BaseExceptionGroup) -> RunnerError | None:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            found = _first_runner_error(exc)
-            if found is not None:
-                return found
-        elif isinstance(exc, RunnerError):
-            return exc
-    return None

@@ -43,7 +43,8 @@ import trio_websocket
 
 from ..flows import parse_flow
 from ..flows.resources import format_size
-from .errors import RunnerError
+from .errors import RunnerError, first
+from .events import EventKind
 from .rpc import LinkClosed, RemoteError, RpcPeer
 from .store import atomic_write
 
@@ -198,13 +199,13 @@ class DispatcherLink:
     async def _forward_snapshots(self, peer: RpcPeer) -> None:
         """Send each checkpointed module state to the dispatcher: a flow placed again
         elsewhere starts from it."""
-        sub = self.runner.subscribe(kinds=["checkpoint", "paused"], capacity=1000)
+        sub = self.runner.subscribe(kinds=[EventKind.CHECKPOINT, EventKind.PAUSED], capacity=1000)
         try:
             async for event in sub:
                 fid = event.get("flow")
                 if fid is None:
                     continue
-                if event["kind"] == "paused":
+                if event["kind"] == EventKind.PAUSED:
                     # A breakpoint here pauses the parts of the flow on other runners too.
                     info = {k: event.get(k) for k in ("reason", "module", "port", "msg")}
                     await peer.notify("paused", flowId=fid, **info)
@@ -423,16 +424,7 @@ async def _unwrapped() -> AsyncIterator[None]:
     try:
         yield
     except BaseExceptionGroup as group:
-        leaves: list[BaseException] = []
-
-        def walk(exc: BaseException) -> None:
-            if isinstance(exc, BaseExceptionGroup):
-                for inner in exc.exceptions:
-                    walk(inner)
-            elif not isinstance(exc, trio.Cancelled):
-                leaves.append(exc)
-
-        walk(group)
-        if leaves:
-            raise leaves[0] from None
+        leaf = first(group, BaseException)
+        if leaf is not None:
+            raise leaf from None
         raise

@@ -48,8 +48,9 @@ from .errors import (
     RunnerError,
     RuntimeNotFound,
 )
-from .events import EventHub, Subscription
-from .flowrun import FlowRun, FlowStatus, OutputSink
+from .events import EventHub, EventKind, Subscription
+from .flowrun import FlowRun, OutputSink
+from .status import FlowStatus
 from .store import FlowStore
 from .swap import hot_swap
 
@@ -177,7 +178,7 @@ class Runner:
             if self._saved_states.get(flow_id) != data:
                 self.store.save_states(flow_id, snapshot)
                 self._saved_states[flow_id] = data
-                run.publish({"kind": "checkpoint", "modules": sorted(snapshot)})
+                run.publish({"kind": EventKind.CHECKPOINT, "modules": sorted(snapshot)})
 
     async def _checkpoints(self) -> None:
         while True:
@@ -258,7 +259,7 @@ class Runner:
                 )
             if current is not None and current.status in (FlowStatus.STARTING, FlowStatus.STOPPING):
                 raise FlowStateError(
-                    f"flow {flow.id!r} is {current.status.value}; update it once that is done"
+                    f"flow {flow.id!r} is {current.status}; update it once that is done"
                 )
             if current is not None and current.status is FlowStatus.RUNNING:
                 report = await hot_swap(current, flow, states)
@@ -342,7 +343,7 @@ class Runner:
     async def pause_flow(self, flow_id: str) -> dict[str, Any]:
         run = self.flow(flow_id)
         if run.status is not FlowStatus.RUNNING:
-            raise FlowStateError(f"flow {flow_id!r} is {run.status.value}: start it to pause it")
+            raise FlowStateError(f"flow {flow_id!r} is {run.status}: start it to pause it")
         async with self._lock:
             await run.debugger.pause()
         return run.debugger.describe()
@@ -389,7 +390,7 @@ class Runner:
         ]
 
     def _env_progress(self, event: dict[str, Any]) -> None:
-        self.events.publish({"kind": "environment", "flow": None, **event})
+        self.events.publish({"kind": EventKind.ENVIRONMENT, "flow": None, **event})
 
     async def change_environment(
         self, env_id: str, install: list[str], remove: list[str]
@@ -453,6 +454,7 @@ class Runner:
     def health(self) -> dict[str, Any]:
         counts: dict[str, int] = {}
         for run in self._flows.values():
+            # keyed by the plain string: orjson refuses enum members as keys
             counts[run.status.value] = counts.get(run.status.value, 0) + 1
         return {
             "status": "ok" if self._nursery is not None else "stopped",
@@ -504,6 +506,8 @@ async def open_runner(
                     await runner.aclose()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
+        # One level, not errors.leaves(): the nursery wraps the body's exception once, and
+        # a group the body raised itself must come out as that group, not as its leaves.
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
         raise

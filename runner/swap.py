@@ -35,13 +35,16 @@ import trio
 
 from ..flows.diff import FlowDiff, diff_flows
 from .errors import FlowStateError, RunnerError
+from .events import EventKind
+from .status import FlowStatus
 
 if TYPE_CHECKING:
     from collections import deque
 
     from ..flows import Flow
     from .flowrun import FlowRun
-    from .instance import Delivery, RuntimeInstance
+    from .instance import RuntimeInstance
+    from .queues import Delivery
 
 __all__ = ["SwapRejected", "hot_swap"]
 
@@ -69,8 +72,8 @@ async def hot_swap(
     here from another runner)."""
     started = time.perf_counter()
     diff = diff_flows(run.flow, new_flow)
-    if run.status.value != "running" or run.instance_nursery is None:
-        raise FlowStateError(f"flow {run.flow_id!r} is {run.status.value}, not running")
+    if run.status is not FlowStatus.RUNNING or run.instance_nursery is None:
+        raise FlowStateError(f"flow {run.flow_id!r} is {run.status}, not running")
     plan = run.plan(new_flow)
     reloaded = diff.reloaded()
     if diff.empty or (
@@ -131,14 +134,14 @@ async def hot_swap(
         for mid, src, _ in diff.moved:
             await old_instances[src].unload_module(run.qualified(mid))
         for mid in diff.removed:
-            queue = old_instances[by_id_old[mid].host].take_queue(run.qualified(mid))
+            queue = old_instances[by_id_old[mid].host].queues.take_queue(run.qualified(mid))
             if queue:
                 dropped[mid] = [{"port": d.port, "msgs": d.msgs} for d in queue]
                 run.settle(sum(len(d.msgs) for d in queue))
         for mid, src, dst in diff.moved:
             qid = run.qualified(mid)
-            queue: deque[Delivery] = old_instances[src].take_queue(qid)
-            rehomed += plan.instances[dst].prepend_queue(qid, queue)
+            queue: deque[Delivery] = old_instances[src].queues.take_queue(qid)
+            rehomed += plan.instances[dst].queues.prepend(qid, queue)
         run.flow = new_flow
         run._install(plan)
         run.debugger.forget({m.id for m in new_flow.modules})
@@ -180,7 +183,7 @@ def _report(
         "pausedMs": round(paused_ms, 3),
         "durationMs": round((time.perf_counter() - started) * 1000, 3),
     }
-    run.publish({"kind": "swap", **report})
+    run.publish({"kind": EventKind.SWAP, **report})
     return report
 
 

@@ -127,7 +127,7 @@ async def test_sigkill_mid_stream_redelivers_without_gaps(victim: str) -> None:
         got = sink.msgs()
         assert mid.restarts == 1
         # What node had not acknowledged when it died was sent again to the new process.
-        assert mid.redelivered_msgs >= in_flight
+        assert mid.statistics()["redelivered"] >= in_flight
         assert mid.process is not None
         assert mid.process.pid != killed_pid
     assert set(got) == set(range(n)), "a message was lost"
@@ -139,7 +139,7 @@ async def test_sigkill_mid_stream_redelivers_without_gaps(victim: str) -> None:
     if backsteps:
         i = backsteps[0]
         assert got[i:i + duplicates] == got[i - duplicates:i], "the replay is not the unacknowledged run"
-    print(f"SIGKILL: {in_flight} in flight, {mid.redelivered_msgs} redelivered, {duplicates} duplicates")
+    print(f"SIGKILL: {in_flight} in flight, {mid.statistics()['redelivered']} redelivered, {duplicates} duplicates")
 
 
 async def test_garbage_on_a_fifo_restarts_that_runtime_only() -> None:

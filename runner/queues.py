@@ -1,0 +1,325 @@
+"""The delivery bookkeeping of one runtime instance, sans I/O.
+
+:class:`DeliveryQueues` owns, for the modules of one host: a queue per module of the
+deliveries not yet sent (bounded by ``capacity`` messages, :meth:`~DeliveryQueues.has_room`),
+the window of deliveries sent and not yet acknowledged (bounded by ``window`` messages),
+their sequence numbers, and what goes again after a host restart. It knows no trio, no
+process and no pipe: :class:`~.instance.RuntimeInstance` tells it what happened (messages
+routed, a ``done`` read, a host gone, a handler hung) and writes the frames
+:meth:`~DeliveryQueues.take` hands back.
+
+The rules (runner/README.md, "Queues and backpressure"; PROTOCOL.md sections 5 and 6):
+
+- Per module, deliveries leave in the order they came.
+- A module's deliveries are taken only while every queue it feeds has room
+  (``downstream``: directly or through same-host wires, in this host or another), so a
+  slow module fills its own queue and its producers stop being fed. Queues may overshoot
+  their capacity by what one delivery emits.
+- ``done`` is cumulative: acknowledging ``seq`` acknowledges every delivery up to it.
+- After a host is gone, the window goes back in front of the queues, in its order, and
+  is numbered again when taken: at least once, per-module order kept, nothing lost.
+- While ``paused`` nothing is taken; the queues keep filling.
+
+Messages are never copied: a routed list may be shared by the queues of several modules,
+so a delivery's ``msgs`` is rebound to a new list when it is cut, never changed in place.
+
+Error handling: :meth:`~DeliveryQueues.replace` raises ``IndexError``; nothing else here
+raises.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+import orjson
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+__all__ = ["Delivery", "DeliveryQueues", "Gate", "QueueStatistics"]
+
+#: deliveries one take moves at most: bounds one write to a host (and the time the
+#: host's send lock is held), so a long backlog goes out in several writes
+_TAKE_FRAMES = 512
+
+
+@attrs.define(slots=True)
+class Delivery:
+    """Messages for one module's input port, sent as one ``deliver`` frame."""
+
+    module: str
+    port: str
+    msgs: list[Any]
+    #: 0 while waiting in a queue; the frame's seq once taken into the window
+    seq: int = 0
+    #: how often the host reported a handler hung on this frame without naming the message
+    hangs: int = 0
+
+    def encode(self) -> bytes:
+        return (
+            orjson.dumps(
+                {
+                    "op": "deliver",
+                    "seq": self.seq,
+                    "module": self.module,
+                    "port": self.port,
+                    "msgs": self.msgs,
+                }
+            )
+            + b"\n"
+        )
+
+
+class Gate(Protocol):
+    """Decides how many of a module's waiting messages may go (the debugger)."""
+
+    def allowance(self, qid: str, queue: deque[Delivery]) -> int | None:
+        """How many messages at the head of ``queue`` may go now; None: all of them."""
+
+    def taken(self, qid: str, n: int) -> None:
+        """``n`` messages of ``qid`` were taken."""
+
+
+@attrs.frozen
+class QueueStatistics:
+    #: messages waiting in the queues
+    queued: int
+    #: messages sent and not yet acknowledged
+    unacknowledged: int
+    #: messages acknowledged by a host
+    delivered: int
+    #: messages put back in the queues because their host went away unacknowledged
+    redelivered: int
+
+
+def _nothing() -> None:
+    pass
+
+
+class DeliveryQueues:
+    """Queues and window of one runtime instance; see the module docstring.
+
+    ``on_room`` is called when a take gives a full queue room again: producers waiting
+    for it (writers of upstream hosts, an inject) may go on."""
+
+    def __init__(self, capacity: int, window: int, on_room: Callable[[], None] = _nothing) -> None:
+        self.capacity = capacity
+        self.window = window
+        self._on_room = on_room
+        #: module -> what the deliveries to it can produce messages for: (queues, module)
+        self.downstream: dict[str, list[tuple[DeliveryQueues, str]]] = {}
+        #: while set, :meth:`take` takes nothing
+        self.paused = False
+        self._queues: dict[str, deque[Delivery]] = {}
+        self._queued: dict[str, int] = {}
+        self.queued_msgs = 0
+        self._unacked: deque[Delivery] = deque()
+        self.unacked_msgs = 0
+        self._next_seq = 1
+        self.delivered_msgs = 0
+        self.redelivered_msgs = 0
+
+    def statistics(self) -> QueueStatistics:
+        return QueueStatistics(
+            queued=self.queued_msgs,
+            unacknowledged=self.unacked_msgs,
+            delivered=self.delivered_msgs,
+            redelivered=self.redelivered_msgs,
+        )
+
+    # ------------------------------------------------------------------ the queues
+
+    def has_room(self, module: str) -> bool:
+        return self._queued.get(module, 0) < self.capacity
+
+    def enqueue(self, module: str, port: str, msgs: list[Any]) -> None:
+        """Queue messages for ``module``. Never refuses: producers ask :meth:`has_room`
+        first (an inject), or were only fed while it had room (a routed emit)."""
+        queue = self._queues.get(module)
+        if queue is None:
+            queue = self._queues[module] = deque()
+        queue.append(Delivery(module, port, msgs))
+        self._queued[module] = self._queued.get(module, 0) + len(msgs)
+        self.queued_msgs += len(msgs)
+
+    def queued(self, module: str) -> list[Delivery]:
+        """What waits for ``module`` (not sent yet), in order."""
+        return list(self._queues.get(module, ()))
+
+    def take_queue(self, module: str) -> deque[Delivery]:
+        """Remove and return what waits for ``module`` (not yet sent), in order."""
+        queue = self._queues.pop(module, None) or deque()
+        self.queued_msgs -= self._queued.pop(module, 0)
+        return queue
+
+    def prepend(self, module: str, deliveries: Iterable[Delivery]) -> int:
+        """Put deliveries in front of what waits for ``module``, in their order; the
+        number of messages."""
+        deliveries = list(deliveries)
+        if not deliveries:
+            return 0
+        queue = self._queues.setdefault(module, deque())
+        queue.extendleft(reversed(deliveries))
+        n = sum(len(d.msgs) for d in deliveries)
+        self._queued[module] = self._queued.get(module, 0) + n
+        self.queued_msgs += n
+        return n
+
+    def pop_one(self, module: str) -> Delivery | None:
+        """Take the first message waiting for ``module``, as a delivery of its own."""
+        queue = self._queues.get(module)
+        if not queue:
+            return None
+        head = queue[0]
+        one = Delivery(module, head.port, head.msgs[:1])
+        head.msgs = head.msgs[1:]
+        if not head.msgs:
+            queue.popleft()
+        self._queued[module] -= 1
+        self.queued_msgs -= 1
+        return one
+
+    def replace(self, module: str, index: int, msg: Any | None) -> Any:
+        """Edit (``msg``) or drop (``None``) the ``index``-th message waiting for
+        ``module``; returns the old message. Raises IndexError."""
+        position = 0
+        queue = self._queues.get(module) or deque()
+        for d in queue:
+            if index < position + len(d.msgs):
+                i = index - position
+                old = d.msgs[i]
+                if msg is None:
+                    d.msgs = d.msgs[:i] + d.msgs[i + 1 :]
+                    if not d.msgs:
+                        queue.remove(d)
+                    self._queued[module] -= 1
+                    self.queued_msgs -= 1
+                else:
+                    d.msgs = [*d.msgs[:i], msg, *d.msgs[i + 1 :]]
+                return old
+            position += len(d.msgs)
+        raise IndexError(index)
+
+    # ------------------------------------------------------------------ the window
+
+    def take(self, gate: Gate | None = None) -> list[bytes]:
+        """Move the deliveries that may go now into the window, numbered; their frames.
+
+        ``gate`` (the debugger, while the flow is debugged) limits each module."""
+        chunks: list[bytes] = []
+        window = self.window
+        if self.paused or self.unacked_msgs >= window or not self.queued_msgs:
+            return chunks
+        capacity = self.capacity
+        unacked = self._unacked
+        freed = False
+        for module, queue in self._queues.items():
+            if not queue:
+                continue
+            if not all(q.has_room(m) for q, m in self.downstream.get(module, ())):
+                continue
+            limit = gate.allowance(module, queue) if gate is not None else None
+            if limit == 0:
+                continue
+            taken = 0
+            while queue and self.unacked_msgs < window and len(chunks) < _TAKE_FRAMES:
+                if limit is not None and taken >= limit:
+                    break
+                d = queue[0]
+                if limit is not None and taken + len(d.msgs) > limit:
+                    # Split the delivery: only the allowed messages go.
+                    keep = limit - taken
+                    d = Delivery(d.module, d.port, d.msgs[:keep])
+                    queue[0].msgs = queue[0].msgs[keep:]
+                else:
+                    queue.popleft()
+                n = len(d.msgs)
+                taken += n
+                d.seq = self._next_seq
+                self._next_seq += 1
+                unacked.append(d)
+                self.unacked_msgs += n
+                chunks.append(d.encode())
+            if gate is not None and taken:
+                gate.taken(module, taken)
+            before = self._queued[module]
+            self._queued[module] = before - taken
+            self.queued_msgs -= taken
+            if before >= capacity > before - taken:
+                freed = True
+        if freed:
+            self._on_room()
+        return chunks
+
+    def admit(self, deliveries: Iterable[Delivery]) -> None:
+        """Number deliveries that bypass the queues (a debugger step) and put them in
+        the window, to be sent by the caller."""
+        for d in deliveries:
+            d.seq = self._next_seq
+            self._next_seq += 1
+            self._unacked.append(d)
+            self.unacked_msgs += len(d.msgs)
+
+    def ack(self, seq: int) -> int:
+        """The host handled every delivery up to ``seq``: the number of messages that
+        left the window."""
+        acked = 0
+        unacked = self._unacked
+        while unacked and unacked[0].seq <= seq:
+            acked += len(unacked.popleft().msgs)
+        if acked:
+            self.unacked_msgs -= acked
+            self.delivered_msgs += acked
+        return acked
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether any delivery was sent and not acknowledged."""
+        return bool(self._unacked)
+
+    def oldest_in_flight(self) -> Delivery | None:
+        return self._unacked[0] if self._unacked else None
+
+    def requeue_unacked(self) -> int:
+        """The host is gone: put the window back in front of the queues, in order, to be
+        numbered again when taken; the number of deliveries put back."""
+        unacked = self._unacked
+        if not unacked:
+            return 0
+        self.redelivered_msgs += self.unacked_msgs
+        for d in reversed(unacked):
+            d.seq = 0
+            self._queues.setdefault(d.module, deque()).appendleft(d)
+            self._queued[d.module] = self._queued.get(d.module, 0) + len(d.msgs)
+            self.queued_msgs += len(d.msgs)
+        n = len(unacked)
+        unacked.clear()
+        self.unacked_msgs = 0
+        return n
+
+    def hung(self, seq: Any, index: Any) -> Delivery | None:
+        """A handler ran past its timeout on delivery ``seq`` (PROTOCOL.md section 6).
+
+        Returns what leaves the window for good, or None. With the message's ``index``
+        in that frame: that one message (a delivery of its own). Without it: nothing the
+        first time (the frame, or the oldest one if ``seq`` is unknown, goes again); the
+        whole frame the second time (its ``hangs`` is then 2), so that a poison frame is
+        not delivered forever."""
+        target = next((d for d in self._unacked if d.seq == seq), None)
+        if target is not None and isinstance(index, int) and 0 <= index < len(target.msgs):
+            one = Delivery(target.module, target.port, [target.msgs[index]], target.seq)
+            target.msgs = target.msgs[:index] + target.msgs[index + 1 :]
+            self.unacked_msgs -= 1
+            return one
+        if target is None:
+            target = self.oldest_in_flight()
+            if target is None:
+                return None
+        target.hangs += 1
+        if target.hangs < 2:
+            return None
+        self._unacked.remove(target)
+        self.unacked_msgs -= len(target.msgs)
+        return target
