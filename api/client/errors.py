@@ -4,8 +4,9 @@
                     and problems (the class is api/common/errors.py's, as the server's)
     ConnectError    nothing answered at the URL, or the server closed a WebSocket under a call
 
-Trio nurseries wrap what their tasks raise in exception groups; :func:`leaves` flattens
-one into the exceptions it holds, so a caller can raise or report the one that matters.
+Trio nurseries wrap what their tasks raise in exception groups; ``leaves`` (the runner's
+one walk over them, re-exported here) flattens one into the exceptions it holds, so a
+caller can raise or report the one that matters.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from fifoflow.api.common.errors import ApiError
+from fifoflow.runner.errors import leaves
 
 if TYPE_CHECKING:
     import httpx
@@ -40,11 +42,3 @@ def api_error(response: httpx.Response) -> ApiError:
     except (orjson.JSONDecodeError, KeyError, TypeError):
         text = response.text[:200]
         return ApiError(f"HTTP {response.status_code}: {text}", status=response.status_code)
-
-
-def leaves(exc: BaseException) -> list[BaseException]:
-    """The leaf exceptions of ``exc`` in order, nested groups flattened; an exception that
-    is not a group is its own one leaf."""
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in leaves(inner)]
-    return [exc]

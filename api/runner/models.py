@@ -8,7 +8,6 @@ Answers the cores give as plain data are described here too, for the document.
 
 from __future__ import annotations
 
-import enum
 from typing import Annotated, Any
 
 import attrs
@@ -17,6 +16,7 @@ import msgspec
 from fifoflow.api.common.models import ModuleError
 from fifoflow.api.common.schema import Message, NonEmpty
 from fifoflow.flows.codec import FlowDocument
+from fifoflow.runner import EventKind, FlowStatus
 
 #: largest number of messages one inject call takes (split bigger batches)
 MAX_INJECT = 100_000
@@ -129,23 +129,6 @@ class LogsParams:
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LOGS)] | None = None
 
 
-class EventKind(enum.StrEnum):
-    """What a subscription can ask for (api/README.md, Events)."""
-
-    OUTPUT = "output"
-    ERROR = "error"
-    LOG = "log"
-    FLOW = "flow"
-    CHECKPOINT = "checkpoint"
-    SWAP = "swap"
-    PAUSED = "paused"
-    CONTINUED = "continued"
-    STEP = "step"
-    QUEUE = "queue"
-    RUNTIME = "runtime"
-    ENVIRONMENT = "environment"
-
-
 @attrs.frozen
 class Subscribe:
     flows: list[str] | None = None
@@ -242,7 +225,7 @@ class Runtime:
 class FlowSummary:
     id: str
     revision: int
-    status: Annotated[str, msgspec.Meta(extra_json_schema={"enum": ["stopped", "starting", "running", "stopping", "failed"]})]  # fmt: skip
+    status: FlowStatus
     error: str | None
     pending: Annotated[int, msgspec.Meta(description="messages queued or in flight")]
     outputs: Annotated[int, msgspec.Meta(description="messages that reached an exit")]

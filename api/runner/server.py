@@ -19,7 +19,7 @@ import trio
 
 from fifoflow.api.common.auth import load_or_create_token
 from fifoflow.api.runner.app import ApiSettings, create_app
-from fifoflow.runner import RunnerConfig, open_runner
+from fifoflow.runner import FlowStatus, RunnerConfig, open_runner
 from fifoflow.runner.link import DispatcherLink
 from fifoflow.runner.store import atomic_write
 
@@ -70,7 +70,7 @@ async def serve(
                 _say(f"warning: {problem}")
             restored = runner.flows()
             if restored:
-                running = sum(1 for f in restored if f["status"] == "running")
+                running = sum(1 for f in restored if f["status"] == FlowStatus.RUNNING)
                 _say(
                     f"restored {len(restored)} flow(s) from {options.state_dir}, {running} running"
                 )
