@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +152,29 @@ def test_examples_compute_what_their_readme_says(
     result = fifoflow("run", str(EXAMPLES / example / "flow.json"), "--raw", "--quiet", *args)
     assert result.returncode == 0, result.stderr
     assert [orjson.loads(line) for line in result.stdout.splitlines()] == expected
+
+
+def test_serve_refuses_a_state_dir_from_a_newer_fifoflow(tmp_path: Path) -> None:
+    state_dir = tmp_path / "dispatcher"
+    state_dir.mkdir()
+    with sqlite3.connect(state_dir / "dispatcher.sqlite3") as db:
+        db.execute("PRAGMA user_version = 99")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fifoflow.api",
+            "dispatcher",
+            "serve",
+            "--state-dir",
+            str(state_dir),
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "schema version 99" in done.stderr
+    assert "Traceback" not in done.stderr

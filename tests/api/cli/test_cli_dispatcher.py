@@ -124,31 +124,3 @@ def test_refusals_unreachable_and_token_problems(
     assert denied.returncode == 1
     assert denied.stderr.startswith("fifoflow: wrong token")
     assert denied.stderr.endswith(" (HTTP 401)\n")
-
-
-def test_serve_refuses_a_state_dir_from_a_newer_fifoflow(tmp_path: Path) -> None:
-    import sqlite3
-
-    state_dir = tmp_path / "dispatcher"
-    state_dir.mkdir()
-    with sqlite3.connect(state_dir / "dispatcher.sqlite3") as db:
-        db.execute("PRAGMA user_version = 99")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fifoflow.api",
-            "dispatcher",
-            "serve",
-            "--state-dir",
-            str(state_dir),
-            "--port",
-            "0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 2, done.stderr
-    assert "schema version 99" in done.stderr
-    assert "Traceback" not in done.stderr
