@@ -2,7 +2,9 @@
 
 The HTTP layer accepts the WebSocket (``GET /link``) and hands :meth:`RunnerLink.serve`
 the socket's ``receive`` and ``send``; everything a runner may say is handled here,
-against the :class:`~fifoflow.dispatcher.service.Dispatcher`. A runner authenticates
+against the :class:`~fifoflow.dispatcher.service.Dispatcher`: :data:`CALLS` lists each
+call with its params model, structured by the one converter (a bad param is a JSON-RPC
+-32602 naming its path; the runner's id is the link's own, never a param). A runner authenticates
 inside the link (``hello`` with its id and secret, after a one-time ``register``), never
 with the operator token.
 
@@ -12,20 +14,22 @@ when the socket closes the runner is detached from the dispatcher and they end.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import attrs
+import cattrs
 import trio
 
+from fifoflow.flows.converter import make_converter, problems
 from fifoflow.runner.rpc import RpcPeer
 
-from .service import DispatcherError
+from .errors import DispatcherError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
     from .service import Dispatcher
 
-__all__ = ["RunnerLink"]
+__all__ = ["CALLS", "RunnerLink"]
 
 
 class RunnerLink:
@@ -56,55 +60,145 @@ class RunnerLink:
                 nursery.cancel_scope.cancel()
 
     async def handle(self, method: str, params: dict[str, Any]) -> Any:
-        d = self.dispatcher
-        if method == "register":
-            return d.register(str(params["token"]), str(params.get("name") or "runner"))
-        if method == "hello":
-            answer = d.hello(str(params["runnerId"]), str(params["secret"]), params.get("version"))
-            self.runner_id = str(params["runnerId"])
-            assert self.peer is not None
-            d.attach(self.runner_id, self.peer)
-            return answer
-        if self.runner_id is None:
+        found = CALLS.get(method)
+        if found is None:
+            raise DispatcherError(f"unknown method {method!r} (methods: {', '.join(CALLS)})")
+        model, call = found
+        try:
+            args = _CONVERTER.structure(params, model)
+        except cattrs.BaseValidationError as exc:
+            raise ValueError(
+                "; ".join(f"{p.path or 'params'}: {p.message}" for p in problems(exc))
+            ) from None
+        if self.runner_id is None and model not in (Register, Hello):
             raise DispatcherError("say hello first (runnerId and secret)")
-        if method == "hardware":
-            full, changes = params.get("full"), params.get("changes")
-            if (full is not None and not isinstance(full, dict)) or (
-                changes is not None and not isinstance(changes, dict)
-            ):
-                raise ValueError("full and changes must be objects")
-            d.report_hardware(self.runner_id, full, changes)
-            return True
-        if method == "ready":
-            d.ready(self.runner_id)
-            flows = params.get("flows") or []
-            assert self.nursery is not None
-            self.nursery.start_soon(d.runner_ready, self.runner_id, flows)
-            return True
-        if method == "heartbeat":
-            d.heartbeat(self.runner_id)
-            return True
-        if method == "signoff":
-            d.sign_off(self.runner_id)
-            return True
-        if method == "relay":
-            msgs = params["msgs"]
-            if not isinstance(msgs, list):
-                raise TypeError("msgs must be an array")
-            await d.relay(
-                self.runner_id,
-                str(params["flowId"]),
-                str(params["moduleId"]),
-                str(params["port"]),
-                msgs,
-            )
-            return True
-        if method == "paused":
-            info = {k: params.get(k) for k in ("reason", "module", "port", "msg")}
-            assert self.nursery is not None
-            self.nursery.start_soon(d.paused, self.runner_id, str(params["flowId"]), info)
-            return None
-        if method == "snapshot":
-            d.snapshot(self.runner_id, str(params["flowId"]), dict(params["states"]))
-            return None
-        raise DispatcherError(f"unknown method {method!r}")
+        return await call(self, args)
+
+    # Each call, with its params structured (the runner's id is the link's, from hello).
+
+    async def _register(self, p: Register) -> Any:
+        return self.dispatcher.register(p.token, p.name or "runner")
+
+    async def _hello(self, p: Hello) -> Any:
+        answer = self.dispatcher.hello(p.runnerId, p.secret, p.version)
+        self.runner_id = p.runnerId
+        assert self.peer is not None
+        self.dispatcher.attach(p.runnerId, self.peer)
+        return answer
+
+    async def _hardware(self, p: Hardware) -> bool:
+        self.dispatcher.report_hardware(self._id, p.full, p.changes)
+        return True
+
+    async def _ready(self, p: Ready) -> bool:
+        self.dispatcher.ready(self._id)
+        assert self.nursery is not None
+        self.nursery.start_soon(self.dispatcher.runner_ready, self._id, p.flows)
+        return True
+
+    async def _heartbeat(self, p: NoParams) -> bool:
+        self.dispatcher.heartbeat(self._id)
+        return True
+
+    async def _signoff(self, p: NoParams) -> bool:
+        self.dispatcher.sign_off(self._id)
+        return True
+
+    async def _relay(self, p: Relay) -> bool:
+        await self.dispatcher.relay(self._id, p.flowId, p.moduleId, p.port, p.msgs)
+        return True
+
+    async def _paused(self, p: Paused) -> None:
+        info = {"reason": p.reason, "module": p.module, "port": p.port, "msg": p.msg}
+        assert self.nursery is not None
+        self.nursery.start_soon(self.dispatcher.paused, self._id, p.flowId, info)
+
+    async def _snapshot(self, p: Snapshot) -> None:
+        self.dispatcher.snapshot(self._id, p.flowId, p.states)
+
+    @property
+    def _id(self) -> str:
+        assert self.runner_id is not None
+        return self.runner_id
+
+
+# ---------------------------------------------------------------------- what a runner sends
+
+
+@attrs.frozen
+class Register:
+    """A one-time registration token for an id and a secret."""
+
+    token: str
+    name: str | None = None
+
+
+@attrs.frozen
+class Hello:
+    runnerId: str
+    secret: str
+    version: str | None = None
+
+
+@attrs.frozen
+class Hardware:
+    """The full report (first time after hello), or what changed since."""
+
+    full: dict[str, Any] | None = None
+    changes: dict[str, Any] | None = None
+
+
+@attrs.frozen
+class Ready:
+    """Ready for flows; ``flows``: summaries of the flows it holds already."""
+
+    flows: list[dict[str, Any]] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class NoParams:
+    pass
+
+
+@attrs.frozen
+class Relay:
+    """Messages a part emitted on a wire to a module on another runner."""
+
+    flowId: str
+    moduleId: str
+    port: str
+    msgs: list[Any]
+
+
+@attrs.frozen
+class Paused:
+    """A part paused (a breakpoint hit, or a pause): the other parts pause too."""
+
+    flowId: str
+    reason: str | None = None
+    module: str | None = None
+    port: str | None = None
+    msg: Any = None
+
+
+@attrs.frozen
+class Snapshot:
+    flowId: str
+    states: dict[str, Any]
+
+
+_CONVERTER = make_converter()
+
+Call = Callable[[RunnerLink, Any], Awaitable[Any]]
+#: every call a runner may make: its params model and its handler
+CALLS: dict[str, tuple[type, Call]] = {
+    "register": (Register, RunnerLink._register),
+    "hello": (Hello, RunnerLink._hello),
+    "hardware": (Hardware, RunnerLink._hardware),
+    "ready": (Ready, RunnerLink._ready),
+    "heartbeat": (NoParams, RunnerLink._heartbeat),
+    "signoff": (NoParams, RunnerLink._signoff),
+    "relay": (Relay, RunnerLink._relay),
+    "paused": (Paused, RunnerLink._paused),
+    "snapshot": (Snapshot, RunnerLink._snapshot),
+}

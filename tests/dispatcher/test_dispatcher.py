@@ -37,7 +37,10 @@ class DispatcherProcess(ServerProcess):
     def api(self, method: str, path: str, **kw: Any) -> Any:
         token = (self.state_dir / "token").read_text().strip()
         response = httpx.request(
-            method, self.url + path, headers={"Authorization": f"Bearer {token}"}, **{"timeout": 30, **kw}
+            method,
+            self.url + path,
+            headers={"Authorization": f"Bearer {token}"},
+            **{"timeout": 30, **kw},
         )
         response.raise_for_status()
         return response.json()
@@ -668,8 +671,14 @@ async def test_client_sockets_refuse_bad_input_with_reasons(tmp_path: Path) -> N
                 }  # fmt: skip
                 await ws.send_message('{"op": "teleport", "id": 7}')
                 reply = orjson.loads(await ws.get_message())
-                assert reply == {"op": "error", "id": 7, "message": "unknown op 'teleport' (known: inject, bye)"}
-                await ws.send_message('{"op": "inject", "id": 8, "flow": "nope", "module": "m", "msgs": [1]}')
+                assert reply == {
+                    "op": "error",
+                    "id": 7,
+                    "message": "unknown op 'teleport' (known: inject, bye)",
+                }
+                await ws.send_message(
+                    '{"op": "inject", "id": 8, "flow": "nope", "module": "m", "msgs": [1]}'
+                )
                 reply = orjson.loads(await ws.get_message())
                 assert (reply["op"], reply["id"]) == ("error", 8)
                 assert "no flow 'nope'" in reply["message"]
@@ -685,3 +694,36 @@ async def test_client_sockets_refuse_bad_input_with_reasons(tmp_path: Path) -> N
                 assert closed.value.reason.code == 4404
     finally:
         dispatcher.stop()
+
+
+async def test_the_runner_link_refuses_bad_calls_naming_the_param(
+    dispatcher: DispatcherProcess,
+) -> None:
+    import trio
+    import trio_websocket
+
+    async def call(ws: Any, method: str, params: Any) -> dict[str, Any]:
+        await ws.send_message(
+            orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).decode()
+        )
+        return orjson.loads(await ws.get_message())["error"]
+
+    with trio.fail_after(30):
+        url = dispatcher.url.replace("http", "ws") + "/link"
+        async with trio_websocket.open_websocket_url(url) as ws:
+            error = await call(ws, "register", {"token": 5})
+            assert error["code"] == -32602
+            assert "token: expected a string, got an integer" in error["message"]
+            error = await call(ws, "register", {"token": "t", "colour": "red"})
+            assert "unknown field(s): colour" in error["message"]
+            error = await call(
+                ws, "relay", {"flowId": "f", "moduleId": "m", "port": "in", "msgs": []}
+            )
+            assert "say hello first" in error["message"]
+            error = await call(ws, "teleport", {})
+            assert "unknown method 'teleport'" in error["message"]
+            assert "register" in error["message"]
+            # the link still serves: a wrong token is the dispatcher's answer, not a crash
+            error = await call(ws, "register", {"token": "ffreg_nope"})
+            assert error["code"] == -32000
+            assert error["data"]["code"] == "registration_refused"
