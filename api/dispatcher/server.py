@@ -23,8 +23,9 @@ from fifoflow.api.common.auth import load_or_create_token
 from fifoflow.api.dispatcher.app import create_dispatcher_app
 from fifoflow.dispatcher.backends import LocalBackend
 from fifoflow.dispatcher.clients import ClientRunners
-from fifoflow.dispatcher.docker_backend import DockerBackend, DockerOptions, SwarmBackend
+from fifoflow.dispatcher.docker_backend import DockerBackend, DockerOptions
 from fifoflow.dispatcher.service import Dispatcher, DispatcherConfig
+from fifoflow.dispatcher.swarm_backend import SwarmBackend
 
 __all__ = [
     "DEFAULT_DISPATCHER_PORT",
