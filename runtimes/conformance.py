@@ -17,6 +17,9 @@ Test modules: built in for ``python``, ``node`` and ``exec``. Another language p
 message is ``"hang"``), ``syntax_error`` (does not compile), ``no_handle`` (compiles,
 defines no handle).
 
+One file of ~600 lines: the kit is a checklist, each check a method of :class:`Kit`
+reading like the rule it tests; split, a rule would be read in two places.
+
 Resource handling: every host started is killed and reaped and its FIFO directory
 removed when its check ends, also on failure and on Ctrl-C.
 """

@@ -12,6 +12,9 @@ other exec modules of this host over same-runtime wires) has been answered.
 
 Exec modules have no state: this host never sends ``state`` frames.
 
+One file of ~550 lines on purpose: like every host it runs as a script, with no
+fifoflow import (PROTOCOL.md), so its loop, framing and children live together.
+
 Resource handling: children run in the host's process group (the runner kills the group);
 on shutdown or end of file their stdin is closed, they are given a moment to exit, then
 killed and reaped. Error handling: a child that exits, answers garbage or runs past its

@@ -3,7 +3,8 @@
 
 Started as ``python -u host.py <to-runtime fifo> <from-runtime fifo>``. Standalone on
 purpose: standard library only (orjson when importable), no fifoflow import, so it runs
-unchanged inside any virtualenv a module's requirements need.
+unchanged inside any virtualenv a module's requirements need. That is also why it is one
+file of ~600 lines: a host cannot import helpers from a package it may not have.
 
 Shape: one thread reads the pipe, handles every complete line, and writes all frames the
 batch produced in one write. Deliveries flow through same-runtime wires as lists of native
