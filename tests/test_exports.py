@@ -64,3 +64,17 @@ def test_cores_do_not_import_api_or_quart() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_the_command_loads_the_servers_only_to_serve() -> None:
+    """``fifoflow --help``, ``fifoflow flow list``...: no quart or hypercorn import (they
+    cost half a second on every command)."""
+    code = (
+        "import sys, fifoflow.api.cli.main as m\n"
+        "m.build_parser()\n"
+        "print([m for m in sys.modules if m.startswith(('quart', 'hypercorn'))])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

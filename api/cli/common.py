@@ -21,8 +21,8 @@ import trio
 
 from fifoflow.api.client import ApiError, ConnectError, RunnerClient
 from fifoflow.api.client.errors import leaves
-from fifoflow.api.common.auth import TokenError, default_state_dir, read_token
-from fifoflow.api.runner.server import DEFAULT_PORT
+from fifoflow.api.common.auth import TokenError, read_token
+from fifoflow.api.common.places import DEFAULT_PORT, default_state_dir
 
 if TYPE_CHECKING:
     import argparse

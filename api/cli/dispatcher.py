@@ -31,12 +31,7 @@ from fifoflow.api.cli.common import (
 )
 from fifoflow.api.client import ApiError, ConnectError, DispatcherClient
 from fifoflow.api.common.auth import TokenError, read_token
-from fifoflow.api.dispatcher.server import (
-    DEFAULT_DISPATCHER_PORT,
-    DispatcherServeOptions,
-    default_dispatcher_state_dir,
-    serve_dispatcher,
-)
+from fifoflow.api.common.places import DEFAULT_DISPATCHER_PORT, default_dispatcher_state_dir
 from fifoflow.dispatcher.docker_backend import PULL_POLICIES
 from fifoflow.dispatcher.errors import StoreVersionError
 from fifoflow.flows import FlowError, dump_flow, load_flow
@@ -53,6 +48,8 @@ T = TypeVar("T")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from fifoflow.api.dispatcher.server import DispatcherServeOptions, serve_dispatcher
+
     serve_logging()
     options = DispatcherServeOptions(
         state_dir=Path(args.state_dir) if args.state_dir else default_dispatcher_state_dir(),

@@ -16,8 +16,8 @@ from fifoflow.api.cli.common import EXIT_OK, EXIT_USAGE, err, out, run_client, s
 from fifoflow.api.cli.service import add_service_parsers
 from fifoflow.api.client import RunnerClient
 from fifoflow.api.client.errors import leaves
-from fifoflow.api.common.auth import TokenError, default_state_dir, read_token
-from fifoflow.api.runner.server import DEFAULT_PORT, ServeOptions, serve
+from fifoflow.api.common.auth import TokenError, read_token
+from fifoflow.api.common.places import DEFAULT_PORT, default_state_dir
 from fifoflow.flows.resources import parse_size
 from fifoflow.runner import RunnerError
 
@@ -48,6 +48,8 @@ def _cpus(text: str) -> float:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from fifoflow.api.runner.server import ServeOptions, serve  # the server only to serve
+
     serve_logging()
     options = ServeOptions(
         state_dir=Path(args.state_dir) if args.state_dir else default_state_dir(),

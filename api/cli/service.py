@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fifoflow.api.cli.common import EXIT_FAILED, EXIT_OK, err, out
-from fifoflow.api.common.auth import default_state_dir
+from fifoflow.api.common.places import default_state_dir
 from fifoflow.runner.store import atomic_write
 
 if TYPE_CHECKING:

@@ -12,21 +12,16 @@ import hmac
 import os
 import secrets
 import stat
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["TokenError", "check_token", "default_state_dir", "load_or_create_token", "read_token"]
+if TYPE_CHECKING:
+    from pathlib import Path
+
+__all__ = ["TokenError", "check_token", "load_or_create_token", "read_token"]
 
 
 class TokenError(Exception):
     """The token file cannot be used; the message says why and where."""
-
-
-def default_state_dir() -> Path:
-    """``$FIFOFLOW_STATE_DIR``, else ``$XDG_STATE_HOME/fifoflow/runner`` (``~/.local/state/...``)."""
-    if env := os.environ.get("FIFOFLOW_STATE_DIR"):
-        return Path(env)
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "fifoflow" / "runner"
 
 
 def read_token(path: Path, server: str = "runner") -> str:

@@ -8,7 +8,6 @@ off while the dispatcher still listens), then the pages' runners, then the serve
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import trio
 import trio.lowlevel
 
 from fifoflow.api.common.auth import load_or_create_token
+from fifoflow.api.common.places import DEFAULT_DISPATCHER_PORT
 from fifoflow.api.dispatcher.app import create_dispatcher_app
 from fifoflow.dispatcher.backends import LocalBackend
 from fifoflow.dispatcher.clients import ClientRunners
@@ -27,14 +27,8 @@ from fifoflow.dispatcher.docker_backend import DockerBackend, DockerOptions
 from fifoflow.dispatcher.service import Dispatcher, DispatcherConfig
 from fifoflow.dispatcher.swarm_backend import SwarmBackend
 
-__all__ = [
-    "DEFAULT_DISPATCHER_PORT",
-    "DispatcherServeOptions",
-    "default_dispatcher_state_dir",
-    "serve_dispatcher",
-]
+__all__ = ["DispatcherServeOptions", "serve_dispatcher"]
 
-DEFAULT_DISPATCHER_PORT = 8480
 
 
 @attrs.frozen
@@ -145,10 +139,3 @@ async def serve_dispatcher(
                 await trio.lowlevel.checkpoint()  # let hypercorn finish its graceful shutdown
             nursery.cancel_scope.cancel()
     _say("stopped")
-
-
-def default_dispatcher_state_dir() -> Path:
-    if env := os.environ.get("FIFOFLOW_DISPATCHER_STATE_DIR"):
-        return Path(env)
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "fifoflow" / "dispatcher"

@@ -18,14 +18,14 @@ import hypercorn.trio
 import trio
 
 from fifoflow.api.common.auth import load_or_create_token
+from fifoflow.api.common.places import DEFAULT_PORT
 from fifoflow.api.runner.app import ApiSettings, create_app
 from fifoflow.runner import FlowStatus, RunnerConfig, open_runner
 from fifoflow.runner.link import DispatcherLink
 from fifoflow.runner.store import atomic_write
 
-__all__ = ["DEFAULT_PORT", "ServeOptions", "serve"]
+__all__ = ["ServeOptions", "serve"]
 
-DEFAULT_PORT = 8470
 
 
 @attrs.frozen
