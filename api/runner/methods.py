@@ -102,15 +102,10 @@ async def inject(runner: Runner, p: m.Inject) -> shared.Accepted:
 
 
 def _sync(fn: Any) -> Any:
+    """A method from a plain function (the async ones' lambdas return awaitables)."""
+
     async def call(runner: Runner, p: Any) -> Any:
         return fn(runner, p)
-
-    return call
-
-
-def _async(fn: Any) -> Any:
-    async def call(runner: Runner, p: Any) -> Any:
-        return await fn(runner, p)
 
     return call
 
@@ -132,12 +127,12 @@ METHODS: dict[str, Method] = {
         Method(
             "removeBreakPointAtModule",
             m.BreakpointRef,
-            _async(lambda r, p: r.remove_breakpoint_at_module(p.flowModuleId)),
+            lambda r, p: r.remove_breakpoint_at_module(p.flowModuleId),
         ),
-        Method("singleStepFlow", m.StepParams, _async(lambda r, p: r.single_step_flow(p.flowId))),
+        Method("singleStepFlow", m.StepParams, lambda r, p: r.single_step_flow(p.flowId)),
         Method("applyFlow", m.ApplyFlow, apply_flow),
-        Method("pauseFlow", m.FlowRef, _async(lambda r, p: r.pause_flow(p.flowId))),
-        Method("continueFlow", m.FlowRef, _async(lambda r, p: r.continue_flow(p.flowId))),
+        Method("pauseFlow", m.FlowRef, lambda r, p: r.pause_flow(p.flowId)),
+        Method("continueFlow", m.FlowRef, lambda r, p: r.continue_flow(p.flowId)),
         Method("getDebugState", m.FlowRef, _sync(lambda r, p: r.debug_state(p.flowId))),
         Method("getQueues", m.FlowRef, _sync(lambda r, p: r.queues(p.flowId))),
         Method("editQueuedMessage", m.QueueEdit, edit_queued),
@@ -151,7 +146,7 @@ METHODS: dict[str, Method] = {
         Method(
             "rebuildEnvironment",
             m.EnvironmentRef,
-            _async(lambda r, p: r.rebuild_environment(p.environmentId)),
+            lambda r, p: r.rebuild_environment(p.environmentId),
         ),
         Method(
             "gcEnvironments",
