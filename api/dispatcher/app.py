@@ -44,6 +44,7 @@ from quart import Blueprint, Response, websocket
 from fifoflow.api.common.http import create_json_app
 from fifoflow.api.common.routes import add_routes
 from fifoflow.dispatcher.link import RunnerLink
+from fifoflow.flows.limits import MAX_DISPATCHER_BODY
 
 from . import pages
 from .routes import ROUTES, client_token_route
@@ -53,9 +54,7 @@ if TYPE_CHECKING:
 
     from fifoflow.dispatcher.service import Dispatcher
 
-__all__ = ["MAX_BODY", "create_dispatcher_app"]
-
-MAX_BODY = 1024 * 1024
+__all__ = ["create_dispatcher_app"]
 
 
 def create_dispatcher_app(
@@ -65,7 +64,7 @@ def create_dispatcher_app(
         __name__,
         token=token,
         token_where="the dispatcher's state dir",
-        max_body=MAX_BODY,
+        max_body=MAX_DISPATCHER_BODY,
         # the client runner's code is public; its sockets need the client token
         public=lambda endpoint: endpoint == "dispatcher.client_file",
     )

@@ -13,6 +13,7 @@ from typing import Any
 from fifoflow.api.common.models import flow_schemas
 from fifoflow.api.common.openapi import build_document, json_content
 from fifoflow.api.common.schema import ref
+from fifoflow.flows.limits import MAX_DISPATCHER_BODY
 from fifoflow.runtimes.registry import discover
 
 from .routes import ROUTES, client_token_route
@@ -25,7 +26,7 @@ ERRORS = {
     404: "no such flow, runner or runtime",
     409: "the flow has no runner right now (pending, or its runner is not connected), "
     "or the runner holding it refused the call",
-    413: "the body is larger than 1 MiB",
+    413: f"the body is larger than {MAX_DISPATCHER_BODY // 1024 // 1024} MiB",
     422: "a field has the wrong type or value; the flow document is invalid",
 }
 

@@ -17,6 +17,7 @@ from fifoflow.api.common.auth import check_token
 from fifoflow.api.common.errors import ApiError
 from fifoflow.api.common.http import bearer, create_json_app, json_response, unauthorized
 from fifoflow.api.common.routes import add_routes
+from fifoflow.flows.limits import MAX_BODY
 
 from .routes import ROUTES
 from .ws import ws_blueprint
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ApiSettings", "create_app"]
 
-MiB = 1024 * 1024
 TOKEN_WHERE = "the runner's token file"
 
 
@@ -36,7 +36,7 @@ TOKEN_WHERE = "the runner's token file"
 class ApiSettings:
     token: str
     #: largest request body (and WebSocket message) accepted, in bytes
-    max_body: int = 16 * MiB
+    max_body: int = MAX_BODY
     #: events buffered per WebSocket subscription before the subscriber misses some
     subscription_buffer: int = 10_000
 

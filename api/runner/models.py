@@ -16,11 +16,8 @@ import msgspec
 from fifoflow.api.common.models import ModuleError
 from fifoflow.api.common.schema import Message, NonEmpty
 from fifoflow.flows.codec import FlowDocument
+from fifoflow.flows.limits import MAX_INJECT, MAX_LOGS
 from fifoflow.runner import EventKind, FlowStatus
-
-#: largest number of messages one inject call takes (split bigger batches)
-MAX_INJECT = 100_000
-MAX_LOGS = 10_000
 
 Revision = Annotated[
     int, msgspec.Meta(ge=0, description="act only if the flow is at this revision (0: new)")

@@ -20,6 +20,7 @@ import trio
 from fifoflow.api.common.auth import load_or_create_token
 from fifoflow.api.common.places import DEFAULT_PORT
 from fifoflow.api.runner.app import ApiSettings, create_app
+from fifoflow.flows.limits import MAX_BODY
 from fifoflow.runner import FlowStatus, RunnerConfig, open_runner
 from fifoflow.runner.link import DispatcherLink
 from fifoflow.runner.store import atomic_write
@@ -34,7 +35,7 @@ class ServeOptions:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     token_file: Path | None = None
-    max_body: int = 16 * 1024 * 1024
+    max_body: int = MAX_BODY
     graceful_timeout: float = 2.0
     #: a dispatcher to register with and report to (None: a standalone runner)
     dispatcher: str | None = None
