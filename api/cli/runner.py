@@ -17,8 +17,8 @@ from fifoflow.api.cli.service import add_service_parsers
 from fifoflow.api.client import RunnerClient
 from fifoflow.api.client.errors import leaves
 from fifoflow.api.common.auth import TokenError, read_token
-from fifoflow.api.common.places import DEFAULT_PORT
-from fifoflow.flows.limits import MAX_BODY, default_state_dir
+from fifoflow.api.common.places import DEFAULT_PORT, default_state_dir
+from fifoflow.flows.limits import MAX_BODY
 from fifoflow.flows.resources import parse_size
 from fifoflow.runner import RunnerError
 
