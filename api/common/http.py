@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING, Any
 
 import orjson
+import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -26,6 +28,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("fifoflow.api")
+
+#: how long an early answer waits for the rest of a request body before closing
+BODY_DRAIN_SECONDS = 10.0
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -107,11 +112,13 @@ def create_json_app(
             status, "http_error"
         )
         message, field = exc.description or exc.name, None
+        headers = None
         if status == 413:
             message = f"the request body is larger than the limit of {max_body} bytes"
             field = "body"
+            headers = {"Connection": "close"}  # what is left of the body is not wanted
         error = ApiError(message, status=status, code=code, field=field)
-        return json_response(error.body(), status)
+        return json_response(error.body(), status, headers)
 
     @app.errorhandler(Exception)
     async def _error(exc: Exception) -> Response:
@@ -124,4 +131,69 @@ def create_json_app(
             )
         return json_response(error.body(), error.status)
 
+    app.asgi_app = _FinishBody(app.asgi_app, max_body)  # type: ignore[method-assign]
     return app
+
+
+class _FinishBody:
+    """ASGI wrapper: the rest of a request body the app did not read is read and
+    dropped before its answer ends (at most ``max_body`` bytes and
+    :data:`BODY_DRAIN_SECONDS`: a client that sends more loses its connection).
+
+    Why: an answer sent before the body was read (401, 404, 405, 413, 422 on a query)
+    leaves the body's chunks in hypercorn's queue to the app; once the queue is full,
+    hypercorn waits on it forever and the next request on that keep-alive connection
+    never gets an answer."""
+
+    def __init__(self, app: Any, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        finished = trio.Event()
+
+        async def tracked() -> Any:
+            message = await receive()
+            if message["type"] == "http.disconnect" or not message.get("more_body"):
+                finished.set()
+            return message
+
+        async def pull(budget: float) -> None:
+            read = 0
+            while read <= budget and not finished.is_set():
+                read += len((await tracked()).get("body", b""))
+
+        async def until_finished(budget: float) -> None:
+            # quart may be reading too, and take the last message: wait for the flag, not
+            # only for a message
+            async with trio.open_nursery() as nursery:
+
+                async def wait() -> None:
+                    await finished.wait()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(wait)
+                await pull(budget)
+                nursery.cancel_scope.cancel()
+
+        async def finishing_send(message: Any) -> None:
+            if message["type"] != "http.response.body" or message.get("more_body"):
+                await send(message)
+                return
+            # The answer's last chunk. Before it: read what is left of the body, so the
+            # connection can serve the next request.
+            with trio.move_on_after(BODY_DRAIN_SECONDS):
+                await until_finished(self.max_body)
+            async with trio.open_nursery() as nursery:
+                if not finished.is_set():
+                    # Given up (too much, or too slow): sending it ends the stream, and
+                    # hypercorn then puts a disconnect in the full queue; take from the
+                    # queue until it is in, and hypercorn closes the connection.
+                    nursery.start_soon(until_finished, math.inf)
+                await send(message)
+                nursery.cancel_scope.cancel()
+
+        await self.app(scope, tracked, finishing_send)
