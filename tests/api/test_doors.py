@@ -292,3 +292,82 @@ async def test_a_module_that_makes_a_value_too_deep_gets_an_error_and_goes_on(
         await served.runner.wait_idle("deep")
         assert (await http.get(f"{base}/keeper/state")).json()["state"] == {"deep": nest(2), "n": 2}
         assert (await http.get("/flows/deep")).json()["status"] == "running"
+
+
+async def test_the_runner_link_and_a_pages_control_socket_refuse_them(tmp_path: Path) -> None:
+    import trio_websocket
+
+    from ..dispatcher.test_dispatcher import DispatcherProcess
+
+    dispatcher = DispatcherProcess(tmp_path / "dispatcher")
+    dispatcher.start()
+    try:
+        ws_url = dispatcher.url.replace("http", "ws")
+        with trio.fail_after(60):
+            async with trio_websocket.open_websocket_url(ws_url + "/link") as ws:
+
+                async def call(raw: str) -> Any:
+                    await ws.send_message(raw)
+                    return orjson.loads(await ws.get_message())
+
+                def relay(msgs: str, request_id: str = "1") -> str:
+                    params = f'{{"flowId": "f", "moduleId": "m", "port": "in", "msgs": {msgs}}}'
+                    return f'{{"jsonrpc": "2.0", "id": {request_id}, "method": "relay", "params": {params}}}'
+
+                # at the limit: the params pass (and the link asks for hello first)
+                reply = await call(relay(f"[{deep(MAX_DEPTH)}]"))
+                assert "say hello first" in reply["error"]["message"]
+                reply = await call(relay(f"[1, {deep(MAX_DEPTH + 1)}]"))
+                assert reply["error"]["code"] == -32602
+                assert "msgs[1]: nested deeper than 100 levels" in reply["error"]["message"]
+                reply = await call(
+                    f'{{"jsonrpc": "2.0", "id": 2, "method": "register", '
+                    f'"params": {{"token": "t", "name": {deep(300)}}}}}'
+                )
+                assert reply["error"]["code"] == -32602
+                # a deep id or method: no reply to carry it, and the link stays
+                await ws.send_message(relay("[1]", request_id=deep(300)))
+                reply = await call('{"jsonrpc": "2.0", "id": 3, "method": ' + deep(300) + "}")
+                assert reply["error"]["code"] == -32602
+                reply = await call(relay("[1]", request_id="4"))
+                assert reply["id"] == 4
+                assert "say hello first" in reply["error"]["message"]
+
+            token = dispatcher.api("GET", "/client-token")["token"]
+            async with trio_websocket.open_websocket_url(
+                f"{ws_url}/client/ws?token={token}&page=p1"
+            ) as ws:
+                assert orjson.loads(await ws.get_message())["op"] == "welcome"
+
+                async def control(raw: str) -> Any:
+                    await ws.send_message(raw)
+                    return orjson.loads(await ws.get_message())
+
+                reply = await control(
+                    f'{{"op": "inject", "id": 8, "flow": "nope", "module": "m", '
+                    f'"msgs": [{deep(MAX_DEPTH)}]}}'
+                )
+                assert "no flow 'nope'" in reply["message"]
+                reply = await control(
+                    f'{{"op": "inject", "id": 9, "flow": "nope", "module": "m", '
+                    f'"msgs": [{deep(MAX_DEPTH + 1)}]}}'
+                )
+                assert reply == {
+                    "op": "error",
+                    "id": 9,
+                    "message": "msgs[0]: nested deeper than 100 levels",
+                    "field": "msgs[0]",
+                }
+                reply = await control(f'{{"op": "inject", "id": {deep(300)}, "flow": 1}}')
+                assert reply["op"] == "error"
+                assert reply["id"] is None
+                assert reply["field"] == "flow"
+                reply = await control(f'{{"op": {deep(300)}}}')
+                assert "unknown op '(a list)'" in reply["message"]
+                reply = await control('{"op": "inject", "msgs": [NaN]}')
+                assert reply["message"] == "not a control message"
+                await ws.send_message('{"op": "bye"}')
+        # the dispatcher still serves
+        assert dispatcher.api("GET", "/health")["status"] == "ok"
+    finally:
+        dispatcher.stop()
