@@ -13,6 +13,11 @@ every door is equally strict and every failure names its path (see :func:`proble
   cores do not import msgspec) is what the OpenAPI documents are generated from, so a
   limit is written once and both documented and enforced.
 - enums take one of their values and list them otherwise.
+- a free-form JSON value (``Any``, ``list[Any]`` items, ``dict[str, Any]``: messages,
+  module state and config) must be one every later stage can encode: nested at most
+  ``MAX_DEPTH`` levels, finite numbers, valid strings (``flows/values.py``); a failure
+  names the field and, where it helps, the place inside it
+  (``msgs[0]: nested deeper than 100 levels``).
 """
 
 from __future__ import annotations
@@ -27,15 +32,19 @@ import attrs
 import cattrs
 from cattrs._compat import is_annotated
 from cattrs.cols import list_structure_factory, mapping_structure_factory
+from cattrs.errors import IterableValidationError, IterableValidationNote
 from cattrs.gen import make_dict_structure_fn
 from cattrs.preconf.orjson import make_converter as _make_orjson_converter
 from cattrs.v import format_exception
 
 from .errors import Problem
+from .limits import MAX_DEPTH
+from .values import value_problem
 
 __all__ = ["Invalid", "json_type", "make_converter", "problems"]
 
 _NONE = type(None)
+_DEPTH = MAX_DEPTH
 
 
 def json_type(value: Any) -> str:
@@ -53,6 +62,35 @@ def json_type(value: Any) -> str:
 
 class Invalid(ValueError):
     """A value that does not fit its type; the message is meant for the user as it is."""
+
+
+# Separates the place inside a free-form value from the message (see problems()).
+_INSIDE = "\x1f"
+
+
+def _check_json(value: Any) -> Any:
+    """``value`` if every stage can encode it (flows/values.py), else :class:`Invalid`."""
+    problem = value_problem(value)
+    if problem is not None:
+        inside, message = problem
+        raise Invalid(f"{inside}{_INSIDE}{message}" if inside else message)
+    return value
+
+
+def _check_items(value: list[Any], t: Any) -> list[Any]:
+    """Each item of a ``list[Any]`` checked as a value of its own, failures by index."""
+    if value_problem(value, _DEPTH + 1) is None:  # the usual case: one walk, no copies
+        return value
+    errors = []
+    for index, item in enumerate(value):
+        try:
+            _check_json(item)
+        except Invalid as exc:
+            exc.__notes__ = [IterableValidationNote(f"item @ index {index}", index, Any)]
+            errors.append(exc)
+    if errors:
+        raise IterableValidationError(f"While structuring {t!r}", errors, t)
+    return value
 
 
 def _check(value: Any, meta: Any) -> None:
@@ -142,6 +180,8 @@ def make_converter() -> cattrs.Converter:
         def structure(value: Any, _: Any) -> Any:
             if not isinstance(value, list):
                 raise Invalid(f"expected an array, got {json_type(value)}")
+            if item is Any:
+                value = _check_items(value, t)
             if base is not None:
                 return base(value, t)
             return tuple(converter.structure(v, item) for v in value)
@@ -158,9 +198,15 @@ def make_converter() -> cattrs.Converter:
         def structure(value: Any, _: Any) -> Any:
             if not isinstance(value, dict):
                 raise Invalid(f"expected an object, got {json_type(value)}")
-            return base(value, t) if base is not None else value
+            return base(value, t) if base is not None else _check_json(value)
 
         return structure
+
+    def is_any(t: Any) -> bool:
+        return t is Any
+
+    def any_hook(t: Any) -> Any:
+        return lambda value, _: _check_json(value)
 
     def is_optional(t: Any) -> bool:
         args = typing.get_args(t)
@@ -202,6 +248,7 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook_factory(is_optional, optional_hook)
     converter.register_structure_hook_factory(is_list, list_hook)
     converter.register_structure_hook_factory(is_dict, dict_hook)
+    converter.register_structure_hook_factory(is_any, any_hook)
     return converter
 
 
@@ -227,6 +274,11 @@ def problems(exc: Exception) -> list[Problem]:
     found = []
     for line in cattrs.transform_error(exc, path="$", format_exception=_format):
         message, _, path = line.rpartition(" @ ")
+        inside, _, rest = message.rpartition(_INSIDE)
+        if inside:
+            # a place inside a free-form value: "config" + "a.b[2]"
+            message = rest
+            path = path + inside if inside.startswith("[") else f"{path}.{inside}"
         message = message.replace("required field missing", "missing required field")
         message = re.sub(r"invalid value for type, expected (\w+)", r"expected \1", message)
         message = re.sub(r"^invalid (?:value|type) \((.*)\)$", r"\1", message)

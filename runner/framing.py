@@ -2,7 +2,9 @@
 
 Nothing here touches a file descriptor, so the rules of PROTOCOL.md section 2 are
 testable with plain bytes. :class:`LineSplitter` turns whatever a ``read`` returned into
-complete lines; :func:`decode_frame` checks one line; :func:`encode_frame` writes one.
+complete lines; :func:`decode_frame` checks one line; :func:`screen_frame` takes out of
+it the values no later stage could encode (``flows/values.py``); :func:`encode_frame`
+writes one.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from typing import Any
 
 import orjson
 
+from ..flows.values import shallow, value_problem
 from .errors import ProtocolError
 
-__all__ = ["MAX_LINE", "LineSplitter", "decode_frame", "encode_frame", "require"]
+__all__ = ["MAX_LINE", "LineSplitter", "decode_frame", "encode_frame", "require", "screen_frame"]
 
 MAX_LINE = 64 * 1024 * 1024
 
@@ -82,11 +85,70 @@ def decode_frame(line: bytes) -> dict[str, Any]:
         for field in required:
             if field not in frame:
                 raise ProtocolError(f"'{op}' frame lacks field '{field}': {_excerpt(line)}")
+        for field in ("module", "port"):
+            if field in required and not isinstance(frame[field], str):
+                raise ProtocolError(
+                    f"'{op}' frame field '{field}' is not a string: {_excerpt(line)}"
+                )
         if op == "emit" and not isinstance(frame["msgs"], list):
             raise ProtocolError(f"'emit' frame field 'msgs' is not an array: {_excerpt(line)}")
         if op == "done" and not isinstance(frame["seq"], int):
             raise ProtocolError(f"'done' frame field 'seq' is not an integer: {_excerpt(line)}")
     return frame
+
+
+def _problem(value: Any) -> str | None:
+    found = value_problem(value)
+    if found is None:
+        return None
+    inside, message = found
+    return f"{inside}: {message}" if inside else message
+
+
+def screen_frame(frame: dict[str, Any], line: bytes) -> list[str]:
+    """Take out of a decoded ``frame`` the values no later stage could encode (nested
+    deeper than ``MAX_DEPTH``: orjson parses 1024 levels but writes only 254); say what
+    was taken, one line each (none: the frame is as it came, the usual case, decided
+    by counting brackets in ``line``).
+
+    An ``emit`` keeps its good messages, a ``state`` or ``unloaded`` loses its state
+    (the last good one stays), an ``error`` gets a description in place of its ``msg``
+    or ``error``. The caller reports each line as an error of the frame's module: the
+    host and the flow go on."""
+    if shallow(line):
+        return []
+    op = frame["op"]
+    found: list[str] = []
+    if op == "emit":
+        good = []
+        for index, msg in enumerate(frame["msgs"]):
+            problem = _problem(msg)
+            if problem is None:
+                good.append(msg)
+            else:
+                found.append(
+                    f"emitted message {index} on port {frame['port']!r} was dropped: {problem}"
+                )
+        frame["msgs"] = good
+    elif op in ("state", "unloaded"):
+        problem = _problem(frame.get("state"))
+        if problem is not None:
+            frame["state"] = None
+            found.append(f"ctx.state was not kept (the last good state stays): {problem}")
+    elif op == "error":
+        for field in ("msg", "error"):
+            problem = _problem(frame.get(field))
+            if problem is not None:
+                frame[field] = (
+                    {"type": "Error", "message": f"(not shown: {problem})", "traceback": ""}
+                    if field == "error"
+                    else f"(not shown: {problem})"
+                )
+    elif value_problem(frame) is not None:
+        found.append(f"a {op!r} frame was ignored: {_problem(frame)}")
+        frame.clear()
+        frame["op"] = "ignored"
+    return found
 
 
 def require(frame: dict[str, Any], field: str, kind: type | tuple[type, ...]) -> Any:

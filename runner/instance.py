@@ -36,7 +36,7 @@ import trio
 from .errors import FlowLoadError, FlowStateError, ProtocolError, RuntimeStartError, first
 from .events import EventKind
 from .faults import CrashWindow, deadline, hang_errors
-from .framing import decode_frame, encode_frame
+from .framing import decode_frame, encode_frame, screen_frame
 from .hosts import open_host
 from .queues import DeliveryQueues
 from .status import InstanceStatus
@@ -337,6 +337,9 @@ class RuntimeInstance:
                 except ProtocolError as exc:
                     self._log(None, "error", f"protocol error from {self.name}: {exc}")
                     raise _HostEnded(f"broken: {exc}") from None
+                taken = screen_frame(frame, line)
+                if taken:
+                    self._bad_values(frame, taken)
                 op = frame["op"]
                 if op == "emit":
                     await flow.route(frame["module"], frame["port"], frame["msgs"])
@@ -347,7 +350,8 @@ class RuntimeInstance:
                         self._acked.set()
                         self._acked = trio.Event()
                 elif op == "state":
-                    self.states[frame["module"]] = frame["state"]
+                    if frame["state"] is not None:
+                        self.states[frame["module"]] = frame["state"]
                 elif op == "error":
                     flow.record_error(
                         frame["module"],
@@ -370,7 +374,7 @@ class RuntimeInstance:
                     raise _HostEnded(f"handler of {frame['module']} ran past its timeout")
                 elif op == "fatal":
                     self._log(None, "error", f"host reported a fatal error: {frame.get('error')}")
-                elif op in ("bye", "pong", "unloaded", "unsupported"):
+                elif op in ("bye", "pong", "unloaded", "unsupported", "ignored"):
                     if op == "unloaded":
                         if isinstance(frame.get("state"), dict):
                             self.states[frame["module"]] = frame["state"]
@@ -383,6 +387,23 @@ class RuntimeInstance:
                     self._log(None, "warning", f"ignoring unknown op {op!r} from host")
             flow.kick()
             self.kick()  # acknowledgements may have opened the window
+
+    def _bad_values(self, frame: dict[str, Any], taken: list[str]) -> None:
+        """What :func:`screen_frame` took out of a host's frame: an error of its module
+        (the module's user code made a value no later stage could encode), the flow
+        goes on; a frame of no module is a protocol error in the log."""
+        module = frame.get("module")
+        for text in taken:
+            if isinstance(module, str) and module in self.modules:
+                self.flow.record_error(
+                    module,
+                    frame.get("port") if isinstance(frame.get("port"), str) else None,
+                    None,
+                    {"type": "InvalidValue", "message": text, "traceback": ""},
+                    runtime=self.manifest.id,
+                )
+            else:
+                self._log(None, "error", f"protocol error from {self.name}: {text}")
 
     async def _deadline(self, proc: RuntimeProcess) -> None:
         """Fallback for hosts that cannot report ``hung`` themselves (PROTOCOL.md section 5).

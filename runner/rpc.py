@@ -82,18 +82,24 @@ class RpcPeer:
             return
         if not isinstance(message, dict):
             return
+        request_id = message.get("id")
+        if isinstance(request_id, bool) or not isinstance(request_id, (str, int)):
+            # an id is echoed in the reply: only one the reply can carry (else no reply)
+            message["id"] = request_id = None
         if "method" in message:
             self._nursery.start_soon(self._answer, message)
-        elif (channel := self._pending.pop(message.get("id"), None)) is not None:  # type: ignore[arg-type]
+        elif (channel := self._pending.pop(request_id, None)) is not None:  # type: ignore[arg-type]
             channel.send_nowait(message)
 
     async def _answer(self, message: dict[str, Any]) -> None:
         request_id = message.get("id")
         params = message.get("params") or {}
         try:
+            if not isinstance(message["method"], str):
+                raise TypeError("method must be a string")
             if not isinstance(params, dict):
                 raise TypeError("params must be an object")
-            result = await self._handler(str(message["method"]), params)
+            result = await self._handler(message["method"], params)
             reply: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "result": result}
         except RunnerError as exc:
             reply = {
@@ -107,7 +113,7 @@ class RpcPeer:
                 "id": request_id,
                 "error": {
                     "code": -32602,
-                    "message": f"bad params for {message.get('method')}: {exc!r}",
+                    "message": f"bad params for {_name(message.get('method'))}: {exc!r}",
                 },
             }
         if request_id is not None and not self.closed:
@@ -121,3 +127,8 @@ class RpcPeer:
         for channel in self._pending.values():
             channel.close()
         self._pending.clear()
+
+
+def _name(method: Any) -> str:
+    """A method's name for a message (never the repr of a deep value someone sent)."""
+    return method[:64] if isinstance(method, str) else f"(a {type(method).__name__})"

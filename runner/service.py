@@ -169,16 +169,35 @@ class Runner:
         self.restore_problems = problems
 
     def checkpoint(self) -> None:
-        """Write the module state of every flow whose state changed since the last write."""
+        """Write the module state of every flow whose state changed since the last write.
+
+        Error handling: a flow whose state cannot be written (encoded or stored) is
+        reported (a log line, a ``checkpoint`` event with ``error``) and keeps its last
+        written state; the other flows are written all the same. Only ``OSError`` of
+        the last flow that failed is raised again, after all were tried, for the caller
+        that reports the state dir."""
         if self.store is None:
             return
+        failed: OSError | None = None
         for flow_id, run in list(self._flows.items()):
             snapshot = run.snapshot()
-            data = orjson.dumps(snapshot)
-            if self._saved_states.get(flow_id) != data:
+            try:
+                data = orjson.dumps(snapshot)
+                if self._saved_states.get(flow_id) == data:
+                    continue
                 self.store.save_states(flow_id, snapshot)
-                self._saved_states[flow_id] = data
-                run.publish({"kind": EventKind.CHECKPOINT, "modules": sorted(snapshot)})
+            except (OSError, TypeError, ValueError) as exc:  # orjson's errors are TypeErrors
+                log.error("could not checkpoint the module state of flow %r: %s", flow_id, exc)
+                run.publish(
+                    {"kind": EventKind.CHECKPOINT, "modules": sorted(snapshot), "error": str(exc)}
+                )
+                if isinstance(exc, OSError):
+                    failed = exc
+                continue
+            self._saved_states[flow_id] = data
+            run.publish({"kind": EventKind.CHECKPOINT, "modules": sorted(snapshot)})
+        if failed is not None:
+            raise failed
 
     async def _checkpoints(self) -> None:
         while True:

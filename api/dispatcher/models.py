@@ -16,6 +16,7 @@ from fifoflow.api.common.schema import Message, NonEmpty
 from fifoflow.dispatcher.status import FlowStatus as PlacementStatus
 from fifoflow.dispatcher.status import RunnerStatus
 from fifoflow.flows.codec import FlowDocument
+from fifoflow.flows.limits import MAX_INJECT
 
 # ---------------------------------------------------------------------- bodies, queries
 
@@ -34,7 +35,18 @@ class EventsQuery:
 
 @attrs.frozen
 class InjectBody:
-    msgs: list[Message]
+    msgs: Annotated[list[Message], msgspec.Meta(max_length=MAX_INJECT)]
+
+
+@attrs.frozen
+class PageInject:
+    """A page's ``{"op": "inject", "id"?, ...}`` on its control socket (``/client/ws``),
+    without its ``op`` and ``id``."""
+
+    flow: NonEmpty
+    module: NonEmpty
+    msgs: Annotated[list[Message], msgspec.Meta(max_length=MAX_INJECT)]
+    port: NonEmpty = "in"
 
 
 @attrs.frozen

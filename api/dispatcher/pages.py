@@ -17,7 +17,9 @@ import trio
 from quart import Response, websocket
 
 from fifoflow.api.common.auth import check_token
-from fifoflow.api.common.errors import ApiError
+from fifoflow.api.common.errors import ApiError, InvalidParams
+from fifoflow.api.common.routes import structure
+from fifoflow.api.dispatcher.models import PageInject
 from fifoflow.dispatcher.clients import PAGE_ID
 from fifoflow.runner.attached import AttachedProcess
 from fifoflow.runner.errors import RunnerError
@@ -103,26 +105,36 @@ class ClientSocket:
                         orjson.dumps({"op": "error", "message": "not a control message"}).decode()
                     )
                     continue
+                # the id is echoed: only a string or an integer (anything else could be
+                # a value the answer cannot carry)
+                message_id = message.pop("id", None)
+                if isinstance(message_id, bool) or not isinstance(message_id, (str, int)):
+                    message_id = None
                 if op == "bye":
                     client.stop.set()
                     break
                 if op == "inject":
-                    answer: dict[str, Any] = {"op": "injected", "id": message.get("id")}
+                    answer: dict[str, Any] = {"op": "injected", "id": message_id}
                     try:
-                        await self.dispatcher.inject(
-                            str(message["flow"]),
-                            str(message["module"]),
-                            str(message.get("port") or "in"),
-                            list(message["msgs"]),
-                        )
-                    except (RunnerError, KeyError, TypeError) as exc:
-                        answer = {"op": "error", "id": message.get("id"), "message": str(exc)}
+                        message.pop("op")
+                        p = structure(message, PageInject)
+                        await self.dispatcher.inject(p.flow, p.module, p.port, p.msgs)
+                    except InvalidParams as exc:
+                        answer = {
+                            "op": "error",
+                            "id": message_id,
+                            "message": exc.message,
+                            "field": exc.field,
+                        }
+                    except RunnerError as exc:
+                        answer = {"op": "error", "id": message_id, "message": str(exc)}
                     await ws.send(orjson.dumps(answer).decode())
                     continue
+                name = op[:64] if isinstance(op, str) else f"(a {type(op).__name__})"
                 unknown = {
                     "op": "error",
-                    "id": message.get("id"),
-                    "message": f"unknown op {op!r} (known: inject, bye)",
+                    "id": message_id,
+                    "message": f"unknown op {name!r} (known: inject, bye)",
                 }
                 await ws.send(orjson.dumps(unknown).decode())
         finally:

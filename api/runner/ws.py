@@ -113,6 +113,8 @@ class RpcConnection:
 
     async def handle_one(self, message: Any) -> dict[str, Any] | None:
         request_id = message.get("id") if isinstance(message, dict) else None
+        if isinstance(request_id, bool) or not isinstance(request_id, (str, int)):
+            request_id = None  # echoed: only an id the reply can carry (_parse says why)
         try:
             method, params, notification = self._parse(message)
             result = await self._call(method, params)
@@ -192,13 +194,15 @@ class RpcConnection:
     async def _forward(self, sid: str, sub: Subscription, scope: trio.CancelScope) -> None:
         with scope:
             async for event in sub:
-                await self.send(
-                    {
-                        "jsonrpc": "2.0",
-                        "method": "event",
-                        "params": {"subscription": sid, "event": event},
-                    }
-                )
+                note = {"jsonrpc": "2.0", "method": "event", "params": {"subscription": sid}}
+                try:
+                    data = orjson.dumps({**note, "params": {**note["params"], "event": event}})
+                except TypeError as exc:  # orjson's JSONEncodeError: say so, stay connected
+                    kind, flow = event.get("kind"), event.get("flow")
+                    unsent = {"kind": "unencodable", "of": kind, "flow": flow, "error": str(exc)}
+                    data = orjson.dumps({**note, "params": {**note["params"], "event": unsent}})
+                async with self._send_lock:
+                    await websocket.send(data.decode())
 
 
 def ws_blueprint(runner: Runner, settings: ApiSettings) -> Blueprint:

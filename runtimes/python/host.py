@@ -49,10 +49,15 @@ try:
 except (ImportError, AttributeError, TypeError, ValueError):  # orjson absent or unusable
     import json
 
-    _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+    _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
     def dumps(obj):
-        return _encoder.encode(obj).encode("utf-8")
+        # TypeError for anything JSON cannot carry, as orjson says it: NaN and Infinity
+        # (which the runner would not parse), cycles, too deep
+        try:
+            return _encoder.encode(obj).encode("utf-8")
+        except (ValueError, RecursionError) as exc:
+            raise TypeError(str(exc)) from None
 
     def loads(data):
         return json.loads(data)
@@ -167,16 +172,15 @@ class Host:
             try:
                 data = dumps(mod.ctx.state)
             except TypeError as exc:
-                frames.append(
-                    dumps(
-                        {
-                            "op": "log",
-                            "module": mod.id,
-                            "level": "error",
-                            "text": f"ctx.state is not JSON-serializable, snapshot skipped: {exc}",
-                        }
-                    )
-                    + b"\n"
+                # an error of the module (its state cannot be kept), not just a log line
+                self.error_frame(
+                    mod.id,
+                    None,
+                    None,
+                    self.progress.seq,
+                    "TypeError",
+                    f"ctx.state is not JSON-serializable, snapshot skipped: {exc}",
+                    "",
                 )
                 continue
             if data != mod.sent_state:

@@ -1,0 +1,133 @@
+"""What a JSON value from outside must be so that every later stage can handle it.
+
+orjson parses JSON nested up to 1024 levels but encodes only up to 254, and every answer,
+event, queue view and checkpoint wraps a message in a few more levels: a message nested
+~250 deep was accepted at a door and then broke every place that had to encode it (the
+runner's ``/debug``, ``/queues``, ``/step`` answered 500, subscribers were disconnected,
+the checkpoint killed the runner). So every door checks values against one rule,
+:func:`value_problem`, with the limit of ``flows/limits.py``:
+
+- nested at most :data:`~.limits.MAX_DEPTH` levels (``[]`` and ``{}`` are one level);
+- numbers finite (orjson refuses ``NaN``/``Infinity`` when parsing, writes them as
+  ``null`` when encoding: Python values from elsewhere must not carry them in);
+- integers within 64 bits, object keys strings, strings valid UTF-8 (no lone surrogates),
+  and nothing but dict, list, str, int, float, bool and None.
+
+Values parsed by orjson already satisfy all but the depth; :func:`shallow` is the
+cheap test on raw bytes that lets a door skip the walk for them (no more brackets than
+the limit: no value inside can be nested deeper).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import Any
+
+from .limits import MAX_DEPTH
+
+__all__ = ["BadValue", "check_value", "shallow", "value_problem"]
+
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
+
+
+class BadValue(ValueError):
+    """A value no later stage could encode; ``path`` is where inside it (``""``: itself)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+        self.message = message
+
+
+class _Found(Exception):
+    def __init__(self, message: str) -> None:
+        self.message = message
+        self.parts: list[str] = []
+
+
+def _walk(value: Any, room: int) -> None:
+    kind = type(value)
+    if kind is str:
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _Found("a string that is not valid UTF-8 (a lone surrogate)") from None
+        return
+    if kind is int:
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise _Found("an integer out of the 64-bit range")
+        return
+    if kind is float:
+        if not math.isfinite(value):
+            raise _Found(f"not a finite number ({value})")
+        return
+    if value is None or kind is bool:
+        return
+    if kind is dict:
+        if room == 0:
+            raise _Found(f"nested deeper than {MAX_DEPTH} levels")
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _Found(f"an object key that is not a string ({key!r})")
+            try:
+                _walk(item, room - 1)
+            except _Found as found:
+                found.parts.append(f".{key}")
+                raise
+        return
+    if kind is list:
+        if room == 0:
+            raise _Found(f"nested deeper than {MAX_DEPTH} levels")
+        for index, item in enumerate(value):
+            try:
+                _walk(item, room - 1)
+            except _Found as found:
+                found.parts.append(f"[{index}]")
+                raise
+        return
+    # subclasses (enums of str or int among them) as what they are; orjson writes them
+    for base in (str, int, float, dict, list):
+        if isinstance(value, base):
+            _walk(base(value), room)
+            return
+    if isinstance(value, enum.Enum):
+        _walk(value.value, room)
+        return
+    raise _Found(f"not a JSON value ({kind.__name__})")
+
+
+def value_problem(value: Any, depth: int = MAX_DEPTH) -> tuple[str, str] | None:
+    """``(path inside the value, what is wrong)`` for the first problem, or None.
+
+    The walk never goes deeper than ``depth`` + 1 levels, so a value nested thousands of
+    levels deep costs no more than one at the limit (and no Python recursion error)."""
+    try:
+        _walk(value, depth)
+    except _Found as found:
+        path = "".join(reversed(found.parts))
+        if found.message.startswith("nested deeper"):
+            # where the nesting starts to matter is noise: say it of the value itself
+            path = ""
+        return path.lstrip("."), found.message
+    return None
+
+
+def check_value(value: Any, depth: int = MAX_DEPTH) -> None:
+    """Raise :class:`BadValue` if ``value`` breaks the rule of this module."""
+    problem = value_problem(value, depth)
+    if problem is not None:
+        raise BadValue(*problem)
+
+
+def shallow(raw: bytes | str, depth: int = MAX_DEPTH) -> bool:
+    """True if JSON text ``raw`` cannot hold a value nested deeper than ``depth``: it has
+    no more than ``depth`` opening brackets (brackets inside strings count too, so False
+    only means "walk it")."""
+    return (
+        raw.count(b"[" if isinstance(raw, bytes) else "[")
+        + raw.count(b"{" if isinstance(raw, bytes) else "{")
+        <= depth
+    )
