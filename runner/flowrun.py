@@ -173,6 +173,13 @@ class FlowRun:
                 if targets:
                     routes[(qid, port)] = targets
             host_routes[module.host][qid] = table
+            if module.command:
+                # A host that supervises children backs off and gives up by the same rule.
+                loads[module.host][qid]["restart"] = {
+                    "limit": self.config.crash_limit,
+                    "period": self.config.crash_period,
+                    "backoffMax": self.config.restart_backoff_max,
+                }
         # What each module's deliveries can produce messages for, through same-host wires.
         downstream: dict[str, dict[str, list[tuple[DeliveryQueues, str]]]] = defaultdict(dict)
         for module in flow.modules:
@@ -377,6 +384,10 @@ class FlowRun:
             "pending": self.pending,
             "outputs": self.outputs,
             "errors": self.error_count,
+            # host restarts and module child restarts (exec), since the flow was made
+            "restarts": sum(
+                inst.restarts + sum(inst.child_restarts.values()) for inst in self.instances.values()
+            ),
             "runtimes": {rid: inst.statistics() for rid, inst in self.instances.items()},
         }
 
@@ -434,14 +445,23 @@ class FlowRun:
             self._scope.cancel()
         await self._ended.wait()
 
-    def instance_failed(self, instance: RuntimeInstance, message: str) -> None:
+    def instance_failed(
+        self,
+        instance: RuntimeInstance,
+        message: str,
+        *,
+        module: str | None = None,
+        kind: str = "RuntimeFailed",
+    ) -> None:
+        """A runtime crash-looped, or (``module``) a host gave one module up: the flow
+        fails with ``message``, recorded as an error of the module (or of ``*``)."""
         self.error = message
         self._set_status(FlowStatus.FAILED, message)
         self.record_error(
-            f"{self.flow_id}/*",
+            module or f"{self.flow_id}/*",
             None,
             None,
-            {"type": "RuntimeFailed", "message": message},
+            {"type": kind, "message": message},
             runtime=instance.manifest.id,
         )
         # The rest of the flow cannot make progress through the dead runtime; stop it all.

@@ -83,6 +83,8 @@ class RuntimeInstance:
         self.status = InstanceStatus.STOPPED
         self.process: RuntimeProcess | None = None
         self.restarts = 0
+        #: module -> restarts of its child process, as the host reports them (exec)
+        self.child_restarts: dict[str, int] = {}
         self.last_error: str | None = None
         self.logs: deque[dict[str, Any]] = deque(maxlen=config.keep_logs)
 
@@ -109,6 +111,7 @@ class RuntimeInstance:
             "queued": queues.queued,
             "unacknowledged": queues.unacknowledged,
             "restarts": self.restarts,
+            "child_restarts": {self.flow.short(m): n for m, n in self.child_restarts.items()},
             "last_error": self.last_error,
             "delivered": queues.delivered,
             "redelivered": queues.redelivered,
@@ -372,6 +375,10 @@ class RuntimeInstance:
                 elif op == "hung":
                     self._on_hung(frame)
                     raise _HostEnded(f"handler of {frame['module']} ran past its timeout")
+                elif op == "restart":
+                    self._on_child_restart(frame)
+                elif op == "failed":
+                    self._on_module_failed(frame)
                 elif op == "fatal":
                     self._log(None, "error", f"host reported a fatal error: {frame.get('error')}")
                 elif op in ("bye", "pong", "unloaded", "unsupported", "ignored"):
@@ -424,6 +431,43 @@ class RuntimeInstance:
                     {"module": d.module, "port": d.port, "seq": d.seq, "index": None, "msg": None}
                 )
                 raise _HostEnded(f"no answer from host for {limit:g} s with deliveries pending")
+
+    def _on_child_restart(self, frame: dict[str, Any]) -> None:
+        """A host restarted a module's child process (exec; PROTOCOL.md section 7)."""
+        module = str(frame.get("module"))
+        restarts = frame.get("restarts")
+        self.child_restarts[module] = (
+            restarts if isinstance(restarts, int) else self.child_restarts.get(module, 0) + 1
+        )
+        self.flow.publish(
+            {
+                "kind": EventKind.RUNTIME,
+                "runtime": self.manifest.id,
+                "event": "child-restart",
+                "module": self.flow.short(module),
+                "restarts": self.child_restarts[module],
+                "reason": frame.get("reason"),
+            }
+        )
+        self._log(
+            module,
+            "warning",
+            f"child process restarted ({self.child_restarts[module]} so far): {frame.get('reason')}"
+            + (f"; next start in {frame['delay']:g} s" if frame.get("delay") else ""),
+        )
+
+    def _on_module_failed(self, frame: dict[str, Any]) -> None:
+        """A host gave a module up (its child crash-loops): the flow fails with the
+        reason, as it does when a host crash-loops (PROTOCOL.md section 6)."""
+        module = str(frame.get("module"))
+        error = frame.get("error") if isinstance(frame.get("error"), dict) else {}
+        message = (
+            f"module {self.flow.short(module)} of flow {self.flow.flow_id} failed: "
+            f"{error.get('message') or 'given up by its host'}"
+        )
+        self.status = InstanceStatus.FAILED
+        self.last_error = message
+        self.flow.instance_failed(self, message, module=module, kind=str(error.get("type") or "CrashLoop"))
 
     def _on_hung(self, frame: dict[str, Any]) -> None:
         removed = self.queues.hung(frame.get("seq"), frame.get("index"))

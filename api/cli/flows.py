@@ -99,7 +99,7 @@ def cmd_flow(args: argparse.Namespace) -> int:
 
 
 def _print_flows(flows: list[Any]) -> None:
-    rows = [("FLOW", "STATUS", "REV", "PENDING", "OUTPUTS", "ERRORS")]
+    rows = [("FLOW", "STATUS", "REV", "PENDING", "OUTPUTS", "ERRORS", "RESTARTS")]
     rows += [
         (
             f["id"],
@@ -108,12 +108,16 @@ def _print_flows(flows: list[Any]) -> None:
             str(f["pending"]),
             str(f["outputs"]),
             str(f["errors"]),
+            str(f.get("restarts", 0)),
         )
         for f in flows
     ]
     print_table(rows)
     if len(rows) == 1:
         out("(no flows)")
+    for f in flows:
+        if f["status"] == "failed" and f.get("error"):
+            out(f"{f['id']} failed: {f['error']}")
 
 
 def _messages(args: argparse.Namespace) -> list[Any]:

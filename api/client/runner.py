@@ -54,6 +54,7 @@ class FlowSummary(TypedDict, total=False):
     pending: int
     outputs: int
     errors: int
+    restarts: int
     runtimes: dict[str, Any]
     wantRunning: bool
 

@@ -99,7 +99,9 @@ async def serve_dispatcher(
             backend = None
             if options.local_runners:
                 root = options.state_dir / "local-runners"
-                backend = await nursery.start(LocalBackend(root, urls[0]).run)
+                backend = await nursery.start(
+                    LocalBackend(root, urls[0], dispatcher=dispatcher, say=_say).run
+                )
                 for i in range(options.local_runners):
                     name = f"local-{i + 1}"
                     token = None if backend.registered(name) else dispatcher.issue_token()["token"]

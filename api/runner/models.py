@@ -227,6 +227,10 @@ class FlowSummary:
     pending: Annotated[int, msgspec.Meta(description="messages queued or in flight")]
     outputs: Annotated[int, msgspec.Meta(description="messages that reached an exit")]
     errors: Annotated[int, msgspec.Meta(description="errors raised by modules")]
+    restarts: Annotated[
+        int,
+        msgspec.Meta(description="runtime hosts and module child processes restarted (crashes)"),
+    ]
     wantRunning: Annotated[
         bool, msgspec.Meta(description="started by the user; a restarted runner starts it again")
     ]

@@ -20,6 +20,12 @@ on shutdown or end of file their stdin is closed, they are given a moment to exi
 killed and reaped. Error handling: a child that exits, answers garbage or runs past its
 timeout produces an ``error`` frame for the input concerned and is restarted; the inputs
 it had not answered yet are sent again to the new child, in order.
+
+Crash loops (PROTOCOL.md section 7): a child that exits is started again after a backoff
+(0, 0.1 s, 0.2 s, ... up to ``backoffMax``), each restart reported in a ``restart``
+frame; ``limit`` exits within ``period`` give the module up: a ``failed`` frame, and
+every input waiting for it, and every later one, becomes a ``CrashLoop`` error. The
+policy comes with ``load`` (``restart``), else the runner's defaults below.
 """
 
 import errno
@@ -37,6 +43,11 @@ VERSION = "1.0.0"
 READ_SIZE = 1 << 20
 INFLIGHT = 1000  # inputs written to one child and not yet answered
 BACKLOG = 20000  # inputs waiting in the host before it stops reading its pipe
+# A child's exits: this many within PERIOD seconds give the module up (the runner's
+# crash_limit / crash_period / restart_backoff_max; a load frame's "restart" overrides).
+CRASH_LIMIT = 5
+CRASH_PERIOD = 30.0
+BACKOFF_MAX = 5.0
 
 try:
     import orjson
@@ -92,15 +103,46 @@ class Child:
 
 
 class Module:
-    __slots__ = ("child", "command", "cwd", "env", "id", "timeout")
+    __slots__ = ("child", "command", "cwd", "env", "exits", "failed", "id", "policy", "restart_at", "restarts", "timeout", "waiting")
 
-    def __init__(self, mid, command, cwd, env, timeout):
+    def __init__(self, mid, command, cwd, env, timeout, policy=(CRASH_LIMIT, CRASH_PERIOD, BACKOFF_MAX)):
         self.id = mid
         self.command = command
         self.cwd = cwd
         self.env = env
         self.timeout = timeout
         self.child = None
+        self.policy = policy  # (limit or None, period, backoff max)
+        self.exits = deque()  # monotonic times of the child's recent exits
+        self.restarts = 0
+        self.restart_at = None  # while backing off: when the next child starts
+        self.waiting = deque()  # (msg, port, frame) held while backing off
+        self.failed = None  # why the module was given up (a crash loop)
+
+    def exited(self, now):
+        """Count an exit: the delay before the next child, or None for a crash loop."""
+        limit, period, backoff_max = self.policy
+        exits = self.exits
+        exits.append(now)
+        while exits and now - exits[0] > period:
+            exits.popleft()
+        if limit is not None and len(exits) >= limit:
+            return None
+        return min(backoff_max, 0.0 if len(exits) <= 1 else 0.1 * 2 ** (len(exits) - 2))
+
+
+def _policy(spec):
+    """The load frame's optional ``restart`` object, checked; the defaults otherwise."""
+    if not isinstance(spec, dict):
+        return (CRASH_LIMIT, CRASH_PERIOD, BACKOFF_MAX)
+
+    def number(key, default):
+        value = spec.get(key, default)
+        return float(value) if isinstance(value, (int, float)) and value >= 0 else default
+
+    limit = spec.get("limit", CRASH_LIMIT)
+    limit = int(limit) if isinstance(limit, int) and limit > 0 else (None if limit is None else CRASH_LIMIT)
+    return (limit, number("period", CRASH_PERIOD), number("backoffMax", BACKOFF_MAX))
 
 
 class Host:
@@ -216,8 +258,11 @@ class Host:
             child.proc.kill()
         child.proc.wait()
 
-    def restart(self, child, reason_input_error):
-        """Replace a dead/hung child; its unanswered inputs go to the new one first."""
+    def restart(self, child, reason_input_error, exited=None):
+        """Replace a dead/hung child; its unanswered inputs go to the new one first.
+
+        ``exited`` (why the child exited) counts the exit: the next child starts after
+        the backoff, or, in a crash loop, the module is given up (:meth:`give_up`)."""
         mod = child.mod
         self.stop_child(child)
         if reason_input_error is not None:
@@ -225,28 +270,73 @@ class Host:
             self.error(mod.id, port, msg, frame, etype, message)
             frame.outstanding -= 1
             self.backlog -= 1
+        mod.child = None
+        mod.waiting.extend(child.inflight)
+        mod.waiting.extend(child.pending)
+        delay = 0.0
+        if exited is not None:
+            delay = mod.exited(time.monotonic())
+            if delay is None:
+                self.give_up(mod, f"the module's process exited {len(mod.exits)} times within {mod.policy[1]:g} s; last: {exited}")
+                return
+        mod.restarts += 1
+        self.frame({"op": "restart", "module": mod.id, "restarts": mod.restarts, "reason": exited or "killed: no answer within its timeout", "delay": delay})
+        if delay > 0:
+            mod.restart_at = time.monotonic() + delay
+            return
+        self.respawn(mod)
+
+    def respawn(self, mod):
+        """Start the module's next child; the inputs held for it go first."""
+        mod.restart_at = None
         try:
             new = self.start_child(mod)
         except OSError as exc:
-            # Cannot start any more: every waiting input becomes an error.
-            self.log(mod.id, "error", f"cannot restart {mod.command!r}: {exc}")
-            for msg, port, frame in (*child.inflight, *child.pending):
-                self.error(mod.id, port, msg, frame, "ChildExited", f"cannot restart the module's command: {exc}")
-                frame.outstanding -= 1
-                self.backlog -= 1
-            mod.child = None
+            self.give_up(mod, f"cannot restart {mod.command!r}: {exc.strerror or exc}")
             return
-        new.pending.extend(child.inflight)
-        new.pending.extend(child.pending)
+        new.pending.extend(mod.waiting)
+        mod.waiting.clear()
         self.pump(new)
+
+    def give_up(self, mod, reason):
+        """The module's child crash-loops: no new child; what waits for it is an error."""
+        mod.failed = reason
+        mod.restart_at = None
+        self.log(mod.id, "error", f"{reason}; not restarted")
+        self.frame({"op": "failed", "module": mod.id, "error": {"type": "CrashLoop", "message": reason, "traceback": ""}})
+        for msg, port, frame in mod.waiting:
+            self.error(mod.id, port, msg, frame, "CrashLoop", reason)
+            frame.outstanding -= 1
+            self.backlog -= 1
+        mod.waiting.clear()
+
+    def check_restarts(self):
+        """Start the children whose backoff is over; the seconds until the next one."""
+        now = time.monotonic()
+        nearest = None
+        for mod in list(self.modules.values()):
+            if mod.restart_at is None:
+                continue
+            left = mod.restart_at - now
+            if left <= 0:
+                self.respawn(mod)
+            else:
+                nearest = left if nearest is None else min(nearest, left)
+        return nearest
 
     def submit(self, mod_id, port, msg, frame):
         mod = self.modules.get(mod_id)
-        if mod is None or mod.child is None:
+        if mod is not None and mod.failed is not None:
+            self.error(mod_id, port, msg, frame, "CrashLoop", mod.failed)
+            return
+        if mod is None or (mod.child is None and mod.restart_at is None):
             self.error(mod_id, port, msg, frame, "UnknownModule", f"no module {mod_id!r} is loaded in this host")
             return
         frame.outstanding += 1
         self.backlog += 1
+        if mod.child is None:  # backing off: the next child gets it
+            mod.waiting.append((msg, port, frame))
+            return
         mod.child.pending.append((msg, port, frame))
         self.pump(mod.child)
 
@@ -339,10 +429,10 @@ class Host:
             self.on_stderr(child, b"\n")
         if child.inflight:
             msg, port, frame = child.inflight.popleft()
-            self.restart(child, (msg, port, frame, "ChildExited", f"the module's process {detail} while handling this input"))
+            self.restart(child, (msg, port, frame, "ChildExited", f"the module's process {detail} while handling this input"), exited=detail)
         else:
             self.log(child.mod.id, "warning", f"the module's process {detail}; restarting it")
-            self.restart(child, None)
+            self.restart(child, None, exited=detail)
 
     def check_timeouts(self):
         now = time.monotonic()
@@ -373,7 +463,7 @@ class Host:
             self.frame({"op": "loaded", "module": mid, "error": {"type": "LoadError", "message": "exec modules need 'command': a non-empty list of strings", "traceback": ""}})
             return
         timeout = f.get("timeout")
-        mod = Module(mid, command, f.get("cwd"), f.get("env"), float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else 30.0)
+        mod = Module(mid, command, f.get("cwd"), f.get("env"), float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else 30.0, _policy(f.get("restart")))
         try:
             child = self.start_child(mod)
         except OSError as exc:
@@ -381,10 +471,12 @@ class Host:
             return
         old = self.modules.get(mid)
         self.modules[mid] = mod
-        if old is not None and old.child is not None:
-            child.pending.extend(old.child.inflight)
-            child.pending.extend(old.child.pending)
-            self.stop_child(old.child, grace=0.5)
+        if old is not None:
+            child.pending.extend(old.waiting)  # held while the old one backed off
+            if old.child is not None:
+                child.pending.extend(old.child.inflight)
+                child.pending.extend(old.child.pending)
+                self.stop_child(old.child, grace=0.5)
             self.pump(child)
         self.frame({"op": "loaded", "module": mid})
 
@@ -393,12 +485,15 @@ class Host:
         if not isinstance(mid, str):
             raise ProtocolViolation("'unload' needs a string 'module'")
         mod = self.modules.pop(mid, None)
-        if mod is not None and mod.child is not None:
-            for msg, port, frame in (*mod.child.inflight, *mod.child.pending):
+        if mod is not None:
+            child = mod.child
+            for msg, port, frame in (*mod.waiting, *((*child.inflight, *child.pending) if child else ())):
                 self.error(mid, port, msg, frame, "UnknownModule", "module unloaded before answering")
                 frame.outstanding -= 1
                 self.backlog -= 1
-            self.stop_child(mod.child, grace=0.5)
+            mod.waiting.clear()
+            if child is not None:
+                self.stop_child(child, grace=0.5)
         self.frame({"op": "unloaded", "module": mid, "state": None})
 
     def op_route(self, f):
@@ -489,6 +584,9 @@ class Host:
                         self.sel.unregister(self.rfd)
                     self.reading = want_read
                 timeout = self.check_timeouts()
+                restart = self.check_restarts()
+                if restart is not None:
+                    timeout = restart if timeout is None else min(timeout, restart)
                 for key, _mask in self.sel.select(timeout):
                     kind, child = key.data
                     if kind == "pipe":

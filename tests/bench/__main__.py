@@ -26,7 +26,9 @@ Figures:
 
 - ``browser``: messages between server modules and a browser module (``browser``).
 
-``--only core|api|swap|dispatcher|docker|browser`` runs one group.
+- ``recovery``: a SIGKILLed runner -> its flow answering again, local backend (``recovery``).
+
+``--only core|api|swap|dispatcher|docker|browser|recovery`` runs one group.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from fifoflow.flows import parse_flow
 from fifoflow.runner import RunnerConfig, open_runner
 from fifoflow.runtimes.registry import discover
 
-from . import api_requests, browser, containers, costs, fifo_echo, nodered, swap
+from . import api_requests, browser, containers, costs, fifo_echo, nodered, recovery, swap
 from . import dispatcher as dispatcher_bench
 
 RUNTIMES = discover()
@@ -277,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-results/latest.json"))
     parser.add_argument(
         "--only",
-        choices=["core", "api", "swap", "dispatcher", "docker", "browser"],
+        choices=["core", "api", "swap", "dispatcher", "docker", "browser", "recovery"],
         help="run one group of figures",
     )
     args = parser.parse_args(argv)
@@ -327,6 +329,12 @@ def main(argv: list[str] | None = None) -> int:
         browser.print_report(found_b)
         if found_b is not None:
             figures["browser"] = found_b
+    if args.only in (None, "recovery"):
+        print()
+        print("recovery: SIGKILL a runner, dispatcher defaults (heartbeat 5 s)")
+        found_r = recovery.run(kills=2 if args.quick else 5)
+        recovery.print_report(found_r)
+        figures["recovery"] = found_r
     if args.only in (None, "swap"):
         result = swap.run(quick=args.quick)
         swap.print_report(result)

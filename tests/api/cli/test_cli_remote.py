@@ -100,8 +100,10 @@ def test_manage_a_flow_from_the_command_line(runner_env: dict[str, str]) -> None
         "PENDING",
         "OUTPUTS",
         "ERRORS",
+        "RESTARTS",
     ]
     assert listing.stdout.splitlines()[1].split()[:3] == ["tally", "running", "1"]
+    assert listing.stdout.splitlines()[1].split()[-1] == "0", "no restarts"
 
     # The 4 messages went through: stopping is graceful, and the state says so.
     assert ff(env, "flow", "stop", "tally").stdout.strip() == "flow 'tally' is stopped"
