@@ -18,9 +18,10 @@ import orjson
 from .converter import json_type, make_converter
 from .converter import problems as structure_problems
 from .errors import FlowError, Problem
+from .limits import MAX_CONFIG, MAX_DOCUMENT, MAX_MODULES, MAX_TIMEOUT
 from .model import DEFAULT_TIMEOUT, FORMAT_VERSION, ID_PATTERN, Flow, Module, Wire
 from .requirements import normalize
-from .resources import format_size, parse_size
+from .resources import format_size, human_size, parse_size
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
@@ -72,6 +73,7 @@ def parse_flow(
 ) -> Flow:
     """Parse and validate a flow document; module files are read relative to ``base_dir``."""
     if isinstance(data, (bytes, str)):
+        _check_size(len(data.encode() if isinstance(data, str) else data), source_name)
         try:
             raw = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
@@ -80,6 +82,18 @@ def parse_flow(
         raw = dict(data)
     if not isinstance(raw, dict):
         raise FlowError([Problem("", f"a flow must be a JSON object, got {json_type(raw)}")])
+    if not isinstance(data, (bytes, str)):
+        # A document that came as data (over an API) is measured as its JSON, so the
+        # same flow is refused the same way wherever it comes from.
+        try:
+            _check_size(len(orjson.dumps(raw)), source_name)
+        except (TypeError, orjson.JSONEncodeError):
+            pass  # the value checks below name what cannot be encoded
+    modules = raw.get("modules")
+    if isinstance(modules, list) and len(modules) > MAX_MODULES:
+        raise FlowError(
+            [Problem("modules", f"{len(modules)} modules; a flow has at most {MAX_MODULES}")]
+        )
     version = raw.get("fifoflow")
     if version is None:
         raise FlowError(
@@ -117,6 +131,19 @@ def parse_flow(
     ) as exc:
         raise FlowError(structure_problems(exc)) from None
     return _validate(doc, base_dir=base_dir, runtimes=runtimes)
+
+
+def _check_size(size: int, source_name: str) -> None:
+    if size > MAX_DOCUMENT:
+        raise FlowError(
+            [
+                Problem(
+                    "",
+                    f"{source_name} is {human_size(size)}; a flow document is at most"
+                    f" {format_size(MAX_DOCUMENT)}",
+                )
+            ]
+        )
 
 
 def load_flow(path: Path | str, *, runtimes: Collection[str]) -> Flow:
@@ -173,9 +200,16 @@ def _validate(doc: FlowDocument, *, base_dir: Path | None, runtimes: Collection[
                 if port in seen:
                     problems.append(Problem(f"{at}.{kind}[{pi}]", f"duplicate port {port!r}"))
                 seen.add(port)
-        if not (m.timeout > 0):
+        if not (0 < m.timeout <= MAX_TIMEOUT):
             problems.append(
-                Problem(f"{at}.timeout", f"must be a positive number of seconds, got {m.timeout:g}")
+                Problem(
+                    f"{at}.timeout",
+                    f"must be a positive number of seconds, at most {MAX_TIMEOUT:g}, got {m.timeout:g}",
+                )
+            )
+        if m.config and len(orjson.dumps(m.config)) > MAX_CONFIG:
+            problems.append(
+                Problem(f"{at}.config", f"larger than {format_size(MAX_CONFIG)} as JSON")
             )
         source: str | None = None
         filename = f"{doc.id}/{m.id}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "MAX_BODY",
+    "MAX_CONFIG",
     "MAX_DEPTH",
     "MAX_DISPATCHER_BODY",
     "MAX_DOCUMENT",
@@ -34,6 +35,8 @@ MAX_NAME = 256
 MAX_DOCUMENT = 8 * MiB
 #: modules in one flow
 MAX_MODULES = 1000
+#: bytes of one module's config, as JSON
+MAX_CONFIG = MiB
 #: seconds a module's handler may run (its ``timeout``)
 MAX_TIMEOUT = 24 * 3600.0
 #: largest request body (and WebSocket message) a runner accepts by default

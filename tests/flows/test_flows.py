@@ -15,7 +15,11 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "flows" / "examples"
 
 def problems(doc: object, base_dir: Path | None = None) -> list[str]:
     with pytest.raises(FlowError) as info:
-        parse_flow(doc if isinstance(doc, (bytes, str)) else orjson.dumps(doc), base_dir=base_dir, runtimes=RUNTIMES)
+        parse_flow(
+            doc if isinstance(doc, (bytes, str)) else orjson.dumps(doc),
+            base_dir=base_dir,
+            runtimes=RUNTIMES,
+        )
     return [str(p) for p in info.value.problems]
 
 
@@ -25,7 +29,12 @@ def doc(**overrides: object) -> dict[str, object]:
         "id": "f",
         "modules": [
             {"id": "a", "runtime": "python", "code": "def handle(m, c): return m"},
-            {"id": "b", "runtime": "node", "code": "exports.handle = (m) => m", "outputs": ["out", "audit"]},
+            {
+                "id": "b",
+                "runtime": "node",
+                "code": "exports.handle = (m) => m",
+                "outputs": ["out", "audit"],
+            },
         ],
         "wires": ["a.out -> b.in"],
     }
@@ -49,7 +58,9 @@ def test_a_valid_flow_parses_with_defaults() -> None:
 def test_unknown_runtime_names_the_field_and_the_known_ones() -> None:
     d = doc()
     d["modules"][1]["runtime"] = "nodejs"  # type: ignore[index]
-    assert problems(d) == ["modules[1].runtime: unknown runtime 'nodejs' (known: exec, node, python)"]
+    assert problems(d) == [
+        "modules[1].runtime: unknown runtime 'nodejs' (known: exec, node, python)"
+    ]
 
 
 def test_wires_to_missing_modules_and_ports() -> None:
@@ -74,11 +85,15 @@ def test_duplicate_ids_and_wires() -> None:
 def test_module_file_not_found_names_the_absolute_path(tmp_path: Path) -> None:
     d = doc()
     d["modules"][0] = {"id": "a", "runtime": "python", "file": "missing.py"}  # type: ignore[index]
-    assert problems(d, base_dir=tmp_path) == [f"modules[0].file: file not found: {tmp_path / 'missing.py'}"]
+    assert problems(d, base_dir=tmp_path) == [
+        f"modules[0].file: file not found: {tmp_path / 'missing.py'}"
+    ]
 
 
 def test_wrong_format_version_and_missing_version() -> None:
-    assert problems(doc(fifoflow=2)) == ["fifoflow: unsupported format version 2 (this fifoflow reads version 1)"]
+    assert problems(doc(fifoflow=2)) == [
+        "fifoflow: unsupported format version 2 (this fifoflow reads version 1)"
+    ]
     d = doc()
     del d["fifoflow"]
     assert problems(d) == ['fifoflow: missing format version (add "fifoflow": 1)']
@@ -86,7 +101,13 @@ def test_wrong_format_version_and_missing_version() -> None:
 
 def test_type_errors_and_unknown_fields_name_their_path() -> None:
     d = doc(id=7)
-    d["modules"][0] = {"id": "a", "runtime": "python", "code": "x", "timeout": "soon", "colour": "red"}  # type: ignore[index]
+    d["modules"][0] = {
+        "id": "a",
+        "runtime": "python",
+        "code": "x",
+        "timeout": "soon",
+        "colour": "red",
+    }  # type: ignore[index]
     found = problems(d)
     assert any(p.startswith("id: ") for p in found)
     assert any(p.startswith("modules[0].timeout: ") for p in found)
@@ -110,7 +131,11 @@ def test_placement_resources_parse_and_dump_canonically() -> None:
     a = flow.module("a")
     assert (a.cpus, a.memory, a.labels) == (0.5, 1024**3, {"zone": "a"})
     dumped = orjson.loads(dump_flow(flow))
-    assert dumped["modules"][0]["placement"] == {"labels": {"zone": "a"}, "cpus": 0.5, "memory": "1GiB"}
+    assert dumped["modules"][0]["placement"] == {
+        "labels": {"zone": "a"},
+        "cpus": 0.5,
+        "memory": "1GiB",
+    }
     d["modules"][0]["placement"] = {"cpus": -1, "memory": "lots", "gpu": 1}  # type: ignore[index]
     found = problems(d)
     assert "modules[0].placement: unknown field(s): gpu (known: labels, cpus, memory)" in found
@@ -134,7 +159,7 @@ def test_code_and_command_rules() -> None:
         "modules[2].code: exec modules take a command, not code or file",
         "modules[3].command: only exec modules take a command (python modules take code or file)",
         "modules[4].id: invalid module id '9e' (letters, digits, '_' and '-'; not starting with a digit)",
-        "modules[4].timeout: must be a positive number of seconds, got 0",
+        "modules[4].timeout: must be a positive number of seconds, at most 86400, got 0",
     ]
 
 
@@ -149,7 +174,12 @@ def test_dump_is_stable_and_round_trips(tmp_path: Path) -> None:
     source = {
         "wires": ["a.out -> b.in"],
         "modules": [
-            {"runtime": "python", "id": "a", "file": "a.py", "config": {"z": 1, "a": {"y": 2, "b": 3}}},
+            {
+                "runtime": "python",
+                "id": "a",
+                "file": "a.py",
+                "config": {"z": 1, "a": {"y": 2, "b": 3}},
+            },
             {"timeout": 5, "id": "b", "runtime": "node", "code": "exports.handle = (m) => m"},
         ],
         "id": "f",
@@ -170,9 +200,45 @@ def test_dump_is_stable_and_round_trips(tmp_path: Path) -> None:
     assert dump_flow(again) == out
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.iterdir() if (p / "flow.json").exists()))
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in EXAMPLES.iterdir() if (p / "flow.json").exists())
+)
 def test_examples_load_and_are_in_canonical_form(name: str) -> None:
     path = EXAMPLES / name / "flow.json"
     flow = load_flow(path, runtimes={*RUNTIMES, "browser"})
     assert flow.id == name
     assert dump_flow(flow) == path.read_bytes(), "example is not in the form dump_flow writes"
+
+
+def test_the_limits_validate_knows_are_the_servers(tmp_path: Path) -> None:
+    """A document too large, too many modules, a timeout no clock can wait, a config too
+    large: refused by validate (a file) and by the API's parse (data) alike, naming the
+    limit (flows/limits.py)."""
+    from fifoflow.flows.limits import MAX_CONFIG, MAX_DOCUMENT, MAX_MODULES
+
+    code = "def handle(msg, ctx):\n    return msg\n"
+    cases = {
+        "at most 8MiB": doc(modules=[{"id": "m", "runtime": "python", "code": "#" * MAX_DOCUMENT}]),
+        f"at most {MAX_MODULES}": doc(
+            modules=[
+                {"id": f"m{i}", "runtime": "python", "code": code} for i in range(MAX_MODULES + 1)
+            ]
+        ),
+        "at most 86400": doc(
+            modules=[{"id": "m", "runtime": "python", "code": code, "timeout": 1e308}]
+        ),
+        "larger than 1MiB": doc(
+            modules=[
+                {"id": "m", "runtime": "python", "code": code, "config": {"x": "y" * MAX_CONFIG}}
+            ]
+        ),
+    }
+    for expected, document in cases.items():
+        path = tmp_path / "flow.json"
+        path.write_bytes(orjson.dumps(document))
+        with pytest.raises(FlowError) as from_file:
+            load_flow(path, runtimes=RUNTIMES)
+        with pytest.raises(FlowError) as from_data:
+            parse_flow(document, base_dir=None, runtimes=RUNTIMES)
+        for info in (from_file, from_data):
+            assert expected in str(info.value), (expected, str(info.value)[:200])
