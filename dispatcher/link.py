@@ -15,13 +15,14 @@ when the socket closes the runner is detached from the dispatcher and they end.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import attrs
 import cattrs
 import trio
 
-from fifoflow.flows.converter import make_converter, problems
+from fifoflow.flows.converter import Limit, make_converter, problems
+from fifoflow.flows.limits import MAX_NAME
 from fifoflow.runner.rpc import RpcPeer
 
 from .errors import DispatcherError
@@ -124,20 +125,23 @@ class RunnerLink:
 
 # ---------------------------------------------------------------------- what a runner sends
 
+#: names, tokens and versions a runner says about itself
+Bounded = Annotated[str, Limit(max_length=MAX_NAME)]
+
 
 @attrs.frozen
 class Register:
     """A one-time registration token for an id and a secret."""
 
-    token: str
-    name: str | None = None
+    token: Bounded
+    name: Bounded | None = None
 
 
 @attrs.frozen
 class Hello:
-    runnerId: str
-    secret: str
-    version: str | None = None
+    runnerId: Bounded
+    secret: Bounded
+    version: Bounded | None = None
 
 
 @attrs.frozen

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..flows import Wire
+from ..runner.errors import ModuleNotFound
 from ..runner.rpc import LinkClosed, RemoteError
 from .errors import FlowPending, FlowUnknown
 from .status import FlowStatus
@@ -81,6 +82,12 @@ class FlowParts:
         state, every part's runner for start, stop and describe."""
         record = known_flow(self.store, flow_id)
         module = params.get("moduleId")
+        if module is not None:
+            known = [m["id"] for m in record["document"]["modules"]]
+            if module not in known:
+                raise ModuleNotFound(
+                    f"flow {flow_id!r} has no module {module!r} (modules: {', '.join(known)})"
+                )
         runners = (
             [record["placement"].get(module)]
             if module is not None

@@ -41,7 +41,7 @@ from .errors import Problem
 from .limits import MAX_DEPTH
 from .values import value_problem
 
-__all__ = ["Invalid", "json_type", "make_converter", "problems"]
+__all__ = ["Invalid", "Limit", "json_type", "make_converter", "problems"]
 
 _NONE = type(None)
 _DEPTH = MAX_DEPTH
@@ -58,6 +58,21 @@ def json_type(value: Any) -> str:
         float: "a number",
         _NONE: "null",
     }.get(type(value), type(value).__name__)
+
+
+@attrs.frozen
+class Limit:
+    """A constraint for ``Annotated[T, Limit(...)]`` in the cores, read like
+    ``msgspec.Meta`` (same names) by :func:`make_converter`."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    min_length: int | None = None
+    max_length: int | None = None
+    pattern: str | None = None
+    description: str | None = None
 
 
 class Invalid(ValueError):

@@ -333,6 +333,19 @@ def test_a_flow_no_runner_can_take_waits_as_pending(dispatcher: DispatcherProces
     )
     assert response.status_code == 409
     assert "no runner right now" in response.json()["error"]["message"]
+    # a module the flow does not have is a 404 whether or not the flow has a runner
+    headers = {"Authorization": f"Bearer {(dispatcher.state_dir / 'token').read_text().strip()}"}
+    for method, path, body in (
+        ("GET", "/flows/counter/modules/ghost/state", None),
+        ("POST", "/flows/counter/modules/ghost/inputs/in", {"msgs": [1]}),
+        ("PUT", "/flows/counter/modules/ghost/breakpoint", None),
+    ):
+        response = httpx.request(
+            method, dispatcher.url + path, json=body, headers=headers, timeout=30
+        )
+        assert response.status_code == 404, (path, response.text)
+        error = response.json()["error"]
+        assert (error["code"], error["field"]) == ("module_not_found", "moduleId")
 
 
 def test_local_runners_in_one_command(tmp_path: Path) -> None:
@@ -716,6 +729,8 @@ async def test_the_runner_link_refuses_bad_calls_naming_the_param(
             assert "token: expected a string, got an integer" in error["message"]
             error = await call(ws, "register", {"token": "t", "colour": "red"})
             assert "unknown field(s): colour" in error["message"]
+            error = await call(ws, "register", {"token": "t", "name": "x" * 1_000_000})
+            assert "name: must have at most 256 characters" in error["message"]
             error = await call(
                 ws, "relay", {"flowId": "f", "moduleId": "m", "port": "in", "msgs": []}
             )
