@@ -98,8 +98,10 @@ class RunnerClient:
     async def list_runtimes(self) -> list[Runtime]:
         return await self.request("GET", "/runtimes")
 
-    async def list_flows_for_runtime(self, runtime_id: str) -> list[str]:
-        return await self.request("GET", f"/runtimes/{runtime_id}/flows")
+    async def list_flows_for_runtime(self, runtime_id: str, *, ids: bool = False) -> list[Any]:
+        """The flows with a module in the runtime (their summaries; ``ids``: their ids)."""
+        query = "?ids=true" if ids else ""
+        return await self.request("GET", f"/runtimes/{runtime_id}/flows{query}")
 
     async def add_or_update_flow(
         self, flow: dict[str, Any], *, revision: int | None = None
@@ -306,11 +308,20 @@ class RpcSession:
             for channel in self._waiting.values():
                 channel.close()
 
-    async def call(self, method: str, **params: Any) -> Any:
+    async def call(self, method: str, /, *args: Any, **params: Any) -> Any:
+        """``call("startFlow", flowId="x")`` by name, or ``call("startFlow", "x")`` by
+        position (in the order of the method's params)."""
+        if args and params:
+            raise TypeError("give params by position or by name, not both")
         request_id = next(self._ids)
         send, receive = trio.open_memory_channel[dict[str, Any]](1)
         self._waiting[request_id] = send
-        message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+        message = {
+            "jsonrpc": "2.0",
+            "id": request_id,
+            "method": method,
+            "params": list(args) if args else params,
+        }
         await self._ws.send_message(orjson.dumps(message).decode())
         try:
             reply = await receive.receive()

@@ -159,13 +159,18 @@ def _query(model: type) -> Any:
     hints = typing.get_type_hints(model, include_extras=True)
     values: dict[str, Any] = {}
     for name, text in request.args.items():
-        if _bare(hints.get(name)) is int:
+        kind = _bare(hints.get(name))
+        if kind is int:
             try:
                 values[name] = int(text)
             except ValueError:
                 raise InvalidParams(
                     f"{name} must be an integer, got {text!r}", field=name
                 ) from None
+        elif kind is bool:
+            if text not in ("true", "false"):
+                raise InvalidParams(f"{name} must be true or false, got {text!r}", field=name)
+            values[name] = text == "true"
         else:
             values[name] = text
     return structure(values, model)

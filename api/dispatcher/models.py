@@ -34,6 +34,11 @@ class EventsQuery:
 
 
 @attrs.frozen
+class RuntimeFlowsQuery:
+    ids: Annotated[bool, msgspec.Meta(description="only the flows' ids")] | None = None
+
+
+@attrs.frozen
 class InjectBody:
     msgs: Annotated[list[Message], msgspec.Meta(max_length=MAX_INJECT)]
 

@@ -56,6 +56,11 @@ async def _get_flow(d: Dispatcher, call: Call) -> Any:
     return {**flow_summary(record), "states": record["states"], "flow": record["document"]}
 
 
+async def _runtime_flows(d: Dispatcher, call: Call) -> Any:
+    ids = d.flows_for_runtime(call.path["runtimeId"])
+    return ids if call.query.ids else [flow_summary(d.flow(flow_id)) for flow_id in ids]
+
+
 async def _remove(d: Dispatcher, call: Call) -> shared.Removed:
     await d.remove(call.path["flowId"])
     return shared.Removed(call.path["flowId"])
@@ -135,8 +140,8 @@ ROUTES: list[Route] = [
     Route("get", "/runtimes", "listRuntimes", "Every runtime some runner has, and the ready runners that have it",
           lambda d, c: _value(d.runtimes()), list[m.RuntimeRunners], "the runtimes"),
     Route("get", "/runtimes/{runtimeId}/flows", "listFlowsForRuntime", "Deployed flows with a module in that runtime",
-          lambda d, c: _value(d.flows_for_runtime(c.path["runtimeId"])), list[str], "flow ids", errors=(404,),
-          params={"runtimeId": (str, "a runtime id")}),
+          _runtime_flows, list[m.FlowPlacement | str], "the flows (with ?ids=true: their ids)",
+          query=m.RuntimeFlowsQuery, errors=(404, 422), params={"runtimeId": (str, "a runtime id")}),
     Route("get", "/flows", "listFlows", "Deployed flows and where they run", lambda d, c: _value(d.flows()),
           list[m.FlowPlacement], "the flows"),
     Route("post", "/flows", "deployFlow", "Deploy a flow (or update it: each part is hot-swapped where it runs)",

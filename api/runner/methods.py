@@ -30,6 +30,13 @@ if TYPE_CHECKING:
 __all__ = ["METHODS", "apply_flow", "inject", "set_breakpoint"]
 
 
+def flows_for_runtime(runner: Runner, p: m.RuntimeRef) -> list[Any]:
+    """The flows with a module in the runtime (summaries, as listFlows gives them), or
+    with ``ids`` only their ids."""
+    ids = runner.list_flows_for_runtime(p.runtimeId)
+    return ids if p.ids else [runner.describe_flow(flow_id) for flow_id in ids]
+
+
 async def apply_flow(runner: Runner, p: m.ApplyFlow) -> m.ApplyResult:
     """addOrUpdateFlow with the whole answer: created, revision, and for a running flow
     the hot swap's report (what changed, messages re-homed and dropped, timings)."""
@@ -114,11 +121,7 @@ METHODS: dict[str, Method] = {
     method.name: method
     for method in [
         Method("listRuntimes", m.NoParams, _sync(lambda r, p: r.list_runtimes())),
-        Method(
-            "listFlowsForRuntime",
-            m.RuntimeRef,
-            _sync(lambda r, p: r.list_flows_for_runtime(p.runtimeId)),
-        ),
+        Method("listFlowsForRuntime", m.RuntimeRef, _sync(flows_for_runtime)),
         Method("addOrUpdateFlow", m.ApplyFlow, add_or_update_flow),
         Method("removeFlow", m.FlowRef, remove_flow),
         Method("startFlow", m.FlowRef, start_flow),

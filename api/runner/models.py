@@ -35,6 +35,8 @@ class NoParams:
 @attrs.frozen
 class RuntimeRef:
     runtimeId: NonEmpty
+    #: only the flows' ids (the seed's answer is the flows)
+    ids: bool = False
 
 
 @attrs.frozen
@@ -177,6 +179,11 @@ class QueueEditBody:
 class PackagesBody:
     install: list[NonEmpty] = attrs.field(factory=list)
     remove: list[NonEmpty] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class RuntimeFlowsQuery:
+    ids: Annotated[bool, msgspec.Meta(description="only the flows' ids")] | None = None
 
 
 @attrs.frozen

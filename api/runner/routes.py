@@ -79,6 +79,11 @@ async def _inject(runner: Runner, call: Call) -> shared.Accepted:
     return await methods.inject(runner, m.Inject(**call.path, msg=body.msg, msgs=body.msgs))
 
 
+async def _runtime_flows(runner: Runner, call: Call) -> Any:
+    params = m.RuntimeRef(call.path["runtimeId"], ids=bool(call.query.ids))
+    return methods.flows_for_runtime(runner, params)
+
+
 async def _list_environments(runner: Runner, call: Call) -> Any:
     return runner.list_environments(call.query.runtime)
 
@@ -110,7 +115,8 @@ ROUTES: list[Route] = [
     Route("get", "/health", "health", "The runner's health and version", _call("health"), m.Health),
     Route("get", "/runtimes", "listRuntimes", "Runtimes this runner can run", _call("listRuntimes"), list[m.Runtime], "the runtimes"),
     Route("get", "/runtimes/{runtimeId}/flows", "listFlowsForRuntime", "Flows with modules on a runtime",
-          _call("listFlowsForRuntime"), list[str], "flow ids", errors=(404,),
+          _runtime_flows, list[m.FlowSummary | str], "the flows (with ?ids=true: their ids)",
+          query=m.RuntimeFlowsQuery, errors=(404, 422),
           params={"runtimeId": (str, "a runtime id, as listRuntimes gives it")}),
     Route("get", "/environments", "listEnvironments", "Environments (one per requirement set) and their packages",
           _list_environments, list[m.Environment], "the environments", query=m.EnvironmentsQuery, errors=(404, 422)),

@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import orjson
 import trio
 from quart import Blueprint, websocket
@@ -63,6 +64,21 @@ def _error(request_id: Any, code: int, message: str, data: Any = None) -> dict[s
     if data is not None:
         error["data"] = data
     return {"jsonrpc": "2.0", "id": request_id, "error": error}
+
+
+def _by_name(method: str, params: dict[str, Any] | list[Any], model: type) -> dict[str, Any]:
+    """Params given by position (JSON-RPC 2.0 allows both), named in the order of the
+    method's params model: ``startFlow(["chain"])`` is ``startFlow({"flowId": "chain"})``."""
+    if isinstance(params, dict):
+        return params
+    names = [field.name for field in attrs.fields(model)]
+    if len(params) > len(names):
+        raise InvalidParams(
+            f"{method} takes at most {len(names)} params by position"
+            f" ({', '.join(names) or 'none'}), got {len(params)}",
+            field="params",
+        )
+    return dict(zip(names, params, strict=False))
 
 
 class RpcConnection:
@@ -148,20 +164,23 @@ class RpcConnection:
         params = message.get("params", {})
         if params is None:
             params = {}
-        if not isinstance(params, dict):
-            raise _RpcError(INVALID_PARAMS, "params must be an object of named parameters")
+        if not isinstance(params, (dict, list)):
+            raise _RpcError(
+                INVALID_PARAMS, "params must be an object (by name) or an array (by position)"
+            )
         return method, params, "id" not in message
 
-    async def _call(self, method: str, params: dict[str, Any]) -> Any:
+    async def _call(self, method: str, params: dict[str, Any] | list[Any]) -> Any:
         if method == "subscribe":
-            return self._subscribe(params)
+            return self._subscribe(_by_name(method, params, Subscribe))
         if method == "unsubscribe":
-            return self._unsubscribe(params)
+            return self._unsubscribe(_by_name(method, params, Unsubscribe))
         found = METHODS.get(method)
         if found is None:
             known = ", ".join([*METHODS, "subscribe", "unsubscribe"])
             raise _RpcError(METHOD_NOT_FOUND, f"unknown method {method!r} (methods: {known})")
-        return unstructure(await found.call(self.runner, structure(params, found.params)))
+        named = _by_name(method, params, found.params)
+        return unstructure(await found.call(self.runner, structure(named, found.params)))
 
     def _subscribe(self, params: dict[str, Any]) -> dict[str, str]:
         p = structure(params, Subscribe)

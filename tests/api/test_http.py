@@ -20,7 +20,8 @@ async def test_chain_over_http_with_events_over_websocket() -> None:
     async with serve_runner() as served, served.client() as client:
         assert {r["id"] for r in await client.list_runtimes()} >= {"python", "node", "exec"}
         assert await client.add_or_update_flow(CHAIN) is True
-        assert await client.list_flows_for_runtime("node") == ["chain"]
+        assert await client.list_flows_for_runtime("node", ids=True) == ["chain"]
+        assert [f["id"] for f in await client.list_flows_for_runtime("node")] == ["chain"]
         summary = await client.start_flow("chain")
         assert summary["status"] == "running"
         async with client.rpc() as rpc:
@@ -48,7 +49,11 @@ async def test_chain_over_json_rpc() -> None:
     async with serve_runner() as served, served.client() as client, client.rpc() as rpc:
         assert {r["id"] for r in await rpc.call("listRuntimes")} >= {"python", "node"}
         assert await rpc.call("addOrUpdateFlow", flow=CHAIN) is True
-        assert await rpc.call("listFlowsForRuntime", runtimeId="python") == ["chain"]
+        assert await rpc.call("listFlowsForRuntime", runtimeId="python", ids=True) == ["chain"]
+        # the seed's methods by position, as it writes them: listFlowsForRuntime(runtimeId)
+        # answers the flows
+        flows = await rpc.call("listFlowsForRuntime", "python")
+        assert [(f["id"], "revision" in f) for f in flows] == [("chain", True)]
         assert (await rpc.call("startFlow", flowId="chain"))["status"] == "running"
         await rpc.subscribe(flows=["chain"], kinds=["output", "flow"])
         for i in range(20):  # calls on one connection are handled in order
@@ -76,6 +81,14 @@ async def test_json_rpc_errors_name_the_problem() -> None:
             "flow_not_found",
             "flowId",
         )
+        # by position, as the seed writes them: the same answers
+        with pytest.raises(ApiError) as info:
+            await rpc.call("startFlow", "ghost")
+        assert (info.value.status, info.value.code) == (404, "flow_not_found")
+        with pytest.raises(ApiError) as info:
+            await rpc.call("getModuleState", "ghost", "m", "extra")
+        assert info.value.field == "params"
+        assert "at most 2 params by position (flowId, moduleId)" in info.value.message
         with pytest.raises(ApiError) as info:
             await rpc.call("startFlow")
         assert info.value.field == "flowId"

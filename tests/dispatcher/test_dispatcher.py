@@ -607,7 +607,9 @@ def test_placement_by_capacity_and_refusals_that_say_why(tmp_path: Path) -> None
         [refusal] = [e for e in events(dispatcher, "refused") if e["flow"] == "f4"]
         assert refusal["runner"] == big
 
-        assert dispatcher.api("GET", "/runtimes/python/flows") == ["f1", "f2", "f3", "f4"]
+        assert dispatcher.api("GET", "/runtimes/python/flows?ids=true") == ["f1", "f2", "f3", "f4"]
+        flows = dispatcher.api("GET", "/runtimes/python/flows")
+        assert [f["id"] for f in flows] == ["f1", "f2", "f3", "f4"]
         assert dispatcher.api("GET", "/runtimes/node/flows") == []
         response = httpx.get(
             dispatcher.url + "/runtimes/cobol/flows",
