@@ -129,11 +129,15 @@ class StorageError(RunnerError):
         self.path = path
 
     @classmethod
-    def from_os_error(cls, exc: OSError, doing: str) -> StorageError:
-        """``doing``: what the runner was writing (``"flow 'a'"``); the message adds the
-        file and the OS's reason."""
+    def from_os_error(
+        cls, exc: OSError, doing: str, path: os.PathLike[str] | str | None = None
+    ) -> StorageError:
+        """``doing``: what the runner was writing (``"flow 'a'"``), ``path``: the file it
+        was writing (else the one the OS names); the message adds the OS's reason."""
         kind = StorageFull if exc.errno in (_errno.ENOSPC, _errno.EDQUOT) else StorageError
-        path = os.fsdecode(exc.filename) if exc.filename is not None else None
+        if path is None and exc.filename is not None:
+            path = os.fsdecode(exc.filename)
+        path = os.fspath(path) if path is not None else None
         reason = exc.strerror or str(exc)
         where = f" ({path})" if path else ""
         return kind(f"could not store {doing}: {reason}{where}", errno=exc.errno, path=path)

@@ -138,28 +138,32 @@ class FlowStore:
     ) -> None:
         """Raises :class:`StorageError`; the flow's file is then as it was."""
         data = {"id": flow_id, "revision": revision, "running": running, "flow": document}
+        path = self.flow_path(flow_id)
         try:
-            atomic_write(self.flow_path(flow_id), orjson.dumps(data))
+            atomic_write(path, orjson.dumps(data))
         except OSError as exc:
-            raise StorageError.from_os_error(exc, f"flow {flow_id!r}") from None
+            raise StorageError.from_os_error(exc, f"flow {flow_id!r}", path) from None
 
     def save_states(self, flow_id: str, states: dict[str, Any]) -> None:
         """Raises :class:`StorageError`; the last state written is then kept."""
         data = {"id": flow_id, "saved": time.time(), "modules": states}
+        path = self.states_path(flow_id)
         try:
-            atomic_write(self.states_path(flow_id), orjson.dumps(data))
+            atomic_write(path, orjson.dumps(data))
         except OSError as exc:
-            raise StorageError.from_os_error(exc, f"the module state of flow {flow_id!r}") from None
+            doing = f"the module state of flow {flow_id!r}"
+            raise StorageError.from_os_error(exc, doing, path) from None
 
     def remove(self, flow_id: str) -> None:
         """Remove the flow's files (the flow's first: a state file left over without its
         flow is never read). Raises :class:`StorageError`."""
-        try:
-            for path in (self.flow_path(flow_id), self.states_path(flow_id)):
+        for path in (self.flow_path(flow_id), self.states_path(flow_id)):
+            try:
                 path.unlink(missing_ok=True)
                 _fsync_dir(path.parent)
-        except OSError as exc:
-            raise StorageError.from_os_error(exc, f"the removal of flow {flow_id!r}") from None
+            except OSError as exc:
+                doing = f"the removal of flow {flow_id!r}"
+                raise StorageError.from_os_error(exc, doing, path) from None
 
     # ------------------------------------------------------------------ reading
 
