@@ -18,7 +18,7 @@ import orjson
 from .converter import json_type, make_converter
 from .converter import problems as structure_problems
 from .errors import FlowError, Problem
-from .limits import MAX_CONFIG, MAX_DOCUMENT, MAX_MODULES, MAX_TIMEOUT
+from .limits import MAX_CONFIG, MAX_DOCUMENT, MAX_ID, MAX_MODULES, MAX_TIMEOUT
 from .model import DEFAULT_TIMEOUT, FORMAT_VERSION, ID_PATTERN, Flow, Module, Wire
 from .requirements import normalize
 from .resources import format_size, human_size, parse_size
@@ -160,7 +160,9 @@ def load_flow(path: Path | str, *, runtimes: Collection[str]) -> Flow:
 
 def _validate(doc: FlowDocument, *, base_dir: Path | None, runtimes: Collection[str]) -> Flow:
     problems: list[Problem] = []
-    if not ID_PATTERN.match(doc.id):
+    if (too_long := _too_long(doc.id)) is not None:
+        problems.append(Problem("id", too_long))
+    elif not ID_PATTERN.match(doc.id):
         problems.append(
             Problem(
                 "id",
@@ -172,7 +174,9 @@ def _validate(doc: FlowDocument, *, base_dir: Path | None, runtimes: Collection[
     modules: list[Module] = []
     for index, m in enumerate(doc.modules):
         at = f"modules[{index}]"
-        if not ID_PATTERN.match(m.id):
+        if (too_long := _too_long(m.id)) is not None:
+            problems.append(Problem(f"{at}.id", too_long))
+        elif not ID_PATTERN.match(m.id):
             problems.append(
                 Problem(
                     f"{at}.id",
@@ -195,7 +199,9 @@ def _validate(doc: FlowDocument, *, base_dir: Path | None, runtimes: Collection[
         for kind, ports in (("inputs", m.inputs), ("outputs", m.outputs)):
             seen: set[str] = set()
             for pi, port in enumerate(ports):
-                if not ID_PATTERN.match(port):
+                if (too_long := _too_long(port)) is not None:
+                    problems.append(Problem(f"{at}.{kind}[{pi}]", too_long))
+                elif not ID_PATTERN.match(port):
                     problems.append(Problem(f"{at}.{kind}[{pi}]", f"invalid port name {port!r}"))
                 if port in seen:
                     problems.append(Problem(f"{at}.{kind}[{pi}]", f"duplicate port {port!r}"))
@@ -371,6 +377,14 @@ def _validate(doc: FlowDocument, *, base_dir: Path | None, runtimes: Collection[
         requirements=flow_reqs["requirements"],
         packages=flow_reqs["packages"],
     )
+
+
+def _too_long(ident: str) -> str | None:
+    """The problem with an id longer than :data:`~.limits.MAX_ID` (the id itself is left
+    out of the message: it is too long to read), or None."""
+    if len(ident) > MAX_ID:
+        return f"{len(ident)} characters, at most {MAX_ID}"
+    return None
 
 
 #: which field lists a runtime's requirements

@@ -23,6 +23,8 @@ from .errors import (
     RunnerError,
     RuntimeNotFound,
     RuntimeStartError,
+    StorageError,
+    StorageFull,
     first,
     leaves,
 )
@@ -56,6 +58,8 @@ __all__ = [
     "RuntimeNotFound",
     "RuntimeStartError",
     "StateDirInUse",
+    "StorageError",
+    "StorageFull",
     "StoredFlow",
     "Subscription",
     "SwapRejected",

@@ -14,7 +14,10 @@
     ├── NotSupported            this runner does not do that yet (the message says what)
     ├── FlowLoadError           a module's code was refused by its runtime; .module, .error
     ├── RuntimeStartError       a runtime host could not be started or did not say hello
-    └── ProtocolError           a runtime host broke the protocol (garbage, missing field)
+    ├── ProtocolError           a runtime host broke the protocol (garbage, missing field)
+    └── StorageError            the state dir could not be written (read-only, not a folder,
+        │                       no permission); .errno, .path
+        └── StorageFull         ... because the disk or the quota is full (ENOSPC, EDQUOT)
 
 Pipe failures surface as trio's ``BrokenResourceError`` / ``ClosedResourceError``
 inside the runner and are turned into a runtime restart; they never reach callers.
@@ -26,6 +29,8 @@ for callers that re-raise it as itself (the one walk over groups; ``api/`` uses 
 
 from __future__ import annotations
 
+import errno as _errno
+import os
 from typing import Any, TypeVar
 
 import trio
@@ -43,6 +48,8 @@ __all__ = [
     "RunnerError",
     "RuntimeNotFound",
     "RuntimeStartError",
+    "StorageError",
+    "StorageFull",
     "first",
     "leaves",
 ]
@@ -108,6 +115,36 @@ class RuntimeStartError(RunnerError):
 
 class ProtocolError(RunnerError):
     code = "protocol_error"
+
+
+class StorageError(RunnerError):
+    """What the OS said when the runner wrote its state dir, and where; made by
+    :meth:`from_os_error` (which picks :class:`StorageFull` for a full disk)."""
+
+    code = "storage_error"
+
+    def __init__(self, message: str, *, errno: int | None = None, path: str | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+        self.path = path
+
+    @classmethod
+    def from_os_error(
+        cls, exc: OSError, doing: str, path: os.PathLike[str] | str | None = None
+    ) -> StorageError:
+        """``doing``: what the runner was writing (``"flow 'a'"``), ``path``: the file it
+        was writing (else the one the OS names); the message adds the OS's reason."""
+        kind = StorageFull if exc.errno in (_errno.ENOSPC, _errno.EDQUOT) else StorageError
+        if path is None and exc.filename is not None:
+            path = os.fsdecode(exc.filename)
+        path = os.fspath(path) if path is not None else None
+        reason = exc.strerror or str(exc)
+        where = f" ({path})" if path else ""
+        return kind(f"could not store {doing}: {reason}{where}", errno=exc.errno, path=path)
+
+
+class StorageFull(StorageError):
+    code = "storage_full"
 
 
 def leaves(exc: BaseException) -> list[BaseException]:

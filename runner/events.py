@@ -7,7 +7,8 @@ preceded by a ``missed`` event saying how many it lost.
 Event kinds (:class:`EventKind`; an event's ``kind`` is a member, which is its string):
 ``output`` (flow, module, port, msgs), ``error`` (flow, module, port, runtime, msg,
 error), ``log`` (flow, runtime, module, level, stream, text), ``flow`` (flow, status,
-error), ``checkpoint`` (flow, modules: whose state was just written to the state dir),
+error), ``checkpoint`` (flow, modules: whose state was just written to the state dir; or
+``error``: code and message of a write that failed, once until it changes),
 ``missed`` (count), and those of the debugger, hot swap, runtimes and environments (see
 :class:`EventKind`).
 """

@@ -47,6 +47,7 @@ from .errors import (
     RevisionConflict,
     RunnerError,
     RuntimeNotFound,
+    StorageError,
 )
 from .events import EventHub, EventKind, Subscription
 from .flowrun import FlowRun, OutputSink
@@ -106,6 +107,8 @@ class Runner:
         #: whether each flow should be running (what the user asked; persisted)
         self._want_running: dict[str, bool] = {}
         self._saved_states: dict[str, bytes] = {}
+        #: why the last checkpoint of a flow failed (reported once, until it works again)
+        self._checkpoint_errors: dict[str, str] = {}
         #: what went wrong while restoring the state dir (also logged)
         self.restore_problems: list[str] = []
         self.started_at = time.time()
@@ -172,32 +175,43 @@ class Runner:
         """Write the module state of every flow whose state changed since the last write.
 
         Error handling: a flow whose state cannot be written (encoded or stored) is
-        reported (a log line, a ``checkpoint`` event with ``error``) and keeps its last
-        written state; the other flows are written all the same. Only ``OSError`` of
-        the last flow that failed is raised again, after all were tried, for the caller
-        that reports the state dir."""
+        reported once (a log line, a ``checkpoint`` event with ``error`` {code,
+        message}) and keeps its last written state; the other flows are written all the
+        same."""
         if self.store is None:
             return
-        failed: OSError | None = None
         for flow_id, run in list(self._flows.items()):
             snapshot = run.snapshot()
             try:
                 data = orjson.dumps(snapshot)
-                if self._saved_states.get(flow_id) == data:
-                    continue
-                self.store.save_states(flow_id, snapshot)
-            except (OSError, TypeError, ValueError) as exc:  # orjson's errors are TypeErrors
-                log.error("could not checkpoint the module state of flow %r: %s", flow_id, exc)
-                run.publish(
-                    {"kind": EventKind.CHECKPOINT, "modules": sorted(snapshot), "error": str(exc)}
-                )
-                if isinstance(exc, OSError):
-                    failed = exc
+            except (TypeError, ValueError) as exc:  # orjson's errors: a value no stage can write
+                self._checkpoint_failed(run, "unencodable", f"flow {flow_id!r}: {exc}")
                 continue
-            self._saved_states[flow_id] = data
-            run.publish({"kind": EventKind.CHECKPOINT, "modules": sorted(snapshot)})
-        if failed is not None:
-            raise failed
+            if self._saved_states.get(flow_id) != data:
+                # One flow's file that cannot be written must not stop the others'.
+                try:
+                    self.store.save_states(flow_id, snapshot)
+                except StorageError as exc:
+                    self._checkpoint_failed(run, exc.code, str(exc))
+                    continue
+                self._checkpoint_errors.pop(flow_id, None)
+                self._saved_states[flow_id] = data
+                run.publish({"kind": EventKind.CHECKPOINT, "modules": sorted(snapshot)})
+
+    def _checkpoint_failed(self, run: FlowRun, code: str, message: str) -> None:
+        """Log and publish (a ``checkpoint`` event with ``error``) a failed write, once
+        until it changes or works again; the next checkpoint tries again."""
+        if self._checkpoint_errors.get(run.flow_id) == message:
+            return
+        self._checkpoint_errors[run.flow_id] = message
+        log.error("could not checkpoint: %s", message)
+        run.publish(
+            {
+                "kind": EventKind.CHECKPOINT,
+                "modules": [],
+                "error": {"code": code, "message": message},
+            }
+        )
 
     async def _checkpoints(self) -> None:
         while True:
@@ -224,15 +238,22 @@ class Runner:
                     )
             await trio.sleep(self.config.env_gc_interval)
 
-    def _save_flow(self, run: FlowRun) -> None:
+    def _save_flow(self, flow: Flow, revision: int, *, running: bool | None = None) -> None:
+        """Write a flow's document, revision and whether it should run (by default: what
+        ``_want_running`` says). Raises :class:`StorageError`."""
         if self.store is not None:
-            document = orjson.loads(dump_flow(run.flow, inline=True))
-            self.store.save_flow(
-                run.flow_id,
-                document,
-                revision=run.revision,
-                running=self._want_running.get(run.flow_id, False),
-            )
+            document = orjson.loads(dump_flow(flow, inline=True))
+            if running is None:
+                running = self._want_running.get(flow.id, False)
+            self.store.save_flow(flow.id, document, revision=revision, running=running)
+
+    def _restore_saved(self, run: FlowRun) -> None:
+        """Put back what the store held for ``run`` after a change that wrote first and then
+        failed; a failure here is logged (the change's own error is the one raised)."""
+        try:
+            self._save_flow(run.flow, run.revision)
+        except StorageError as exc:
+            log.error("could not restore the stored version of flow %r: %s", run.flow_id, exc)
 
     # ------------------------------------------------------------------ Runner API
 
@@ -280,10 +301,16 @@ class Runner:
                 raise FlowStateError(
                     f"flow {flow.id!r} is {current.status}; update it once that is done"
                 )
+            # The new version is written first: if it cannot be stored (StorageError),
+            # nothing changed, and no flow is registered that a restart would not bring back.
             if current is not None and current.status is FlowStatus.RUNNING:
-                report = await hot_swap(current, flow, states)
+                self._save_flow(flow, current.revision + 1)
+                try:
+                    report = await hot_swap(current, flow, states)
+                except BaseException:
+                    self._restore_saved(current)  # the old version runs on
+                    raise
                 current.revision += 1
-                self._save_flow(current)
                 self.checkpoint()
                 return UpdateResult(created=False, revision=current.revision, report=report)
             run = FlowRun(flow, self.runtimes, self.config, self.events, self.environments)
@@ -293,20 +320,22 @@ class Runner:
                 run.seed_states(current.snapshot())
             if states:
                 run.seed_states(states)
+            self._save_flow(flow, run.revision)
             self._flows[flow.id] = run
             self._want_running.setdefault(flow.id, False)
-            self._save_flow(run)
             return UpdateResult(created=current is None, revision=run.revision, report=None)
 
     async def remove_flow(self, flow_id: str) -> None:
         async with self._lock:
             run = self.flow(flow_id)
             await run.stop()
+            # forgotten only once its files are gone (else a restart would bring it back)
+            if self.store is not None:
+                self.store.remove(flow_id)
             del self._flows[flow_id]
             self._want_running.pop(flow_id, None)
             self._saved_states.pop(flow_id, None)
-            if self.store is not None:
-                self.store.remove(flow_id)
+            self._checkpoint_errors.pop(flow_id, None)
 
     async def start_flow(self, flow_id: str) -> None:
         async with self._lock:
@@ -315,19 +344,26 @@ class Runner:
                 return
             if self._nursery is None:
                 raise RunnerError("the runner is not running (call Runner.run first)")
-            await self._nursery.start(run.run)
-            if not self._want_running.get(flow_id):
+            marked = not self._want_running.get(flow_id)
+            if marked:  # written first: a flow that runs comes back after a restart
+                self._save_flow(run.flow, run.revision, running=True)
                 self._want_running[flow_id] = True
-                self._save_flow(run)
+            try:
+                await self._nursery.start(run.run)
+            except BaseException:
+                if marked:
+                    self._want_running[flow_id] = False
+                    self._restore_saved(run)
+                raise
 
     async def stop_flow(self, flow_id: str) -> None:
         async with self._lock:
             run = self.flow(flow_id)
-            await run.stop()
+            await run.stop()  # stopping never waits for the disk; then it is recorded
+            self.checkpoint()
             if self._want_running.get(flow_id):
                 self._want_running[flow_id] = False
-                self._save_flow(run)
-            self.checkpoint()
+                self._save_flow(run.flow, run.revision)
 
     async def set_breakpoint_at_module(
         self, flow_module_id: str, condition: str | None = None

@@ -31,6 +31,8 @@ from fifoflow.runner import (
     ProtocolError,
     RunnerError,
     RuntimeStartError,
+    StorageError,
+    StorageFull,
     SwapRejected,
 )
 from fifoflow.runner.environments import EnvironmentBuildError
@@ -101,6 +103,9 @@ STATUS: list[tuple[type[RunnerError], int]] = [
     (NotSupported, 501),
     (RuntimeStartError, 503),
     (ProtocolError, 502),
+    # the state dir could not be written: full (storage_full), read-only, not a folder,
+    # no permission (storage_error); the message names the file and the OS's reason
+    (StorageError, 507),
     # the dispatcher's not-found and not-now errors are NotFound and FlowStateError
     # above; any other is a call that does not fit the dispatcher's state
     (DispatcherError, 409),
@@ -126,7 +131,14 @@ def from_exception(exc: Exception) -> ApiError:
         return InvalidParams(str(exc), code=exc.code, field="flow", problems=[problem])
     if isinstance(exc, RemoteError):
         # what a runner said about a call the dispatcher forwarded to it
-        status = 404 if (exc.remote_code or "").endswith("not_found") else 409
+        remote = exc.remote_code or ""
+        status = (
+            404
+            if remote.endswith("not_found")
+            else 507
+            if remote in (StorageError.code, StorageFull.code)
+            else 409
+        )
         return ApiError(str(exc), status=status, code=exc.remote_code or exc.code)
     if isinstance(exc, RunnerError):
         status = next((code for kind, code in STATUS if isinstance(exc, kind)), 400)

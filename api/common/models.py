@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import attrs
 import msgspec
 
+from fifoflow.flows.limits import MAX_ID
 from fifoflow.flows.model import ID_PATTERN
 
 from .schema import not_null
@@ -29,6 +30,8 @@ __all__ = [
 ]
 
 IDENT = "^" + ID_PATTERN.pattern.removesuffix(r"\Z") + "$"
+#: the schema of a flow, module or port id
+ID_SCHEMA: dict[str, Any] = {"type": "string", "pattern": IDENT, "maxLength": MAX_ID}
 
 
 @attrs.frozen
@@ -102,7 +105,9 @@ def flow_schemas(components: dict[str, Any], runtimes: list[str]) -> None:
     module = components["ModuleDocument"]
     props = module["properties"]
     props.pop("file", None)
-    props["id"] = {"type": "string", "pattern": IDENT}
+    props["id"] = dict(ID_SCHEMA)
+    for ports in ("inputs", "outputs"):
+        props[ports] = {**not_null(props[ports]), "items": dict(ID_SCHEMA)}
     props["runtime"] = {"type": "string", "enum": runtimes}
     props["timeout"] = {"type": "number", "exclusiveMinimum": 0}
     props["placement"] = {"$ref": "#/components/schemas/Placement"}
@@ -116,7 +121,7 @@ def flow_schemas(components: dict[str, Any], runtimes: list[str]) -> None:
     flow["required"] = [r for r in flow["required"] if r != "id"]
     fprops = flow["properties"]
     fprops["fifoflow"] = {"type": "integer", "const": 1}
-    fprops["id"] = {"type": "string", "pattern": IDENT}
+    fprops["id"] = dict(ID_SCHEMA)
     fprops["wires"] = {"type": "array", "items": {"type": "string", "examples": ["a.out -> b.in"]}}
     for name in ("description", "requirements", "packages"):
         fprops[name] = not_null(fprops[name])

@@ -27,6 +27,8 @@ ERRORS = {
     422: "a field has the wrong type or value; the flow document is invalid; "
     "new module code did not load (the running version is unchanged)",
     503: "a runtime could not be started",
+    507: "the runner's state dir could not be written (storage_full: the disk is full; "
+    "storage_error: read-only, not a folder, no permission); nothing was changed",
 }
 
 WEBSOCKET = {

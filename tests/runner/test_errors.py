@@ -60,10 +60,11 @@ async def test_a_checkpoint_that_cannot_write_one_flow_writes_the_others(
         saved = orjson.loads((tmp_path / "state" / "states" / "good.json").read_bytes())
         assert saved["modules"] == {"m": {"n": 1}}
         assert not (tmp_path / "state" / "states" / "bad.json").exists()
-        assert "could not checkpoint the module state of flow 'bad'" in caplog.text
+        assert "could not checkpoint: flow 'bad'" in caplog.text
         with trio.fail_after(5):
             events = [await sub.__anext__(), await sub.__anext__()]
         by_flow = {e["flow"]: e for e in events}
-        assert "Recursion limit" in by_flow["bad"]["error"]
+        assert by_flow["bad"]["error"]["code"] == "unencodable"
+        assert "Recursion limit" in by_flow["bad"]["error"]["message"]
         assert "error" not in by_flow["good"]
         sub.close()
