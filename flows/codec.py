@@ -25,7 +25,14 @@ from .resources import format_size, parse_size
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
 
-__all__ = ["FlowDocument", "ModuleDocument", "dump_flow", "load_flow", "parse_flow"]
+__all__ = [
+    "FlowDocument",
+    "ModuleDocument",
+    "dump_flow",
+    "inside_folder",
+    "load_flow",
+    "parse_flow",
+]
 
 
 @attrs.define
@@ -117,6 +124,18 @@ def parse_flow(
     ) as exc:
         raise FlowError(structure_problems(exc)) from None
     return _validate(doc, base_dir=base_dir, runtimes=runtimes)
+
+
+def inside_folder(folder: Path, name: str) -> Path | None:
+    """``name`` resolved against ``folder`` (symlinks followed), or None when the result
+    is not inside the resolved ``folder``: a flow reads files from its own folder only
+    (no ``..`` out of it, no absolute path elsewhere, no symlink pointing out)."""
+    root = folder.resolve()
+    try:
+        path = (root / name).resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
+        return None
+    return path if path.is_relative_to(root) else None
 
 
 def load_flow(path: Path | str, *, runtimes: Collection[str]) -> Flow:
@@ -213,14 +232,22 @@ def _validate(doc: FlowDocument, *, base_dir: Path | None, runtimes: Collection[
                         Problem(f"{at}.file", "a file reference needs a flow loaded from a file")
                     )
                 else:
-                    path = (base_dir / m.file).resolve()
-                    try:
-                        source = path.read_text(encoding="utf-8")
-                        filename = str(path)
-                    except FileNotFoundError:
-                        problems.append(Problem(f"{at}.file", f"file not found: {path}"))
-                    except (OSError, UnicodeDecodeError) as exc:
-                        problems.append(Problem(f"{at}.file", f"cannot read {path}: {exc}"))
+                    path = inside_folder(base_dir, m.file)
+                    if path is None:
+                        problems.append(
+                            Problem(
+                                f"{at}.file",
+                                f"{m.file} is outside the flow's folder {base_dir.resolve()}",
+                            )
+                        )
+                    else:
+                        try:
+                            source = path.read_text(encoding="utf-8")
+                            filename = str(path)
+                        except FileNotFoundError:
+                            problems.append(Problem(f"{at}.file", f"file not found: {path}"))
+                        except (OSError, UnicodeDecodeError) as exc:
+                            problems.append(Problem(f"{at}.file", f"cannot read {path}: {exc}"))
         declared, merged = _requirements(m, at, doc, problems)
         labels: dict[str, str] = {}
         cpus, memory = 0.0, 0
