@@ -53,6 +53,7 @@ from .flowrun import FlowRun, OutputSink
 from .status import FlowStatus
 from .store import FlowStore
 from .swap import hot_swap
+from .workdirs import WorkDirs
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -101,6 +102,8 @@ class Runner:
         self._lock = trio.Lock()  # one deploy (add/update/remove/start/stop) at a time
         self.store = FlowStore.open(self.config.state_dir) if self.config.state_dir else None
         self.environments = EnvironmentManager(_env_dir(self.config))
+        #: exec modules' private working directories (for the files they carry)
+        self.workdirs = WorkDirs(self.config.state_dir / "work" if self.config.state_dir else None)
         if self.store is not None and self.config.fifo_dir is None:
             self.config = attrs.evolve(self.config, fifo_dir=self.store.fifos_dir)
         #: whether each flow should be running (what the user asked; persisted)
@@ -127,6 +130,7 @@ class Runner:
                 await trio.sleep_forever()
         finally:
             self._nursery = None
+            self.workdirs.close()
             if self.store is not None:
                 self.store.unlock()
 
@@ -143,6 +147,7 @@ class Runner:
     async def _restore(self) -> None:
         assert self.store is not None
         stored, problems = self.store.load()
+        self.workdirs.clear()
         for item in stored:
             try:
                 flow = parse_flow(
@@ -150,6 +155,11 @@ class Runner:
                 )
             except FlowError as exc:
                 problems.append(f"stored flow {item.flow_id!r} is no longer valid here: {exc}")
+                continue
+            try:
+                flow = self.workdirs.prepare(flow)
+            except OSError as exc:
+                problems.append(f"stored flow {item.flow_id!r}: cannot write its files: {exc}")
                 continue
             run = FlowRun(flow, self.runtimes, self.config, self.events, self.environments)
             run.revision = item.revision
@@ -248,36 +258,55 @@ class Runner:
 
         With ``revision``, refuse (:class:`RevisionConflict`) unless the flow is at that
         revision (``0``: the flow must not exist yet). ``states`` (module id -> state)
-        seeds a flow that is not running (a flow placed again by a dispatcher)."""
+        seeds a flow that is not running (a flow placed again by a dispatcher).
+
+        Exec modules' ``files`` are written to their working directories first
+        (``runner/workdirs.py``); directories the flow no longer uses are removed after."""
         async with self._lock:
-            current = self._flows.get(flow.id)
-            have = current.revision if current is not None else 0
-            if revision is not None and revision != have:
-                raise RevisionConflict(
-                    f"flow {flow.id!r} is at revision {have}, not {revision}: "
-                    "someone else changed it; read it again and re-apply your change"
-                )
-            if current is not None and current.status in (FlowStatus.STARTING, FlowStatus.STOPPING):
-                raise FlowStateError(
-                    f"flow {flow.id!r} is {current.status}; update it once that is done"
-                )
-            if current is not None and current.status is FlowStatus.RUNNING:
-                report = await hot_swap(current, flow, states)
-                current.revision += 1
-                self._save_flow(current)
-                self.checkpoint()
-                return UpdateResult(created=False, revision=current.revision, report=report)
-            run = FlowRun(flow, self.runtimes, self.config, self.events, self.environments)
-            if current is not None:
-                run.sink = current.sink
-                run.revision = current.revision + 1
-                run.seed_states(current.snapshot())
-            if states:
-                run.seed_states(states)
-            self._flows[flow.id] = run
-            self._want_running.setdefault(flow.id, False)
-            self._save_flow(run)
-            return UpdateResult(created=current is None, revision=run.revision, report=None)
+            try:
+                return await self._apply(flow, revision, states)
+            finally:
+                current = self._flows.get(flow.id)
+                if current is not None:
+                    self.workdirs.prune(current.flow)
+                else:
+                    self.workdirs.remove(flow.id)
+
+    async def _apply(
+        self, flow: Flow, revision: int | None, states: dict[str, Any] | None
+    ) -> UpdateResult:
+        current = self._flows.get(flow.id)
+        have = current.revision if current is not None else 0
+        if revision is not None and revision != have:
+            raise RevisionConflict(
+                f"flow {flow.id!r} is at revision {have}, not {revision}: "
+                "someone else changed it; read it again and re-apply your change"
+            )
+        if current is not None and current.status in (FlowStatus.STARTING, FlowStatus.STOPPING):
+            raise FlowStateError(
+                f"flow {flow.id!r} is {current.status}; update it once that is done"
+            )
+        try:
+            flow = self.workdirs.prepare(flow)
+        except OSError as exc:
+            raise RunnerError(f"flow {flow.id!r}: cannot write its modules' files: {exc}") from exc
+        if current is not None and current.status is FlowStatus.RUNNING:
+            report = await hot_swap(current, flow, states)
+            current.revision += 1
+            self._save_flow(current)
+            self.checkpoint()
+            return UpdateResult(created=False, revision=current.revision, report=report)
+        run = FlowRun(flow, self.runtimes, self.config, self.events, self.environments)
+        if current is not None:
+            run.sink = current.sink
+            run.revision = current.revision + 1
+            run.seed_states(current.snapshot())
+        if states:
+            run.seed_states(states)
+        self._flows[flow.id] = run
+        self._want_running.setdefault(flow.id, False)
+        self._save_flow(run)
+        return UpdateResult(created=current is None, revision=run.revision, report=None)
 
     async def remove_flow(self, flow_id: str) -> None:
         async with self._lock:
@@ -286,6 +315,7 @@ class Runner:
             del self._flows[flow_id]
             self._want_running.pop(flow_id, None)
             self._saved_states.pop(flow_id, None)
+            self.workdirs.remove(flow_id)
             if self.store is not None:
                 self.store.remove(flow_id)
 
