@@ -398,6 +398,8 @@ def files_problems(files: Mapping[str, str], at: str) -> list[Problem]:
             problems.append(Problem(f"{at}.files", why))
         total += len(text.encode("utf-8", "surrogatepass"))
     for name in files:
+        if file_name_problem(name) is not None:
+            continue
         parents = ["/".join(name.split("/")[:i]) for i in range(1, name.count("/") + 1)]
         clash = next((p for p in parents if p in files), None)
         if clash is not None:
