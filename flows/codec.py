@@ -18,7 +18,7 @@ import orjson
 from .converter import json_type, make_converter
 from .converter import problems as structure_problems
 from .errors import FlowError, Problem
-from .limits import MAX_CONFIG, MAX_DOCUMENT, MAX_ID, MAX_MODULES, MAX_TIMEOUT
+from .limits import MAX_CONFIG, MAX_DOCUMENT, MAX_ID, MAX_MODULE_FILES, MAX_MODULES, MAX_TIMEOUT
 from .model import DEFAULT_TIMEOUT, FORMAT_VERSION, ID_PATTERN, Flow, Module, Wire
 from .requirements import normalize
 from .resources import format_size, human_size, parse_size
@@ -26,7 +26,14 @@ from .resources import format_size, human_size, parse_size
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
 
-__all__ = ["FlowDocument", "ModuleDocument", "dump_flow", "load_flow", "parse_flow"]
+__all__ = [
+    "FlowDocument",
+    "ModuleDocument",
+    "dump_flow",
+    "inside_folder",
+    "load_flow",
+    "parse_flow",
+]
 
 
 @attrs.define
@@ -38,6 +45,7 @@ class ModuleDocument:
     code: str | None = None
     file: str | None = None
     command: list[str] | None = None
+    files: dict[str, str] | None = None
     config: dict[str, Any] = attrs.field(factory=dict)
     inputs: list[str] = attrs.field(factory=lambda: ["in"])
     outputs: list[str] = attrs.field(factory=lambda: ["out"])
@@ -146,6 +154,18 @@ def _check_size(size: int, source_name: str) -> None:
         )
 
 
+def inside_folder(folder: Path, name: str) -> Path | None:
+    """``name`` resolved against ``folder`` (symlinks followed), or None when the result
+    is not inside the resolved ``folder``: a flow reads files from its own folder only
+    (no ``..`` out of it, no absolute path elsewhere, no symlink pointing out)."""
+    root = folder.resolve()
+    try:
+        path = (root / name).resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
+        return None
+    return path if path.is_relative_to(root) else None
+
+
 def load_flow(path: Path | str, *, runtimes: Collection[str]) -> Flow:
     """Read a flow file (and its module files) and validate it."""
     path = Path(path)
@@ -232,7 +252,15 @@ def _validate(doc: FlowDocument, *, base_dir: Path | None, runtimes: Collection[
                     problems.append(
                         Problem(f"{at}.{field}", "exec modules take a command, not code or file")
                     )
+            problems += files_problems(m.files or {}, at)
         else:
+            if m.files is not None:
+                problems.append(
+                    Problem(
+                        f"{at}.files",
+                        f"only exec modules take files ({m.runtime} modules take code or file)",
+                    )
+                )
             if m.command is not None:
                 problems.append(
                     Problem(
@@ -253,14 +281,22 @@ def _validate(doc: FlowDocument, *, base_dir: Path | None, runtimes: Collection[
                         Problem(f"{at}.file", "a file reference needs a flow loaded from a file")
                     )
                 else:
-                    path = (base_dir / m.file).resolve()
-                    try:
-                        source = path.read_text(encoding="utf-8")
-                        filename = str(path)
-                    except FileNotFoundError:
-                        problems.append(Problem(f"{at}.file", f"file not found: {path}"))
-                    except (OSError, UnicodeDecodeError) as exc:
-                        problems.append(Problem(f"{at}.file", f"cannot read {path}: {exc}"))
+                    path = inside_folder(base_dir, m.file)
+                    if path is None:
+                        problems.append(
+                            Problem(
+                                f"{at}.file",
+                                f"{m.file} is outside the flow's folder {base_dir.resolve()}",
+                            )
+                        )
+                    else:
+                        try:
+                            source = path.read_text(encoding="utf-8")
+                            filename = str(path)
+                        except FileNotFoundError:
+                            problems.append(Problem(f"{at}.file", f"file not found: {path}"))
+                        except (OSError, UnicodeDecodeError) as exc:
+                            problems.append(Problem(f"{at}.file", f"cannot read {path}: {exc}"))
         declared, merged = _requirements(m, at, doc, problems)
         labels: dict[str, str] = {}
         cpus, memory = 0.0, 0
@@ -300,6 +336,7 @@ def _validate(doc: FlowDocument, *, base_dir: Path | None, runtimes: Collection[
                 code=m.code,
                 file=m.file,
                 command=tuple(m.command) if m.command is not None else None,
+                files=dict(m.files or {}),
                 config=m.config,
                 inputs=tuple(m.inputs),
                 outputs=tuple(m.outputs),
@@ -387,6 +424,44 @@ def _too_long(ident: str) -> str | None:
     return None
 
 
+def file_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a file a module carries (None: it can): a plain relative
+    path inside the module's working directory."""
+    if not name or "\0" in name:
+        return "a file name must be a non-empty path without NUL"
+    if name.startswith("/"):
+        return f"{name!r} is absolute: give a path relative to the module's folder"
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        return f"{name!r} is not a plain relative path (no '.', '..' or empty parts)"
+    return None
+
+
+def files_problems(files: Mapping[str, str], at: str) -> list[Problem]:
+    problems = []
+    total = 0
+    for name, text in files.items():
+        why = file_name_problem(name)
+        if why is not None:
+            problems.append(Problem(f"{at}.files", why))
+        total += len(text.encode("utf-8", "surrogatepass"))
+    for name in files:
+        if file_name_problem(name) is not None:
+            continue
+        parents = ["/".join(name.split("/")[:i]) for i in range(1, name.count("/") + 1)]
+        clash = next((p for p in parents if p in files), None)
+        if clash is not None:
+            problems.append(Problem(f"{at}.files", f"{clash!r} is a file and a folder of {name!r}"))
+    if total > MAX_MODULE_FILES:
+        problems.append(
+            Problem(
+                f"{at}.files",
+                f"{total} bytes of files: a module carries at most "
+                f"{format_size(MAX_MODULE_FILES)} (MAX_MODULE_FILES)",
+            )
+        )
+    return problems
+
+
 #: which field lists a runtime's requirements
 REQUIREMENT_FIELD = {"python": "requirements", "node": "packages"}
 
@@ -445,6 +520,8 @@ def dump_flow(flow: Flow, *, inline: bool = False) -> bytes:
             entry["code"] = m.source
         if m.command is not None:
             entry["command"] = list(m.command)
+        if m.files:
+            entry["files"] = {name: m.files[name] for name in sorted(m.files)}
         if m.config:
             entry["config"] = _sorted(m.config)
         if tuple(m.inputs) != ("in",):

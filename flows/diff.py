@@ -84,7 +84,7 @@ class FlowDiff:
 
 
 def _code_key(m: Module) -> tuple[Any, ...]:
-    return (m.source, m.command, str(m.cwd) if m.cwd else None)
+    return (m.source, m.command, sorted(m.files.items()), str(m.cwd) if m.cwd else None)
 
 
 def diff_flows(old: Flow, new: Flow) -> FlowDiff:

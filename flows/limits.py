@@ -18,6 +18,7 @@ __all__ = [
     "MAX_INJECT",
     "MAX_LOGS",
     "MAX_MODULES",
+    "MAX_MODULE_FILES",
     "MAX_NAME",
     "MAX_TIMEOUT",
 ]
@@ -37,6 +38,9 @@ MAX_DOCUMENT = 8 * MiB
 MAX_MODULES = 1000
 #: bytes of one module's config, as JSON
 MAX_CONFIG = MiB
+
+#: bytes (UTF-8) of the files one exec module carries with it (its ``files``), all together
+MAX_MODULE_FILES = 4 * MiB
 #: seconds a module's handler may run (its ``timeout``)
 MAX_TIMEOUT = 24 * 3600.0
 #: largest request body (and WebSocket message) a runner accepts by default

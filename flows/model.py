@@ -2,7 +2,8 @@
 
 A flow is a versioned document (``"fifoflow": 1``) of modules and wires. A module runs in
 one runtime; its code is inline (``code``) or in a file next to the flow (``file``); exec
-modules name a ``command`` instead. Wires connect ``module.port`` to ``module.port``.
+modules name a ``command`` instead, and may carry the ``files`` it needs (a flow sent to
+a runner has no folder). Wires connect ``module.port`` to ``module.port``.
 A python module may list pip ``requirements``, a node module npm ``packages``; the flow
 may list both for all its modules. Each distinct set gets its own environment and its own
 runtime process (``Module.environment``, ``Module.host``).
@@ -59,7 +60,11 @@ class Module:
     source: str | None = attrs.field(default=None, eq=False)
     #: a path for tracebacks: the module file, or "<flow>/<module>" for inline code
     filename: str = attrs.field(default="", eq=False)
-    #: working directory of exec modules (the flow file's folder)
+    #: exec modules: files that travel with the module (relative name -> UTF-8 text),
+    #: written by the runner into the module's private working directory
+    files: dict[str, str] = attrs.field(factory=dict)
+    #: working directory of exec modules (the flow file's folder; on a runner, the
+    #: module's working directory when it carries ``files``)
     cwd: Path | None = attrs.field(default=None, eq=False)
     #: what the module needs: pip specifiers (python) or npm specifiers (node), the
     #: flow's own merged in, normalized and sorted

@@ -54,6 +54,7 @@ from .flowrun import FlowRun, OutputSink
 from .status import FlowStatus
 from .store import FlowStore
 from .swap import hot_swap
+from .workdirs import WorkDirs
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -102,6 +103,8 @@ class Runner:
         self._lock = trio.Lock()  # one deploy (add/update/remove/start/stop) at a time
         self.store = FlowStore.open(self.config.state_dir) if self.config.state_dir else None
         self.environments = EnvironmentManager(_env_dir(self.config))
+        #: exec modules' private working directories (for the files they carry)
+        self.workdirs = WorkDirs(self.config.state_dir / "work" if self.config.state_dir else None)
         if self.store is not None and self.config.fifo_dir is None:
             self.config = attrs.evolve(self.config, fifo_dir=self.store.fifos_dir)
         #: whether each flow should be running (what the user asked; persisted)
@@ -130,6 +133,7 @@ class Runner:
                 await trio.sleep_forever()
         finally:
             self._nursery = None
+            self.workdirs.close()
             if self.store is not None:
                 self.store.unlock()
 
@@ -146,6 +150,7 @@ class Runner:
     async def _restore(self) -> None:
         assert self.store is not None
         stored, problems = self.store.load()
+        self.workdirs.clear()
         for item in stored:
             try:
                 flow = parse_flow(
@@ -153,6 +158,11 @@ class Runner:
                 )
             except FlowError as exc:
                 problems.append(f"stored flow {item.flow_id!r} is no longer valid here: {exc}")
+                continue
+            try:
+                flow = self.workdirs.prepare(flow)
+            except OSError as exc:
+                problems.append(f"stored flow {item.flow_id!r}: cannot write its files: {exc}")
                 continue
             run = FlowRun(flow, self.runtimes, self.config, self.events, self.environments)
             run.revision = item.revision
@@ -288,42 +298,61 @@ class Runner:
 
         With ``revision``, refuse (:class:`RevisionConflict`) unless the flow is at that
         revision (``0``: the flow must not exist yet). ``states`` (module id -> state)
-        seeds a flow that is not running (a flow placed again by a dispatcher)."""
+        seeds a flow that is not running (a flow placed again by a dispatcher).
+
+        Exec modules' ``files`` are written to their working directories first
+        (``runner/workdirs.py``); directories the flow no longer uses are removed after."""
         async with self._lock:
-            current = self._flows.get(flow.id)
-            have = current.revision if current is not None else 0
-            if revision is not None and revision != have:
-                raise RevisionConflict(
-                    f"flow {flow.id!r} is at revision {have}, not {revision}: "
-                    "someone else changed it; read it again and re-apply your change"
-                )
-            if current is not None and current.status in (FlowStatus.STARTING, FlowStatus.STOPPING):
-                raise FlowStateError(
-                    f"flow {flow.id!r} is {current.status}; update it once that is done"
-                )
-            # The new version is written first: if it cannot be stored (StorageError),
-            # nothing changed, and no flow is registered that a restart would not bring back.
-            if current is not None and current.status is FlowStatus.RUNNING:
-                self._save_flow(flow, current.revision + 1)
-                try:
-                    report = await hot_swap(current, flow, states)
-                except BaseException:
-                    self._restore_saved(current)  # the old version runs on
-                    raise
-                current.revision += 1
-                self.checkpoint()
-                return UpdateResult(created=False, revision=current.revision, report=report)
-            run = FlowRun(flow, self.runtimes, self.config, self.events, self.environments)
-            if current is not None:
-                run.sink = current.sink
-                run.revision = current.revision + 1
-                run.seed_states(current.snapshot())
-            if states:
-                run.seed_states(states)
-            self._save_flow(flow, run.revision)
-            self._flows[flow.id] = run
-            self._want_running.setdefault(flow.id, False)
-            return UpdateResult(created=current is None, revision=run.revision, report=None)
+            try:
+                return await self._apply(flow, revision, states)
+            finally:
+                current = self._flows.get(flow.id)
+                if current is not None:
+                    self.workdirs.prune(current.flow)
+                else:
+                    self.workdirs.remove(flow.id)
+
+    async def _apply(
+        self, flow: Flow, revision: int | None, states: dict[str, Any] | None
+    ) -> UpdateResult:
+        current = self._flows.get(flow.id)
+        have = current.revision if current is not None else 0
+        if revision is not None and revision != have:
+            raise RevisionConflict(
+                f"flow {flow.id!r} is at revision {have}, not {revision}: "
+                "someone else changed it; read it again and re-apply your change"
+            )
+        if current is not None and current.status in (FlowStatus.STARTING, FlowStatus.STOPPING):
+            raise FlowStateError(
+                f"flow {flow.id!r} is {current.status}; update it once that is done"
+            )
+        try:
+            flow = self.workdirs.prepare(flow)
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, f"the modules' files of flow {flow.id!r}") from exc
+        # The new version is written first: if it cannot be stored (StorageError),
+        # nothing changed, and no flow is registered that a restart would not bring back.
+        if current is not None and current.status is FlowStatus.RUNNING:
+            self._save_flow(flow, current.revision + 1)
+            try:
+                report = await hot_swap(current, flow, states)
+            except BaseException:
+                self._restore_saved(current)  # the old version runs on
+                raise
+            current.revision += 1
+            self.checkpoint()
+            return UpdateResult(created=False, revision=current.revision, report=report)
+        run = FlowRun(flow, self.runtimes, self.config, self.events, self.environments)
+        if current is not None:
+            run.sink = current.sink
+            run.revision = current.revision + 1
+            run.seed_states(current.snapshot())
+        if states:
+            run.seed_states(states)
+        self._save_flow(flow, run.revision)
+        self._flows[flow.id] = run
+        self._want_running.setdefault(flow.id, False)
+        return UpdateResult(created=current is None, revision=run.revision, report=None)
 
     async def remove_flow(self, flow_id: str) -> None:
         async with self._lock:
@@ -336,6 +365,7 @@ class Runner:
             self._want_running.pop(flow_id, None)
             self._saved_states.pop(flow_id, None)
             self._checkpoint_errors.pop(flow_id, None)
+            self.workdirs.remove(flow_id)
 
     async def start_flow(self, flow_id: str) -> None:
         async with self._lock:

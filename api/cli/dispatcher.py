@@ -34,7 +34,7 @@ from fifoflow.api.common.auth import TokenError, read_token
 from fifoflow.api.common.places import DEFAULT_DISPATCHER_PORT, default_dispatcher_state_dir
 from fifoflow.dispatcher.docker_backend import PULL_POLICIES
 from fifoflow.dispatcher.errors import StoreVersionError
-from fifoflow.flows import FlowError, dump_flow, load_flow
+from fifoflow.flows import FlowError, bundle_files, dump_flow, load_flow
 from fifoflow.flows.resources import human_size, parse_size
 from fifoflow.runtimes.registry import discover
 
@@ -155,7 +155,7 @@ def _flows(args: argparse.Namespace) -> int:
 
 def _deploy(args: argparse.Namespace) -> int:
     try:
-        flow = load_flow(Path(args.flow), runtimes=discover(attached=True).keys())
+        flow = bundle_files(load_flow(Path(args.flow), runtimes=discover(attached=True).keys()))
     except FlowError as exc:
         err(flow_problems(args.flow, exc))
         return EXIT_USAGE

@@ -25,7 +25,7 @@ from fifoflow.api.cli.common import (
     runner_client,
 )
 from fifoflow.api.client import ApiError, RunnerClient
-from fifoflow.flows import FlowError, dump_flow, load_flow
+from fifoflow.flows import FlowError, bundle_files, dump_flow, load_flow
 
 if TYPE_CHECKING:
     import argparse
@@ -36,9 +36,11 @@ INJECT_BATCH = 1000
 
 
 async def _document(client: RunnerClient, path: str) -> dict[str, Any]:
+    """The flow file as a document that stands alone: module code inline, and the files
+    exec modules' commands name carried in their ``files`` (``flows/bundle.py``)."""
     runtimes = [r["id"] for r in await client.list_runtimes()]
     try:
-        flow = load_flow(Path(path), runtimes=runtimes)
+        flow = bundle_files(load_flow(Path(path), runtimes=runtimes))
     except FlowError as exc:
         raise Usage(flow_problems(path, exc)) from None
     return orjson.loads(dump_flow(flow, inline=True))

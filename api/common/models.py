@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import attrs
 import msgspec
 
-from fifoflow.flows.limits import MAX_ID
+from fifoflow.flows.limits import MAX_ID, MAX_MODULE_FILES, MiB
 from fifoflow.flows.model import ID_PATTERN
 
 from .schema import not_null
@@ -94,6 +94,12 @@ class Placement:
 _DESCRIBE = {
     "code": "the module's source (python, node)",
     "command": "exec modules: the argv of the program",
+    "files": (
+        "exec modules: files the command needs, relative name -> UTF-8 text (plain relative "
+        "paths, no '..'); the runner writes them into the module's private working directory, "
+        f"the command's cwd; at most {MAX_MODULE_FILES // MiB} MiB in all (MAX_MODULE_FILES). "
+        "fifoflow flow add fills it from the files in the flow's folder the command names"
+    ),
     "requirements": "pip requirement specifiers (python modules)",
     "packages": "npm package specifiers (node modules)",
 }

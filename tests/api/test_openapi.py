@@ -131,3 +131,10 @@ def test_the_api_does_what_its_document_says(case: Any, live_server: dict[str, A
         base_url=live_server["url"], headers=live_server["headers"], checks=CHECKS, timeout=30
     )
     assert response.status_code < 500
+
+
+def test_the_files_an_exec_module_carries_are_documented() -> None:
+    files = DOCUMENT["components"]["schemas"]["ModuleDocument"]["properties"]["files"]
+    assert files["type"] == "object"
+    assert files["additionalProperties"] == {"type": "string"}
+    assert "MAX_MODULE_FILES" in files["description"]
