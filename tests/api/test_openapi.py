@@ -93,6 +93,13 @@ def test_every_operation_has_an_id_and_documents_401() -> None:
     } <= set(ids)
 
 
+def test_the_files_an_exec_module_carries_are_documented() -> None:
+    files = DOCUMENT["components"]["schemas"]["ModuleDocument"]["properties"]["files"]
+    assert files["type"] == "object"
+    assert files["additionalProperties"] == {"type": "string"}
+    assert "MAX_MODULE_FILES" in files["description"]
+
+
 async def test_the_served_document_is_this_one() -> None:
     async with serve_runner() as served, served.client() as client:
         served_doc = await client.request("GET", "/openapi.json")
@@ -131,10 +138,3 @@ def test_the_api_does_what_its_document_says(case: Any, live_server: dict[str, A
         base_url=live_server["url"], headers=live_server["headers"], checks=CHECKS, timeout=30
     )
     assert response.status_code < 500
-
-
-def test_the_files_an_exec_module_carries_are_documented() -> None:
-    files = DOCUMENT["components"]["schemas"]["ModuleDocument"]["properties"]["files"]
-    assert files["type"] == "object"
-    assert files["additionalProperties"] == {"type": "string"}
-    assert "MAX_MODULE_FILES" in files["description"]
