@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import hypothesis
 import pytest
+import requests
 import schemathesis
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -121,7 +122,10 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     headers = {"Authorization": f"Bearer {token}"}
     httpx.put(f"{url}/flows/chain", json=CHAIN, headers=headers, timeout=30).raise_for_status()
     httpx.post(f"{url}/flows/chain/start", headers=headers, timeout=30).raise_for_status()
-    yield {"url": url, "headers": headers, "server": server}
+    # One keep-alive connection for every case: an answer that left it stuck (a body not
+    # read) would time the next case out.
+    with requests.Session() as session:
+        yield {"url": url, "headers": headers, "server": server, "session": session}
     assert server.stop() == 0, "\n".join(server.lines)
     assert not child_pids(), "the server left processes behind"
 
@@ -135,6 +139,10 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
 )
 def test_the_api_does_what_its_document_says(case: Any, live_server: dict[str, Any]) -> None:
     response = case.call_and_validate(
-        base_url=live_server["url"], headers=live_server["headers"], checks=CHECKS, timeout=30
+        base_url=live_server["url"],
+        session=live_server["session"],
+        headers=live_server["headers"],
+        checks=CHECKS,
+        timeout=30,
     )
     assert response.status_code < 500

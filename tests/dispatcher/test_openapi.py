@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import hypothesis
 import pytest
+import requests
 import schemathesis
 
 from fifoflow.api.dispatcher.app import create_dispatcher_app
@@ -63,7 +64,8 @@ def live_dispatcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
     headers = {"Authorization": f"Bearer {token}"}
     httpx.post(f"{proc.url}/flows", json=COUNTER, headers=headers, timeout=30).raise_for_status()
     served = httpx.get(f"{proc.url}/openapi.json", headers=headers, timeout=30).json()
-    yield {"url": proc.url, "headers": headers, "served": served}
+    with requests.Session() as session:  # one keep-alive connection for every case
+        yield {"url": proc.url, "headers": headers, "served": served, "session": session}
     assert proc.stop() == 0, "\n".join(proc.lines)
     assert not child_pids(), "the dispatcher left processes behind"
 
@@ -86,6 +88,7 @@ def test_the_dispatcher_does_what_its_document_says(
 ) -> None:
     response = case.call_and_validate(
         base_url=live_dispatcher["url"],
+        session=live_dispatcher["session"],
         headers=live_dispatcher["headers"],
         checks=CHECKS,
         timeout=30,
