@@ -118,6 +118,8 @@ def test_arrays_must_be_arrays_and_null_is_refused() -> None:
     # (a loose converter takes any iterable: {} or "ab" as a list)
     assert problems(doc(wires={})) == ["wires: expected an array, got an object"]
     assert problems(doc(modules="ab")) == ["modules: expected an array, got a string"]
+    # a module given as a plain string (once: "'str' object has no attribute 'keys'")
+    assert problems(doc(modules=["double"])) == ["modules[0]: expected an object, got a string"]
     assert problems(doc(description=None, packages=None)) == [
         "description: null is not allowed here: leave the field out",
         "packages: null is not allowed here: leave the field out",
