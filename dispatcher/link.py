@@ -30,7 +30,10 @@ from .errors import DispatcherError
 if TYPE_CHECKING:
     from .service import Dispatcher
 
-__all__ = ["CALLS", "RunnerLink"]
+__all__ = ["CALLS", "HELLO_SECONDS", "RunnerLink"]
+
+#: how long a new link may go without a successful hello before it is closed
+HELLO_SECONDS = 5.0
 
 
 class RunnerLink:
@@ -52,8 +55,16 @@ class RunnerLink:
             self.nursery = nursery
             peer = self.peer = RpcPeer(send, self.handle, nursery)
             try:
+                # Before hello: one call at a time, answered before the next frame is
+                # read, and hello within HELLO_SECONDS, or the link is closed: a peer
+                # with no credentials costs a socket for a few seconds, nothing more.
+                with trio.move_on_after(HELLO_SECONDS):
+                    while self.runner_id is None:
+                        await peer.feed(await receive(), inline=True)
+                if self.runner_id is None:
+                    return
                 while True:
-                    peer.feed(await receive())
+                    await peer.feed(await receive())
             finally:
                 peer.close()
                 if self.runner_id is not None:

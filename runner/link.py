@@ -181,7 +181,7 @@ class DispatcherLink:
     async def _read(self, ws: trio_websocket.WebSocketConnection, peer: RpcPeer) -> None:
         try:
             while True:
-                peer.feed(await ws.get_message())
+                await peer.feed(await ws.get_message())
         except trio_websocket.ConnectionClosed:
             peer.close()
             raise

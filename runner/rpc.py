@@ -27,6 +27,10 @@ __all__ = ["LinkClosed", "RemoteError", "RpcPeer"]
 Handler = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 
+#: calls from the other side of a link handled at once (see RpcPeer.feed)
+MAX_INFLIGHT = 64
+
+
 class RemoteError(RunnerError):
     code = "remote_error"
 
@@ -42,11 +46,19 @@ class LinkClosed(RunnerError):
 
 class RpcPeer:
     def __init__(
-        self, send: Callable[[str], Awaitable[None]], handler: Handler, nursery: trio.Nursery
+        self,
+        send: Callable[[str], Awaitable[None]],
+        handler: Handler,
+        nursery: trio.Nursery,
+        *,
+        max_inflight: int = MAX_INFLIGHT,
     ) -> None:
         self._send = send
         self._handler = handler
         self._nursery = nursery
+        # Calls from the other side being handled at once: past it, feed() waits, so the
+        # reader stops reading and the sender is slowed (no task or memory per frame).
+        self._inflight = trio.Semaphore(max_inflight)
         self._ids = itertools.count(1)
         self._pending: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
         self._lock = trio.Lock()
@@ -75,7 +87,10 @@ class RpcPeer:
     async def notify(self, method: str, **params: Any) -> None:
         await self.send({"jsonrpc": "2.0", "method": method, "params": params})
 
-    def feed(self, raw: str | bytes) -> None:
+    async def feed(self, raw: str | bytes, *, inline: bool = False) -> None:
+        """Take one frame from the other side: a reply to one of our calls, or a call to
+        handle (in a task, at most ``max_inflight`` at once; ``inline``: here, before
+        returning, as a link does before its peer has said who it is)."""
         try:
             message = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -87,9 +102,19 @@ class RpcPeer:
             # an id is echoed in the reply: only one the reply can carry (else no reply)
             message["id"] = request_id = None
         if "method" in message:
-            self._nursery.start_soon(self._answer, message)
+            if inline:
+                await self._answer(message)
+                return
+            await self._inflight.acquire()
+            self._nursery.start_soon(self._answer_and_release, message)
         elif (channel := self._pending.pop(request_id, None)) is not None:  # type: ignore[arg-type]
             channel.send_nowait(message)
+
+    async def _answer_and_release(self, message: dict[str, Any]) -> None:
+        try:
+            await self._answer(message)
+        finally:
+            self._inflight.release()
 
     async def _answer(self, message: dict[str, Any]) -> None:
         request_id = message.get("id")
