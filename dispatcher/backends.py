@@ -23,6 +23,7 @@ waits up to ``stop_timeout``, then kills what is left, and reaps them all.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -155,12 +156,16 @@ class LocalBackend:
             sys.executable, "-m", "fifoflow.api", "runner", "serve", "--port", "0",
             "--state-dir", str(state_dir), "--dispatcher", self.dispatcher_url,
         ]  # fmt: skip
+        # The token goes in the environment, never on the command line (which every
+        # user of the machine can read in /proc); the runner takes it out of its own
+        # environment before it starts anything.
+        env = {k: v for k, v in os.environ.items() if k != "FIFOFLOW_REGISTRATION_TOKEN"}
         if token is not None:
-            argv += ["--registration-token", token]
+            env["FIFOFLOW_REGISTRATION_TOKEN"] = token
         log = state_dir / "runner.log"
         with open(log, "ab") as out:  # noqa: ASYNC230 (opening a local log file)
             process = await trio.lowlevel.open_process(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
             )
         runner = LocalRunner(name, state_dir, process, log, crashes, restarts)
         self._runners[name] = runner

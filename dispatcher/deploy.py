@@ -79,6 +79,22 @@ class Deployments:
         #: why the backend cannot start runners right now, if it cannot
         self.backend_problem = backend_problem
         self._placing = trio.Lock()
+        #: flow id -> {module id: runner id} of parts a draining runner is handing over
+        #: right now: the store's placement has let go of them already, but the runner
+        #: still speaks for them (relays and snapshots while it stops the part)
+        self.handing_over: dict[str, dict[str, str]] = {}
+
+    def held(self, runner_id: str, flow_id: str) -> set[str] | None:
+        """The modules of the flow the runner holds: placed on it, or being handed over
+        by it; None when the dispatcher knows no such flow."""
+        record = self.store.flow(flow_id)
+        if record is None:
+            return None
+        moving = self.handing_over.get(flow_id, {})
+        return {
+            m for placed in (record["placement"], moving) for m, r in placed.items()
+            if r == runner_id
+        }  # fmt: skip
 
     def summaries(self) -> list[dict[str, Any]]:
         return [flow_summary(f) for f in self.store.flows()]
@@ -167,7 +183,12 @@ class Deployments:
             )
             states, queued = dict(record["states"]), dict(record["queued"])
             if peer is not None:
-                handed = await peer.call("release", flowId=record["id"])
+                leaving = {m: r for m, r in record["placement"].items() if r == runner_id}
+                self.handing_over[record["id"]] = leaving
+                try:
+                    handed = await peer.call("release", flowId=record["id"])
+                finally:
+                    del self.handing_over[record["id"]]
                 states.update(handed["states"])
                 queued.update(handed["queued"])
             self.store.update_flow(

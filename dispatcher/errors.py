@@ -15,6 +15,8 @@ that has no runner right now a :class:`~fifoflow.runner.errors.FlowStateError`):
         ├── UnknownRunner           no runner with that id, or a wrong secret (also a NotFound)
         ├── FlowPending             the flow (or the runner asked for) has no live runner
         │                           right now; send the call again   (also a FlowStateError)
+        ├── NotYourPart             a runner's call concerns a flow part not placed on it
+        │                           (relay, paused, snapshot); .field names the param
         └── StoreVersionError       the state dir was written by a newer fifoflow; .found,
                                     .known (schema versions)
 
@@ -35,6 +37,7 @@ __all__ = [
     "DispatcherError",
     "FlowPending",
     "FlowUnknown",
+    "NotYourPart",
     "RegistrationRefused",
     "RuntimeUnknown",
     "StoreVersionError",
@@ -70,6 +73,17 @@ class UnknownRunner(DispatcherError, NotFound):
 
 class FlowPending(DispatcherError, FlowStateError):
     code = "flow_pending"
+
+
+class NotYourPart(DispatcherError):
+    """A runner spoke for a flow part it does not hold: a runner's link credential
+    reaches only the parts placed on it (never another runner's flow)."""
+
+    code = "not_your_part"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class StoreVersionError(DispatcherError):

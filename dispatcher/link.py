@@ -8,6 +8,12 @@ call with its params model, structured by the one converter (a bad param is a JS
 inside the link (``hello`` with its id and secret, after a one-time ``register``), never
 with the operator token.
 
+Every call a runner makes about a flow concerns a part placed on it (relay: the emitting
+module; paused: the flow, and the module it names; snapshot: the flow, and each module
+whose state it carries): the rest is refused as :class:`~.errors.NotYourPart` and
+recorded as a ``refused-call`` event (``Dispatcher.check_part``). A runner's secret
+reaches its own parts, never another runner's flow.
+
 Resource handling: the peer and the tasks it starts live in :meth:`serve`'s nursery;
 when the socket closes the runner is detached from the dispatcher and they end.
 """
@@ -121,6 +127,9 @@ class RunnerLink:
         return True
 
     async def _paused(self, p: Paused) -> None:
+        # Checked here, not in the task: a refusal is this call's answer.
+        modules = () if p.module is None else (p.module,)
+        self.dispatcher.check_part(self._id, "paused", p.flowId, modules=modules, field="module")
         info = {"reason": p.reason, "module": p.module, "port": p.port, "msg": p.msg}
         assert self.nursery is not None
         self.nursery.start_soon(self.dispatcher.paused, self._id, p.flowId, info)

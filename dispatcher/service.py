@@ -41,6 +41,7 @@ from .errors import (
     DispatcherError,
     FlowPending,
     FlowUnknown,
+    NotYourPart,
     RegistrationRefused,
     RuntimeUnknown,
     UnknownRunner,
@@ -50,6 +51,8 @@ from .status import RunnerStatus
 from .store import DispatcherStore
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from ..runner.rpc import RpcPeer
 
 __all__ = [
@@ -301,7 +304,37 @@ class Dispatcher:
         await self.deployments.runner_ready(runner_id, flows)
 
     def snapshot(self, runner_id: str, flow_id: str, states: dict[str, Any]) -> None:
+        self.check_part(runner_id, "snapshot", flow_id, modules=states, field="states")
         self.deployments.snapshot(runner_id, flow_id, states)
+
+    def check_part(
+        self,
+        runner_id: str,
+        call: str,
+        flow_id: str,
+        modules: Iterable[str] = (),
+        field: str = "moduleId",
+    ) -> None:
+        """Refuse a runner's call about a flow part that is not its own: the flow must
+        have a part on it (placed there, or being handed over by it in a drain), and
+        every module the call speaks for must be in that part. A refusal is recorded
+        (``refused-call``) and raised as :class:`NotYourPart`."""
+        held = self.deployments.held(runner_id, flow_id)
+        if not held:
+            why, at = f"no part of flow {flow_id!r} is placed on this runner", "flowId"
+        else:
+            foreign = sorted(set(modules) - held)
+            if not foreign:
+                return
+            why = (
+                f"module(s) {', '.join(map(repr, foreign[:5]))} of flow {flow_id!r} are not"
+                f" placed on this runner (its modules: {', '.join(sorted(held))})"
+            )
+            at = field
+        self.store.add_event(
+            runner_id, "refused-call", {"call": call, "flow": flow_id, "field": at, "reason": why}
+        )
+        raise NotYourPart(f"{call}: {why}", field=at)
 
     def displace(self, runner_id: str) -> None:
         """The runner is gone: its modules go back to pending and are placed again."""
@@ -359,12 +392,15 @@ class Dispatcher:
         return await self.parts.debug(flow_id, "queues")
 
     async def paused(self, runner_id: str, flow_id: str, info: dict[str, Any]) -> None:
+        """A part paused: the others pause too. The caller checks first that the part
+        is the runner's (:meth:`check_part`), while the link still waits for it."""
         await self.parts.paused(runner_id, flow_id, info)
 
     async def relay(
         self, runner_id: str, flow_id: str, module: str, port: str, msgs: list[Any]
     ) -> None:
         """Messages the runner's part emitted on a wire to another runner."""
+        self.check_part(runner_id, "relay", flow_id, modules=(module,))
         await self.parts.relay(flow_id, module, port, msgs)
 
     async def logs(

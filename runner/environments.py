@@ -21,6 +21,11 @@ Building publishes ``environment`` events (phase ``resolving``, ``downloading``,
 take their usual settings from the environment (``PIP_INDEX_URL``, ``PIP_FIND_LINKS``,
 ``PIP_NO_INDEX``, ``npm_config_*``), which is how the tests install offline.
 
+An environment id becomes a folder name, so every id that comes in is checked first
+(:func:`check_env_id`): ``<runtime>-<16 hex digits>`` and nothing else (no ``/``, no
+``..``, not empty, bounded); anything else names no environment (:class:`NotFound`,
+field ``environmentId``), and nothing on disk is touched.
+
 Error handling: a failed build raises :class:`EnvironmentBuildError` naming the package
 the installer complained about and the installer's own words; the half-built folder is
 removed. Resource handling: each build is one subprocess, awaited and reaped; builds of
@@ -46,7 +51,17 @@ import trio
 from .errors import NotFound, RunnerError
 from .store import atomic_write
 
-__all__ = ["Environment", "EnvironmentBuildError", "EnvironmentManager"]
+__all__ = [
+    "ENV_ID_PATTERN",
+    "Environment",
+    "EnvironmentBuildError",
+    "EnvironmentManager",
+    "check_env_id",
+]
+
+#: what an environment id looks like (``Module.environment``): the runtime's id, then
+#: 16 hex digits of the requirement set's hash; one plain folder name, never a path
+ENV_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}-[0-9a-f]{16}\Z")
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -61,6 +76,20 @@ _PIP_PACKAGE = re.compile(
 _NPM_PACKAGE = re.compile(
     r"(?:No matching version found for|404 Not Found - GET \S+/)\s*(\S+?)(?:\s|$|\.$)"
 )
+
+
+def check_env_id(env_id: str) -> str:
+    """``env_id`` if it is an environment id; :class:`NotFound` naming ``environmentId``
+    if it could not be one (it would be joined to the environments' folder)."""
+    if not isinstance(env_id, str) or not ENV_ID_PATTERN.match(env_id):
+        shown = repr(env_id[:80]) + ("..." if len(env_id) > 80 else "")
+        exc = NotFound(
+            f"no environment {shown}: an environment id is <runtime>-<16 hex digits>,"
+            " as listEnvironments gives it"
+        )
+        exc.field = "environmentId"
+        raise exc
+    return env_id
 
 
 class EnvironmentBuildError(RunnerError):
@@ -141,10 +170,10 @@ class EnvironmentManager:
         self.builds = 0
 
     def _lock(self, env_id: str) -> trio.Lock:
-        return self._locks.setdefault(env_id, trio.Lock())
+        return self._locks.setdefault(check_env_id(env_id), trio.Lock())
 
     def load(self, env_id: str) -> Environment | None:
-        folder = self.root / env_id
+        folder = self.root / check_env_id(env_id)
         try:
             data = orjson.loads((folder / "env.json").read_bytes())
         except (OSError, orjson.JSONDecodeError):
@@ -162,13 +191,19 @@ class EnvironmentManager:
     def list(self) -> list[Environment]:
         if not self.root.exists():
             return []
-        return [env for p in sorted(self.root.iterdir()) if (env := self.load(p.name)) is not None]
+        return [
+            env
+            for p in sorted(self.root.iterdir())
+            if ENV_ID_PATTERN.match(p.name) and (env := self.load(p.name)) is not None
+        ]
 
     def get(self, env_id: str) -> Environment:
         env = self.load(env_id)
         if env is None:
             known = ", ".join(e.id for e in self.list()) or "none"
-            raise NotFound(f"no environment {env_id!r} (environments: {known})")
+            exc = NotFound(f"no environment {env_id!r} (environments: {known})")
+            exc.field = "environmentId"
+            raise exc
         return env
 
     async def ensure(

@@ -238,8 +238,10 @@ class DispatcherLink:
                         )
                         return
                     except RemoteError as exc:
-                        if exc.remote_code == "flow_not_found":
-                            return  # the flow was removed: nobody waits for these
+                        if exc.remote_code in ("flow_not_found", "not_your_part"):
+                            # the flow was removed, or its part runs elsewhere now (this
+                            # runner was lost and came back): nobody waits for these here
+                            return
                     except LinkClosed:
                         pass
                 await trio.sleep(delay)

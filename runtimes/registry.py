@@ -14,6 +14,7 @@ Error handling: a manifest that cannot be read or lacks a field raises
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -25,6 +26,8 @@ __all__ = ["BUILTIN_DIR", "ManifestError", "RuntimeManifest", "discover"]
 
 BUILTIN_DIR = Path(__file__).resolve().parent
 PROTOCOL_VERSION = 1
+#: what a runtime id looks like: it becomes part of folder names (environments)
+RUNTIME_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 
 class ManifestError(Exception):
@@ -61,6 +64,12 @@ class RuntimeManifest:
         ):
             if not isinstance(data.get(field), kind):
                 raise ManifestError(f"{path}: field {field!r} must be a {kind.__name__}")
+        if not RUNTIME_ID.match(data["id"]):
+            # it names folders (an environment is <runtime>-<hash>) and host keys
+            raise ManifestError(
+                f"{path}: field 'id' must be 1 to 64 letters, digits, '_', '-' or '.',"
+                f" starting with a letter or digit (got {data['id'][:80]!r})"
+            )
         if data["protocol"] != PROTOCOL_VERSION:
             raise ManifestError(
                 f"{path}: protocol {data['protocol']} is not supported (this runner speaks {PROTOCOL_VERSION})"

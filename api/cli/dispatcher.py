@@ -93,7 +93,8 @@ def _token(args: argparse.Namespace) -> int:
     if not args.quiet:
         expires = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(answer["expires"]))
         err(
-            f"(works once, until {expires}; give it to: fifoflow runner serve --dispatcher URL --registration-token TOKEN)"
+            f"(works once, until {expires}; give it to: FIFOFLOW_REGISTRATION_TOKEN=TOKEN fifoflow runner serve"
+            " --dispatcher URL, or --registration-token-file PATH)"
         )
     return EXIT_OK
 

@@ -48,10 +48,35 @@ def _cpus(text: str) -> float:
     return value
 
 
+def _registration_token(args: argparse.Namespace) -> str | None:
+    """The one-time registration token: ``--registration-token`` (visible to every
+    user in the process list), ``--registration-token-file`` or
+    ``$FIFOFLOW_REGISTRATION_TOKEN``. The variable is taken out of this process's
+    environment, so the runtimes it starts (user code) never inherit it."""
+    from_env = os.environ.pop("FIFOFLOW_REGISTRATION_TOKEN", None)
+    if args.registration_token:
+        return str(args.registration_token)
+    if args.registration_token_file:
+        path = Path(args.registration_token_file)
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--registration-token-file {path}: cannot read it: {exc}") from None
+        if not token:
+            raise ValueError(f"--registration-token-file {path}: the file is empty")
+        return token
+    return from_env or None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from fifoflow.api.runner.server import ServeOptions, serve  # the server only to serve
 
     serve_logging()
+    try:
+        registration_token = _registration_token(args)
+    except ValueError as exc:
+        err(f"fifoflow: {exc}")
+        return EXIT_USAGE
     options = ServeOptions(
         state_dir=Path(args.state_dir) if args.state_dir else default_state_dir(),
         host=args.host,
@@ -59,7 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token_file=Path(args.token_file) if args.token_file else None,
         max_body=args.max_body,
         dispatcher=args.dispatcher,
-        registration_token=args.registration_token or os.environ.get("FIFOFLOW_REGISTRATION_TOKEN"),
+        registration_token=registration_token,
         labels=dict(label.split("=", 1) for label in args.label),
         cpus=args.cpus,
         memory=args.memory,
@@ -156,10 +181,17 @@ def add_runner_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="SIZE",
         help="memory it offers, e.g. 2GiB (default: the machine's)",
     )
-    serve_p.add_argument(
+    registration = serve_p.add_mutually_exclusive_group()
+    registration.add_argument(
         "--registration-token",
         metavar="TOKEN",
-        help="one-time token for the first registration ($FIFOFLOW_REGISTRATION_TOKEN)",
+        help="one-time token for the first registration (other users can read it in the"
+        " process list: prefer --registration-token-file or $FIFOFLOW_REGISTRATION_TOKEN)",
+    )
+    registration.add_argument(
+        "--registration-token-file",
+        metavar="PATH",
+        help="read the one-time registration token from this file",
     )
     serve_p.set_defaults(func=cmd_serve)
     health_p = runner_sub.add_parser(

@@ -18,6 +18,7 @@ from fifoflow.api.common.schema import Message, NonEmpty
 from fifoflow.flows.codec import FlowDocument
 from fifoflow.flows.limits import MAX_INJECT, MAX_LOGS
 from fifoflow.runner import EventKind, FlowStatus
+from fifoflow.runner.environments import ENV_ID_PATTERN
 
 Revision = Annotated[
     int, msgspec.Meta(ge=0, description="act only if the flow is at this revision (0: new)")
@@ -94,14 +95,24 @@ class EnvironmentFilter:
     runtimeId: NonEmpty | None = None
 
 
+#: an environment id (``runner/environments.py`` ENV_ID_PATTERN): it names a folder
+EnvironmentId = Annotated[
+    str,
+    msgspec.Meta(
+        pattern="^" + ENV_ID_PATTERN.pattern.removesuffix(r"\Z") + "$",
+        description="an environment id, as listEnvironments gives it: <runtime>-<16 hex digits>",
+    ),
+]
+
+
 @attrs.frozen
 class EnvironmentRef:
-    environmentId: NonEmpty
+    environmentId: EnvironmentId
 
 
 @attrs.frozen
 class EnvironmentChange:
-    environmentId: NonEmpty
+    environmentId: EnvironmentId
     install: list[NonEmpty] = attrs.field(factory=list)
     remove: list[NonEmpty] = attrs.field(factory=list)
 

@@ -744,3 +744,94 @@ async def test_the_runner_link_refuses_bad_calls_naming_the_param(
             error = await call(ws, "register", {"token": "ffreg_nope"})
             assert error["code"] == -32000
             assert error["data"]["code"] == "registration_refused"
+
+
+async def test_a_runner_speaks_only_for_the_parts_placed_on_it(
+    tmp_path: Path, dispatcher: DispatcherProcess
+) -> None:
+    """A registered, ready runner (a fake one, over the real link protocol) relays
+    into, pauses and snapshots a flow placed on another runner: each call is refused
+    (``not_your_part``, naming the param), recorded as an event, and the flow goes on
+    as if nothing was said."""
+    import trio
+    import trio_websocket
+
+    pair = {
+        "fifoflow": 1,
+        "id": "pair",
+        "modules": [
+            {**COUNTER["modules"][0], "id": "a"},  # type: ignore[dict-item]
+            {"id": "b", "runtime": "python",
+             "code": "def handle(msg, ctx):\n    ctx.state['n'] = ctx.state.get('n', 0) + 1\n"},
+        ],
+        "wires": ["a.out -> b.in"],
+    }
+    real = start_runner(tmp_path, "real", dispatcher, dispatcher.token())
+    try:
+        holder = linked_id(real)
+        placed = dispatcher.api("POST", "/flows", json=pair)
+        assert placed["placement"] == {"a": holder, "b": holder}
+        dispatcher.api("POST", "/flows/pair/modules/a/inputs/in", json={"msgs": ["x"]})
+        wait_until(
+            "b to count one message",
+            lambda: dispatcher.api("GET", "/flows/pair/modules/b/state")["state"] == {"n": 1},
+        )
+        wait_until("a snapshot", lambda: dispatcher.api("GET", "/flows/pair")["states"])
+        before = dispatcher.api("GET", "/flows/pair")
+
+        ids = iter(range(1, 1000))
+
+        async def call(ws: Any, method: str, **params: Any) -> dict[str, Any]:
+            await ws.send_message(
+                orjson.dumps(
+                    {"jsonrpc": "2.0", "id": next(ids), "method": method, "params": params}
+                ).decode()
+            )
+            return orjson.loads(await ws.get_message())
+
+        with trio.fail_after(30):
+            url = dispatcher.url.replace("http", "ws") + "/link"
+            async with trio_websocket.open_websocket_url(url) as ws:
+                me = (await call(ws, "register", token=dispatcher.token(), name="fake"))["result"]
+                await call(ws, "hello", runnerId=me["runnerId"], secret=me["secret"])
+                assert (await call(ws, "ready", flows=[]))["result"] is True
+                refusals = {
+                    "relay": await call(
+                        ws, "relay", flowId="pair", moduleId="a", port="out", msgs=["x"] * 5
+                    ),
+                    "paused": await call(ws, "paused", flowId="pair", reason="pause"),
+                    "snapshot": await call(
+                        ws, "snapshot", flowId="pair", states={"a": {"x": 99}, "b": {"x": 99}}
+                    ),
+                    "unknown": await call(
+                        ws, "relay", flowId="nope", moduleId="a", port="out", msgs=[1]
+                    ),
+                }
+                for what, answer in refusals.items():
+                    error = answer["error"]
+                    assert error["data"]["code"] == "not_your_part", (what, error)
+                    assert "is placed on this runner" in error["message"], (what, error)
+                assert refusals["relay"]["error"]["message"].startswith("relay: no part of flow")
+                # the link still serves the runner's own calls
+                assert (await call(ws, "heartbeat"))["result"] is True
+
+        refused = events(dispatcher, "refused-call", me["runnerId"])
+        assert [(e["call"], e["flow"]) for e in refused] == [
+            ("relay", "pair"), ("paused", "pair"), ("snapshot", "pair"), ("relay", "nope"),
+        ]  # fmt: skip
+        assert {e["field"] for e in refused} == {"flowId"}
+        # The flow is unaffected: not paused, no relayed message reached b, its
+        # snapshot is its own runner's.
+        debug = dispatcher.api("GET", "/flows/pair/debug")
+        assert [part["paused"] for part in debug.values()] == [False]
+        dispatcher.api("POST", "/flows/pair/modules/a/inputs/in", json={"msgs": ["y"]})
+        wait_until(
+            "b to count y (and none of the 5 relayed)",
+            lambda: dispatcher.api("GET", "/flows/pair/modules/b/state")["state"] == {"n": 2},
+        )
+        after = dispatcher.api("GET", "/flows/pair")
+        assert (after["placement"], after["status"]) == (before["placement"], "placed")
+        assert after["states"].get("a", {}).get("x") != 99
+        assert "x" not in after["states"].get("b", {})
+    finally:
+        real.stop()
