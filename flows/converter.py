@@ -134,13 +134,21 @@ def _check(value: Any, meta: Any) -> None:
         if high is not None and len(value) > high:
             raise Invalid(f"must have at most {high} {unit}, got {len(value)}")
     pattern = limit("pattern")
-    if pattern is not None and isinstance(value, str) and not re.search(pattern, value):
+    if pattern is not None and isinstance(value, str) and not _matches(pattern, value):
         what = limit("description")
         raise Invalid(
             f"{value!r} is not {what} ({pattern})"
             if what
             else f"{value!r} does not match {pattern}"
         )
+
+
+def _matches(pattern: str, value: str) -> bool:
+    """JSON Schema's pattern (a search), except that a closing ``$`` is the end of the
+    string: in Python's ``re`` it also matches before a final newline."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.search(pattern, value) is not None
 
 
 def make_converter() -> cattrs.Converter:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
+import attrs
+import cattrs
 import orjson
 import pytest
 
 from fifoflow.flows import FlowError, Wire, dump_flow, load_flow, parse_flow
+from fifoflow.flows.converter import Limit, make_converter
+from fifoflow.flows.converter import problems as structure_problems
 
 RUNTIMES = {"python", "node", "exec"}
 EXAMPLES = Path(__file__).resolve().parents[2] / "flows" / "examples"
@@ -244,3 +249,20 @@ def test_the_limits_validate_knows_are_the_servers(tmp_path: Path) -> None:
             parse_flow(document, base_dir=None, runtimes=RUNTIMES)
         for info in (from_file, from_data):
             assert expected in str(info.value), (expected, str(info.value)[:200])
+
+
+@attrs.frozen
+class Named:
+    name: Annotated[str, Limit(pattern=r"^[a-z]+$")]
+
+
+def test_a_pattern_ends_at_the_end_of_the_string() -> None:
+    """``^...$`` in a model's constraint does not let a trailing newline through (Python's
+    ``$`` alone would: "python-0123\\n" as an environment id)."""
+    converter = make_converter()
+    assert converter.structure({"name": "abc"}, Named).name == "abc"
+    with pytest.raises(cattrs.ClassValidationError) as info:
+        converter.structure({"name": "abc\n"}, Named)
+    assert [str(p) for p in structure_problems(info.value)] == [
+        "name: 'abc\\n' does not match ^[a-z]+$"
+    ]
