@@ -15,6 +15,8 @@ that has no runner right now a :class:`~fifoflow.runner.errors.FlowStateError`):
         ├── UnknownRunner           no runner with that id, or a wrong secret (also a NotFound)
         ├── FlowPending             the flow (or the runner asked for) has no live runner
         │                           right now; send the call again   (also a FlowStateError)
+        ├── RunnerTimeout           a runner did not answer a call within the dispatcher's
+        │                           call timeout; .runner_id, .method, .seconds
         └── StoreVersionError       the state dir was written by a newer fifoflow; .found,
                                     .known (schema versions)
 
@@ -36,6 +38,7 @@ __all__ = [
     "FlowPending",
     "FlowUnknown",
     "RegistrationRefused",
+    "RunnerTimeout",
     "RuntimeUnknown",
     "StoreVersionError",
     "UnknownRunner",
@@ -70,6 +73,35 @@ class UnknownRunner(DispatcherError, NotFound):
 
 class FlowPending(DispatcherError, FlowStateError):
     code = "flow_pending"
+
+
+class RunnerTimeout(DispatcherError):
+    """A runner did not answer a call in time (it may be busy, stuck or cut off). The
+    call may still happen there later: it was sent, only the answer did not come."""
+
+    code = "runner_timeout"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        runner_id: str | None = None,
+        method: str | None = None,
+        seconds: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.runner_id = runner_id
+        self.method = method
+        self.seconds = seconds
+
+    @classmethod
+    def unanswered(cls, runner_id: str, method: str, seconds: float) -> RunnerTimeout:
+        return cls(
+            f"runner {runner_id} did not answer {method} within {seconds:g} s",
+            runner_id=runner_id,
+            method=method,
+            seconds=seconds,
+        )
 
 
 class StoreVersionError(DispatcherError):
