@@ -13,7 +13,9 @@ it is the data path, and a slow target slows the sender (backpressure), never ot
 each relayed batch is its own task on the sender's link.
 
 Error handling: the call's own errors (:class:`~fifoflow.runner.rpc.RemoteError`,
-:class:`~fifoflow.runner.rpc.LinkClosed`) pass through.
+:class:`~fifoflow.runner.rpc.LinkClosed`) pass through :func:`call_runner`;
+:func:`forward_call`, for a user's request, answers a link that closed before the
+answer as :class:`~.errors.FlowPending` (send the call again), not as a bad request.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .errors import RunnerTimeout
+from ..runner.rpc import LinkClosed
+from .errors import FlowPending, RunnerTimeout
 
 if TYPE_CHECKING:
     from ..runner.rpc import RpcPeer
 
-__all__ = ["SECONDS", "call_runner"]
+__all__ = ["SECONDS", "call_runner", "forward_call"]
 
 SECONDS = 1.0
 
@@ -44,3 +47,17 @@ async def call_runner(
             return await peer.call(method, **params)
     except trio.TooSlowError:
         raise RunnerTimeout.unanswered(runner_id, method, seconds) from None
+
+
+async def forward_call(
+    peer: RpcPeer, runner_id: str, seconds: float | None, method: str, /, **params: Any
+) -> Any:
+    """:func:`call_runner` on behalf of a user's request: a runner that went away before
+    it answered is :class:`FlowPending` (its flows are placed again; send the call
+    again), naming it."""
+    try:
+        return await call_runner(peer, runner_id, seconds, method, **params)
+    except LinkClosed:
+        raise FlowPending(
+            f"runner {runner_id} went away before it answered {method}; send the call again"
+        ) from None

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ..flows import Wire
 from ..runner.errors import ModuleNotFound
 from ..runner.rpc import LinkClosed, RemoteError
-from .calls import call_runner
+from .calls import call_runner, forward_call
 from .errors import FlowPending, FlowUnknown, RunnerTimeout
 from .status import FlowStatus
 
@@ -116,7 +116,7 @@ class FlowParts:
         for runner_id, peer in peers:
             assert peer is not None
             try:
-                result = await call_runner(
+                result = await forward_call(
                     peer, runner_id, self.call_timeout, method, flowId=flow_id, **params
                 )
             except RemoteError as exc:
@@ -149,7 +149,7 @@ class FlowParts:
                 peer = self.links.get(runner_id)
                 if peer is None:
                     raise FlowPending(f"a part of flow {flow_id!r} has no runner right now")
-                parts[runner_id] = await call_runner(
+                parts[runner_id] = await forward_call(
                     peer, runner_id, self.call_timeout, method, flowId=flow_id
                 )
             if method == "queues":
@@ -161,7 +161,7 @@ class FlowParts:
             peer = self.links.get(runner_id)
             if peer is None:
                 raise FlowPending(f"a part of flow {flow_id!r} has no runner right now")
-            answer = await call_runner(peer, runner_id, self.call_timeout, method, flowId=flow_id)
+            answer = await forward_call(peer, runner_id, self.call_timeout, method, flowId=flow_id)
             if method == "step":
                 merged.update(answer)
             else:
@@ -177,7 +177,7 @@ class FlowParts:
             if peer is not None:
                 entries += [
                     {**e, "runner": rid}
-                    for e in await call_runner(
+                    for e in await forward_call(
                         peer, rid, self.call_timeout, "logs", flowId=flow_id, limit=limit
                     )
                 ]

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from .calls import call_runner
+from .calls import forward_call
 from .deploy import Deployments, flow_summary
 from .errors import (
     DispatcherError,
@@ -388,7 +388,7 @@ class Dispatcher:
             peer = self.links.get(runner_id)
             if peer is None:
                 raise FlowPending(f"runner {runner_id!r} is not connected")
-            return await call_runner(peer, runner_id, self.config.call_timeout, "logs", limit=limit)
+            return await forward_call(peer, runner_id, self.config.call_timeout, "logs", limit=limit)
         assert flow_id is not None
         return await self.parts.logs(flow_id, limit)
 

@@ -18,7 +18,8 @@ import orjson
 import trio
 import trio_websocket
 
-from .test_dispatcher import DispatcherProcess, linked_id, start_runner
+from ..api.helpers import ServerProcess
+from .test_dispatcher import DispatcherProcess, linked_id, wait_until
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -51,6 +52,8 @@ class SilentRunner:
         self.heartbeat = heartbeat
         self.runner_id = ""
         self.ready = trio.Event()
+        #: cancel to cut the link
+        self.scope = trio.CancelScope()
         #: method -> the flows the dispatcher called it for, in order
         self.calls: dict[str, list[str]] = {}
         #: set when the dispatcher calls a method (replaced each time)
@@ -62,6 +65,10 @@ class SilentRunner:
         return self.called.setdefault(method, trio.Event())
 
     async def run(self) -> None:
+        with self.scope:
+            await self._run()
+
+    async def _run(self) -> None:
         async with (
             trio_websocket.open_websocket_url(self.url) as ws,
             trio.open_nursery() as nursery,
@@ -114,13 +121,24 @@ async def test_a_silent_runner_costs_its_calls_the_timeout_and_stalls_nothing_el
         *DispatcherProcess.command(dispatcher), "--call-timeout", str(CALL_TIMEOUT),
     ]  # fmt: skip
     dispatcher.start()
-    real = start_runner(tmp_path, "real", dispatcher, dispatcher.token())
-    real.extra = (*real.extra, "--label", "kind=real")
-    real.start()  # again, with its label (registered already)
+    real = ServerProcess(
+        tmp_path / "real",
+        *("--dispatcher", dispatcher.url, "--registration-token", dispatcher.token()),
+        *("--label", "kind=real"),
+    )
+    real.start()
     try:
         real_id = linked_id(real)
-        # a python runtime up on the real runner, so its deploys answer well in time
-        assert dispatcher.api("PUT", "/flows/warm", json=_flow("warm", "real"))["runner"] == real_id
+        # A python runtime up on the real runner, so its deploys answer well in time (on
+        # a busy machine the first one may not: it is placed when deployed again).
+        wait_until(
+            "the warm-up flow to be placed on the real runner",
+            lambda: (
+                dispatcher.api("PUT", "/flows/warm", json=_flow("warm", "real"))["runner"]
+                == real_id
+            ),
+            timeout=60,
+        )
         silent = SilentRunner(dispatcher.url, dispatcher.token(), dispatcher.heartbeat)
         token = (dispatcher.state_dir / "token").read_text().strip()
         async with (
@@ -225,3 +243,21 @@ async def _a_forwarded_call_to_the_silent_runner_is_a_504(
     inject = await http.post("/flows/quiet/modules/m/inputs/in", json={"msgs": [1]})
     assert inject.status_code == 504, inject.text
     assert silent.runner_id in inject.json()["error"]["message"]
+
+    # A link that closes while a call waits: "send it again" (409), not a bad request.
+    answered.clear()
+    done = trio.Event()
+    state_called = silent.wait_called("state")
+    nursery.start_soon(read_state)
+    with trio.fail_after(10):
+        await state_called.wait()
+    silent.scope.cancel()
+    with trio.fail_after(CALL_TIMEOUT):  # well before the deadline: the link closed
+        await done.wait()
+    response = answered["response"]
+    assert response.status_code == 409, response.text
+    error = response.json()["error"]
+    assert error["code"] == "flow_pending"
+    assert error["message"] == (
+        f"runner {silent.runner_id} went away before it answered state; send the call again"
+    )
