@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 CALL_TIMEOUT = 3.0
 
 
-def _flow(flow_id: str, kind: str) -> dict[str, Any]:
+def _flow(flow_id: str, kind: str, cpus: float = 0) -> dict[str, Any]:
     return {
         "fifoflow": 1,
         "id": flow_id,
@@ -36,7 +36,7 @@ def _flow(flow_id: str, kind: str) -> dict[str, Any]:
                 "id": "m",
                 "runtime": "python",
                 "code": "def handle(msg, ctx):\n    return msg\n",
-                "placement": {"labels": {"kind": kind}},
+                "placement": {"labels": {"kind": kind}, "cpus": cpus},
             }
         ],
     }
@@ -77,7 +77,12 @@ class SilentRunner:
             identity = await self._call(ws, "register", token=self.token, name="silent")
             self.runner_id = identity["runnerId"]
             await self._call(ws, "hello", runnerId=self.runner_id, secret=identity["secret"])
-            hardware = {"cpus": 2, "runtimes": ["python"], "labels": {"kind": "silent"}}
+            hardware = {
+                "cpus": 1,
+                "capacity": {"cpus": 1},
+                "runtimes": ["python"],
+                "labels": {"kind": "silent"},
+            }
             await self._call(ws, "hardware", full=hardware)
             await self._call(ws, "ready", flows=[])
             self.ready.set()
@@ -168,7 +173,9 @@ async def _silent_deploy_is_a_refusal_and_others_are_placed_meanwhile(
 
     async def deploy_slow() -> None:
         start = time.monotonic()
-        slow["response"] = await http.put("/flows/slowflow", json=_flow("slowflow", "silent"))
+        slow["response"] = await http.put(
+            "/flows/slowflow", json=_flow("slowflow", "silent", cpus=1)
+        )
         slow["seconds"] = time.monotonic() - start
         slow_done.set()
 
@@ -187,6 +194,12 @@ async def _silent_deploy_is_a_refusal_and_others_are_placed_meanwhile(
     assert not slow_done.is_set(), f"other took {other_seconds:.2f} s, after slowflow's answer"
     # ...and the API answers reads too.
     assert (await http.get("/flows")).status_code == 200
+    # The CPU slowflow's deploy holds is not promised to another flow meanwhile.
+    crowd = await http.put("/flows/crowd", json=_flow("crowd", "silent", cpus=1))
+    assert crowd.json()["status"] == "pending", crowd.text
+    assert f"at most 0 CPUs and inf free ({silent.runner_id})" in crowd.json()["reason"]
+    assert silent.calls["deploy"] == ["slowflow"]
+    assert not slow_done.is_set()
 
     with trio.fail_after(CALL_TIMEOUT + 10):
         await slow_done.wait()
