@@ -15,8 +15,17 @@ waiting messages (``move_off``; nothing lost). A runner that comes back is told 
 remove the flows that run elsewhere now (``runner_ready``), so a flow never runs in
 two places.
 
-Owns: the flows' records in the store and the lock that makes placements one at a
-time. Reads the dispatcher's live links (it attaches and detaches them).
+Every call to a runner has a deadline (the dispatcher's ``call_timeout``;
+``calls.py``): a runner that does not answer ``deploy`` in time is taken as refusing
+(``did not answer within N s``), so the flow goes to another runner or waits with that
+reason. Placements of different flows run side by side, so one slow runner holds up
+only the flows it was given: a flow is placed by one task at a time (a lock per flow),
+and the placement a task is deploying counts as held (a *claim*) when others plan, so
+two flows are never promised the same room. A runner that answers ``deploy`` after its
+deadline may hold the flow anyway; it is told to remove it when it next says ready.
+
+Owns: the flows' records in the store, the per-flow placing locks and the claims.
+Reads the dispatcher's live links (it attaches and detaches them).
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ import trio
 from ..flows import dump_flow, parse_flow
 from ..runner.rpc import LinkClosed, RemoteError
 from ..runtimes.registry import discover
+from .calls import call_runner
+from .errors import FlowUnknown, RunnerTimeout
 from .parts import flow_part, known_flow, suppress_remote
 from .placement import ModuleAsk, RunnerOffer, plan_placement
 from .status import FlowStatus
@@ -72,13 +83,19 @@ class Deployments:
         store: DispatcherStore,
         links: dict[str, RpcPeer],
         backend_problem: Callable[[], str | None],
+        call_timeout: float | None = None,
     ) -> None:
         self.store = store
         #: the dispatcher's live links (runner id -> peer)
         self.links = links
         #: why the backend cannot start runners right now, if it cannot
         self.backend_problem = backend_problem
-        self._placing = trio.Lock()
+        #: seconds a runner has to answer a call (None: no deadline)
+        self.call_timeout = call_timeout
+        #: flow id -> the lock its placements take (one placement of a flow at a time)
+        self._placing: dict[str, trio.Lock] = {}
+        #: flow id -> the placement being deployed now (held, for other flows' plans)
+        self._claims: dict[str, dict[str, str]] = {}
         #: flow id -> {module id: runner id} of parts a draining runner is handing over
         #: right now: the store's placement has let go of them already, but the runner
         #: still speaks for them (relays and snapshots while it stops the part)
@@ -95,6 +112,13 @@ class Deployments:
             m for placed in (record["placement"], moving) for m, r in placed.items()
             if r == runner_id
         }  # fmt: skip
+
+    async def _call(self, runner_id: str, method: str, /, **params: Any) -> Any:
+        """Call a runner, with the deadline; :class:`LinkClosed` if it is not linked."""
+        peer = self.links.get(runner_id)
+        if peer is None:
+            raise LinkClosed(f"runner {runner_id} is not connected")
+        return await call_runner(peer, runner_id, self.call_timeout, method, **params)
 
     def summaries(self) -> list[dict[str, Any]]:
         return [flow_summary(f) for f in self.store.flows()]
@@ -116,11 +140,13 @@ class Deployments:
     async def remove(self, flow_id: str) -> None:
         record = known_flow(self.store, flow_id)
         for runner_id in set(record["placement"].values()):
-            peer = self.links.get(runner_id)
-            if peer is not None:
+            if runner_id in self.links:
                 with suppress_remote():
-                    await peer.call("remove", flowId=flow_id)
+                    await self._call(runner_id, "remove", flowId=flow_id)
         self.store.remove_flow(flow_id)
+        lock = self._placing.get(flow_id)
+        if lock is not None and not lock.locked():
+            del self._placing[flow_id]
         self.store.add_event(record["runner"], "flow-removed", {"flow": flow_id})
         await self.place_pending()  # what waited for room may fit now
 
@@ -137,15 +163,14 @@ class Deployments:
     async def runner_ready(self, runner_id: str, flows: list[dict[str, Any]]) -> None:
         """A runner said ready, holding ``flows``: remove those that run elsewhere now,
         then place what is pending."""
-        peer = self.links.get(runner_id)
         for summary in flows:
             fid = summary.get("id")
             record = self.store.flow(fid) if isinstance(fid, str) else None
-            if peer is not None and (
+            if runner_id in self.links and (
                 record is None or runner_id not in record["placement"].values()
             ):
                 with suppress_remote():
-                    await peer.call("remove", flowId=fid)
+                    await self._call(runner_id, "remove", flowId=fid)
                 self.store.add_event(runner_id, "removed-stale-flow", {"flow": fid})
         await self.place_pending()
 
@@ -164,7 +189,6 @@ class Deployments:
     async def move_off(self, runner_id: str) -> list[str]:
         """Move every flow off a (draining) runner, with its state and the messages that
         waited in it. Returns the flows moved."""
-        peer = self.links.get(runner_id)
         moved = []
         for record in self.store.flows():
             if runner_id not in record["placement"].values():
@@ -182,15 +206,22 @@ class Deployments:
                 reason=f"runner {runner_id} is draining",
             )
             states, queued = dict(record["states"]), dict(record["queued"])
-            if peer is not None:
+            if runner_id in self.links:
                 leaving = {m: r for m, r in record["placement"].items() if r == runner_id}
                 self.handing_over[record["id"]] = leaving
                 try:
-                    handed = await peer.call("release", flowId=record["id"])
+                    handed = await self._call(runner_id, "release", flowId=record["id"])
+                except RunnerTimeout as exc:
+                    # Placed again from its last snapshot (what waited there stays there),
+                    # rather than "moving" for ever.
+                    self.store.add_event(
+                        runner_id, "release-unanswered", {"flow": record["id"], "why": str(exc)}
+                    )
+                else:
+                    states.update(handed["states"])
+                    queued.update(handed["queued"])
                 finally:
                     del self.handing_over[record["id"]]
-                states.update(handed["states"])
-                queued.update(handed["queued"])
             self.store.update_flow(
                 record["id"], states=states, queued=queued, status=FlowStatus.PENDING
             )
@@ -199,15 +230,24 @@ class Deployments:
         return moved
 
     async def place_pending(self) -> None:
-        for record in self.store.flows():
-            if record["status"] == FlowStatus.PENDING:
-                await self.place(record["id"])
+        """Place every pending flow, side by side (one slow runner delays only the flows
+        it was given)."""
+        async with trio.open_nursery() as nursery:
+            for record in self.store.flows():
+                if record["status"] == FlowStatus.PENDING:
+                    nursery.start_soon(self._place_if_known, record["id"])
+
+    async def _place_if_known(self, flow_id: str) -> None:
+        try:
+            await self.place(flow_id)
+        except FlowUnknown:
+            pass  # removed while it waited for its turn: nothing to place
 
     async def place(self, flow_id: str) -> None:
         """Give every module of the flow a live runner (all on one runner when one can
         take them all, else module by module), then deploy each runner's part. A runner
         that refuses its part is left out and the flow is placed again without it."""
-        async with self._placing:
+        async with self._placing.setdefault(flow_id, trio.Lock()):
             refused: dict[str, str] = {}
             while True:
                 refusal = await self._place_once(flow_id, refused)
@@ -232,6 +272,8 @@ class Deployments:
             )
             self.store.add_event(None, "pending", {"flow": flow_id, "reason": plan.reason})
             return None
+        # Planned without an await since the store was read: claimed before the first.
+        self._claims[flow_id] = placement
         try:
             await self._deploy_parts(record, placement)
         except Refusal as exc:
@@ -241,6 +283,8 @@ class Deployments:
             self.store.update_flow(flow_id, status=FlowStatus.PENDING, reason=reason)
             self.store.add_event(None, "pending", {"flow": flow_id, "reason": reason})
             return None
+        finally:
+            del self._claims[flow_id]
         runners = set(placement.values())
         self.store.update_flow(
             flow_id,
@@ -256,12 +300,14 @@ class Deployments:
     def _plan(self, record: dict[str, Any], refused: dict[str, str]) -> PlacementPlan:
         """Placement's decision for the flow, on what the store and the links say now:
         each runner with what other flows' modules reserve on it and its load (modules
-        placed on it, of every flow)."""
+        placed on it, of every flow). Other flows' placements being deployed now (their
+        claims) count as placed, with the runners their modules leave."""
         reserved: dict[str, list[float]] = {}
         load: dict[str, int] = {}
         for f in self.store.flows():
             asks = {m["id"]: ModuleAsk.from_module(m) for m in f["document"]["modules"]}
-            for module_id, runner_id in f["placement"].items():
+            claim = self._claims.get(f["id"], {}) if f["id"] != record["id"] else {}
+            for module_id, runner_id in {*f["placement"].items(), *claim.items()}:
                 load[runner_id] = load.get(runner_id, 0) + 1
                 ask = asks.get(module_id)
                 if f["id"] != record["id"] and ask is not None:
@@ -298,7 +344,8 @@ class Deployments:
             mine = {m for m, r in placement.items() if r == runner_id}
             part, relay = flow_part(doc, mine)
             try:
-                await self.links[runner_id].call(
+                await self._call(
+                    runner_id,
                     "deploy",
                     flow=part,
                     states={m: st for m, st in states.items() if m in mine},
@@ -310,6 +357,8 @@ class Deployments:
                 if exc.remote_code == "refused":
                     raise Refusal(runner_id, str(exc)) from None
                 raise
+            except RunnerTimeout:
+                raise Refusal(runner_id, f"did not answer within {self.call_timeout:g} s") from None
 
     async def _release_dropped(
         self, record: dict[str, Any], placement: dict[str, str]
@@ -318,11 +367,10 @@ class Deployments:
         an update) hand it over: state and waiting messages go into the record."""
         states, queued = dict(record["states"]), dict(record["queued"])
         for runner_id in sorted(set(record["placement"].values()) - set(placement.values())):
-            peer = self.links.get(runner_id)
-            if peer is None:
+            if runner_id not in self.links:
                 continue
             with suppress_remote():
-                handed = await peer.call("release", flowId=record["id"])
+                handed = await self._call(runner_id, "release", flowId=record["id"])
                 states.update(handed["states"])
                 queued.update(handed["queued"])
                 self.store.update_flow(record["id"], states=states, queued=queued)

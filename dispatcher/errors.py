@@ -17,6 +17,8 @@ that has no runner right now a :class:`~fifoflow.runner.errors.FlowStateError`):
         │                           right now; send the call again   (also a FlowStateError)
         ├── NotYourPart             a runner's call concerns a flow part not placed on it
         │                           (relay, paused, snapshot); .field names the param
+        ├── RunnerTimeout           a runner did not answer a call within the dispatcher's
+        │                           call timeout; .runner_id, .method, .seconds
         └── StoreVersionError       the state dir was written by a newer fifoflow; .found,
                                     .known (schema versions)
 
@@ -39,6 +41,7 @@ __all__ = [
     "FlowUnknown",
     "NotYourPart",
     "RegistrationRefused",
+    "RunnerTimeout",
     "RuntimeUnknown",
     "StoreVersionError",
     "UnknownRunner",
@@ -84,6 +87,35 @@ class NotYourPart(DispatcherError):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class RunnerTimeout(DispatcherError):
+    """A runner did not answer a call in time (it may be busy, stuck or cut off). The
+    call may still happen there later: it was sent, only the answer did not come."""
+
+    code = "runner_timeout"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        runner_id: str | None = None,
+        method: str | None = None,
+        seconds: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.runner_id = runner_id
+        self.method = method
+        self.seconds = seconds
+
+    @classmethod
+    def unanswered(cls, runner_id: str, method: str, seconds: float) -> RunnerTimeout:
+        return cls(
+            f"runner {runner_id} did not answer {method} within {seconds:g} s",
+            runner_id=runner_id,
+            method=method,
+            seconds=seconds,
+        )
 
 
 class StoreVersionError(DispatcherError):

@@ -13,7 +13,9 @@ the store's records and the dispatcher's live links; never writes the store.
 
 Error handling: a flow the store does not hold is :class:`FlowUnknown`; a part without a
 live runner is :class:`FlowPending` (send the call again); what a runner answers with
-an error comes back as its :class:`~fifoflow.runner.rpc.RemoteError`.
+an error comes back as its :class:`~fifoflow.runner.rpc.RemoteError`; a runner that does
+not answer within the call timeout is :class:`~.errors.RunnerTimeout`, naming it (every
+call but the relay has that deadline: ``calls.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 from ..flows import Wire
 from ..runner.errors import ModuleNotFound
 from ..runner.rpc import LinkClosed, RemoteError
-from .errors import FlowPending, FlowUnknown
+from .calls import call_runner, forward_call
+from .errors import FlowPending, FlowUnknown, RunnerTimeout
 from .status import FlowStatus
 
 if TYPE_CHECKING:
@@ -63,18 +66,27 @@ def known_flow(store: DispatcherStore, flow_id: str) -> dict[str, Any]:
 
 @contextmanager
 def suppress_remote() -> Iterator[None]:
-    """For calls whose failure changes nothing (the runner or its flow is gone already)."""
+    """For calls whose failure changes nothing (the runner or its flow is gone already,
+    or the runner did not answer in time: what it holds is settled when it next says
+    ready)."""
     try:
         yield
-    except (RemoteError, LinkClosed):
+    except (RemoteError, LinkClosed, RunnerTimeout):
         pass
 
 
 class FlowParts:
-    def __init__(self, store: DispatcherStore, links: dict[str, RpcPeer]) -> None:
+    def __init__(
+        self,
+        store: DispatcherStore,
+        links: dict[str, RpcPeer],
+        call_timeout: float | None = None,
+    ) -> None:
         self.store = store
         #: the dispatcher's live links (runner id -> peer); it attaches and detaches them
         self.links = links
+        #: seconds a runner has to answer a call (None: no deadline); not for the relay
+        self.call_timeout = call_timeout
         self._route_cache: dict[str, tuple[int, Routes]] = {}
 
     async def forward(self, flow_id: str, method: str, **params: Any) -> Any:
@@ -93,18 +105,20 @@ class FlowParts:
             if module is not None
             else sorted(set(record["placement"].values()))
         )
-        peers = [self.links.get(r or "") for r in runners]
-        if not runners or any(p is None for p in peers):
+        peers = [(r or "", self.links.get(r or "")) for r in runners]
+        if not runners or any(p is None for _, p in peers):
             raise FlowPending(
                 f"flow {flow_id!r} is {record['status']}"
                 + (f" ({record['reason']})" if record["reason"] else "")
                 + "; it has no runner right now"
             )
         result = None
-        for peer in peers:
+        for runner_id, peer in peers:
             assert peer is not None
             try:
-                result = await peer.call(method, flowId=flow_id, **params)
+                result = await forward_call(
+                    peer, runner_id, self.call_timeout, method, flowId=flow_id, **params
+                )
             except RemoteError as exc:
                 now = self.store.flow(flow_id)
                 if (
@@ -135,7 +149,9 @@ class FlowParts:
                 peer = self.links.get(runner_id)
                 if peer is None:
                     raise FlowPending(f"a part of flow {flow_id!r} has no runner right now")
-                parts[runner_id] = await peer.call(method, flowId=flow_id)
+                parts[runner_id] = await forward_call(
+                    peer, runner_id, self.call_timeout, method, flowId=flow_id
+                )
             if method == "queues":
                 return {m: q for part in parts.values() for m, q in part.items()}
             return parts
@@ -145,7 +161,7 @@ class FlowParts:
             peer = self.links.get(runner_id)
             if peer is None:
                 raise FlowPending(f"a part of flow {flow_id!r} has no runner right now")
-            answer = await peer.call(method, flowId=flow_id)
+            answer = await forward_call(peer, runner_id, self.call_timeout, method, flowId=flow_id)
             if method == "step":
                 merged.update(answer)
             else:
@@ -161,7 +177,9 @@ class FlowParts:
             if peer is not None:
                 entries += [
                     {**e, "runner": rid}
-                    for e in await peer.call("logs", flowId=flow_id, limit=limit)
+                    for e in await forward_call(
+                        peer, rid, self.call_timeout, "logs", flowId=flow_id, limit=limit
+                    )
                 ]
         return sorted(entries, key=lambda e: e["time"])[-limit:]
 
@@ -175,10 +193,13 @@ class FlowParts:
             peer = self.links.get(other)
             if peer is not None:
                 with suppress_remote():
-                    await peer.call("pause", flowId=flow_id)
+                    await call_runner(peer, other, self.call_timeout, "pause", flowId=flow_id)
 
     async def relay(self, flow_id: str, module: str, port: str, msgs: list[Any]) -> None:
-        """Messages a part emitted on a wire to another runner: into the target modules."""
+        """Messages a part emitted on a wire to another runner: into the target modules.
+        No deadline: the data path waits for a slow target (backpressure on the sender);
+        each relayed batch is its own task on the sender's link, so it holds up nothing
+        else."""
         for dst, dst_port, target in self._routes(flow_id).get((module, port), ()):
             peer = self.links.get(target or "")
             if peer is None:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from .calls import forward_call
 from .deploy import Deployments, flow_summary
 from .errors import (
     DispatcherError,
@@ -43,6 +44,7 @@ from .errors import (
     FlowUnknown,
     NotYourPart,
     RegistrationRefused,
+    RunnerTimeout,
     RuntimeUnknown,
     UnknownRunner,
 )
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
     from ..runner.rpc import RpcPeer
 
 __all__ = [
+    "DEFAULT_CALL_TIMEOUT",
     "Dispatcher",
     "DispatcherConfig",
     # where the API has always imported them from; they live in errors.py and deploy.py
@@ -63,12 +66,16 @@ __all__ = [
     "FlowPending",
     "FlowUnknown",
     "RegistrationRefused",
+    "RunnerTimeout",
     "RuntimeUnknown",
     "UnknownRunner",
     "flow_summary",
 ]
 
 SECONDS = 1.0
+
+#: how long a runner has to answer a call of the dispatcher, unless configured
+DEFAULT_CALL_TIMEOUT = 10 * SECONDS
 
 
 @attrs.frozen
@@ -80,6 +87,9 @@ class DispatcherConfig:
     ttl: float | None = None
     #: how long an unused registration token stays valid
     token_ttl: float = 3600 * SECONDS
+    #: how long a runner has to answer a call (deploy, release, inject, state, ...):
+    #: a deploy unanswered by then is a refusal, any other call a RunnerTimeout
+    call_timeout: float = DEFAULT_CALL_TIMEOUT
 
     @property
     def runner_ttl(self) -> float:
@@ -96,8 +106,10 @@ class Dispatcher:
         #: why the backend cannot start runners right now (a failed pull, say): added to
         #: the reason of flows that wait for a runner
         self.backend_problem: str | None = None
-        self.deployments = Deployments(self.store, self.links, lambda: self.backend_problem)
-        self.parts = FlowParts(self.store, self.links)
+        self.deployments = Deployments(
+            self.store, self.links, lambda: self.backend_problem, config.call_timeout
+        )
+        self.parts = FlowParts(self.store, self.links, config.call_timeout)
         #: the container backend, when the dispatcher runs one (for its API)
         self.backend: Any = None
         #: the web pages' client runners (dispatcher/clients.py), when served
@@ -412,7 +424,7 @@ class Dispatcher:
             peer = self.links.get(runner_id)
             if peer is None:
                 raise FlowPending(f"runner {runner_id!r} is not connected")
-            return await peer.call("logs", limit=limit)
+            return await forward_call(peer, runner_id, self.config.call_timeout, "logs", limit=limit)
         assert flow_id is not None
         return await self.parts.logs(flow_id, limit)
 

@@ -8,7 +8,8 @@ owner's nursery, so a slow handler never holds up replies to our own calls.
 Error handling: a handler's :class:`RunnerError` (or ``ValueError``/``KeyError``/
 ``TypeError`` for bad params) becomes an error reply; :meth:`call` raises
 :class:`RemoteError` with the other side's message; a closed link fails pending calls
-with :class:`LinkClosed`.
+with :class:`LinkClosed`. :meth:`call` has no deadline of its own: a caller that
+cannot wait forever cancels it (``trio.fail_after``), and the call forgets its id.
 """
 
 from __future__ import annotations
@@ -74,11 +75,17 @@ class RpcPeer:
         request_id = next(self._ids)
         send, receive = trio.open_memory_channel[dict[str, Any]](1)
         self._pending[request_id] = send
-        await self.send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
         try:
+            await self.send(
+                {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+            )
             reply = await receive.receive()
         except trio.EndOfChannel:
             raise LinkClosed(f"the link closed before {method} was answered") from None
+        finally:
+            # A call given up (its caller's deadline, a cancel) forgets its id: a late
+            # answer is dropped, and nothing is kept for answers that never come.
+            self._pending.pop(request_id, None)
         if "error" in reply:
             error = reply["error"]
             raise RemoteError(str(error.get("message")), error.get("data"))

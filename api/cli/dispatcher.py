@@ -10,6 +10,8 @@ which), 2 bad usage or input (a token file, a flow file).
 
 from __future__ import annotations
 
+import argparse
+import math
 import os
 import time
 from pathlib import Path
@@ -34,12 +36,12 @@ from fifoflow.api.common.auth import TokenError, read_token
 from fifoflow.api.common.places import DEFAULT_DISPATCHER_PORT, default_dispatcher_state_dir
 from fifoflow.dispatcher.docker_backend import PULL_POLICIES
 from fifoflow.dispatcher.errors import StoreVersionError
+from fifoflow.dispatcher.service import DEFAULT_CALL_TIMEOUT
 from fifoflow.flows import FlowError, bundle_files, dump_flow, load_flow
 from fifoflow.flows.resources import human_size, parse_size
 from fifoflow.runtimes.registry import discover
 
 if TYPE_CHECKING:
-    import argparse
     from collections.abc import Callable
 
 __all__ = ["add_dispatcher_parser"]
@@ -57,6 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         heartbeat=args.heartbeat,
         ttl=args.ttl,
+        call_timeout=args.call_timeout,
         local_runners=args.local_runners,
         docker_image=args.docker,
         docker_runners=args.docker_runners,
@@ -76,6 +79,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         err(f"fifoflow: cannot serve on {args.host}:{args.port}: {exc}")
         return EXIT_USAGE
     return EXIT_OK
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise argparse.ArgumentTypeError(f"write a positive number of seconds, got {text!r}")
+    return seconds
 
 
 def _ask(args: argparse.Namespace, call: Callable[[DispatcherClient], T]) -> T:
@@ -279,6 +292,14 @@ def add_dispatcher_parser(sub: argparse._SubParsersAction[argparse.ArgumentParse
         default=None,
         metavar="SECONDS",
         help="lost after this silence (default: 3 heartbeats)",
+    )
+    serve.add_argument(
+        "--call-timeout",
+        type=_positive_seconds,
+        default=DEFAULT_CALL_TIMEOUT,
+        metavar="SECONDS",
+        help="a runner that does not answer a call this long is taken as refusing a"
+        " deploy, and a forwarded call answers 504 (default: %(default)g)",
     )
     serve.add_argument(
         "--local-runners",

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fifoflow.dispatcher.errors import DispatcherError
+from fifoflow.dispatcher.errors import DispatcherError, RunnerTimeout
 from fifoflow.flows import FlowError
 from fifoflow.runner import (
     FlowLoadError,
@@ -106,6 +106,8 @@ STATUS: list[tuple[type[RunnerError], int]] = [
     # the state dir could not be written: full (storage_full), read-only, not a folder,
     # no permission (storage_error); the message names the file and the OS's reason
     (StorageError, 507),
+    # a runner the dispatcher called did not answer in time (the message names it)
+    (RunnerTimeout, 504),
     # the dispatcher's not-found and not-now errors are NotFound and FlowStateError
     # above; any other is a call that does not fit the dispatcher's state
     (DispatcherError, 409),

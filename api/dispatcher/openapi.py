@@ -28,6 +28,8 @@ ERRORS = {
     "or the runner holding it refused the call",
     413: f"the body is larger than {MAX_DISPATCHER_BODY // 1024 // 1024} MiB",
     422: "a field has the wrong type or value; the flow document is invalid",
+    504: "the runner holding the flow did not answer within the dispatcher's call timeout "
+    "(--call-timeout); the message names it",
 }
 
 

@@ -119,7 +119,9 @@ def _created(view: Any) -> Any:
     return created
 
 
-FLOW_404 = (404, 409)
+#: a call forwarded to the runner(s) holding a flow: no such flow or module (404), no
+#: runner now or the runner refused it (409), the runner did not answer in time (504)
+FORWARDED = (404, 409, 504)
 PLACED = "where the flow runs now, or why it waits"
 SUMMARY = "the flow as a runner describes it"
 DEBUG = "a part's debugger state"
@@ -134,7 +136,7 @@ ROUTES: list[Route] = [
           _drain, m.Moved, "the flows moved", errors=(404,), params=R),
     Route("get", "/runners/{runnerId}/logs", "getRunnerLogs", "A runner's log lines (every flow on it)",
           lambda d, c: d.logs(runner_id=c.path["runnerId"]), list[dict[str, Any]], "log lines, oldest first",
-          errors=FLOW_404, params=R),
+          errors=FORWARDED, params=R),
     Route("get", "/events", "listEvents", "What happened, oldest first", _events, list[m.Event], "events",
           query=m.EventsQuery, errors=(422,)),
     Route("get", "/runtimes", "listRuntimes", "Every runtime some runner has, and the ready runners that have it",
@@ -154,32 +156,32 @@ ROUTES: list[Route] = [
     Route("delete", "/flows/{flowId}", "removeFlow", "Remove a flow from its runners and the dispatcher", _remove,
           shared.Removed, "removed", errors=(404,), params=F),
     Route("post", "/flows/{flowId}/start", "startFlow", "Start every part", _flow(Dispatcher.start_flow), dict[str, Any], SUMMARY,
-          errors=FLOW_404, params=F),
+          errors=FORWARDED, params=F),
     Route("post", "/flows/{flowId}/stop", "stopFlow", "Stop every part (state kept)", _flow(Dispatcher.stop_flow), dict[str, Any],
-          SUMMARY, errors=FLOW_404, params=F),
+          SUMMARY, errors=FORWARDED, params=F),
     Route("post", "/flows/{flowId}/modules/{moduleId}/inputs/{port}", "inject",
           "Send messages into a module, on whichever runner holds it", _inject, shared.Accepted, "how many were queued",
-          body=m.InjectBody, errors=(400, 404, 409, 413, 422),
+          body=m.InjectBody, errors=(400, 404, 409, 413, 422, 504),
           params={**FM, "port": (str, "an input port of the module")}),
     Route("get", "/flows/{flowId}/modules/{moduleId}/state", "getModuleState", "A module's state, from its runner",
-          lambda d, c: d.module_state(c.path["flowId"], c.path["moduleId"]), shared.ModuleState, "the state", errors=FLOW_404, params=FM),
+          lambda d, c: d.module_state(c.path["flowId"], c.path["moduleId"]), shared.ModuleState, "the state", errors=FORWARDED, params=FM),
     Route("put", "/flows/{flowId}/modules/{moduleId}/breakpoint", "setBreakPointAtModule",
           "A breakpoint, set on the module's runner; a hit pauses every part", _set_breakpoint, dict[str, Any],
-          "the breakpoint", body=m.BreakpointBody, body_required=False, errors=(400, 404, 409, 422), params=FM),
+          "the breakpoint", body=m.BreakpointBody, body_required=False, errors=(400, 404, 409, 422, 504), params=FM),
     Route("delete", "/flows/{flowId}/modules/{moduleId}/breakpoint", "removeBreakPointAtModule", "Remove it",
-          _remove_breakpoint, shared.RemovedBreakpoint, "whether there was one", errors=FLOW_404, params=FM),
+          _remove_breakpoint, shared.RemovedBreakpoint, "whether there was one", errors=FORWARDED, params=FM),
     Route("post", "/flows/{flowId}/pause", "pauseFlow", "Pause every part", _flow(Dispatcher.pause_flow), dict[str, Any], DEBUG,
-          errors=FLOW_404, params=F),
+          errors=FORWARDED, params=F),
     Route("post", "/flows/{flowId}/continue", "continueFlow", "Resume every part until the next breakpoint",
-          _flow(Dispatcher.continue_flow), dict[str, Any], DEBUG, errors=FLOW_404, params=F),
+          _flow(Dispatcher.continue_flow), dict[str, Any], DEBUG, errors=FORWARDED, params=F),
     Route("post", "/flows/{flowId}/step", "singleStepFlow", "One tick on every part; the answers merged by flowModuleId",
-          _flow(Dispatcher.step_flow), m.Step, "per flowModuleId: inputStates, outputStates, errors", errors=FLOW_404, params=F),
+          _flow(Dispatcher.step_flow), m.Step, "per flowModuleId: inputStates, outputStates, errors", errors=FORWARDED, params=F),
     Route("get", "/flows/{flowId}/debug", "getDebugState", "Every part's debugger state", _flow(Dispatcher.debug_state),
-          m.DebugParts, "runner id -> its part's debugger state", errors=FLOW_404, params=F),
+          m.DebugParts, "runner id -> its part's debugger state", errors=FORWARDED, params=F),
     Route("get", "/flows/{flowId}/queues", "getQueues", "What waits at each module, across runners",
-          _flow(Dispatcher.queues), m.Queues, "module id -> queued messages", errors=FLOW_404, params=F),
+          _flow(Dispatcher.queues), m.Queues, "module id -> queued messages", errors=FORWARDED, params=F),
     Route("get", "/flows/{flowId}/logs", "getFlowLogs", "Log lines from every runner holding a part of the flow",
-          lambda d, c: d.logs(flow_id=c.path["flowId"]), list[LogEntry], "oldest first", errors=(404,), params=F),
+          lambda d, c: d.logs(flow_id=c.path["flowId"]), list[LogEntry], "oldest first", errors=FORWARDED, params=F),
     Route("get", "/backend", "getBackend", "The container backend: image, pull policy, containers and their runners",
           _backend, dict[str, Any], '{"backend": null} when the dispatcher has none'),
     Route("post", "/backend/image", "updateImage",

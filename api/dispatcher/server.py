@@ -24,7 +24,7 @@ from fifoflow.api.dispatcher.app import create_dispatcher_app
 from fifoflow.dispatcher.backends import LocalBackend
 from fifoflow.dispatcher.clients import ClientRunners
 from fifoflow.dispatcher.docker_backend import DockerBackend, DockerOptions
-from fifoflow.dispatcher.service import Dispatcher, DispatcherConfig
+from fifoflow.dispatcher.service import DEFAULT_CALL_TIMEOUT, Dispatcher, DispatcherConfig
 from fifoflow.dispatcher.swarm_backend import SwarmBackend
 
 __all__ = ["DispatcherServeOptions", "serve_dispatcher"]
@@ -38,6 +38,8 @@ class DispatcherServeOptions:
     port: int = DEFAULT_DISPATCHER_PORT
     heartbeat: float = 5.0
     ttl: float | None = None
+    #: seconds a runner has to answer the dispatcher's calls (DispatcherConfig.call_timeout)
+    call_timeout: float = DEFAULT_CALL_TIMEOUT
     #: runner processes the dispatcher starts on this machine (the local backend)
     local_runners: int = 0
     #: the Docker backend: runner containers from this image (None: no Docker backend)
@@ -67,7 +69,10 @@ async def serve_dispatcher(
     token, created = load_or_create_token(token_path)
     _say(f"token: {token_path}" + (" (created)" if created else ""))
     config = DispatcherConfig(
-        state_dir=options.state_dir, heartbeat=options.heartbeat, ttl=options.ttl
+        state_dir=options.state_dir,
+        heartbeat=options.heartbeat,
+        ttl=options.ttl,
+        call_timeout=options.call_timeout,
     )
     # Opened here, not in the nursery: a state dir it cannot use (StoreVersionError) is
     # one plain error for the command to report.

@@ -24,6 +24,7 @@ from fifoflow.runner.errors import (
         (errors.RuntimeUnknown, "runtime_not_found", None, RuntimeNotFound),
         (errors.UnknownRunner, "unknown_runner", "runnerId", NotFound),
         (errors.FlowPending, "flow_pending", None, FlowStateError),
+        (errors.RunnerTimeout, "runner_timeout", None, RunnerError),
     ],
 )
 def test_codes_fields_and_runner_classes(
@@ -41,3 +42,9 @@ def test_service_still_exports_the_errors() -> None:
     for name in ("DispatcherError", "FlowPending", "FlowUnknown", "RegistrationRefused",
                  "RuntimeUnknown", "UnknownRunner"):  # fmt: skip
         assert getattr(service, name) is getattr(errors, name)
+
+
+def test_a_runner_timeout_names_the_runner_the_call_and_the_deadline() -> None:
+    exc = errors.RunnerTimeout.unanswered("r-1", "deploy", 2.5)
+    assert str(exc) == "runner r-1 did not answer deploy within 2.5 s"
+    assert (exc.runner_id, exc.method, exc.seconds) == ("r-1", "deploy", 2.5)
