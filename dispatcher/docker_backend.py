@@ -41,6 +41,7 @@ them); ``stop_all`` stops and removes them when asked.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,7 @@ import attrs
 import trio
 
 from ..flows.resources import format_size, parse_size
+from .engine_events import follow_events
 from .status import FlowStatus, RunnerStatus
 
 if TYPE_CHECKING:
@@ -118,6 +120,8 @@ class DockerBackend:
         self._sized_for: set[str] = set()  # flows a sized container was started for
         self._lock = trio.Lock()
         self._updating = False
+        #: set by an engine event: the loop ticks now, not at the end of its interval
+        self._wake = trio.Event()
 
     # ------------------------------------------------------------------ helpers
 
@@ -169,16 +173,65 @@ class DockerBackend:
     async def run(
         self, *, task_status: trio.TaskStatus[DockerBackend] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        await self.reconcile()
-        task_status.started(self)
-        while True:
-            try:
-                async with self._lock:
-                    await self.tick()
-            except Exception as exc:  # an engine hiccup must not end the dispatcher
-                self._event("backend-error", error=f"{type(exc).__name__}: {exc}")
-                self.say(f"{self.name} backend: {type(exc).__name__}: {exc}")
-            await trio.sleep(self.options.interval)
+        async with trio.open_nursery() as nursery:
+            # Listening before reconcile: nothing that happens from here on is missed.
+            await nursery.start(
+                functools.partial(
+                    follow_events,
+                    self.client,
+                    self.event_filters(),
+                    self.on_engine_event,
+                    problem=self._stream_problem,
+                )
+            )
+            await self.reconcile()
+            task_status.started(self)
+            while True:
+                try:
+                    async with self._lock:
+                        await self.tick()
+                except Exception as exc:  # an engine hiccup must not end the dispatcher
+                    self._event("backend-error", error=f"{type(exc).__name__}: {exc}")
+                    self.say(f"{self.name} backend: {type(exc).__name__}: {exc}")
+                # The poll is the fallback: a tick comes at least every interval, and at
+                # once when the engine says one of our containers died or went.
+                with trio.move_on_after(self.options.interval):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+
+    # ------------------------------------------------------------------ engine events
+
+    def event_filters(self) -> dict[str, list[str]]:
+        """The engine events the backend follows: its containers dying or going."""
+        return {
+            "type": ["container"],
+            "label": [f"{LABEL_DISPATCHER}={self.dispatcher_id}"],
+            "event": ["die", "destroy"],
+        }
+
+    def on_engine_event(self, event: dict[str, Any]) -> None:
+        """One of this dispatcher's containers died (its runner with it: lost now, its
+        flows placed again; the engine may be restarting it in place) or was removed;
+        either way the next tick runs now (it replaces what is gone for good)."""
+        attributes = (event.get("Actor") or {}).get("Attributes") or {}
+        name = attributes.get(LABEL_SLOT, "")
+        slot = next((s for s in self.slots() if s["name"] == name), None)
+        if slot is None or slot["status"] == "stopping":
+            return  # not ours any more, or stopped on purpose (its runner signed off)
+        if (event.get("Action") or event.get("status")) == "die":
+            code = attributes.get("exitCode")
+            exit_code = int(code) if code is not None and str(code).isdigit() else None
+            self._event("container-died", container=name, exitCode=exit_code)
+            runner = self.runner_of(name)
+            if runner is not None:
+                self.dispatcher.runner_gone(
+                    runner["id"], f"its container died (exit code {exit_code})"
+                )
+        self._wake.set()
+
+    def _stream_problem(self, text: str) -> None:
+        self._event("backend-error", error=text)
+        self.say(f"{self.name} backend: {text}")
 
     async def reconcile(self) -> None:
         """Adopt this dispatcher's known containers, remove its orphans."""
