@@ -17,11 +17,34 @@ SQLite ``containers`` table):
 - labels ``io.fifoflow.dispatcher`` / ``io.fifoflow.slot``; CPU and memory limits
   (``nano_cpus``, ``mem_limit``; the runner offers the same with ``--cpus``/``--memory``);
   the one-time registration token in ``FIFOFLOW_REGISTRATION_TOKEN``; a named volume
-  for the runner's state dir (``/state``); restart policy ``on-failure`` (a crash
-  restarts it in place, with its identity and flows);
-- a container that is gone or has exited (``docker kill``, OOM, removed by hand) is
-  removed with its volume and its runner declared lost at once: its flows are placed
-  again from their last snapshot, on the pool's replacement or another runner.
+  for the runner's state dir (``/state``); restart policy ``on-failure`` (up to 5
+  restarts in place, with the engine's own backoff);
+- **failure detection** follows the engine's event stream (``engine_events.py``; the
+  ``die`` and ``destroy`` events of containers labelled with this dispatcher): the
+  moment a container dies, its runner is declared lost (``Dispatcher.runner_gone``)
+  and its flows are placed again from their last snapshot, on another runner if one
+  can take them at once; the pool's tick runs at once too;
+- a container that **died and is restarted in place** by ``on-failure`` (its runner
+  crashed, OOM inside it) keeps its slot: no replacement is started; the engine's
+  restart is the backoff. Its runner comes back with its identity (the volume), is
+  told to drop the flows it restored from its state dir that the dispatcher placed
+  again (the dispatcher's snapshot is the one that runs on), and takes what is still
+  pending. Declaring it lost at once rather than waiting for it to come back: a flow
+  that another runner can take answers again without waiting for a restart that may
+  never succeed (crash loop), and it is what the local backend does;
+- a container that **exited for good** (``docker kill`` or ``docker stop``: the engine
+  never restarts a container stopped by hand; ``on-failure`` gave up after 5
+  restarts) or **is gone** (removed by hand) leaves the table; its replacement is
+  started first, then the old container is removed with its volume (about 1.8 s from
+  a ``docker kill`` to its flow answering again here, most of it the new runner's
+  start-up; ``python -m tests.bench --only recovery-docker``);
+- the **poll** (every ``interval``) stays as the fallback, and does the pool's other
+  work (pool size, pulls retried, containers sized for waiting flows): the event
+  stream can break (the engine restarting; it is then opened again with ``since``,
+  which replays what was missed, but a dispatcher that was down misses events for
+  good), and a tick reads each container's state, so an exit is never missed. A
+  restart in place that no event told about needs nothing: the runner comes back
+  with its identity and the flows it checkpointed.
 
 On start the backend **reconciles**: containers labelled with this dispatcher that
 its table knows are adopted, the others (orphans) removed with their volumes; table
@@ -35,7 +58,8 @@ as ``update`` events.
 
 Resource handling: docker SDK calls block, so each runs in a worker thread
 (``trio.to_thread.run_sync``); the loop in :meth:`run` lives in the dispatcher's
-nursery. Containers outlive the dispatcher on purpose (a restarted dispatcher adopts
+nursery, and the event stream's follower in :meth:`run`'s own (cancelled with it:
+the stream is closed, its thread ends). Containers outlive the dispatcher on purpose (a restarted dispatcher adopts
 them); ``stop_all`` stops and removes them when asked.
 """
 
@@ -251,31 +275,43 @@ class DockerBackend:
                 self._event("container-missing", container=name)
 
     async def tick(self) -> None:
-        await self._check_containers()
-        if self._updating:
-            return
-        live = [s for s in self.slots() if s["image"] == self.image and not s["flow"]]
-        missing = self.options.runners - len(live)
-        for _ in range(max(0, missing)):
-            if not await self.start_container(self.image, self.options.cpus, self.options.memory):
+        dead = await self._check_containers()
+        try:
+            if self._updating:
                 return
-        await self._size_for_pending()
+            live = [s for s in self.slots() if s["image"] == self.image and not s["flow"]]
+            missing = self.options.runners - len(live)
+            for _ in range(max(0, missing)):
+                if not await self.start_container(
+                    self.image, self.options.cpus, self.options.memory
+                ):
+                    return
+            await self._size_for_pending()
+        finally:
+            # After the replacements started: their runners boot while these go.
+            for obj, name in dead:
+                await self._destroy(obj, name, graceful=False)
 
-    async def _check_containers(self) -> None:
+    async def _check_containers(self) -> list[tuple[Any, str]]:
+        """Record each slot's status; a slot whose container exited for good or is gone
+        leaves the table, its runner lost now. Returns those (container, slot) for
+        :meth:`_destroy`."""
+        dead = []
         for slot in self.slots():
             obj, status, code = await self._state(slot)
             if status in ("running", "created", "restarting", "pending"):
                 if status != slot["status"]:
                     self.store.put_container(slot["name"], self.name, status=status)
                 continue
-            # exited, dead or gone: its runner is lost now; the slot is replaced
+            # exited (not to be restarted by the engine), dead or gone: the slot is replaced
             runner = self.runner_of(slot["name"])
             self._event("container-exited", container=slot["name"], status=status, exitCode=code)
             self.say(f"{self.name} backend: {slot['name']} {status} (exit code {code})")
-            await self._destroy(obj, slot["name"], graceful=False)
             self.store.remove_container(slot["name"])
             if runner is not None:
                 self.dispatcher.runner_gone(runner["id"], f"its container {status}")
+            dead.append((obj, slot["name"]))
+        return dead
 
     async def _size_for_pending(self) -> None:
         """A flow that waits for room no runner has gets a container sized to it."""
