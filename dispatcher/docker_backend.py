@@ -35,9 +35,10 @@ SQLite ``containers`` table):
 - a container that **exited for good** (``docker kill`` or ``docker stop``: the engine
   never restarts a container stopped by hand; ``on-failure`` gave up after 5
   restarts) or **is gone** (removed by hand) leaves the table; its replacement is
-  started first, then the old container is removed with its volume (about 1.8 s from
+  started first, then the old container is removed with its volume (about 1.2 s from
   a ``docker kill`` to its flow answering again here, most of it the new runner's
-  start-up; ``python -m tests.bench --only recovery-docker``);
+  start-up; 0.23 s when another runner takes the flow;
+  ``python -m tests.bench --only recovery-docker``);
 - the **poll** (every ``interval``) stays as the fallback, and does the pool's other
   work (pool size, pulls retried, containers sized for waiting flows): the event
   stream can break (the engine restarting; it is then opened again with ``since``,

@@ -97,8 +97,8 @@ def _pid_of(d: DispatcherProcess, runner: dict[str, Any]) -> int:
 
 def docker(kills: int) -> dict[str, Any] | None:
     """Seconds from ``docker kill`` of the flow's container (and from its runner killed
-    inside it) to the flow answering again; None without an engine."""
-    from ..docker.test_docker import KILL_THE_RUNNER
+    inside it) to the flow answering again, with one runner container and with two (the
+    flow moves to the other); None without an engine."""
     from .containers import _engine
 
     client = _engine()
@@ -107,8 +107,6 @@ def docker(kills: int) -> dict[str, Any] | None:
             raise RuntimeError("no Docker engine answers (CI=true requires one)")
         print("  docker: skipped: no Docker engine answers (make test starts one)")
         return None
-    import docker.errors
-
     from fifoflow.images.build import (
         DEFAULT_BASE,
         build_base,
@@ -126,12 +124,34 @@ def docker(kills: int) -> dict[str, Any] | None:
         wheel_dir=build_wheelhouse(cache / "wheelhouse", say=quiet),
         say=quiet,
     )
+    one = _docker_pool(client, tag, 1, kills)
+    two = _docker_pool(client, tag, 2, kills)
+    return {
+        "docker_kill_s": statistics.median(one[0]),
+        "docker_kill_max_s": max(one[0]),
+        "docker_crash_in_place_s": statistics.median(one[1]),
+        "docker_crash_in_place_max_s": max(one[1]),
+        "docker_kill_moved_s": statistics.median(two[0]),
+        "docker_kill_moved_max_s": max(two[0]),
+        "docker_crash_moved_s": statistics.median(two[1]),
+        "docker_crash_moved_max_s": max(two[1]),
+    }
+
+
+def _docker_pool(
+    client: Any, tag: str, runners: int, kills: int
+) -> tuple[list[float], list[float]]:
+    """(docker kill, runner killed inside) -> answering again, a pool of ``runners``."""
+    import docker.errors
+
+    from ..docker.test_docker import KILL_THE_RUNNER
+
     killed: list[float] = []
     crashed: list[float] = []
     with tempfile.TemporaryDirectory(prefix="ffbench-recovery-docker-") as tmp:
         d = DispatcherProcess(Path(tmp) / "dispatcher", heartbeat=5.0)
         d.command = lambda: [  # type: ignore[method-assign]
-            *DispatcherProcess.command(d), "--docker", tag,
+            *DispatcherProcess.command(d), "--docker", tag, "--docker-runners", str(runners),
         ]  # fmt: skip
         d.start()
         names: set[str] = set()
@@ -145,9 +165,11 @@ def docker(kills: int) -> dict[str, Any] | None:
                     and c["runner"] == d.api("GET", "/flows/counter")["runner"]
                 ), None), 120)  # fmt: skip
 
-            wait_until("a ready runner container", lambda: [
-                c for c in d.api("GET", "/backend")["containers"] if c["runnerStatus"] == "ready"
-            ], 120)  # fmt: skip
+            def ready() -> bool:
+                containers = d.api("GET", "/backend")["containers"]
+                return [c["runnerStatus"] for c in containers] == ["ready"] * runners
+
+            wait_until("the runner containers ready", ready, 120)
             d.api("POST", "/flows", json=COUNTER)
             wait_until("the flow", lambda: _answers(d, "warm-up"), 60)
             for i in range(2 * kills):
@@ -161,6 +183,7 @@ def docker(kills: int) -> dict[str, Any] | None:
                     container.exec_run(["python3", "-c", KILL_THE_RUNNER])
                 wait_until("the flow again", lambda i=i: _answers(d, f"k{i}"), 120)
                 (killed if i % 2 == 0 else crashed).append(time.monotonic() - start)
+                wait_until("every runner container ready again", ready, 120)
             names.update(c["name"] for c in d.api("GET", "/backend")["containers"])
         finally:
             d.stop()
@@ -173,12 +196,7 @@ def docker(kills: int) -> dict[str, Any] | None:
                     client.volumes.get(name).remove(force=True)
                 except docker.errors.NotFound:
                     pass  # gone with its container already
-    return {
-        "docker_kill_s": statistics.median(killed),
-        "docker_kill_max_s": max(killed),
-        "docker_crash_in_place_s": statistics.median(crashed),
-        "docker_crash_in_place_max_s": max(crashed),
-    }
+    return killed, crashed
 
 
 def run(kills: int = 5) -> dict[str, Any]:
@@ -200,6 +218,8 @@ def print_report(result: dict[str, Any] | None) -> None:
         ("local_moved", "two local runners, flow moved"),
         ("docker_kill", "docker kill of its container, a new container"),
         ("docker_crash_in_place", "runner killed in its container, restarted in place"),
+        ("docker_kill_moved", "two runner containers, docker kill, flow moved"),
+        ("docker_crash_moved", "two runner containers, runner killed inside, flow moved"),
     ):
         if f"{key}_s" not in result:
             continue
