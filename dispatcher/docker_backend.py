@@ -17,11 +17,35 @@ SQLite ``containers`` table):
 - labels ``io.fifoflow.dispatcher`` / ``io.fifoflow.slot``; CPU and memory limits
   (``nano_cpus``, ``mem_limit``; the runner offers the same with ``--cpus``/``--memory``);
   the one-time registration token in ``FIFOFLOW_REGISTRATION_TOKEN``; a named volume
-  for the runner's state dir (``/state``); restart policy ``on-failure`` (a crash
-  restarts it in place, with its identity and flows);
-- a container that is gone or has exited (``docker kill``, OOM, removed by hand) is
-  removed with its volume and its runner declared lost at once: its flows are placed
-  again from their last snapshot, on the pool's replacement or another runner.
+  for the runner's state dir (``/state``); restart policy ``on-failure`` (up to 5
+  restarts in place, with the engine's own backoff);
+- **failure detection** follows the engine's event stream (``engine_events.py``; the
+  ``die`` and ``destroy`` events of containers labelled with this dispatcher): the
+  moment a container dies, its runner is declared lost (``Dispatcher.runner_gone``)
+  and its flows are placed again from their last snapshot, on another runner if one
+  can take them at once; the pool's tick runs at once too;
+- a container that **died and is restarted in place** by ``on-failure`` (its runner
+  crashed, OOM inside it) keeps its slot: no replacement is started; the engine's
+  restart is the backoff. Its runner comes back with its identity (the volume), is
+  told to drop the flows it restored from its state dir that the dispatcher placed
+  again (the dispatcher's snapshot is the one that runs on), and takes what is still
+  pending. Declaring it lost at once rather than waiting for it to come back: a flow
+  that another runner can take answers again without waiting for a restart that may
+  never succeed (crash loop), and it is what the local backend does;
+- a container that **exited for good** (``docker kill`` or ``docker stop``: the engine
+  never restarts a container stopped by hand; ``on-failure`` gave up after 5
+  restarts) or **is gone** (removed by hand) leaves the table; its replacement is
+  started first, then the old container is removed with its volume (about 1.2 s from
+  a ``docker kill`` to its flow answering again here, most of it the new runner's
+  start-up; 0.23 s when another runner takes the flow;
+  ``python -m tests.bench --only recovery-docker``);
+- the **poll** (every ``interval``) stays as the fallback, and does the pool's other
+  work (pool size, pulls retried, containers sized for waiting flows): the event
+  stream can break (the engine restarting; it is then opened again with ``since``,
+  which replays what was missed, but a dispatcher that was down misses events for
+  good), and a tick reads each container's state, so an exit is never missed. A
+  restart in place that no event told about needs nothing: the runner comes back
+  with its identity and the flows it checkpointed.
 
 On start the backend **reconciles**: containers labelled with this dispatcher that
 its table knows are adopted, the others (orphans) removed with their volumes; table
@@ -35,12 +59,14 @@ as ``update`` events.
 
 Resource handling: docker SDK calls block, so each runs in a worker thread
 (``trio.to_thread.run_sync``); the loop in :meth:`run` lives in the dispatcher's
-nursery. Containers outlive the dispatcher on purpose (a restarted dispatcher adopts
+nursery, and the event stream's follower in :meth:`run`'s own (cancelled with it:
+the stream is closed, its thread ends). Containers outlive the dispatcher on purpose (a restarted dispatcher adopts
 them); ``stop_all`` stops and removes them when asked.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -49,6 +75,7 @@ import attrs
 import trio
 
 from ..flows.resources import format_size, parse_size
+from .engine_events import follow_events
 from .status import FlowStatus, RunnerStatus
 
 if TYPE_CHECKING:
@@ -118,6 +145,8 @@ class DockerBackend:
         self._sized_for: set[str] = set()  # flows a sized container was started for
         self._lock = trio.Lock()
         self._updating = False
+        #: set by an engine event: the loop ticks now, not at the end of its interval
+        self._wake = trio.Event()
 
     # ------------------------------------------------------------------ helpers
 
@@ -169,16 +198,65 @@ class DockerBackend:
     async def run(
         self, *, task_status: trio.TaskStatus[DockerBackend] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        await self.reconcile()
-        task_status.started(self)
-        while True:
-            try:
-                async with self._lock:
-                    await self.tick()
-            except Exception as exc:  # an engine hiccup must not end the dispatcher
-                self._event("backend-error", error=f"{type(exc).__name__}: {exc}")
-                self.say(f"{self.name} backend: {type(exc).__name__}: {exc}")
-            await trio.sleep(self.options.interval)
+        async with trio.open_nursery() as nursery:
+            # Listening before reconcile: nothing that happens from here on is missed.
+            await nursery.start(
+                functools.partial(
+                    follow_events,
+                    self.client,
+                    self.event_filters(),
+                    self.on_engine_event,
+                    problem=self._stream_problem,
+                )
+            )
+            await self.reconcile()
+            task_status.started(self)
+            while True:
+                try:
+                    async with self._lock:
+                        await self.tick()
+                except Exception as exc:  # an engine hiccup must not end the dispatcher
+                    self._event("backend-error", error=f"{type(exc).__name__}: {exc}")
+                    self.say(f"{self.name} backend: {type(exc).__name__}: {exc}")
+                # The poll is the fallback: a tick comes at least every interval, and at
+                # once when the engine says one of our containers died or went.
+                with trio.move_on_after(self.options.interval):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+
+    # ------------------------------------------------------------------ engine events
+
+    def event_filters(self) -> dict[str, list[str]]:
+        """The engine events the backend follows: its containers dying or going."""
+        return {
+            "type": ["container"],
+            "label": [f"{LABEL_DISPATCHER}={self.dispatcher_id}"],
+            "event": ["die", "destroy"],
+        }
+
+    def on_engine_event(self, event: dict[str, Any]) -> None:
+        """One of this dispatcher's containers died (its runner with it: lost now, its
+        flows placed again; the engine may be restarting it in place) or was removed;
+        either way the next tick runs now (it replaces what is gone for good)."""
+        attributes = (event.get("Actor") or {}).get("Attributes") or {}
+        name = attributes.get(LABEL_SLOT, "")
+        slot = next((s for s in self.slots() if s["name"] == name), None)
+        if slot is None or slot["status"] == "stopping":
+            return  # not ours any more, or stopped on purpose (its runner signed off)
+        if (event.get("Action") or event.get("status")) == "die":
+            code = attributes.get("exitCode")
+            exit_code = int(code) if code is not None and str(code).isdigit() else None
+            self._event("container-died", container=name, exitCode=exit_code)
+            runner = self.runner_of(name)
+            if runner is not None:
+                self.dispatcher.runner_gone(
+                    runner["id"], f"its container died (exit code {exit_code})"
+                )
+        self._wake.set()
+
+    def _stream_problem(self, text: str) -> None:
+        self._event("backend-error", error=text)
+        self.say(f"{self.name} backend: {text}")
 
     async def reconcile(self) -> None:
         """Adopt this dispatcher's known containers, remove its orphans."""
@@ -198,31 +276,43 @@ class DockerBackend:
                 self._event("container-missing", container=name)
 
     async def tick(self) -> None:
-        await self._check_containers()
-        if self._updating:
-            return
-        live = [s for s in self.slots() if s["image"] == self.image and not s["flow"]]
-        missing = self.options.runners - len(live)
-        for _ in range(max(0, missing)):
-            if not await self.start_container(self.image, self.options.cpus, self.options.memory):
+        dead = await self._check_containers()
+        try:
+            if self._updating:
                 return
-        await self._size_for_pending()
+            live = [s for s in self.slots() if s["image"] == self.image and not s["flow"]]
+            missing = self.options.runners - len(live)
+            for _ in range(max(0, missing)):
+                if not await self.start_container(
+                    self.image, self.options.cpus, self.options.memory
+                ):
+                    return
+            await self._size_for_pending()
+        finally:
+            # After the replacements started: their runners boot while these go.
+            for obj, name in dead:
+                await self._destroy(obj, name, graceful=False)
 
-    async def _check_containers(self) -> None:
+    async def _check_containers(self) -> list[tuple[Any, str]]:
+        """Record each slot's status; a slot whose container exited for good or is gone
+        leaves the table, its runner lost now. Returns those (container, slot) for
+        :meth:`_destroy`."""
+        dead = []
         for slot in self.slots():
             obj, status, code = await self._state(slot)
             if status in ("running", "created", "restarting", "pending"):
                 if status != slot["status"]:
                     self.store.put_container(slot["name"], self.name, status=status)
                 continue
-            # exited, dead or gone: its runner is lost now; the slot is replaced
+            # exited (not to be restarted by the engine), dead or gone: the slot is replaced
             runner = self.runner_of(slot["name"])
             self._event("container-exited", container=slot["name"], status=status, exitCode=code)
             self.say(f"{self.name} backend: {slot['name']} {status} (exit code {code})")
-            await self._destroy(obj, slot["name"], graceful=False)
             self.store.remove_container(slot["name"])
             if runner is not None:
                 self.dispatcher.runner_gone(runner["id"], f"its container {status}")
+            dead.append((obj, slot["name"]))
+        return dead
 
     async def _size_for_pending(self) -> None:
         """A flow that waits for room no runner has gets a container sized to it."""

@@ -31,6 +31,13 @@ class SwarmBackend(DockerBackend):
     and its runner reports the labels so that the dispatcher places those modules there.
     Placement across runners stays the dispatcher's; Swarm only decides which host runs
     a runner. Run the dispatcher on a manager node.
+
+    Failure detection: the engine's ``die`` event of a task container (it carries the
+    slot's labels) declares its runner lost at once, as in the Docker backend; Swarm
+    then starts a new task for the service (after its 1 s delay) and the runner comes
+    back with its identity and takes its flows again (those another runner took stay
+    there). An engine reports only its own node's containers: a runner on another node
+    is noticed by its heartbeat TTL (or its service's poll), not at once.
     """
 
     name = "swarm"

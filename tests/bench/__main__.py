@@ -27,8 +27,10 @@ Figures:
 - ``browser``: messages between server modules and a browser module (``browser``).
 
 - ``recovery``: a SIGKILLed runner -> its flow answering again, local backend (``recovery``).
+- ``recovery_docker``: ``docker kill`` of the flow's runner container (and its runner
+  killed inside it) -> the flow answering again (``recovery``; skipped without an engine).
 
-``--only core|api|swap|dispatcher|docker|browser|recovery`` runs one group.
+``--only core|api|swap|dispatcher|docker|browser|recovery|recovery-docker`` runs one group.
 """
 
 from __future__ import annotations
@@ -279,7 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-results/latest.json"))
     parser.add_argument(
         "--only",
-        choices=["core", "api", "swap", "dispatcher", "docker", "browser", "recovery"],
+        choices=[
+            *("core", "api", "swap", "dispatcher", "docker", "browser"),
+            *("recovery", "recovery-docker"),
+        ],
         help="run one group of figures",
     )
     args = parser.parse_args(argv)
@@ -335,6 +340,13 @@ def main(argv: list[str] | None = None) -> int:
         found_r = recovery.run(kills=2 if args.quick else 5)
         recovery.print_report(found_r)
         figures["recovery"] = found_r
+    if args.only in (None, "recovery", "recovery-docker"):
+        print()
+        print("recovery: docker kill a runner container, dispatcher defaults (heartbeat 5 s)")
+        found_rd = recovery.docker(kills=2 if args.quick else 5)
+        recovery.print_report(found_rd)
+        if found_rd is not None:
+            figures["recovery_docker"] = found_rd
     if args.only in (None, "swap"):
         result = swap.run(quick=args.quick)
         swap.print_report(result)

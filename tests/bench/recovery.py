@@ -2,10 +2,18 @@
 an inject again, with the dispatcher's defaults (heartbeat 5 s, TTL 15 s), under the
 local backend: with one local runner (the backend starts a replacement, which takes the
 flow back) and with two (the flow is placed again on the other one). Target <= 2 s.
+
+Under the Docker backend (``--only recovery-docker``; also part of ``recovery``), one
+runner container, defaults: ``docker kill`` of the flow's container -> the flow answers
+again (the container is removed, a new one starts and takes the flow from its snapshot),
+and the runner process killed inside its container -> the flow answers again (the
+engine restarts the container in place: restart policy ``on-failure``). Needs a Docker
+engine: skipped without one, a failure under ``CI=true``.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import statistics
 import tempfile
@@ -87,6 +95,110 @@ def _pid_of(d: DispatcherProcess, runner: dict[str, Any]) -> int:
     raise AssertionError(f"no local runner process holds {runner['id']}")
 
 
+def docker(kills: int) -> dict[str, Any] | None:
+    """Seconds from ``docker kill`` of the flow's container (and from its runner killed
+    inside it) to the flow answering again, with one runner container and with two (the
+    flow moves to the other); None without an engine."""
+    from .containers import _engine
+
+    client = _engine()
+    if client is None:
+        if os.environ.get("CI") == "true":
+            raise RuntimeError("no Docker engine answers (CI=true requires one)")
+        print("  docker: skipped: no Docker engine answers (make test starts one)")
+        return None
+    from fifoflow.images.build import (
+        DEFAULT_BASE,
+        build_base,
+        build_runner,
+        build_wheelhouse,
+        default_cache_dir,
+    )
+
+    quiet = lambda line: None  # noqa: E731
+    cache = default_cache_dir()
+    build_base(DEFAULT_BASE, cache_dir=cache, say=quiet)
+    tag = build_runner(
+        "fifoflow-runner:bench",
+        base=DEFAULT_BASE,
+        wheel_dir=build_wheelhouse(cache / "wheelhouse", say=quiet),
+        say=quiet,
+    )
+    one = _docker_pool(client, tag, 1, kills)
+    two = _docker_pool(client, tag, 2, kills)
+    return {
+        "docker_kill_s": statistics.median(one[0]),
+        "docker_kill_max_s": max(one[0]),
+        "docker_crash_in_place_s": statistics.median(one[1]),
+        "docker_crash_in_place_max_s": max(one[1]),
+        "docker_kill_moved_s": statistics.median(two[0]),
+        "docker_kill_moved_max_s": max(two[0]),
+        "docker_crash_moved_s": statistics.median(two[1]),
+        "docker_crash_moved_max_s": max(two[1]),
+    }
+
+
+def _docker_pool(
+    client: Any, tag: str, runners: int, kills: int
+) -> tuple[list[float], list[float]]:
+    """(docker kill, runner killed inside) -> answering again, a pool of ``runners``."""
+    import docker.errors
+
+    from ..docker.test_docker import KILL_THE_RUNNER
+
+    killed: list[float] = []
+    crashed: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="ffbench-recovery-docker-") as tmp:
+        d = DispatcherProcess(Path(tmp) / "dispatcher", heartbeat=5.0)
+        d.command = lambda: [  # type: ignore[method-assign]
+            *DispatcherProcess.command(d), "--docker", tag, "--docker-runners", str(runners),
+        ]  # fmt: skip
+        d.start()
+        names: set[str] = set()
+        try:
+
+            def holder() -> dict[str, Any]:
+                """The ready container holding the flow (waited for)."""
+                return wait_until("the flow's container", lambda: next((
+                    c for c in d.api("GET", "/backend")["containers"]
+                    if c["runnerStatus"] == "ready"
+                    and c["runner"] == d.api("GET", "/flows/counter")["runner"]
+                ), None), 120)  # fmt: skip
+
+            def ready() -> bool:
+                containers = d.api("GET", "/backend")["containers"]
+                return [c["runnerStatus"] for c in containers] == ["ready"] * runners
+
+            wait_until("the runner containers ready", ready, 120)
+            d.api("POST", "/flows", json=COUNTER)
+            wait_until("the flow", lambda: _answers(d, "warm-up"), 60)
+            for i in range(2 * kills):
+                slot = holder()
+                names.add(slot["name"])
+                container = client.containers.get(slot["container"])
+                start = time.monotonic()
+                if i % 2 == 0:
+                    container.kill()
+                else:
+                    container.exec_run(["python3", "-c", KILL_THE_RUNNER])
+                wait_until("the flow again", lambda i=i: _answers(d, f"k{i}"), 120)
+                (killed if i % 2 == 0 else crashed).append(time.monotonic() - start)
+                wait_until("every runner container ready again", ready, 120)
+            names.update(c["name"] for c in d.api("GET", "/backend")["containers"])
+        finally:
+            d.stop()
+            for name in names:
+                for c in client.containers.list(
+                    all=True, filters={"label": f"io.fifoflow.slot={name}"}
+                ):
+                    c.remove(force=True, v=True)
+                try:
+                    client.volumes.get(name).remove(force=True)
+                except docker.errors.NotFound:
+                    pass  # gone with its container already
+    return killed, crashed
+
+
 def run(kills: int = 5) -> dict[str, Any]:
     one = local(1, kills)
     two = local(2, kills)
@@ -98,11 +210,19 @@ def run(kills: int = 5) -> dict[str, Any]:
     }
 
 
-def print_report(result: dict[str, Any]) -> None:
+def print_report(result: dict[str, Any] | None) -> None:
+    if result is None:
+        return
     for key, what in (
         ("local_replaced", "one local runner, replaced"),
         ("local_moved", "two local runners, flow moved"),
+        ("docker_kill", "docker kill of its container, a new container"),
+        ("docker_crash_in_place", "runner killed in its container, restarted in place"),
+        ("docker_kill_moved", "two runner containers, docker kill, flow moved"),
+        ("docker_crash_moved", "two runner containers, runner killed inside, flow moved"),
     ):
+        if f"{key}_s" not in result:
+            continue
         median = result[f"{key}_s"]
         print(
             f"  SIGKILL -> flow answers again, {what}: {median:.2f} s median "

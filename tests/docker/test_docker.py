@@ -40,8 +40,10 @@ CHAIN = {
 }  # fmt: skip
 
 
-def docker_dispatcher(tmp_path: Path, image: str, *extra: str) -> DispatcherProcess:
-    dispatcher = DispatcherProcess(tmp_path / "dispatcher", heartbeat=0.5)
+def docker_dispatcher(
+    tmp_path: Path, image: str, *extra: str, heartbeat: float = 0.5
+) -> DispatcherProcess:
+    dispatcher = DispatcherProcess(tmp_path / "dispatcher", heartbeat=heartbeat)
     dispatcher.command = lambda: [  # type: ignore[method-assign]
         *DispatcherProcess.command(dispatcher), "--docker", image, *extra,
     ]  # fmt: skip
@@ -125,9 +127,11 @@ def test_a_flow_on_a_pulled_container_goes_on_after_docker_kill(
         print(f"docker kill -> flow placed on a new container: {took:.1f} s")
         [exited] = events(dispatcher, "container-exited")
         assert (exited["container"], exited["exitCode"]) == (slot["name"], 137)
-        assert any(
-            e["runner"] == slot["runner"] and e.get("why") for e in events(dispatcher, "lost")
-        )
+        # Lost from the engine's event ("die"), not from a poll or the heartbeat TTL.
+        [died] = events(dispatcher, "container-died")
+        assert (died["container"], died["exitCode"]) == (slot["name"], 137)
+        [lost] = [e for e in events(dispatcher, "lost") if e["runner"] == slot["runner"]]
+        assert lost["why"] == "its container died (exit code 137)"
         new = [c for c in dispatcher.api("GET", "/backend")["containers"]]
         assert [c["runner"] for c in new] == [moved["runner"]]
         # The counter goes on from its snapshot, in order.
@@ -152,6 +156,70 @@ def test_a_flow_on_a_pulled_container_goes_on_after_docker_kill(
             "the flow answers again", lambda: state_of(dispatcher) == {"ok": True, "n": 1100}
         )
         assert not [e for e in events(dispatcher, "displaced") if e["runner"] == moved["runner"]]
+    finally:
+        dispatcher.stop()
+
+
+KILL_THE_RUNNER = (
+    "import os, signal\n"
+    "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+    "    try:\n"
+    "        cmdline = open(f'/proc/{pid}/cmdline', 'rb').read()\n"
+    "    except OSError:\n"
+    "        continue\n"
+    "    if b'runner\\0serve' in cmdline:\n"
+    "        os.kill(int(pid), signal.SIGKILL)\n"
+)
+
+
+def test_a_runner_that_crashes_in_its_container_is_lost_at_once_and_comes_back(
+    tmp_path: Path,
+    docker_client: Any,
+    pushed: Callable[[str], str],
+    cleanup_containers: Callable[[Path], None],
+) -> None:
+    """The runner process dies inside its container (not a docker kill): the engine
+    restarts the container in place (restart policy on-failure). The dispatcher's
+    defaults (heartbeat 5 s, TTL 15 s): the runner is lost at once from the engine's
+    "die" event, not after the TTL; the same container (same slot, same volume) comes
+    back with the runner's identity and takes its flow again, with its state."""
+    dispatcher = docker_dispatcher(tmp_path, pushed("crash"), heartbeat=5.0)
+    cleanup_containers(dispatcher.state_dir)
+    dispatcher.start()
+    try:
+        [slot] = wait_until("a ready runner container", lambda: [
+            c for c in dispatcher.api("GET", "/backend")["containers"] if c["runnerStatus"] == "ready"
+        ], 120)  # fmt: skip
+        assert dispatcher.api("POST", "/flows", json=CHAIN)["runner"] == slot["runner"]
+        inject(dispatcher, list(range(500)))
+        wait_until(
+            "a snapshot at the dispatcher",
+            lambda: dispatcher.api("GET", "/flows/chain")["states"].get("c", {}).get("n") == 500,
+        )
+        container = docker_client.containers.get(slot["container"])
+        container.exec_run(["python3", "-c", KILL_THE_RUNNER])
+
+        [lost] = wait_until("the runner lost", lambda: [
+            e for e in events(dispatcher, "lost") if e["runner"] == slot["runner"]
+        ], 60)  # fmt: skip
+        # (were it the heartbeat TTL, the event would say how long it was silent)
+        assert lost["why"] == "its container died (exit code 137)", lost
+        assert [e["flow"] for e in events(dispatcher, "displaced", slot["runner"])] == ["chain"]
+        wait_until("the flow placed again", lambda: (
+            dispatcher.api("GET", "/flows/chain")["status"] == "placed"
+        ), 120)  # fmt: skip
+        # The engine restarted the same container; its runner kept its identity, and
+        # the pool did not start another.
+        container.reload()
+        assert container.attrs["RestartCount"] >= 1
+        assert dispatcher.api("GET", "/flows/chain")["runner"] == slot["runner"]
+        [now] = dispatcher.api("GET", "/backend")["containers"]
+        assert (now["name"], now["container"]) == (slot["name"], slot["container"])
+        assert len(events(dispatcher, "container-started")) == 1
+        assert not events(dispatcher, "container-exited")
+        # The counter goes on from its snapshot, in order.
+        inject(dispatcher, list(range(500, 600)))
+        wait_until("the counter to go on", lambda: state_of(dispatcher) == {"ok": True, "n": 600})
     finally:
         dispatcher.stop()
 
