@@ -15,7 +15,7 @@ from fifoflow.runner.rpc import RpcPeer
 
 async def _pump(receive: trio.MemoryReceiveChannel[str], peer: RpcPeer) -> None:
     async for message in receive:
-        peer.feed(message)
+        await peer.feed(message)
 
 
 async def test_an_unanswered_call_gives_up_at_its_deadline_and_a_late_answer_is_dropped(
