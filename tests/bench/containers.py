@@ -26,11 +26,8 @@ def _engine() -> Any:
     return client
 
 
-def run(kills: int = 5, updates: int = 3) -> dict[str, Any] | None:
-    client = _engine()
-    if client is None:
-        print("  skipped: no Docker engine answers (make test starts one)")
-        return None
+def bench_image() -> str:
+    """The runner image the container figures use, built offline (cached)."""
     from fifoflow.images.build import (
         DEFAULT_BASE,
         build_base,
@@ -42,12 +39,20 @@ def run(kills: int = 5, updates: int = 3) -> dict[str, Any] | None:
     quiet = lambda line: None  # noqa: E731
     cache = default_cache_dir()
     build_base(DEFAULT_BASE, cache_dir=cache, say=quiet)
-    tag = build_runner(
+    return build_runner(
         "fifoflow-runner:bench",
         base=DEFAULT_BASE,
         wheel_dir=build_wheelhouse(cache / "wheelhouse", say=quiet),
         say=quiet,
     )
+
+
+def run(kills: int = 5, updates: int = 3) -> dict[str, Any] | None:
+    client = _engine()
+    if client is None:
+        print("  skipped: no Docker engine answers (make test starts one)")
+        return None
+    tag = bench_image()
     size = client.images.get(tag).attrs["Size"]
     with tempfile.TemporaryDirectory(prefix="ffbench-docker-") as tmp:
         registry, address = start_registry(client, Path(tmp))

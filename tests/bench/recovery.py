@@ -99,7 +99,7 @@ def docker(kills: int) -> dict[str, Any] | None:
     """Seconds from ``docker kill`` of the flow's container (and from its runner killed
     inside it) to the flow answering again, with one runner container and with two (the
     flow moves to the other); None without an engine."""
-    from .containers import _engine
+    from .containers import _engine, bench_image
 
     client = _engine()
     if client is None:
@@ -107,23 +107,7 @@ def docker(kills: int) -> dict[str, Any] | None:
             raise RuntimeError("no Docker engine answers (CI=true requires one)")
         print("  docker: skipped: no Docker engine answers (make test starts one)")
         return None
-    from fifoflow.images.build import (
-        DEFAULT_BASE,
-        build_base,
-        build_runner,
-        build_wheelhouse,
-        default_cache_dir,
-    )
-
-    quiet = lambda line: None  # noqa: E731
-    cache = default_cache_dir()
-    build_base(DEFAULT_BASE, cache_dir=cache, say=quiet)
-    tag = build_runner(
-        "fifoflow-runner:bench",
-        base=DEFAULT_BASE,
-        wheel_dir=build_wheelhouse(cache / "wheelhouse", say=quiet),
-        say=quiet,
-    )
+    tag = bench_image()
     one = _docker_pool(client, tag, 1, kills)
     two = _docker_pool(client, tag, 2, kills)
     return {
