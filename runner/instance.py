@@ -12,7 +12,7 @@ crash loop and what a hung handler costs are decided in ``faults.py``.
 It also holds the conversation with the live host: the writer task, direct writes from
 the routing task (:meth:`RuntimeInstance.kick`), the reader task (emits are routed,
 ``done`` empties the window), and the control frames of hot swap and the debugger.
-(A little over 500 lines: the reader and writer share the host's state with the
+(About 600 lines: the reader and writer share the host's state with the
 supervisor; a second class reaching into this one's state would read worse.)
 
 Resource handling: the host process, its FIFOs and its log pumps live inside
