@@ -1,5 +1,7 @@
 """The Docker backend: runner containers the dispatcher starts, watches and replaces
-(its Swarm variant, one service per runner slot, is `swarm_backend.py`).
+(its Swarm variant, one service per runner slot, is `swarm_backend.py`; the engine's
+event stream, `engine_events.py`). About 630 lines: one pool's whole life (pull, start,
+watch, reconcile, update) around one engine client, which reads best in one place.
 
 It keeps a **pool** of runner containers from one image (``fifoflow dispatcher serve
 --docker IMAGE --docker-runners N``), and starts one more, sized to the flow's needs,

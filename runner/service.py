@@ -6,7 +6,9 @@ layer (``api/``) talks to. Method names follow the Runner API: ``list_runtimes``
 ``stop_flow``, ``set_breakpoint_at_module``, ``remove_breakpoint_at_module``,
 ``single_step_flow``; plus ``inject``, ``wait_idle``, ``module_state``, ``module_errors``,
 ``flow_logs``, ``health``, and the debugger's ``pause_flow``, ``continue_flow``,
-``queues``, ``edit_queued_message``, ``debug_state``.
+``queues``, ``edit_queued_message``, ``debug_state``. (About 600 lines: one method per
+API call, each with its write-before-change step of the state dir; what they call, the
+store, working dirs, hot swap, debugger and environments, lives in modules of its own.)
 
 Persistence: with ``config.state_dir`` set, every flow, whether it should be running,
 and its modules' state are kept in a :class:`~.store.FlowStore`; :meth:`Runner.run`
