@@ -21,6 +21,7 @@ from fifoflow.api.common.errors import ApiError, InvalidParams
 from fifoflow.api.common.routes import structure
 from fifoflow.api.dispatcher.models import PageInject
 from fifoflow.dispatcher.clients import PAGE_ID
+from fifoflow.dispatcher.errors import NotYourPart
 from fifoflow.runner.attached import AttachedProcess
 from fifoflow.runner.errors import RunnerError
 from fifoflow.runtimes.registry import BUILTIN_DIR
@@ -118,12 +119,13 @@ class ClientSocket:
                     try:
                         message.pop("op")
                         p = structure(message, PageInject)
+                        self.dispatcher.check_page_inject(client.runner_id, page, p.flow)
                         await self.dispatcher.inject(p.flow, p.module, p.port, p.msgs)
-                    except InvalidParams as exc:
+                    except (InvalidParams, NotYourPart) as exc:
                         answer = {
                             "op": "error",
                             "id": message_id,
-                            "message": exc.message,
+                            "message": str(exc),
                             "field": exc.field,
                         }
                     except RunnerError as exc:
