@@ -230,6 +230,12 @@ class Dispatcher:
             self.store.add_event(runner_id, "back", {})
         self.store.update_runner(runner_id, **fields)
 
+    def forget_runner(self, runner_id: str) -> None:
+        """Delete a runner gone for good (a web page's runner, pruned by
+        ``clients.py``); it holds no placement any more (it was displaced)."""
+        self.store.remove_runner(runner_id)
+        self.store.add_event(runner_id, "pruned", {})
+
     def sign_off(self, runner_id: str) -> None:
         self._runner(runner_id)
         self.store.update_runner(runner_id, status=RunnerStatus.SIGNED_OFF, last_seen=time.time())
