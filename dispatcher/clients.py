@@ -36,6 +36,7 @@ import shutil
 from typing import TYPE_CHECKING
 
 import attrs
+import orjson
 import trio
 
 from ..runner import RunnerConfig, open_runner
@@ -111,6 +112,13 @@ class ClientRunners:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                # pages known from before a restart are pruned too unless they come back
+                for path in sorted((self.state_dir / "clients").glob("*.secret")):
+                    page = path.name.removesuffix(".secret")
+                    identity = self._identity(page)
+                    gone = ClientRunner(page, AttachedHosts(), runner_id=identity.get("runnerId"))
+                    self._gone[page] = gone
+                    nursery.start_soon(self._prune, gone)
                 task_status.started(self)
                 await trio.sleep_forever()
         finally:
@@ -121,6 +129,16 @@ class ClientRunners:
             client.stop.set()
         for client in list(self.pages.values()):
             await client.ended.wait()
+
+    def _identity(self, page: str) -> dict[str, str]:
+        """The page runner's registration (``runner/link.py``'s ``dispatcher.json``)."""
+        try:
+            identity = orjson.loads(
+                (self.state_dir / "clients" / page / "dispatcher.json").read_bytes()
+            )
+        except (OSError, orjson.JSONDecodeError):
+            return {}
+        return identity if isinstance(identity, dict) else {}
 
     def _secret_path(self, page: str) -> Path:
         return self.state_dir / "clients" / f"{page}.secret"
@@ -207,7 +225,9 @@ class ClientRunners:
         runtimes = {"browser": discover(attached=True)["browser"]}
         try:
             async with open_runner(config, runtimes) as runner:
-                registered = (state_dir / "dispatcher.json").exists()
+                # registered with this dispatcher at this URL (one restarted on another
+                # port registers the page's runner anew)
+                registered = self._identity(client.page).get("url") == self.url
                 link = DispatcherLink(
                     self.url,
                     runner,

@@ -198,3 +198,37 @@ async def test_pages_are_bounded_and_pruned_when_gone(tmp_path: Path) -> None:
     finally:
         dispatcher.stop()
         print("\n".join(dispatcher.lines))
+
+
+async def test_pages_from_before_a_restart_come_back_or_are_pruned(tmp_path: Path) -> None:
+    dispatcher = PagesDispatcher(tmp_path / "dispatcher", "--page-prune-after", "1")
+    dispatcher.start()
+    try:
+        token = dispatcher.api("GET", "/client-token")["token"]
+        with trio.fail_after(60):
+            welcomes = {}
+            for page in ("p1", "p2"):
+                async with trio_websocket.open_websocket_url(
+                    f"{_ws(dispatcher)}/client/ws?token={token}&page={page}"
+                ) as ws:
+                    welcomes[page] = await _welcome(ws)
+            # restarted on another port (so its URL changed): p1 comes back with its
+            # secret and is welcomed; p2 never does and is pruned
+            dispatcher.stop()
+            dispatcher.start()
+            async with trio_websocket.open_websocket_url(
+                f"{_ws(dispatcher)}/client/ws?token={token}&page=p1&secret={welcomes['p1']['secret']}"
+            ) as ws:
+                back = await _welcome(ws)
+                old = welcomes["p2"]["runner"]
+                wait_until(
+                    "p2's runner pruned",
+                    lambda: old not in {r["id"] for r in dispatcher.api("GET", "/runners")},
+                )
+                assert not (dispatcher.state_dir / "clients" / "p2").exists()
+                assert (dispatcher.state_dir / "clients" / "p1.secret").exists()
+                assert back["runner"] in {r["id"] for r in dispatcher.api("GET", "/runners")}
+                await ws.send_message('{"op": "bye"}')
+    finally:
+        dispatcher.stop()
+        print("\n".join(dispatcher.lines))
