@@ -10,7 +10,17 @@ treat it like any runner. Design: ``runtimes/browser/DESIGN.md``.
 Lifecycle: created when the page first connects; while the page is away its hosts wait
 for it (their modules' state and unacknowledged messages are kept); a page that says
 ``bye``, or stays away longer than ``grace`` seconds, has its runner signed off and
-stopped (its flows are then placed again elsewhere or wait).
+stopped (its flows are then placed again elsewhere or wait). A page that stays gone
+``prune_after`` seconds more is pruned: its runner row, state dir and page secret are
+deleted (its id is free again). At most ``max_pages`` pages run at once; one more is
+refused (:class:`~.errors.PageRefused`).
+
+A page id is bound to a secret: the first connection of a page id gets a random page
+secret (in ``welcome``; only its digest is kept, in ``<state dir>/clients/<page>.secret``,
+so it survives a dispatcher restart); every later connection of that id, control or
+host socket, must bring it, or is refused. A page's client token therefore reaches only
+its own page: it cannot take another page's id (and receive its modules' ``load``
+frames), and injects only into the flows it runs (``Dispatcher.check_page_inject``).
 
 Resource handling: every client runner lives in :meth:`ClientRunners.run`'s nursery;
 leaving it stops them all (they sign off first).
@@ -19,10 +29,14 @@ leaving it stops them all (they sign off first).
 from __future__ import annotations
 
 import contextlib
+import hmac
 import re
+import secrets
+import shutil
 from typing import TYPE_CHECKING
 
 import attrs
+import orjson
 import trio
 
 from ..runner import RunnerConfig, open_runner
@@ -30,6 +44,8 @@ from ..runner.attached import AttachedHosts
 from ..runner.errors import RunnerError
 from ..runner.link import DispatcherLink
 from ..runtimes.registry import discover
+from .errors import PageRefused
+from .store import digest
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -37,9 +53,19 @@ if TYPE_CHECKING:
 
     from .service import Dispatcher
 
-__all__ = ["PAGE_ID", "ClientRunner", "ClientRunners"]
+__all__ = [
+    "DEFAULT_GRACE",
+    "DEFAULT_MAX_PAGES",
+    "DEFAULT_PRUNE_AFTER",
+    "PAGE_ID",
+    "ClientRunner",
+    "ClientRunners",
+]
 
 PAGE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+DEFAULT_GRACE = 60.0
+DEFAULT_MAX_PAGES = 100
+DEFAULT_PRUNE_AFTER = 600.0
 
 
 @attrs.define(eq=False)
@@ -56,13 +82,27 @@ class ClientRunner:
 
 class ClientRunners:
     def __init__(
-        self, dispatcher: Dispatcher, url: str, state_dir: Path, *, grace: float = 60.0
+        self,
+        dispatcher: Dispatcher,
+        url: str,
+        state_dir: Path,
+        *,
+        grace: float = DEFAULT_GRACE,
+        max_pages: int = DEFAULT_MAX_PAGES,
+        prune_after: float = DEFAULT_PRUNE_AFTER,
     ) -> None:
         self.dispatcher = dispatcher
         self.url = url
         self.state_dir = state_dir
+        #: seconds a page may stay away before its runner signs off
         self.grace = grace
+        #: pages served at once; one more is refused
+        self.max_pages = max_pages
+        #: seconds a page stays known (runner row, state dir, secret) after it is gone
+        self.prune_after = prune_after
         self.pages: dict[str, ClientRunner] = {}
+        #: pages gone (their runner ended), each waiting to be pruned
+        self._gone: dict[str, ClientRunner] = {}
         self._nursery: trio.Nursery | None = None
         self._lock = trio.Lock()
 
@@ -72,6 +112,13 @@ class ClientRunners:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                # pages known from before a restart are pruned too unless they come back
+                for path in sorted((self.state_dir / "clients").glob("*.secret")):
+                    page = path.name.removesuffix(".secret")
+                    identity = self._identity(page)
+                    gone = ClientRunner(page, AttachedHosts(), runner_id=identity.get("runnerId"))
+                    self._gone[page] = gone
+                    nursery.start_soon(self._prune, gone)
                 task_status.started(self)
                 await trio.sleep_forever()
         finally:
@@ -83,25 +130,73 @@ class ClientRunners:
         for client in list(self.pages.values()):
             await client.ended.wait()
 
+    def _identity(self, page: str) -> dict[str, str]:
+        """The page runner's registration (``runner/link.py``'s ``dispatcher.json``)."""
+        try:
+            identity = orjson.loads(
+                (self.state_dir / "clients" / page / "dispatcher.json").read_bytes()
+            )
+        except (OSError, orjson.JSONDecodeError):
+            return {}
+        return identity if isinstance(identity, dict) else {}
+
+    def _secret_path(self, page: str) -> Path:
+        return self.state_dir / "clients" / f"{page}.secret"
+
+    def check_secret(self, page: str, secret: str | None) -> bool:
+        """Whether ``secret`` is the page's secret (False for a page never seen)."""
+        path = self._secret_path(page)
+        if not path.exists():
+            return False
+        return secret is not None and hmac.compare_digest(path.read_text().strip(), digest(secret))
+
+    def _claim(self, page: str, secret: str | None) -> str | None:
+        """Check the secret of a known page id, or bind a new one to a fresh secret
+        (returned). :class:`PageRefused` for a wrong or missing secret."""
+        if self._secret_path(page).exists():
+            if not self.check_secret(page, secret):
+                raise PageRefused(
+                    f"page {page!r} is bound to another secret (a page reconnects with"
+                    " the secret its first welcome gave it)",
+                    field="secret",
+                )
+            return None
+        issued = secrets.token_urlsafe(24)
+        path = self._secret_path(page)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(digest(issued) + "\n")
+        return issued
+
     async def page(
-        self, page: str, request_host: Callable[[str], Awaitable[None]]
-    ) -> tuple[ClientRunner, int]:
+        self, page: str, secret: str | None, request_host: Callable[[str], Awaitable[None]]
+    ) -> tuple[ClientRunner, int, str | None]:
         """The page's runner, started (and registered) if it is not running, with the
         page connected first: a runner that restores running flows from its state dir
-        asks the page for their hosts while it starts."""
+        asks the page for their hosts while it starts. Also returns the page secret
+        when this connection is the page id's first (None otherwise).
+        :class:`PageRefused` for a wrong secret, or a new page over ``max_pages``."""
         async with self._lock:
             client = self.pages.get(page)
             if client is None or client.ended.is_set():
                 assert self._nursery is not None, "client runners are not being served"
+                live = sum(1 for c in self.pages.values() if not c.ended.is_set())
+                if live >= self.max_pages:
+                    raise PageRefused(
+                        f"this dispatcher serves {self.max_pages} pages already (its"
+                        " maximum); try again later",
+                        field="page",
+                    )
+                issued = self._claim(page, secret)
                 client = ClientRunner(page, AttachedHosts())
                 self.pages[page] = client
                 generation = self.connected(client)
                 client.hosts.page_connected(request_host)
                 await self._nursery.start(self._serve, client)
             else:
+                issued = self._claim(page, secret)
                 generation = self.connected(client)
                 client.hosts.page_connected(request_host)
-            return client, generation
+            return client, generation, issued
 
     def get(self, page: str) -> ClientRunner | None:
         client = self.pages.get(page)
@@ -130,7 +225,9 @@ class ClientRunners:
         runtimes = {"browser": discover(attached=True)["browser"]}
         try:
             async with open_runner(config, runtimes) as runner:
-                registered = (state_dir / "dispatcher.json").exists()
+                # registered with this dispatcher at this URL (one restarted on another
+                # port registers the page's runner anew)
+                registered = self._identity(client.page).get("url") == self.url
                 link = DispatcherLink(
                     self.url,
                     runner,
@@ -162,3 +259,19 @@ class ClientRunners:
             client.ended.set()
             if self.pages.get(client.page) is client:
                 del self.pages[client.page]
+            self._gone[client.page] = client
+            if self._nursery is not None:
+                self._nursery.start_soon(self._prune, client)
+
+    async def _prune(self, client: ClientRunner) -> None:
+        """Forget a page gone ``prune_after`` seconds ago: its runner row, state dir
+        and secret (unless it came back meanwhile)."""
+        await trio.sleep(self.prune_after)
+        async with self._lock:
+            if client.page in self.pages or self._gone.get(client.page) is not client:
+                return
+            del self._gone[client.page]
+            if client.runner_id is not None:
+                self.dispatcher.forget_runner(client.runner_id)
+            shutil.rmtree(self.state_dir / "clients" / client.page, ignore_errors=True)
+            self._secret_path(client.page).unlink(missing_ok=True)

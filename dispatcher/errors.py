@@ -17,6 +17,8 @@ that has no runner right now a :class:`~fifoflow.runner.errors.FlowStateError`):
         │                           right now; send the call again   (also a FlowStateError)
         ├── NotYourPart             a runner's call concerns a flow part not placed on it
         │                           (relay, paused, snapshot); .field names the param
+        ├── PageRefused             a web page's connection is refused: a wrong page secret,
+        │                           or too many pages; .field names the query parameter
         ├── RunnerTimeout           a runner did not answer a call within the dispatcher's
         │                           call timeout; .runner_id, .method, .seconds
         └── StoreVersionError       the state dir was written by a newer fifoflow; .found,
@@ -40,6 +42,7 @@ __all__ = [
     "FlowPending",
     "FlowUnknown",
     "NotYourPart",
+    "PageRefused",
     "RegistrationRefused",
     "RunnerTimeout",
     "RuntimeUnknown",
@@ -72,6 +75,17 @@ class RuntimeUnknown(DispatcherError, RuntimeNotFound):
 class UnknownRunner(DispatcherError, NotFound):
     code = "unknown_runner"
     field = "runnerId"
+
+
+class PageRefused(DispatcherError):
+    """A web page's connection is refused: its page id is bound to another secret, or
+    the dispatcher serves as many pages as it may (``ClientRunners.max_pages``)."""
+
+    code = "page_refused"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class FlowPending(DispatcherError, FlowStateError):

@@ -230,6 +230,12 @@ class Dispatcher:
             self.store.add_event(runner_id, "back", {})
         self.store.update_runner(runner_id, **fields)
 
+    def forget_runner(self, runner_id: str) -> None:
+        """Delete a runner gone for good (a web page's runner, pruned by
+        ``clients.py``); it holds no placement any more (it was displaced)."""
+        self.store.remove_runner(runner_id)
+        self.store.add_event(runner_id, "pruned", {})
+
     def sign_off(self, runner_id: str) -> None:
         self._runner(runner_id)
         self.store.update_runner(runner_id, status=RunnerStatus.SIGNED_OFF, last_seen=time.time())
@@ -347,6 +353,25 @@ class Dispatcher:
             runner_id, "refused-call", {"call": call, "flow": flow_id, "field": at, "reason": why}
         )
         raise NotYourPart(f"{call}: {why}", field=at)
+
+    def check_page_inject(self, runner_id: str | None, page: str, flow_id: str) -> None:
+        """Refuse a page's inject into a flow none of whose modules are placed on the
+        page's own runner: a page's client token reaches only the flows it runs. A
+        refusal is recorded (``refused-inject``) and raised as :class:`NotYourPart`
+        naming the field ``flow`` (an unknown flow gets the same answer: a page learns
+        nothing about flows that are not its own)."""
+        if runner_id is not None and self.deployments.held(runner_id, flow_id):
+            return
+        why = (
+            f"no flow {flow_id!r} has modules on this page (a page injects only into"
+            " flows whose browser modules it runs)"
+        )
+        self.store.add_event(
+            runner_id,
+            "refused-inject",
+            {"page": page, "flow": flow_id, "field": "flow", "reason": why},
+        )
+        raise NotYourPart(why, field="flow")
 
     def displace(self, runner_id: str) -> None:
         """The runner is gone: its modules go back to pending and are placed again."""

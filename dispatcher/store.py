@@ -202,6 +202,12 @@ class DispatcherStore:
             )
         return cur.rowcount == 1
 
+    def remove_runner(self, runner_id: str) -> None:
+        """Forget a runner that is gone for good (a web page's runner, pruned); its
+        events stay."""
+        with self.db:
+            self.db.execute("DELETE FROM runners WHERE id = ?", (runner_id,))
+
     def update_runner(self, runner_id: str, **fields: Any) -> None:
         if "hardware" in fields:
             fields["hardware"] = orjson.dumps(fields["hardware"]).decode()

@@ -34,6 +34,7 @@ from fifoflow.api.cli.common import (
 from fifoflow.api.client import ApiError, ConnectError, DispatcherClient
 from fifoflow.api.common.auth import TokenError, read_token
 from fifoflow.api.common.places import DEFAULT_DISPATCHER_PORT, default_dispatcher_state_dir
+from fifoflow.dispatcher.clients import DEFAULT_GRACE, DEFAULT_MAX_PAGES, DEFAULT_PRUNE_AFTER
 from fifoflow.dispatcher.docker_backend import PULL_POLICIES
 from fifoflow.dispatcher.errors import StoreVersionError
 from fifoflow.dispatcher.service import DEFAULT_CALL_TIMEOUT
@@ -69,6 +70,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         docker_network=args.docker_network,
         public_url=args.public_url,
         swarm=args.swarm,
+        page_grace=args.page_grace,
+        max_pages=args.max_pages,
+        page_prune_after=args.page_prune_after,
     )
     try:
         trio.run(serve_dispatcher, options)
@@ -89,6 +93,16 @@ def _positive_seconds(text: str) -> float:
     if not (seconds > 0 and math.isfinite(seconds)):
         raise argparse.ArgumentTypeError(f"write a positive number of seconds, got {text!r}")
     return seconds
+
+
+def _positive_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"write a whole number above 0, got {text!r}")
+    return count
 
 
 def _ask(args: argparse.Namespace, call: Callable[[DispatcherClient], T]) -> T:
@@ -300,6 +314,29 @@ def add_dispatcher_parser(sub: argparse._SubParsersAction[argparse.ArgumentParse
         metavar="SECONDS",
         help="a runner that does not answer a call this long is taken as refusing a"
         " deploy, and a forwarded call answers 504 (default: %(default)g)",
+    )
+    serve.add_argument(
+        "--page-grace",
+        type=_positive_seconds,
+        default=DEFAULT_GRACE,
+        metavar="SECONDS",
+        help="a web page away this long has its runner signed off (default: %(default)g)",
+    )
+    serve.add_argument(
+        "--max-pages",
+        type=_positive_count,
+        default=DEFAULT_MAX_PAGES,
+        metavar="N",
+        help="web pages (client runners) served at once; one more is refused"
+        " (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--page-prune-after",
+        type=_positive_seconds,
+        default=DEFAULT_PRUNE_AFTER,
+        metavar="SECONDS",
+        help="a page gone this long is forgotten: its runner row, state and page secret"
+        " (default: %(default)g)",
     )
     serve.add_argument(
         "--local-runners",

@@ -3,7 +3,9 @@
 ``GET /client/`` and ``/client/{name}``: the client runner's files (code for pages,
 public). ``/client/ws``: a page's control socket (hosts to open, injections, bye);
 ``/client/host``: one runtime host's frames (runtimes/PROTOCOL.md). Both sockets need
-the client token (``?token=``) and are refused with close code 4401 and the reason.
+the client token (``?token=``) and, once a page id is known, its page secret
+(``&secret=``, given in the first ``welcome``); anything else is refused with close
+code 4401 and the reason (as is a new page beyond the dispatcher's maximum).
 The pages' runners themselves are kept by ``dispatcher/clients.py``.
 """
 
@@ -21,6 +23,7 @@ from fifoflow.api.common.errors import ApiError, InvalidParams
 from fifoflow.api.common.routes import structure
 from fifoflow.api.dispatcher.models import PageInject
 from fifoflow.dispatcher.clients import PAGE_ID
+from fifoflow.dispatcher.errors import NotYourPart, PageRefused
 from fifoflow.runner.attached import AttachedProcess
 from fifoflow.runner.errors import RunnerError
 from fifoflow.runtimes.registry import BUILTIN_DIR
@@ -59,6 +62,11 @@ class ClientSocket:
         self.dispatcher = dispatcher
         self.client_token = client_token
 
+    @staticmethod
+    async def _refuse(ws: Any, why: str, code: int = 4401) -> None:
+        await ws.send(orjson.dumps({"op": "refused", "message": why}).decode())
+        await ws.close(code, why[:120])
+
     async def _admit(self) -> tuple[Any, str] | None:
         ws = websocket._get_current_object()
         await ws.accept()
@@ -75,8 +83,7 @@ class ClientSocket:
         elif self.dispatcher.clients is None:
             why = "this dispatcher serves no client runners"
         if why is not None:
-            await ws.send(orjson.dumps({"op": "refused", "message": why}).decode())
-            await ws.close(4401, why[:120])
+            await self._refuse(ws, why)
             return None
         return ws, page
 
@@ -90,11 +97,18 @@ class ClientSocket:
         async def request_host(name: str) -> None:
             await ws.send(orjson.dumps({"op": "spawn", "host": name}).decode())
 
-        client, generation = await clients.page(page, request_host)
         try:
-            await ws.send(
-                orjson.dumps({"op": "welcome", "page": page, "runner": client.runner_id}).decode()
+            client, generation, issued = await clients.page(
+                page, websocket.args.get("secret"), request_host
             )
+        except PageRefused as exc:
+            await self._refuse(ws, str(exc))
+            return
+        try:
+            welcome = {"op": "welcome", "page": page, "runner": client.runner_id}
+            if issued is not None:
+                welcome["secret"] = issued
+            await ws.send(orjson.dumps(welcome).decode())
             while True:
                 raw = await ws.receive()
                 try:
@@ -118,12 +132,13 @@ class ClientSocket:
                     try:
                         message.pop("op")
                         p = structure(message, PageInject)
+                        self.dispatcher.check_page_inject(client.runner_id, page, p.flow)
                         await self.dispatcher.inject(p.flow, p.module, p.port, p.msgs)
-                    except InvalidParams as exc:
+                    except (InvalidParams, NotYourPart) as exc:
                         answer = {
                             "op": "error",
                             "id": message_id,
-                            "message": exc.message,
+                            "message": str(exc),
                             "field": exc.field,
                         }
                     except RunnerError as exc:
@@ -145,13 +160,15 @@ class ClientSocket:
         if admitted is None:
             return
         ws, page = admitted
-        client = self.dispatcher.clients.get(page)
+        clients = self.dispatcher.clients
+        if not clients.check_secret(page, websocket.args.get("secret")):
+            await self._refuse(ws, f"wrong or missing secret of page {page!r}")
+            return
+        client = clients.get(page)
         name = websocket.args.get("host", "")
         proc = AttachedProcess(name, ws.send)
         if client is None or not client.hosts.offer(proc):
-            why = f"nobody asked for host {name!r} of page {page!r}"
-            await ws.send(orjson.dumps({"op": "refused", "message": why}).decode())
-            await ws.close(4404, why[:120])
+            await self._refuse(ws, f"nobody asked for host {name!r} of page {page!r}", 4404)
             return
         try:
             async with trio.open_nursery() as nursery:

@@ -22,7 +22,12 @@ from fifoflow.api.common.auth import load_or_create_token
 from fifoflow.api.common.places import DEFAULT_DISPATCHER_PORT
 from fifoflow.api.dispatcher.app import create_dispatcher_app
 from fifoflow.dispatcher.backends import LocalBackend
-from fifoflow.dispatcher.clients import ClientRunners
+from fifoflow.dispatcher.clients import (
+    DEFAULT_GRACE,
+    DEFAULT_MAX_PAGES,
+    DEFAULT_PRUNE_AFTER,
+    ClientRunners,
+)
 from fifoflow.dispatcher.docker_backend import DockerBackend, DockerOptions
 from fifoflow.dispatcher.service import DEFAULT_CALL_TIMEOUT, Dispatcher, DispatcherConfig
 from fifoflow.dispatcher.swarm_backend import SwarmBackend
@@ -53,6 +58,11 @@ class DispatcherServeOptions:
     swarm: bool = False
     #: the dispatcher's URL as containers reach it (default: the one it listens on)
     public_url: str | None = None
+    #: web pages (client runners): seconds a page may stay away before its runner signs
+    #: off, pages served at once, seconds a gone page is kept before it is pruned
+    page_grace: float = DEFAULT_GRACE
+    max_pages: int = DEFAULT_MAX_PAGES
+    page_prune_after: float = DEFAULT_PRUNE_AFTER
 
 
 def _say(text: str) -> None:
@@ -96,7 +106,14 @@ async def serve_dispatcher(
             _say(f"fifoflow dispatcher {dispatcher.version} listening on {' '.join(urls)}")
             _say(f"state dir: {options.state_dir}")
             dispatcher.clients = await nursery.start(
-                ClientRunners(dispatcher, urls[0], options.state_dir).run
+                ClientRunners(
+                    dispatcher,
+                    urls[0],
+                    options.state_dir,
+                    grace=options.page_grace,
+                    max_pages=options.max_pages,
+                    prune_after=options.page_prune_after,
+                ).run
             )
             _say(
                 f"client runners: {urls[0]}/client/ (client token: {options.state_dir / 'client-token'})"

@@ -11,6 +11,8 @@
 // runtimes/PROTOCOL.md, executed by the node host's own core (core.mjs). No build step,
 // no dependency. The control socket reconnects with backoff when it drops; the hosts
 // are asked for again and get their modules' state and every unacknowledged message.
+// The first welcome of a page id carries its page secret; the page keeps it with the id
+// (session storage) and brings it on every later connection, or the dispatcher refuses.
 
 import { ModuleHost, ProtocolViolation, handleLines } from "./core.mjs";
 
@@ -36,6 +38,22 @@ function pageId() {
   }
 }
 
+function loadSecret(page) {
+  try {
+    return sessionStorage.getItem(`fifoflow.secret.${page}`);
+  } catch {
+    return null;
+  }
+}
+
+function saveSecret(page, secret) {
+  try {
+    sessionStorage.setItem(`fifoflow.secret.${page}`, secret);
+  } catch {
+    // kept in memory only: a reload gets a new page id's secret
+  }
+}
+
 class Host {
   // One runtime host: a socket and a ModuleHost, like host.mjs around its FIFOs.
   constructor(runner, name) {
@@ -44,7 +62,7 @@ class Host {
     this.core = new ModuleHost({ require: undefined });
     this.busy = false;
     this.backlog = [];
-    const q = new URLSearchParams({ token: runner.token, page: runner.page, host: name });
+    const q = runner.query({ host: name });
     this.ws = new WebSocket(`${runner.base}/client/host?${q}`);
     this.ws.onopen = () => {
       this.send(JSON.stringify({ op: "hello", protocol: PROTOCOL, runtime: "browser", version: VERSION, pid: 0, features: [] }) + "\n");
@@ -129,6 +147,7 @@ class ClientRunner {
     this.base = wsBase(url);
     this.token = options.token;
     this.page = options.page || pageId();
+    this.secret = loadSecret(this.page);
     this.hosts = new Map();
     this.listeners = new Map(); // "flow/module.port" -> Set(callback)
     this.pending = new Map();
@@ -139,9 +158,16 @@ class ClientRunner {
     this.onstatus = options.onstatus || (() => {});
   }
 
+  // The query of this page's sockets: client token, page id and, once known, its secret.
+  query(extra = {}) {
+    const q = { token: this.token, page: this.page, ...extra };
+    if (this.secret) q.secret = this.secret;
+    return new URLSearchParams(q);
+  }
+
   open() {
     return new Promise((resolve, reject) => {
-      const q = new URLSearchParams({ token: this.token, page: this.page });
+      const q = this.query();
       const ws = new WebSocket(`${this.base}/client/ws?${q}`);
       let welcomed = false;
       this.ws = ws;
@@ -150,6 +176,10 @@ class ClientRunner {
         if (m.op === "welcome") {
           welcomed = true;
           this.runnerId = m.runner;
+          if (m.secret) {
+            this.secret = m.secret;
+            saveSecret(this.page, m.secret);
+          }
           this.delay = 200;
           this.onstatus("connected");
           resolve(this);

@@ -679,7 +679,8 @@ async def test_client_sockets_refuse_bad_input_with_reasons(tmp_path: Path) -> N
             async with trio_websocket.open_websocket_url(
                 f"{ws_url}/client/ws?token={token}&page=p1"
             ) as ws:
-                assert orjson.loads(await ws.get_message())["op"] == "welcome"
+                welcome = orjson.loads(await ws.get_message())
+                assert welcome["op"] == "welcome"
                 await ws.send_message("not json")
                 assert orjson.loads(await ws.get_message()) == {
                     "op": "error", "message": "not a control message",
@@ -700,7 +701,7 @@ async def test_client_sockets_refuse_bad_input_with_reasons(tmp_path: Path) -> N
                 await ws.send_message('{"op": "bye"}')
             # A host socket nobody asked for is refused.
             async with trio_websocket.open_websocket_url(
-                f"{ws_url}/client/host?token={token}&page=p1&host=x"
+                f"{ws_url}/client/host?token={token}&page=p1&secret={welcome['secret']}&host=x"
             ) as ws:
                 answer = orjson.loads(await ws.get_message())
                 assert answer["op"] == "refused"
