@@ -20,6 +20,7 @@ import trio.lowlevel
 
 from fifoflow.api.common.auth import load_or_create_token
 from fifoflow.api.common.places import DEFAULT_DISPATCHER_PORT
+from fifoflow.api.common.serving import configure_tls, exposure_warning
 from fifoflow.api.dispatcher.app import create_dispatcher_app
 from fifoflow.dispatcher.backends import LocalBackend
 from fifoflow.dispatcher.clients import ClientRunners
@@ -53,6 +54,9 @@ class DispatcherServeOptions:
     swarm: bool = False
     #: the dispatcher's URL as containers reach it (default: the one it listens on)
     public_url: str | None = None
+    #: serve HTTPS/WSS with this certificate and key (None: plain HTTP)
+    certfile: Path | None = None
+    keyfile: Path | None = None
 
 
 def _say(text: str) -> None:
@@ -87,6 +91,13 @@ async def serve_dispatcher(
             hc.graceful_timeout = 1.0
             hc.accesslog = None
             hc.errorlog = None
+            tls = options.certfile is not None and options.keyfile is not None
+            if tls:
+                fingerprint = configure_tls(hc, options.certfile, options.keyfile)
+                _say(f"TLS certificate sha256: {fingerprint}")
+            warning = exposure_warning(options.host, tls=tls, what="dispatcher")
+            if warning:
+                _say(warning)
             stop = trio.Event()
             urls = await nursery.start(
                 lambda task_status: hypercorn.trio.serve(
