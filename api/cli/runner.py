@@ -209,8 +209,9 @@ def add_runner_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--dispatcher-fingerprint",
         metavar="SHA256",
         type=_fingerprint,
+        default=os.environ.get("FIFOFLOW_DISPATCHER_FINGERPRINT"),
         help="trust the https:// dispatcher whose certificate has this SHA-256 (it prints it"
-        " at start: TLS certificate sha256: AB:CD:...)",
+        " at start: TLS certificate sha256: AB:CD:...) ($FIFOFLOW_DISPATCHER_FINGERPRINT)",
     )
     registration = serve_p.add_mutually_exclusive_group()
     registration.add_argument(

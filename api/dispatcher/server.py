@@ -92,6 +92,7 @@ async def serve_dispatcher(
             hc.accesslog = None
             hc.errorlog = None
             tls = options.certfile is not None and options.keyfile is not None
+            fingerprint = None
             if tls:
                 fingerprint = configure_tls(hc, options.certfile, options.keyfile)
                 _say(f"TLS certificate sha256: {fingerprint}")
@@ -116,7 +117,13 @@ async def serve_dispatcher(
             if options.local_runners:
                 root = options.state_dir / "local-runners"
                 backend = await nursery.start(
-                    LocalBackend(root, urls[0], dispatcher=dispatcher, say=_say).run
+                    LocalBackend(
+                        root,
+                        urls[0],
+                        dispatcher=dispatcher,
+                        say=_say,
+                        dispatcher_fingerprint=fingerprint,
+                    ).run
                 )
                 for i in range(options.local_runners):
                     name = f"local-{i + 1}"
@@ -130,6 +137,7 @@ async def serve_dispatcher(
                     DockerOptions(
                         image=options.docker_image,
                         dispatcher_url=options.public_url or urls[0],
+                        dispatcher_fingerprint=fingerprint,
                         pull=options.pull,
                         runners=options.docker_runners,
                         cpus=options.docker_cpus,

@@ -209,3 +209,19 @@ def test_servers_warn_when_exposed_without_tls(
     finally:
         for proc in (plain, runner, secure):
             proc.kill()
+
+
+def test_local_runners_pin_their_tls_dispatcher(
+    tmp_path: Path, certs: dict[str, tuple[Path, Path]]
+) -> None:
+    """The local backend hands its runners the dispatcher's fingerprint."""
+    proc = TlsDispatcher(tmp_path / "dispatcher", *certs["dispatcher"])
+    proc.command = lambda: [*TlsDispatcher.command(proc), "--local-runners", "1"]  # type: ignore[method-assign]
+    proc.start()
+    try:
+        wait_until(
+            "the local runner ready",
+            lambda: [r["status"] for r in proc.api("GET", "/runners")] == ["ready"],
+        )
+    finally:
+        proc.stop()
