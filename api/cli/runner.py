@@ -135,7 +135,8 @@ def cmd_health(args: argparse.Namespace) -> int:
         return 1
 
     async def main() -> int:
-        async with RunnerClient(url, read_token(state_dir / "token")) as client:
+        ca = Path(args.ca) if args.ca else None
+        async with RunnerClient(url, read_token(state_dir / "token"), ca=ca) as client:
             out(orjson.dumps(await client.health()).decode())
         return EXIT_OK
 
@@ -234,5 +235,11 @@ def add_runner_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     health_p.add_argument("--url", help="the runner's URL (default: <state dir>/url)")
     health_p.add_argument("--state-dir", help="the runner's state dir (token and url)")
+    health_p.add_argument(
+        "--ca",
+        metavar="PEM",
+        default=os.environ.get("FIFOFLOW_CA"),
+        help="verify an https:// runner with this CA or self-signed certificate ($FIFOFLOW_CA)",
+    )
     health_p.set_defaults(func=cmd_health)
     add_service_parsers(runner_sub)

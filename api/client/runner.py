@@ -32,7 +32,13 @@ import orjson
 import trio
 import trio_websocket
 
-from fifoflow.api.client.errors import ApiError, ConnectError, api_error, leaves
+from fifoflow.api.client.errors import (
+    ApiError,
+    ConnectError,
+    api_error,
+    leaves,
+    transport_reason,
+)
 from fifoflow.runner.tls import client_context
 
 if TYPE_CHECKING:
@@ -97,7 +103,9 @@ class RunnerClient:
                 method, path, content=content, params=params, headers=headers
             )
         except httpx.TransportError as exc:
-            raise ConnectError(f"cannot reach the runner at {self.url}: {exc}") from None
+            raise ConnectError(
+                f"cannot reach the runner at {self.url}: {transport_reason(exc)}"
+            ) from None
         if response.status_code >= 400:
             raise api_error(response)
         return orjson.loads(response.content)

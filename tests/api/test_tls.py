@@ -225,3 +225,22 @@ def test_local_runners_pin_their_tls_dispatcher(
         )
     finally:
         proc.stop()
+
+
+def test_runner_health_over_https_with_its_certificate(
+    tmp_path: Path, certs: dict[str, tuple[Path, Path]]
+) -> None:
+    cert, key = certs["other"]
+    runner = ServerProcess(tmp_path / "runner", "--certfile", str(cert), "--keyfile", str(key))
+    runner.start()
+    try:
+        assert runner.url.startswith("https://127.0.0.1:")
+        base = [sys.executable, "-m", "fifoflow.api", "runner", "health",
+                "--state-dir", str(tmp_path / "runner")]  # fmt: skip
+        ok = subprocess.run([*base, "--ca", str(cert)], capture_output=True, timeout=60)
+        assert ok.returncode == 0, ok.stderr
+        refused = subprocess.run(base, capture_output=True, timeout=60)
+        assert refused.returncode == 1
+        assert b"CERTIFICATE_VERIFY_FAILED" in refused.stderr
+    finally:
+        runner.stop()
