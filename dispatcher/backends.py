@@ -82,9 +82,12 @@ class LocalBackend:
         crash_period: float = 30 * SECONDS,
         backoff_max: float = 5 * SECONDS,
         say: Callable[[str], None] | None = None,
+        dispatcher_fingerprint: str | None = None,
     ) -> None:
         self.root = root
         self.dispatcher_url = dispatcher_url
+        #: the dispatcher's TLS certificate fingerprint its runners pin (None: plain HTTP)
+        self.dispatcher_fingerprint = dispatcher_fingerprint
         #: told when a runner's process ends (None: nobody is; tests of the backend alone)
         self.dispatcher = dispatcher
         self.stop_timeout = stop_timeout
@@ -156,6 +159,8 @@ class LocalBackend:
             sys.executable, "-m", "fifoflow.api", "runner", "serve", "--port", "0",
             "--state-dir", str(state_dir), "--dispatcher", self.dispatcher_url,
         ]  # fmt: skip
+        if self.dispatcher_fingerprint:
+            argv += ["--dispatcher-fingerprint", self.dispatcher_fingerprint]
         # The token goes in the environment, never on the command line (which every
         # user of the machine can read in /proc); the runner takes it out of its own
         # environment before it starts anything.

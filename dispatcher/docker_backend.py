@@ -100,6 +100,8 @@ class DockerOptions:
     #: URL of the dispatcher as the containers reach it
     dispatcher_url: str
     pull: str = "if-not-present"
+    #: the dispatcher's TLS certificate fingerprint the runners pin (None: plain HTTP)
+    dispatcher_fingerprint: str | None = None
     #: runner containers kept running
     runners: int = 1
     #: limits of a pool container (what its runner offers)
@@ -478,6 +480,11 @@ class DockerBackend:
             env={
                 "FIFOFLOW_REGISTRATION_TOKEN": token,
                 "FIFOFLOW_DISPATCHER": self.options.dispatcher_url,
+                **(
+                    {"FIFOFLOW_DISPATCHER_FINGERPRINT": self.options.dispatcher_fingerprint}
+                    if self.options.dispatcher_fingerprint
+                    else {}
+                ),
             },
             cpus=cpus,
             memory=int(memory),

@@ -17,6 +17,11 @@
    resumes from them.
 5. :meth:`DispatcherLink.sign_off` on shutdown.
 
+TLS: an ``https://`` dispatcher is reached over ``wss://`` and verified with the system's
+CAs, a CA file (``ca``), or a pinned certificate fingerprint (``fingerprint``), see
+:mod:`.tls`. A dispatcher that fails that check is never retried: :class:`LinkRefused`
+says why, before any token or secret was sent.
+
 Admission: the runner offers a capacity (CPUs and memory; the machine's unless
 ``--cpus``/``--memory`` say less) in its hardware report, and ``deploy`` refuses a part
 (:class:`Refused`, code ``refused``) that needs a runtime it does not have, more CPUs or
@@ -33,6 +38,7 @@ import platform
 import random
 import shutil
 import socket
+import urllib.parse
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -47,8 +53,10 @@ from .errors import RunnerError, first
 from .events import EventKind
 from .rpc import LinkClosed, RemoteError, RpcPeer
 from .store import atomic_write
+from .tls import client_context, untrusted
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import AsyncIterator
     from pathlib import Path
 
@@ -97,6 +105,8 @@ class DispatcherLink:
         labels: dict[str, str] | None = None,
         cpus: float | None = None,
         memory: int | None = None,
+        ca: Path | None = None,
+        fingerprint: str | None = None,
     ) -> None:
         self.labels = dict(labels or {})
         #: what this runner offers to the flows placed on it
@@ -105,6 +115,19 @@ class DispatcherLink:
             "memory": int(memory if memory is not None else psutil.virtual_memory().total),
         }
         self.url = url.rstrip("/")
+        #: how the dispatcher is verified (None: plain ws://)
+        try:
+            self.ssl_context = (
+                client_context(ca=ca, fingerprint=fingerprint)
+                if self.url.startswith("https:")
+                else None
+            )
+        except ValueError as exc:
+            raise LinkRefused(f"the dispatcher's TLS settings: {exc}") from None
+        if self.ssl_context is None and (ca is not None or fingerprint is not None):
+            raise LinkRefused(
+                f"--dispatcher-ca/--dispatcher-fingerprint need an https:// dispatcher, got {self.url}"
+            )
         self.runner = runner
         self.state_dir = state_dir
         self.registration_token = registration_token
@@ -129,7 +152,7 @@ class DispatcherLink:
             try:
                 async with (
                     _unwrapped(),
-                    trio_websocket.open_websocket_url(self.ws_url) as ws,
+                    _open_websocket(self.ws_url, self.ssl_context) as ws,
                     trio.open_nursery() as nursery,
                 ):
                     self._ws = ws
@@ -159,8 +182,15 @@ class DispatcherLink:
                 trio_websocket.HandshakeError,
                 trio_websocket.ConnectionClosed,
                 LinkClosed,
+                trio.BrokenResourceError,
             ) as exc:
                 self.connected = trio.Event()
+                refusal = untrusted(exc)
+                if refusal is not None:
+                    raise LinkRefused(
+                        f"will not link to the dispatcher at {self.url}: its TLS certificate"
+                        f" is not trusted: {refusal}"
+                    ) from None
                 if (
                     not started
                     and self.registration_token is not None
@@ -417,6 +447,51 @@ class DispatcherLink:
             if changes:
                 await self._peer.call("hardware", changes=changes)
         atomic_write(self.hardware_path, orjson.dumps(current), mode=0o600)
+
+
+#: seconds to connect and finish a TLS handshake (trio_websocket's connect timeout)
+CONNECT_TIMEOUT = 60.0
+
+
+@asynccontextmanager
+async def _open_websocket(
+    url: str, ssl_context: ssl.SSLContext | None
+) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """The link's WebSocket. Over TLS, the handshake is done first, on its own: the
+    dispatcher's certificate is checked before a byte of HTTP is sent (a failed check
+    raises ``trio.BrokenResourceError`` from the ``ssl.SSLCertVerificationError``), and
+    trio_websocket, which waits forever on a TLS handshake that fails, never sees one."""
+    if ssl_context is None:
+        async with trio_websocket.open_websocket_url(url) as ws:
+            yield ws
+        return
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 443
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    with trio.move_on_after(CONNECT_TIMEOUT) as connecting:
+        stream = await trio.open_ssl_over_tcp_stream(
+            host, port, ssl_context=ssl_context, https_compatible=True
+        )
+        try:
+            await stream.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+    if connecting.cancelled_caught:
+        raise OSError(f"no TLS handshake with {host}:{port} within {CONNECT_TIMEOUT:g} s")
+    try:
+        async with trio.open_nursery() as nursery:
+            ws = await trio_websocket.wrap_client_stream(
+                nursery, stream, f"{host}:{port}", resource
+            )
+            try:
+                yield ws
+            finally:
+                with trio.move_on_after(2, shield=True):
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 @asynccontextmanager

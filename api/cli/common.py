@@ -23,6 +23,7 @@ from fifoflow.api.client import ApiError, ConnectError, RunnerClient
 from fifoflow.api.client.errors import leaves
 from fifoflow.api.common.auth import TokenError, read_token
 from fifoflow.api.common.places import DEFAULT_PORT, default_state_dir
+from fifoflow.runner.tls import TlsSettingsError
 
 if TYPE_CHECKING:
     import argparse
@@ -162,12 +163,19 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("FIFOFLOW_TOKEN_FILE"),
         help="file holding the bearer token (default: $FIFOFLOW_TOKEN_FILE or <state dir>/token)",
     )
+    parser.add_argument(
+        "--ca",
+        metavar="PEM",
+        default=os.environ.get("FIFOFLOW_CA"),
+        help="verify an https:// runner with this CA or self-signed certificate ($FIFOFLOW_CA)",
+    )
 
 
 def runner_client(args: argparse.Namespace) -> RunnerClient:
     """The client that ``--url`` and ``--token-file`` (see :func:`add_client_options`) name."""
     token_file = Path(args.token_file) if args.token_file else default_state_dir() / "token"
-    return RunnerClient(args.url, read_token(token_file))
+    ca = Path(args.ca) if getattr(args, "ca", None) else None
+    return RunnerClient(args.url, read_token(token_file), ca=ca)
 
 
 def run_client(main: Callable[[], Awaitable[int]]) -> int:
@@ -184,7 +192,7 @@ def run_client(main: Callable[[], Awaitable[int]]) -> int:
     except ConnectError as exc:
         err(f"fifoflow: {exc}\n  is a runner serving there? start one with: fifoflow runner serve")
         return EXIT_UNREACHABLE
-    except (TokenError, Usage) as exc:
+    except (TokenError, Usage, TlsSettingsError) as exc:
         err(f"fifoflow: {exc}")
         return EXIT_USAGE
     except KeyboardInterrupt:

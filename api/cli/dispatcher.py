@@ -34,12 +34,14 @@ from fifoflow.api.cli.common import (
 from fifoflow.api.client import ApiError, ConnectError, DispatcherClient
 from fifoflow.api.common.auth import TokenError, read_token
 from fifoflow.api.common.places import DEFAULT_DISPATCHER_PORT, default_dispatcher_state_dir
+from fifoflow.api.common.serving import TlsConfigError
 from fifoflow.dispatcher.clients import DEFAULT_GRACE, DEFAULT_MAX_PAGES, DEFAULT_PRUNE_AFTER
 from fifoflow.dispatcher.docker_backend import PULL_POLICIES
 from fifoflow.dispatcher.errors import StoreVersionError
 from fifoflow.dispatcher.service import DEFAULT_CALL_TIMEOUT
 from fifoflow.flows import FlowError, bundle_files, dump_flow, load_flow
 from fifoflow.flows.resources import human_size, parse_size
+from fifoflow.runner.tls import TlsSettingsError
 from fifoflow.runtimes.registry import discover
 
 if TYPE_CHECKING:
@@ -73,10 +75,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         page_grace=args.page_grace,
         max_pages=args.max_pages,
         page_prune_after=args.page_prune_after,
+        certfile=Path(args.certfile) if args.certfile else None,
+        keyfile=Path(args.keyfile) if args.keyfile else None,
     )
+    if bool(args.certfile) != bool(args.keyfile):
+        err("fifoflow: --certfile and --keyfile go together")
+        return EXIT_USAGE
     try:
         trio.run(serve_dispatcher, options)
-    except (TokenError, StoreVersionError) as exc:
+    except (TokenError, StoreVersionError, TlsConfigError) as exc:
         err(f"fifoflow: {exc}")
         return EXIT_USAGE
     except OSError as exc:
@@ -110,7 +117,9 @@ def _ask(args: argparse.Namespace, call: Callable[[DispatcherClient], T]) -> T:
     token_file = (
         Path(args.token_file) if args.token_file else default_dispatcher_state_dir() / "token"
     )
-    with DispatcherClient(args.url, read_token(token_file, server="dispatcher")) as client:
+    token = read_token(token_file, server="dispatcher")
+    ca = Path(args.ca) if args.ca else None
+    with DispatcherClient(args.url, token, ca=ca) as client:
         return call(client)
 
 
@@ -273,7 +282,7 @@ def cmd_client(args: argparse.Namespace) -> int:
     except ConnectError as exc:
         err(f"fifoflow: {exc}")
         return EXIT_FAILED
-    except TokenError as exc:
+    except (TokenError, TlsSettingsError) as exc:
         err(f"fifoflow: {exc}")
         return EXIT_USAGE
 
@@ -384,6 +393,8 @@ def add_dispatcher_parser(sub: argparse._SubParsersAction[argparse.ArgumentParse
         metavar="URL",
         help="the dispatcher's URL as runners in containers reach it (default: where it listens)",
     )
+    serve.add_argument("--certfile", metavar="PEM", help="serve HTTPS with this certificate")
+    serve.add_argument("--keyfile", metavar="PEM", help="the certificate's private key")
     serve.set_defaults(func=cmd_serve)
     for action, help_text, _ in ACTIONS:
         p = d_sub.add_parser(action, help=help_text)
@@ -394,6 +405,13 @@ def add_dispatcher_parser(sub: argparse._SubParsersAction[argparse.ArgumentParse
             ),
         )
         p.add_argument("--token-file", default=os.environ.get("FIFOFLOW_DISPATCHER_TOKEN_FILE"))
+        p.add_argument(
+            "--ca",
+            metavar="PEM",
+            default=os.environ.get("FIFOFLOW_DISPATCHER_CA"),
+            help="verify an https:// dispatcher with this CA or self-signed certificate"
+            " ($FIFOFLOW_DISPATCHER_CA)",
+        )
         if action == "token":
             p.add_argument(
                 "--ttl", type=float, help="seconds the token stays valid (default: 1 hour)"

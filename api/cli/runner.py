@@ -18,9 +18,11 @@ from fifoflow.api.client import RunnerClient
 from fifoflow.api.client.errors import leaves
 from fifoflow.api.common.auth import TokenError, read_token
 from fifoflow.api.common.places import DEFAULT_PORT, default_state_dir
+from fifoflow.api.common.serving import TlsConfigError
 from fifoflow.flows.limits import MAX_BODY
 from fifoflow.flows.resources import parse_size
 from fifoflow.runner import RunnerError
+from fifoflow.runner.tls import normalize_fingerprint
 
 __all__ = ["add_runner_parser"]
 
@@ -46,6 +48,13 @@ def _cpus(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"write CPUs as a number > 0, got {text!r}")
     return value
+
+
+def _fingerprint(text: str) -> str:
+    try:
+        return normalize_fingerprint(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _registration_token(args: argparse.Namespace) -> str | None:
@@ -89,18 +98,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cpus=args.cpus,
         memory=args.memory,
         name=args.name,
+        certfile=Path(args.certfile) if args.certfile else None,
+        keyfile=Path(args.keyfile) if args.keyfile else None,
+        dispatcher_ca=Path(args.dispatcher_ca) if args.dispatcher_ca else None,
+        dispatcher_fingerprint=args.dispatcher_fingerprint,
     )
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        err(
-            f"fifoflow: warning: serving on {args.host}: anyone who can reach it and has the token can run code"
-        )
+    if bool(args.certfile) != bool(args.keyfile):
+        err("fifoflow: --certfile and --keyfile go together")
+        return EXIT_USAGE
     try:
         trio.run(serve, options)
-    except (TokenError, RunnerError) as exc:
+    except (TokenError, RunnerError, TlsConfigError) as exc:
         err(f"fifoflow: {exc}")
         return EXIT_USAGE
     except BaseExceptionGroup as group:
-        refused = [e for e in leaves(group) if isinstance(e, (TokenError, RunnerError))]
+        refused = [
+            e for e in leaves(group) if isinstance(e, (TokenError, RunnerError, TlsConfigError))
+        ]
         if not refused:
             raise
         err(f"fifoflow: {refused[0]}")
@@ -121,7 +135,8 @@ def cmd_health(args: argparse.Namespace) -> int:
         return 1
 
     async def main() -> int:
-        async with RunnerClient(url, read_token(state_dir / "token")) as client:
+        ca = Path(args.ca) if args.ca else None
+        async with RunnerClient(url, read_token(state_dir / "token"), ca=ca) as client:
             out(orjson.dumps(await client.health()).decode())
         return EXIT_OK
 
@@ -181,6 +196,24 @@ def add_runner_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="SIZE",
         help="memory it offers, e.g. 2GiB (default: the machine's)",
     )
+    serve_p.add_argument("--certfile", metavar="PEM", help="serve HTTPS with this certificate")
+    serve_p.add_argument("--keyfile", metavar="PEM", help="the certificate's private key")
+    trust = serve_p.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--dispatcher-ca",
+        metavar="PEM",
+        default=os.environ.get("FIFOFLOW_DISPATCHER_CA"),
+        help="verify an https:// dispatcher with this CA (or its self-signed certificate)"
+        " ($FIFOFLOW_DISPATCHER_CA)",
+    )
+    trust.add_argument(
+        "--dispatcher-fingerprint",
+        metavar="SHA256",
+        type=_fingerprint,
+        default=os.environ.get("FIFOFLOW_DISPATCHER_FINGERPRINT"),
+        help="trust the https:// dispatcher whose certificate has this SHA-256 (it prints it"
+        " at start: TLS certificate sha256: AB:CD:...) ($FIFOFLOW_DISPATCHER_FINGERPRINT)",
+    )
     registration = serve_p.add_mutually_exclusive_group()
     registration.add_argument(
         "--registration-token",
@@ -202,5 +235,11 @@ def add_runner_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     health_p.add_argument("--url", help="the runner's URL (default: <state dir>/url)")
     health_p.add_argument("--state-dir", help="the runner's state dir (token and url)")
+    health_p.add_argument(
+        "--ca",
+        metavar="PEM",
+        default=os.environ.get("FIFOFLOW_CA"),
+        help="verify an https:// runner with this CA or self-signed certificate ($FIFOFLOW_CA)",
+    )
     health_p.set_defaults(func=cmd_health)
     add_service_parsers(runner_sub)

@@ -15,12 +15,16 @@ leaving ``with``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
 
 from fifoflow.api.client.errors import ConnectError, api_error
+from fifoflow.runner.tls import client_context
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = ["DispatcherClient"]
 
@@ -30,10 +34,14 @@ TIMEOUT = 30.0
 
 
 class DispatcherClient:
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str, *, ca: Path | None = None) -> None:
+        """``ca``: verify an ``https://`` dispatcher with this CA file (or its self-signed
+        certificate) instead of the system's CAs."""
         self.url = url
         self._http = httpx.Client(
-            base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {token}"}
+            base_url=url.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}"},
+            verify=client_context(ca=ca),
         )
 
     def __enter__(self) -> DispatcherClient:

@@ -21,7 +21,7 @@ from fifoflow.runner.errors import leaves
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["ApiError", "ConnectError", "api_error", "leaves"]
+__all__ = ["ApiError", "ConnectError", "api_error", "leaves", "transport_reason"]
 
 
 class ConnectError(Exception):
@@ -42,3 +42,16 @@ def api_error(response: httpx.Response) -> ApiError:
     except (orjson.JSONDecodeError, KeyError, TypeError):
         text = response.text[:200]
         return ApiError(f"HTTP {response.status_code}: {text}", status=response.status_code)
+
+
+def transport_reason(exc: BaseException) -> str:
+    """Why a request did not get through: the first cause with a message (httpx's async
+    transport errors may have none of their own, e.g. a failed certificate check)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if str(current):
+            return str(current)
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return type(exc).__name__

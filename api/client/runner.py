@@ -32,10 +32,19 @@ import orjson
 import trio
 import trio_websocket
 
-from fifoflow.api.client.errors import ApiError, ConnectError, api_error, leaves
+from fifoflow.api.client.errors import (
+    ApiError,
+    ConnectError,
+    api_error,
+    leaves,
+    transport_reason,
+)
+from fifoflow.runner.tls import client_context
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import AsyncIterator, Iterable
+    from pathlib import Path
 
 __all__ = ["FlowSummary", "RpcSession", "RunnerClient", "Runtime", "open_websocket"]
 
@@ -60,13 +69,19 @@ class FlowSummary(TypedDict, total=False):
 
 
 class RunnerClient:
-    def __init__(self, url: str, token: str, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self, url: str, token: str, *, timeout: float = 60.0, ca: Path | None = None
+    ) -> None:
+        """``ca``: verify an ``https://`` runner with this CA file (or its self-signed
+        certificate) instead of the system's CAs."""
         self.url = url.rstrip("/")
         self.token = token
+        self._ssl = client_context(ca=ca)
         self._http = httpx.AsyncClient(
             base_url=self.url,
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout,
+            verify=self._ssl,
         )
 
     async def __aenter__(self) -> RunnerClient:
@@ -88,7 +103,9 @@ class RunnerClient:
                 method, path, content=content, params=params, headers=headers
             )
         except httpx.TransportError as exc:
-            raise ConnectError(f"cannot reach the runner at {self.url}: {exc}") from None
+            raise ConnectError(
+                f"cannot reach the runner at {self.url}: {transport_reason(exc)}"
+            ) from None
         if response.status_code >= 400:
             raise api_error(response)
         return orjson.loads(response.content)
@@ -214,7 +231,7 @@ class RunnerClient:
         """A JSON-RPC session over ``/ws`` (calls, and the events of its subscriptions)."""
         ws_url = "ws" + self.url.removeprefix("http") + "/ws"
         headers = [(b"Authorization", f"Bearer {self.token}".encode())]
-        async with open_websocket(ws_url, headers=headers) as ws:
+        async with open_websocket(ws_url, headers=headers, ssl_context=self._ssl) as ws:
             try:
                 async with trio.open_nursery() as nursery:
                     session = RpcSession(ws)
@@ -241,16 +258,28 @@ async def open_websocket(
     *,
     headers: list[tuple[bytes, bytes]] | None = None,
     max_message_size: int = 64 * 1024 * 1024,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[trio_websocket.WebSocketConnection]:
     """A client WebSocket whose TCP stream this function owns and always closes (also
-    when the server refuses the handshake: that becomes an :class:`ApiError`)."""
+    when the server refuses the handshake: that becomes an :class:`ApiError`). A
+    ``wss://`` URL is reached over TLS, verified with ``ssl_context`` (default: the
+    system's CAs)."""
     parts = urllib.parse.urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    secure = parts.scheme == "wss"
+    host, port = parts.hostname or "127.0.0.1", parts.port or (443 if secure else 80)
     resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    stream: trio.abc.Stream
     try:
         stream = await trio.open_tcp_stream(host, port)
     except OSError as exc:
         raise ConnectError(f"cannot reach the runner at {url}: {exc}") from None
+    if secure:
+        stream = trio.SSLStream(
+            stream,
+            ssl_context or client_context(),
+            server_hostname=host,
+            https_compatible=True,
+        )
     try:
         async with trio.open_nursery() as nursery:
             ws = await trio_websocket.wrap_client_stream(

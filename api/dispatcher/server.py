@@ -20,6 +20,7 @@ import trio.lowlevel
 
 from fifoflow.api.common.auth import load_or_create_token
 from fifoflow.api.common.places import DEFAULT_DISPATCHER_PORT
+from fifoflow.api.common.serving import configure_tls, exposure_warning
 from fifoflow.api.dispatcher.app import create_dispatcher_app
 from fifoflow.dispatcher.backends import LocalBackend
 from fifoflow.dispatcher.clients import (
@@ -63,6 +64,9 @@ class DispatcherServeOptions:
     page_grace: float = DEFAULT_GRACE
     max_pages: int = DEFAULT_MAX_PAGES
     page_prune_after: float = DEFAULT_PRUNE_AFTER
+    #: serve HTTPS/WSS with this certificate and key (None: plain HTTP)
+    certfile: Path | None = None
+    keyfile: Path | None = None
 
 
 def _say(text: str) -> None:
@@ -97,6 +101,14 @@ async def serve_dispatcher(
             hc.graceful_timeout = 1.0
             hc.accesslog = None
             hc.errorlog = None
+            tls = options.certfile is not None and options.keyfile is not None
+            fingerprint = None
+            if tls:
+                fingerprint = configure_tls(hc, options.certfile, options.keyfile)
+                _say(f"TLS certificate sha256: {fingerprint}")
+            warning = exposure_warning(options.host, tls=tls, what="dispatcher")
+            if warning:
+                _say(warning)
             stop = trio.Event()
             urls = await nursery.start(
                 lambda task_status: hypercorn.trio.serve(
@@ -122,7 +134,13 @@ async def serve_dispatcher(
             if options.local_runners:
                 root = options.state_dir / "local-runners"
                 backend = await nursery.start(
-                    LocalBackend(root, urls[0], dispatcher=dispatcher, say=_say).run
+                    LocalBackend(
+                        root,
+                        urls[0],
+                        dispatcher=dispatcher,
+                        say=_say,
+                        dispatcher_fingerprint=fingerprint,
+                    ).run
                 )
                 for i in range(options.local_runners):
                     name = f"local-{i + 1}"
@@ -136,6 +154,7 @@ async def serve_dispatcher(
                     DockerOptions(
                         image=options.docker_image,
                         dispatcher_url=options.public_url or urls[0],
+                        dispatcher_fingerprint=fingerprint,
                         pull=options.pull,
                         runners=options.docker_runners,
                         cpus=options.docker_cpus,

@@ -19,6 +19,7 @@ import trio
 
 from fifoflow.api.common.auth import load_or_create_token
 from fifoflow.api.common.places import DEFAULT_PORT
+from fifoflow.api.common.serving import configure_tls, exposure_warning
 from fifoflow.api.runner.app import ApiSettings, create_app
 from fifoflow.flows.limits import MAX_BODY
 from fifoflow.runner import FlowStatus, RunnerConfig, open_runner
@@ -47,6 +48,13 @@ class ServeOptions:
     memory: int | None = None
     #: the name the dispatcher shows (None: the hostname)
     name: str | None = None
+    #: serve HTTPS/WSS with this certificate and key (None: plain HTTP)
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    #: how to trust an https:// dispatcher: a CA file (or its self-signed certificate),
+    #: or its certificate's pinned SHA-256 fingerprint (None, None: the system's CAs)
+    dispatcher_ca: Path | None = None
+    dispatcher_fingerprint: str | None = None
 
     @property
     def token_path(self) -> Path:
@@ -82,6 +90,13 @@ async def serve(
             hc.graceful_timeout = options.graceful_timeout
             hc.accesslog = None
             hc.errorlog = None
+            tls = options.certfile is not None and options.keyfile is not None
+            if tls:
+                fingerprint = configure_tls(hc, options.certfile, options.keyfile)
+                _say(f"TLS certificate sha256: {fingerprint}")
+            warning = exposure_warning(options.host, tls=tls, what="runner")
+            if warning:
+                _say(warning)
             stop = trio.Event()
             async with trio.open_nursery() as nursery:
                 urls = await nursery.start(
@@ -106,6 +121,8 @@ async def serve(
                             cpus=options.cpus,
                             memory=options.memory,
                             name=options.name,
+                            ca=options.dispatcher_ca,
+                            fingerprint=options.dispatcher_fingerprint,
                         )
                         runner_id = await link_nursery.start(link.run)
                         _say(f"linked to the dispatcher at {options.dispatcher} as {runner_id}")

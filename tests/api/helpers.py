@@ -151,7 +151,7 @@ class ServerProcess:
             if not chunk:
                 raise AssertionError("the server exited before listening:\n" + buffer.decode())
             buffer += chunk
-            found = re.search(rb"listening on (http://\S+)", buffer)
+            found = re.search(rb"listening on (https?://\S+)", buffer)
             if found:
                 self.url = found.group(1).decode()
                 self.lines.extend(buffer.decode().splitlines())
