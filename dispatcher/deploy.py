@@ -102,14 +102,17 @@ class Deployments:
         self.handing_over: dict[str, dict[str, str]] = {}
 
     def held(self, runner_id: str, flow_id: str) -> set[str] | None:
-        """The modules of the flow the runner holds: placed on it, or being handed over
-        by it; None when the dispatcher knows no such flow."""
+        """The modules of the flow the runner holds: placed on it, being deployed to it,
+        or being handed over by it; None when the dispatcher knows no such flow."""
         record = self.store.flow(flow_id)
         if record is None:
             return None
         moving = self.handing_over.get(flow_id, {})
+        # a part being deployed right now speaks (a snapshot, a relay) before the store
+        # says it is placed
+        deploying = self._claims.get(flow_id, {})
         return {
-            m for placed in (record["placement"], moving) for m, r in placed.items()
+            m for placed in (record["placement"], moving, deploying) for m, r in placed.items()
             if r == runner_id
         }  # fmt: skip
 

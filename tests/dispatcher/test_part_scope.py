@@ -70,3 +70,16 @@ def test_own_modules_and_those_being_handed_over_pass(dispatcher: Dispatcher) ->
     with pytest.raises(NotYourPart):
         dispatcher.check_part("r2", "relay", "f", ["c"])
     assert len([e for e in dispatcher.events() if e["kind"] == "refused-call"]) == 2
+
+
+def test_a_part_being_deployed_may_speak_before_it_is_recorded(dispatcher: Dispatcher) -> None:
+    """A runner that just got its part checkpoints (snapshot) before the deploy call has
+    returned and the store says it is placed: that is its part already (a race the
+    lost-runner test once hit as a refused-call)."""
+    with pytest.raises(NotYourPart):
+        dispatcher.check_part("r3", "snapshot", "f", ["c"], field="states")
+    dispatcher.deployments._claims["f"] = {"a": "r1", "b": "r1", "c": "r3"}
+    try:
+        dispatcher.check_part("r3", "snapshot", "f", ["c"], field="states")
+    finally:
+        del dispatcher.deployments._claims["f"]
