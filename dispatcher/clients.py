@@ -90,10 +90,13 @@ class ClientRunners:
         grace: float = DEFAULT_GRACE,
         max_pages: int = DEFAULT_MAX_PAGES,
         prune_after: float = DEFAULT_PRUNE_AFTER,
+        fingerprint: str | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.url = url
         self.state_dir = state_dir
+        #: the dispatcher's TLS certificate (sha256), pinned by the pages' runners
+        self.fingerprint = fingerprint
         #: seconds a page may stay away before its runner signs off
         self.grace = grace
         #: pages served at once; one more is refused
@@ -237,6 +240,7 @@ class ClientRunners:
                     else self.dispatcher.issue_token()["token"],
                     name=f"browser {client.page}",
                     labels={"client": client.page},
+                    fingerprint=self.fingerprint,
                 )
                 async with trio.open_nursery() as nursery:
                     client.runner_id = await nursery.start(link.run)

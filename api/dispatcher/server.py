@@ -125,6 +125,7 @@ async def serve_dispatcher(
                     grace=options.page_grace,
                     max_pages=options.max_pages,
                     prune_after=options.page_prune_after,
+                    fingerprint=fingerprint,
                 ).run
             )
             _say(

@@ -244,3 +244,23 @@ def test_runner_health_over_https_with_its_certificate(
         assert b"CERTIFICATE_VERIFY_FAILED" in refused.stderr
     finally:
         runner.stop()
+
+
+async def test_a_page_connects_to_a_tls_dispatcher_over_wss(dispatcher: TlsDispatcher) -> None:
+    """A web page's socket over wss://, and the page's runner (which the dispatcher keeps
+    for it and links to itself) pins the dispatcher's certificate: the page is welcomed."""
+    import orjson
+    import trio
+    import trio_websocket
+
+    client_token = dispatcher.api("GET", "/client-token")["token"]
+    context = ssl.create_default_context(cafile=str(dispatcher.cert))
+    url = dispatcher.url.replace("https", "wss") + f"/client/ws?token={client_token}&page=p1"
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            ws = await trio_websocket.connect_websocket_url(nursery, url, ssl_context=context)
+            welcome = orjson.loads(await ws.get_message())
+            assert welcome["op"] == "welcome", welcome
+            assert welcome["runner"].startswith("r-")
+            await ws.send_message('{"op": "bye"}')
+            nursery.cancel_scope.cancel()
