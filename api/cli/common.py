@@ -197,3 +197,18 @@ def run_client(main: Callable[[], Awaitable[int]]) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def add_tls_options(parser: argparse.ArgumentParser) -> None:
+    """``--certfile``/``--keyfile``: what a server serves HTTPS with (both or neither)."""
+    parser.add_argument("--certfile", metavar="PEM", help="serve HTTPS with this certificate")
+    parser.add_argument("--keyfile", metavar="PEM", help="the certificate's private key")
+
+
+def tls_files(args: argparse.Namespace) -> tuple[Path | None, Path | None] | None:
+    """The certificate and key files given, or None (and the reason printed) when only
+    one of the two was."""
+    if bool(args.certfile) != bool(args.keyfile):
+        err("fifoflow: --certfile and --keyfile go together")
+        return None
+    return (Path(args.certfile), Path(args.keyfile)) if args.certfile else (None, None)

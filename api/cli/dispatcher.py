@@ -24,12 +24,14 @@ from fifoflow.api.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    add_tls_options,
     err,
     flow_problems,
     out,
     print_json,
     print_table,
     serve_logging,
+    tls_files,
 )
 from fifoflow.api.client import ApiError, ConnectError, DispatcherClient
 from fifoflow.api.common.auth import TokenError, read_token
@@ -56,6 +58,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fifoflow.api.dispatcher.server import DispatcherServeOptions, serve_dispatcher
 
     serve_logging()
+    tls = tls_files(args)
+    if tls is None:
+        return EXIT_USAGE
     options = DispatcherServeOptions(
         state_dir=Path(args.state_dir) if args.state_dir else default_dispatcher_state_dir(),
         host=args.host,
@@ -75,12 +80,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         page_grace=args.page_grace,
         max_pages=args.max_pages,
         page_prune_after=args.page_prune_after,
-        certfile=Path(args.certfile) if args.certfile else None,
-        keyfile=Path(args.keyfile) if args.keyfile else None,
+        certfile=tls[0],
+        keyfile=tls[1],
     )
-    if bool(args.certfile) != bool(args.keyfile):
-        err("fifoflow: --certfile and --keyfile go together")
-        return EXIT_USAGE
     try:
         trio.run(serve_dispatcher, options)
     except (TokenError, StoreVersionError, TlsConfigError) as exc:
@@ -393,8 +395,7 @@ def add_dispatcher_parser(sub: argparse._SubParsersAction[argparse.ArgumentParse
         metavar="URL",
         help="the dispatcher's URL as runners in containers reach it (default: where it listens)",
     )
-    serve.add_argument("--certfile", metavar="PEM", help="serve HTTPS with this certificate")
-    serve.add_argument("--keyfile", metavar="PEM", help="the certificate's private key")
+    add_tls_options(serve)
     serve.set_defaults(func=cmd_serve)
     for action, help_text, _ in ACTIONS:
         p = d_sub.add_parser(action, help=help_text)

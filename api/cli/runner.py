@@ -12,7 +12,16 @@ from pathlib import Path
 import orjson
 import trio
 
-from fifoflow.api.cli.common import EXIT_OK, EXIT_USAGE, err, out, run_client, serve_logging
+from fifoflow.api.cli.common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    add_tls_options,
+    err,
+    out,
+    run_client,
+    serve_logging,
+    tls_files,
+)
 from fifoflow.api.cli.service import add_service_parsers
 from fifoflow.api.client import RunnerClient
 from fifoflow.api.client.errors import leaves
@@ -81,6 +90,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fifoflow.api.runner.server import ServeOptions, serve  # the server only to serve
 
     serve_logging()
+    tls = tls_files(args)
+    if tls is None:
+        return EXIT_USAGE
     try:
         registration_token = _registration_token(args)
     except ValueError as exc:
@@ -98,14 +110,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cpus=args.cpus,
         memory=args.memory,
         name=args.name,
-        certfile=Path(args.certfile) if args.certfile else None,
-        keyfile=Path(args.keyfile) if args.keyfile else None,
+        certfile=tls[0],
+        keyfile=tls[1],
         dispatcher_ca=Path(args.dispatcher_ca) if args.dispatcher_ca else None,
         dispatcher_fingerprint=args.dispatcher_fingerprint,
     )
-    if bool(args.certfile) != bool(args.keyfile):
-        err("fifoflow: --certfile and --keyfile go together")
-        return EXIT_USAGE
     try:
         trio.run(serve, options)
     except (TokenError, RunnerError, TlsConfigError) as exc:
@@ -196,8 +205,7 @@ def add_runner_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="SIZE",
         help="memory it offers, e.g. 2GiB (default: the machine's)",
     )
-    serve_p.add_argument("--certfile", metavar="PEM", help="serve HTTPS with this certificate")
-    serve_p.add_argument("--keyfile", metavar="PEM", help="the certificate's private key")
+    add_tls_options(serve_p)
     trust = serve_p.add_mutually_exclusive_group()
     trust.add_argument(
         "--dispatcher-ca",
