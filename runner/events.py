@@ -51,6 +51,10 @@ class EventKind(enum.StrEnum):
     RUNTIME = "runtime"
     #: progress of an environment build
     ENVIRONMENT = "environment"
+    #: a run changed state (``run``, ``state``, ``attempt``, ``worker``, ``reason``; runner/runs)
+    RUN = "run"
+    #: a run's lease was renewed with its progress (``run``, ``attempt``, ``handled``, ...)
+    RUN_PROGRESS = "run-progress"
     #: to one subscriber only, which lost ``count`` events; not subscribed to
     MISSED = "missed"
 
