@@ -47,7 +47,7 @@ from ..runner.runs.errors import RunRefused
 from ..runner.runs.model import Target
 from ..runtimes.registry import discover
 from .calls import call_runner
-from .errors import FlowUnknown, NotYourPart, RunnerTimeout
+from .errors import FlowUnknown, RunnerTimeout
 from .placement import ModuleAsk, RunnerOffer, plan_placement
 from .status import RunnerStatus
 

@@ -43,6 +43,10 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from ..runner.events import EventHub
+from ..runner.runs.book import RunBook
+from ..runner.runs.errors import RunNotFound
+from ..runner.runs.store import RunStore
 from .calls import forward_call
 from .deploy import Deployments, flow_summary
 from .errors import (
@@ -55,10 +59,6 @@ from .errors import (
     RuntimeUnknown,
     UnknownRunner,
 )
-from ..runner.events import EventHub
-from ..runner.runs.book import RunBook
-from ..runner.runs.errors import RunNotFound
-from ..runner.runs.store import RunStore
 from .parts import FlowParts, known_flow
 from .runs import Resolver, RunnerWorkers
 from .status import RunnerStatus

@@ -61,9 +61,9 @@ from ..flows.resources import format_size
 from .errors import RunnerError, first
 from .events import EventKind
 from .rpc import LinkClosed, RemoteError, RpcPeer
-from .store import atomic_write
 from .runs.errors import RunRefused
 from .runs.model import RunOffer, RunProgress, RunResult
+from .store import atomic_write
 from .tls import client_context, untrusted
 
 if TYPE_CHECKING:
