@@ -120,6 +120,21 @@ class LocalWorker:
         self.executor = executor
 
     def fits(self, run: dict[str, Any]) -> str | None:
+        """A runner served alone carries no labels: a run that asks for some waits (for
+        a runner that has them: none will come; the user sees the reason and cancels)."""
+        if run.get("labels"):
+            wanted = ", ".join(f"{k}={v}" for k, v in run["labels"].items())
+            return f"this runner carries no labels (the run asks for {wanted})"
+        missing = (
+            sorted(
+                {m.get("runtime") for m in run.get("document", {}).get("modules", ())}
+                - set(self.executor.runner.runtimes)
+            )
+            if hasattr(self.executor, "runner")
+            else []
+        )
+        if missing:
+            return f"this runner has no runtime {', '.join(map(str, missing))}"
         if not getattr(self.executor, "accepting", True):
             return "the runner is not taking runs now (draining)"
         return None
