@@ -107,7 +107,10 @@ async def serve(
                 _say(
                     f"restored {len(restored)} flow(s) from {options.state_dir}, {running} running"
                 )
-            app = create_app(runner, ApiSettings(token=token, max_body=options.max_body))
+            settings = ApiSettings(
+                token=token, max_body=options.max_body, dispatcher=options.dispatcher
+            )
+            app = create_app(runner, settings)
             hc = hypercorn.config.Config()
             hc.bind = [f"{options.host}:{options.port}"]
             hc.websocket_max_message_size = options.max_body
