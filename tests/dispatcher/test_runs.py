@@ -434,57 +434,112 @@ def _db(state_dir: Path) -> Any:
     return sqlite3.connect(state_dir / "dispatcher.sqlite3")
 
 
-async def test_a_runner_speaks_only_for_the_attempts_given_to_it(
-    tmp_path: Path, dispatcher: DispatcherProcess, runners: list[ServerProcess]
-) -> None:
-    """A fake runner (the real link protocol) reports progress, a result and a give-back
-    for a run held by a real runner, and for a run that does not exist: each is refused
-    (``not_your_part``, naming the field) and recorded; the run goes on untouched."""
-    import trio
-    import trio_websocket
+class FakeRunner:
+    """A runner over the real link protocol, driven by the test: it registers, reports
+    hardware (python, ``maxRuns``), says ready, and answers the dispatcher's calls
+    (``offerRun``: accepted) while it waits for its own answers."""
 
-    runners.append(start_runner(tmp_path, "r0", dispatcher))
-    holder = linked_id(runners[0])
-    runs = Runs(dispatcher)
-    run = runs.submit(waiting(tmp_path, 7))
-    runs.wait_running(run["id"], 1)
-    ids = iter(range(1, 1000))
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.ids = iter(range(1, 10_000))
+        self.offers: list[dict[str, Any]] = []
+        self.cancels: list[dict[str, Any]] = []
 
-    async def call(ws: Any, method: str, **params: Any) -> dict[str, Any]:
-        await ws.send_message(
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        await self.ws.send_message(
             orjson.dumps(
-                {"jsonrpc": "2.0", "id": next(ids), "method": method, "params": params}
+                {"jsonrpc": "2.0", "id": next(self.ids), "method": method, "params": params}
             ).decode()
         )
         while True:
-            message = orjson.loads(await ws.get_message())
-            if "method" not in message:  # not a call of the dispatcher's (offerRun...)
+            message = orjson.loads(await self.ws.get_message())
+            if "method" not in message:
                 return message  # type: ignore[no-any-return]
+            await self.answer(message)
 
+    async def answer(self, message: dict[str, Any]) -> None:
+        if message["method"] == "offerRun":
+            self.offers.append(message["params"])
+        elif message["method"] == "cancelRun":
+            self.cancels.append(message["params"])
+        reply = {"jsonrpc": "2.0", "id": message.get("id"), "result": None}
+        await self.ws.send_message(orjson.dumps(reply).decode())
+
+    async def wait_offer(self) -> dict[str, Any]:
+        while not self.offers:
+            await self.answer(orjson.loads(await self.ws.get_message()))
+        return self.offers.pop(0)
+
+    @classmethod
+    async def link(cls, ws: Any, dispatcher: DispatcherProcess, name: str) -> FakeRunner:
+        fake = cls(ws)
+        me = (await fake.call("register", token=dispatcher.token(), name=name))["result"]
+        fake.id = me["runnerId"]
+        await fake.call("hello", runnerId=me["runnerId"], secret=me["secret"])
+        hardware = {"runtimes": ["python"], "maxRuns": 4, "labels": {"fake": name}}
+        await fake.call("hardware", full=hardware)
+        assert (await fake.call("ready", flows=[]))["result"] is True
+        assert (await fake.call("runsHeld", runs=[]))["result"] == {"stop": []}
+        return fake
+
+
+async def test_a_runner_speaks_only_for_the_attempts_given_to_it(
+    dispatcher: DispatcherProcess,
+) -> None:
+    """Two fake runners over the real link: the one offered a run renews it, reports
+    its result (recorded once; a re-send is answered "already"); the other reports
+    progress, a result and a give-back for that attempt, and for a run that does not
+    exist: each is refused (``not_your_part``) and recorded as a ``refused-call``
+    event, and what it says it holds is answered "stop"."""
+    import trio
+    import trio_websocket
+
+    runs = Runs(dispatcher)
+    url = dispatcher.url.replace("http", "ws") + "/link"
     with trio.fail_after(30):
-        url = dispatcher.url.replace("http", "ws") + "/link"
-        async with trio_websocket.open_websocket_url(url) as ws:
-            me = (await call(ws, "register", token=dispatcher.token(), name="fake"))["result"]
-            await call(ws, "hello", runnerId=me["runnerId"], secret=me["secret"])
-            assert (await call(ws, "ready", flows=[]))["result"] is True
+        async with (
+            trio_websocket.open_websocket_url(url) as ws1,
+            trio_websocket.open_websocket_url(url) as ws2,
+        ):
+            holder = await FakeRunner.link(ws1, dispatcher, "holder")
+            run = runs.submit({"n": 1}, labels={"fake": "holder"})
+            offer = await holder.wait_offer()
+            assert (offer["runId"], offer["attempt"]) == (run["id"], 1)
+            assert offer["inputs"] == [{"module": "work", "port": "in", "msg": {"n": 1}}]
+            assert offer["flow"]["id"] == "job"
+            intruder = await FakeRunner.link(ws2, dispatcher, "intruder")
             answers = [
-                await call(ws, "runProgress", runId=run["id"], attempt=1, handled={"work": 9}),
-                await call(ws, "runResult", runId=run["id"], attempt=1, state="failed"),
-                await call(ws, "runGiveBack", runId=run["id"], attempt=1, reason="mine now"),
-                await call(ws, "runResult", runId="r0000000000000000", attempt=1, state="failed"),
-            ]
+                await intruder.call("runProgress", runId=run["id"], attempt=1, handled={"work": 9}),
+                await intruder.call("runResult", runId=run["id"], attempt=1, state="failed"),
+                await intruder.call("runGiveBack", runId=run["id"], attempt=1, reason="mine"),
+                await intruder.call("runResult", runId="r0000000000000000", attempt=1, state="failed"),
+            ]  # fmt: skip
             for answer in answers:
                 assert answer["error"]["data"]["code"] == "not_your_part", answer
                 assert "was not given to this runner" in answer["error"]["message"]
-            held = await call(
-                ws, "runsHeld", runs=[{"runId": run["id"], "attempt": 1, "finished": False}]
+            held = await intruder.call(
+                "runsHeld", runs=[{"runId": run["id"], "attempt": 1, "finished": False}]
             )
             assert held["result"] == {"stop": [[run["id"], 1]]}
-            bad = await call(ws, "runResult", runId=run["id"], attempt=0, state="failed")
-            assert bad["error"]["code"] == -32602 and "attempt" in bad["error"]["message"]
+            bad = await intruder.call("runResult", runId=run["id"], attempt=0, state="failed")
+            assert bad["error"]["code"] == -32602
+            assert "attempt" in bad["error"]["message"]
+            view = runs.get(run["id"])
+            assert (view["state"], view["attempt"], view["worker"]) == ("running", 1, holder.id)
+
+            renewed = await holder.call(
+                "runProgress", runId=run["id"], attempt=1, handled={"work": 1}
+            )
+            assert renewed["result"] is True
+            result = {"runId": run["id"], "attempt": 1, "state": "succeeded",
+                      "outputs": [{"from": "work.out", "msg": {"n": 2}}], "outputsTotal": 1}  # fmt: skip
+            assert (await holder.call("runResult", **result))["result"] == {"recorded": True}
+            assert (await holder.call("runResult", **result))["result"] == {"recorded": False}
+            late = await holder.call("runProgress", runId=run["id"], attempt=1)
+            assert late["error"]["data"]["code"] == "lease_lost"
     refused = [e for e in dispatcher.api("GET", "/events") if e["kind"] == "refused-call"]
-    assert {e["call"] for e in refused} >= {"runProgress", "runResult", "runGiveBack", "runsHeld"}
+    assert {e["call"] for e in refused} == {"runProgress", "runResult", "runGiveBack", "runsHeld"}
     view = runs.get(run["id"])
-    assert (view["state"], view["attempt"], view["worker"]) == ("running", 1, holder)
-    (tmp_path / "go").touch()
-    assert runs.wait_state(run["id"], *TERMINAL)["state"] == "succeeded"
+    assert (view["state"], view["worker"]) == ("succeeded", holder.id)
+    assert len(terminal_events(view)) == 1
+    assert [o["msg"] for o in runs.result(run["id"])["outputs"]] == [{"n": 2}]
