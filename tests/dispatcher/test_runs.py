@@ -183,7 +183,8 @@ def test_a_runner_killed_mid_run_the_run_succeeds_on_the_other_at_attempt_2(
     assert len(terminal_events(view)) == 1
     assert [o["msg"] for o in runs.result(run["id"])["outputs"]] == [{"n": 2}]
     reasons = [a["reason"] for a in view["attempts"] if a["attempt"] == 1]
-    assert reasons and reasons[0], view["attempts"]
+    assert reasons, view["attempts"]
+    assert reasons[0], view["attempts"]
 
 
 def test_the_attempt_cap_fails_the_run_with_every_attempts_reason(
@@ -337,7 +338,7 @@ def test_sigterm_gives_back_a_run_that_outlives_the_grace(
     # given back at once, not after the 30 s lease
     assert time.monotonic() - started < 15
     assert view["attempt"] == 1
-    assert view["attempts"][0]["reason"] and "grace" in view["attempts"][0]["reason"]
+    assert "grace" in (view["attempts"][0]["reason"] or "")
     assert gone(pid)
     # another runner takes it at attempt 2
     runners.append(start_runner(tmp_path, "r1", dispatcher))
@@ -351,7 +352,8 @@ def _peek(runner: ServerProcess) -> bytes:
     import os
     import select
 
-    assert runner.proc is not None and runner.proc.stdout is not None
+    assert runner.proc is not None
+    assert runner.proc.stdout is not None
     fd = runner.proc.stdout.fileno()
     chunks = []
     while select.select([fd], [], [], 0)[0]:
@@ -412,12 +414,14 @@ def test_1000_runs_through_two_local_runners_each_recorded_once(tmp_path: Path) 
         db = _db(dispatcher.state_dir)
         try:
             results = db.execute("SELECT run, COUNT(*) FROM run_results GROUP BY run").fetchall()
-            assert len(results) == 1000 and {c for _, c in results} == {1}
+            assert len(results) == 1000
+            assert {c for _, c in results} == {1}
             ends = db.execute(
                 "SELECT run, COUNT(*) FROM run_events WHERE state IN (?, ?, ?, ?) GROUP BY run",
                 tuple(TERMINAL),
             ).fetchall()
-            assert len(ends) == 1000 and {c for _, c in ends} == {1}
+            assert len(ends) == 1000
+            assert {c for _, c in ends} == {1}
             per_worker = db.execute(
                 "SELECT worker, COUNT(*) FROM run_events WHERE state = 'succeeded' GROUP BY worker"
             ).fetchall()
