@@ -15,6 +15,7 @@ import trio
 from fifoflow.api.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
+    add_log_format_option,
     add_tls_options,
     err,
     out,
@@ -109,7 +110,7 @@ def _registration_token(args: argparse.Namespace) -> str | None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from fifoflow.api.runner.server import ServeOptions, serve  # the server only to serve
 
-    serve_logging()
+    serve_logging(args.log_format)
     tls = tls_files(args)
     if tls is None:
         return EXIT_USAGE
@@ -250,6 +251,7 @@ def add_runner_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         " back (default: %(default)s)",
     )
     add_tls_options(serve_p)
+    add_log_format_option(serve_p)
     trust = serve_p.add_mutually_exclusive_group()
     trust.add_argument(
         "--dispatcher-ca",

@@ -95,7 +95,10 @@ class DispatcherRuns:
 
     def subscribe(self, **kwargs: Any) -> Any:
         """Events of the dispatcher's run book (``run``, ``run-progress``)."""
-        return self.book().hub.subscribe(**kwargs)
+        hub = getattr(self.dispatcher, "run_events", None)
+        if hub is None:
+            raise ApiError("this dispatcher takes no runs", status=409, code="runs_unavailable")
+        return hub.subscribe(**kwargs)
 
 
 # ---------------------------------------------------------------------- params, queries
