@@ -62,10 +62,35 @@ class ServeOptions:
     #: or its certificate's pinned SHA-256 fingerprint (None, None: the system's CAs)
     dispatcher_ca: Path | None = None
     dispatcher_fingerprint: str | None = None
+    #: runs at once (None: the machine's CPUs), how long delivered runs' files are kept,
+    #: and how long running runs get to finish on SIGTERM before they are given back
+    max_runs: int | None = None
+    run_retention: float = 7 * 24 * 3600.0
+    run_grace: float = 30.0
 
     @property
     def token_path(self) -> Path:
         return self.token_file or self.state_dir / "token"
+
+
+async def _drain_runs(
+    runner: object, link: DispatcherLink | None, grace: float, signum: int
+) -> None:
+    """SIGTERM with runs: take no new ones, let the running ones finish within
+    ``grace`` seconds (their results go out over the link), give the rest back."""
+    executor = getattr(runner, "executor", None)
+    if executor is None or not executor.held():
+        if executor is not None:
+            executor.accepting = False
+        return
+    _say(f"{signal.Signals(signum).name}: no new runs; running ones get {grace:g} s to finish")
+    rest = await executor.drain(grace)
+    if rest:
+        _say(f"giving back {len(rest)} run(s) not finished within {grace:g} s")
+        if link is not None:
+            await link.give_back(
+                list(rest), f"the runner stopped (SIGTERM; grace {grace:g} s over)"
+            )
 
 
 def _say(text: str) -> None:
@@ -149,6 +174,7 @@ async def serve(
                         _say(f"linked to the dispatcher at {options.dispatcher} as {runner_id}")
                     task_status.started(urls)
                     async for signum in signals:
+                        await _drain_runs(runner, link, options.run_grace, signum)
                         _say(f"{signal.Signals(signum).name}: stopping flows (state is saved)")
                         if link is not None:
                             await link.sign_off()
