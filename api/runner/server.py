@@ -8,6 +8,7 @@ running), then returns.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from contextlib import asynccontextmanager
@@ -81,7 +82,7 @@ async def _drain_runs(
     executor = getattr(runner, "executor", None)
     if executor is None or not executor.held():
         if executor is not None:
-            executor.accepting = False
+            executor.reachable = False  # ``accepting`` is a property: take no new runs
         return
     _say(f"{signal.Signals(signum).name}: no new runs; running ones get {grace:g} s to finish")
     rest = await executor.drain(grace)
@@ -115,7 +116,11 @@ async def serve(
     """Serve until SIGINT/SIGTERM (or cancellation); ``task_status`` gets the bound URLs."""
     token, created = load_or_create_token(options.token_path)
     _say(f"token: {options.token_path}" + (" (created)" if created else ""))
-    config = RunnerConfig(state_dir=options.state_dir)
+    config = RunnerConfig(
+        state_dir=options.state_dir,
+        max_runs=options.max_runs or os.cpu_count() or 1,
+        run_retention=options.run_retention,
+    )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_runner(config) as runner, _local_runs(runner, options):
             for problem in runner.restore_problems:

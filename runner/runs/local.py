@@ -8,8 +8,8 @@ inline document, and, when the executor exists, a :class:`LocalWorker` adapting 
 book's ``Worker`` protocol with a reporter that calls the book directly.
 ``LocalRuns.run`` sets ``runner.run_book`` while it runs (None again after).
 
-Resource handling: :meth:`LocalRuns.run` owns the book's and the executor's tasks in one
-nursery and closes the store when it ends.
+Resource handling: :meth:`LocalRuns.run` owns the book's task and closes the store when
+it ends; the executor is the runner's (``Runner.run`` owns it).
 
 Error handling: the resolver raises :class:`~fifoflow.flows.FlowError` (each problem's
 path is the submission's: ``document.modules[0].runtime``, ``inputs[1].to``), the runner's
@@ -170,34 +170,34 @@ class BookReporter:
 
 
 class LocalRuns:
-    def __init__(
-        self,
-        runner: Runner,
-        state_dir: Path | None,
-        *,
-        max_runs: int | None = None,
-        retention: float = 7 * 24 * 3600.0,
-    ) -> None:
+    """The book of a runner served alone, over the runner's executor (``Runner.executor``,
+    made when ``RunnerConfig.max_runs`` > 0; without one, runs stay queued)."""
+
+    def __init__(self, runner: Runner, state_dir: Path | None) -> None:
         self.runner = runner
         self.state_dir = state_dir
-        self.max_runs = max_runs
-        self.retention = retention
 
     async def run(
         self, *, task_status: trio.TaskStatus[RunBook] = trio.TASK_STATUS_IGNORED
     ) -> None:
         store = RunStore.open(self.state_dir / "runs.sqlite" if self.state_dir else ":memory:")
         reporter = BookReporter()
-        executor = self._executor(reporter)
-        spill = getattr(executor, "spill_path", None)
+        executor = self.runner.executor
+        spill = None
+        if executor is not None:
+
+            def spill(run_id: str, attempt: int) -> Path | None:
+                return executor.attempt_dir(run_id, attempt) / "outputs.jsonl"
+
+        else:
+            log.warning("this runner has no run executor (max_runs 0): runs stay queued")
         book = RunBook(store, Resolver(self.runner), hub=self.runner.events, spill=spill)
         reporter.book = book
         try:
             async with trio.open_nursery() as nursery:
-                if executor is not None:
-                    await nursery.start(executor.run)
                 await nursery.start(book.run)
                 if executor is not None:
+                    executor.reporter = reporter
                     book.add_worker(LocalWorker(executor))
                     for result in executor.undelivered():
                         await reporter.result(result)
@@ -209,19 +209,3 @@ class LocalRuns:
         finally:
             self.runner.run_book = None
             store.close()
-
-    def _executor(self, reporter: BookReporter) -> Any:
-        """The runner's executor (None while fifoflow has none: runs then stay queued)."""
-        try:
-            from .executor import RunExecutor
-        except ImportError:
-            log.warning("no run executor in this fifoflow: runs stay queued")
-            return None
-        archive = self.state_dir / "runs" if self.state_dir else None
-        return RunExecutor(
-            self.runner,
-            max_runs=self.max_runs or 4,
-            archive=archive,
-            retention=self.retention,
-            reporter=reporter,
-        )
