@@ -22,7 +22,7 @@
    reports through :class:`LinkReporter` (``runProgress``, ``runResult``). After every
    ``ready`` the runner says what it holds (``runsHeld``), stops the attempts the answer
    lists, and re-sends the results it kept. While the link is down the executor takes
-   no new runs (``accepting`` is False): a runner that cannot report its working status
+   no new runs (``reachable`` is False): a runner that cannot report its working status
    does not start runs. SIGTERM: :meth:`DispatcherLink.give_back` returns the attempts
    the grace period did not see finish (``runGiveBack``).
 
@@ -233,7 +233,7 @@ class DispatcherLink:
         executor = self.executor
         if executor is not None:
             executor.reporter = self.reporter
-            executor.accepting = False  # until the first ready
+            executor.reachable = False  # until the first ready
 
     @property
     def executor(self) -> Any:
@@ -259,21 +259,28 @@ class DispatcherLink:
                 )
             except (RemoteError, *_DOWN):
                 continue
+            if self.executor is not None:
+                self.executor.forget(run_id, attempt)
 
     async def _runs_linked(self, peer: RpcPeer) -> None:
         """After ready: say what this runner holds, stop what no longer counts, re-send
-        kept results, then take runs again."""
+        kept results, then take runs again.
+
+        Attempts found started and not finished after a restart (the executor does not
+        run them again) are left out of ``runsHeld``: the book gives them back (the next
+        attempt is queued) and they are forgotten here."""
         executor = self.executor
         if executor is None:
             return
-        answer = await peer.call("runsHeld", runs=list(executor.held()))
+        unfinished = {tuple(key) for key in executor.unfinished()}
+        held = [h for h in executor.held() if (h["runId"], h["attempt"]) not in unfinished]
+        answer = await peer.call("runsHeld", runs=held)
+        for run_id, attempt in unfinished:
+            executor.forget(run_id, attempt)
         for run_id, attempt in (answer or {}).get("stop") or ():
-            await executor.cancel(
-                run_id, int(attempt), "the dispatcher says this attempt no longer counts"
-            )
-        if not getattr(executor, "draining", False):
-            executor.accepting = True
-        await executor.redeliver()
+            executor.forget(str(run_id), int(attempt))
+        executor.reachable = True
+        executor.redeliver()
 
     @property
     def ws_url(self) -> str:
@@ -323,7 +330,7 @@ class DispatcherLink:
             ) as exc:
                 self.connected = trio.Event()
                 if self.executor is not None:
-                    self.executor.accepting = False
+                    self.executor.reachable = False
                 refusal = untrusted(exc)
                 if refusal is not None:
                     raise LinkRefused(
@@ -590,7 +597,7 @@ class DispatcherLink:
             "capacity": self.capacity,
         }
         if self.executor is not None:
-            current["maxRuns"] = int(getattr(self.executor, "max_runs", 1))
+            current["maxRuns"] = int(self.executor.max_runs)
         try:
             cached = orjson.loads(self.hardware_path.read_bytes())
         except (OSError, orjson.JSONDecodeError):

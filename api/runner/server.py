@@ -8,6 +8,7 @@ running), then returns.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -71,9 +72,10 @@ async def _drain_runs(
     """SIGTERM with runs: take no new ones, let the running ones finish within
     ``grace`` seconds (their results go out over the link), give the rest back."""
     executor = getattr(runner, "executor", None)
-    if executor is None or not executor.held():
-        if executor is not None:
-            executor.accepting = False
+    if executor is None:
+        return
+    if not executor.statistics().get("running"):
+        await executor.drain(0)  # takes no new runs from here on
         return
     _say(f"{signal.Signals(signum).name}: no new runs; running ones get {grace:g} s to finish")
     rest = await executor.drain(grace)
@@ -96,7 +98,11 @@ async def serve(
     """Serve until SIGINT/SIGTERM (or cancellation); ``task_status`` gets the bound URLs."""
     token, created = load_or_create_token(options.token_path)
     _say(f"token: {options.token_path}" + (" (created)" if created else ""))
-    config = RunnerConfig(state_dir=options.state_dir)
+    config = RunnerConfig(
+        state_dir=options.state_dir,
+        max_runs=options.max_runs if options.max_runs is not None else os.cpu_count() or 1,
+        run_retention=options.run_retention,
+    )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_runner(config) as runner:
             for problem in runner.restore_problems:
