@@ -251,11 +251,13 @@ class Dispatcher:
             return
         runner = self._runner(runner_id)
         fields: dict[str, Any] = {"last_seen": time.time()}
-        if runner["status"] == RunnerStatus.LOST:
+        back = runner["status"] == RunnerStatus.LOST
+        if back:
             fields["status"] = RunnerStatus.READY
             self.store.add_event(runner_id, "back", {})
         self.store.update_runner(runner_id, **fields)
-        self._runs_worker(runner_id)
+        if back:
+            self._runs_worker(runner_id)
 
     def forget_runner(self, runner_id: str) -> None:
         """Delete a runner gone for good (a web page's runner, pruned by
