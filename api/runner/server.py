@@ -24,7 +24,7 @@ from fifoflow.api.common.serving import configure_tls, exposure_warning
 from fifoflow.api.runner.app import ApiSettings, create_app
 from fifoflow.flows.limits import MAX_BODY
 from fifoflow.runner import FlowStatus, RunnerConfig, open_runner
-from fifoflow.runner.link import DispatcherLink
+from fifoflow.runner.link import REPORT_SECONDS, DispatcherLink
 from fifoflow.runner.store import atomic_write
 
 __all__ = ["ServeOptions", "serve"]
@@ -78,7 +78,14 @@ async def _drain_runs(
         await executor.drain(0)  # takes no new runs from here on
         return
     _say(f"{signal.Signals(signum).name}: no new runs; running ones get {grace:g} s to finish")
+    running = {(h["runId"], h["attempt"]) for h in executor.held() if not h["finished"]}
+    if link is not None:
+        await link.stop_taking_runs()
     rest = await executor.drain(grace)
+    if link is not None:
+        # drain returns when the attempts ended; their results go out just after
+        with trio.move_on_after(REPORT_SECONDS):
+            await link.reporter.wait_delivered(running - set(rest))
     if rest:
         _say(f"giving back {len(rest)} run(s) not finished within {grace:g} s")
         if link is not None:
