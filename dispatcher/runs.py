@@ -11,7 +11,8 @@ its SQLite store (``Dispatcher.run_book``). What is the dispatcher's own:
   :class:`Target` s: ``to`` names an input port of the flow, absent means the flow's one
   entry port. Every refusal names the field (``FlowError`` problems ``inputs[2].to: ...``).
   Flows with ``browser`` modules are refused for now (runs in pages: not yet).
-- :class:`RunnerWorker`: one per linked runner that is ready and not draining.
+- :class:`RunnerWorker`: one per linked runner that is ready, not draining, and has
+  said what it holds (``runsHeld``, after its ``ready``: a runner takes runs from then).
   ``fits`` asks placement (``placement.py``, the rules of flows: runtimes, labels,
   room) whether the runner can take the whole flow; ``free`` is the ``maxRuns`` the
   runner announced (in its hardware report) less the runs it holds; ``offer`` and

@@ -23,7 +23,8 @@ Runners (statuses and their changes: ``status.py``):
 Runs (``runs.py``): ``self.run_book`` is the :class:`~fifoflow.runner.runs.book.RunBook`
 in the dispatcher's store (the ``runs`` tables of schema version 2), started in the
 dispatcher's nursery; its workers are the runners that are ready, linked and not
-draining (a :class:`~.runs.RunnerWorker` each, added on ``ready``, removed when the
+draining (a :class:`~.runs.RunnerWorker` each, added once it said ``runsHeld`` after
+``ready``, removed when the
 link goes, the runner is lost, signs off or drains). Run events go to
 ``self.run_events`` (an :class:`~fifoflow.runner.events.EventHub` the API streams).
 
@@ -131,6 +132,8 @@ class Dispatcher:
         self.run_events = EventHub()
         self.run_store = RunStore(self.store.db)
         self.run_book = RunBook(self.run_store, Resolver(self.store), hub=self.run_events)
+        #: runners that said ``runsHeld`` on their current link (they take runs)
+        self._run_takers: set[str] = set()
         self.run_workers = RunnerWorkers(
             self.store,
             self.links,
@@ -238,7 +241,6 @@ class Dispatcher:
         self._runner(runner_id)
         self.store.update_runner(runner_id, status=RunnerStatus.READY, last_seen=time.time())
         self.store.add_event(runner_id, "ready", {})
-        self._runs_worker(runner_id)
         self._ready_event.set()
         self._ready_event = trio.Event()
 
@@ -251,11 +253,13 @@ class Dispatcher:
             return
         runner = self._runner(runner_id)
         fields: dict[str, Any] = {"last_seen": time.time()}
-        if runner["status"] == RunnerStatus.LOST:
+        back = runner["status"] == RunnerStatus.LOST
+        if back:
             fields["status"] = RunnerStatus.READY
             self.store.add_event(runner_id, "back", {})
         self.store.update_runner(runner_id, **fields)
-        self._runs_worker(runner_id)
+        if back:
+            self._runs_worker(runner_id)
 
     def forget_runner(self, runner_id: str) -> None:
         """Delete a runner gone for good (a web page's runner, pruned by
@@ -305,13 +309,16 @@ class Dispatcher:
     def detach(self, runner_id: str, peer: RpcPeer) -> None:
         if self.links.get(runner_id) is peer:
             del self.links[runner_id]
+            self._run_takers.discard(runner_id)
             self.run_book.remove_worker(runner_id)
 
     # ------------------------------------------------------------------ runs (runs.py)
 
     def _runs_worker(self, runner_id: str) -> None:
-        """The runner is a worker of the run book while it is ready and linked."""
-        if self.run_workers.eligible(runner_id):
+        """The runner is a worker of the run book while it is ready, linked, and has
+        said what runs it holds on this link (``runsHeld``: only then does it take
+        runs; a runner without an executor never says it)."""
+        if runner_id in self._run_takers and self.run_workers.eligible(runner_id):
             self.run_book.add_worker(self.run_workers.worker(runner_id))
             self.run_book.kick()
 
@@ -374,6 +381,8 @@ class Dispatcher:
             )
             stop.append([item["runId"], item["attempt"]])
         stop += [[run_id, attempt] for run_id, attempt in self.run_book.reconcile(runner_id, own)]
+        self._run_takers.add(runner_id)
+        self._runs_worker(runner_id)
         return stop
 
     # ------------------------------------------------------------------ runtimes

@@ -164,13 +164,14 @@ class RuntimeInstance:
         and given back): routing, errors, logs and wake-ups go to it. Only between two
         uses: the host holds no module and nothing is queued or in flight. The counters
         and logs of the previous use are cleared."""
-        self.flow = flow
+        previous, self.flow = self.flow, flow
         self.queues._on_room = flow.notify  # the queues wake the writers of their flow
         self.restarts = 0
         self.child_restarts = {}
         self.child_exits = {}
         self.last_error = None
         self.logs.clear()
+        previous.notify()  # the writer waits on the previous flow's wake-up: move it over
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         started = False
@@ -374,9 +375,9 @@ class RuntimeInstance:
             await progress.wait()
 
     async def _reader(self, proc: RuntimeProcess, host_scope: trio.CancelScope) -> None:
-        flow = self.flow
         queues = self.queues
         while True:
+            flow = self.flow  # read again for every batch: a warm host changes flows (adopt)
             try:
                 lines = await proc.receive_lines()
             except ProtocolError as exc:

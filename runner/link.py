@@ -22,7 +22,7 @@
    reports through :class:`LinkReporter` (``runProgress``, ``runResult``). After every
    ``ready`` the runner says what it holds (``runsHeld``), stops the attempts the answer
    lists, and re-sends the results it kept. While the link is down the executor takes
-   no new runs (``accepting`` is False): a runner that cannot report its working status
+   no new runs (``reachable`` is False): a runner that cannot report its working status
    does not start runs. SIGTERM: :meth:`DispatcherLink.give_back` returns the attempts
    the grace period did not see finish (``runGiveBack``).
 
@@ -130,6 +130,20 @@ class LinkReporter:
 
     def __init__(self, link: DispatcherLink) -> None:
         self.link = link
+        #: (runId, attempt) of the results delivered (for :meth:`wait_delivered`)
+        self.delivered: set[tuple[str, int]] = set()
+        self._delivery = trio.Event()
+
+    async def wait_delivered(self, keys: set[tuple[str, int]]) -> None:
+        """Until the results of these attempts were delivered (the caller bounds it)."""
+        while not keys <= self.delivered:
+            await self._delivery.wait()
+
+    def _delivered(self, r: RunResult) -> bool:
+        self.delivered.add((r.runId, r.attempt))
+        self._delivery.set()
+        self._delivery = trio.Event()
+        return True
 
     async def progress(self, p: RunProgress) -> bool:
         try:
@@ -147,11 +161,11 @@ class LinkReporter:
             await self.link.report("runResult", _unstructure(r))
         except RemoteError as exc:
             if exc.remote_code in ("lease_lost", "not_your_part", "run_not_found"):
-                return True  # it does not count: nothing to keep
+                return self._delivered(r)  # it does not count: nothing to keep
             return False
         except _DOWN:
             return False
-        return True
+        return self._delivered(r)
 
 
 def _unstructure(value: Any) -> dict[str, Any]:
@@ -233,7 +247,7 @@ class DispatcherLink:
         executor = self.executor
         if executor is not None:
             executor.reporter = self.reporter
-            executor.accepting = False  # until the first ready
+            executor.reachable = False  # until the first ready
 
     @property
     def executor(self) -> Any:
@@ -249,6 +263,21 @@ class DispatcherLink:
         with trio.fail_after(REPORT_SECONDS):
             return await peer.call(method, **params)
 
+    async def stop_taking_runs(self) -> None:
+        """Tell the dispatcher this runner takes no more runs (SIGTERM): its ``maxRuns``
+        is 0 from now on (and in the cached hardware report, so that the next start
+        announces its real number again)."""
+        try:
+            cached = orjson.loads(self.hardware_path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            cached = {}
+        try:
+            await self.report("hardware", {"changes": {"maxRuns": 0}})
+        except (RemoteError, *_DOWN):
+            return
+        cached["maxRuns"] = 0
+        atomic_write(self.hardware_path, orjson.dumps(cached), mode=0o600)
+
     async def give_back(self, attempts: list[tuple[str, int]], reason: str) -> None:
         """Hand attempts this runner will not finish back to the dispatcher (best
         effort: an attempt not given back is given back when its lease expires)."""
@@ -259,21 +288,30 @@ class DispatcherLink:
                 )
             except (RemoteError, *_DOWN):
                 continue
+            if self.executor is not None:
+                self.executor.forget(run_id, attempt)
 
     async def _runs_linked(self, peer: RpcPeer) -> None:
         """After ready: say what this runner holds, stop what no longer counts, re-send
-        kept results, then take runs again."""
+        kept results, then take runs again.
+
+        Attempts found started and not finished after a restart (the executor does not
+        run them again) are left out of ``runsHeld``: the book gives them back (the next
+        attempt is queued) and they are forgotten here."""
         executor = self.executor
         if executor is None:
             return
-        answer = await peer.call("runsHeld", runs=list(executor.held()))
+        unfinished = {tuple(key) for key in executor.unfinished()}
+        held = [h for h in executor.held() if (h["runId"], h["attempt"]) not in unfinished]
+        # Reachable before the call: the dispatcher offers runs once it has the answer
+        # out, and an offer may overtake it here.
+        executor.reachable = True
+        answer = await peer.call("runsHeld", runs=held)
+        for run_id, attempt in unfinished:
+            executor.forget(run_id, attempt)
         for run_id, attempt in (answer or {}).get("stop") or ():
-            await executor.cancel(
-                run_id, int(attempt), "the dispatcher says this attempt no longer counts"
-            )
-        if not getattr(executor, "draining", False):
-            executor.accepting = True
-        await executor.redeliver()
+            executor.forget(str(run_id), int(attempt))
+        executor.redeliver()
 
     @property
     def ws_url(self) -> str:
@@ -323,7 +361,7 @@ class DispatcherLink:
             ) as exc:
                 self.connected = trio.Event()
                 if self.executor is not None:
-                    self.executor.accepting = False
+                    self.executor.reachable = False
                 refusal = untrusted(exc)
                 if refusal is not None:
                     raise LinkRefused(
@@ -590,7 +628,7 @@ class DispatcherLink:
             "capacity": self.capacity,
         }
         if self.executor is not None:
-            current["maxRuns"] = int(getattr(self.executor, "max_runs", 1))
+            current["maxRuns"] = int(self.executor.max_runs)
         try:
             cached = orjson.loads(self.hardware_path.read_bytes())
         except (OSError, orjson.JSONDecodeError):

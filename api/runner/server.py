@@ -26,7 +26,7 @@ from fifoflow.api.common.serving import configure_tls, exposure_warning
 from fifoflow.api.runner.app import ApiSettings, create_app
 from fifoflow.flows.limits import MAX_BODY
 from fifoflow.runner import FlowStatus, RunnerConfig, open_runner
-from fifoflow.runner.link import DispatcherLink
+from fifoflow.runner.link import REPORT_SECONDS, DispatcherLink
 from fifoflow.runner.runs.local import LocalRuns
 from fifoflow.runner.store import atomic_write
 
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from fifoflow.runner import Runner
 
 __all__ = ["ServeOptions", "serve"]
-
 
 @attrs.frozen
 class ServeOptions:
@@ -80,12 +79,20 @@ async def _drain_runs(
     """SIGTERM with runs: take no new ones, let the running ones finish within
     ``grace`` seconds (their results go out over the link), give the rest back."""
     executor = getattr(runner, "executor", None)
-    if executor is None or not executor.held():
-        if executor is not None:
-            executor.reachable = False  # ``accepting`` is a property: take no new runs
+    if executor is None:
+        return
+    if not executor.statistics().get("running"):
+        await executor.drain(0)  # takes no new runs from here on
         return
     _say(f"{signal.Signals(signum).name}: no new runs; running ones get {grace:g} s to finish")
+    running = {(h["runId"], h["attempt"]) for h in executor.held() if not h["finished"]}
+    if link is not None:
+        await link.stop_taking_runs()
     rest = await executor.drain(grace)
+    if link is not None:
+        # drain returns when the attempts ended; their results go out just after
+        with trio.move_on_after(REPORT_SECONDS):
+            await link.reporter.wait_delivered(running - set(rest))
     if rest:
         _say(f"giving back {len(rest)} run(s) not finished within {grace:g} s")
         if link is not None:
@@ -118,7 +125,7 @@ async def serve(
     _say(f"token: {options.token_path}" + (" (created)" if created else ""))
     config = RunnerConfig(
         state_dir=options.state_dir,
-        max_runs=options.max_runs or os.cpu_count() or 1,
+        max_runs=options.max_runs if options.max_runs is not None else os.cpu_count() or 1,
         run_retention=options.run_retention,
     )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -126,6 +126,8 @@ class _Attempt:
     outputs_total: int = 0
     spill: BinaryIO | None = None
     handled: dict[str, int] = attrs.field(factory=lambda: defaultdict(int))
+    #: every host acquired
+    ready: bool = False
     #: the result is made: later outputs are not counted
     closed: bool = False
 
@@ -268,9 +270,7 @@ class RunExecutor:
         self.retry_interval = retry_interval
         #: False while the book cannot be told (the link sets it); no run is accepted then
         self.reachable = True
-        self.pool = HostPool(
-            runner, warm=warm, max_idle=max(warm, self.max_runs), max_hosts=max_hosts
-        )
+        self.pool = HostPool(runner, warm=warm, max_idle=warm + self.max_runs, max_hosts=max_hosts)
         self._archive = archive
         self._root: Path | None = None
         self._nursery: trio.Nursery | None = None
@@ -413,8 +413,7 @@ class RunExecutor:
         caller to give back."""
         self._draining = True
         with trio.move_on_after(grace):
-            while self._running:
-                await self._wait_changed()
+            await self.wait_idle()
         left = list(self._running.values())
         for att in left:
             att.abandoned = True
@@ -432,6 +431,24 @@ class RunExecutor:
             key: inst.process.pid if inst.process is not None else None
             for key, inst in att.hosts.items()
         }
+
+    async def wait_hosts(self, run_id: str, attempt: int) -> dict[str, int | None]:
+        """:meth:`hosts` once the attempt has all of its hosts ({} if it is not running)."""
+        while True:
+            att = self._running.get((run_id, attempt))
+            if att is None or att.ready:
+                return self.hosts(run_id, attempt)
+            await self._changed.wait()
+
+    async def wait_free(self) -> None:
+        """Until :meth:`free` is above 0."""
+        while self.free() <= 0:
+            await self._changed.wait()
+
+    async def wait_idle(self) -> None:
+        """Until no attempt is running."""
+        while self._running:
+            await self._changed.wait()
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -537,6 +554,8 @@ class RunExecutor:
         try:
             with att.scope:
                 await self._acquire(att, flow)
+                att.ready = True
+                self._signal()
                 fr = _AttemptFlow(
                     flow,
                     self.runner.runtimes,
@@ -786,6 +805,3 @@ class RunExecutor:
     def _signal(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
-
-    async def _wait_changed(self) -> None:
-        await self._changed.wait()

@@ -107,6 +107,8 @@ class HostPool:
         self.runner = runner
         self.warm = warm
         self.max_idle = max(warm, max_idle if max_idle is not None else warm)
+        # (an executor passes warm + max_runs: every lent host can come back without
+        # killing one that a refill started meanwhile)
         self.max_hosts = max_hosts if max_hosts is not None else max(8, 4 * (self.max_idle + warm))
         self.retry_delay = retry_delay
         if prewarm is None:
@@ -126,6 +128,7 @@ class HostPool:
         self._failed_at: dict[HostKey, float] = {}
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
+        self._changed = trio.Event()
         self._serial = 0
         self._started = self._reused = self._killed = 0
 
@@ -156,6 +159,11 @@ class HostPool:
             killed=self._killed,
         )
 
+    async def wait_warm(self) -> None:
+        """Until every key kept warm has its ``warm`` idle hosts (a bench, a test)."""
+        while not all(len(self._idle[key]) >= self.warm for key in self._wanted):
+            await self._changed.wait()
+
     def total(self) -> int:
         return (
             sum(len(h) for h in self._idle.values())
@@ -175,7 +183,7 @@ class HostPool:
             self._wanted.add(key)
         idle = self._idle[key]
         while idle:
-            host = idle.popleft()
+            host = idle.pop()  # the one used last: its caches are warm
             if host.instance.status is InstanceStatus.RUNNING and not host.ended.is_set():
                 self._lent[host.instance] = host
                 self._reused += 1
@@ -270,6 +278,8 @@ class HostPool:
 
     def _kick(self) -> None:
         self._wake.set()
+        self._changed.set()
+        self._changed = trio.Event()
 
     async def _refill(self) -> None:
         while True:
@@ -298,5 +308,6 @@ class HostPool:
             return
         if len(self._idle[key]) < self.max_idle:
             self._idle[key].append(host)
+            self._kick()
         else:
             await self._kill(host)

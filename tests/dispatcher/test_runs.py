@@ -67,11 +67,16 @@ class Runs:
         return self.dispatcher.api("GET", f"/runs/{run_id}/result")  # type: ignore[no-any-return]
 
     def wait_state(self, run_id: str, *states: str, timeout: float = 30) -> dict[str, Any]:
-        return wait_until(  # type: ignore[no-any-return]
-            f"run {run_id} to be {'/'.join(states)}",
-            lambda: (view := _try(lambda: self.get(run_id))) and view["state"] in states and view,
-            timeout,
-        )
+        try:
+            return wait_until(  # type: ignore[no-any-return]
+                f"run {run_id} to be {'/'.join(states)}",
+                lambda: (
+                    (view := _try(lambda: self.get(run_id))) and view["state"] in states and view
+                ),
+                timeout,
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the run: {_try(lambda: self.get(run_id))}") from None
 
     def wait_running(self, run_id: str, attempt: int = 1) -> dict[str, Any]:
         return wait_until(  # type: ignore[no-any-return]
@@ -196,6 +201,8 @@ def test_the_attempt_cap_fails_the_run_with_every_attempts_reason(
     run = runs.submit(waiting(tmp_path, 1), lease=1.0, maxAttempts=2)
     for attempt in (1, 2):
         view = runs.wait_running(run["id"], attempt)
+        module_pid(tmp_path)  # the module runs: the runner took the attempt
+        (tmp_path / "go.pid").unlink()
         victim = runners[ids.index(view["worker"])]
         assert victim.proc is not None
         victim.proc.send_signal(signal.SIGKILL)

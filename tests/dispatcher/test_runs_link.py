@@ -6,8 +6,8 @@ attempts the answer lists are stopped, and the executor takes no runs while the 
 is down.
 
 The executor here is a test-side one (the ``RunExecutor`` surface the link calls:
-``start``, ``cancel``, ``held``, ``redeliver``, ``accepting``, ``max_runs``,
-``reporter``): the protocol boundary between the link and the executor."""
+``start``, ``cancel``, ``held``, ``unfinished``, ``forget``, ``redeliver``,
+``reachable``, ``max_runs``, ``reporter``): the protocol boundary between the link and the executor."""
 
 from __future__ import annotations
 
@@ -36,13 +36,16 @@ class SideExecutor:
     max_runs = 3
 
     def __init__(self) -> None:
-        self.accepting = True
+        self.reachable = True
         self.reporter: Any = None
         self.started: list[RunOffer] = []
         self.canceled: list[tuple[str, int, str]] = []
         self.kept: dict[tuple[str, int], RunResult] = {}
         self.extra_held: list[dict[str, Any]] = []
+        self.left_unfinished: list[tuple[str, int]] = []
+        self.forgotten: list[tuple[str, int]] = []
         self.changed = trio.Event()
+        self.wake = trio.Event()
 
     def _changed(self) -> None:
         self.changed.set()
@@ -54,8 +57,8 @@ class SideExecutor:
         return value
 
     async def start(self, offer: RunOffer) -> None:
-        if not self.accepting:
-            raise RunRefused("not accepting runs")
+        if not self.reachable:
+            raise RunRefused("cannot report to the book now")
         if offer.inputs and offer.inputs[0].msg == "refuse":
             raise RunRefused("no room for this one")
         self.started.append(offer)
@@ -70,7 +73,23 @@ class SideExecutor:
             {"runId": o.runId, "attempt": o.attempt, "finished": (o.runId, o.attempt) in self.kept}
             for o in self.started
         ]
-        return running + self.extra_held
+        unfinished = [
+            {"runId": r, "attempt": a, "finished": False} for r, a in self.left_unfinished
+        ]
+        return running + unfinished + self.extra_held
+
+    def unfinished(self) -> list[tuple[str, int]]:
+        return list(self.left_unfinished)
+
+    def forget(self, run_id: str, attempt: int) -> bool:
+        self.forgotten.append((run_id, attempt))
+        held = (run_id, attempt) in self.left_unfinished
+        self.left_unfinished = [k for k in self.left_unfinished if k != (run_id, attempt)]
+        self.extra_held = [
+            h for h in self.extra_held if (h["runId"], h["attempt"]) != (run_id, attempt)
+        ]
+        self._changed()
+        return held
 
     async def finish(self, result: RunResult) -> bool:
         self.kept[(result.runId, result.attempt)] = result
@@ -80,11 +99,18 @@ class SideExecutor:
         self._changed()
         return bool(delivered)
 
-    async def redeliver(self) -> None:
-        for key, result in list(self.kept.items()):
-            if await self.reporter.result(result):
-                del self.kept[key]
-        self._changed()
+    def redeliver(self) -> None:
+        self.wake.set()
+
+    async def deliveries(self) -> None:
+        """What the executor's delivery task does on ``redeliver``."""
+        while True:
+            await self.wake.wait()
+            self.wake = trio.Event()
+            for key, result in list(self.kept.items()):
+                if await self.reporter.result(result):
+                    del self.kept[key]
+            self._changed()
 
 
 async def _api(dispatcher: DispatcherProcess, method: str, path: str, **kw: Any) -> Any:
@@ -114,10 +140,11 @@ async def test_the_link_carries_offers_reports_and_kept_results(tmp_path: Path) 
                     registration_token=await trio.to_thread.run_sync(dispatcher.token),
                 )
                 assert executor.reporter is link.reporter
-                assert executor.accepting is False  # until ready
+                assert executor.reachable is False  # until ready
                 async with trio.open_nursery() as nursery:
+                    nursery.start_soon(executor.deliveries)
                     runner_id = await nursery.start(link.run)
-                    await executor.wait(lambda: executor.accepting)
+                    await executor.wait(lambda: executor.reachable)
                     hardware = next(
                         r["hardware"]
                         for r in await _api(dispatcher, "GET", "/runners")
@@ -166,7 +193,7 @@ async def test_the_link_carries_offers_reports_and_kept_results(tmp_path: Path) 
                     # the dispatcher goes away: no new runs; the result is kept
                     dispatcher.port = int(dispatcher.url.rsplit(":", 1)[1])
                     assert await trio.to_thread.run_sync(dispatcher.stop) == 0
-                    await executor.wait(lambda: not executor.accepting)
+                    await executor.wait(lambda: not executor.reachable)
                     result = RunResult(
                         runId=run["id"],
                         attempt=1,
@@ -177,13 +204,19 @@ async def test_the_link_carries_offers_reports_and_kept_results(tmp_path: Path) 
                     assert not await executor.finish(result)
                     assert (run["id"], 1) in executor.kept
                     # after the link is back: runsHeld (an attempt never given is told to
-                    # stop), the kept result delivered, runs taken again
+                    # stop; one left unfinished by a restart is not said, and forgotten),
+                    # the kept result delivered, runs taken again
                     executor.extra_held.append(
                         {"runId": "r0123456789abcdef", "attempt": 1, "finished": False}
                     )
+                    executor.left_unfinished.append(("r1111111111111111", 2))
                     await trio.to_thread.run_sync(dispatcher.start)
-                    await executor.wait(lambda: not executor.kept and executor.accepting)
-                    assert [c[:2] for c in executor.canceled] == [("r0123456789abcdef", 1)]
+                    await executor.wait(lambda: not executor.kept and executor.reachable)
+                    assert sorted(executor.forgotten) == [
+                        ("r0123456789abcdef", 1),
+                        ("r1111111111111111", 2),
+                    ]
+                    assert not executor.canceled
                     view = await _api(dispatcher, "GET", f"/runs/{run['id']}")
                     assert view["state"] == "succeeded"
                     assert [e["state"] for e in view["events"] if e["state"] in TERMINAL] == [
