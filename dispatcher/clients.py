@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import logging
 import re
 import secrets
 import shutil
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import orjson
@@ -42,6 +43,7 @@ import trio
 from ..runner import RunnerConfig, open_runner
 from ..runner.attached import AttachedHosts
 from ..runner.errors import RunnerError
+from ..runner.events import EventKind
 from ..runner.link import DispatcherLink
 from ..runtimes.registry import discover
 from .errors import PageRefused
@@ -62,10 +64,14 @@ __all__ = [
     "ClientRunners",
 ]
 
+log = logging.getLogger("fifoflow.dispatcher.clients")
+
 PAGE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DEFAULT_GRACE = 60.0
 DEFAULT_MAX_PAGES = 100
 DEFAULT_PRUNE_AFTER = 600.0
+#: browser parts of runs one page runs at once
+PAGE_RUNS = 4
 
 
 @attrs.define(eq=False)
@@ -78,6 +84,25 @@ class ClientRunner:
     #: the connections of the page now (a reload can overlap the old one)
     connections: int = 0
     generation: int = 0
+    #: the page takes the browser parts of runs (``connect(url, {runs: false})``: no)
+    takes_runs: bool = True
+    #: ``async (message: dict) -> None``: tells the page something on its control
+    #: socket (``{"op": "run", ...}``); None while it is away
+    notify: Any = None
+    #: its runner (for runs: its executor)
+    runner: Any = None
+
+    def running_runs(self) -> int:
+        executor = getattr(self.runner, "executor", None)
+        return int(executor.statistics()["running"]) if executor is not None else 0
+
+    def admit(self, offer: Any) -> str | None:
+        """The client runner's say on the browser part of a run: None takes it."""
+        if not self.takes_runs:
+            return f"page {self.page} takes no runs (it connected with runs: false)"
+        if not self.connections:
+            return f"page {self.page} is away"
+        return None
 
 
 class ClientRunners:
@@ -171,7 +196,13 @@ class ClientRunners:
         return issued
 
     async def page(
-        self, page: str, secret: str | None, request_host: Callable[[str], Awaitable[None]]
+        self,
+        page: str,
+        secret: str | None,
+        request_host: Callable[[str], Awaitable[None]],
+        *,
+        notify: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+        runs: bool = True,
     ) -> tuple[ClientRunner, int, str | None]:
         """The page's runner, started (and registered) if it is not running, with the
         page connected first: a runner that restores running flows from its state dir
@@ -192,11 +223,13 @@ class ClientRunners:
                 issued = self._claim(page, secret)
                 client = ClientRunner(page, AttachedHosts())
                 self.pages[page] = client
+                client.takes_runs, client.notify = runs, notify
                 generation = self.connected(client)
                 client.hosts.page_connected(request_host)
                 await self._nursery.start(self._serve, client)
             else:
                 issued = self._claim(page, secret)
+                client.takes_runs, client.notify = runs, notify
                 generation = self.connected(client)
                 client.hosts.page_connected(request_host)
             return client, generation, issued
@@ -214,6 +247,10 @@ class ClientRunners:
         client.connections -= 1
         if client.generation == generation:
             client.hosts.page_gone()
+            client.notify = None
+        if client.connections == 0:
+            # the browser parts of runs it held are given back (retried)
+            self.dispatcher.page_gone(client.runner_id)
         if client.connections == 0 and self._nursery is not None:
             self._nursery.start_soon(self._expire, client, client.generation)
 
@@ -224,10 +261,15 @@ class ClientRunners:
 
     async def _serve(self, client: ClientRunner, *, task_status: trio.TaskStatus[None]) -> None:
         state_dir = self.state_dir / "clients" / client.page
-        config = RunnerConfig(state_dir=state_dir, attached=client.hosts)
+        config = RunnerConfig(
+            state_dir=state_dir, attached=client.hosts, max_runs=PAGE_RUNS, warm_hosts=0
+        )
         runtimes = {"browser": discover(attached=True)["browser"]}
         try:
             async with open_runner(config, runtimes) as runner:
+                client.runner = runner
+                if runner.executor is not None:
+                    runner.executor.admit = client.admit
                 # registered with this dispatcher at this URL (one restarted on another
                 # port registers the page's runner anew)
                 registered = self._identity(client.page).get("url") == self.url
@@ -243,6 +285,7 @@ class ClientRunners:
                     fingerprint=self.fingerprint,
                 )
                 async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._tell_runs, client, runner)
                     client.runner_id = await nursery.start(link.run)
                     task_status.started()
                     await client.stop.wait()
@@ -266,6 +309,23 @@ class ClientRunners:
             self._gone[client.page] = client
             if self._nursery is not None:
                 self._nursery.start_soon(self._prune, client)
+
+    async def _tell_runs(self, client: ClientRunner, runner: Any) -> None:
+        """The page hears of the browser parts of runs its runner takes and ends:
+        ``{"op": "run", "event": "started"|"ended", "run", "attempt", "side", ...}``."""
+        sub = runner.subscribe(kinds=[EventKind.RUN], capacity=1000)
+        try:
+            async for event in sub:
+                notify = client.notify
+                if notify is None or event.get("kind") != EventKind.RUN:
+                    continue
+                message = {"op": "run", **{k: v for k, v in event.items() if k != "kind"}}
+                try:
+                    await notify(message)
+                except Exception as exc:  # the page's socket is gone: it is told nothing
+                    log.debug("page %s not told of run %s: %r", client.page, event.get("run"), exc)
+        finally:
+            sub.close()
 
     async def _prune(self, client: ClientRunner) -> None:
         """Forget a page gone ``prune_after`` seconds ago: its runner row, state dir

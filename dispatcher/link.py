@@ -15,7 +15,9 @@ recorded as a ``refused-call`` event (``Dispatcher.check_part``). A runner's sec
 reaches its own parts, never another runner's flow.
 
 Runs (``dispatcher/runs.py``, ``runner/runs/RUNS.md``): ``runProgress``, ``runResult``,
-``runsHeld`` (after ``ready``) and ``runGiveBack`` go to the dispatcher's run book; a
+``runsHeld`` (after ``ready``) and ``runGiveBack`` go to the dispatcher's run book (the
+sides of a run with browser modules report to ``Dispatcher.run_sides`` instead, which
+also takes their ``runRelay``: ``dispatcher/sides.py``); a
 runner speaks only for the attempts given to it (``Dispatcher.check_attempt``): another
 runner's attempt, or a run it never held, is refused as :class:`~.errors.NotYourPart`
 (``field`` ``runId`` or ``attempt``) and recorded as a ``refused-call`` event. An attempt
@@ -37,6 +39,7 @@ import trio
 from fifoflow.flows.converter import Limit, make_converter, problems
 from fifoflow.flows.limits import MAX_NAME
 from fifoflow.runner.rpc import RpcPeer
+from fifoflow.runner.runs.errors import LeaseLost
 from fifoflow.runner.runs.model import RunId, RunProgress, RunResult
 
 from .errors import DispatcherError
@@ -150,16 +153,35 @@ class RunnerLink:
     # runner's (a refusal is this call's answer).
 
     async def _run_progress(self, p: RunProgress) -> bool:
+        sides = self.dispatcher.run_sides
+        if sides.side(self._id, p.runId, p.attempt) is not None:
+            sides.progress(self._id, p)
+            return True
         self.dispatcher.check_attempt(self._id, "runProgress", p.runId, p.attempt)
         self.dispatcher.run_book.progress(self._id, p)
         return True
 
     async def _run_result(self, p: RunResult) -> dict[str, bool]:
+        sides = self.dispatcher.run_sides
+        if sides.side(self._id, p.runId, p.attempt) is not None:
+            return {"recorded": sides.result(self._id, p)}
+        if any(isinstance(s, dict) and s.get("partial") for s in p.sides.values()):
+            # a side's result whose coordination is gone (a dispatcher restart): it
+            # does not count; the run's lease runs out and it is retried
+            raise LeaseLost(
+                f"attempt {p.attempt} of run {p.runId}: its sides are not coordinated here"
+            )
         self.dispatcher.check_attempt(self._id, "runResult", p.runId, p.attempt)
         return {"recorded": bool(self.dispatcher.run_book.finish(self._id, p))}
 
     async def _runs_held(self, p: RunsHeld) -> dict[str, list[list[Any]]]:
         return {"stop": self.dispatcher.runs_held(self._id, [attrs.asdict(h) for h in p.runs])}
+
+    async def _run_relay(self, p: RunRelay) -> bool:
+        await self.dispatcher.run_sides.relay(
+            self._id, p.runId, p.attempt, p.module, p.port, p.msgs
+        )
+        return True
 
     async def _run_give_back(self, p: RunGiveBack) -> bool:
         self.dispatcher.check_attempt(self._id, "runGiveBack", p.runId, p.attempt)
@@ -265,6 +287,19 @@ class RunGiveBack:
     reason: Annotated[str, Limit(max_length=4096)] = "given back by the runner"
 
 
+@attrs.frozen
+class RunRelay:
+    """Messages a side of a run with browser modules emitted on a wire to its other
+    side (``dispatcher/sides.py``)."""
+
+    runId: RunId
+    attempt: Annotated[int, Limit(ge=1)]
+    side: Bounded
+    module: Bounded
+    port: Bounded
+    msgs: list[Any]
+
+
 _CONVERTER = make_converter()
 
 Call = Callable[[RunnerLink, Any], Awaitable[Any]]
@@ -283,4 +318,5 @@ CALLS: dict[str, tuple[type, Call]] = {
     "runResult": (RunResult, RunnerLink._run_result),
     "runsHeld": (RunsHeld, RunnerLink._runs_held),
     "runGiveBack": (RunGiveBack, RunnerLink._run_give_back),
+    "runRelay": (RunRelay, RunnerLink._run_relay),
 }

@@ -10,7 +10,7 @@ its SQLite store (``Dispatcher.run_book``). What is the dispatcher's own:
   document inline (parsed and validated by the flows codec). Its inputs are resolved to
   :class:`Target` s: ``to`` names an input port of the flow, absent means the flow's one
   entry port. Every refusal names the field (``FlowError`` problems ``inputs[2].to: ...``).
-  Flows with ``browser`` modules are refused for now (runs in pages: not yet).
+  A flow with ``browser`` modules needs at least one other module (its server side).
 - :class:`RunnerWorker`: one per linked runner that is ready, not draining, and has
   said what it holds (``runsHeld``, after its ``ready``: a runner takes runs from then).
   ``fits`` asks placement (``placement.py``, the rules of flows: runtimes, labels,
@@ -18,6 +18,12 @@ its SQLite store (``Dispatcher.run_book``). What is the dispatcher's own:
   runner announced (in its hardware report) less the runs it holds; ``offer`` and
   ``cancel`` are the link calls ``offerRun`` / ``cancelRun`` with the dispatcher's call
   deadline (``calls.py``). A runner that does not answer an offer in time refused it.
+- Runs with ``browser`` modules (``sides.py``): the worker is the server side; ``fits``
+  asks placement for the other modules only; ``offer`` splits the document
+  (:func:`~.parts.flow_part`), offers the server its part first, then the pages that are
+  connected, one after the other, until one accepts the browser part. No page, or every
+  page refuses: the offer is refused with the reason (the server side is canceled; the
+  run waits queued, and is offered again as soon as a page's runner is ready).
 
 Link calls (JSON-RPC over the runner's control link):
 
@@ -38,18 +44,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import orjson
+import trio
 
 from ..flows import dump_flow, parse_flow
 from ..flows.errors import FlowError, Problem
 from ..runner.errors import RevisionConflict
 from ..runner.rpc import LinkClosed, RemoteError
 from ..runner.runs.errors import RunRefused
-from ..runner.runs.model import Target
+from ..runner.runs.model import RunPart, Target
 from ..runtimes.registry import discover
 from .calls import call_runner
 from .errors import FlowUnknown, RunnerTimeout
+from .parts import flow_part
 from .placement import ModuleAsk, RunnerOffer, plan_placement
+from .sides import Coordinator, Side
 from .status import RunnerStatus
 
 if TYPE_CHECKING:
@@ -59,10 +69,15 @@ if TYPE_CHECKING:
     from ..runner.runs.model import RunOffer, RunSubmission
     from .store import DispatcherStore
 
-__all__ = ["PAGES_PENDING", "Resolver", "RunnerWorker", "RunnerWorkers", "run_asks"]
+__all__ = ["PAGE_RUNTIME", "Resolver", "RunnerWorker", "RunnerWorkers", "page_modules", "run_asks"]
 
-#: why a run with browser modules is refused today
-PAGES_PENDING = "browser modules in runs: not yet (deploy the flow instead)"
+#: the runtime whose modules run in a page (the page side of a run)
+PAGE_RUNTIME = "browser"
+
+
+def page_modules(document: Mapping[str, Any]) -> set[str]:
+    """The modules of a run's flow that run in a page."""
+    return {str(m["id"]) for m in document.get("modules") or () if m.get("runtime") == PAGE_RUNTIME}
 
 
 def run_asks(document: Mapping[str, Any], labels: Mapping[str, str]) -> list[ModuleAsk]:
@@ -144,9 +159,17 @@ class Resolver:
                     for p in exc.problems
                 ]
             ) from None
-        pages = sorted(m.id for m in flow.modules if m.runtime == "browser")
-        if pages:
-            raise FlowError([Problem("flow", f"{PAGES_PENDING}: module(s) {', '.join(pages)}")])
+        pages = sorted(m.id for m in flow.modules if m.runtime == PAGE_RUNTIME)
+        if pages and len(pages) == len(flow.modules):
+            raise FlowError(
+                [
+                    Problem(
+                        "flow",
+                        "a run with browser modules needs a server side too (a module in"
+                        f" another runtime); this flow has only: {', '.join(pages)}",
+                    )
+                ]
+            )
         standalone = orjson.loads(dump_flow(flow, inline=True))
         return flow.id, revision, standalone, _targets(flow, sub)
 
@@ -184,6 +207,17 @@ def _targets(flow: Any, sub: RunSubmission) -> list[Target]:
     return targets
 
 
+def _part(offer: RunOffer, side: str, modules: set[str]) -> RunOffer:
+    """One side's offer: its part of the flow, its inputs, the ports it relays."""
+    document, relay = flow_part(offer.flow, modules)
+    return attrs.evolve(
+        offer,
+        flow=document,
+        inputs=[t for t in offer.inputs if t.module in modules],
+        part=RunPart(side=side, relay=relay, coordinated=True),
+    )
+
+
 class RunnerWorker:
     """A linked, ready runner as a worker of the run book."""
 
@@ -201,7 +235,10 @@ class RunnerWorker:
         if record is None:
             return f"runner {self.id} is not known"
         document = run.get("document") or {}
-        asks = run_asks(document, run.get("labels") or {})
+        pages = page_modules(document)
+        if pages and (record.get("hardware") or {}).get("labels", {}).get("client"):
+            return f"runner {self.id} is a page's: it takes the browser part of a run, not a run"
+        asks = [a for a in run_asks(document, run.get("labels") or {}) if a.id not in pages]
         cpus, memory = self.workers.reserved(self.id)
         offer = RunnerOffer.from_runner(
             record, linked=self.id in self.workers.links, reserved_cpus=cpus, reserved_memory=memory
@@ -226,20 +263,63 @@ class RunnerWorker:
         return max(0, self.max_runs() - self.workers.held(self.id))
 
     async def offer(self, offer: RunOffer) -> None:
-        peer = self.workers.links.get(self.id)
-        if peer is None:
-            raise RunRefused(f"runner {self.id} is not linked")
-        params = self.workers.converter.unstructure(offer)
+        pages = page_modules(offer.flow)
+        if pages:
+            await self._offer_sides(offer, pages)
+            return
+        await self.workers.offer_to(self.id, offer)
+
+    async def _offer_sides(self, offer: RunOffer, pages: set[str]) -> None:
+        """A run with browser modules: the server part here first, then the browser part
+        to the first page that takes it (``sides.py``)."""
+        coordinator = self.workers.coordinator
+        if coordinator is None:
+            raise RunRefused("this dispatcher serves no pages: browser modules cannot run")
+        candidates = self.workers.pages()
+        if not candidates:
+            raise RunRefused(
+                f"no page is connected to take the browser part (module(s)"
+                f" {', '.join(sorted(pages))}): the run waits for one"
+            )
+        server_modules = {m["id"] for m in offer.flow["modules"]} - pages
+        c = coordinator.open(offer.runId, offer.attempt, self.id, offer.flow, pages)
+        server_side = Side(f"server:{self.id}", self.id, frozenset(server_modules))
         try:
-            await call_runner(peer, self.id, self.workers.call_timeout(), "offerRun", **params)
-        except RemoteError as exc:
-            raise RunRefused(f"runner {self.id} refused: {exc}") from None
-        except RunnerTimeout as exc:
-            raise RunRefused(str(exc)) from None
-        except LinkClosed:
-            raise RunRefused(f"runner {self.id} went away before it answered") from None
+            await self.workers.offer_to(self.id, _part(offer, server_side.name, server_modules))
+            coordinator.add_side(c, server_side)
+            refusals = []
+            for page, runner_id in candidates:
+                side = Side(f"page:{page}", runner_id, frozenset(pages))
+                try:
+                    await self.workers.offer_to(runner_id, _part(offer, side.name, pages))
+                except RunRefused as exc:
+                    refusals.append(f"page {page}: {exc}")
+                    continue
+                coordinator.add_side(c, side)
+                c.started.set()
+                return
+        except BaseException:
+            coordinator.abort(c)
+            if server_side.accepted:
+                await self.cancel_side(offer, "the offer did not go through")
+            raise
+        coordinator.abort(c)
+        await self.cancel_side(offer, "no page took the browser part")
+        raise RunRefused("no page took the browser part: " + "; ".join(refusals))
+
+    async def cancel_side(self, offer: RunOffer, reason: str) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(self.workers.call_timeout()):
+            await self._cancel_here(offer.runId, offer.attempt, reason)
 
     async def cancel(self, run_id: str, attempt: int, reason: str) -> None:
+        coordinator = self.workers.coordinator
+        c = coordinator.get(run_id, attempt) if coordinator is not None else None
+        if c is not None and c.server == self.id:
+            coordinator.stop(c, reason)  # every side, this one included
+            return
+        await self._cancel_here(run_id, attempt, reason)
+
+    async def _cancel_here(self, run_id: str, attempt: int, reason: str) -> None:
         peer = self.workers.links.get(self.id)
         if peer is None:
             return  # its lease runs out; when it links again, runsHeld tells it to stop
@@ -270,6 +350,25 @@ class RunnerWorkers:
         self.call_timeout = call_timeout
         self.held = held
         self.converter = make_converter()
+        #: runs with browser modules (set by the dispatcher when it serves pages)
+        self.coordinator: Coordinator | None = None
+        #: the pages that can be offered a browser part now: [(page id, runner id)]
+        self.pages: Callable[[], list[tuple[str, str]]] = list
+
+    async def offer_to(self, runner_id: str, offer: RunOffer) -> None:
+        """``offerRun`` to a runner; :class:`RunRefused` with the reason."""
+        peer = self.links.get(runner_id)
+        if peer is None:
+            raise RunRefused(f"runner {runner_id} is not linked")
+        params = self.converter.unstructure(offer)
+        try:
+            await call_runner(peer, runner_id, self.call_timeout(), "offerRun", **params)
+        except RemoteError as exc:
+            raise RunRefused(f"runner {runner_id} refused: {exc}") from None
+        except RunnerTimeout as exc:
+            raise RunRefused(str(exc)) from None
+        except LinkClosed:
+            raise RunRefused(f"runner {runner_id} went away before it answered") from None
 
     def reserved(self, runner_id: str) -> tuple[float, float]:
         """CPUs and memory the modules of deployed flows reserve on the runner (a run

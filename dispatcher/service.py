@@ -46,7 +46,7 @@ import trio
 
 from ..runner.events import EventHub
 from ..runner.runs.book import RunBook
-from ..runner.runs.errors import RunNotFound
+from ..runner.runs.errors import LeaseLost, RunNotFound, RunStateError
 from ..runner.runs.store import RunStore
 from .calls import forward_call
 from .deploy import Deployments, flow_summary
@@ -61,7 +61,8 @@ from .errors import (
     UnknownRunner,
 )
 from .parts import FlowParts, known_flow
-from .runs import Resolver, RunnerWorkers
+from .runs import Resolver, RunnerWorkers, page_modules
+from .sides import Coordinator
 from .status import RunnerStatus
 from .store import DispatcherStore
 
@@ -140,6 +141,10 @@ class Dispatcher:
             lambda: self.config.call_timeout,
             held=self._runs_on,
         )
+        #: runs with browser modules: their sides (``sides.py``)
+        self.run_sides = Coordinator(self.run_book, self.links, lambda: self.config.call_timeout)
+        self.run_workers.coordinator = self.run_sides
+        self.run_workers.pages = self.run_pages
         #: set (and replaced) whenever a runner becomes ready: wait on ``runner_ready_event``
         self._ready_event = trio.Event()
         try:
@@ -159,6 +164,7 @@ class Dispatcher:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self.run_book.run)
+                await nursery.start(self.run_sides.run)
                 task_status.started(self)
                 while True:
                     await trio.sleep(min(self.config.heartbeat, self.config.runner_ttl) / 2)
@@ -311,6 +317,7 @@ class Dispatcher:
             del self.links[runner_id]
             self._run_takers.discard(runner_id)
             self.run_book.remove_worker(runner_id)
+            self.page_gone(runner_id)
 
     # ------------------------------------------------------------------ runs (runs.py)
 
@@ -321,6 +328,42 @@ class Dispatcher:
         if runner_id in self._run_takers and self.run_workers.eligible(runner_id):
             self.run_book.add_worker(self.run_workers.worker(runner_id))
             self.run_book.kick()
+            runner = self.store.runner(runner_id) or {}
+            if (runner.get("hardware") or {}).get("labels", {}).get("client"):
+                # a page's runner: runs that waited for a page are offered again now
+                self.run_book.reconsider(lambda document: bool(page_modules(document)))
+
+    def run_pages(self) -> list[tuple[str, str]]:
+        """The pages that can be offered the browser part of a run now: connected, with
+        a ready and linked runner; ``(page id, runner id)``, the least busy first."""
+        clients = self.clients
+        if clients is None:
+            return []
+        found = []
+        for page, client in sorted(clients.pages.items()):
+            rid = client.runner_id
+            if client.ended.is_set() or not client.connections or not client.takes_runs:
+                continue
+            if rid is None or rid not in self.links:
+                continue
+            record = self.store.runner(rid)
+            if record is None or record["status"] != RunnerStatus.READY:
+                continue
+            found.append((client.running_runs(), page, rid))
+        return [(page, rid) for _, page, rid in sorted(found)]
+
+    def page_gone(self, runner_id: str | None) -> None:
+        """A page went away (its socket, or its runner's link): the attempts it held a
+        side of are given back (queued again, attempt + 1)."""
+        if runner_id is None:
+            return
+        for c in self.run_sides.runner_gone(runner_id):
+            try:
+                self.run_book.give_back(
+                    c.server, c.run_id, c.attempt, f"the page side of attempt {c.attempt} went away"
+                )
+            except (LeaseLost, RunStateError):
+                pass
 
     def _runs_on(self, runner_id: str) -> int:
         """Attempts the book has running on the runner (its ``free`` is what is left of
@@ -366,6 +409,8 @@ class Dispatcher:
         own: those are recorded as ``refused-call`` events)."""
         own, stop = [], []
         for item in held:
+            if self.run_sides.is_side(runner_id, item["runId"], item["attempt"]):
+                continue  # a page side of a live attempt: the coordination settles it
             if self._attempt_is(runner_id, item["runId"], item["attempt"]) is None:
                 own.append(item)
                 continue

@@ -167,6 +167,38 @@ class LinkReporter:
             return False
         return self._delivered(r)
 
+    async def relay(
+        self, run_id: str, attempt: int, side: str, module: str, port: str, msgs: list[Any]
+    ) -> None:
+        """Messages of a run's side for its other side (``runRelay``), awaited until the
+        dispatcher delivered them (no deadline on a call: the data path waits for a slow
+        side). While the link is down it is tried again for up to ``REPORT_SECONDS``;
+        then (or when the dispatcher refuses) it raises."""
+        params = {
+            "runId": run_id,
+            "attempt": attempt,
+            "side": side,
+            "module": module,
+            "port": port,
+            "msgs": msgs,
+        }
+        delay = 0.05
+        down_since: float | None = None
+        while True:
+            peer = self.link._peer
+            if peer is not None and self.link.connected.is_set():
+                try:
+                    await peer.call("runRelay", **params)
+                    return
+                except LinkClosed:
+                    pass
+            now = trio.current_time()
+            down_since = now if down_since is None else down_since
+            if now - down_since > REPORT_SECONDS:
+                raise LinkClosed(f"not linked to the dispatcher for {REPORT_SECONDS:g} s")
+            await trio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
 
 def _unstructure(value: Any) -> dict[str, Any]:
     from ..flows.converter import make_converter
@@ -484,6 +516,33 @@ class DispatcherLink:
                 raise RunRefused("this runner takes no runs")
             await executor.start(_structure(params, RunOffer))
             return None
+        if method == "runDeliver":
+            # messages from the other side of a run with browser modules
+            executor = self.executor
+            if executor is None:
+                raise RunRefused("this runner takes no runs")
+            msgs = params["msgs"]
+            if not isinstance(msgs, list):
+                raise TypeError("msgs must be an array")
+            return await executor.deliver(
+                str(params["runId"]),
+                int(params["attempt"]),
+                str(params["module"]),
+                str(params["port"]),
+                msgs,
+            )
+        if method == "runEnd":
+            executor = self.executor
+            if executor is None:
+                return False
+            from .runs.model import RunState
+
+            return executor.end_side(
+                str(params["runId"]),
+                int(params["attempt"]),
+                RunState(params["state"]),
+                params.get("reason"),
+            )
         if method == "cancelRun":
             executor = self.executor
             if executor is not None:

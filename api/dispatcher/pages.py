@@ -1,7 +1,8 @@
 """What the dispatcher serves to web pages that run a client runner (no operator token).
 
 ``GET /client/`` and ``/client/{name}``: the client runner's files (code for pages,
-public). ``/client/ws``: a page's control socket (hosts to open, injections, bye);
+public). ``/client/ws``: a page's control socket (hosts to open, injections, bye; ``run`` events
+about the browser parts of runs it takes, unless it connected with ``?runs=0``);
 ``/client/host``: one runtime host's frames (runtimes/PROTOCOL.md). Both sockets need
 the client token (``?token=``) and, once a page id is known, its page secret
 (``&secret=``, given in the first ``welcome``); anything else is refused with close
@@ -40,6 +41,7 @@ CLIENT_FILES = {
     "fifoflow.js": (BUILTIN_DIR / "browser" / "fifoflow.js", "text/javascript; charset=utf-8"),
     "demo.html": (BUILTIN_DIR / "browser" / "demo.html", "text/html; charset=utf-8"),
 }
+
 
 def client_file(name: str) -> Response:
     found = CLIENT_FILES.get(name)
@@ -97,9 +99,16 @@ class ClientSocket:
         async def request_host(name: str) -> None:
             await ws.send(orjson.dumps({"op": "spawn", "host": name}).decode())
 
+        async def notify(message: dict[str, Any]) -> None:
+            await ws.send(orjson.dumps(message).decode())
+
         try:
             client, generation, issued = await clients.page(
-                page, websocket.args.get("secret"), request_host
+                page,
+                websocket.args.get("secret"),
+                request_host,
+                notify=notify,
+                runs=websocket.args.get("runs", "1") != "0",
             )
         except PageRefused as exc:
             await self._refuse(ws, str(exc))

@@ -177,6 +177,17 @@ class RunBook:
         it comes back and renews them."""
         self._workers.pop(worker_id, None)
 
+    def reconsider(self, which: Callable[[dict[str, Any]], bool]) -> None:
+        """Something a refusal depended on changed (a page connected): the queued runs
+        ``which`` selects (given the run's document) forget the workers that refused
+        them lately, and are offered again now."""
+        for rec in list(self._active.values()):
+            if rec.state is RunState.QUEUED and rec.leftOut and which(rec.document):
+                new = attrs.evolve(rec, leftOut={})
+                self._store.update(new)
+                self._active[rec.id] = new
+        self.kick()
+
     def kick(self) -> None:
         """Something changed (a worker, its room, a run): offer and check again now."""
         self._wake.set()

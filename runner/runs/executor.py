@@ -67,11 +67,13 @@ from ..errors import RunnerError, first
 from ..events import EventKind
 from ..flowrun import FlowRun
 from ..instance import RuntimeInstance
-from .errors import LeaseLost, RunRefused
+from .errors import LeaseLost, RunError, RunRefused
 from .model import FailOn, RunOffer, RunProgress, RunResult, RunState
 from .pool import HostPool
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ...flows import Flow
     from ..service import Runner
 
@@ -102,6 +104,10 @@ class RunReporter(Protocol):
         """True: the book has it (recorded now or before); False: keep it, try later."""
         ...
 
+    # Optional (sides of a run with browser modules, ``RunPart``):
+    #   async def relay(self, run_id, attempt, side, module, port, msgs) -> None
+    # messages that reached a relay port, for the other side; raises when they cannot go.
+
 
 Key = tuple[str, int]
 
@@ -130,6 +136,19 @@ class _Attempt:
     ready: bool = False
     #: the result is made: later outputs are not counted
     closed: bool = False
+    #: set once the flow is attached (or the attempt ended): deliveries wait for it
+    attached: trio.Event = attrs.field(factory=trio.Event)
+    #: a coordinated side: its inputs are in; messages relayed out / delivered in
+    fed: bool = False
+    sent: int = 0
+    received: int = 0
+    #: set (and replaced) at each delivery into a coordinated side
+    woke: trio.Event = attrs.field(factory=trio.Event)
+
+    @property
+    def side(self) -> str:
+        part = self.offer.part
+        return part.side if part is not None else "server"
 
     @property
     def key(self) -> Key:
@@ -270,6 +289,8 @@ class RunExecutor:
         self.retry_interval = retry_interval
         #: False while the book cannot be told (the link sets it); no run is accepted then
         self.reachable = True
+        #: a last say on each offer (a page's client runner): None takes it, else why not
+        self.admit: Callable[[RunOffer], str | None] | None = None
         self.pool = HostPool(runner, warm=warm, max_idle=warm + self.max_runs, max_hosts=max_hosts)
         self._archive = archive
         self._root: Path | None = None
@@ -341,6 +362,12 @@ class RunExecutor:
             raise RunRefused("this runner cannot report to the book now: it takes no new runs")
         if self.free() <= 0:
             raise RunRefused(f"max runs reached ({self.max_runs} running)")
+        if self.admit is not None:
+            why = self.admit(offer)
+            if why is not None:
+                raise RunRefused(why)
+        if offer.part is not None and offer.part.relay and not hasattr(self.reporter, "relay"):
+            raise RunRefused("this runner cannot relay a side's messages (no dispatcher link)")
         self._reserved += 1
         try:
             flow = self._flow(offer)
@@ -355,6 +382,8 @@ class RunExecutor:
             self._running[key] = att
             self._unfinished.discard(key)
             self._nursery.start_soon(self._attempt, att, flow)
+            if offer.part is not None:
+                self._publish_side(att, "started", modules=[m.id for m in flow.modules])
         finally:
             self._reserved -= 1
 
@@ -366,6 +395,34 @@ class RunExecutor:
             return
         att.end(RunState.CANCELED, reason)
         await att.done.wait()
+
+    async def deliver(
+        self, run_id: str, attempt: int, module: str, port: str, msgs: list[Any]
+    ) -> int:
+        """Messages from the other side of a coordinated attempt (``runDeliver``), into
+        its flow once attached; returns how many. :class:`RunError` when the attempt is
+        not running here (ended, never held)."""
+        att = self._running.get((run_id, attempt))
+        if att is None or att.offer.part is None:
+            raise RunError(f"attempt {attempt} of run {run_id} is not a side running here")
+        await att.attached.wait()
+        fr = att.flow
+        if fr is None or att.state is not None or att.closed:
+            raise RunError(f"attempt {attempt} of run {run_id} ended here")
+        await fr.inject(module, port, msgs)
+        att.received += len(msgs)
+        woke, att.woke = att.woke, trio.Event()
+        woke.set()
+        return len(msgs)
+
+    def end_side(self, run_id: str, attempt: int, state: RunState, reason: str | None) -> bool:
+        """The dispatcher ends a coordinated side (``runEnd``): its result follows with
+        ``state`` (unless it ended already). False: not running here."""
+        att = self._running.get((run_id, attempt))
+        if att is None:
+            return False
+        att.end(state, reason)
+        return True
 
     def held(self) -> list[dict[str, Any]]:
         """``{runId, attempt, finished}`` of every attempt held: running, finished and not
@@ -471,7 +528,11 @@ class RunExecutor:
                     f"runtime {runtime!r} is not available on this runner "
                     f"(available: {', '.join(sorted(self.runner.runtimes))})"
                 )
-            if isinstance(runtime, str) and self.runner.runtimes[runtime].attach:
+            if (
+                isinstance(runtime, str)
+                and self.runner.runtimes[runtime].attach
+                and self.runner.config.attached is None
+            ):
                 raise RunRefused(f"runtime {runtime!r} is not run by this executor (hosts attach)")
         flow_id = f"{offer.runId}-a{offer.attempt}"
         try:
@@ -565,16 +626,20 @@ class RunExecutor:
                     instances=att.hosts,
                 )
                 fr.attempt = att
-                fr.sink = att.output
+                fr.sink = att.output if offer.part is None else partial(self._side_sink, att)
                 att.flow = fr
                 try:
                     await fr.attach()
                 except RunnerError as exc:
                     att.tainted.update(att.hosts.values())
                     att.end(RunState.FAILED, f"the flow did not start: {exc}")
+                att.attached.set()
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._renew, att)
                     await self._feed(att, fr)
+                    if offer.part is not None and offer.part.coordinated:
+                        att.fed = True
+                        await self._coordinate(att, fr)
                     await fr.wait_idle()
                     att.end(RunState.SUCCEEDED)
             if att.state is None:
@@ -585,6 +650,7 @@ class RunExecutor:
             outside = True
             raise
         finally:
+            att.attached.set()
             with trio.CancelScope(shield=True):
                 await self._release(att, kill=outside)
 
@@ -625,29 +691,100 @@ class RunExecutor:
         period = max(0.05, att.offer.lease / 2)
         while True:
             await trio.sleep(period)
-            fr = att.flow
-            progress = RunProgress(
-                runId=att.offer.runId,
-                attempt=att.offer.attempt,
-                handled=dict(att.handled),
-                errors=fr.error_count if fr is not None else 0,
-                outputs=att.outputs_total,
-            )
-            reporter = self.reporter
-            if reporter is None:
-                continue
-            try:
-                kept = await reporter.progress(progress)
-            except LeaseLost:
-                kept = False
-            except Exception:
-                log.warning("run %s attempt %s: progress not reported", *att.key, exc_info=True)
-                continue
-            if not kept:
-                log.info("run %s attempt %s: lease lost; stopping it", *att.key)
-                att.dropped = True
-                att.end(RunState.CANCELED, "lease lost")
+            if not await self._report(att):
                 return
+
+    def _progress(self, att: _Attempt) -> RunProgress:
+        """The attempt's progress now; a side's also says, under ``sides``, whether it is
+        idle and how many messages it relayed out and was delivered (one snapshot: no
+        await between reading the flow's pending count and the counters)."""
+        fr = att.flow
+        errors = fr.error_count if fr is not None else 0
+        sides: dict[str, dict[str, Any]] = {}
+        if att.offer.part is not None:
+            sides[att.side] = {
+                "idle": att.fed and fr is not None and fr.pending == 0,
+                "sent": att.sent,
+                "received": att.received,
+                "handled": dict(att.handled),
+                "errors": errors,
+                "outputs": att.outputs_total,
+                "state": "running",
+            }
+        return RunProgress(
+            runId=att.offer.runId,
+            attempt=att.offer.attempt,
+            handled=dict(att.handled),
+            errors=errors,
+            outputs=att.outputs_total,
+            sides=sides,
+        )
+
+    async def _report(self, att: _Attempt) -> bool:
+        """Send the progress; False when the lease is lost (the attempt is stopped and
+        dropped)."""
+        reporter = self.reporter
+        if reporter is None:
+            return True
+        try:
+            kept = await reporter.progress(self._progress(att))
+        except LeaseLost:
+            kept = False
+        except Exception:
+            log.warning("run %s attempt %s: progress not reported", *att.key, exc_info=True)
+            return True
+        if not kept:
+            log.info("run %s attempt %s: lease lost; stopping it", *att.key)
+            att.dropped = True
+            att.end(RunState.CANCELED, "lease lost")
+        return kept
+
+    async def _coordinate(self, att: _Attempt, fr: FlowRun) -> None:
+        """A coordinated side: report each time it goes idle; it ends when the
+        dispatcher says (``end_side``), at an error, its timeout or a cancel."""
+        while True:
+            await fr.wait_idle()
+            woke = att.woke
+            if not await self._report(att):
+                return
+            await woke.wait()
+
+    async def _side_sink(self, att: _Attempt, module: str, port: str, msgs: list[Any]) -> None:
+        """A side's output sink: relay ports go to the other side (through the
+        dispatcher, awaited: the host is not acknowledged meanwhile), the rest are the
+        run's outputs."""
+        part = att.offer.part
+        assert part is not None
+        if f"{module}.{port}" not in part.relay:
+            att.take_outputs(module, port, msgs)
+            return
+        relay = getattr(self.reporter, "relay", None)
+        try:
+            if relay is None:
+                raise RunError("no reporter to relay with")
+            await relay(att.offer.runId, att.offer.attempt, att.side, module, port, msgs)
+        except trio.Cancelled:
+            raise
+        except Exception as exc:  # the attempt ends with the reason, the host goes on
+            att.end(
+                RunState.FAILED, f"{module}.{port}: messages for the other side not relayed: {exc}"
+            )
+            return
+        att.sent += len(msgs)
+
+    def _publish_side(self, att: _Attempt, event: str, **fields: Any) -> None:
+        """A side's ``run`` event on the runner's hub (a page's client runner tells the
+        page)."""
+        self.runner.events.publish(
+            {
+                "kind": EventKind.RUN,
+                "run": att.offer.runId,
+                "attempt": att.offer.attempt,
+                "side": att.side,
+                "event": event,
+                **fields,
+            }
+        )
 
     async def _release(self, att: _Attempt, *, kill: bool) -> None:
         """Give the hosts back: the pool keeps the clean ones (``HostPool.release``)."""
@@ -658,7 +795,8 @@ class RunExecutor:
         hosts, att.hosts = att.hosts, {}
         async with trio.open_nursery() as nursery:
             for instance in hosts.values():
-                reuse = not kill and instance not in att.tainted
+                # a page's attached host is the page's: not kept warm here
+                reuse = not kill and instance not in att.tainted and not instance.manifest.attach
                 nursery.start_soon(partial(self.pool.release, instance, reuse=reuse))
 
     def _result(self, att: _Attempt, finished: float) -> RunResult:
@@ -678,7 +816,7 @@ class RunExecutor:
                     "error": e["error"],
                     "runtime": e["runtime"],
                     "time": e["time"],
-                    "side": "server",
+                    "side": att.side,
                 }
                 for e in entries[:ERRORS_CAP]
             ]
@@ -692,6 +830,16 @@ class RunExecutor:
             att.spill.close()
             att.spill = None
         state = att.state or RunState.FAILED
+        sides: dict[str, dict[str, Any]] = {}
+        if att.offer.part is not None:
+            sides[att.side] = {
+                "partial": True,
+                "state": str(state),
+                "reason": att.reason,
+                "sent": att.sent,
+                "received": att.received,
+            }
+            self._publish_side(att, "ended", state=str(state), reason=att.reason)
         return RunResult(
             runId=att.offer.runId,
             attempt=att.offer.attempt,
@@ -707,6 +855,7 @@ class RunExecutor:
             logs=logs,
             startedAt=att.started_at,
             finishedAt=finished,
+            sides=sides,
         )
 
     # ------------------------------------------------------------------ delivery

@@ -22,6 +22,7 @@ __all__ = [
     "FailOn",
     "RunInput",
     "RunOffer",
+    "RunPart",
     "RunProgress",
     "RunResult",
     "RunState",
@@ -54,7 +55,9 @@ class FailOn(enum.StrEnum):
 RunId = Annotated[str, Limit(min_length=1, max_length=MAX_ID)]
 Seconds = Annotated[float, Limit(gt=0, le=MAX_TIMEOUT)]
 #: "module.port" (an input port of the flow)
-PortRef = Annotated[str, Limit(min_length=3, max_length=2 * MAX_NAME + 1, pattern=r"^[^.]+\.[^.]+$")]
+PortRef = Annotated[
+    str, Limit(min_length=3, max_length=2 * MAX_NAME + 1, pattern=r"^[^.]+\.[^.]+$")
+]
 
 
 @attrs.frozen
@@ -100,6 +103,21 @@ class Target:
 
 
 @attrs.frozen
+class RunPart:
+    """One side of an attempt that spans a runner and a page (``RUNS.md``, "Runs with
+    browser modules"): the offer's ``flow`` is only this side's modules. ``relay``: the
+    output ports ("module.port") whose wires cross to the other side (what reaches them
+    goes to the dispatcher, ``runRelay``). A ``coordinated`` side does not end itself on
+    idle: it reports ``idle``/``sent``/``received`` in its progress and ends when the
+    dispatcher says so (``runEnd``), or at its own error, timeout or cancel."""
+
+    #: "server:<runner id>" or "page:<page id>"
+    side: Annotated[str, Limit(min_length=1, max_length=MAX_ID + 8)]
+    relay: list[PortRef] = attrs.field(factory=list)
+    coordinated: bool = True
+
+
+@attrs.frozen
 class RunOffer:
     """What a worker (a runner) is given for one attempt: everything to run it, resolved
     (the flow document in full, every input's port). Written to the worker's state dir
@@ -112,6 +130,8 @@ class RunOffer:
     timeout: float | None = None
     lease: float = 30.0
     failOn: FailOn = FailOn.ERROR
+    #: one side of a run with browser modules (None: the whole run)
+    part: RunPart | None = None
 
 
 @attrs.frozen

@@ -4,7 +4,14 @@
 //   const runner = await connect(location.origin, { token });
 //   runner.on("flow/module", "out", (msg) => draw(msg));   // what a module emits
 //   await runner.inject("flow", "module", "in", msg);        // into a module's input
+//   runner.on("run", (event) => show(event));                // runs' browser parts here
 //   runner.close();                                          // sign off
+//
+// Runs: a run whose flow has browser modules runs its server part on a runner and its
+// browser part in a page that takes it (connect(url, {token, runs: false}) takes none).
+// The page hears {op: "run", event: "started", run, attempt, side, modules} when its
+// client runner took a part, and {op: "run", event: "ended", run, attempt, side, state,
+// reason} when that part ended.
 //
 // The page is a runtime host of the dispatcher's client runner for this page
 // (runtimes/browser/DESIGN.md): each host is a WebSocket carrying the frames of
@@ -149,7 +156,8 @@ class ClientRunner {
     this.page = options.page || pageId();
     this.secret = loadSecret(this.page);
     this.hosts = new Map();
-    this.listeners = new Map(); // "flow/module.port" -> Set(callback)
+    this.listeners = new Map(); // "flow/module.port" -> Set(callback); "run" -> Set(callback)
+    this.runs = options.runs !== false;
     this.pending = new Map();
     this.nextId = 1;
     this.closed = false;
@@ -161,6 +169,7 @@ class ClientRunner {
   // The query of this page's sockets: client token, page id and, once known, its secret.
   query(extra = {}) {
     const q = { token: this.token, page: this.page, ...extra };
+    if (!this.runs) q.runs = "0";
     if (this.secret) q.secret = this.secret;
     return new URLSearchParams(q);
   }
@@ -190,6 +199,9 @@ class ClientRunner {
           const old = this.hosts.get(m.host);
           if (old) old.close();
           this.hosts.set(m.host, new Host(this, m.host));
+        } else if (m.op === "run") {
+          const { op, ...event } = m;
+          for (const cb of this.listeners.get("run") || []) cb(event);
         } else if (m.op === "injected" || m.op === "error") {
           const p = this.pending.get(m.id);
           if (p) {
@@ -219,8 +231,13 @@ class ClientRunner {
   }
 
   // What a module of this page emits on a port: on("flow/module", "out", cb).
+  // The browser parts of runs this page takes and ends: on("run", cb).
   on(flowModule, port, callback) {
-    const key = `${flowModule}.${port}`;
+    if (typeof port === "function") {
+      callback = port;
+      port = null;
+    }
+    const key = port === null ? flowModule : `${flowModule}.${port}`;
     if (!this.listeners.has(key)) this.listeners.set(key, new Set());
     this.listeners.get(key).add(callback);
     return () => this.listeners.get(key).delete(callback);
