@@ -232,6 +232,7 @@ class ClientRunners:
                 client.takes_runs, client.notify = runs, notify
                 generation = self.connected(client)
                 client.hosts.page_connected(request_host)
+                self.dispatcher.page_ready()
             return client, generation, issued
 
     def get(self, page: str) -> ClientRunner | None:
@@ -288,6 +289,7 @@ class ClientRunners:
                     nursery.start_soon(self._tell_runs, client, runner)
                     client.runner_id = await nursery.start(link.run)
                     task_status.started()
+                    self.dispatcher.page_ready()
                     await client.stop.wait()
                     with trio.move_on_after(5):
                         await link.sign_off()

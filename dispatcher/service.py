@@ -328,10 +328,11 @@ class Dispatcher:
         if runner_id in self._run_takers and self.run_workers.eligible(runner_id):
             self.run_book.add_worker(self.run_workers.worker(runner_id))
             self.run_book.kick()
-            runner = self.store.runner(runner_id) or {}
-            if (runner.get("hardware") or {}).get("labels", {}).get("client"):
-                # a page's runner: runs that waited for a page are offered again now
-                self.run_book.reconsider(lambda document: bool(page_modules(document)))
+
+    def page_ready(self) -> None:
+        """A page can take the browser part of runs now (its runner linked, or the page
+        came back): runs that waited for a page are offered again at once."""
+        self.run_book.reconsider(lambda document: bool(page_modules(document)))
 
     def run_pages(self) -> list[tuple[str, str]]:
         """The pages that can be offered the browser part of a run now: connected, with
