@@ -336,14 +336,15 @@ class Dispatcher:
 
     def run_pages(self) -> list[tuple[str, str]]:
         """The pages that can be offered the browser part of a run now: connected, with
-        a ready and linked runner; ``(page id, runner id)``, the least busy first."""
+        a ready and linked runner; ``(page id, runner id)``, the least busy first. Each
+        page's client runner decides (one that connected with ``runs: false`` refuses)."""
         clients = self.clients
         if clients is None:
             return []
         found = []
         for page, client in sorted(clients.pages.items()):
             rid = client.runner_id
-            if client.ended.is_set() or not client.connections or not client.takes_runs:
+            if client.ended.is_set() or not client.connections:
                 continue
             if rid is None or rid not in self.links:
                 continue

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow
 BROWSER = (
     "exports.handle = (msg, ctx) => {\n"
     "  if (msg.i === 'boom') throw new Error('boom in the page');\n"
+    "  if (msg.i === 'hold' && !globalThis.held) { globalThis.held = true; return new Promise(() => {}); }\n"
     "  ctx.state.n = (ctx.state.n || 0) + 1;\n"
     "  return { ...msg, seen: 'browser', n: ctx.state.n };\n"
     "};\n"
@@ -36,10 +37,10 @@ FLOW = {
     "wires": ["a.out -> b.in", "b.out -> c.in"],
 }  # fmt: skip
 
-CONNECT = """async ([token, page]) => {
+CONNECT = """async ([token, page, runs]) => {
   const { connect } = await import("/client/fifoflow.js");
   window.runEvents = [];
-  window.runner = await connect(location.origin, { token, page });
+  window.runner = await connect(location.origin, { token, page, runs });
   window.runner.on("run", (event) => window.runEvents.push(event));
   return window.runner.runnerId;
 }"""
@@ -74,12 +75,12 @@ def server_runner(d: DispatcherProcess) -> str:
     )
 
 
-def connect_page(d: DispatcherProcess, page: Any, page_id: str) -> str:
+def connect_page(d: DispatcherProcess, page: Any, page_id: str, *, runs: bool = True) -> str:
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(d.url + "/client/")
     token = d.api("GET", "/client-token")["token"]
-    runner_id = str(page.evaluate(CONNECT, [token, page_id]))
+    runner_id = str(page.evaluate(CONNECT, [token, page_id, runs]))
     wait_until(
         f"page {page_id}'s runner to take runs",
         lambda: any(
@@ -202,3 +203,38 @@ def test_with_fail_on_never_the_pages_error_is_in_the_result_and_the_run_succeed
     ]
     assert [o["msg"]["i"] for o in result["outputs"]] == [1, 2]
     assert result["errorsTotal"] == 1
+
+
+def test_a_page_that_takes_no_runs_refuses_and_one_that_goes_away_gives_the_attempt_back(
+    live_dispatcher: DispatcherProcess, page: Any, live_browser: Any
+) -> None:
+    d = live_dispatcher
+    connect_page(d, page, "page-none", runs=False)
+    run = submit(d, ["hold"])
+    wait_until(
+        "the page's refusal in the run's events",
+        lambda: [
+            e
+            for e in d.api("GET", f"/runs/{run['id']}")["events"]
+            if "page page-none takes no runs" in (e["reason"] or "")
+        ],
+    )
+    # a second page takes it; its module holds the message; the page drops its socket
+    other = live_browser.new_context().new_page()
+    try:
+        connect_page(d, other, "page-away")
+        wait_until(
+            "the page's part to start",
+            lambda: [e for e in other.evaluate("window.runEvents") if e["event"] == "started"],
+        )
+        assert d.api("GET", f"/runs/{run['id']}")["attempt"] == 1
+        other.evaluate("window.runner.drop()")  # it reconnects by itself
+        view = wait_ended(d, run["id"])
+    finally:
+        other.context.close()
+    assert view["state"] == "succeeded", view
+    assert view["attempt"] == 2
+    assert "went away" in (view["attempts"][0]["reason"] or ""), view["attempts"]
+    result = d.api("GET", f"/runs/{run['id']}/result")
+    assert [o["msg"]["i"] for o in result["outputs"]] == ["hold"]
+    assert "page:page-away" in result["sides"]
