@@ -270,9 +270,7 @@ class RunExecutor:
         self.retry_interval = retry_interval
         #: False while the book cannot be told (the link sets it); no run is accepted then
         self.reachable = True
-        self.pool = HostPool(
-            runner, warm=warm, max_idle=warm + self.max_runs, max_hosts=max_hosts
-        )
+        self.pool = HostPool(runner, warm=warm, max_idle=warm + self.max_runs, max_hosts=max_hosts)
         self._archive = archive
         self._root: Path | None = None
         self._nursery: trio.Nursery | None = None
@@ -440,6 +438,11 @@ class RunExecutor:
             att = self._running.get((run_id, attempt))
             if att is None or att.ready:
                 return self.hosts(run_id, attempt)
+            await self._changed.wait()
+
+    async def wait_free(self) -> None:
+        """Until :meth:`free` is above 0."""
+        while self.free() <= 0:
             await self._changed.wait()
 
     async def wait_idle(self) -> None:

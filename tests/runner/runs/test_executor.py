@@ -221,7 +221,9 @@ async def test_sequential_runs_reuse_a_warm_host_with_fresh_state() -> None:
         assert ex.pool.statistics().reused >= 2
     # the same processes, and the second run's modules start from an empty state
     assert pid1 == pid2
-    assert [x["msg"] for x in r1.outputs] == [x["msg"] for x in r2.outputs] == [[1, 1], [2, 2], [3, 3]]
+    assert (
+        [x["msg"] for x in r1.outputs] == [x["msg"] for x in r2.outputs] == [[1, 1], [2, 2], [3, 3]]
+    )
 
 
 async def hosts(ex: RunExecutor, o: RunOffer, *keys: str) -> dict[str, int | None]:
@@ -270,7 +272,9 @@ async def test_refusals(tmp_path: Path) -> None:
     rep = Reporter()
     async with executor(archive=tmp_path, reporter=rep, max_runs=1) as ex:
         with pytest.raises(RunRefused, match="runtime 'cobol' is not available"):
-            await ex.start(offer({"modules": [{"id": "a", "runtime": "cobol", "code": "x"}], "wires": []}, [1]))
+            await ex.start(
+                offer({"modules": [{"id": "a", "runtime": "cobol", "code": "x"}], "wires": []}, [1])
+            )
         busy = offer(SLOW, [30])
         await ex.start(busy)
         with pytest.raises(RunRefused, match="max runs reached"):
@@ -287,4 +291,3 @@ async def test_refusals(tmp_path: Path) -> None:
         assert not ex.accepting
         with pytest.raises(RunRefused, match="draining"):
             await ex.start(offer(CHAIN, [1]))
-
