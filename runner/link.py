@@ -233,7 +233,7 @@ class DispatcherLink:
         executor = self.executor
         if executor is not None:
             executor.reporter = self.reporter
-            executor.accepting = False  # until the first ready
+            executor.reachable = False  # until the first ready
 
     @property
     def executor(self) -> Any:
@@ -272,8 +272,8 @@ class DispatcherLink:
                 run_id, int(attempt), "the dispatcher says this attempt no longer counts"
             )
         if not getattr(executor, "draining", False):
-            executor.accepting = True
-        await executor.redeliver()
+            executor.reachable = True
+        executor.redeliver()
 
     @property
     def ws_url(self) -> str:
@@ -323,7 +323,7 @@ class DispatcherLink:
             ) as exc:
                 self.connected = trio.Event()
                 if self.executor is not None:
-                    self.executor.accepting = False
+                    self.executor.reachable = False
                 refusal = untrusted(exc)
                 if refusal is not None:
                     raise LinkRefused(
