@@ -90,6 +90,7 @@ NOT_JSON = {
             "or ?access_token=).",
             "responses": {
                 "101": {"description": "switching protocols"},
+                "400": json_content(ref("Error"), "not a WebSocket upgrade request"),
                 "401": json_content(ref("Error"), ERRORS[401]),
             },
         }

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 import hypercorn.config
@@ -25,7 +27,13 @@ from fifoflow.api.runner.app import ApiSettings, create_app
 from fifoflow.flows.limits import MAX_BODY
 from fifoflow.runner import FlowStatus, RunnerConfig, open_runner
 from fifoflow.runner.link import REPORT_SECONDS, DispatcherLink
+from fifoflow.runner.runs.local import LocalRuns
 from fifoflow.runner.store import atomic_write
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from fifoflow.runner import Runner
 
 __all__ = ["ServeOptions", "serve"]
 
@@ -99,6 +107,17 @@ def _say(text: str) -> None:
     sys.stdout.flush()
 
 
+@asynccontextmanager
+async def _local_runs(runner: Runner, options: ServeOptions) -> AsyncIterator[None]:
+    """A runner served alone takes runs itself (``runner/runs/local.py``); one linked to a
+    dispatcher takes them from there (its ``/runs`` answer 409 naming it)."""
+    async with trio.open_nursery() as nursery:
+        if not options.dispatcher:
+            await nursery.start(LocalRuns(runner, options.state_dir).run)
+        yield
+        nursery.cancel_scope.cancel()
+
+
 async def serve(
     options: ServeOptions, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -111,7 +130,7 @@ async def serve(
         run_retention=options.run_retention,
     )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_runner(config) as runner:
+        async with open_runner(config) as runner, _local_runs(runner, options):
             for problem in runner.restore_problems:
                 _say(f"warning: {problem}")
             restored = runner.flows()
