@@ -107,6 +107,9 @@ class Resolver:
 
     def __init__(self, store: DispatcherStore) -> None:
         self.store = store
+        #: the runtimes a flow may name (those of the dispatcher's runners, ``browser``
+        #: included): read once, as the dispatcher's deploy reads them
+        self.runtimes = frozenset(discover(attached=True).keys())
 
     def __call__(self, sub: RunSubmission) -> tuple[str, int | None, dict[str, Any], list[Target]]:
         if (sub.flow is None) == (sub.document is None):
@@ -147,7 +150,7 @@ class Resolver:
             flow = parse_flow(
                 document,
                 base_dir=None,
-                runtimes=discover(attached=True).keys(),
+                runtimes=self.runtimes,
                 source_name="document" if sub.document is not None else "flow",
             )
         except FlowError as exc:

@@ -24,8 +24,8 @@ Runs (``runs.py``): ``self.run_book`` is the :class:`~fifoflow.runner.runs.book.
 in the dispatcher's store (the ``runs`` tables of schema version 2), started in the
 dispatcher's nursery; its workers are the runners that are ready, linked and not
 draining (a :class:`~.runs.RunnerWorker` each, added once it said ``runsHeld`` after
-``ready``, removed when the
-link goes, the runner is lost, signs off or drains). Run events go to
+``ready``, removed when the link goes, the runner is lost, signs off or drains). Run
+events go to
 ``self.run_events`` (an :class:`~fifoflow.runner.events.EventHub` the API streams).
 
 Error handling: every refusal is a :class:`DispatcherError` (``errors.py``) whose

@@ -3,7 +3,8 @@ dispatcher process: offers reach the executor, a refusal's reason becomes the ru
 event, the reporter renews and delivers, a result made while the dispatcher is away is
 kept and delivered after the link comes back (``runsHeld``, then ``redeliver``), the
 attempts the answer lists are stopped, and the executor takes no runs while the link
-is down.
+is down. And the dispatcher's rule: a runner speaks only for the attempts given to it
+(fake runners over the real link protocol).
 
 The executor here is a test-side one (the ``RunExecutor`` surface the link calls:
 ``start``, ``cancel``, ``held``, ``unfinished``, ``forget``, ``redeliver``,
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import orjson
+import pytest
 import trio
 
 from fifoflow.runner import RunnerConfig, open_runner
@@ -21,9 +24,10 @@ from fifoflow.runner.runs.errors import RunRefused
 from fifoflow.runner.runs.model import RunProgress, RunResult, RunState
 
 from .test_dispatcher import DispatcherProcess
-from .test_runs import FLOW, TERMINAL
+from .test_runs import FLOW, TERMINAL, Runs, terminal_events
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from fifoflow.runner.runs.model import RunOffer
@@ -111,6 +115,16 @@ class SideExecutor:
                 if await self.reporter.result(result):
                     del self.kept[key]
             self._changed()
+
+
+@pytest.fixture
+def dispatcher(tmp_path: Path) -> Iterator[DispatcherProcess]:
+    proc = DispatcherProcess(tmp_path / "dispatcher")
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
 
 
 async def _api(dispatcher: DispatcherProcess, method: str, path: str, **kw: Any) -> Any:
@@ -244,3 +258,114 @@ async def test_the_link_carries_offers_reports_and_kept_results(tmp_path: Path) 
                     nursery.cancel_scope.cancel()
     finally:
         dispatcher.stop()
+
+
+class FakeRunner:
+    """A runner over the real link protocol, driven by the test: it registers, reports
+    hardware (python, ``maxRuns``), says ready, and answers the dispatcher's calls
+    (``offerRun``: accepted) while it waits for its own answers."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.ids = iter(range(1, 10_000))
+        self.offers: list[dict[str, Any]] = []
+        self.cancels: list[dict[str, Any]] = []
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        await self.ws.send_message(
+            orjson.dumps(
+                {"jsonrpc": "2.0", "id": next(self.ids), "method": method, "params": params}
+            ).decode()
+        )
+        while True:
+            message = orjson.loads(await self.ws.get_message())
+            if "method" not in message:
+                return message  # type: ignore[no-any-return]
+            await self.answer(message)
+
+    async def answer(self, message: dict[str, Any]) -> None:
+        if message["method"] == "offerRun":
+            self.offers.append(message["params"])
+        elif message["method"] == "cancelRun":
+            self.cancels.append(message["params"])
+        reply = {"jsonrpc": "2.0", "id": message.get("id"), "result": None}
+        await self.ws.send_message(orjson.dumps(reply).decode())
+
+    async def wait_offer(self) -> dict[str, Any]:
+        while not self.offers:
+            await self.answer(orjson.loads(await self.ws.get_message()))
+        return self.offers.pop(0)
+
+    @classmethod
+    async def link(cls, ws: Any, dispatcher: DispatcherProcess, name: str) -> FakeRunner:
+        fake = cls(ws)
+        me = (await fake.call("register", token=dispatcher.token(), name=name))["result"]
+        fake.id = me["runnerId"]
+        await fake.call("hello", runnerId=me["runnerId"], secret=me["secret"])
+        hardware = {"runtimes": ["python"], "maxRuns": 4, "labels": {"fake": name}}
+        await fake.call("hardware", full=hardware)
+        assert (await fake.call("ready", flows=[]))["result"] is True
+        assert (await fake.call("runsHeld", runs=[]))["result"] == {"stop": []}
+        return fake
+
+
+async def test_a_runner_speaks_only_for_the_attempts_given_to_it(
+    dispatcher: DispatcherProcess,
+) -> None:
+    """Two fake runners over the real link: the one offered a run renews it, reports
+    its result (recorded once; a re-send is answered "already"); the other reports
+    progress, a result and a give-back for that attempt, and for a run that does not
+    exist: each is refused (``not_your_part``) and recorded as a ``refused-call``
+    event, and what it says it holds is answered "stop"."""
+    import trio
+    import trio_websocket
+
+    runs = Runs(dispatcher)
+    url = dispatcher.url.replace("http", "ws") + "/link"
+    with trio.fail_after(30):
+        async with (
+            trio_websocket.open_websocket_url(url) as ws1,
+            trio_websocket.open_websocket_url(url) as ws2,
+        ):
+            holder = await FakeRunner.link(ws1, dispatcher, "holder")
+            run = runs.submit({"n": 1}, labels={"fake": "holder"})
+            offer = await holder.wait_offer()
+            assert (offer["runId"], offer["attempt"]) == (run["id"], 1)
+            assert offer["inputs"] == [{"module": "work", "port": "in", "msg": {"n": 1}}]
+            assert offer["flow"]["id"] == "job"
+            intruder = await FakeRunner.link(ws2, dispatcher, "intruder")
+            answers = [
+                await intruder.call("runProgress", runId=run["id"], attempt=1, handled={"work": 9}),
+                await intruder.call("runResult", runId=run["id"], attempt=1, state="failed"),
+                await intruder.call("runGiveBack", runId=run["id"], attempt=1, reason="mine"),
+                await intruder.call("runResult", runId="r0000000000000000", attempt=1, state="failed"),
+            ]  # fmt: skip
+            for answer in answers:
+                assert answer["error"]["data"]["code"] == "not_your_part", answer
+                assert "was not given to this runner" in answer["error"]["message"]
+            held = await intruder.call(
+                "runsHeld", runs=[{"runId": run["id"], "attempt": 1, "finished": False}]
+            )
+            assert held["result"] == {"stop": [[run["id"], 1]]}
+            bad = await intruder.call("runResult", runId=run["id"], attempt=0, state="failed")
+            assert bad["error"]["code"] == -32602
+            assert "attempt" in bad["error"]["message"]
+            view = runs.get(run["id"])
+            assert (view["state"], view["attempt"], view["worker"]) == ("running", 1, holder.id)
+
+            renewed = await holder.call(
+                "runProgress", runId=run["id"], attempt=1, handled={"work": 1}
+            )
+            assert renewed["result"] is True
+            result = {"runId": run["id"], "attempt": 1, "state": "succeeded",
+                      "outputs": [{"from": "work.out", "msg": {"n": 2}}], "outputsTotal": 1}  # fmt: skip
+            assert (await holder.call("runResult", **result))["result"] == {"recorded": True}
+            assert (await holder.call("runResult", **result))["result"] == {"recorded": False}
+            late = await holder.call("runProgress", runId=run["id"], attempt=1)
+            assert late["error"]["data"]["code"] == "lease_lost"
+    refused = [e for e in dispatcher.api("GET", "/events") if e["kind"] == "refused-call"]
+    assert {e["call"] for e in refused} == {"runProgress", "runResult", "runGiveBack", "runsHeld"}
+    view = runs.get(run["id"])
+    assert (view["state"], view["worker"]) == ("succeeded", holder.id)
+    assert len(terminal_events(view)) == 1
+    assert [o["msg"] for o in runs.result(run["id"])["outputs"]] == [{"n": 2}]
