@@ -300,7 +300,7 @@ async def test_lease_expiry_retries_on_another_worker(autojump_clock: trio.abc.C
         w2 = FakeWorker("w2", changes)
         book.add_worker(w2)
         start = trio.current_time()
-        await changes.until(lambda: w2.offers)
+        await changes.until(lambda: w2.offers and w1.cancels)
         assert trio.current_time() - start == pytest.approx(30.0, abs=0.6)
         assert (w2.offers[0].runId, w2.offers[0].attempt) == (run_id, 2)
         assert (run_id, 1, "lease expired (w1 silent for 30 s)") in w1.cancels
@@ -433,7 +433,8 @@ async def test_reconcile(autojump_clock: trio.abc.Clock) -> None:
             view["attempts"][0]["reason"]
             == "given back by w1: not held by the worker when it reconnected"
         )
-        assert book.finish("w1", ok(w1.offers[0])) is True  # the finished one is re-sent
+        offers = {(o.runId, o.attempt): o for o in w1.offers}
+        assert book.finish("w1", ok(offers[done, 1])) is True  # the finished one is re-sent
         assert book.get(done)["state"] == "succeeded"
         assert book.get(other)["state"] == "running"
 
