@@ -54,7 +54,9 @@ class FailOn(enum.StrEnum):
 RunId = Annotated[str, Limit(min_length=1, max_length=MAX_ID)]
 Seconds = Annotated[float, Limit(gt=0, le=MAX_TIMEOUT)]
 #: "module.port" (an input port of the flow)
-PortRef = Annotated[str, Limit(min_length=3, max_length=2 * MAX_NAME + 1, pattern=r"^[^.]+\.[^.]+$")]
+PortRef = Annotated[
+    str, Limit(min_length=3, max_length=2 * MAX_NAME + 1, pattern=r"^[^.]+\.[^.]+$")
+]
 
 
 @attrs.frozen
