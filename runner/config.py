@@ -54,6 +54,14 @@ class RunnerConfig:
     #: where hosts of runtimes that attach themselves come from (``runner/attached.py``;
     #: a web page's client runner). None: this runner takes none.
     attached: Any = attrs.field(default=None, eq=False)
+    #: runs (``runner/runs/``): attempts run at once; 0: this runner has no run executor
+    #: (the CLI's ``--max-runs`` defaults to the CPU count)
+    max_runs: int = 0
+    #: finished runs' files (offer, result, outputs) are removed this long after the
+    #: book has their result
+    run_retention: float = 7 * 24 * 3600 * SECONDS
+    #: idle runtime hosts kept ready per runtime for runs (``runner/runs/pool.py``)
+    warm_hosts: int = 2
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> RunnerConfig:

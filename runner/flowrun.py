@@ -63,7 +63,13 @@ class FlowRun:
         config: RunnerConfig,
         hub: EventHub,
         environments: EnvironmentManager | None = None,
+        *,
+        instances: dict[str, RuntimeInstance] | None = None,
     ) -> None:
+        """``instances`` (host key -> running instance): hosts this flow is given instead
+        of making its own (a run's warm hosts, ``runner/runs/pool.py``); they are adopted
+        (:meth:`RuntimeInstance.adopt`) and :meth:`plan` reuses them. Their ``run`` task
+        belongs to whoever gave them: start such a flow with :meth:`attach`, not :meth:`run`."""
         self.environments = environments
         self.flow = flow
         self.flow_id = flow.id
@@ -88,7 +94,9 @@ class FlowRun:
         self._ended.set()
         self._scope: trio.CancelScope | None = None
         self.runtimes = runtimes
-        self.instances: dict[str, RuntimeInstance] = {}
+        self.instances: dict[str, RuntimeInstance] = dict(instances or {})
+        for given in self.instances.values():
+            given.adopt(self)
         self._routes: dict[tuple[str, str], list[tuple[RuntimeInstance, str, str] | None]] = {}
         #: where the instances run while the flow runs (a hot swap starts new ones here)
         self.instance_nursery: trio.Nursery | None = None
@@ -386,7 +394,8 @@ class FlowRun:
             "errors": self.error_count,
             # host restarts and module child restarts (exec), since the flow was made
             "restarts": sum(
-                inst.restarts + sum(inst.child_restarts.values()) for inst in self.instances.values()
+                inst.restarts + sum(inst.child_restarts.values())
+                for inst in self.instances.values()
             ),
             "runtimes": {rid: inst.statistics() for rid, inst in self.instances.items()},
         }
@@ -431,6 +440,33 @@ class FlowRun:
             if self.status is not FlowStatus.FAILED:
                 self._set_status(FlowStatus.STOPPED)
             self._ended.set()
+
+    async def attach(self) -> None:
+        """Start a flow made with ``instances`` (hosts that already run, owned by someone
+        else): load its modules into them and mark it running. Raises what
+        :meth:`RuntimeInstance.load_all` raises (the flow is then failed)."""
+        self._ended = trio.Event()
+        self.error = None
+        self._set_status(FlowStatus.STARTING)
+        try:
+            async with trio.open_nursery() as nursery:
+                for instance in self.instances.values():
+                    nursery.start_soon(instance.load_all)
+        except BaseExceptionGroup as group:
+            leaf = first(group, RunnerError)
+            self._set_status(FlowStatus.FAILED, str(leaf or group))
+            self._ended.set()
+            if leaf is None:
+                raise
+            raise leaf from None
+        self._set_status(FlowStatus.RUNNING)
+
+    def detach(self) -> None:
+        """End a flow started with :meth:`attach`; its hosts are left to their owner
+        (who unloads the modules: :meth:`RuntimeInstance.unload_all`)."""
+        if self.status is not FlowStatus.FAILED:
+            self._set_status(FlowStatus.STOPPED)
+        self._ended.set()
 
     async def stop(self) -> None:
         if self.status in (FlowStatus.STOPPED, FlowStatus.FAILED) and self._ended.is_set():

@@ -42,6 +42,8 @@ from .queues import DeliveryQueues
 from .status import InstanceStatus
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from ..runtimes.registry import RuntimeManifest
     from .config import RunnerConfig
     from .flowrun import FlowRun
@@ -85,6 +87,9 @@ class RuntimeInstance:
         self.restarts = 0
         #: module -> restarts of its child process, as the host reports them (exec)
         self.child_restarts: dict[str, int] = {}
+        #: module -> how its child process last exited: {"code", "stderr"} (exec; the
+        #: host's ``restart``/``failed`` frames, PROTOCOL.md section 7)
+        self.child_exits: dict[str, dict[str, Any]] = {}
         self.last_error: str | None = None
         self.logs: deque[dict[str, Any]] = deque(maxlen=config.keep_logs)
 
@@ -153,6 +158,20 @@ class RuntimeInstance:
     def set_modules(self, loads: dict[str, dict[str, Any]], routes: dict[str, Any]) -> None:
         self.modules = loads
         self.routes = routes
+
+    def adopt(self, flow: FlowRun) -> None:
+        """Serve ``flow`` from now on (a warm host lent to a run, ``runner/runs/pool.py``,
+        and given back): routing, errors, logs and wake-ups go to it. Only between two
+        uses: the host holds no module and nothing is queued or in flight. The counters
+        and logs of the previous use are cleared."""
+        previous, self.flow = self.flow, flow
+        self.queues._on_room = flow.notify  # the queues wake the writers of their flow
+        self.restarts = 0
+        self.child_restarts = {}
+        self.child_exits = {}
+        self.last_error = None
+        self.logs.clear()
+        previous.notify()  # the writer waits on the previous flow's wake-up: move it over
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         started = False
@@ -252,13 +271,18 @@ class RuntimeInstance:
         return "stopped"
 
     async def _boot(self, proc: RuntimeProcess) -> None:
+        await self._load_all(proc.send)
+
+    async def _load_all(self, send: Callable[[bytes], Awaitable[None]]) -> None:
+        """Send every module's load (with its state) and the route table in one write;
+        wait for every ``loaded``. Raises RuntimeStartError / FlowLoadError."""
         self._loaded = {m: trio.Event() for m in self.modules}
         self._load_errors = {}
         frames = []
         for module, load in self.modules.items():
             frames.append(encode_frame({**load, "state": self.states.get(module)}))
         frames.append(encode_frame({"op": "route", "routes": self.routes}))
-        await proc.send(b"".join(frames))
+        await send(b"".join(frames))
         with trio.move_on_after(self.config.start_timeout) as timer:
             for event in self._loaded.values():
                 await event.wait()
@@ -268,6 +292,40 @@ class RuntimeInstance:
         if self._load_errors:
             module, error = next(iter(self._load_errors.items()))
             raise FlowLoadError(module, error)
+
+    async def load_all(self) -> None:
+        """Load the modules of :meth:`set_modules` and their route table into the running
+        host (a warm host given a run's modules), as a start does. Raises FlowStateError
+        (no running host), RuntimeStartError (no answer), FlowLoadError."""
+        proc = self.process
+        if proc is None or self.status is not InstanceStatus.RUNNING:
+            raise FlowStateError(f"runtime host {self.name} is {self.status}")
+        try:
+            await self._load_all(lambda data: self._send(proc, data))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise FlowStateError(f"runtime host {self.name} went away: {exc}") from None
+
+    async def unload_all(self) -> bool:
+        """Unload every module and clear the route table in the running host; forget
+        their load frames and states. True when the host answered every unload in
+        time (it holds nothing of them any more)."""
+        modules = list(self.modules)
+        self.set_modules({}, {})
+        events = {m: trio.Event() for m in modules}
+        self._unloaded.update(events)
+        frames = [{"op": "unload", "module": m} for m in modules]
+        try:
+            await self.control([*frames, {"op": "route", "routes": {}}])
+            with trio.move_on_after(self.config.start_timeout):
+                for event in events.values():
+                    await event.wait()
+        except FlowStateError:
+            pass
+        for m in modules:
+            self._unloaded.pop(m, None)
+            self._loaded.pop(m, None)
+        self.states.clear()
+        return all(e.is_set() for e in events.values())
 
     async def stop(self) -> None:
         """Graceful stop: the host handles what it was sent, snapshots state, says bye."""
@@ -317,9 +375,9 @@ class RuntimeInstance:
             await progress.wait()
 
     async def _reader(self, proc: RuntimeProcess, host_scope: trio.CancelScope) -> None:
-        flow = self.flow
         queues = self.queues
         while True:
+            flow = self.flow  # read again for every batch: a warm host changes flows (adopt)
             try:
                 lines = await proc.receive_lines()
             except ProtocolError as exc:
@@ -439,6 +497,7 @@ class RuntimeInstance:
         self.child_restarts[module] = (
             restarts if isinstance(restarts, int) else self.child_restarts.get(module, 0) + 1
         )
+        self._child_exit(module, frame)
         self.flow.publish(
             {
                 "kind": EventKind.RUNTIME,
@@ -460,6 +519,7 @@ class RuntimeInstance:
         """A host gave a module up (its child crash-loops): the flow fails with the
         reason, as it does when a host crash-loops (PROTOCOL.md section 6)."""
         module = str(frame.get("module"))
+        self._child_exit(module, frame)
         error = frame.get("error") if isinstance(frame.get("error"), dict) else {}
         message = (
             f"module {self.flow.short(module)} of flow {self.flow.flow_id} failed: "
@@ -467,7 +527,19 @@ class RuntimeInstance:
         )
         self.status = InstanceStatus.FAILED
         self.last_error = message
-        self.flow.instance_failed(self, message, module=module, kind=str(error.get("type") or "CrashLoop"))
+        self.flow.instance_failed(
+            self, message, module=module, kind=str(error.get("type") or "CrashLoop")
+        )
+
+    def _child_exit(self, module: str, frame: dict[str, Any]) -> None:
+        """Keep the exit code and stderr tail a ``restart``/``failed`` frame carries
+        (hosts that send neither leave nothing)."""
+        code, stderr = frame.get("code"), frame.get("stderr")
+        if isinstance(code, int) or isinstance(stderr, str):
+            self.child_exits[module] = {
+                "code": code if isinstance(code, int) else None,
+                "stderr": stderr if isinstance(stderr, str) else "",
+            }
 
     def _on_hung(self, frame: dict[str, Any]) -> None:
         removed = self.queues.hung(frame.get("seq"), frame.get("index"))

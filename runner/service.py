@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 
     from ..flows import Flow
     from ..runtimes.registry import RuntimeManifest
+    from .runs.executor import RunExecutor
 
 __all__ = ["Runner", "UpdateResult", "open_runner"]
 
@@ -118,6 +119,9 @@ class Runner:
         self.restore_problems: list[str] = []
         self.started_at = time.time()
         self.version = _version()
+        #: runs' executor (``runner/runs/executor.py``), made by :meth:`run` when
+        #: ``config.max_runs`` > 0; whoever wires runs sets its ``reporter``
+        self.executor: RunExecutor | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[Runner] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled. With a state dir, restore its flows first (flows that
@@ -131,6 +135,17 @@ class Runner:
                     await self._restore()
                     nursery.start_soon(self._checkpoints)
                 nursery.start_soon(self._collect_environments)
+                if self.config.max_runs > 0:
+                    from .runs.executor import RunExecutor
+
+                    self.executor = RunExecutor(
+                        self,
+                        max_runs=self.config.max_runs,
+                        archive=self.config.state_dir / "runs" if self.config.state_dir else None,
+                        retention=self.config.run_retention,
+                        warm=self.config.warm_hosts,
+                    )
+                    await nursery.start(self.executor.run)
                 task_status.started(self)
                 await trio.sleep_forever()
         finally:
@@ -331,7 +346,9 @@ class Runner:
         try:
             flow = self.workdirs.prepare(flow)
         except OSError as exc:
-            raise StorageError.from_os_error(exc, f"the modules' files of flow {flow.id!r}") from exc
+            raise StorageError.from_os_error(
+                exc, f"the modules' files of flow {flow.id!r}"
+            ) from exc
         # The new version is written first: if it cannot be stored (StorageError),
         # nothing changed, and no flow is registered that a restart would not bring back.
         if current is not None and current.status is FlowStatus.RUNNING:

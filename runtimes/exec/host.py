@@ -23,7 +23,7 @@ it had not answered yet are sent again to the new child, in order.
 
 Crash loops (PROTOCOL.md section 7): a child that exits is started again after a backoff
 (0, 0.1 s, 0.2 s, ... up to ``backoffMax``), each restart reported in a ``restart``
-frame; ``limit`` exits within ``period`` give the module up: a ``failed`` frame, and
+frame (with the dead child's exit status and stderr tail: ``code``, ``stderr``); ``limit`` exits within ``period`` give the module up: a ``failed`` frame, and
 every input waiting for it, and every later one, becomes a ``CrashLoop`` error. The
 policy comes with ``load`` (``restart``), else the runner's defaults below.
 """
@@ -48,6 +48,9 @@ BACKLOG = 20000  # inputs waiting in the host before it stops reading its pipe
 CRASH_LIMIT = 5
 CRASH_PERIOD = 30.0
 BACKOFF_MAX = 5.0
+# What ``restart``/``failed`` frames carry of a dead child's stderr (its last lines).
+STDERR_TAIL_LINES = 20
+STDERR_TAIL_CHARS = 4000
 
 try:
     import orjson
@@ -88,7 +91,7 @@ class Frame:
 
 
 class Child:
-    __slots__ = ("buf_err", "buf_out", "inflight", "last_err", "mod", "pending", "proc", "since", "write_buf")
+    __slots__ = ("buf_err", "buf_out", "err_tail", "inflight", "last_err", "mod", "pending", "proc", "since", "write_buf")
 
     def __init__(self, mod, proc):
         self.mod = mod
@@ -100,10 +103,11 @@ class Child:
         self.buf_err = b""
         self.since = 0.0  # when the oldest in-flight input started waiting
         self.last_err = ""
+        self.err_tail = deque(maxlen=STDERR_TAIL_LINES)  # the child's last stderr lines
 
 
 class Module:
-    __slots__ = ("child", "command", "cwd", "env", "exits", "failed", "id", "policy", "restart_at", "restarts", "timeout", "waiting")
+    __slots__ = ("child", "command", "cwd", "env", "exits", "failed", "id", "last_exit", "policy", "restart_at", "restarts", "timeout", "waiting")
 
     def __init__(self, mid, command, cwd, env, timeout, policy=(CRASH_LIMIT, CRASH_PERIOD, BACKOFF_MAX)):
         self.id = mid
@@ -118,6 +122,7 @@ class Module:
         self.restart_at = None  # while backing off: when the next child starts
         self.waiting = deque()  # (msg, port, frame) held while backing off
         self.failed = None  # why the module was given up (a crash loop)
+        self.last_exit = None  # (exit status, stderr tail) of the child that exited last
 
     def exited(self, now):
         """Count an exit: the delay before the next child, or None for a crash loop."""
@@ -280,11 +285,19 @@ class Host:
                 self.give_up(mod, f"the module's process exited {len(mod.exits)} times within {mod.policy[1]:g} s; last: {exited}")
                 return
         mod.restarts += 1
-        self.frame({"op": "restart", "module": mod.id, "restarts": mod.restarts, "reason": exited or "killed: no answer within its timeout", "delay": delay})
+        self.frame({"op": "restart", "module": mod.id, "restarts": mod.restarts, "reason": exited or "killed: no answer within its timeout", "delay": delay, **self.exit_fields(mod, exited)})
         if delay > 0:
             mod.restart_at = time.monotonic() + delay
             return
         self.respawn(mod)
+
+    @staticmethod
+    def exit_fields(mod, exited):
+        """``code`` and ``stderr`` (tail) of the child that just exited, for a frame."""
+        if not exited or mod.last_exit is None:
+            return {}
+        code, tail = mod.last_exit
+        return {"code": code, "stderr": tail}
 
     def respawn(self, mod):
         """Start the module's next child; the inputs held for it go first."""
@@ -303,7 +316,7 @@ class Host:
         mod.failed = reason
         mod.restart_at = None
         self.log(mod.id, "error", f"{reason}; not restarted")
-        self.frame({"op": "failed", "module": mod.id, "error": {"type": "CrashLoop", "message": reason, "traceback": ""}})
+        self.frame({"op": "failed", "module": mod.id, "error": {"type": "CrashLoop", "message": reason, "traceback": ""}, **self.exit_fields(mod, True)})
         for msg, port, frame in mod.waiting:
             self.error(mod.id, port, msg, frame, "CrashLoop", reason)
             frame.outstanding -= 1
@@ -420,19 +433,34 @@ class Host:
         for line in lines:
             text = line.decode("utf-8", "replace").rstrip("\r")
             child.last_err = text
+            child.err_tail.append(text)
             self.log(child.mod.id, "info", text)
 
     def on_child_exit(self, child):
         code = child.proc.wait()
-        detail = f"exited with status {code}" + (f"; last stderr line: {child.last_err}" if child.last_err else "")
+        self.drain_stderr(child)
         if child.buf_err:
             self.on_stderr(child, b"\n")
+        detail = f"exited with status {code}" + (f"; last stderr line: {child.last_err}" if child.last_err else "")
+        child.mod.last_exit = (code, "\n".join(child.err_tail)[-STDERR_TAIL_CHARS:])
         if child.inflight:
             msg, port, frame = child.inflight.popleft()
             self.restart(child, (msg, port, frame, "ChildExited", f"the module's process {detail} while handling this input"), exited=detail)
         else:
             self.log(child.mod.id, "warning", f"the module's process {detail}; restarting it")
             self.restart(child, None, exited=detail)
+
+    def drain_stderr(self, child):
+        """What the dead child wrote to stderr and the loop has not read yet."""
+        fd = child.proc.stderr.fileno()
+        while True:
+            try:
+                data = os.read(fd, READ_SIZE)
+            except (BlockingIOError, OSError):
+                return
+            if not data:
+                return
+            self.on_stderr(child, data)
 
     def check_timeouts(self):
         now = time.monotonic()

@@ -26,11 +26,14 @@ Figures:
 
 - ``browser``: messages between server modules and a browser module (``browser``).
 
+- ``runs``: runs on one runner's executor with warm hosts: runs/s for python -> node ->
+  python at 8 concurrent, and offer-to-result latency p50/p99 of one run (``runs``).
+
 - ``recovery``: a SIGKILLed runner -> its flow answering again, local backend (``recovery``).
 - ``recovery_docker``: ``docker kill`` of the flow's runner container (and its runner
   killed inside it) -> the flow answering again (``recovery``; skipped without an engine).
 
-``--only core|api|swap|dispatcher|docker|browser|recovery|recovery-docker`` runs one group.
+``--only core|api|swap|dispatcher|docker|browser|recovery|recovery-docker|runs`` runs one group.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from fifoflow.flows import parse_flow
 from fifoflow.runner import RunnerConfig, open_runner
 from fifoflow.runtimes.registry import discover
 
-from . import api_requests, browser, containers, costs, fifo_echo, nodered, recovery, swap
+from . import api_requests, browser, containers, costs, fifo_echo, nodered, recovery, runs, swap
 from . import dispatcher as dispatcher_bench
 
 RUNTIMES = discover()
@@ -283,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         choices=[
             *("core", "api", "swap", "dispatcher", "docker", "browser"),
-            *("recovery", "recovery-docker"),
+            *("recovery", "recovery-docker", "runs"),
         ],
         help="run one group of figures",
     )
@@ -347,6 +350,11 @@ def main(argv: list[str] | None = None) -> int:
         recovery.print_report(found_rd)
         if found_rd is not None:
             figures["recovery_docker"] = found_rd
+    if args.only in (None, "runs"):
+        print()
+        found_runs = runs.run(runs=100 if args.quick else 400, rounds=2 if args.quick else rounds)
+        runs.print_report(found_runs)
+        figures["runs"] = found_runs
     if args.only in (None, "swap"):
         result = swap.run(quick=args.quick)
         swap.print_report(result)
