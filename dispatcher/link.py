@@ -14,6 +14,13 @@ whose state it carries): the rest is refused as :class:`~.errors.NotYourPart` an
 recorded as a ``refused-call`` event (``Dispatcher.check_part``). A runner's secret
 reaches its own parts, never another runner's flow.
 
+Runs (``dispatcher/runs.py``, ``runner/runs/RUNS.md``): ``runProgress``, ``runResult``,
+``runsHeld`` (after ``ready``) and ``runGiveBack`` go to the dispatcher's run book; a
+runner speaks only for the attempts given to it (``Dispatcher.check_attempt``): another
+runner's attempt, or a run it never held, is refused as :class:`~.errors.NotYourPart`
+(``field`` ``runId`` or ``attempt``) and recorded as a ``refused-call`` event. An attempt
+that was its own but no longer counts is answered ``lease_lost`` by the book.
+
 Resource handling: the peer and the tasks it starts live in :meth:`serve`'s nursery;
 when the socket closes the runner is detached from the dispatcher and they end.
 """
@@ -30,6 +37,7 @@ import trio
 from fifoflow.flows.converter import Limit, make_converter, problems
 from fifoflow.flows.limits import MAX_NAME
 from fifoflow.runner.rpc import RpcPeer
+from fifoflow.runner.runs.model import RunId, RunProgress, RunResult
 
 from .errors import DispatcherError
 
@@ -44,7 +52,8 @@ HELLO_SECONDS = 5.0
 
 class RunnerLink:
     """The calls a runner makes: register, hello, hardware, ready, heartbeat, signoff,
-    relay (messages for another runner's part), paused, snapshot."""
+    relay (messages for another runner's part), paused, snapshot; and for runs
+    runProgress, runResult, runsHeld, runGiveBack."""
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
@@ -137,6 +146,26 @@ class RunnerLink:
     async def _snapshot(self, p: Snapshot) -> None:
         self.dispatcher.snapshot(self._id, p.flowId, p.states)
 
+    # Runs: the book decides; the dispatcher checks first that the attempt is this
+    # runner's (a refusal is this call's answer).
+
+    async def _run_progress(self, p: RunProgress) -> bool:
+        self.dispatcher.check_attempt(self._id, "runProgress", p.runId, p.attempt)
+        self.dispatcher.run_book.progress(self._id, p)
+        return True
+
+    async def _run_result(self, p: RunResult) -> dict[str, bool]:
+        self.dispatcher.check_attempt(self._id, "runResult", p.runId, p.attempt)
+        return {"recorded": bool(self.dispatcher.run_book.finish(self._id, p))}
+
+    async def _runs_held(self, p: RunsHeld) -> dict[str, list[list[Any]]]:
+        return {"stop": self.dispatcher.runs_held(self._id, [attrs.asdict(h) for h in p.runs])}
+
+    async def _run_give_back(self, p: RunGiveBack) -> bool:
+        self.dispatcher.check_attempt(self._id, "runGiveBack", p.runId, p.attempt)
+        self.dispatcher.run_book.give_back(self._id, p.runId, p.attempt, p.reason)
+        return True
+
     @property
     def _id(self) -> str:
         assert self.runner_id is not None
@@ -211,6 +240,31 @@ class Snapshot:
     states: dict[str, Any]
 
 
+@attrs.frozen
+class HeldRun:
+    """An attempt a runner holds: running, or ``finished`` (its result is re-sent)."""
+
+    runId: RunId
+    attempt: Annotated[int, Limit(ge=1)]
+    finished: bool = False
+
+
+@attrs.frozen
+class RunsHeld:
+    """What a runner holds, said after every ``ready``."""
+
+    runs: Annotated[list[HeldRun], Limit(max_length=100_000)] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class RunGiveBack:
+    """An attempt the runner will not finish (SIGTERM grace over): queued again."""
+
+    runId: RunId
+    attempt: Annotated[int, Limit(ge=1)]
+    reason: Annotated[str, Limit(max_length=4096)] = "given back by the runner"
+
+
 _CONVERTER = make_converter()
 
 Call = Callable[[RunnerLink, Any], Awaitable[Any]]
@@ -225,4 +279,8 @@ CALLS: dict[str, tuple[type, Call]] = {
     "relay": (Relay, RunnerLink._relay),
     "paused": (Paused, RunnerLink._paused),
     "snapshot": (Snapshot, RunnerLink._snapshot),
+    "runProgress": (RunProgress, RunnerLink._run_progress),
+    "runResult": (RunResult, RunnerLink._run_result),
+    "runsHeld": (RunsHeld, RunnerLink._runs_held),
+    "runGiveBack": (RunGiveBack, RunnerLink._run_give_back),
 }

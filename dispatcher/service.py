@@ -20,6 +20,13 @@ Runners (statuses and their changes: ``status.py``):
   are placed again elsewhere. ``drain`` moves every flow off a runner, and it gets no
   new ones.
 
+Runs (``runs.py``): ``self.run_book`` is the :class:`~fifoflow.runner.runs.book.RunBook`
+in the dispatcher's store (the ``runs`` tables of schema version 2), started in the
+dispatcher's nursery; its workers are the runners that are ready, linked and not
+draining (a :class:`~.runs.RunnerWorker` each, added on ``ready``, removed when the
+link goes, the runner is lost, signs off or drains). Run events go to
+``self.run_events`` (an :class:`~fifoflow.runner.events.EventHub` the API streams).
+
 Error handling: every refusal is a :class:`DispatcherError` (``errors.py``) whose
 message says what to do; nothing a runner sends can stop the service.
 """
@@ -36,6 +43,10 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from ..runner.events import EventHub
+from ..runner.runs.book import RunBook
+from ..runner.runs.errors import RunNotFound
+from ..runner.runs.store import RunStore
 from .calls import forward_call
 from .deploy import Deployments, flow_summary
 from .errors import (
@@ -49,6 +60,7 @@ from .errors import (
     UnknownRunner,
 )
 from .parts import FlowParts, known_flow
+from .runs import Resolver, RunnerWorkers
 from .status import RunnerStatus
 from .store import DispatcherStore
 
@@ -115,6 +127,16 @@ class Dispatcher:
         #: the web pages' client runners (dispatcher/clients.py), when served
         self.clients: Any = None
         self.started_at = time.time()
+        #: run events (``{"kind": "run", ...}``, ``{"kind": "run-progress", ...}``)
+        self.run_events = EventHub()
+        self.run_store = RunStore(self.store.db)
+        self.run_book = RunBook(self.run_store, Resolver(self.store), hub=self.run_events)
+        self.run_workers = RunnerWorkers(
+            self.store,
+            self.links,
+            lambda: self.config.call_timeout,
+            held=self._runs_on,
+        )
         #: set (and replaced) whenever a runner becomes ready: wait on ``runner_ready_event``
         self._ready_event = trio.Event()
         try:
@@ -133,6 +155,7 @@ class Dispatcher:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                await nursery.start(self.run_book.run)
                 task_status.started(self)
                 while True:
                     await trio.sleep(min(self.config.heartbeat, self.config.runner_ttl) / 2)
@@ -207,12 +230,15 @@ class Dispatcher:
         if changes:
             detail["changes"] = changes
         self.store.add_event(runner_id, "hardware", detail)
+        if "maxRuns" in detail["changed"]:
+            self.run_book.kick()
         return hardware
 
     def ready(self, runner_id: str) -> None:
         self._runner(runner_id)
         self.store.update_runner(runner_id, status=RunnerStatus.READY, last_seen=time.time())
         self.store.add_event(runner_id, "ready", {})
+        self._runs_worker(runner_id)
         self._ready_event.set()
         self._ready_event = trio.Event()
 
@@ -229,6 +255,7 @@ class Dispatcher:
             fields["status"] = RunnerStatus.READY
             self.store.add_event(runner_id, "back", {})
         self.store.update_runner(runner_id, **fields)
+        self._runs_worker(runner_id)
 
     def forget_runner(self, runner_id: str) -> None:
         """Delete a runner gone for good (a web page's runner, pruned by
@@ -240,6 +267,7 @@ class Dispatcher:
         self._runner(runner_id)
         self.store.update_runner(runner_id, status=RunnerStatus.SIGNED_OFF, last_seen=time.time())
         self.store.add_event(runner_id, "signed-off", {})
+        self.run_book.remove_worker(runner_id)
 
     def check_liveness(self) -> list[str]:
         """Mark runners whose last heartbeat is older than the TTL as lost."""
@@ -251,6 +279,7 @@ class Dispatcher:
                 runner["id"], "lost", {"silentFor": round(now - (runner["lastSeen"] or now), 3)}
             )
             lost.append(runner["id"])
+            self.run_book.remove_worker(runner["id"])
         return lost
 
     def runner_gone(self, runner_id: str, why: str) -> None:
@@ -265,6 +294,7 @@ class Dispatcher:
             return
         self.store.update_runner(runner_id, status=RunnerStatus.LOST)
         self.store.add_event(runner_id, "lost", {"why": why})
+        self.run_book.remove_worker(runner_id)
         self.displace(runner_id)
 
     # ------------------------------------------------------------------ links
@@ -275,6 +305,76 @@ class Dispatcher:
     def detach(self, runner_id: str, peer: RpcPeer) -> None:
         if self.links.get(runner_id) is peer:
             del self.links[runner_id]
+            self.run_book.remove_worker(runner_id)
+
+    # ------------------------------------------------------------------ runs (runs.py)
+
+    def _runs_worker(self, runner_id: str) -> None:
+        """The runner is a worker of the run book while it is ready and linked."""
+        if self.run_workers.eligible(runner_id):
+            self.run_book.add_worker(self.run_workers.worker(runner_id))
+            self.run_book.kick()
+
+    def _runs_on(self, runner_id: str) -> int:
+        """Attempts the book has running on the runner (its ``free`` is what is left of
+        the ``maxRuns`` it announced)."""
+        # The book counts its offers not answered yet apart (``RunBook._room``): they are
+        # running in the store already, so they are left out here.
+        # TODO(integration): a public ``RunBook.running_on(worker_id)`` would say this.
+        pending = len(self.run_book._pending.get(runner_id, ()))
+        running = sum(1 for rec in self.run_store.running() if rec.worker == runner_id)
+        return max(0, running - pending)
+
+    def _attempt_is(self, runner_id: str, run_id: str, attempt: int) -> str | None:
+        """None when the run's ``attempt`` was given to the runner; else the field at
+        fault and why (for :meth:`check_attempt`)."""
+        try:
+            view = self.run_book.get(run_id)
+        except RunNotFound:
+            return "runId"
+        if view.get("attempt") == attempt and view.get("worker") == runner_id:
+            return None
+        for past in view.get("attempts") or ():
+            if past.get("attempt") == attempt and past.get("worker") == runner_id:
+                return None
+        return "attempt"
+
+    def check_attempt(self, runner_id: str, call: str, run_id: str, attempt: int) -> None:
+        """Refuse a runner's call about a run attempt that was never its own (another
+        runner's attempt, a run it never held): recorded (``refused-call``), raised as
+        :class:`NotYourPart`. An attempt that was its own but no longer counts is the
+        book's to answer (``LeaseLost``)."""
+        field = self._attempt_is(runner_id, run_id, attempt)
+        if field is None:
+            return
+        why = f"attempt {attempt} of run {run_id!r} was not given to this runner"
+        self.store.add_event(
+            runner_id, "refused-call", {"call": call, "run": run_id, "field": field, "reason": why}
+        )
+        raise NotYourPart(f"{call}: {why}", field=field)
+
+    def runs_held(self, runner_id: str, held: list[dict[str, Any]]) -> list[list[Any]]:
+        """A runner (re)linked says what it holds: the book reconciles its own attempts;
+        the answer lists the attempts it must stop (no longer counting, or never its
+        own: those are recorded as ``refused-call`` events)."""
+        own, stop = [], []
+        for item in held:
+            if self._attempt_is(runner_id, item["runId"], item["attempt"]) is None:
+                own.append(item)
+                continue
+            self.store.add_event(
+                runner_id,
+                "refused-call",
+                {
+                    "call": "runsHeld",
+                    "run": item["runId"],
+                    "field": "runs",
+                    "reason": f"attempt {item['attempt']} was not given to this runner",
+                },
+            )
+            stop.append([item["runId"], item["attempt"]])
+        stop += [[run_id, attempt] for run_id, attempt in self.run_book.reconcile(runner_id, own)]
+        return stop
 
     # ------------------------------------------------------------------ runtimes
 
@@ -385,6 +485,7 @@ class Dispatcher:
         self._runner(runner_id)
         self.store.update_runner(runner_id, status=RunnerStatus.DRAINING)
         self.store.add_event(runner_id, "draining", {})
+        self.run_book.remove_worker(runner_id)
         moved = await self.deployments.move_off(runner_id)
         self.store.update_runner(runner_id, status=RunnerStatus.DRAINED)
         self.store.add_event(runner_id, "drained", {"flows": moved})
@@ -449,7 +550,9 @@ class Dispatcher:
             peer = self.links.get(runner_id)
             if peer is None:
                 raise FlowPending(f"runner {runner_id!r} is not connected")
-            return await forward_call(peer, runner_id, self.config.call_timeout, "logs", limit=limit)
+            return await forward_call(
+                peer, runner_id, self.config.call_timeout, "logs", limit=limit
+            )
         assert flow_id is not None
         return await self.parts.logs(flow_id, limit)
 

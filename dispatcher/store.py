@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ..runner.runs.store import RUNS_SCHEMA
 from .errors import StoreVersionError
 from .status import WATCHED, FlowStatus, RunnerStatus
 
@@ -62,6 +63,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, runner TEXT,
             kind TEXT NOT NULL, detail TEXT NOT NULL
         )""",
+    ),
+    # 2: runs (the run book's tables, ``runner/runs/store.py``), and a revision per
+    # stored flow (a run may name the revision it wants)
+    (
+        *RUNS_SCHEMA,
+        "ALTER TABLE flows ADD COLUMN revision INTEGER NOT NULL DEFAULT 1",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -224,7 +231,9 @@ class DispatcherStore:
         with self.db:
             self.db.execute(
                 "INSERT INTO flows (id, document, status, updated) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET document = excluded.document, updated = excluded.updated",
+                "ON CONFLICT(id) DO UPDATE SET document = excluded.document,"
+                " updated = excluded.updated,"
+                " revision = flows.revision + (flows.document != excluded.document)",
                 (flow_id, orjson.dumps(document).decode(), FlowStatus.PENDING, time.time()),
             )
         self._touch(flow_id)
@@ -351,4 +360,5 @@ def _flow(row: sqlite3.Row) -> dict[str, Any]:
         "queued": orjson.loads(row["queued"]),
         "placement": orjson.loads(row["placement"]),
         "updated": row["updated"],
+        "revision": row["revision"],
     }

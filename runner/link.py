@@ -16,6 +16,15 @@
    of each checkpointed flow's module states, so that a flow placed again elsewhere
    resumes from them.
 5. :meth:`DispatcherLink.sign_off` on shutdown.
+6. Runs (``runner/runs/RUNS.md``): the dispatcher offers attempts (``offerRun``: the
+   runner's :class:`~.runs.executor.RunExecutor` accepts, or refuses with
+   ``run_refused`` and the reason) and cancels them (``cancelRun``); the executor
+   reports through :class:`LinkReporter` (``runProgress``, ``runResult``). After every
+   ``ready`` the runner says what it holds (``runsHeld``), stops the attempts the answer
+   lists, and re-sends the results it kept. While the link is down the executor takes
+   no new runs (``accepting`` is False): a runner that cannot report its working status
+   does not start runs. SIGTERM: :meth:`DispatcherLink.give_back` returns the attempts
+   the grace period did not see finish (``runGiveBack``).
 
 TLS: an ``https://`` dispatcher is reached over ``wss://`` and verified with the system's
 CAs, a CA file (``ca``), or a pinned certificate fingerprint (``fingerprint``), see
@@ -52,6 +61,8 @@ from ..flows.resources import format_size
 from .errors import RunnerError, first
 from .events import EventKind
 from .rpc import LinkClosed, RemoteError, RpcPeer
+from .runs.errors import RunRefused
+from .runs.model import RunOffer, RunProgress, RunResult
 from .store import atomic_write
 from .tls import client_context, untrusted
 
@@ -62,7 +73,20 @@ if TYPE_CHECKING:
 
     from .service import Runner
 
-__all__ = ["DispatcherLink", "LinkRefused", "Refused", "collect_hardware"]
+__all__ = ["DispatcherLink", "LinkRefused", "LinkReporter", "Refused", "collect_hardware"]
+
+#: longest a run report (progress, result, give back) waits for the dispatcher's answer
+REPORT_SECONDS = 10.0
+
+#: what a report call may meet when the link is down or drops meanwhile
+_DOWN = (
+    LinkClosed,
+    OSError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    trio_websocket.ConnectionClosed,
+    trio.TooSlowError,
+)
 
 GiB = 1024**3
 
@@ -91,6 +115,71 @@ def collect_hardware(state_dir: Path, runtimes: list[str]) -> dict[str, Any]:
         "diskGiB": round(disk.total / GiB, 1),
         "runtimes": sorted(runtimes),
     }
+
+
+class LinkReporter:
+    """The executor's :class:`~.runs.executor.RunReporter` over the control link.
+
+    ``progress``: True unless the dispatcher answers that the attempt no longer counts
+    (``lease_lost``, ``not_your_part``: the executor stops it). A progress that cannot
+    be sent (link down) is not fatal: the attempt goes on; the dispatcher decides when
+    the runner links again (``runsHeld``).
+    ``result``: True once the dispatcher has it (recorded now, or already, or it no
+    longer counts: nothing to keep); False when the link is down (the executor keeps it
+    and it is re-sent after the next ``ready``)."""
+
+    def __init__(self, link: DispatcherLink) -> None:
+        self.link = link
+
+    async def progress(self, p: RunProgress) -> bool:
+        try:
+            await self.link.report("runProgress", _unstructure(p))
+        except RemoteError as exc:
+            if exc.remote_code in ("lease_lost", "not_your_part", "run_not_found"):
+                return False
+            raise
+        except _DOWN:
+            return True
+        return True
+
+    async def result(self, r: RunResult) -> bool:
+        try:
+            await self.link.report("runResult", _unstructure(r))
+        except RemoteError as exc:
+            if exc.remote_code in ("lease_lost", "not_your_part", "run_not_found"):
+                return True  # it does not count: nothing to keep
+            return False
+        except _DOWN:
+            return False
+        return True
+
+
+def _unstructure(value: Any) -> dict[str, Any]:
+    from ..flows.converter import make_converter
+
+    global _CONVERTER
+    if _CONVERTER is None:
+        _CONVERTER = make_converter()
+    return _CONVERTER.unstructure(value)  # type: ignore[no-any-return]
+
+
+def _structure(value: Any, cls: type) -> Any:
+    import cattrs
+
+    from ..flows.converter import make_converter, problems
+
+    global _CONVERTER
+    if _CONVERTER is None:
+        _CONVERTER = make_converter()
+    try:
+        return _CONVERTER.structure(value, cls)
+    except cattrs.BaseValidationError as exc:
+        raise ValueError(
+            "; ".join(f"{p.path or 'params'}: {p.message}" for p in problems(exc))
+        ) from None
+
+
+_CONVERTER: Any = None
 
 
 class DispatcherLink:
@@ -138,6 +227,53 @@ class DispatcherLink:
         self.connected = trio.Event()
         self._ws: trio_websocket.WebSocketConnection | None = None
         self._peer: RpcPeer | None = None
+        #: the executor's reporter (runs): the results it could not send are re-sent
+        #: after every ready
+        self.reporter = LinkReporter(self)
+        executor = self.executor
+        if executor is not None:
+            executor.reporter = self.reporter
+            executor.reachable = False  # until the first ready
+
+    @property
+    def executor(self) -> Any:
+        """The runner's run executor (None: this runner takes no runs)."""
+        return getattr(self.runner, "executor", None)
+
+    async def report(self, method: str, params: dict[str, Any]) -> Any:
+        """A run report to the dispatcher, with a deadline; raises :class:`LinkClosed`
+        when the link is down, :class:`RemoteError` when the dispatcher refuses."""
+        peer = self._peer
+        if peer is None or not self.connected.is_set():
+            raise LinkClosed("not linked to the dispatcher")
+        with trio.fail_after(REPORT_SECONDS):
+            return await peer.call(method, **params)
+
+    async def give_back(self, attempts: list[tuple[str, int]], reason: str) -> None:
+        """Hand attempts this runner will not finish back to the dispatcher (best
+        effort: an attempt not given back is given back when its lease expires)."""
+        for run_id, attempt in attempts:
+            try:
+                await self.report(
+                    "runGiveBack", {"runId": run_id, "attempt": attempt, "reason": reason}
+                )
+            except (RemoteError, *_DOWN):
+                continue
+
+    async def _runs_linked(self, peer: RpcPeer) -> None:
+        """After ready: say what this runner holds, stop what no longer counts, re-send
+        kept results, then take runs again."""
+        executor = self.executor
+        if executor is None:
+            return
+        answer = await peer.call("runsHeld", runs=list(executor.held()))
+        for run_id, attempt in (answer or {}).get("stop") or ():
+            await executor.cancel(
+                run_id, int(attempt), "the dispatcher says this attempt no longer counts"
+            )
+        if not getattr(executor, "draining", False):
+            executor.reachable = True
+        executor.redeliver()
 
     @property
     def ws_url(self) -> str:
@@ -169,6 +305,7 @@ class DispatcherLink:
                     await self._report_hardware()
                     await peer.call("ready", flows=self.runner.flows())
                     self.connected.set()
+                    await self._runs_linked(peer)
                     delay = 0.2
                     if not started:
                         started = True
@@ -185,6 +322,8 @@ class DispatcherLink:
                 trio.BrokenResourceError,
             ) as exc:
                 self.connected = trio.Event()
+                if self.executor is not None:
+                    self.executor.reachable = False
                 refusal = untrusted(exc)
                 if refusal is not None:
                     raise LinkRefused(
@@ -301,6 +440,21 @@ class DispatcherLink:
                 "swap": result.report,
                 "flow": runner.describe_flow(flow.id),
             }
+        if method == "offerRun":
+            executor = self.executor
+            if executor is None:
+                raise RunRefused("this runner takes no runs")
+            await executor.start(_structure(params, RunOffer))
+            return None
+        if method == "cancelRun":
+            executor = self.executor
+            if executor is not None:
+                await executor.cancel(
+                    str(params["runId"]),
+                    int(params["attempt"]),
+                    str(params.get("reason") or "canceled"),
+                )
+            return True
         if method == "release":
             # Hand the flow over: stop it gracefully, give its state and what still
             # waited in this runner, forget it.
@@ -435,6 +589,8 @@ class DispatcherLink:
             "labels": self.labels,
             "capacity": self.capacity,
         }
+        if self.executor is not None:
+            current["maxRuns"] = int(getattr(self.executor, "max_runs", 1))
         try:
             cached = orjson.loads(self.hardware_path.read_bytes())
         except (OSError, orjson.JSONDecodeError):

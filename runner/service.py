@@ -117,6 +117,9 @@ class Runner:
         self._checkpoint_errors: dict[str, str] = {}
         #: what went wrong while restoring the state dir (also logged)
         self.restore_problems: list[str] = []
+        #: the runs of a runner served alone (runner/runs/local.py sets it while it runs;
+        #: None when the runner takes its runs from a dispatcher)
+        self.run_book: Any = None
         self.started_at = time.time()
         self.version = _version()
         #: runs' executor (``runner/runs/executor.py``), made by :meth:`run` when

@@ -35,8 +35,10 @@ __all__ = [
     "EXIT_OK",
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
+    "JsonFormatter",
     "Usage",
     "add_client_options",
+    "add_log_format_option",
     "err",
     "flow_problems",
     "out",
@@ -91,9 +93,56 @@ def flow_problems(path: object, exc: Exception) -> str:
     return f"{path}: invalid flow\n" + "\n".join(f"  {line}" for line in str(exc).splitlines())
 
 
-def serve_logging() -> None:
-    """Warnings and errors of a server's components on stderr."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+#: a LogRecord's own attributes: anything else on a record came in ``extra``
+_RECORD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time``, ``level``, ``logger``, ``message`` and every
+    ``extra`` field of the call (``log.info("started", extra={"run": ..., "attempt": 1})``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": record.created,
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        line.update({k: v for k, v in record.__dict__.items() if k not in _RECORD})
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(line, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """``LEVEL logger: message key=value ...`` (the ``extra`` fields at the end)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        extra = [f"{k}={v}" for k, v in record.__dict__.items() if k not in _RECORD]
+        return f"{text} {' '.join(extra)}" if extra else text
+
+
+def serve_logging(log_format: str = "text") -> None:
+    """Warnings and errors of a server's components on stderr, and the runs' lifecycle
+    lines (the ``fifoflow.runs`` logger at INFO: claimed, started, progress, lease
+    renewed/lost, finished); ``log_format`` ``json``: one JSON object per line."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+    logging.getLogger("fifoflow.runs").setLevel(logging.INFO)
+
+
+def add_log_format_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=os.environ.get("FIFOFLOW_LOG_FORMAT", "text"),
+        help="stderr log lines as text or one JSON object per line ($FIFOFLOW_LOG_FORMAT)",
+    )
 
 
 # ---------------------------------------------------------------------- arguments

@@ -24,6 +24,7 @@ from fifoflow.api.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    add_log_format_option,
     add_tls_options,
     err,
     flow_problems,
@@ -57,7 +58,7 @@ T = TypeVar("T")
 def cmd_serve(args: argparse.Namespace) -> int:
     from fifoflow.api.dispatcher.server import DispatcherServeOptions, serve_dispatcher
 
-    serve_logging()
+    serve_logging(args.log_format)
     tls = tls_files(args)
     if tls is None:
         return EXIT_USAGE
@@ -396,6 +397,7 @@ def add_dispatcher_parser(sub: argparse._SubParsersAction[argparse.ArgumentParse
         help="the dispatcher's URL as runners in containers reach it (default: where it listens)",
     )
     add_tls_options(serve)
+    add_log_format_option(serve)
     serve.set_defaults(func=cmd_serve)
     for action, help_text, _ in ACTIONS:
         p = d_sub.add_parser(action, help=help_text)

@@ -14,6 +14,7 @@ Where each command lives, in the order ``fifoflow --help`` lists them::
     flow ..., inject, logs, state               flows.py
     break, pause, continue, step, queues        debugger.py
     env ...                                     envs.py
+    runs ...                                    runs.py
 
 What they share (exit codes, printing, client options): :mod:`.common`.
 """
@@ -23,7 +24,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fifoflow.api.cli import debug, debugger, dev, dispatcher, envs, flows, images, local, runner
+from fifoflow.api.cli import (
+    debug,
+    debugger,
+    dev,
+    dispatcher,
+    envs,
+    flows,
+    images,
+    local,
+    runner,
+    runs,
+)
 from fifoflow.api.cli.common import EXIT_USAGE, err
 from fifoflow.runtimes.registry import ManifestError
 
@@ -48,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     flows.add_logs_parser(sub)
     debugger.add_debugger_parsers(sub)
     envs.add_env_parser(sub)
+    runs.add_runs_parser(sub)
     flows.add_state_parser(sub)
     local.add_conformance_parser(sub)
     return parser

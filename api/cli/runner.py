@@ -15,6 +15,7 @@ import trio
 from fifoflow.api.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
+    add_log_format_option,
     add_tls_options,
     err,
     out,
@@ -59,6 +60,26 @@ def _cpus(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"write a whole number >= 1, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"write seconds as a number >= 0, got {text!r}")
+    return value
+
+
 def _fingerprint(text: str) -> str:
     try:
         return normalize_fingerprint(text)
@@ -89,7 +110,7 @@ def _registration_token(args: argparse.Namespace) -> str | None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from fifoflow.api.runner.server import ServeOptions, serve  # the server only to serve
 
-    serve_logging()
+    serve_logging(args.log_format)
     tls = tls_files(args)
     if tls is None:
         return EXIT_USAGE
@@ -114,6 +135,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         keyfile=tls[1],
         dispatcher_ca=Path(args.dispatcher_ca) if args.dispatcher_ca else None,
         dispatcher_fingerprint=args.dispatcher_fingerprint,
+        max_runs=args.max_runs,
+        run_retention=args.run_retention,
+        run_grace=args.run_grace,
     )
     try:
         trio.run(serve, options)
@@ -205,7 +229,29 @@ def add_runner_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="SIZE",
         help="memory it offers, e.g. 2GiB (default: the machine's)",
     )
+    serve_p.add_argument(
+        "--max-runs",
+        type=_count,
+        metavar="N",
+        help="runs this runner runs at once (default: its CPUs)",
+    )
+    serve_p.add_argument(
+        "--run-retention",
+        type=_seconds,
+        metavar="S",
+        default=7 * 24 * 3600.0,
+        help="keep delivered runs' files this long in the state dir (default: 7 days)",
+    )
+    serve_p.add_argument(
+        "--run-grace",
+        type=_seconds,
+        metavar="S",
+        default=30.0,
+        help="on SIGTERM, running runs get this long to finish before they are given"
+        " back (default: %(default)s)",
+    )
     add_tls_options(serve_p)
+    add_log_format_option(serve_p)
     trust = serve_p.add_mutually_exclusive_group()
     trust.add_argument(
         "--dispatcher-ca",

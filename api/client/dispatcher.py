@@ -15,6 +15,7 @@ leaving ``with``).
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -24,9 +25,13 @@ from fifoflow.api.client.errors import ConnectError, api_error
 from fifoflow.runner.tls import client_context
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 __all__ = ["DispatcherClient"]
+
+#: the states a run ends in
+ENDED = frozenset({"succeeded", "failed", "timed_out", "canceled"})
 
 #: seconds a call may take unless it says otherwise (:meth:`DispatcherClient.update_image`
 #: waits as long as the dispatcher takes)
@@ -110,3 +115,67 @@ class DispatcherClient:
         """Move every runner container to ``image``; waits until they all moved."""
         body = {"image": image, **({"pull": pull} if pull else {})}
         return self.request("POST", "/backend/image", json=body, timeout=None)
+
+    # ------------------------------------------------------------------ runs
+
+    def submit_run(self, submission: dict[str, Any]) -> dict[str, Any]:
+        """Submit a run (``RunSubmission``'s fields); the run's view, queued."""
+        return self.request("POST", "/runs", json=submission)
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/runs/{run_id}")
+
+    def list_runs(
+        self, *, state: str | None = None, flow: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        query = {"state": state, "flow": flow, "limit": limit}
+        return self.request(
+            "GET", "/runs", params={k: v for k, v in query.items() if v is not None}
+        )
+
+    def cancel_run(self, run_id: str, reason: str | None = None) -> dict[str, Any]:
+        return self.request(
+            "POST", f"/runs/{run_id}/cancel", json={"reason": reason} if reason else None
+        )
+
+    def run_result(self, run_id: str) -> dict[str, Any]:
+        """How the run ended (an ApiError 409 ``run_state`` until it has)."""
+        return self.request("GET", f"/runs/{run_id}/result")
+
+    def run_outputs(self, run_id: str) -> Iterator[dict[str, Any]]:
+        """Every output of an ended run, ``{from, msg}``, as the dispatcher streams them."""
+        try:
+            with self._http.stream("GET", f"/runs/{run_id}/outputs", timeout=TIMEOUT) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise api_error(response)
+                for line in response.iter_lines():
+                    if line.strip():
+                        yield orjson.loads(line)
+        except httpx.TransportError as exc:
+            raise ConnectError(f"cannot reach the dispatcher at {self.url}: {exc}") from None
+
+    def run_logs(self, run_id: str, limit: int | None = None) -> list[dict[str, Any]]:
+        params = {"limit": limit} if limit is not None else None
+        return self.request("GET", f"/runs/{run_id}/logs", params=params)
+
+    def wait_run(
+        self,
+        run_id: str,
+        *,
+        timeout: float | None = None,
+        poll: float = 0.5,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """The run's view once it ended (looked at every ``poll`` seconds; ``on_update``
+        gets each view); ``TimeoutError`` after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            view = self.get_run(run_id)
+            if on_update is not None:
+                on_update(view)
+            if view["state"] in ENDED:
+                return view
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"run {run_id} did not end within {timeout} s")
+            time.sleep(poll)

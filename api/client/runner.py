@@ -10,6 +10,13 @@
             await client.inject("hello", "greet", "in", [{"name": "Ada"}])
             event = await rpc.next_event()
 
+Runs (the same routes on a runner served alone and on a dispatcher, so this client
+drives both)::
+
+        run = await client.submit_run({"flow": "hello", "inputs": [{"msg": {"n": 1}}]})
+        view = await client.wait_run(run["id"], timeout=60)   # events on /ws, else polling
+        result = await client.run_result(run["id"])
+
 Failures raise :class:`~fifoflow.api.common.errors.ApiError` with the server's ``status``,
 ``code``, ``message`` and ``field``; an unreachable server raises
 :class:`~fifoflow.api.client.errors.ConnectError`.
@@ -43,10 +50,22 @@ from fifoflow.runner.tls import client_context
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import AsyncIterator, Iterable
+    from collections.abc import AsyncIterator, Callable, Iterable
     from pathlib import Path
 
-__all__ = ["FlowSummary", "RpcSession", "RunnerClient", "Runtime", "open_websocket"]
+__all__ = [
+    "ENDED",
+    "FlowSummary",
+    "RpcSession",
+    "RunnerClient",
+    "Runtime",
+    "open_websocket",
+]
+
+#: the states a run ends in (runner/runs/model.py TERMINAL, as strings)
+ENDED = frozenset({"succeeded", "failed", "timed_out", "canceled"})
+#: seconds between two looks at a run while waiting without events
+POLL = 0.5
 
 
 class Runtime(TypedDict):
@@ -225,6 +244,102 @@ class RunnerClient:
     async def logs(self, flow_id: str, *, limit: int | None = None) -> list[dict[str, Any]]:
         params = {"limit": limit} if limit is not None else None
         return await self.request("GET", f"/flows/{flow_id}/logs", params=params)
+
+    # ------------------------------------------------------------------ runs
+
+    async def submit_run(self, submission: dict[str, Any]) -> dict[str, Any]:
+        """Submit a run (``RunSubmission``'s fields: flow or document, inputs, timeout,
+        maxAttempts, lease, labels, priority, failOn, key); the run's view, queued."""
+        return await self.request("POST", "/runs", json=submission)
+
+    async def get_run(self, run_id: str) -> dict[str, Any]:
+        return await self.request("GET", f"/runs/{run_id}")
+
+    async def list_runs(
+        self, *, state: str | None = None, flow: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        query = {"state": state, "flow": flow, "limit": limit}
+        return await self.request(
+            "GET", "/runs", params={k: v for k, v in query.items() if v is not None}
+        )
+
+    async def cancel_run(self, run_id: str, reason: str | None = None) -> dict[str, Any]:
+        body = {"reason": reason} if reason else None
+        return await self.request("POST", f"/runs/{run_id}/cancel", json=body)
+
+    async def run_result(self, run_id: str) -> dict[str, Any]:
+        """How the run ended (an ApiError 409 ``run_state`` until it has)."""
+        return await self.request("GET", f"/runs/{run_id}/result")
+
+    async def run_outputs(self, run_id: str) -> AsyncIterator[dict[str, Any]]:
+        """Every output of an ended run, ``{from, msg}``, as the server streams them."""
+        try:
+            async with self._http.stream("GET", f"/runs/{run_id}/outputs") as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise api_error(response)
+                buffer = b""
+                async for chunk in response.aiter_bytes():
+                    buffer += chunk
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            yield orjson.loads(line)
+                if buffer.strip():
+                    yield orjson.loads(buffer)
+        except httpx.TransportError as exc:
+            raise ConnectError(
+                f"cannot reach the runner at {self.url}: {transport_reason(exc)}"
+            ) from None
+
+    async def run_logs(self, run_id: str, *, limit: int | None = None) -> list[dict[str, Any]]:
+        params = {"limit": limit} if limit is not None else None
+        return await self.request("GET", f"/runs/{run_id}/logs", params=params)
+
+    async def wait_run(
+        self,
+        run_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a deadline, like the book's wait)
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """The run's view once it ended; ``TimeoutError`` after ``timeout`` seconds.
+        ``on_update`` gets the view first, then every ``run``/``run-progress`` event of
+        the run (from ``/ws`` when the server has one) and the view at each look (every
+        :data:`POLL` seconds without events, so that a lost event only delays)."""
+        with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+            try:
+                async with self.rpc() as rpc:
+                    await rpc.subscribe(kinds=["run", "run-progress"])
+                    return await self._wait_run(run_id, rpc, on_update)
+            except (ConnectError, ApiError, OSError, trio_websocket.HandshakeError):
+                return await self._wait_run(run_id, None, on_update)
+        assert scope.cancelled_caught
+        raise TimeoutError(f"run {run_id} did not end within {timeout} s")
+
+    async def _wait_run(
+        self,
+        run_id: str,
+        rpc: RpcSession | None,
+        on_update: Callable[[dict[str, Any]], None] | None,
+    ) -> dict[str, Any]:
+        while True:
+            view = await self.get_run(run_id)
+            if on_update is not None:
+                on_update(view)
+            if view["state"] in ENDED:
+                return view
+            with trio.move_on_after(POLL):
+                if rpc is None:
+                    await trio.sleep_forever()
+                while True:  # events until the run ends; after POLL s, look again
+                    event = (await rpc.next_event())["event"]
+                    if event.get("run") != run_id:
+                        continue
+                    if on_update is not None:
+                        on_update(event)
+                    if event.get("kind") == "run" and event.get("state") in ENDED:
+                        break
 
     @asynccontextmanager
     async def rpc(self) -> AsyncIterator[RpcSession]:

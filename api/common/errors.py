@@ -37,6 +37,7 @@ from fifoflow.runner import (
 )
 from fifoflow.runner.environments import EnvironmentBuildError
 from fifoflow.runner.rpc import RemoteError
+from fifoflow.runner.runs.errors import RunError
 
 __all__ = [
     "ApiError",
@@ -108,6 +109,9 @@ STATUS: list[tuple[type[RunnerError], int]] = [
     (StorageError, 507),
     # a runner the dispatcher called did not answer in time (the message names it)
     (RunnerTimeout, 504),
+    # runs: RunNotFound is a NotFound (404) and RunStateError a FlowStateError (409)
+    # above; a refused run (run_refused) and a lost lease (lease_lost) do not fit now
+    (RunError, 409),
     # the dispatcher's not-found and not-now errors are NotFound and FlowStateError
     # above; any other is a call that does not fit the dispatcher's state
     (DispatcherError, 409),

@@ -47,8 +47,8 @@ ERROR_SCHEMA: dict[str, Any] = {
 }
 
 
-def json_content(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": schema}}}
+def json_content(schema: dict[str, Any], description: str, media: str = JSON) -> dict[str, Any]:
+    return {"description": description, "content": {media: {"schema": schema}}}
 
 
 def _closed(schema: Any, components: dict[str, Any], seen: set[str]) -> None:
@@ -102,7 +102,9 @@ def build_document(
         result = next(schema_of)
         body = next(schema_of) if route.body is not None else None
         query = next(schema_of) if route.query is not None else None
-        responses: dict[str, Any] = {str(route.status): json_content(result, route.result_doc)}
+        responses: dict[str, Any] = {
+            str(route.status): json_content(result, route.result_doc, route.media)
+        }
         for status, text in route.also.items():
             responses[str(status)] = json_content(result, text)
         for status in sorted({*route.errors, *(() if route.public else (401,))}):

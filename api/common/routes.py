@@ -88,6 +88,9 @@ class Route:
     params: dict[str, tuple[type, str]] = attrs.field(factory=dict)
     public: bool = False
     description: str | None = None
+    #: the media type of a 2xx answer (a view answering another than JSON returns a
+    #: quart Response itself: GET /runs/{runId}/outputs streams JSON lines)
+    media: str = "application/json"
 
 
 @attrs.frozen
@@ -207,6 +210,8 @@ def add_routes(bp: Blueprint, target: Any, routes: list[Route]) -> None:
             query = _query(route.query) if route.query is not None else None
             call = Call(path=path, query=query, body=await _body(route))
             result = await route.view(target, call)
+            if isinstance(result, Response):
+                return result
             status = route.status
             if isinstance(result, Answer):
                 result, status = result.value, result.status

@@ -26,6 +26,11 @@ Operators (``Authorization: Bearer <token from the dispatcher's state dir>``)::
     POST /backend/image {image, pull?}  move every runner to a new image (flows move
                                  with their state; no message lost)
     GET  /client/, /client/{name}  the client runner's files (no token: code for pages)
+    POST /runs, GET /runs[/{id}[/result|outputs|logs]], POST /runs/{id}/cancel:
+                                 runs (api/common/runs.py), placed on the linked runners
+    GET  /ws                     JSON-RPC 2.0 over WebSocket: the run methods (submitRun,
+                                 getRun, listRuns, cancelRun, getRunResult, getRunLogs) and
+                                 subscribe {kinds: [run, run-progress]} to the run events
     GET  /openapi.json
 
 Runners: ``GET /link`` is a WebSocket carrying JSON-RPC 2.0 calls from the runner:
@@ -41,8 +46,11 @@ from typing import TYPE_CHECKING
 
 from quart import Blueprint, Response, websocket
 
-from fifoflow.api.common.http import create_json_app
+from fifoflow.api.common.auth import check_token
+from fifoflow.api.common.http import bearer, create_json_app, unauthorized
 from fifoflow.api.common.routes import add_routes
+from fifoflow.api.common.runs import RUN_METHODS, RUN_ROUTES, DispatcherRuns
+from fifoflow.api.runner.ws import RpcConnection
 from fifoflow.dispatcher.link import RunnerLink
 from fifoflow.flows.limits import MAX_DISPATCHER_BODY
 
@@ -55,6 +63,9 @@ if TYPE_CHECKING:
     from fifoflow.dispatcher.service import Dispatcher
 
 __all__ = ["create_dispatcher_app"]
+
+#: events buffered per WebSocket subscription before the subscriber misses some
+SUBSCRIPTION_BUFFER = 10_000
 
 
 def create_dispatcher_app(
@@ -70,6 +81,19 @@ def create_dispatcher_app(
     )
     bp = Blueprint("dispatcher", __name__)
     add_routes(bp, dispatcher, [*ROUTES, client_token_route(client_token)])
+    runs = DispatcherRuns(dispatcher)
+    add_routes(bp, runs, RUN_ROUTES)
+
+    @bp.websocket("/ws")
+    async def ws() -> Response | None:
+        provided = bearer(websocket.headers.get("Authorization"))
+        if provided is None:
+            provided = websocket.args.get("access_token")
+        if not check_token(provided, token):
+            return unauthorized(provided, "the dispatcher's state dir")
+        methods = {name: (method, runs) for name, method in RUN_METHODS.items()}
+        await RpcConnection(methods, runs.subscribe, SUBSCRIPTION_BUFFER).serve()
+        return None
 
     @bp.get("/client/", defaults={"name": "index.html"})
     @bp.get("/client/<name>")

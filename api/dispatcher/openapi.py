@@ -12,6 +12,7 @@ from typing import Any
 
 from fifoflow.api.common.models import flow_schemas
 from fifoflow.api.common.openapi import build_document, json_content
+from fifoflow.api.common.runs import RUN_ROUTES
 from fifoflow.api.common.schema import ref
 from fifoflow.flows.limits import MAX_DISPATCHER_BODY
 from fifoflow.runtimes.registry import discover
@@ -23,9 +24,9 @@ __all__ = ["ERRORS", "dispatcher_openapi"]
 ERRORS = {
     400: "the body is not JSON, or a parameter is malformed",
     401: "no bearer token, or the wrong one",
-    404: "no such flow, runner or runtime",
+    404: "no such flow, runner, runtime or run",
     409: "the flow has no runner right now (pending, or its runner is not connected), "
-    "or the runner holding it refused the call",
+    "or the runner holding it refused the call; the call does not fit the run's state",
     413: f"the body is larger than {MAX_DISPATCHER_BODY // 1024 // 1024} MiB",
     422: "a field has the wrong type or value; the flow document is invalid",
     504: "the runner holding the flow did not answer within the dispatcher's call timeout "
@@ -79,6 +80,21 @@ NOT_JSON = {
         "WebSocket of one runtime host in a page (?token=&page=&host=): the frames of "
         "runtimes/PROTOCOL.md",
     ),
+    "/ws": {
+        "get": {
+            "operationId": "websocket",
+            "summary": "JSON-RPC 2.0 over WebSocket: the run methods (submitRun, getRun, "
+            "listRuns, cancelRun, getRunResult, getRunLogs) and subscribe {kinds} to the "
+            "run and run-progress events",
+            "description": "Upgrade to a WebSocket with the operator token (Authorization, "
+            "or ?access_token=).",
+            "responses": {
+                "101": {"description": "switching protocols"},
+                "400": json_content(ref("Error"), "not a WebSocket upgrade request"),
+                "401": json_content(ref("Error"), ERRORS[401]),
+            },
+        }
+    },
     "/link": _socket(
         "runnerLink",
         "WebSocket control link for runners (JSON-RPC 2.0; runners authenticate inside it "
@@ -94,7 +110,7 @@ def dispatcher_openapi(version: str, runtimes: list[str] | None = None) -> dict[
         version=version,
         description="Runners, placement of flows across them, and the Runner API for "
         "deployed flows, forwarded to the runners that hold their parts.",
-        routes=[*ROUTES, client_token_route(None)],
+        routes=[*ROUTES, *RUN_ROUTES, client_token_route(None)],
         errors=ERRORS,
         extra_paths=NOT_JSON,
         tweak=lambda components: flow_schemas(components, known),

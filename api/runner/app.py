@@ -17,6 +17,7 @@ from fifoflow.api.common.auth import check_token
 from fifoflow.api.common.errors import ApiError
 from fifoflow.api.common.http import bearer, create_json_app, json_response, unauthorized
 from fifoflow.api.common.routes import add_routes
+from fifoflow.api.common.runs import RUN_ROUTES, RunnerRuns
 from fifoflow.flows.limits import MAX_BODY
 
 from .routes import ROUTES
@@ -39,6 +40,8 @@ class ApiSettings:
     max_body: int = MAX_BODY
     #: events buffered per WebSocket subscription before the subscriber misses some
     subscription_buffer: int = 10_000
+    #: the dispatcher this runner is linked to (its /runs answer 409 naming it)
+    dispatcher: str | None = None
 
 
 def create_app(runner: Runner, settings: ApiSettings) -> QuartTrio:
@@ -65,6 +68,7 @@ def create_app(runner: Runner, settings: ApiSettings) -> QuartTrio:
 
     bp = Blueprint("runner", __name__)
     add_routes(bp, runner, ROUTES)
+    add_routes(bp, RunnerRuns(runner, settings.dispatcher), RUN_ROUTES)
     app.register_blueprint(bp)
     app.register_blueprint(ws_blueprint(runner, settings))
     return app

@@ -12,6 +12,7 @@ from typing import Any
 
 from fifoflow.api.common.models import flow_schemas
 from fifoflow.api.common.openapi import build_document, json_content
+from fifoflow.api.common.runs import RUN_ROUTES
 from fifoflow.api.common.schema import ref
 
 from .routes import ROUTES
@@ -21,8 +22,9 @@ __all__ = ["ERRORS", "runner_openapi"]
 ERRORS = {
     400: "the body is not JSON, or a parameter is malformed",
     401: "no bearer token, or the wrong one",
-    404: "no such flow, module, port or runtime",
-    409: "the call does not fit the flow's state (or its revision)",
+    404: "no such flow, module, port, runtime or run",
+    409: "the call does not fit the flow's or the run's state (or its revision); a run "
+    "refused; runs asked of a runner linked to a dispatcher (runs_at_dispatcher)",
     413: "the body is larger than the configured limit",
     422: "a field has the wrong type or value; the flow document is invalid; "
     "new module code did not load (the running version is unchanged)",
@@ -53,8 +55,8 @@ def runner_openapi(runtimes: list[str], version: str) -> dict[str, Any]:
     return build_document(
         title="fifoflow Runner API",
         version=version,
-        description="Drive a fifoflow runner: flows, runtimes, messages, state, logs.",
-        routes=ROUTES,
+        description="Drive a fifoflow runner: flows, runtimes, messages, state, logs, runs.",
+        routes=[*ROUTES, *RUN_ROUTES],
         errors=ERRORS,
         extra_paths=WEBSOCKET,
         tweak=lambda components: flow_schemas(components, runtimes),

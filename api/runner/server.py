@@ -8,9 +8,12 @@ running), then returns.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 import hypercorn.config
@@ -24,10 +27,15 @@ from fifoflow.api.runner.app import ApiSettings, create_app
 from fifoflow.flows.limits import MAX_BODY
 from fifoflow.runner import FlowStatus, RunnerConfig, open_runner
 from fifoflow.runner.link import DispatcherLink
+from fifoflow.runner.runs.local import LocalRuns
 from fifoflow.runner.store import atomic_write
 
-__all__ = ["ServeOptions", "serve"]
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
+    from fifoflow.runner import Runner
+
+__all__ = ["ServeOptions", "serve"]
 
 
 @attrs.frozen
@@ -55,15 +63,51 @@ class ServeOptions:
     #: or its certificate's pinned SHA-256 fingerprint (None, None: the system's CAs)
     dispatcher_ca: Path | None = None
     dispatcher_fingerprint: str | None = None
+    #: runs at once (None: the machine's CPUs), how long delivered runs' files are kept,
+    #: and how long running runs get to finish on SIGTERM before they are given back
+    max_runs: int | None = None
+    run_retention: float = 7 * 24 * 3600.0
+    run_grace: float = 30.0
 
     @property
     def token_path(self) -> Path:
         return self.token_file or self.state_dir / "token"
 
 
+async def _drain_runs(
+    runner: object, link: DispatcherLink | None, grace: float, signum: int
+) -> None:
+    """SIGTERM with runs: take no new ones, let the running ones finish within
+    ``grace`` seconds (their results go out over the link), give the rest back."""
+    executor = getattr(runner, "executor", None)
+    if executor is None or not executor.held():
+        if executor is not None:
+            executor.reachable = False  # ``accepting`` is a property: take no new runs
+        return
+    _say(f"{signal.Signals(signum).name}: no new runs; running ones get {grace:g} s to finish")
+    rest = await executor.drain(grace)
+    if rest:
+        _say(f"giving back {len(rest)} run(s) not finished within {grace:g} s")
+        if link is not None:
+            await link.give_back(
+                list(rest), f"the runner stopped (SIGTERM; grace {grace:g} s over)"
+            )
+
+
 def _say(text: str) -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+@asynccontextmanager
+async def _local_runs(runner: Runner, options: ServeOptions) -> AsyncIterator[None]:
+    """A runner served alone takes runs itself (``runner/runs/local.py``); one linked to a
+    dispatcher takes them from there (its ``/runs`` answer 409 naming it)."""
+    async with trio.open_nursery() as nursery:
+        if not options.dispatcher:
+            await nursery.start(LocalRuns(runner, options.state_dir).run)
+        yield
+        nursery.cancel_scope.cancel()
 
 
 async def serve(
@@ -72,9 +116,13 @@ async def serve(
     """Serve until SIGINT/SIGTERM (or cancellation); ``task_status`` gets the bound URLs."""
     token, created = load_or_create_token(options.token_path)
     _say(f"token: {options.token_path}" + (" (created)" if created else ""))
-    config = RunnerConfig(state_dir=options.state_dir)
+    config = RunnerConfig(
+        state_dir=options.state_dir,
+        max_runs=options.max_runs or os.cpu_count() or 1,
+        run_retention=options.run_retention,
+    )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_runner(config) as runner:
+        async with open_runner(config) as runner, _local_runs(runner, options):
             for problem in runner.restore_problems:
                 _say(f"warning: {problem}")
             restored = runner.flows()
@@ -83,7 +131,10 @@ async def serve(
                 _say(
                     f"restored {len(restored)} flow(s) from {options.state_dir}, {running} running"
                 )
-            app = create_app(runner, ApiSettings(token=token, max_body=options.max_body))
+            settings = ApiSettings(
+                token=token, max_body=options.max_body, dispatcher=options.dispatcher
+            )
+            app = create_app(runner, settings)
             hc = hypercorn.config.Config()
             hc.bind = [f"{options.host}:{options.port}"]
             hc.websocket_max_message_size = options.max_body
@@ -128,6 +179,7 @@ async def serve(
                         _say(f"linked to the dispatcher at {options.dispatcher} as {runner_id}")
                     task_status.started(urls)
                     async for signum in signals:
+                        await _drain_runs(runner, link, options.run_grace, signum)
                         _say(f"{signal.Signals(signum).name}: stopping flows (state is saved)")
                         if link is not None:
                             await link.sign_off()

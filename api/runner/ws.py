@@ -13,6 +13,11 @@ array. Two more methods manage event streams:
     ``flow``, ``checkpoint``, ``swap``; all if absent) and output ports (``"module.port"``; all if absent).
 ``unsubscribe {subscription}`` -> ``true``
 
+Runs (``api/common/runs.py``): ``submitRun``, ``getRun``, ``listRuns``, ``cancelRun``,
+``getRunResult``, ``getRunLogs``; their events are the kinds ``run`` (every transition)
+and ``run-progress`` (every lease renewal). The dispatcher's ``/ws`` is this connection
+with the run methods only and the events of its run book (:func:`rpc_socket`).
+
 A subscriber that reads slowly never slows a flow: each subscription buffers a bounded
 number of events, drops the rest, and then sends ``{"kind": "missed", "count": n}``.
 
@@ -32,17 +37,20 @@ import trio
 from quart import Blueprint, websocket
 
 from fifoflow.api.common.errors import ApiError, InvalidParams, from_exception
-from fifoflow.api.common.routes import structure, unstructure
+from fifoflow.api.common.routes import Method, structure, unstructure
+from fifoflow.api.common.runs import RUN_METHODS, RunnerRuns
 from fifoflow.api.runner.methods import METHODS
 from fifoflow.api.runner.models import Subscribe, Unsubscribe
 from fifoflow.flows import FlowError
 from fifoflow.runner import RunnerError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from fifoflow.api.runner.app import ApiSettings
     from fifoflow.runner import Runner, Subscription
 
-__all__ = ["ws_blueprint"]
+__all__ = ["RpcConnection", "runner_methods", "ws_blueprint"]
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -81,15 +89,31 @@ def _by_name(method: str, params: dict[str, Any] | list[Any], model: type) -> di
     return dict(zip(names, params, strict=False))
 
 
+def runner_methods(runner: Runner, settings: ApiSettings) -> dict[str, tuple[Method, Any]]:
+    """Every method a runner's ``/ws`` answers, each with what it is called on."""
+    runs = RunnerRuns(runner, settings.dispatcher)
+    return {
+        **{name: (method, runner) for name, method in METHODS.items()},
+        **{name: (method, runs) for name, method in RUN_METHODS.items()},
+    }
+
+
 class RpcConnection:
-    """One WebSocket client.
+    """One WebSocket client: ``methods`` (name -> (method, what it is called on)) and
+    ``subscribe`` (an :meth:`EventHub.subscribe`) are what it serves.
 
     Resource handling: the subscriptions and their forwarding tasks live in the nursery
     of :meth:`serve`; when the client goes away, they are closed with it."""
 
-    def __init__(self, runner: Runner, settings: ApiSettings) -> None:
-        self.runner = runner
-        self.settings = settings
+    def __init__(
+        self,
+        methods: dict[str, tuple[Method, Any]],
+        subscribe: Callable[..., Subscription],
+        subscription_buffer: int,
+    ) -> None:
+        self.methods = methods
+        self.subscribe = subscribe
+        self.subscription_buffer = subscription_buffer
         self._send_lock = trio.Lock()
         self._subs: dict[str, tuple[Subscription, trio.CancelScope]] = {}
         self._ids = itertools.count(1)
@@ -175,20 +199,21 @@ class RpcConnection:
             return self._subscribe(_by_name(method, params, Subscribe))
         if method == "unsubscribe":
             return self._unsubscribe(_by_name(method, params, Unsubscribe))
-        found = METHODS.get(method)
-        if found is None:
-            known = ", ".join([*METHODS, "subscribe", "unsubscribe"])
+        entry = self.methods.get(method)
+        if entry is None:
+            known = ", ".join([*self.methods, "subscribe", "unsubscribe"])
             raise _RpcError(METHOD_NOT_FOUND, f"unknown method {method!r} (methods: {known})")
+        found, target = entry
         named = _by_name(method, params, found.params)
-        return unstructure(await found.call(self.runner, structure(named, found.params)))
+        return unstructure(await found.call(target, structure(named, found.params)))
 
     def _subscribe(self, params: dict[str, Any]) -> dict[str, str]:
         p = structure(params, Subscribe)
-        sub = self.runner.subscribe(
+        sub = self.subscribe(
             flows=p.flows,
             kinds=[str(kind) for kind in p.kinds] if p.kinds is not None else None,
             outputs=p.outputs,
-            capacity=self.settings.subscription_buffer,
+            capacity=self.subscription_buffer,
         )
         sid = f"s{next(self._ids)}"
         scope = trio.CancelScope()
@@ -229,6 +254,8 @@ def ws_blueprint(runner: Runner, settings: ApiSettings) -> Blueprint:
 
     @bp.websocket("/ws")
     async def ws() -> None:
-        await RpcConnection(runner, settings).serve()
+        await RpcConnection(
+            runner_methods(runner, settings), runner.subscribe, settings.subscription_buffer
+        ).serve()
 
     return bp

@@ -93,7 +93,10 @@ def test_a_new_file_starts_at_the_latest_version(tmp_path: Path) -> None:
     store.close()
     path = tmp_path / "dispatcher.sqlite3"
     assert user_version(path) == SCHEMA_VERSION
-    assert tables(path) == {"tokens", "runners", "flows", "meta", "containers", "events"}
+    assert tables(path) == {
+        *("tokens", "runners", "flows", "meta", "containers", "events"),
+        *("runs", "run_events", "run_results"),
+    }
 
 
 def test_a_file_from_before_versions_opens_with_its_rows(tmp_path: Path) -> None:

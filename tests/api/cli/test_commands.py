@@ -11,7 +11,7 @@ import orjson
 GROUPS = [
     "run", "validate", "runtimes", "dev", "debug", "runner", "dispatcher", "images",
     "flow", "inject", "logs", "break", "pause", "continue", "step", "queues", "env",
-    "state", "conformance",
+    "runs", "state", "conformance",
 ]  # fmt: skip
 
 DISPATCHER_ACTIONS = [
@@ -97,10 +97,11 @@ def test_every_command_and_module_is_reachable() -> None:
         **dict.fromkeys(["flow", "inject", "logs", "state"], "flows"),
         **dict.fromkeys(["break", "pause", "continue", "step", "queues"], "debugger"),
         "env": "envs",
+        **{f"runs {a}": "runs" for a in ("submit", "list", "show", "cancel", "logs", "result")},
     }
     assert set(found["modules"]) == {
         "common", "debug", "debugger", "debugview", "dev", "dispatcher", "envs", "flows",
-        "images", "local", "main", "runner", "service",
+        "images", "local", "main", "runner", "runs", "service",
     }  # fmt: skip
     kit = subprocess.run(
         [sys.executable, "-m", "fifoflow.api", "conformance", "--help"],
