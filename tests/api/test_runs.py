@@ -1,14 +1,9 @@
 """Runs over the Runner API of a runner live_runner alone (a real ``fifoflow runner serve``):
 REST and JSON-RPC round trips, run events on ``/ws``, bad bodies named by field, 404,
-409, the token; and the ``fifoflow runs`` commands with their exit codes.
-
-Tests that need runs to execute (an attempt on the runner's executor) are skipped until
-the executor completes attempts when wired to a runner served alone (as merged here, an
-accepted attempt stays ``running``: $FIFOFLOW_TEST_RUNS_EXECUTE=1 runs them anyway)."""
+409, the token; and the ``fifoflow runs`` commands with their exit codes."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -27,13 +22,6 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
-EXECUTES = (
-    importlib.util.find_spec("fifoflow.runner.runs.executor") is not None
-    and os.environ.get("FIFOFLOW_TEST_RUNS_EXECUTE") == "1"
-)
-needs_executor = pytest.mark.skipif(
-    not EXECUTES, reason="the executor does not complete attempts yet (integration pending)"
-)
 
 RAISES: dict[str, Any] = {
     "fifoflow": 1,
@@ -193,7 +181,6 @@ async def test_run_methods_and_events_over_json_rpc(client: RunnerClient) -> Non
 # ---------------------------------------------------------------------- runs that execute
 
 
-@needs_executor
 async def test_a_python_node_run_succeeds_with_its_outputs(client: RunnerClient) -> None:
     view = await client.submit_run(inline(CHAIN, {"n": 1}, {"n": 2}))
     done = await client.wait_run(view["id"], timeout=60)
@@ -289,7 +276,6 @@ def test_runs_submit_wait_exits_4_when_canceled_from_another_call(
     assert "canceled" in stderr
 
 
-@needs_executor
 @pytest.mark.parametrize(
     ("flow", "extra", "status", "state"),
     [

@@ -26,6 +26,8 @@ def test_values_are_the_strings_of_the_api() -> None:
         "queue",
         "runtime",
         "environment",
+        "run",
+        "run-progress",
         "missed",
     }
     assert f"flow is {FlowStatus.FAILED}" == "flow is failed"

@@ -275,7 +275,8 @@ def test_refusal_leaves_the_worker_out_for_a_while() -> None:
 def test_result_is_recorded_once() -> None:
     rec, rows = m.finished(running(), "w1", result(), 120.0)
     assert (rec.resultAttempt, rec.endedAt, rec.leaseExpires) == (1, 120.0, None)
-    assert rec.progress["handled"] == {"a": 1} and rec.progress["outputs"] == 2
+    assert rec.progress["handled"] == {"a": 1}
+    assert rec.progress["outputs"] == 2
     assert rec.attempts[-1].endedAt == 120.0
     same, rows = m.finished(rec, "w1", result(), 125.0)
     assert (same, rows) == (rec, [])
@@ -311,11 +312,13 @@ def test_tick_and_deadline() -> None:
     assert m.deadline(rec) == 120.0
     assert m.tick(rec, 119.0) is None
     expired = m.tick(rec, 120.0)
-    assert expired is not None and expired[0].state is Q
+    assert expired is not None
+    assert expired[0].state is Q
     renewed, _ = m.renewed(rec, "w1", 1, 119.0)  # lease to 129
     assert m.deadline(renewed) == 125.0
     out = m.tick(renewed, 126.0)
-    assert out is not None and out[0].state is TO  # timeout first, terminal
+    assert out is not None
+    assert out[0].state is TO
     assert m.deadline(out[0]) is None
     assert m.deadline(new()) is None
 

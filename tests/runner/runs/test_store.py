@@ -68,7 +68,8 @@ def test_round_trip_with_events_and_result(tmp_path: Path) -> None:
             (2, "running", 1, "w1", "offered to w1"),
             (3, "succeeded", 1, "w1", None),
         ]
-        assert again.count() == 1 and again.count(RunState.SUCCEEDED) == 1
+        assert again.count() == 1
+        assert again.count(RunState.SUCCEEDED) == 1
     finally:
         again.close()
 
