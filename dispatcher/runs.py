@@ -29,7 +29,8 @@ Link calls (JSON-RPC over the runner's control link):
 
 - dispatcher -> runner: ``offerRun(RunOffer)`` (answer: null; a refusal is an error
   with code ``run_refused`` whose message is the reason), ``cancelRun{runId, attempt,
-  reason}``.
+  reason}``; to the sides of a run with browser modules ``runDeliver`` and ``runEnd``
+  (``sides.py``).
 - runner -> dispatcher (``link.py``): ``runProgress(RunProgress)``,
   ``runResult(RunResult)`` (answer ``{"recorded": bool}``), ``runsHeld{runs}`` (answer
   ``{"stop": [[runId, attempt], ...]}``), ``runGiveBack{runId, attempt, reason}``. A

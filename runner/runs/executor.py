@@ -17,6 +17,19 @@ the attempt:
 A reporter that answers ``False`` to a progress (the lease is lost) stops the attempt
 at once; it is dropped with its files, and nothing more is reported.
 
+One side of a run with browser modules (``offer.part``, ``RUNS.md`` "Runs with browser
+modules"): what reaches the part's relay ports goes to ``reporter.relay`` (awaited),
+messages from the other side come in through :meth:`~RunExecutor.deliver`; a
+coordinated side does not end on idle: it reports progress each time it goes idle (its
+entry under ``sides``: ``idle``, ``sent``, ``received``) and ends when told
+(:meth:`~RunExecutor.end_side`), at an error (``failOn: error``), its timeout or a
+cancel. Its errors carry its ``side``; its result has its entry under ``sides``
+(``partial``). A runtime whose hosts attach themselves (a page's) is run when the runner
+has attached hosts: the host is acquired for the attempt and closed after it (the warm
+pool does not keep a page's hosts). ``admit`` (a callable, optional) has the last say
+on an offer (a page's client runner). Accepting and ending a part are ``run`` events on
+the runner's hub (``{"kind": "run", "event": "started"|"ended", "side", ...}``).
+
 The result (:class:`~.model.RunResult`) is written to ``result.json`` and sent with
 ``reporter.result``; it is kept (:meth:`~RunExecutor.undelivered`) until that returns
 True, then a ``delivered`` marker is written. Undelivered results are sent again every
