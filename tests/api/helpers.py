@@ -8,6 +8,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -113,6 +114,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.lines: list[str] = []
+        self._pump: threading.Thread | None = None
 
     def command(self) -> list[str]:
         return [
@@ -155,6 +157,10 @@ class ServerProcess:
             if found:
                 self.url = found.group(1).decode()
                 self.lines.extend(buffer.decode().splitlines())
+                # Read what it prints from now on as it comes: a pipe nobody reads fills
+                # up (64 KiB) and the server blocks on its next log line.
+                self._pump = threading.Thread(target=self._read_rest, args=(fd,), daemon=True)
+                self._pump.start()
                 return self.url
         self.kill()
         raise AssertionError(f"the server did not listen within {timeout} s:\n" + buffer.decode())
@@ -166,14 +172,41 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            out, _ = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             raise
-        self.lines.extend(out.decode().splitlines())
+        self._join_pump()
         return self.proc.returncode
+
+    def output(self) -> str:
+        """What the server printed so far (read as it comes, by a thread)."""
+        return "\n".join(self.lines)
+
+    def wait_exit(self, timeout: float = 30) -> int:
+        """Wait for a server that exits by itself; its status (output in ``lines``)."""
+        assert self.proc is not None
+        self.proc.wait(timeout=timeout)
+        self._join_pump()
+        return self.proc.returncode
+
+    def _read_rest(self, fd: int) -> None:
+        tail = b""
+        while chunk := os.read(fd, 65536):
+            *complete, tail = (tail + chunk).split(b"\n")
+            self.lines.extend(line.decode(errors="replace") for line in complete)
+        if tail:
+            self.lines.append(tail.decode(errors="replace"))
+
+    def _join_pump(self) -> None:
+        pump, self._pump = self._pump, None
+        if pump is not None:
+            pump.join(timeout=10)
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
-            self.proc.communicate()
+            self.proc.wait()
+        self._join_pump()

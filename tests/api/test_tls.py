@@ -81,9 +81,8 @@ def dispatcher(tmp_path: Path, certs: dict[str, tuple[Path, Path]]) -> Iterator[
 
 def _refusal(runner: ServerProcess) -> tuple[int, str]:
     """The exit status and output of a runner that refused to link (it exits by itself)."""
-    assert runner.proc is not None
-    out, _ = runner.proc.communicate(timeout=30)
-    return runner.proc.returncode, "\n".join(runner.lines) + out.decode()
+    status = runner.wait_exit(timeout=30)
+    return status, runner.output()
 
 
 def test_the_dispatcher_serves_https_and_prints_its_fingerprint(

@@ -3,7 +3,6 @@ heartbeats, loss, sign-off, and a dispatcher restart."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -96,18 +95,10 @@ def start_runner(
 
 
 def linked_id(runner: ServerProcess) -> str:
-    assert runner.proc is not None
     # The runner prints "linked ... as <id>" once its first ready was accepted.
-    fd = runner.proc.stdout.fileno()  # type: ignore[union-attr]
-    buffer = "\n".join(runner.lines)
-    deadline = time.monotonic() + 20
-    while " as r-" not in buffer:
-        assert time.monotonic() < deadline, buffer
-        import select
-
-        ready, _, _ = select.select([fd], [], [], 1)
-        if ready:
-            buffer += os.read(fd, 65536).decode()
+    buffer = wait_until(
+        "the runner to link", lambda: " as r-" in runner.output() and runner.output()
+    )
     return "r-" + buffer.split(" as r-", 1)[1].split()[0]
 
 
@@ -762,8 +753,11 @@ async def test_a_runner_speaks_only_for_the_parts_placed_on_it(
         "id": "pair",
         "modules": [
             {**COUNTER["modules"][0], "id": "a"},  # type: ignore[dict-item]
-            {"id": "b", "runtime": "python",
-             "code": "def handle(msg, ctx):\n    ctx.state['n'] = ctx.state.get('n', 0) + 1\n"},
+            {
+                "id": "b",
+                "runtime": "python",
+                "code": "def handle(msg, ctx):\n    ctx.state['n'] = ctx.state.get('n', 0) + 1\n",
+            },
         ],
         "wires": ["a.out -> b.in"],
     }

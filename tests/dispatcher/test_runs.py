@@ -354,19 +354,5 @@ def test_sigterm_gives_back_a_run_that_outlives_the_grace(
 
 
 def _peek(runner: ServerProcess) -> bytes:
-    """What the runner printed so far (non-blocking)."""
-    import os
-    import select
-
-    assert runner.proc is not None
-    assert runner.proc.stdout is not None
-    fd = runner.proc.stdout.fileno()
-    chunks = []
-    while select.select([fd], [], [], 0)[0]:
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    text = b"".join(chunks)
-    runner.lines.extend(text.decode(errors="replace").splitlines())
-    return "\n".join(runner.lines).encode()
+    """What the runner printed so far."""
+    return runner.output().encode()
