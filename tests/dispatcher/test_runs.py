@@ -107,6 +107,22 @@ def start_runner(
     return runner
 
 
+def sigkill(runner: ServerProcess) -> None:
+    """SIGKILL a runner, then the runtime hosts it started (orphans now; they would wait
+    on their module forever): the whole runner is lost, as a killed machine or
+    container would be, and the test leaves no process behind."""
+    assert runner.proc is not None
+    hosts = psutil.Process(runner.proc.pid).children(recursive=True)
+    runner.proc.send_signal(signal.SIGKILL)
+    runner.proc.wait()
+    for host in hosts:
+        try:
+            host.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(hosts, timeout=10)
+
+
 def terminal_events(view: dict[str, Any]) -> list[dict[str, Any]]:
     return [e for e in view["events"] if e["state"] in TERMINAL]
 
@@ -174,10 +190,7 @@ def test_a_runner_killed_mid_run_the_run_succeeds_on_the_other_at_attempt_2(
     run = runs.submit(waiting(tmp_path, 1), lease=1.0)
     first = runs.wait_running(run["id"], 1)
     module_pid(tmp_path)  # the module is mid-run
-    victim = runners[ids.index(first["worker"])]
-    assert victim.proc is not None
-    victim.proc.send_signal(signal.SIGKILL)
-    victim.proc.wait()
+    sigkill(runners[ids.index(first["worker"])])
     second = runs.wait_running(run["id"], 2)
     assert second["worker"] != first["worker"]
     (tmp_path / "go").touch()
@@ -202,10 +215,7 @@ def test_the_attempt_cap_fails_the_run_with_every_attempts_reason(
         view = runs.wait_running(run["id"], attempt)
         module_pid(tmp_path)  # the module runs: the runner took the attempt
         (tmp_path / "go.pid").unlink()
-        victim = runners[ids.index(view["worker"])]
-        assert victim.proc is not None
-        victim.proc.send_signal(signal.SIGKILL)
-        victim.proc.wait()
+        sigkill(runners[ids.index(view["worker"])])
     view = runs.wait_state(run["id"], *TERMINAL)
     assert view["state"] == "failed"
     assert [a["attempt"] for a in view["attempts"]] == [1, 2]
