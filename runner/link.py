@@ -375,11 +375,12 @@ class DispatcherLink:
                     await self._report_hardware()
                     await peer.call("ready", flows=self.runner.flows())
                     self.connected.set()
-                    await self._runs_linked(peer)
                     delay = 0.2
                     if not started:
                         started = True
                         task_status.started(self.runner_id)
+                    # Runs after flows: a runner's flows do not wait for its runs' reconcile.
+                    await self._runs_linked(peer)
                     nursery.start_soon(self._forward_snapshots, peer)
                     while True:
                         await trio.sleep(float(answer["heartbeat"]))
