@@ -27,7 +27,10 @@ Figures:
 - ``browser``: messages between server modules and a browser module (``browser``).
 
 - ``runs``: runs on one runner's executor with warm hosts: runs/s for python -> node ->
-  python at 8 concurrent, and offer-to-result latency p50/p99 of one run (``runs``).
+  python at 8 concurrent, and offer-to-result latency p50/p99 of one run (``runs``); then
+  the same through a real dispatcher with two local runners: runs/s with 8 clients
+  submitting at once and the dispatcher's CPU, and submit-to-result p50/p99 of one run
+  on idle runners (``runs_dispatched``; targets >= 100 runs/s, p50 <= 50 ms).
 
 - ``recovery``: a SIGKILLed runner -> its flow answering again, local backend (``recovery``).
 - ``recovery_docker``: ``docker kill`` of the flow's runner container (and its runner
@@ -125,11 +128,15 @@ async def _latency(samples: int, rate: float) -> dict[str, float]:
     )
     flow = _flow("lat", [("a", "python", stamp_py), ("b", "node", stamp_node)], ["a.out -> b.in"])
     same = "import time\ndef handle(msg, ctx):\n    return {'t0': msg['t0'], 't1': time.time_ns() // 1000}\n"
-    flow_same = _flow("lat_same", [("a", "python", stamp_py), ("b", "python", same)], ["a.out -> b.in"])
+    flow_same = _flow(
+        "lat_same", [("a", "python", stamp_py), ("b", "python", same)], ["a.out -> b.in"]
+    )
     # python -> node -> python, both stamps taken by python (one clock): two hops.
     echo = "exports.handle = (msg) => msg;\n"
     flow_two = _flow(
-        "lat_two", [("a", "python", stamp_py), ("b", "node", echo), ("c", "python", same)], ["a.out -> b.in", "b.out -> c.in"]
+        "lat_two",
+        [("a", "python", stamp_py), ("b", "node", echo), ("c", "python", same)],
+        ["a.out -> b.in", "b.out -> c.in"],
     )
     out: dict[str, float] = {}
     async with open_runner(RunnerConfig()) as runner:
@@ -157,7 +164,9 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 def _node_version() -> str:
     try:
-        return subprocess.run(["node", "--version"], capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["node", "--version"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -178,7 +187,10 @@ def _core(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     base = figures["fifo_echo"]["median"]
 
     cross = _cross_flow()
-    figures["cross_chain"] = {"unit": "msg/s", **_summary(trio.run(_throughput, cross, "a", n, rounds))}
+    figures["cross_chain"] = {
+        "unit": "msg/s",
+        **_summary(trio.run(_throughput, cross, "a", n, rounds)),
+    }
 
     for rt, code in (("py", PY_ID), ("node", NODE_ID)):
         runtime = "python" if rt == "py" else "node"
@@ -189,7 +201,10 @@ def _core(args: argparse.Namespace, figures: dict[str, Any]) -> None:
         )
         values = trio.run(_throughput, same, "a", n, rounds)
         figures[f"same_chain_{rt}"] = {"unit": "msg/s", **_summary(values)}
-        figures[f"same_chain_{rt}_deliveries"] = {"unit": "deliveries/s", **_summary([v * 3 for v in values])}
+        figures[f"same_chain_{rt}_deliveries"] = {
+            "unit": "deliveries/s",
+            **_summary([v * 3 for v in values]),
+        }
 
     # fan-out to 8 node modules and fan-in to one python module: 17 deliveries per input
     workers = [(f"w{i}", "node", NODE_ID) for i in range(8)]
@@ -201,27 +216,41 @@ def _core(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     fan_n = max(n // 8, 10_000)
     values = trio.run(_throughput, fan, "a", fan_n * 8, rounds, fan_n)
     figures["fan_out_in"] = {"unit": "msg/s", **_summary([v / 8 for v in values])}
-    figures["fan_out_in_deliveries"] = {"unit": "deliveries/s", **_summary([v / 8 * 17 for v in values])}
+    figures["fan_out_in_deliveries"] = {
+        "unit": "deliveries/s",
+        **_summary([v / 8 * 17 for v in values]),
+    }
 
     red = nodered.run(n, min(rounds, 3))
     if "error" in red:
         print(f"Node-RED: not measured: {red['error']}")
     else:
-        figures["nodered_chain"] = {"unit": "msg/s", "version": red["version"], **_summary(red["rounds"])}
+        figures["nodered_chain"] = {
+            "unit": "msg/s",
+            "version": red["version"],
+            **_summary(red["rounds"]),
+        }
 
-    figures["hop_latency"] = {"unit": "us", **trio.run(_latency, 300 if not args.quick else 100, 500.0)}
+    figures["hop_latency"] = {
+        "unit": "us",
+        **trio.run(_latency, 300 if not args.quick else 100, 500.0),
+    }
 
     targets = {
         "cross_chain": ("median", 100_000, ">="),
         "same_chain_py_deliveries": ("median", 1_000_000, ">="),
     }
     print()
-    print(f"{'figure':<28} {'median':>14} {'min':>14} {'max':>14}  {'unit':<13} {'vs fifo_echo':>12}  target")
+    print(
+        f"{'figure':<28} {'median':>14} {'min':>14} {'max':>14}  {'unit':<13} {'vs fifo_echo':>12}  target"
+    )
     for name, fig in figures.items():
         if name == "hop_latency":
             continue
         if name == "fifo_echo_bytes":
-            print(f"{name:<28} {fig['median']:>14,.1f} {fig['min']:>14,.1f} {fig['max']:>14,.1f}  {fig['unit']:<13}")
+            print(
+                f"{name:<28} {fig['median']:>14,.1f} {fig['min']:>14,.1f} {fig['max']:>14,.1f}  {fig['unit']:<13}"
+            )
             continue
         ratio = fig["median"] / base
         fig["ratio_to_fifo_echo"] = ratio
@@ -269,7 +298,9 @@ def _api(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     api = api_requests.run(calls=calls, rounds=min(args.rounds, 3))
     figures.update(api)
     print()
-    print(f"{'Runner API':<28} {'median':>14} {'min':>14} {'max':>14}  {'unit':<13} {'vs health':>12}")
+    print(
+        f"{'Runner API':<28} {'median':>14} {'min':>14} {'max':>14}  {'unit':<13} {'vs health':>12}"
+    )
     for name, fig in api.items():
         print(
             f"{name:<28} {fig['median']:>14,.0f} {fig['min']:>14,.0f} {fig['max']:>14,.0f}  {fig['unit']:<13} {fig['ratio_to_http_health']:>11.2f}x"
@@ -277,7 +308,9 @@ def _api(args: argparse.Namespace, figures: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--quick", action="store_true", help="few rounds and messages (smoke run)")
@@ -296,7 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     n, rounds = args.messages, args.rounds
 
     figures: dict[str, Any] = {}
-    print(f"fifoflow bench: {rounds} rounds, {n} messages per round, {os.cpu_count()} CPUs", flush=True)
+    print(
+        f"fifoflow bench: {rounds} rounds, {n} messages per round, {os.cpu_count()} CPUs",
+        flush=True,
+    )
 
     if args.only in (None, "core"):
         _core(args, figures)
@@ -322,7 +358,9 @@ def main(argv: list[str] | None = None) -> int:
         rel = dispatcher_bench.relay(50_000 if args.quick else 200_000)
         figures["relay"] = rel
         met = "met" if rel["relay_msg_s"] >= 50_000 else "NOT met"
-        print(f"  relay between two runners: {rel['relay_msg_s']:,.0f} msg/s   target >= 50,000 {met}")
+        print(
+            f"  relay between two runners: {rel['relay_msg_s']:,.0f} msg/s   target >= 50,000 {met}"
+        )
     if args.only in (None, "docker"):
         print()
         print("runner containers (Docker engine, local registry)")
@@ -355,6 +393,13 @@ def main(argv: list[str] | None = None) -> int:
         found_runs = runs.run(runs=100 if args.quick else 400, rounds=2 if args.quick else rounds)
         runs.print_report(found_runs)
         figures["runs"] = found_runs
+        found_dispatched = runs.run_dispatched(
+            runs=200 if args.quick else 500,
+            samples=50 if args.quick else 100,
+            rounds=2 if args.quick else rounds,
+        )
+        runs.print_dispatched(found_dispatched)
+        figures["runs_dispatched"] = found_dispatched
     if args.only in (None, "swap"):
         result = swap.run(quick=args.quick)
         swap.print_report(result)
