@@ -370,10 +370,9 @@ class Dispatcher:
     def _runs_on(self, runner_id: str) -> int:
         """Attempts the book has running on the runner (its ``free`` is what is left of
         the ``maxRuns`` it announced)."""
-        # The book counts its offers not answered yet apart (``RunBook._room``): they are
-        # running in the store already, so they are left out here.
-        # TODO(integration): a public ``RunBook.running_on(worker_id)`` would say this.
-        pending = len(self.run_book._pending.get(runner_id, ()))
+        # The book counts its offers not answered yet apart: they are running in the
+        # store already, so they are left out here.
+        pending = self.run_book.offering(runner_id)
         running = sum(1 for rec in self.run_store.running() if rec.worker == runner_id)
         return max(0, running - pending)
 

@@ -490,6 +490,11 @@ class RunBook:
 
     # ------------------------------------------------------------------ helpers
 
+    def offering(self, worker_id: str) -> int:
+        """Offers made to the worker and not answered yet (they are ``running`` in the
+        store already, see ``machine.offered``)."""
+        return len(self._pending.get(worker_id, ()))
+
     def statistics(self) -> dict[str, int]:
         queued = sum(1 for r in self._active.values() if r.state is RunState.QUEUED)
         return {
