@@ -551,6 +551,22 @@ class RunBook:
         self._publish(rec, rows)
 
     def _publish(self, rec: RunRecord, rows: list[EventRow]) -> None:
+        for row in rows:
+            log.info(
+                "run %s: %s (attempt %d%s)",
+                row.run,
+                row.state,
+                row.attempt,
+                f", {row.reason}" if row.reason else "",
+                extra={
+                    "event": str(row.state),
+                    "run": row.run,
+                    "flow": rec.flow,
+                    "attempt": row.attempt,
+                    "worker": row.worker,
+                    "reason": row.reason,
+                },
+            )
         if self._hub is None:
             return
         for row in rows:

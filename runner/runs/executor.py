@@ -395,6 +395,11 @@ class RunExecutor:
             self._running[key] = att
             self._unfinished.discard(key)
             self._nursery.start_soon(self._attempt, att, flow)
+            log.info(
+                "run %s attempt %d claimed",
+                *key,
+                extra={"event": "claimed", "run": key[0], "attempt": key[1], "flow": flow.id},
+            )
             if offer.part is not None:
                 self._publish_side(att, "started", modules=[m.id for m in flow.modules])
         finally:
@@ -614,6 +619,19 @@ class RunExecutor:
             att.done.set()
             self._signal()
         if result is not None:
+            log.info(
+                "run %s attempt %d finished: %s",
+                *att.key,
+                result.state,
+                extra={
+                    "event": "finished",
+                    "run": att.key[0],
+                    "attempt": att.key[1],
+                    "state": str(result.state),
+                    "reason": result.reason,
+                    "seconds": round(result.duration, 3),
+                },
+            )
             data = orjson.dumps(_converter.unstructure(result))
             await trio.to_thread.run_sync(_write_file, att.folder / "result.json", data)
             self._undelivered[att.key] = result
@@ -647,6 +665,11 @@ class RunExecutor:
                     att.tainted.update(att.hosts.values())
                     att.end(RunState.FAILED, f"the flow did not start: {exc}")
                 att.attached.set()
+                log.info(
+                    "run %s attempt %d started",
+                    *att.key,
+                    extra={"event": "started", "run": att.key[0], "attempt": att.key[1]},
+                )
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._renew, att)
                     await self._feed(att, fr)
@@ -739,15 +762,33 @@ class RunExecutor:
         reporter = self.reporter
         if reporter is None:
             return True
+        progress = self._progress(att)
+        fields = {"run": att.key[0], "attempt": att.key[1]}
         try:
-            kept = await reporter.progress(self._progress(att))
+            kept = await reporter.progress(progress)
         except LeaseLost:
             kept = False
         except Exception:
             log.warning("run %s attempt %s: progress not reported", *att.key, exc_info=True)
             return True
-        if not kept:
-            log.info("run %s attempt %s: lease lost; stopping it", *att.key)
+        if kept:
+            log.info(
+                "run %s attempt %d: lease renewed",
+                *att.key,
+                extra={
+                    "event": "progress",
+                    **fields,
+                    "handled": progress.handled,
+                    "errors": progress.errors,
+                    "outputs": progress.outputs,
+                },
+            )
+        else:
+            log.info(
+                "run %s attempt %s: lease lost; stopping it",
+                *att.key,
+                extra={"event": "lease-lost", **fields},
+            )
             att.dropped = True
             att.end(RunState.CANCELED, "lease lost")
         return kept

@@ -16,6 +16,7 @@ import trio
 
 from fifoflow.api.client import ApiError, RunnerClient
 
+from ..dispatcher.test_dispatcher import wait_until
 from .helpers import CHAIN, ServerProcess
 
 if TYPE_CHECKING:
@@ -49,11 +50,16 @@ SLOW: dict[str, Any] = {
 }
 
 
+#: the live runner's process by its URL (its output: the run log lines)
+SERVERS: dict[str, ServerProcess] = {}
+
+
 @pytest.fixture(scope="module")
 def live_runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
     state = tmp_path_factory.mktemp("runs") / "state"
-    server = ServerProcess(state)
+    server = ServerProcess(state, "--log-format", "json")
     url = server.start()
+    SERVERS[url] = server
     try:
         yield url, (state / "token").read_text().strip(), state
     finally:
@@ -191,6 +197,32 @@ async def test_a_python_node_run_succeeds_with_its_outputs(client: RunnerClient)
         o["msg"] for o in result["outputs"]
     ]
     assert result["handled"] == {"add": 2, "double": 2, "label": 2}
+
+
+async def test_each_run_logs_its_lifecycle_as_json_lines(
+    client: RunnerClient, live_runner: tuple[str, str, Path]
+) -> None:
+    view = await client.submit_run(inline(CHAIN, {"n": 1}))
+    assert (await client.wait_run(view["id"], timeout=60))["state"] == "succeeded"
+    server = SERVERS[live_runner[0]]
+
+    def events() -> list[str]:
+        found = []
+        for line in list(server.lines):
+            if line.startswith("{") and view["id"] in line:
+                record = json.loads(line)
+                assert record["logger"] == "fifoflow.runs"
+                assert record["run"] == view["id"]
+                found.append(record["event"])
+        return found
+
+    # the server's output is read by a thread as it comes: wait for the last line
+    await trio.to_thread.run_sync(
+        lambda: wait_until("the finished line", lambda: "finished" in events(), timeout=10)
+    )
+    seen = events()
+    for event in ("queued", "running", "claimed", "started", "finished", "succeeded"):
+        assert event in seen, seen
 
 
 # ---------------------------------------------------------------------- the CLI
