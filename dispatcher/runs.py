@@ -54,7 +54,7 @@ from ..flows.errors import FlowError, Problem
 from ..runner.errors import RevisionConflict
 from ..runner.rpc import LinkClosed, RemoteError
 from ..runner.runs.errors import RunRefused
-from ..runner.runs.model import RunPart, Target
+from ..runner.runs.model import RunPart, Target, targets
 from ..runtimes.registry import discover
 from .calls import call_runner
 from .errors import FlowUnknown, RunnerTimeout
@@ -175,40 +175,7 @@ class Resolver:
                 ]
             )
         standalone = orjson.loads(dump_flow(flow, inline=True))
-        return flow.id, revision, standalone, _targets(flow, sub)
-
-
-def _targets(flow: Any, sub: RunSubmission) -> list[Target]:
-    inputs = {(m.id, p) for m in flow.modules for p in m.inputs}
-    entries = flow.entry_ports()
-    targets = []
-    for i, item in enumerate(sub.inputs):
-        if item.to is None:
-            if len(entries) != 1:
-                names = ", ".join(f"{m}.{p}" for m, p in entries) or "none"
-                raise FlowError(
-                    [
-                        Problem(
-                            f"inputs[{i}].to",
-                            f"flow {flow.id!r} has {len(entries)} entry ports ({names}): say which",
-                        )
-                    ]
-                )
-            module, port = entries[0]
-        else:
-            module, port = item.to.split(".", 1)
-            if (module, port) not in inputs:
-                known = ", ".join(f"{m}.{p}" for m, p in sorted(inputs)) or "none"
-                raise FlowError(
-                    [
-                        Problem(
-                            f"inputs[{i}].to",
-                            f"no input port {item.to!r} in flow {flow.id!r} (its inputs: {known})",
-                        )
-                    ]
-                )
-        targets.append(Target(module=module, port=port, msg=item.msg))
-    return targets
+        return flow.id, revision, standalone, targets(flow, sub)
 
 
 def _part(offer: RunOffer, side: str, modules: set[str]) -> RunOffer:

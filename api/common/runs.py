@@ -14,7 +14,7 @@ takes its runs from a dispatcher; ``DispatcherRuns``: ``Dispatcher.run_book``)::
     GET  /runs/{runId}/logs     getRunLogs {runId, limit?}      log lines
 
 Requests are the core's models (``runner/runs/model.py``: :class:`RunSubmission`);
-answers are described by :class:`RunView` and :class:`RunResultView` for the
+answers are described by :class:`RunView` and the core's :class:`RunResult` for the
 OpenAPI documents (the book answers plain dicts of that shape). Errors map by class
 (``api/common/errors.py``): RunNotFound 404, RunStateError / RunRefused / LeaseLost 409.
 """
@@ -31,7 +31,7 @@ from quart import Response
 from fifoflow.flows import FlowError
 from fifoflow.flows.converter import Limit
 from fifoflow.flows.limits import MAX_ID, MAX_LOGS, MAX_NAME
-from fifoflow.runner.runs.model import FailOn, RunState, RunSubmission
+from fifoflow.runner.runs.model import FailOn, RunResult, RunState, RunSubmission
 
 from .errors import ApiError, InvalidParams
 from .routes import Answer, Call, Method, Route
@@ -44,7 +44,6 @@ __all__ = [
     "RUN_METHODS",
     "RUN_ROUTES",
     "DispatcherRuns",
-    "RunResultView",
     "RunView",
     "RunnerRuns",
     "RunsAt",
@@ -221,32 +220,6 @@ class RunView:
     events: list[RunEvent] = attrs.field(factory=list)
 
 
-@attrs.frozen
-class RunResultView:
-    """How a run ended (``GET /runs/{runId}/result``): the core's ``RunResult``, whose
-    ``attempt`` is 0 for a run that ended before any attempt (canceled while queued)."""
-
-    runId: str
-    attempt: int
-    state: RunState
-    reason: str | None = None
-    #: what reached unconnected output ports, {"from": "module.port", "msg"}: the first
-    #: ones; every one at /runs/{runId}/outputs
-    outputs: list[dict[str, Any]] = attrs.field(factory=list)
-    outputsTotal: int = 0
-    outputsSpilled: bool = False
-    #: module errors: {module, port, msg, error: {type, message, traceback}, side}
-    errors: list[dict[str, Any]] = attrs.field(factory=list)
-    errorsTotal: int = 0
-    #: exec modules that exited non-zero: module -> {code, stderr (its tail)}
-    exits: dict[str, dict[str, Any]] = attrs.field(factory=dict)
-    handled: dict[str, int] = attrs.field(factory=dict)
-    logs: list[dict[str, Any]] = attrs.field(factory=list)
-    startedAt: float = 0.0
-    finishedAt: float = 0.0
-    sides: dict[str, dict[str, Any]] = attrs.field(factory=dict)
-
-
 # ---------------------------------------------------------------------- the calls
 
 
@@ -345,7 +318,7 @@ RUN_ROUTES: list[Route] = [
           lambda at, c: _wrap(cancel(at, c.path["runId"], c.body.reason if c.body else None)), RunView,
           "the run, canceled", body=CancelBody, body_required=False, errors=(400, 404, 409, 413, 422), params=RUN),
     Route("get", "/runs/{runId}/result", "getRunResult", "How the run ended: outputs (capped), errors, exit codes, logs, timings",
-          lambda at, c: _wrap(at.book().result(c.path["runId"])), RunResultView, "the result",
+          lambda at, c: _wrap(at.book().result(c.path["runId"])), RunResult, "the result",
           errors=READ, params=RUN, description="409 (run_state) until the run has ended."),
     Route("get", "/runs/{runId}/outputs", "getRunOutputs", "Every output of an ended run, one JSON object per line",
           _outputs, dict[str, Any], "{from: \"module.port\", msg} per line, in order", media=JSONL, errors=READ, params=RUN,

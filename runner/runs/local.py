@@ -29,7 +29,7 @@ from ...flows.errors import Problem
 from ..errors import RevisionConflict
 from .book import RunBook
 from .errors import LeaseLost
-from .model import RunOffer, RunProgress, RunResult, RunSubmission, Target
+from .model import RunOffer, RunProgress, RunResult, RunSubmission, Target, targets
 from .store import RunStore
 
 if TYPE_CHECKING:
@@ -37,35 +37,12 @@ if TYPE_CHECKING:
 
     from ..service import Runner
 
-__all__ = ["LOCAL", "LocalRuns", "LocalWorker", "Resolver", "targets"]
+__all__ = ["LOCAL", "LocalRuns", "LocalWorker", "Resolver"]
 
 log = logging.getLogger("fifoflow.runs")
 
 #: the worker id of a runner's own executor
 LOCAL = "local"
-
-
-def targets(flow: Any, sub: RunSubmission) -> list[Target]:
-    """Each input of ``sub`` resolved to a (module, port) of ``flow``; an input without
-    ``to`` goes to the flow's one entry port."""
-    inputs = {(m.id, p) for m in flow.modules for p in m.inputs}
-    entries = flow.entry_ports()
-    found = []
-    for i, item in enumerate(sub.inputs):
-        if item.to is None:
-            if len(entries) != 1:
-                names = ", ".join(f"{m}.{p}" for m, p in entries) or "none"
-                message = f"flow {flow.id!r} has {len(entries)} entry ports ({names}): say which"
-                raise FlowError([Problem(f"inputs[{i}].to", message)])
-            module, port = entries[0]
-        else:
-            module, port = item.to.split(".", 1)
-            if (module, port) not in inputs:
-                known = ", ".join(f"{m}.{p}" for m, p in sorted(inputs)) or "none"
-                message = f"no input port {item.to!r} in flow {flow.id!r} (its inputs: {known})"
-                raise FlowError([Problem(f"inputs[{i}].to", message)])
-        found.append(Target(module=module, port=port, msg=item.msg))
-    return found
 
 
 class Resolver:

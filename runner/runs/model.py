@@ -9,11 +9,15 @@ the REST bodies, the link's params and the OpenAPI schemas; the one converter
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import attrs
 
+if TYPE_CHECKING:
+    from ...flows import Flow
+
 from ...flows.converter import Limit
+from ...flows.errors import FlowError, Problem
 from ...flows.limits import MAX_ID, MAX_INJECT, MAX_NAME, MAX_TIMEOUT
 
 __all__ = [
@@ -28,6 +32,7 @@ __all__ = [
     "RunState",
     "RunSubmission",
     "Target",
+    "targets",
 ]
 
 
@@ -155,7 +160,8 @@ class RunResult:
     from the attempt that holds it."""
 
     runId: RunId
-    attempt: Annotated[int, Limit(ge=1)]
+    #: 0 for a run that ended before any attempt (canceled while queued)
+    attempt: Annotated[int, Limit(ge=0)]
     state: RunState
     reason: str | None = None
     #: what reached unconnected output ports: {"from": "module.port", "msg": ...}, the
@@ -178,3 +184,26 @@ class RunResult:
     @property
     def duration(self) -> float:
         return max(0.0, self.finishedAt - self.startedAt)
+
+
+def targets(flow: Flow, sub: RunSubmission) -> list[Target]:
+    """Each input of ``sub`` resolved to a (module, port) of ``flow``; an input without
+    ``to`` goes to the flow's one entry port."""
+    inputs = {(m.id, p) for m in flow.modules for p in m.inputs}
+    entries = flow.entry_ports()
+    found = []
+    for i, item in enumerate(sub.inputs):
+        if item.to is None:
+            if len(entries) != 1:
+                names = ", ".join(f"{m}.{p}" for m, p in entries) or "none"
+                message = f"flow {flow.id!r} has {len(entries)} entry ports ({names}): say which"
+                raise FlowError([Problem(f"inputs[{i}].to", message)])
+            module, port = entries[0]
+        else:
+            module, port = item.to.split(".", 1)
+            if (module, port) not in inputs:
+                known = ", ".join(f"{m}.{p}" for m, p in sorted(inputs)) or "none"
+                message = f"no input port {item.to!r} in flow {flow.id!r} (its inputs: {known})"
+                raise FlowError([Problem(f"inputs[{i}].to", message)])
+        found.append(Target(module=module, port=port, msg=item.msg))
+    return found

@@ -347,7 +347,7 @@ async def test_a_runner_speaks_only_for_the_attempts_given_to_it(
                 "runsHeld", runs=[{"runId": run["id"], "attempt": 1, "finished": False}]
             )
             assert held["result"] == {"stop": [[run["id"], 1]]}
-            bad = await intruder.call("runResult", runId=run["id"], attempt=0, state="failed")
+            bad = await intruder.call("runResult", runId=run["id"], attempt=-1, state="failed")
             assert bad["error"]["code"] == -32602
             assert "attempt" in bad["error"]["message"]
             view = runs.get(run["id"])
