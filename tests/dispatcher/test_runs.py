@@ -13,10 +13,13 @@ which process runs it."""
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import orjson
 import psutil
 import pytest
 
@@ -179,6 +182,22 @@ def test_a_run_succeeds_through_a_dispatcher_and_a_runner(
     assert [o["msg"] for o in result["outputs"]] == [{"n": 42}]
     assert result["handled"] == {"work": 1}
     assert [e["state"] for e in view["events"]] == ["queued", "running", "succeeded"]
+    # the same through the CLI, against the dispatcher: the flow file sent inline
+    flow_file = tmp_path / "job.json"
+    flow_file.write_bytes(orjson.dumps(FLOW))
+    cli = [sys.executable, "-m", "fifoflow.api", "runs"]
+    where = ["--url", dispatcher.url, "--token-file", str(dispatcher.state_dir / "token")]
+    done = subprocess.run(
+        [*cli, "submit", str(flow_file), "--input", '{"n": 5}', "--wait", *where],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [orjson.loads(line)["msg"] for line in done.stdout.splitlines()] == [{"n": 10}]
+    listed = subprocess.run(
+        [*cli, "list", "--state", "succeeded", "--json", *where],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert len(orjson.loads(listed.stdout)) == 2
 
 
 def test_a_runner_killed_mid_run_the_run_succeeds_on_the_other_at_attempt_2(
