@@ -64,8 +64,13 @@ def cmd_graph(args: argparse.Namespace) -> int:
     except OSError as exc:
         err(f"fifoflow graph: cannot write {target}: {exc.strerror}")
         return EXIT_FAILED
-    err(f"{target}: {args.format}, {len(flow.modules)} modules, {len(flow.wires)} wires")
+    modules, wires = len(flow.modules), len(flow.wires)
+    err(f"{target}: {args.format}, {_count(modules, 'module')}, {_count(wires, 'wire')}")
     return EXIT_OK
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def add_graph_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
