@@ -95,7 +95,9 @@ def render_svg(document: dict[str, Any]) -> str:
     except subprocess.TimeoutExpired:
         raise GraphError(f"node did not draw the flow within {TIMEOUT:.0f} s") from None
     if done.returncode != 0:
-        raise GraphError(f"node failed to draw the flow: {done.stderr.decode(errors='replace').strip()}")
+        raise GraphError(
+            f"node failed to draw the flow: {done.stderr.decode(errors='replace').strip()}"
+        )
     return done.stdout.decode()
 
 
@@ -132,9 +134,21 @@ def render_dot(document: dict[str, Any]) -> str:
         index.update({(m["id"], "in", p): k for k, p in enumerate(m["inputs"])})
         index.update({(m["id"], "out", p): k for k, p in enumerate(m["outputs"])})
         middle = f"{_record(m['id'])}\\n{_record(m['runtime'])}"
-        label = "{" + "|".join(part for part in ("{" + inputs + "}" if inputs else "", middle, "{" + outputs + "}" if outputs else "") if part) + "}"
+        label = (
+            "{"
+            + "|".join(
+                part
+                for part in (
+                    "{" + inputs + "}" if inputs else "",
+                    middle,
+                    "{" + outputs + "}" if outputs else "",
+                )
+                if part
+            )
+            + "}"
+        )
         lines.append(
-            f"  {_quote(m['id'])} [label=\"{label}\", fillcolor={_quote(colours.fill)}, "
+            f'  {_quote(m["id"])} [label="{label}", fillcolor={_quote(colours.fill)}, '
             f"color={_quote(colours.stroke)}, fontcolor={_quote(colours.text)}];"
         )
     for text in document["wires"]:
