@@ -38,6 +38,7 @@ import pytest
         "fifoflow.api.dispatcher.app",
         "fifoflow.api.dispatcher.pages",
         "fifoflow.api.dispatcher.routes",
+        "fifoflow.api.ui.picture",
         "fifoflow.api.dispatcher.server",
     ],
 )

@@ -9,7 +9,7 @@ import sys
 import orjson
 
 GROUPS = [
-    "run", "validate", "runtimes", "dev", "debug", "runner", "dispatcher", "images",
+    "run", "validate", "runtimes", "graph", "dev", "debug", "runner", "dispatcher", "images",
     "flow", "inject", "logs", "break", "pause", "continue", "step", "queues", "env",
     "runs", "state", "conformance",
 ]  # fmt: skip
@@ -88,6 +88,7 @@ def test_every_command_and_module_is_reachable() -> None:
     # a newcomer finds each command group by its file's name
     assert {path: module.rsplit(".", 1)[1] for path, module in found["funcs"].items()} == {
         **dict.fromkeys(["run", "validate", "runtimes"], "local"),
+        "graph": "graph",
         "dev": "dev",
         "debug": "debug",
         **dict.fromkeys(["runner serve", "runner health"], "runner"),
@@ -101,7 +102,7 @@ def test_every_command_and_module_is_reachable() -> None:
     }
     assert set(found["modules"]) == {
         "common", "debug", "debugger", "debugview", "dev", "dispatcher", "envs", "flows",
-        "images", "local", "main", "runner", "runs", "service",
+        "graph", "images", "local", "main", "runner", "runs", "service",
     }  # fmt: skip
     kit = subprocess.run(
         [sys.executable, "-m", "fifoflow.api", "conformance", "--help"],
