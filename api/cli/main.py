@@ -5,6 +5,7 @@ server, through :mod:`fifoflow.api.client`) and formats their answers.
 Where each command lives, in the order ``fifoflow --help`` lists them::
 
     run, validate, runtimes, conformance        local.py
+    graph                                       graph.py   (drawing: api/ui/picture.py)
     dev                                         dev.py
     debug                                       debug.py   (views: debugview.py)
     runner serve, runner health                 runner.py
@@ -31,6 +32,7 @@ from fifoflow.api.cli import (
     dispatcher,
     envs,
     flows,
+    graph,
     images,
     local,
     runner,
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_run_parser(sub)
     local.add_validate_parser(sub)
     local.add_runtimes_parser(sub)
+    graph.add_graph_parser(sub)
     dev.add_dev_parser(sub)
     debug.add_debug_parser(sub)
     runner.add_runner_parser(sub)
