@@ -469,9 +469,7 @@ class FlowRun:
             "paused": self.debugger.paused,
             "wires": wires,
             "modules": modules,
-            "exits": {
-                f"{self.short(m)}.{p}": n for (m, p), n in sorted(self.exit_counts.items())
-            },
+            "exits": {f"{self.short(m)}.{p}": n for (m, p), n in sorted(self.exit_counts.items())},
             "injected": {f"{m}.{p}": n for (m, p), n in sorted(self.inject_counts.items())},
         }
 

@@ -149,7 +149,10 @@ UI_PATHS: dict[str, Any] = {
             "summary": "The web page (public: it asks for the token and sends it to the API)",
             "security": [],
             "responses": {
-                "200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}},
+                "200": {
+                    "description": "HTML",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                },
                 "304": {"description": "not modified (If-None-Match matched the ETag)"},
             },
         }

@@ -27,7 +27,12 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "flows" / "examples" / "fan-out-fan-in" / "flow.json"
 SCREENSHOT = ROOT / "docs" / "ui" / "graph.png"
-CROSS_HOST = ["split.letters->letters.in", "split.reverse->reverse.in", "letters.out->join.in", "reverse.out->join.in"]
+CROSS_HOST = [
+    "split.letters->letters.in",
+    "split.reverse->reverse.in",
+    "letters.out->join.in",
+    "reverse.out->join.in",
+]
 IN_HOST = ["split.words->words.in", "words.out->join.in"]
 
 
@@ -37,8 +42,12 @@ def live_runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serv
     server.start()
     try:
         token = (server.state_dir / "token").read_text().strip()
-        document = orjson.loads(dump_flow(load_flow(EXAMPLE, runtimes=["python", "node"]), inline=True))
-        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}) as http:
+        document = orjson.loads(
+            dump_flow(load_flow(EXAMPLE, runtimes=["python", "node"]), inline=True)
+        )
+        with httpx.Client(
+            base_url=server.url, headers={"Authorization": f"Bearer {token}"}
+        ) as http:
             assert http.put("/flows/fan-out-fan-in", json=document).status_code == 201
             assert http.post("/flows/fan-out-fan-in/start").status_code == 200
         yield server, token
@@ -52,7 +61,9 @@ def _watch(page: Any, origin: str) -> list[str]:
     return foreign
 
 
-def test_token_in_url_is_taken_and_removed(live_runner: tuple[ServerProcess, str], page: Any) -> None:
+def test_token_in_url_is_taken_and_removed(
+    live_runner: tuple[ServerProcess, str], page: Any
+) -> None:
     server, token = live_runner
     foreign = _watch(page, server.url)
     page.goto(f"{server.url}/ui/?token={token}")
@@ -87,8 +98,12 @@ def test_graph_shows_every_module_and_wire_and_live_rates(
     page.goto(f"{server.url}/ui/?token={token}")
     page.click('#flow-table tr[data-flow="fan-out-fan-in"]', timeout=15_000)
     page.wait_for_selector("#graph-view svg [data-module]", timeout=15_000)
-    modules = page.eval_on_selector_all("#graph-view [data-module]", "els => els.map(e => e.dataset.module)")
-    wires = page.eval_on_selector_all("#graph-view [data-wire]", "els => els.map(e => e.dataset.wire)")
+    modules = page.eval_on_selector_all(
+        "#graph-view [data-module]", "els => els.map(e => e.dataset.module)"
+    )
+    wires = page.eval_on_selector_all(
+        "#graph-view [data-wire]", "els => els.map(e => e.dataset.wire)"
+    )
     assert sorted(modules) == ["join", "letters", "reverse", "split", "words"]
     assert sorted(wires) == sorted(CROSS_HOST + IN_HOST)
 
@@ -97,7 +112,9 @@ def test_graph_shows_every_module_and_wire_and_live_rates(
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}) as http:
         deadline = time.monotonic() + 30
         while True:
-            answer = http.post("/flows/fan-out-fan-in/modules/split/inputs/in", json={"msgs": ["a b c"] * 20})
+            answer = http.post(
+                "/flows/fan-out-fan-in/modules/split/inputs/in", json={"msgs": ["a b c"] * 20}
+            )
             assert answer.status_code == 200, answer.text
             if all(page.evaluate(rate, w) > 0 for w in CROSS_HOST):
                 break
@@ -105,8 +122,12 @@ def test_graph_shows_every_module_and_wire_and_live_rates(
             page.wait_for_timeout(100)  # the page's own clock: it polls once a second
     for w in IN_HOST:
         assert page.eval_on_selector(f'[data-wire="{w}"]', "g => g.dataset.via") == "host"
-        assert page.eval_on_selector(f'[data-wire="{w}"] .ff-rate', "t => t.textContent") == "in host"
-    assert page.eval_on_selector('[data-wire="split.letters->letters.in"] .ff-rate', "t => t.textContent").endswith("/s")
+        assert (
+            page.eval_on_selector(f'[data-wire="{w}"] .ff-rate', "t => t.textContent") == "in host"
+        )
+    assert page.eval_on_selector(
+        '[data-wire="split.letters->letters.in"] .ff-rate', "t => t.textContent"
+    ).endswith("/s")
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.locator("#graph").screenshot(path=str(SCREENSHOT))
     assert SCREENSHOT.stat().st_size > 1000
