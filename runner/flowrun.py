@@ -86,6 +86,13 @@ class FlowRun:
             lambda: deque(maxlen=config.keep_errors)
         )
         self.error_count = 0
+        #: what the page's graph shows (:meth:`stats`): messages per wire the runner
+        #: routed (src, port, dst, dst port: qualified ids), per exit and per injected
+        #: port, errors per module; plain integer increments, once per routed batch
+        self.wire_counts: dict[tuple[str, str, str, str], int] = defaultdict(int)
+        self.exit_counts: dict[tuple[str, str], int] = defaultdict(int)
+        self.inject_counts: dict[tuple[str, str], int] = defaultdict(int)
+        self.module_errors: dict[str, int] = defaultdict(int)
         self._idle = trio.Event()
         self._idle.set()
         self._progress = trio.Event()
@@ -262,6 +269,7 @@ class FlowRun:
                 await self._output(module, port, msgs)
             else:
                 instance, dst, dst_port = target
+                self.wire_counts[(module, port, dst, dst_port)] += len(msgs)
                 self._add_pending(len(msgs))
                 instance.queues.enqueue(dst, dst_port, msgs)
                 self._touched.add(instance)
@@ -295,6 +303,7 @@ class FlowRun:
             if self.status is not FlowStatus.RUNNING:
                 raise FlowStateError(f"flow {self.flow_id!r} stopped while messages were sent")
             self._add_pending(len(chunk))
+            self.inject_counts[(module_id, port)] += len(chunk)
             instance.queues.enqueue(qid, port, chunk)
             instance.kick()
 
@@ -324,6 +333,7 @@ class FlowRun:
 
     async def _output(self, module: str, port: str, msgs: list[Any]) -> None:
         self.outputs += len(msgs)
+        self.exit_counts[(module, port)] += len(msgs)
         if self.sink is not None:
             await self.sink(self.short(module), port, msgs)
         if self.hub.has_subscribers:
@@ -345,6 +355,7 @@ class FlowRun:
         }
         self.errors[short].append(entry)
         self.error_count += 1
+        self.module_errors[short] += 1
         if self.debugger.tick is not None:
             self.debugger.tick.errors[short].append(entry)
         self.publish({"kind": EventKind.ERROR, **entry})
@@ -398,6 +409,68 @@ class FlowRun:
                 for inst in self.instances.values()
             ),
             "runtimes": {rid: inst.statistics() for rid, inst in self.instances.items()},
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for a live picture of the flow (the page polls them and computes
+        rates): per wire, messages the runner routed (``messages: None`` for a wire that
+        stays inside one host, which the runner never sees: ``via: "host"``); per module,
+        its queue (waiting messages, capacity, ``full``: back-pressure), errors and
+        breakpoint; per exit and injected port, messages. Cheap: no message is looked at."""
+        routed = {
+            (src, port, target[1], target[2])
+            for (src, port), targets in self._routes.items()
+            for target in targets
+            if target is not None
+        }
+        wires = []
+        for wire in self.flow.wires:
+            key = (
+                self.qualified(wire.src),
+                wire.src_port,
+                self.qualified(wire.dst),
+                wire.dst_port,
+            )
+            seen = key in routed
+            wires.append(
+                {
+                    "wire": f"{wire.src}.{wire.src_port}->{wire.dst}.{wire.dst_port}",
+                    "via": "runner" if seen else "host",
+                    # counted whenever it went through the runner (a debugged flow's wires do)
+                    "messages": self.wire_counts.get(key, 0) if seen else None,
+                }
+            )
+        breakpoints = self.debugger.breakpoints
+        modules = {}
+        for module in self.flow.modules:
+            qid = self.qualified(module.id)
+            instance = self.instances.get(module.host)
+            queues = instance.queues if instance is not None else None
+            queued = queues.depth(qid) if queues is not None else 0
+            capacity = queues.capacity if queues is not None else 0
+            bp = breakpoints.get(module.id)
+            modules[module.id] = {
+                "runtime": module.runtime,
+                "host": module.host,
+                "queued": queued,
+                "capacity": capacity,
+                "full": queues is not None and queued >= capacity,
+                "errors": self.module_errors.get(module.id, 0),
+                "breakpoint": bp.describe() if bp is not None else None,
+            }
+        return {
+            "id": self.flow_id,
+            "status": self.status,
+            "revision": self.revision,
+            "time": time.time(),
+            "pending": self.pending,
+            "outputs": self.outputs,
+            "errors": self.error_count,
+            "paused": self.debugger.paused,
+            "wires": wires,
+            "modules": modules,
+            "exits": {f"{self.short(m)}.{p}": n for (m, p), n in sorted(self.exit_counts.items())},
+            "injected": {f"{m}.{p}": n for (m, p), n in sorted(self.inject_counts.items())},
         }
 
     def _set_status(self, status: FlowStatus, error: str | None = None) -> None:

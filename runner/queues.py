@@ -131,6 +131,10 @@ class DeliveryQueues:
 
     # ------------------------------------------------------------------ the queues
 
+    def depth(self, module: str) -> int:
+        """Messages waiting for ``module`` (not sent yet)."""
+        return self._queued.get(module, 0)
+
     def has_room(self, module: str) -> bool:
         return self._queued.get(module, 0) < self.capacity
 

@@ -555,6 +555,10 @@ class Runner:
         """The flow as a standalone document (module files inlined)."""
         return orjson.loads(dump_flow(self.flow(flow_id).flow, inline=True))
 
+    def flow_stats(self, flow_id: str) -> dict[str, Any]:
+        """Counters for a live picture of the flow (``FlowRun.stats``)."""
+        return self.flow(flow_id).stats()
+
     def flow_logs(self, flow_id: str, limit: int | None = None) -> list[dict[str, Any]]:
         return self.flow(flow_id).logs(limit)
 

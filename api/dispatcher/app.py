@@ -50,6 +50,7 @@ from fifoflow.api.common.auth import check_token
 from fifoflow.api.common.http import bearer, create_json_app, unauthorized
 from fifoflow.api.common.routes import add_routes
 from fifoflow.api.common.runs import RUN_METHODS, RUN_ROUTES, DispatcherRuns
+from fifoflow.api.common.ui import is_public, ui_blueprint
 from fifoflow.api.runner.ws import RpcConnection
 from fifoflow.dispatcher.link import RunnerLink
 from fifoflow.flows.limits import MAX_DISPATCHER_BODY
@@ -76,8 +77,9 @@ def create_dispatcher_app(
         token=token,
         token_where="the dispatcher's state dir",
         max_body=MAX_DISPATCHER_BODY,
-        # the client runner's code is public; its sockets need the client token
-        public=lambda endpoint: endpoint == "dispatcher.client_file",
+        # the client runner's code and the page's files are public; the client runner's
+        # sockets need the client token, the page sends the operator token to the API
+        public=lambda endpoint: endpoint == "dispatcher.client_file" or is_public(endpoint),
     )
     bp = Blueprint("dispatcher", __name__)
     add_routes(bp, dispatcher, [*ROUTES, client_token_route(client_token)])
@@ -116,4 +118,5 @@ def create_dispatcher_app(
         await pages.ClientSocket(dispatcher, client_token).host()
 
     app.register_blueprint(bp)
+    app.register_blueprint(ui_blueprint())
     return app

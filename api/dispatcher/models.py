@@ -76,6 +76,8 @@ class Health:
     runners: Annotated[dict[str, int], msgspec.Meta(description="how many runners in each status")]
     heartbeat: Annotated[float, msgspec.Meta(description="seconds between heartbeats")]
     ttl: Annotated[float, msgspec.Meta(description="silence after which a runner is lost")]
+    #: what answers: the page at /ui/ adapts to it (a runner says "runner")
+    server: Literal["dispatcher"] = "dispatcher"
 
 
 @attrs.frozen

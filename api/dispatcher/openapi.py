@@ -14,6 +14,7 @@ from fifoflow.api.common.models import flow_schemas
 from fifoflow.api.common.openapi import build_document, json_content
 from fifoflow.api.common.runs import RUN_ROUTES
 from fifoflow.api.common.schema import ref
+from fifoflow.api.common.ui import UI_PATHS
 from fifoflow.flows.limits import MAX_DISPATCHER_BODY
 from fifoflow.runtimes.registry import discover
 
@@ -112,6 +113,6 @@ def dispatcher_openapi(version: str, runtimes: list[str] | None = None) -> dict[
         "deployed flows, forwarded to the runners that hold their parts.",
         routes=[*ROUTES, *RUN_ROUTES, client_token_route(None)],
         errors=ERRORS,
-        extra_paths=NOT_JSON,
+        extra_paths={**NOT_JSON, **UI_PATHS},
         tweak=lambda components: flow_schemas(components, known),
     )

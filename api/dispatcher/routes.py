@@ -127,7 +127,7 @@ SUMMARY = "the flow as a runner describes it"
 DEBUG = "a part's debugger state"
 
 ROUTES: list[Route] = [
-    Route("get", "/health", "health", "The dispatcher's health", lambda d, c: _value(d.health()), m.Health),
+    Route("get", "/health", "health", "The dispatcher's health", lambda d, c: _value({**d.health(), "server": "dispatcher"}), m.Health),
     Route("post", "/tokens", "issueToken", "A one-time registration token for a new runner", _token, m.Token,
           "the token", status=201, body=m.TokenBody, body_required=False, errors=(400, 422)),
     Route("get", "/runners", "listRunners", "Every runner, its status and hardware",

@@ -21,6 +21,7 @@ import trio.lowlevel
 from fifoflow.api.common.auth import load_or_create_token
 from fifoflow.api.common.places import DEFAULT_DISPATCHER_PORT
 from fifoflow.api.common.serving import configure_tls, exposure_warning
+from fifoflow.api.common.ui import ui_url
 from fifoflow.api.dispatcher.app import create_dispatcher_app
 from fifoflow.dispatcher.backends import LocalBackend
 from fifoflow.dispatcher.clients import (
@@ -116,6 +117,7 @@ async def serve_dispatcher(
                 )
             )
             _say(f"fifoflow dispatcher {dispatcher.version} listening on {' '.join(urls)}")
+            _say(f"UI: {ui_url(urls[0])}")
             _say(f"state dir: {options.state_dir}")
             dispatcher.clients = await nursery.start(
                 ClientRunners(

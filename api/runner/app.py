@@ -18,6 +18,7 @@ from fifoflow.api.common.errors import ApiError
 from fifoflow.api.common.http import bearer, create_json_app, json_response, unauthorized
 from fifoflow.api.common.routes import add_routes
 from fifoflow.api.common.runs import RUN_ROUTES, RunnerRuns
+from fifoflow.api.common.ui import is_public, ui_blueprint
 from fifoflow.flows.limits import MAX_BODY
 
 from .routes import ROUTES
@@ -46,7 +47,11 @@ class ApiSettings:
 
 def create_app(runner: Runner, settings: ApiSettings) -> QuartTrio:
     app = create_json_app(
-        __name__, token=settings.token, token_where=TOKEN_WHERE, max_body=settings.max_body
+        __name__,
+        token=settings.token,
+        token_where=TOKEN_WHERE,
+        max_body=settings.max_body,
+        public=is_public,  # the page's files; the page sends the token to the API
     )
 
     @app.before_websocket
@@ -71,4 +76,5 @@ def create_app(runner: Runner, settings: ApiSettings) -> QuartTrio:
     add_routes(bp, RunnerRuns(runner, settings.dispatcher), RUN_ROUTES)
     app.register_blueprint(bp)
     app.register_blueprint(ws_blueprint(runner, settings))
+    app.register_blueprint(ui_blueprint())
     return app

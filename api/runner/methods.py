@@ -9,7 +9,7 @@ used verbatim: ``listRuntimes``, ``listFlowsForRuntime``, ``addOrUpdateFlow``,
 ``editQueuedMessage``, ``dropQueuedMessage``), environments (``listEnvironments``,
 ``changeEnvironment``, ``rebuildEnvironment``, ``gcEnvironments``) and ``applyFlow``,
 ``health``, ``listFlows``, ``getFlow``, ``inject``, ``getModuleState``,
-``getModuleErrors``, ``getLogs``. Nothing here keeps state.
+``getModuleErrors``, ``getFlowStats``, ``getLogs``. Nothing here keeps state.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ METHODS: dict[str, Method] = {
             m.GcParams,
             _sync(lambda r, p: m.GcResult(r.gc_environments(p.maxIdle))),
         ),
-        Method("health", m.NoParams, _sync(lambda r, p: r.health())),
+        Method("health", m.NoParams, _sync(lambda r, p: {**r.health(), "server": "runner"})),
         Method("listFlows", m.NoParams, _sync(lambda r, p: r.flows())),
         Method("getFlow", m.FlowRef, get_flow),
         Method("inject", m.Inject, inject),
@@ -170,6 +170,7 @@ METHODS: dict[str, Method] = {
             m.ModuleRef,
             _sync(lambda r, p: r.module_errors(p.flowId, p.moduleId)),
         ),
+        Method("getFlowStats", m.FlowRef, _sync(lambda r, p: r.flow_stats(p.flowId))),
         Method("getLogs", m.LogsParams, _sync(lambda r, p: r.flow_logs(p.flowId, p.limit))),
     ]
 }

@@ -8,7 +8,7 @@ Answers the cores give as plain data are described here too, for the document.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import attrs
 import msgspec
@@ -296,6 +296,48 @@ class Breakpoint:
 
 
 @attrs.frozen
+class WireStats:
+    wire: Annotated[str, msgspec.Meta(examples=["split.out->work.in"])]
+    via: Annotated[
+        Literal["runner", "host"],
+        msgspec.Meta(description="host: a same-runtime wire, which never leaves its host"),
+    ]
+    messages: Annotated[
+        int | None,
+        msgspec.Meta(description="messages the runner routed on it (null: via host, not seen)"),
+    ]
+
+
+@attrs.frozen
+class ModuleStats:
+    runtime: str
+    host: Annotated[str, msgspec.Meta(description="the runtime instance holding it")]
+    queued: Annotated[int, msgspec.Meta(description="messages waiting for it in the runner")]
+    capacity: Annotated[int, msgspec.Meta(description="its queue's bound")]
+    full: Annotated[bool, msgspec.Meta(description="its queue is full: back-pressure")]
+    errors: Annotated[int, msgspec.Meta(description="errors it raised since the flow was made")]
+    breakpoint: Breakpoint | None
+
+
+@attrs.frozen
+class FlowStats:
+    """Counters of a flow for a live picture: poll it and compute rates."""
+
+    id: str
+    status: FlowStatus
+    revision: int
+    time: Annotated[float, msgspec.Meta(description="unix time the counters were read")]
+    pending: int
+    outputs: int
+    errors: int
+    paused: bool
+    wires: list[WireStats]
+    modules: dict[str, ModuleStats]
+    exits: Annotated[dict[str, int], msgspec.Meta(description="module.port -> messages out")]
+    injected: Annotated[dict[str, int], msgspec.Meta(description="module.port -> injected")]
+
+
+@attrs.frozen
 class DebugState:
     paused: bool
     pause: Annotated[
@@ -374,3 +416,5 @@ class Health:
     flows: dict[str, int]
     runtimes: list[str]
     stateDir: str | None = None
+    #: what answers: the page at /ui/ adapts to it (the dispatcher says "dispatcher")
+    server: Literal["runner"] = "runner"

@@ -14,6 +14,7 @@ from fifoflow.api.common.models import flow_schemas
 from fifoflow.api.common.openapi import build_document, json_content
 from fifoflow.api.common.runs import RUN_ROUTES
 from fifoflow.api.common.schema import ref
+from fifoflow.api.common.ui import UI_PATHS
 
 from .routes import ROUTES
 
@@ -58,6 +59,6 @@ def runner_openapi(runtimes: list[str], version: str) -> dict[str, Any]:
         description="Drive a fifoflow runner: flows, runtimes, messages, state, logs, runs.",
         routes=[*ROUTES, *RUN_ROUTES],
         errors=ERRORS,
-        extra_paths=WEBSOCKET,
+        extra_paths={**WEBSOCKET, **UI_PATHS},
         tweak=lambda components: flow_schemas(components, runtimes),
     )

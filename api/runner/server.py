@@ -23,6 +23,7 @@ import trio
 from fifoflow.api.common.auth import load_or_create_token
 from fifoflow.api.common.places import DEFAULT_PORT
 from fifoflow.api.common.serving import configure_tls, exposure_warning
+from fifoflow.api.common.ui import ui_url
 from fifoflow.api.runner.app import ApiSettings, create_app
 from fifoflow.flows.limits import MAX_BODY
 from fifoflow.runner import FlowStatus, RunnerConfig, open_runner
@@ -163,6 +164,7 @@ async def serve(
                     )
                 )
                 _say(f"fifoflow runner {runner.version} listening on {' '.join(urls)}")
+                _say(f"UI: {ui_url(urls[0])}")
                 # Where it listens, for local tools (fifoflow runner health) when the
                 # port was picked by the system.
                 atomic_write(options.state_dir / "url", urls[0].encode() + b"\n", mode=0o600)
