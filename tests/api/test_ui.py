@@ -14,6 +14,7 @@ import pytest
 from fifoflow.api.common.errors import ApiError
 from fifoflow.api.common.ui import STATIC_DIR, resolve
 
+from ..dispatcher.test_dispatcher import wait_until
 from .helpers import ServerProcess
 
 if TYPE_CHECKING:
@@ -52,7 +53,9 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
 
 
 def test_start_up_prints_the_page_url(live_server: ServerProcess) -> None:
-    assert f"UI: {live_server.url}/ui/" in live_server.lines
+    # printed right after "listening on", which is where start() returned
+    line = f"UI: {live_server.url}/ui/"
+    wait_until("the page's address", lambda: line in live_server.lines, timeout=10)
 
 
 def test_page_and_files_need_no_token_and_have_their_types(live_server: ServerProcess) -> None:
