@@ -187,7 +187,7 @@ export class Live {
       g.classList.toggle("paused", stats.paused);
       g.dataset.queued = m.queued;
       g.dataset.errors = m.errors;
-      const badge = [m.errors ? `${m.errors} err` : "", m.breakpoint ? "●" : "", stats.paused ? "⏸" : ""].filter(Boolean).join(" ");
+      const badge = [m.errors ? `${m.errors} err` : "", m.breakpoint ? "●" : "", stats.paused ? "paused" : ""].filter(Boolean).join(" ");
       this.text(`[data-module="${CSS.escape(id)}"] .ff-badge`, badge);
       for (const port of g.querySelectorAll("[data-input] .ff-queue")) {
         port.textContent = m.queued ? `${m.queued}/${m.capacity}` : "";
