@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from ..api.helpers import ServerProcess
+from ..dispatcher.test_dispatcher import DispatcherProcess, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -226,3 +227,66 @@ def test_selected_module_and_conditional_breakpoint(
             "pause": None,
             "breakpoints": [],
         }
+
+
+#: python -> node on one runner: the wire between them goes through the runner (counted)
+CROSS: dict[str, Any] = {
+    "fifoflow": 1,
+    "id": "cross",
+    "modules": [
+        {"id": "add", "runtime": "python", "code": FLOW["modules"][0]["code"]},
+        {"id": "keep", "runtime": "node", "code": "exports.handle = (msg, ctx) => msg;\n"},
+    ],
+    "wires": ["add.out -> keep.in"],
+}
+
+
+@pytest.fixture(scope="module")
+def live_dispatcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DispatcherProcess]:
+    dispatcher = DispatcherProcess(tmp_path_factory.mktemp("ui-dispatcher") / "d", heartbeat=0.5)
+    dispatcher.command = lambda: [  # type: ignore[method-assign]
+        *DispatcherProcess.command(dispatcher), "--local-runners", "1",
+    ]  # fmt: skip
+    dispatcher.start()
+    try:
+        wait_until(
+            "the local runner",
+            lambda: [r for r in dispatcher.api("GET", "/runners") if r["status"] == "ready"],
+        )
+        yield dispatcher
+    finally:
+        dispatcher.stop()
+
+
+def test_dispatcher_graph_shows_holders_and_rates(
+    live_dispatcher: DispatcherProcess, page: Any
+) -> None:
+    d = live_dispatcher
+    d.api("PUT", "/flows/cross", json=CROSS)
+    placed = wait_until(
+        "the flow placed",
+        lambda: (f := d.api("GET", "/flows/cross"))["status"] == "placed" and f,
+    )
+    runner = placed["placement"]["add"]
+    stats = d.api("GET", "/flows/cross/stats")
+    assert {m: s["runner"] for m, s in stats["modules"].items()} == {"add": runner, "keep": runner}
+    assert stats["modules"]["keep"]["reachable"] is True
+    assert stats["wires"][0]["wire"] == "add.out->keep.in"
+    assert stats["wires"][0]["via"] == "runner"
+
+    foreign: list[str] = []
+    page.on("request", lambda r: None if r.url.startswith(d.url + "/") else foreign.append(r.url))
+    token = (d.state_dir / "token").read_text().strip()
+    page.goto(f"{d.url}/ui/?token={token}")
+    page.click('#flow-table tr[data-flow="cross"]', timeout=15_000)
+    page.wait_for_selector(f'g[data-module="add"][data-holder="{runner}"]', timeout=15_000)
+    assert page.text_content('g[data-module="keep"] .ff-holder') == f"on {runner}"
+    rate = """() => Number(document.querySelector('[data-wire="add.out->keep.in"]').dataset.rate || 0)"""
+    deadline = time.monotonic() + 30
+    while page.evaluate(rate) <= 0:
+        d.api("POST", "/flows/cross/modules/add/inputs/in", json={"msgs": [{"n": 1}] * 20})
+        assert time.monotonic() < deadline, "no rate on the wire"
+        page.wait_for_timeout(100)
+    assert page.text_content('[data-wire="add.out->keep.in"] .ff-rate').endswith("/s")
+    assert d.api("GET", "/flows/cross/stats")["wires"][0]["messages"] >= 20
+    assert foreign == []
