@@ -4,7 +4,8 @@ A flow placed on several runners runs as one *part* per runner (:func:`flow_part
 modules placed there, the wires between them, and the ports whose wires leave it, which
 that runner sends to the dispatcher to relay. :class:`FlowParts` carries what users and
 runners send to a flow across its runners: calls forwarded to the runner(s) that hold
-it (inject, state, start, stop), debugger calls fanned out to every part and their
+it (inject, state, start, stop), the live counters merged over the parts (``stats``:
+each part's, plus the wires between runners, counted by the relay), debugger calls fanned out to every part and their
 answers merged, log lines gathered, a pause spread to every part, and relayed messages
 delivered into the parts that hold their target modules.
 
@@ -20,6 +21,7 @@ call but the relay has that deadline: ``calls.py``).
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +90,9 @@ class FlowParts:
         #: seconds a runner has to answer a call (None: no deadline); not for the relay
         self.call_timeout = call_timeout
         self._route_cache: dict[str, tuple[int, Routes]] = {}
+        #: flow id -> (module, port, target module, its port) -> messages relayed on
+        #: that wire (a wire between runners; counted per batch, nothing is looked at)
+        self.relayed: dict[str, dict[tuple[str, str, str, str], int]] = {}
 
     async def forward(self, flow_id: str, method: str, **params: Any) -> Any:
         """Call the runner(s) that hold the flow: a module's runner for inject and
@@ -200,11 +205,72 @@ class FlowParts:
         No deadline: the data path waits for a slow target (backpressure on the sender);
         each relayed batch is its own task on the sender's link, so it holds up nothing
         else."""
+        counts = self.relayed.setdefault(flow_id, {})
         for dst, dst_port, target in self._routes(flow_id).get((module, port), ()):
             peer = self.links.get(target or "")
             if peer is None:
                 raise FlowPending(f"module {dst!r} of flow {flow_id!r} has no runner right now")
             await peer.call("inject", flowId=flow_id, moduleId=dst, port=dst_port, msgs=msgs)
+            key = (module, port, dst, dst_port)
+            counts[key] = counts.get(key, 0) + len(msgs)
+
+    async def stats(self, flow_id: str) -> dict[str, Any]:
+        """The flow's counters for a live picture, merged over its parts: each part's
+        ``flowStats`` (``FlowRun.stats``), every module marked with the runner (or page)
+        holding it (``runner``), and the wires between runners (``via: "relay"``) counted
+        here as the relay delivers them. A part whose runner is not linked, or does not
+        answer (a page), has its modules listed with ``runner`` only (``reachable``
+        False) and adds no counters."""
+        record = known_flow(self.store, flow_id)
+        placement: dict[str, str] = record["placement"]
+        parts: dict[str, dict[str, Any] | None] = {}
+        for runner_id in sorted(set(placement.values())):
+            peer = self.links.get(runner_id)
+            parts[runner_id] = None
+            if peer is not None:
+                with suppress_remote():
+                    parts[runner_id] = await forward_call(
+                        peer, runner_id, self.call_timeout, "flowStats", flowId=flow_id
+                    )
+        answered = [p for p in parts.values() if p is not None]
+        modules: dict[str, Any] = {}
+        for module in record["document"]["modules"]:
+            holder = placement.get(module["id"])
+            part = parts.get(holder or "")
+            counters = (part or {}).get("modules", {}).get(module["id"])
+            modules[module["id"]] = {
+                **(counters or {"runtime": module.get("runtime")}),
+                "runner": holder,
+                "reachable": counters is not None,
+            }
+        part_wires = {w["wire"]: w for p in answered for w in p.get("wires", ())}
+        relayed = self.relayed.get(flow_id, {})
+        wires = []
+        for text in record["document"].get("wires", ()):
+            w = Wire.parse(text)
+            wire_id = f"{w.src}.{w.src_port}->{w.dst}.{w.dst_port}"
+            if placement.get(w.src) != placement.get(w.dst):
+                count = relayed.get((w.src, w.src_port, w.dst, w.dst_port), 0)
+                wires.append({"wire": wire_id, "via": "relay", "messages": count})
+            elif wire_id in part_wires:
+                wires.append(part_wires[wire_id])
+            else:
+                wires.append({"wire": wire_id, "via": "host", "messages": None})
+        merged_counts = lambda key: {k: v for p in answered for k, v in p.get(key, {}).items()}  # noqa: E731
+        return {
+            "id": flow_id,
+            "status": str(record["status"]),
+            "time": max((p["time"] for p in answered), default=time.time()),
+            "pending": sum(p.get("pending", 0) for p in answered),
+            "outputs": sum(p.get("outputs", 0) for p in answered),
+            "errors": sum(p.get("errors", 0) for p in answered),
+            "paused": any(p.get("paused") for p in answered),
+            "wires": wires,
+            "modules": modules,
+            "exits": merged_counts("exits"),
+            "injected": merged_counts("injected"),
+            "parts": {rid: (p or {}).get("status") for rid, p in parts.items()},
+        }
 
     def _routes(self, flow_id: str) -> Routes:
         """The flow's routes, cached until its record changes (relay runs per batch;

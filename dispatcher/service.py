@@ -584,6 +584,10 @@ class Dispatcher:
     async def queues(self, flow_id: str) -> Any:
         return await self.parts.debug(flow_id, "queues")
 
+    async def flow_stats(self, flow_id: str) -> dict[str, Any]:
+        """The flow's live counters merged over its runners (``FlowParts.stats``)."""
+        return await self.parts.stats(flow_id)
+
     async def paused(self, runner_id: str, flow_id: str, info: dict[str, Any]) -> None:
         """A part paused: the others pause too. The caller checks first that the part
         is the runner's (:meth:`check_part`), while the link still waits for it."""

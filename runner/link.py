@@ -12,7 +12,8 @@
    flow document, optional module states and queued messages, start), ``release``
    (stop gracefully, hand over state and queued messages, forget), ``start``, ``stop``,
    ``remove``, ``break``, ``unbreak``, ``pause``, ``continue``, ``step``, ``debug``,
-   ``queues``, ``logs``, ``inject``, ``state``, ``describe``; and the runner sends ``snapshot`` notifications
+   ``queues``, ``logs``, ``inject``, ``state``, ``describe``, ``flowStats`` (the
+   counters of ``FlowRun.stats``, for the dispatcher's live graph); and the runner sends ``snapshot`` notifications
    of each checkpointed flow's module states, so that a flow placed again elsewhere
    resumes from them.
 5. :meth:`DispatcherLink.sign_off` on shutdown.
@@ -594,6 +595,8 @@ class DispatcherLink:
             return runner.debug_state(flow_id)
         if method == "queues":
             return runner.queues(flow_id)
+        if method == "flowStats":
+            return runner.flow_stats(flow_id)
         if method == "start":
             await runner.start_flow(flow_id)
         elif method == "stop":

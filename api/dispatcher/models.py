@@ -28,9 +28,10 @@ class TokenBody:
 
 @attrs.frozen
 class EventsQuery:
-    since: Annotated[
-        int, msgspec.Meta(ge=0, le=2**53 - 1, description="only events after this id")
-    ] | None = None
+    since: (
+        Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1, description="only events after this id")]
+        | None
+    ) = None
 
 
 @attrs.frozen
@@ -163,6 +164,46 @@ DebugParts = Annotated[
     dict[str, dict[str, Any]], msgspec.Meta(description="runner id -> its part's debugger state")
 ]
 Queues = Annotated[dict[str, list[Any]], msgspec.Meta(description="module id -> queued messages")]
+
+
+@attrs.frozen
+class WireCount:
+    wire: Annotated[str, msgspec.Meta(examples=["split.out->work.in"])]
+    via: Annotated[
+        Literal["runner", "host", "relay"],
+        msgspec.Meta(
+            description="runner: routed by the runner holding both ends; host: inside one "
+            "host, not seen; relay: between runners, counted by the dispatcher's relay"
+        ),
+    ]
+    messages: Annotated[int | None, msgspec.Meta(description="messages on it (null: not seen)")]
+
+
+@attrs.frozen
+class FlowStats:
+    """A flow's counters merged over its runners: poll them and compute rates."""
+
+    id: str
+    status: PlacementStatus
+    time: Annotated[float, msgspec.Meta(description="unix time the counters were read")]
+    pending: int
+    outputs: int
+    errors: int
+    paused: bool
+    wires: list[WireCount]
+    modules: Annotated[
+        dict[str, dict[str, Any]],
+        msgspec.Meta(
+            description="per module: its part's counters (queued, capacity, full, errors, "
+            "breakpoint), runner (who holds it: a runner or a page) and reachable"
+        ),
+    ]
+    exits: dict[str, int]
+    injected: dict[str, int]
+    parts: Annotated[
+        dict[str, str | None],
+        msgspec.Meta(description="runner id -> its part's status (null: no answer)"),
+    ]
 
 
 @attrs.frozen

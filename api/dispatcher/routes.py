@@ -180,6 +180,10 @@ ROUTES: list[Route] = [
           m.DebugParts, "runner id -> its part's debugger state", errors=FORWARDED, params=F),
     Route("get", "/flows/{flowId}/queues", "getQueues", "What waits at each module, across runners",
           _flow(Dispatcher.queues), m.Queues, "module id -> queued messages", errors=FORWARDED, params=F),
+    Route("get", "/flows/{flowId}/stats", "getFlowStats",
+          "Counters for a live picture, merged over the runners: messages per wire (wires between runners "
+          "counted by the relay), queue depth per module and who holds it, errors, breakpoints",
+          _flow(Dispatcher.flow_stats), m.FlowStats, "the counters (poll them for rates)", errors=FORWARDED, params=F),
     Route("get", "/flows/{flowId}/logs", "getFlowLogs", "Log lines from every runner holding a part of the flow",
           lambda d, c: d.logs(flow_id=c.path["flowId"]), list[LogEntry], "oldest first", errors=FORWARDED, params=F),
     Route("get", "/backend", "getBackend", "The container backend: image, pull policy, containers and their runners",

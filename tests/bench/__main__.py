@@ -32,11 +32,14 @@ Figures:
   submitting at once and the dispatcher's CPU, and submit-to-result p50/p99 of one run
   on idle runners (``runs_dispatched``; targets >= 100 runs/s, p50 <= 50 ms).
 
+- ``ui``: the /ui/ page showing a flow's graph while the flow moves >= 100,000 msg/s:
+  requests/s and bytes/s the page gets, Chromium's CPU (``ui``).
+
 - ``recovery``: a SIGKILLed runner -> its flow answering again, local backend (``recovery``).
 - ``recovery_docker``: ``docker kill`` of the flow's runner container (and its runner
   killed inside it) -> the flow answering again (``recovery``; skipped without an engine).
 
-``--only core|api|swap|dispatcher|docker|browser|recovery|recovery-docker|runs`` runs one group.
+``--only core|api|swap|dispatcher|docker|browser|ui|recovery|recovery-docker|runs`` runs one group.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ from fifoflow.flows import parse_flow
 from fifoflow.runner import RunnerConfig, open_runner
 from fifoflow.runtimes.registry import discover
 
-from . import api_requests, browser, containers, costs, fifo_echo, nodered, recovery, runs, swap
+from . import api_requests, browser, containers, costs, fifo_echo, nodered, recovery, runs, swap, ui
 from . import dispatcher as dispatcher_bench
 
 RUNTIMES = discover()
@@ -319,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         choices=[
             *("core", "api", "swap", "dispatcher", "docker", "browser"),
-            *("recovery", "recovery-docker", "runs"),
+            *("ui", "recovery", "recovery-docker", "runs"),
         ],
         help="run one group of figures",
     )
@@ -375,6 +378,13 @@ def main(argv: list[str] | None = None) -> int:
         browser.print_report(found_b)
         if found_b is not None:
             figures["browser"] = found_b
+    if args.only in (None, "ui"):
+        print()
+        print("the /ui/ page showing a busy flow's graph (headless Chromium, a runner serve)")
+        found_ui = ui.run(3.0 if args.quick else 10.0)
+        ui.print_report(found_ui)
+        if found_ui is not None:
+            figures["ui"] = found_ui
     if args.only in (None, "recovery"):
         print()
         print("recovery: SIGKILL a runner, dispatcher defaults (heartbeat 5 s)")

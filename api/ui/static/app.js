@@ -5,6 +5,7 @@
 // A client of the public API only: what it does, a script can do.
 
 import { api, forgetToken, setToken, takeToken, Unauthorized } from "./api.js";
+import { Debugger } from "./debug.js";
 import { drawGraph, Live } from "./live.js";
 
 const $ = (id) => document.getElementById(id);
@@ -33,6 +34,7 @@ function stopPolling() {
   clearTimeout(state.timer);
   state.timer = null;
   state.graph?.live.stop();
+  state.graph?.debug?.stop();
   state.graph = null;
 }
 
@@ -210,8 +212,10 @@ async function openGraph(flowId) {
   const view = $("graph-view");
   await drawGraph(view, detail.flow);
   const live = new Live(view, flowId, state.kind, guarded);
-  state.graph = { id: flowId, live };
+  const debug = new Debugger(view, flowId, state.kind, guarded);
+  state.graph = { id: flowId, live, debug };
   live.start(POLL_MS);
+  debug.start(POLL_MS);
 }
 
 async function addFlowFile(file) {

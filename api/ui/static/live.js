@@ -4,8 +4,9 @@
 //   runner:      GET /flows/{id}/stats -> messages/s per wire the runner routes ("in host"
 //                for same-runtime wires, which never leave their host), queue/capacity per
 //                module input, full queues, errors, paused and breakpointed modules;
-//   dispatcher:  GET /flows/{id} (placement: which runner or page holds each module) and
-//                GET /flows/{id}/queues (what waits where).
+//   dispatcher:  GET /flows/{id}/stats as well, merged over the runners holding parts of
+//                the flow (wires between runners: via "relay", counted by the dispatcher),
+//                each module naming the runner or page that holds it (data-holder).
 
 import { api } from "./api.js";
 
@@ -152,7 +153,11 @@ export class Live {
 
   async runnerTick() {
     const stats = await api("GET", `/flows/${encodeURIComponent(this.flowId)}/stats`);
-    if (this.stopped) return;
+    if (!this.stopped) this.paint(stats);
+  }
+
+  /** Rates on wires (from two polls), queues, errors, breakpoints and pause on the graph. */
+  paint(stats) {
     const before = this.previous;
     this.previous = stats;
     const dt = before ? stats.time - before.time : 0;
@@ -183,11 +188,11 @@ export class Live {
       const g = this.view.querySelector(`[data-module="${CSS.escape(id)}"]`);
       if (!g) continue;
       g.classList.toggle("full", m.full);
-      g.classList.toggle("breakpoint", m.breakpoint !== null);
+      g.classList.toggle("breakpoint", m.breakpoint != null);
       g.classList.toggle("paused", stats.paused);
       g.dataset.queued = m.queued;
       g.dataset.errors = m.errors;
-      const badge = [m.errors ? `${m.errors} err` : "", m.breakpoint ? "●" : "", stats.paused ? "⏸" : ""].filter(Boolean).join(" ");
+      const badge = [m.errors ? `${m.errors} err` : "", m.breakpoint ? "●" : "", stats.paused ? "paused" : ""].filter(Boolean).join(" ");
       this.text(`[data-module="${CSS.escape(id)}"] .ff-badge`, badge);
       for (const port of g.querySelectorAll("[data-input] .ff-queue")) {
         port.textContent = m.queued ? `${m.queued}/${m.capacity}` : "";
@@ -195,17 +200,17 @@ export class Live {
     }
   }
 
+  /** The dispatcher's stats are the runner's, merged over the parts (wires between
+   * runners: via "relay"), each module naming the runner or page that holds it. */
   async dispatcherTick() {
-    const id = encodeURIComponent(this.flowId);
-    const [detail, queues] = await Promise.all([
-      api("GET", `/flows/${id}`),
-      api("GET", `/flows/${id}/queues`).catch(() => ({})),
-    ]);
+    const stats = await api("GET", `/flows/${encodeURIComponent(this.flowId)}/stats`);
     if (this.stopped) return;
-    for (const [module, runner] of Object.entries(detail.placement ?? {})) {
+    this.paint(stats);
+    for (const [module, m] of Object.entries(stats.modules)) {
       const g = this.view.querySelector(`[data-module="${CSS.escape(module)}"]`);
-      if (!g) continue;
-      g.dataset.holder = runner;
+      if (!g || !m.runner) continue;
+      g.dataset.holder = m.runner;
+      g.classList.toggle("unreachable", !m.reachable);
       let holder = g.querySelector(".ff-holder");
       if (!holder) {
         holder = document.createElementNS(SVG, "text");
@@ -214,20 +219,7 @@ export class Live {
         holder.setAttribute("y", "-4");
         g.append(holder);
       }
-      holder.textContent = `on ${runner}`;
+      holder.textContent = `on ${m.runner}`;
     }
-    for (const [module, waiting] of Object.entries(queues ?? {})) {
-      const list = Array.isArray(waiting) ? waiting : [];
-      const g = this.view.querySelector(`[data-module="${CSS.escape(module)}"]`);
-      if (!g) continue;
-      g.dataset.queued = list.length;
-      for (const port of g.querySelectorAll("[data-input]")) {
-        const name = port.dataset.input.split(".").slice(1).join(".");
-        const n = list.filter((q) => q.port === name).length;
-        const label = port.querySelector(".ff-queue");
-        if (label) label.textContent = n ? String(n) : "";
-      }
-    }
-    for (const g of this.view.querySelectorAll("[data-wire] .ff-rate")) g.textContent = "";
   }
 }
