@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -17,6 +18,17 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 CHROMIUM = "/usr/bin/chromium"
+#: where the README's pictures of the page live
+PICTURES = Path(__file__).resolve().parents[2] / "docs" / "ui"
+
+
+def picture_path(name: str, tmp_path: Path) -> Path:
+    """Where a test writes its screenshot ``name``: ``docs/ui/`` (the README's pictures)
+    with ``FIFOFLOW_UPDATE_PICTURES=1``, else ``tmp_path`` (a test run leaves the
+    checkout as it was)."""
+    folder = PICTURES if os.environ.get("FIFOFLOW_UPDATE_PICTURES") == "1" else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
 # Flags that keep Chromium off the closed network here (background services would try).
 ARGS = [
     "--no-sandbox",

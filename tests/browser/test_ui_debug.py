@@ -3,8 +3,8 @@
 through the API), the flow pauses on the next injected message (the page says where),
 Step shows what every module consumed and emitted, a waiting message edited in the page
 reaches the module it waited for, Continue resumes, the dot clears the breakpoint, and a
-message injected from the page goes through. No request leaves the server. Writes
-docs/ui/step.png for the README."""
+message injected from the page goes through. No request leaves the server. Its screenshot is
+the README's docs/ui/step.png with FIFOFLOW_UPDATE_PICTURES=1."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import pytest
 
 from ..api.helpers import ServerProcess
 from ..dispatcher.test_dispatcher import DispatcherProcess, wait_until
+from .conftest import picture_path
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOT = ROOT / "docs" / "ui" / "step.png"
 
 #: add one, then keep the last message in the state (what the test reads back)
 FLOW: dict[str, Any] = {
@@ -72,7 +72,7 @@ def until(check: Callable[[], Any], page: Any, what: str, seconds: float = 20) -
 
 
 def test_breakpoint_pause_step_edit_continue_inject(
-    live_runner: tuple[ServerProcess, str], page: Any
+    live_runner: tuple[ServerProcess, str], page: Any, tmp_path: Path
 ) -> None:
     server, token = live_runner
     foreign: list[str] = []
@@ -127,9 +127,9 @@ def test_breakpoint_pause_step_edit_continue_inject(
         # what waits at keep, listed while paused; screenshot of the paused step
         area = page.wait_for_selector('#dbg-queues li[data-module="keep"] textarea', timeout=15_000)
         assert '{"n":2}' in area.input_value()
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        page.locator("#graph").screenshot(path=str(SCREENSHOT))
-        assert SCREENSHOT.stat().st_size > 1000
+        shot = picture_path("step.png", tmp_path)
+        page.locator("#graph").screenshot(path=str(shot))
+        assert shot.stat().st_size > 1000
 
         # edited in the page: the queue holds the new message
         area.fill('{"n": 41}')

@@ -3,7 +3,7 @@ serve``: the token is taken from the URL once and removed from the address bar, 
 one is refused with a clear message, the flows list shows a deployed flow, the graph of
 flows/examples/fan-out-fan-in shows every module and wire, messages injected through the
 API appear as rates on the wires the runner routes (and "in host" on same-runtime ones),
-and no request leaves the server. Writes docs/ui/graph.png for the README."""
+and no request leaves the server. Its screenshot is the README's docs/ui/graph.png with FIFOFLOW_UPDATE_PICTURES=1."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import pytest
 from fifoflow.flows.codec import dump_flow, load_flow
 
 from ..api.helpers import ServerProcess
+from .conftest import picture_path
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -26,7 +27,6 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "flows" / "examples" / "fan-out-fan-in" / "flow.json"
-SCREENSHOT = ROOT / "docs" / "ui" / "graph.png"
 CROSS_HOST = [
     "split.letters->letters.in",
     "split.reverse->reverse.in",
@@ -88,7 +88,7 @@ def test_wrong_token_is_refused_clearly(live_runner: tuple[ServerProcess, str], 
 
 
 def test_graph_shows_every_module_and_wire_and_live_rates(
-    live_runner: tuple[ServerProcess, str], page: Any
+    live_runner: tuple[ServerProcess, str], page: Any, tmp_path: Path
 ) -> None:
     server, token = live_runner
     foreign = _watch(page, server.url)
@@ -128,8 +128,8 @@ def test_graph_shows_every_module_and_wire_and_live_rates(
     assert page.eval_on_selector(
         '[data-wire="split.letters->letters.in"] .ff-rate', "t => t.textContent"
     ).endswith("/s")
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    page.locator("#graph").screenshot(path=str(SCREENSHOT))
-    assert SCREENSHOT.stat().st_size > 1000
+    shot = picture_path("graph.png", tmp_path)
+    page.locator("#graph").screenshot(path=str(shot))
+    assert shot.stat().st_size > 1000
     assert foreign == []
     assert errors == []
