@@ -153,6 +153,8 @@ async def spawn_runtime(
         child_env = dict(os.environ)
         child_env.update(env or {})
         child_env["FIFOFLOW_PROTOCOL"] = str(PROTOCOL_VERSION)
+        # a host exits when this process is gone (PROTOCOL.md section 1)
+        child_env["FIFOFLOW_RUNNER_PID"] = str(os.getpid())
         try:
             process = await trio.lowlevel.open_process(
                 [*argv, str(fifos.to_runtime), str(fifos.from_runtime)],

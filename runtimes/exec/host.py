@@ -35,6 +35,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 
@@ -668,11 +669,43 @@ class Host:
                 mod.child = None
 
 
+
+def watch_runner(interval=1.0):
+    """Exit when the runner that started this host is gone (PROTOCOL.md section 1): a
+    killed runner never opens our FIFOs or reads them again, and a host blocked in
+    ``open`` or in a handler would otherwise live on. The runner is the parent we started
+    with, and the process named by FIFOFLOW_RUNNER_PID."""
+    parent = os.getppid()
+    named = os.environ.get("FIFOFLOW_RUNNER_PID", "")
+    runner = int(named) if named.isdigit() else None
+
+    def gone():
+        if os.getppid() != parent:
+            return True
+        if runner is None:
+            return False
+        try:
+            os.kill(runner, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def watch():
+        while not gone():
+            time.sleep(interval)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="runner-watch", daemon=True).start()
+
+
 def main(argv):
     if len(argv) != 3:
         sys.stderr.write("usage: host.py <to-runtime fifo> <from-runtime fifo>\n")
         return 2
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    watch_runner()
     rfd = os.open(argv[1], os.O_RDONLY)  # read end first (PROTOCOL.md section 1)
     wfd = os.open(argv[2], os.O_WRONLY)
     return Host(rfd, wfd).serve()

@@ -29,6 +29,29 @@ if (!toRuntime || !fromRuntime) {
   process.exit(2);
 }
 
+// Exit when the runner that started this host is gone (PROTOCOL.md section 1): a killed
+// runner never opens our FIFOs or reads them again, and the main thread may be blocked
+// in openSync or in a handler, so another thread watches: the parent we started with,
+// and the process named by FIFOFLOW_RUNNER_PID.
+new Worker(
+  `const { workerData } = require("node:worker_threads");
+   const gone = () => {
+     if (process.ppid !== workerData.parent) return true;
+     if (!workerData.runner) return false;
+     try { process.kill(workerData.runner, 0); return false; }
+     catch (err) { return err.code === "ESRCH"; }
+   };
+   setInterval(() => { if (gone()) process.kill(workerData.self, "SIGKILL"); }, 1000);`,
+  {
+    eval: true,
+    workerData: {
+      parent: process.ppid,
+      runner: Number(process.env.FIFOFLOW_RUNNER_PID) || 0,
+      self: process.pid,
+    },
+  },
+).unref();
+
 // Order matters (PROTOCOL.md section 1): read end first, then write end.
 const rfd = fs.openSync(toRuntime, "r");
 const wfd = fs.openSync(fromRuntime, "w");

@@ -610,10 +610,42 @@ class LoadProblem(Exception):
     pass
 
 
+
+def watch_runner(interval=1.0):
+    """Exit when the runner that started this host is gone (PROTOCOL.md section 1): a
+    killed runner never opens our FIFOs or reads them again, and a host blocked in
+    ``open`` or in a handler would otherwise live on. The runner is the parent we started
+    with, and the process named by FIFOFLOW_RUNNER_PID."""
+    parent = os.getppid()
+    named = os.environ.get("FIFOFLOW_RUNNER_PID", "")
+    runner = int(named) if named.isdigit() else None
+
+    def gone():
+        if os.getppid() != parent:
+            return True
+        if runner is None:
+            return False
+        try:
+            os.kill(runner, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def watch():
+        while not gone():
+            time.sleep(interval)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="runner-watch", daemon=True).start()
+
+
 def main(argv):
     if len(argv) != 3:
         sys.stderr.write("usage: host.py <to-runtime fifo> <from-runtime fifo>\n")
         return 2
+    watch_runner()
     # Order matters (PROTOCOL.md section 1): read end first, then write end.
     rfd = os.open(argv[1], os.O_RDONLY)
     wfd = os.open(argv[2], os.O_WRONLY)
