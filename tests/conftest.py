@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psutil
 import pytest
 
 if TYPE_CHECKING:
@@ -60,6 +61,24 @@ def _no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
         assert not leftover, f"test left processes running: {sorted(leftover)}"
     new_dirs = fifoflow_dirs() - dirs_before
     assert not new_dirs, f"test left FIFO directories behind: {sorted(new_dirs)}"
+    orphans = orphan_hosts(str(request.config._tmp_path_factory.getbasetemp()))  # type: ignore[attr-defined]
+    assert not orphans, f"test left runtime hosts whose runner is gone: {orphans}"
+
+
+def orphan_hosts(base: str, grace: float = 5.0) -> list[str]:
+    """Runtime hosts of this test run (their FIFOs under ``base``) re-parented to init: a
+    runner of a test was killed. They end by themselves within about a second
+    (PROTOCOL.md 1.6); those still alive after ``grace`` seconds are listed."""
+    found = []
+    for proc in psutil.process_iter(["ppid", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["ppid"] == 1 and any(base in part for part in cmdline):
+            found.append(proc)
+    _, alive = psutil.wait_procs(found, timeout=grace) if found else ([], [])
+    listed = [" ".join(p.info["cmdline"])[:200] for p in alive]
+    for proc in alive:
+        proc.kill()
+    return listed
 
 
 # ---------------------------------------------------------------- local packages
