@@ -161,7 +161,9 @@ def bundle_codemirror(vendor: Path = VENDOR) -> Path:
         root = Path(tmp)
         (root / "package.json").write_text('{"private": true}\n', encoding="utf-8")
         specs = [f"{name}@{version}" for name, version in CODEMIRROR_PINS.items()]
-        _run([npm, "install", "--save-exact", "--no-audit", "--no-fund", *specs], tmp, "npm install")
+        _run(
+            [npm, "install", "--save-exact", "--no-audit", "--no-fund", *specs], tmp, "npm install"
+        )
         (root / "entry.mjs").write_text(CODEMIRROR_ENTRY, encoding="utf-8")
         (root / "json-entry.mjs").write_text(_JSON_ENTRY, encoding="utf-8")
         esbuild = root / "node_modules" / ".bin" / "esbuild"

@@ -6,6 +6,7 @@
 
 import { api, forgetToken, setToken, takeToken, Unauthorized } from "./api.js";
 import { drawGraph, Live } from "./live.js";
+import { closePanel, setupPanel } from "./panel.js";
 
 const $ = (id) => document.getElementById(id);
 const POLL_MS = 1000;
@@ -34,6 +35,7 @@ function stopPolling() {
   state.timer = null;
   state.graph?.live.stop();
   state.graph = null;
+  closePanel();
 }
 
 /** Run `fn`; a 401 sends the user back to the token form with the server's message. */
@@ -57,6 +59,7 @@ async function start() {
   $("server").textContent = `${state.kind} ${health.version}`;
   $("server").dataset.kind = state.kind;
   document.body.dataset.server = state.kind;
+  setupPanel(state.kind);
   $("login").hidden = true;
   $("logout").hidden = false;
   showLists();
