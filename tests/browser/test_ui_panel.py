@@ -242,3 +242,31 @@ def test_errors_show_with_traceback_input_and_logs(
         timeout=10_000,
     )
     assert foreign == []
+
+
+def test_apply_config_and_refuse_config_that_is_not_json(
+    live_runner: tuple[ServerProcess, str], page: Any, http: httpx.Client
+) -> None:
+    server, token = live_runner
+    foreign = _open_panel(page, server, token, "boom")
+    page.click("#panel-config .cm-content")
+    page.keyboard.press("Control+a")
+    page.keyboard.insert_text('{"limit": ')
+    page.click("#panel-apply")
+    page.wait_for_selector('#panel[data-result="refused"]', timeout=15_000)
+    assert "config: not JSON" in page.inner_text("#panel-message")
+    assert _module(http, "boom")["config"] == {"limit": 3}
+    page.click("#panel-config .cm-content")
+    page.keyboard.press("Control+a")
+    page.keyboard.insert_text('{"limit": 5}')
+    page.click("#panel-apply")
+    page.wait_for_selector('#panel[data-result="applied"]', timeout=15_000)
+    assert "config: boom" in page.inner_text("#panel-report")
+    assert page.inner_text("#panel-message") == ""
+    assert _module(http, "boom")["config"] == {"limit": 5}
+    assert foreign == []
+
+
+def _module(http: httpx.Client, module: str) -> dict[str, Any]:
+    modules = http.get("/flows/panel").json()["flow"]["modules"]
+    return next(m for m in modules if m["id"] == module)

@@ -13,8 +13,8 @@
 // A click is a pointerdown and pointerup on the same module without a drag (the graph pans
 // on drag and captures the pointer, so a plain "click" would land on the <svg>).
 //
-// Runner only: on a dispatcher the module's state and errors live on the runner holding it;
-// the panel then shows the config and code and applies through the dispatcher's PUT.
+// On a dispatcher the same routes are forwarded to the runner holding the module (state,
+// logs, PUT); it has no errors list, so none is shown there.
 
 import { api } from "./api.js";
 
@@ -89,9 +89,9 @@ class Panel {
     if (!spec) throw new Error(`flow ${this.flow} has no module ${this.module}`);
     $("panel-runtime").textContent = spec.runtime;
     root.dataset.runtime = spec.runtime;
+    this.kind = kind;
     this.mountEditors(cm, spec);
-    if (kind !== "dispatcher") this.poll();
-    else for (const id of ["panel-state", "panel-logs"]) $(id).textContent = "(on the runner that holds it)";
+    this.poll();
   }
 
   mountEditors(cm, spec) {
@@ -143,7 +143,8 @@ class Panel {
   async refresh() {
     const [state, errors, logs] = await Promise.all([
       api("GET", `${this.path}/state`),
-      api("GET", `${this.path}/errors`),
+      // a dispatcher forwards state and logs, not the errors list: none shown there
+      this.kind === "dispatcher" ? Promise.resolve([]) : api("GET", `${this.path}/errors`),
       api("GET", `/flows/${enc(this.flow)}/logs?limit=${LOG_LINES}`),
     ]);
     if (this.closed) return;
@@ -214,7 +215,7 @@ class Panel {
       spec.code = this.code.state.doc.toString();
       delete spec.file;
     }
-    if (Object.keys(config).length || spec.config !== undefined) spec.config = config;
+    if (spec.config !== undefined || JSON.stringify(config) !== "{}") spec.config = config;
     const query = detail.revision !== undefined ? `?revision=${detail.revision}` : "";
     const answer = await api("PUT", `/flows/${enc(this.flow)}${query}`, document_);
     const swap = answer?.swap;
