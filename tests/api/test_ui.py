@@ -13,6 +13,7 @@ import pytest
 
 from fifoflow.api.common.errors import ApiError
 from fifoflow.api.common.ui import STATIC_DIR, resolve
+from fifoflow.api.ui import vendor
 
 from ..dispatcher.test_dispatcher import wait_until
 from .helpers import ServerProcess
@@ -20,6 +21,37 @@ from .helpers import ServerProcess
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
+
+
+def test_codemirror_bundle_is_committed_pinned_and_csp_safe() -> None:
+    """The committed bundle is what the page runs: its README names the pinned versions,
+    it exports what panel.js imports, and it needs no eval (script-src 'self')."""
+    folder = STATIC_DIR / "vendor" / "codemirror"
+    readme = (folder / "README.md").read_text()
+    for name, version in vendor.CODEMIRROR_PINS.items():
+        assert f"`{name}@{version}`" in readme
+    bundle = (folder / "codemirror.mjs").read_text()
+    exports = bundle[bundle.rindex("export{") :]
+    for name in (
+        "EditorView",
+        "EditorState",
+        "basicSetup",
+        "python",
+        "javascript",
+        "json",
+        "keymap",
+    ):
+        assert f" as {name}" in exports, name
+    assert "eval(" not in bundle
+    assert "new Function" not in bundle
+    licences = (folder / "LICENSE").read_text()
+    packages = [
+        line for line in readme.split("Packages in the bundle:")[1].splitlines() if line[:2] == "- "
+    ]
+    assert len(packages) >= 10
+    assert licences.count("(MIT) ==") == len(packages)
+    with pytest.raises(SystemExit, match="unknown step nope"):
+        vendor.main(["nope"])
 
 
 # first: the module's live server is not running yet (the leftover guard)
@@ -71,6 +103,9 @@ def test_page_and_files_need_no_token_and_have_their_types(live_server: ServerPr
             ("app.js", "text/javascript; charset=utf-8"),
             ("style.css", "text/css; charset=utf-8"),
             ("vendor/elk/elk.bundled.js", "text/javascript; charset=utf-8"),
+            ("panel.js", "text/javascript; charset=utf-8"),
+            ("vendor/codemirror/codemirror.mjs", "text/javascript; charset=utf-8"),
+            ("vendor/codemirror/LICENSE", "text/plain; charset=utf-8"),
         ]:
             answer = http.get(f"/ui/{name}")
             assert answer.status_code == 200, name

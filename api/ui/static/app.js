@@ -7,6 +7,7 @@
 import { api, forgetToken, setToken, takeToken, Unauthorized } from "./api.js";
 import { Debugger } from "./debug.js";
 import { drawGraph, Live } from "./live.js";
+import { closePanel, setupPanel } from "./panel.js";
 
 const $ = (id) => document.getElementById(id);
 const POLL_MS = 1000;
@@ -36,6 +37,7 @@ function stopPolling() {
   state.graph?.live.stop();
   state.graph?.debug?.stop();
   state.graph = null;
+  closePanel();
 }
 
 /** Run `fn`; a 401 sends the user back to the token form with the server's message. */
@@ -59,6 +61,7 @@ async function start() {
   $("server").textContent = `${state.kind} ${health.version}`;
   $("server").dataset.kind = state.kind;
   document.body.dataset.server = state.kind;
+  setupPanel(state.kind);
   $("login").hidden = true;
   $("logout").hidden = false;
   showLists();
