@@ -165,7 +165,12 @@ def test_breakpoint_pause_step_edit_continue_inject(
         until(
             lambda: state("keep") == {"last": {"n": 11}}, page, "the injected message never arrived"
         )
-        assert "injected into add.in" in page.inner_text("#dbg-message")
+        # the page says so once its call has answered (the message may arrive first)
+        until(
+            lambda: "injected into add.in" in page.inner_text("#dbg-message"),
+            page,
+            "the page did not say where it injected",
+        )
 
     assert foreign == []
     assert errors == []
