@@ -77,7 +77,7 @@ function showLists() {
     try {
       await guarded(refreshLists);
     } catch (error) {
-      $("flows-message").textContent = String(error.message ?? error);
+      say(String(error.message ?? error));
     }
     if (!$("flows").hidden) state.timer = setTimeout(tick, POLL_MS);
   };
@@ -100,9 +100,9 @@ function button(td, label, action) {
     event.stopPropagation();
     try {
       await guarded(action);
-      $("flows-message").textContent = "";
+      say("", "ok");
     } catch (error) {
-      $("flows-message").textContent = String(error.message ?? error);
+      say(String(error.message ?? error));
     }
   });
   td.append(b);
@@ -191,8 +191,9 @@ async function refreshRuns() {
     const row = body.insertRow();
     row.className = "clickable";
     row.dataset.run = run.id;
-    const started = run.started ?? run.submitted;
-    const ended = run.ended ?? Date.now() / 1000;
+    // the book's view (runner/runs/book.py): startedAt/endedAt, seconds since the epoch
+    const started = run.startedAt;
+    const ended = run.endedAt ?? Date.now() / 1000;
     cell(row, run.id);
     cell(row, run.flow);
     cell(row, run.state);
@@ -200,9 +201,23 @@ async function refreshRuns() {
     cell(row, started ? `${(ended - started).toFixed(1)} s` : "");
     row.addEventListener("click", async () => {
       const view = await guarded(() => api("GET", `/runs/${encodeURIComponent(run.id)}`));
-      if (view) $("run-events").textContent = (view.events ?? []).map((e) => JSON.stringify(e)).join("\n");
+      if (!view) return;
+      $("run-events").dataset.run = run.id;
+      $("run-events").textContent = (view.events ?? []).map(eventLine).join("\n");
     });
   }
+}
+
+/** One line of a run's events: time, state, attempt, worker, reason. */
+function eventLine(e) {
+  const time = e.time ? new Date(e.time * 1000).toLocaleTimeString() : "";
+  return [time, e.state, `attempt ${e.attempt}`, e.worker ?? "", e.reason ?? ""].filter(Boolean).join("  ");
+}
+
+/** The flows list's message: "ok" (what was done) or "error" (the server's refusal). */
+function say(text, kind = "error") {
+  $("flows-message").textContent = text;
+  $("flows-message").dataset.kind = kind;
 }
 
 async function openGraph(flowId) {
@@ -257,9 +272,10 @@ function wire() {
     for (const file of event.dataTransfer.files) {
       try {
         const id = await guarded(() => addFlowFile(file));
-        if (id) $("flows-message").textContent = `added ${id}`;
+        if (id) say(`added ${id}`, "ok");
       } catch (error) {
-        $("flows-message").textContent = String(error.message ?? error);
+        const message = String(error.message ?? error);
+        say(message.startsWith(file.name) ? message : `${file.name}: ${message}`);
       }
     }
   });
