@@ -141,7 +141,7 @@ def test_a_flow_on_a_pulled_container_goes_on_after_docker_kill(
         # A dispatcher restart (same address) adopts its container and removes an
         # orphan it labelled.
         dispatcher.port = int(dispatcher.url.rsplit(":", 1)[1])
-        assert dispatcher.stop() == 0
+        assert dispatcher.stop() == 0, "\n".join(dispatcher.lines[-60:])
         did = new[0]["name"].split("-")[1]
         orphan = docker_client.containers.run(
             "fifoflow-base:bookworm", ["sleep", "600"], detach=True,
