@@ -20,7 +20,8 @@ before it accepts the run (``EnvironmentManager.ensure``); such keys are kept wa
 used, like the others.
 
 Sizes: ``warm`` idle hosts per key are refilled in the background (for ``prewarm`` keys
-from the start, for other keys once used); a released host goes back idle while its
+from the start, for every other key once a run used it: the first run of a runtime pays
+its host's start, the next ones find it warm); a released host goes back idle while its
 key has fewer than ``max_idle``; the pool never starts a host for refill beyond
 ``max_hosts`` (idle + lent), and an acquire at the cap first kills an idle host of
 another key. Acquires never wait for the cap: lent hosts are bounded by the executor's
@@ -102,8 +103,8 @@ class HostPool:
         prewarm: Iterable[str] | None = None,
         retry_delay: float = 5.0,
     ) -> None:
-        """``prewarm``: runtimes kept warm from the start (default: every runtime whose
-        hosts are processes; none when ``warm`` is 0)."""
+        """``prewarm``: runtimes kept warm from the start (default: none; a key is kept
+        warm once a run used it, so a runner that takes no runs starts no host for them)."""
         self.runner = runner
         self.warm = warm
         self.max_idle = max(warm, max_idle if max_idle is not None else warm)
@@ -112,7 +113,7 @@ class HostPool:
         self.max_hosts = max_hosts if max_hosts is not None else max(8, 4 * (self.max_idle + warm))
         self.retry_delay = retry_delay
         if prewarm is None:
-            prewarm = [rid for rid, m in runner.runtimes.items() if not m.attach]
+            prewarm = []
         self._wanted: set[HostKey] = {(rid, None, ()) for rid in prewarm} if warm else set()
         #: what an idle host serves: no flow of its own (its events go nowhere)
         self._home = FlowRun(
