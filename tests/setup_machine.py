@@ -6,6 +6,7 @@
   the tests, like any engine.
 - ``debootstrap`` (the offline base image) and ``docker-registry`` (a local registry,
   so the dispatcher's pulls are real pulls).
+- ``go`` (Debian's ``golang-go``) for the go runtime and its tests.
 - ``chromium`` for the browser tests (Playwright drives /usr/bin/chromium; it never
   downloads a browser).
 
@@ -27,6 +28,7 @@ PACKAGES = {
     "debootstrap": "debootstrap",
     "docker-registry": "docker-registry",
     "chromium": "chromium",
+    "go": "golang-go",
 }
 
 
