@@ -45,7 +45,11 @@ Routes = dict[tuple[str, str], list[tuple[str, str, str | None]]]
 
 
 def flow_part(doc: dict[str, Any], modules: set[str]) -> tuple[dict[str, Any], list[str]]:
-    """The part of a flow one runner holds, and the ports whose wires leave it."""
+    """The part of a flow one runner holds, and the ports whose wires leave it.
+
+    The part lists those ports in its ``exits``, so that a port wired both within the
+    part and to another runner sends its messages both ways (without the listing, a port
+    that still has a wire inside the part would not reach the part's output sink)."""
     wires, relay = [], set()
     for text in doc.get("wires", ()):
         w = Wire.parse(text)
@@ -53,7 +57,13 @@ def flow_part(doc: dict[str, Any], modules: set[str]) -> tuple[dict[str, Any], l
             wires.append(text)
         elif w.src in modules:
             relay.add(f"{w.src}.{w.src_port}")
+    exits = [e for e in doc.get("exits") or () if e.rpartition(".")[0] in modules]
+    exits += sorted(relay - set(exits))
     part = {**doc, "modules": [m for m in doc["modules"] if m["id"] in modules], "wires": wires}
+    if exits:
+        part["exits"] = exits
+    else:
+        part.pop("exits", None)
     return part, sorted(relay)
 
 
@@ -281,10 +291,12 @@ class FlowParts:
             return cached[1]
         record = known_flow(self.store, flow_id)
         routes: Routes = {}
+        placement = record["placement"]
         for text in record["document"].get("wires", ()):
             w = Wire.parse(text)
-            routes.setdefault((w.src, w.src_port), []).append(
-                (w.dst, w.dst_port, record["placement"].get(w.dst))
-            )
+            target = placement.get(w.dst)
+            if target is not None and target == placement.get(w.src):
+                continue  # the part's own wire: its runner delivers it (flow_part)
+            routes.setdefault((w.src, w.src_port), []).append((w.dst, w.dst_port, target))
         self._route_cache[flow_id] = (generation, routes)
         return routes

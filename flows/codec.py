@@ -67,6 +67,7 @@ class FlowDocument:
     description: str | None = None
     requirements: list[str] | None = None
     packages: list[str] | None = None
+    exits: list[str] | None = None
 
 
 _CONVERTER = make_converter()
@@ -394,6 +395,26 @@ def _validate(doc: FlowDocument, *, base_dir: Path | None, runtimes: Collection[
         if ok:
             seen_wires[wire] = index
             wires.append(wire)
+    exits: list[tuple[str, str]] = []
+    for index, text in enumerate(doc.exits or ()):
+        at = f"exits[{index}]"
+        module_id, dot, port = text.rpartition(".")
+        src = by_id.get(module_id)
+        if not dot or not module_id or not port:
+            problems.append(Problem(at, f"not an output port: {text!r} (expected 'module.port')"))
+        elif src is None:
+            problems.append(Problem(at, f"module {module_id!r} does not exist (modules: {names})"))
+        elif port not in src.outputs:
+            problems.append(
+                Problem(
+                    at,
+                    f"{module_id!r} has no output port {port!r} (outputs: {', '.join(src.outputs)})",
+                )
+            )
+        elif (module_id, port) in exits:
+            problems.append(Problem(at, f"duplicate exit {text!r}"))
+        else:
+            exits.append((module_id, port))
     flow_reqs: dict[str, tuple[str, ...]] = {}
     for field, runtime in (("requirements", "python"), ("packages", "node")):
         specs = []
@@ -413,6 +434,7 @@ def _validate(doc: FlowDocument, *, base_dir: Path | None, runtimes: Collection[
         base_dir=base_dir,
         requirements=flow_reqs["requirements"],
         packages=flow_reqs["packages"],
+        exits=tuple(exits),
     )
 
 
@@ -544,6 +566,8 @@ def dump_flow(flow: Flow, *, inline: bool = False) -> bytes:
         modules.append(entry)
     doc["modules"] = modules
     doc["wires"] = [str(w) for w in flow.wires]
+    if flow.exits:
+        doc["exits"] = [f"{m}.{p}" for m, p in flow.exits]
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
 
 

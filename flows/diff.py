@@ -39,6 +39,9 @@ class FlowDiff:
     ports_changed: tuple[str, ...] = ()
     wires_added: tuple[Wire, ...] = ()
     wires_removed: tuple[Wire, ...] = ()
+    #: listed exits ("module.port") added or removed: routing only
+    exits_added: tuple[str, ...] = ()
+    exits_removed: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -58,6 +61,8 @@ class FlowDiff:
             "portsChanged": list(self.ports_changed),
             "wiresAdded": [str(w) for w in self.wires_added],
             "wiresRemoved": [str(w) for w in self.wires_removed],
+            "exitsAdded": list(self.exits_added),
+            "exitsRemoved": list(self.exits_removed),
         }
 
     def summary(self) -> str:
@@ -69,6 +74,8 @@ class FlowDiff:
             ("code", self.code_changed),
             ("config", self.config_changed),
             ("ports", self.ports_changed),
+            ("exits added", self.exits_added),
+            ("exits removed", self.exits_removed),
         ):
             if names:
                 parts.append(f"{label}: {', '.join(names)}")
@@ -109,6 +116,8 @@ def diff_flows(old: Flow, new: Flow) -> FlowDiff:
         elif (o.config, o.timeout) != (m.config, m.timeout):
             config.append(m.id)
     old_wires, new_wires = set(old.wires), set(new.wires)
+    old_exits = [f"{m}.{p}" for m, p in old.exits]
+    new_exits = [f"{m}.{p}" for m, p in new.exits]
     return FlowDiff(
         added=added,
         removed=removed,
@@ -118,4 +127,6 @@ def diff_flows(old: Flow, new: Flow) -> FlowDiff:
         ports_changed=tuple(ports),
         wires_added=tuple(w for w in new.wires if w not in old_wires),
         wires_removed=tuple(w for w in old.wires if w not in new_wires),
+        exits_added=tuple(e for e in new_exits if e not in old_exits),
+        exits_removed=tuple(e for e in old_exits if e not in new_exits),
     )

@@ -106,6 +106,10 @@ class Flow:
     #: pip requirements of every python module, npm packages of every node module
     requirements: tuple[str, ...] = ()
     packages: tuple[str, ...] = ()
+    #: output ports (module, port) whose messages also leave the flow although wires
+    #: leave them too (a tap; a dispatcher marks the ports of a part whose wires cross to
+    #: another runner this way). A port no wire leaves is an exit without being listed.
+    exits: tuple[tuple[str, str], ...] = ()
 
     def module(self, module_id: str) -> Module:
         for module in self.modules:
@@ -123,6 +127,7 @@ class Flow:
         return [(m.id, p) for m in self.modules for p in m.inputs if (m.id, p) not in fed]
 
     def exit_ports(self) -> list[tuple[str, str]]:
-        """Output ports that feed no wire, in document order."""
-        used = {(w.src, w.src_port) for w in self.wires}
+        """Output ports whose messages leave the flow, in document order: those that
+        feed no wire, and those listed in ``exits``."""
+        used = {(w.src, w.src_port) for w in self.wires} - set(self.exits)
         return [(m.id, p) for m in self.modules for p in m.outputs if (m.id, p) not in used]

@@ -152,6 +152,7 @@ class FlowRun:
                         environment=module.environment,
                         requirements=module.requirements,
                     )
+        listed_exits = set(flow.exits)
         wires_from: dict[tuple[str, str], list[Any]] = defaultdict(list)
         for wire in flow.wires:
             wires_from[(wire.src, wire.src_port)].append(wire)
@@ -182,7 +183,7 @@ class FlowRun:
                         local.append([self.qualified(dst.id), wire.dst_port])
                     else:
                         targets.append((instances[dst.host], self.qualified(dst.id), wire.dst_port))
-                if not wires:
+                if not wires or (module.id, port) in listed_exits:
                     targets.append(_SINK)
                 table[port] = {"local": local, "external": bool(targets)}
                 if targets:

@@ -129,8 +129,12 @@ def flow_schemas(components: dict[str, Any], runtimes: list[str]) -> None:
     fprops["fifoflow"] = {"type": "integer", "const": 1}
     fprops["id"] = dict(ID_SCHEMA)
     fprops["wires"] = {"type": "array", "items": {"type": "string", "examples": ["a.out -> b.in"]}}
-    for name in ("description", "requirements", "packages"):
+    for name in ("description", "requirements", "packages", "exits"):
         fprops[name] = not_null(fprops[name])
+    fprops["exits"]["description"] = (
+        "Output ports ('module.port') whose messages also leave the flow although "
+        "wires leave them too. A port no wire leaves is an exit without being listed."
+    )
     _, placement = msgspec.json.schema_components([Placement])
     components["Placement"] = {
         k: v for k, v in placement["Placement"].items() if k not in ("title", "default")

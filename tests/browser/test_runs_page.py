@@ -238,3 +238,28 @@ def test_a_page_that_takes_no_runs_refuses_and_one_that_goes_away_gives_the_atte
     result = d.api("GET", f"/runs/{run['id']}/result")
     assert [o["msg"]["i"] for o in result["outputs"]] == ["hold"]
     assert "page:page-away" in result["sides"]
+
+
+def test_a_port_wired_within_the_server_side_and_to_the_page_feeds_both(
+    live_dispatcher: DispatcherProcess, page: Any
+) -> None:
+    # a.out feeds t on the server side and b on the page: every message goes both ways
+    d = live_dispatcher
+    connect_page(d, page, "page-fork")
+    fork = {
+        **FLOW,
+        "id": "fork",
+        "modules": [
+            *FLOW["modules"],
+            {"id": "t", "runtime": "python", "code": "def handle(msg, ctx):\n    return {**msg, 'tap': True}\n"},
+        ],
+        "wires": [*FLOW["wires"], "a.out -> t.in"],
+    }  # fmt: skip
+    run = d.api("POST", "/runs", json={"document": fork, "inputs": [{"msg": i} for i in (1, 2)]})
+    view = wait_ended(d, run["id"])
+    assert view["state"] == "succeeded", view
+    result = d.api("GET", f"/runs/{run['id']}/result")
+    got = sorted((o["from"], o["msg"]["i"]) for o in result["outputs"])
+    assert got == [("c.out", 1), ("c.out", 2), ("t.out", 1), ("t.out", 2)], result["outputs"]
+    # (a -> t is a wire inside one host: the runner does not see it, RUNS.md "handled")
+    assert result["handled"] == {"a": 2, "b": 2, "c": 2}

@@ -487,6 +487,68 @@ def test_a_flow_spanning_two_runners_keeps_order(tmp_path: Path) -> None:
         dispatcher.stop()
 
 
+def test_a_port_wired_within_its_part_and_to_another_runner_feeds_both(
+    tmp_path: Path,
+) -> None:
+    # a.out feeds d on its own runner and b on the other one: the part lists a.out as
+    # an exit, so the crossing wire gets every message too (it used to get none).
+    count = (
+        "def handle(msg, ctx):\n"
+        "    ctx.state['n'] = ctx.state.get('n', 0) + 1\n"
+        "    ctx.state['sum'] = ctx.state.get('sum', 0) + msg\n"
+    )
+    flow = {
+        "fifoflow": 1,
+        "id": "fork",
+        "modules": [
+            {"id": "a", "runtime": "python", "code": "def handle(msg, ctx):\n    return msg\n",
+             "placement": {"labels": {"zone": "a"}}},
+            {"id": "d", "runtime": "python", "code": count, "placement": {"labels": {"zone": "a"}}},
+            {"id": "b", "runtime": "python", "code": count, "placement": {"labels": {"zone": "b"}}},
+        ],
+        "wires": ["a.out -> d.in", "a.out -> b.in"],
+    }  # fmt: skip
+    dispatcher = DispatcherProcess(tmp_path / "dispatcher")
+    dispatcher.start()
+    runners = []
+    try:
+        for zone in ("a", "b"):
+            runner = ServerProcess(
+                tmp_path / zone, "--dispatcher", dispatcher.url,
+                "--registration-token", dispatcher.token(), "--label", f"zone={zone}",
+            )  # fmt: skip
+            runner.start()
+            runners.append(runner)
+        ids = {zone: linked_id(r) for zone, r in zip("ab", runners, strict=True)}
+        placed = dispatcher.api("POST", "/flows", json=flow)
+        assert placed["placement"] == {"a": ids["a"], "d": ids["a"], "b": ids["b"]}
+        dispatcher.api("POST", "/flows/fork/modules/a/inputs/in", json={"msgs": list(range(500))})
+        want = {"n": 500, "sum": sum(range(500))}
+        for module in ("d", "b"):  # each message once at each end, none lost
+            state = wait_until(
+                f"500 messages at {module}",
+                lambda m=module: (
+                    (s := dispatcher.api("GET", f"/flows/fork/modules/{m}/state")["state"])
+                    and s.get("n", 0) >= 500
+                    and s
+                ),
+                timeout=60,
+            )
+            assert state == want, module
+        # the runner's own flow document says which port leaves the part
+        token = (runners[0].state_dir / "token").read_text().strip()
+        got = httpx.get(
+            f"{runners[0].url}/flows/fork",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        assert got.json()["flow"]["exits"] == ["a.out"]
+    finally:
+        for runner in runners:
+            runner.stop()
+        dispatcher.stop()
+
+
 def test_breakpoints_steps_and_logs_across_runners(tmp_path: Path) -> None:
     flow = {
         "fifoflow": 1,

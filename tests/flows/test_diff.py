@@ -52,7 +52,10 @@ def test_every_kind_of_change_is_named() -> None:
     assert diff.wires_added == (Wire.parse("c.extra -> d.in"),)
     assert diff.wires_removed == ()
     assert diff.reloaded() == ("a", "b")
-    assert diff.summary() == "added: d; code: a; config: b; ports: c; moved: c (python -> node); +1 wire"
+    assert (
+        diff.summary()
+        == "added: d; code: a; config: b; ports: c; moved: c (python -> node); +1 wire"
+    )
     assert diff.describe()["moved"] == [{"module": "c", "from": "python", "to": "node"}]
 
 
@@ -71,3 +74,12 @@ def test_timeout_is_config_and_command_is_code() -> None:
     old_exec = {"id": "e", "modules": [{"id": "x", "runtime": "exec", "command": ["cat"]}]}
     new_exec = {"id": "e", "modules": [{"id": "x", "runtime": "exec", "command": ["tee"]}]}
     assert diff_flows(make_flow(old_exec), make_flow(new_exec)).code_changed == ("x",)
+
+
+def test_listed_exits_are_a_routing_change() -> None:
+    diff = diff_flows(make_flow(BASE), make_flow(_with(exits=["a.out"])))
+    assert not diff.empty
+    assert diff.exits_added == ("a.out",)
+    assert diff.summary() == "exits added: a.out"
+    back = diff_flows(make_flow(_with(exits=["a.out"])), make_flow(BASE))
+    assert back.exits_removed == ("a.out",)

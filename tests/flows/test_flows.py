@@ -266,3 +266,20 @@ def test_a_pattern_ends_at_the_end_of_the_string() -> None:
     assert [str(p) for p in structure_problems(info.value)] == [
         "name: 'abc\\n' does not match ^[a-z]+$"
     ]
+
+
+def test_listed_exits_parse_dump_and_name_their_problems() -> None:
+    flow = parse_flow(orjson.dumps(doc(exits=["a.out"])), base_dir=None, runtimes=RUNTIMES)
+    assert flow.exits == (("a", "out"),)
+    # a listed exit leaves the flow although a wire leaves it too
+    assert flow.exit_ports() == [("a", "out"), ("b", "out"), ("b", "audit")]
+    assert orjson.loads(dump_flow(flow))["exits"] == ["a.out"]
+    assert "exits" not in orjson.loads(
+        dump_flow(parse_flow(orjson.dumps(doc()), base_dir=None, runtimes=RUNTIMES))
+    )
+    assert problems(doc(exits=["a.out", "nope", "zz.out", "a.side", "a.out"])) == [
+        "exits[1]: not an output port: 'nope' (expected 'module.port')",
+        "exits[2]: module 'zz' does not exist (modules: a, b)",
+        "exits[3]: 'a' has no output port 'side' (outputs: out)",
+        "exits[4]: duplicate exit 'a.out'",
+    ]

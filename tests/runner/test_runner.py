@@ -15,7 +15,7 @@ from fifoflow.flows import parse_flow
 from fifoflow.runner import FlowLoadError, FlowStatus, RunnerConfig, RunnerError, open_runner
 from fifoflow.runtimes.registry import discover
 
-from .helpers import RUNTIMES, next_event, start
+from .helpers import RUNTIMES, make_flow, next_event, start
 
 PY_ID = "def handle(msg, ctx):\n    return msg\n"
 NODE_ID = "exports.handle = (msg, ctx) => msg;\n"
@@ -322,3 +322,29 @@ async def test_the_runner_deadline_catches_a_host_without_a_watchdog(tmp_path: P
         assert [e["error"]["type"] for e in errors] == ["Timeout", "Timeout"]
         assert errors[-1]["msg"] == "hang"
         assert runner.flow("nowatch").instances["python-nowatch"].restarts >= 1
+
+
+async def test_a_listed_exit_leaves_the_flow_and_feeds_its_wires() -> None:
+    # "a.out" feeds b in the same host and c in another one, and is listed as an exit:
+    # every message goes all three ways, before and after a hot swap that lists it.
+    doc = {
+        "id": "tap",
+        "modules": [
+            module("a", "python", "def handle(msg, ctx):\n    return msg + 1\n"),
+            module("b", "python", "def handle(msg, ctx):\n    return ['b', msg]\n"),
+            module("c", "node", "exports.handle = (msg) => ['c', msg];\n"),
+        ],
+        "wires": ["a.out -> b.in", "a.out -> c.in"],
+    }
+    async with open_runner() as runner:
+        sink = await start(runner, doc)
+        await runner.inject("tap", "a", "in", [0, 1])
+        await runner.wait_idle("tap")
+        assert sink.msgs("a.out") == []
+        await runner.add_or_update_flow(make_flow({**doc, "exits": ["a.out"]}))
+        await runner.inject("tap", "a", "in", [2, 3])
+        await runner.wait_idle("tap")
+        assert sink.msgs("a.out") == [3, 4]
+        assert sink.msgs("b.out") == [["b", m] for m in (1, 2, 3, 4)]
+        assert sink.msgs("c.out") == [["c", m] for m in (1, 2, 3, 4)]
+        assert runner.flow_stats("tap")["exits"]["a.out"] == 2
