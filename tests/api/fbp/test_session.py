@@ -1,0 +1,276 @@
+"""The protocol over a real runner: session.py and server.py, a WebSocket client on 127.0.0.1."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import trio
+import trio_websocket
+
+from fifoflow.api.fbp import FbpRuntime, serve_fbp
+from fifoflow.flows import dump_flow, parse_flow
+from fifoflow.flows.library import ComponentLibrary
+from fifoflow.runner import RunnerConfig, open_runner
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+SECRET = "fbp-secret-0123"
+TALLY = """# @description Counts what passes (in its state) and sends it on.
+# @inports in
+# @outports out
+
+
+def handle(msg, ctx):
+    ctx.state["n"] = ctx.state.get("n", 0) + 1
+    return msg
+"""
+
+
+class Client:
+    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+        self.ws = ws
+        self.seen: list[dict[str, Any]] = []
+
+    async def send(
+        self, protocol: str, command: str, secret: str | None = SECRET, **payload: Any
+    ) -> None:
+        message: dict[str, Any] = {"protocol": protocol, "command": command, "payload": payload}
+        if secret is not None:
+            message["secret"] = secret
+        await self.ws.send_message(orjson.dumps(message).decode())
+
+    async def expect(
+        self, protocol: str, command: str, seconds: float = 20, **match: Any
+    ) -> dict[str, Any]:
+        """The next message of protocol:command (payload fields matching), or fail."""
+        with trio.fail_after(seconds):
+            while True:
+                message = orjson.loads(await self.ws.get_message())
+                self.seen.append(message)
+                assert "secret" not in message
+                payload = message["payload"]
+                assert not (isinstance(payload, dict) and "secret" in payload)
+                if message["protocol"] == protocol and message["command"] == command:
+                    if all(payload.get(k) == v for k, v in match.items()):
+                        return payload
+
+    async def source(self, **payload: Any) -> dict[str, Any]:
+        """component:source is answered with the component (its ports) as it now is."""
+        await self.send("component", "source", **payload)
+        return await self.expect("component", "component")
+
+    async def call(self, protocol: str, command: str, **payload: Any) -> dict[str, Any]:
+        """Send a command; its answer (network's are named for the state: start -> started)."""
+        answer = {"start": "started", "stop": "stopped", "getstatus": "status"}
+        await self.send(protocol, command, **payload)
+        return await self.expect(
+            protocol, answer.get(command, command) if protocol == "network" else command
+        )
+
+
+@asynccontextmanager
+async def fbp_runtime(state_dir: Path) -> AsyncIterator[tuple[Client, FbpRuntime]]:
+    async with open_runner(RunnerConfig(state_dir=state_dir)) as runner:
+        fbp = FbpRuntime(runner, SECRET, ComponentLibrary(state_dir / "components"))
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            urls = await nursery.start(
+                lambda task_status: serve_fbp(
+                    fbp, "127.0.0.1:0", shutdown=stop, max_message=1 << 20, task_status=task_status
+                )
+            )
+            async with trio_websocket.open_websocket_url(urls[0], subprotocols=["noflo"]) as ws:
+                assert ws.subprotocol == "noflo"
+                yield Client(ws), fbp
+            stop.set()
+
+
+async def build(client: Client, graph: str = "g") -> None:
+    await client.call("graph", "clear", id=graph, name="G", main=True)
+    await client.call("graph", "addnode", graph=graph, id="Src", component="core/Repeat")
+    await client.call("graph", "addnode", graph=graph, id="Tally", component="project/Tally")
+    await client.call(
+        "graph",
+        "addedge",
+        graph=graph,
+        src={"node": "Src", "port": "out"},
+        tgt={"node": "Tally", "port": "in"},
+    )
+
+
+async def test_a_graph_built_through_the_protocol_is_the_flow_the_runner_reports(
+    tmp_path: Path,
+) -> None:
+    async with fbp_runtime(tmp_path) as (client, fbp):
+        created = await client.source(
+            name="Tally", library="project", language="python", code=TALLY
+        )
+        assert created["name"] == "project/Tally"
+        assert [p["id"] for p in created["inPorts"]] == ["in"]
+        await build(client)
+        reported = fbp.runner.flow_document("g")
+        graph = fbp.graphs.graphs["g"]
+        expected = parse_flow(
+            graph.flow_document(
+                {n.component: fbp.library.get(n.component) for n in graph.nodes.values()}
+            ),
+            base_dir=None,
+            runtimes=fbp.runner.runtimes,
+        )
+        assert reported == orjson.loads(dump_flow(expected, inline=True))
+        assert [m["id"] for m in reported["modules"]] == ["Src", "Tally"]
+        assert reported["modules"][1]["code"] == TALLY
+        assert reported["wires"] == ["Src.out -> Tally.in"]
+        await client.send("component", "getsource", name="g")
+        source = await client.expect("component", "source")
+        assert source["language"] == "json"
+        assert set(orjson.loads(source["code"])["processes"]) == {"Src", "Tally"}
+
+
+async def test_an_edit_while_the_network_runs_is_a_hot_swap_that_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    n = 2000
+    async with fbp_runtime(tmp_path) as (client, fbp):
+        await client.source(name="project/Tally", language="python", code=TALLY)
+        await build(client)
+        await client.call("network", "start", graph="g")
+        runner = fbp.runner
+        revision = runner.describe_flow("g")["revision"]
+
+        async def feed() -> None:
+            for i in range(n):
+                await runner.inject("g", "Src", "in", [i])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(feed)
+            # a new node and wire, and Tally's code changed, while messages flow
+            await client.call("graph", "addnode", graph="g", id="Out", component="core/Repeat")
+            await client.call(
+                "graph",
+                "addedge",
+                graph="g",
+                src={"node": "Tally", "port": "out"},
+                tgt={"node": "Out", "port": "in"},
+            )
+            await client.source(
+                name="project/Tally",
+                language="python",
+                code=TALLY.replace("# @description Counts", "# @description Still counts"),
+            )
+        with trio.fail_after(30):
+            await runner.wait_idle("g")
+        assert runner.describe_flow("g")["revision"] == revision + 3
+        assert runner.describe_flow("g")["status"] == "running"
+        assert runner.module_state("g", "Tally") == {"n": n}  # none lost, state kept
+        status = await client.call("network", "getstatus", graph="g")
+        assert status == {"graph": "g", "running": False, "started": True}
+        await client.call("network", "stop", graph="g")
+
+
+async def test_network_data_and_output_come_from_the_runner(tmp_path: Path) -> None:
+    async with fbp_runtime(tmp_path) as (client, _fbp):
+        await client.source(
+            name="shell/Upper",
+            language="exec",
+            code='# @inports in\n# @outports out\nwhile read -r line; do echo "$line" | tr a-z A-Z; done\n',
+        )
+        await client.call("graph", "clear", id="d")
+        await client.call("graph", "addnode", graph="d", id="Up", component="shell/Upper")
+        await client.call("graph", "addnode", graph="d", id="Say", component="core/Output")
+        await client.call(
+            "graph",
+            "addedge",
+            graph="d",
+            src={"node": "Up", "port": "out"},
+            tgt={"node": "Say", "port": "in"},
+        )
+        await client.call(
+            "graph",
+            "addinitial",
+            graph="d",
+            src={"data": "hello"},
+            tgt={"node": "Up", "port": "in"},
+        )
+        await client.send("network", "start", graph="d")
+        await client.expect("network", "started", graph="d")
+        iip = await client.expect("network", "data", id="DATA -> IN Up()")
+        assert iip == {
+            "id": "DATA -> IN Up()",
+            "graph": "d",
+            "tgt": {"node": "Up", "port": "in"},
+            "data": "hello",
+        }
+        edge = await client.expect("network", "data", id="Up() OUT -> IN Say()")
+        assert edge["data"] == "HELLO"
+        output = await client.expect("network", "output")
+        assert output["message"] == "HELLO"
+        stopped = await client.call("network", "stop", graph="d")
+        assert stopped["started"] is False
+
+
+async def test_protocol_errors(tmp_path: Path) -> None:
+    async with fbp_runtime(tmp_path) as (client, fbp):
+        await client.ws.send_message("{not json")
+        assert "not a JSON message" in (await client.expect("runtime", "error"))["message"]
+        await client.ws.send_message("[1]")
+        await client.expect("runtime", "error")
+        # no secret: the runtime says what it is, and permits nothing
+        await client.send("runtime", "getruntime", secret=None)
+        runtime = await client.expect("runtime", "runtime")
+        assert runtime["capabilities"] == []
+        assert "protocol:graph" in runtime["allCapabilities"]
+        await client.send("graph", "clear", secret="wrong", id="x")
+        assert "access denied" in (await client.expect("graph", "error"))["message"]
+        assert "x" not in fbp.graphs.graphs
+        # the secret may come in the payload, as older clients send it
+        await client.ws.send_message(
+            orjson.dumps(
+                {"protocol": "graph", "command": "clear", "payload": {"id": "x", "secret": SECRET}}
+            ).decode()
+        )
+        await client.expect("graph", "clear", id="x")
+        # what is not implemented is refused, and not claimed
+        await client.send("runtime", "getruntime")
+        runtime = await client.expect("runtime", "runtime")
+        assert "protocol:runtime" not in runtime["capabilities"]
+        assert "network:persist" not in runtime["capabilities"]
+        await client.send("network", "persist")
+        assert "not supported" in (await client.expect("network", "error"))["message"]
+        await client.send("trace", "start", graph="x")
+        await client.expect("trace", "error")
+        await client.send("graph", "addgroupz", graph="x")
+        await client.expect("graph", "error")
+        # a refused edit changes neither the graph nor the runner's flow
+        await client.call("graph", "addnode", graph="x", id="A", component="core/Repeat")
+        before = fbp.runner.flow_document("x")
+        await client.send(
+            "graph",
+            "addedge",
+            graph="x",
+            src={"node": "A", "port": "nope"},
+            tgt={"node": "A", "port": "in"},
+        )
+        assert "Requested port not found" in (await client.expect("graph", "error"))["message"]
+        await client.send("network", "start", graph="nope")
+        assert (await client.expect("network", "error"))["message"] == "Requested graph not found"
+        # component code that does not load: refused, the graph runs on the old code
+        await client.source(name="project/T", language="python", code=TALLY)
+        await client.call("graph", "addnode", graph="x", id="T", component="project/T")
+        await client.call("network", "start", graph="x")
+        await client.send(
+            "component", "source", name="project/T", language="python", code="def handle(:\n"
+        )
+        assert "refused" in (await client.expect("component", "error"))["message"]
+        assert fbp.library.get("project/T").code == TALLY
+        await client.send("component", "source", name="project/T", language="cobol", code="x")
+        assert "unsupported language" in (await client.expect("component", "error"))["message"]
+        await client.send("component", "getsource", name="core/Nope")
+        await client.expect("component", "error")
+        assert fbp.runner.flow_document("x")["modules"][0] == before["modules"][0]
+        assert len(fbp.runner.flow_document("x")["modules"]) == 2
+        await client.call("network", "stop", graph="x")
