@@ -27,13 +27,14 @@ import re
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import orjson
 
 from fifoflow.flows.model import FORMAT_VERSION, ID_PATTERN
 
 if TYPE_CHECKING:
     from fifoflow.flows.library import Component
 
-__all__ = ["Graph", "GraphError", "Graphs", "node_port", "safe_id"]
+__all__ = ["Graph", "GraphError", "Graphs", "dump_graph", "load_graph", "node_port", "safe_id"]
 
 Message = tuple[str, dict[str, Any]]
 _GRAPH_PROPERTIES = ("name", "library", "main", "icon", "description")
@@ -196,6 +197,55 @@ class Graph:
             },
             "groups": [{"name": k, **v} for k, v in self.groups.items()],
         }
+
+
+def dump_graph(graph: Graph) -> bytes:
+    """The whole graph state as JSON (what ``load_graph`` reads back)."""
+    return orjson.dumps(attrs.asdict(graph), option=orjson.OPT_INDENT_2)
+
+
+def load_graph(data: bytes) -> Graph:
+    """A graph from :func:`dump_graph`'s JSON; GraphError naming what is wrong."""
+    try:
+        raw = orjson.loads(data)
+        graph = Graph(
+            id=_str(raw["id"]),
+            flow_id=_str(raw["flow_id"]),
+            properties=dict(raw["properties"]),
+            nodes={
+                _str(k): Node(
+                    _str(v["id"]), _str(v["component"]), _str(v["module"]), dict(v["metadata"])
+                )
+                for k, v in raw["nodes"].items()
+            },
+            edges=[
+                Edge(node_port(e["src"], "src"), node_port(e["tgt"], "tgt"), dict(e["metadata"]))
+                for e in raw["edges"]
+            ],
+            initials=[
+                Initial(i["data"], node_port(i["tgt"], "tgt"), dict(i["metadata"]))
+                for i in raw["initials"]
+            ],
+            inports={_str(k): dict(v) for k, v in raw["inports"].items()},
+            outports={_str(k): dict(v) for k, v in raw["outports"].items()},
+            groups={_str(k): dict(v) for k, v in raw["groups"].items()},
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise GraphError(f"not a saved graph: {exc!r}") from None
+    known = set(graph.nodes)
+    ends = [e.src for e in graph.edges] + [e.tgt for e in graph.edges]
+    ends += [i.tgt for i in graph.initials]
+    ends += list(graph.inports.values()) + list(graph.outports.values())
+    for ref in ends:
+        if ref.get("node") not in known:
+            raise GraphError(f"not a saved graph: it refers to a node {ref.get('node')!r} it lacks")
+    return graph
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
 
 
 class Graphs:

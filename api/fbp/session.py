@@ -42,12 +42,14 @@ import trio
 from fifoflow.flows import FlowError, parse_flow
 from fifoflow.flows.library import Component, ComponentError, check_name
 from fifoflow.runner import FlowStatus, RunnerError
+from fifoflow.runner.store import atomic_write
 
 from .graph import COMMANDS as GRAPH_COMMANDS
-from .graph import Graph, GraphError, Graphs
+from .graph import Graph, GraphError, Graphs, dump_graph, load_graph
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+    from pathlib import Path
 
     from fifoflow.flows.library import ComponentLibrary
     from fifoflow.runner import Runner
@@ -104,8 +106,11 @@ class FbpRuntime:
         library: ComponentLibrary,
         *,
         label: str = "fifoflow runner",
+        graph_dir: Path | None = None,
     ) -> None:
         self.runner = runner
+        #: where graphs are kept (one JSON file per graph; None: in memory only)
+        self.graph_dir = graph_dir
         self.secret = secret
         self.library = library
         self.label = label
@@ -118,6 +123,32 @@ class FbpRuntime:
         #: graph id -> edges selected for data (None: all)
         self._edges: dict[str, set[tuple[str, str, str, str]] | None] = {}
         self._debug: dict[str, bool] = {}
+
+    # ------------------------------------------------------------------ keeping graphs
+
+    def restore(self) -> list[str]:
+        """Read the graphs kept in ``graph_dir``; what could not be read (skipped)."""
+        problems: list[str] = []
+        if self.graph_dir is None or not self.graph_dir.is_dir():
+            return problems
+        for path in sorted(self.graph_dir.glob("*.json")):
+            try:
+                graph = load_graph(path.read_bytes())
+            except (OSError, GraphError) as exc:
+                problems.append(f"FBP graph {path}: {exc}")
+                continue
+            self.graphs.commit(graph)
+        return problems
+
+    def _keep(self, graph: Graph) -> None:
+        if self.graph_dir is None:
+            return
+        try:
+            self.graph_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.graph_dir / f"{graph.flow_id}.json", dump_graph(graph))
+        except OSError as exc:
+            # the flow is applied (and kept by the runner); only the IDE's parts are not
+            log.warning("fbp: cannot keep graph %r in %s: %s", graph.id, self.graph_dir, exc)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -277,6 +308,12 @@ class FbpRuntime:
     ) -> None:
         async with self._lock:
             graph, messages = self.graphs.edited(command, payload, self._lookup)
+            if command == "clear" and graph.id not in self.graphs.graphs:
+                if graph.flow_id in self._flow_ids():
+                    raise GraphError(
+                        f"the runner has a flow {graph.flow_id!r} that is not an FBP graph:"
+                        " use another graph id, or remove that flow first"
+                    )
             if command == "clear" and graph.flow_id in self._flow_ids():
                 running = self._status(graph.flow_id) is FlowStatus.RUNNING
                 await self.runner.remove_flow(graph.flow_id)
@@ -285,6 +322,7 @@ class FbpRuntime:
                     self._stopped(graph.id)
             await self._apply(graph)
             self.graphs.commit(graph)
+            self._keep(graph)
         for cmd, body in messages:
             for other in list(self.clients):
                 self._send(other, "graph", cmd, dict(body), request if other is client else None)

@@ -110,7 +110,7 @@ async def _drain_runs(
 async def _serve_fbp(
     runner: Runner,
     options: ServeOptions,
-    token: str,
+    secret: str,
     stop: trio.Event,
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
@@ -119,11 +119,16 @@ async def _serve_fbp(
     from fifoflow.api.fbp import FbpRuntime, serve_fbp
     from fifoflow.flows.library import ComponentLibrary
 
-    secret = token
-    if options.fbp_secret_file is not None:
-        secret = load_secret(options.fbp_secret_file)
     library = ComponentLibrary(options.state_dir / "components")
-    fbp = FbpRuntime(runner, secret, library, label=f"fifoflow runner {runner.version}")
+    fbp = FbpRuntime(
+        runner,
+        secret,
+        library,
+        label=f"fifoflow runner {runner.version}",
+        graph_dir=options.state_dir / "fbp-graphs",
+    )
+    for problem in fbp.restore():
+        _say(f"warning: {problem}")
     await serve_fbp(
         fbp,
         f"{options.host}:{options.fbp_port}",
@@ -168,6 +173,9 @@ async def serve(
     """Serve until SIGINT/SIGTERM (or cancellation); ``task_status`` gets the bound URLs."""
     token, created = load_or_create_token(options.token_path)
     _say(f"token: {options.token_path}" + (" (created)" if created else ""))
+    fbp_secret = token
+    if options.fbp_secret_file is not None:
+        fbp_secret = load_secret(options.fbp_secret_file)
     config = RunnerConfig(
         state_dir=options.state_dir,
         max_runs=options.max_runs if options.max_runs is not None else os.cpu_count() or 1,
@@ -214,7 +222,7 @@ async def serve(
                 atomic_write(options.state_dir / "url", urls[0].encode() + b"\n", mode=0o600)
                 _say(f"state dir: {options.state_dir}")
                 if options.fbp_port is not None:
-                    fbp_urls = await nursery.start(_serve_fbp, runner, options, token, stop)
+                    fbp_urls = await nursery.start(_serve_fbp, runner, options, fbp_secret, stop)
                     _say(f"FBP protocol: {' '.join(fbp_urls)} (subprotocol noflo)")
                 async with trio.open_nursery() as link_nursery:
                     link = None

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from fifoflow.api.fbp.graph import GraphError, Graphs, safe_id
+from fifoflow.api.fbp.graph import GraphError, Graphs, dump_graph, load_graph, safe_id
 from fifoflow.flows import dump_flow, parse_flow
 from fifoflow.flows.library import ComponentLibrary
 
@@ -189,3 +189,25 @@ def test_safe_id_is_valid_and_unique() -> None:
     assert safe_id("ok-id", set()) == "ok-id"
     assert safe_id("1 bad/id", set()) == "n_1_bad_id"
     assert safe_id("a.b", {"a_b"}) == "a_b_2"
+
+
+def test_a_graph_is_kept_and_read_back_whole() -> None:
+    graphs = build()
+    edit(graphs, "addinport", graph="g", public="start", node="Drop", port="in", metadata={"a": 1})
+    edit(graphs, "addgroup", graph="g", name="G", nodes=["Drop"])
+    graph = graphs.graphs["g"]
+    assert load_graph(dump_graph(graph)) == graph
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"{nope",
+        b"[]",
+        b'{"id": "g"}',
+        b'{"id": "g", "flow_id": "g", "properties": {}, "nodes": {}, "edges": [{"src": {"node": "A", "port": "out"}, "tgt": {"node": "B", "port": "in"}, "metadata": {}}], "initials": [], "inports": {}, "outports": {}, "groups": {}}',
+    ],
+)
+def test_a_damaged_kept_graph_is_refused(data: bytes) -> None:
+    with pytest.raises(GraphError, match="not a saved graph"):
+        load_graph(data)

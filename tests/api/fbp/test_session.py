@@ -274,3 +274,41 @@ async def test_protocol_errors(tmp_path: Path) -> None:
         assert fbp.runner.flow_document("x")["modules"][0] == before["modules"][0]
         assert len(fbp.runner.flow_document("x")["modules"]) == 2
         await client.call("network", "stop", graph="x")
+
+
+async def test_a_flow_that_is_not_a_graph_is_left_alone(tmp_path: Path) -> None:
+    async with fbp_runtime(tmp_path) as (client, fbp):
+        doc = {
+            "fifoflow": 1,
+            "id": "mine",
+            "modules": [{"id": "a", "runtime": "python", "code": TALLY}],
+        }
+        await fbp.runner.apply_flow(parse_flow(doc, base_dir=None, runtimes=fbp.runner.runtimes))
+        await client.send("graph", "clear", id="mine")
+        assert "not an FBP graph" in (await client.expect("graph", "error"))["message"]
+        assert fbp.runner.flow_document("mine")["modules"][0]["id"] == "a"
+        assert "mine" not in fbp.graphs.graphs
+
+
+async def test_graphs_are_kept_across_restarts(tmp_path: Path) -> None:
+    async with fbp_runtime(tmp_path) as (client, fbp):
+        fbp.graph_dir = tmp_path / "graphs"
+        await client.source(name="project/Tally", language="python", code=TALLY)
+        await build(client)
+        await client.call(
+            "graph", "addinitial", graph="g", src={"data": 7}, tgt={"node": "Src", "port": "in"}
+        )
+        kept = fbp.graphs.graphs["g"]
+    async with open_runner(RunnerConfig(state_dir=tmp_path)) as runner:
+        again = FbpRuntime(
+            runner, SECRET, ComponentLibrary(tmp_path / "components"), graph_dir=tmp_path / "graphs"
+        )
+        assert again.restore() == []
+        assert again.graphs.graphs["g"] == kept
+        assert again.graphs.main == "g"
+        (tmp_path / "graphs" / "broken.json").write_text("{")
+        problems = FbpRuntime(
+            runner, SECRET, ComponentLibrary(), graph_dir=tmp_path / "graphs"
+        ).restore()
+        assert len(problems) == 1
+        assert "broken.json" in problems[0]
