@@ -262,6 +262,12 @@ class FbpRuntime:
             self._send(client, protocol, "error", {"message": str(exc)}, request)
         except RunnerError as exc:
             self._send(client, protocol, "error", {"message": str(exc)}, request)
+        except OSError as exc:
+            self._send(client, protocol, "error", {"message": f"cannot do that: {exc}"}, request)
+        except Exception as exc:  # a bug must not end the connection; it is logged
+            log.exception("fbp: %s:%s failed", protocol, command)
+            message = f"internal error in {protocol}:{command}: {exc!r}"
+            self._send(client, protocol, "error", {"message": message}, request)
 
     def _runtime(self, authorized: bool) -> dict[str, Any]:
         payload: dict[str, Any] = {
@@ -316,10 +322,11 @@ class FbpRuntime:
                     )
             if command == "clear" and graph.flow_id in self._flow_ids():
                 running = self._status(graph.flow_id) is FlowStatus.RUNNING
+                began = self._started.pop(graph.id, None)  # stopped here, not by its event
                 await self.runner.remove_flow(graph.flow_id)
                 self._applied.pop(graph.id, None)
                 if running:
-                    self._stopped(graph.id)
+                    self._stopped(graph.id, began)
             await self._apply(graph)
             self.graphs.commit(graph)
             self._keep(graph)
@@ -342,31 +349,22 @@ class FbpRuntime:
         if command == "start":
             async with self._lock:
                 await self._apply(graph)
+                already = self._status(graph.flow_id) is FlowStatus.RUNNING
                 await self.runner.watch_flow(graph.flow_id, True)
                 await self.runner.start_flow(graph.flow_id)
-            self._started[graph.id] = time.time()
+            self._started.setdefault(graph.id, time.time())
             self._broadcast(
                 "network",
                 "started",
                 {"graph": graph.id, "time": _now(), "started": True, "running": True},
             )
-            for iip in graph.initials:
-                node = graph.nodes[iip.tgt["node"]]
-                self._broadcast(
-                    "network",
-                    "data",
-                    {
-                        "id": f"DATA -> {iip.tgt['port'].upper()} {node.id}()",
-                        "graph": graph.id,
-                        "tgt": dict(iip.tgt),
-                        "data": iip.data,
-                    },
-                )
-                await self.runner.inject(graph.flow_id, node.module, iip.tgt["port"], [iip.data])
+            if not already:  # IIPs go once per start of the network
+                await self._send_initials(graph)
         elif command == "stop":
+            began = self._started.pop(graph.id, None)  # stopped here, not by its event
             if graph.flow_id in self._flow_ids():
                 await self.runner.stop_flow(graph.flow_id)
-            self._stopped(graph.id)
+            self._stopped(graph.id, began)
         elif command == "getstatus":
             started = self._status(graph.flow_id) is FlowStatus.RUNNING
             running = False
@@ -389,6 +387,21 @@ class FbpRuntime:
             echo = {"graph": graph.id, "edges": payload.get("edges")}
             self._send(client, "network", "edges", echo, request)
 
+    async def _send_initials(self, graph: Graph) -> None:
+        for iip in graph.initials:
+            node = graph.nodes[iip.tgt["node"]]
+            self._broadcast(
+                "network",
+                "data",
+                {
+                    "id": f"DATA -> {iip.tgt['port'].upper()} {node.id}()",
+                    "graph": graph.id,
+                    "tgt": dict(iip.tgt),
+                    "data": iip.data,
+                },
+            )
+            await self.runner.inject(graph.flow_id, node.module, iip.tgt["port"], [iip.data])
+
     def _selected_edges(self, graph: Graph, edges: Any) -> set[tuple[str, str, str, str]]:
         if not isinstance(edges, list):
             raise GraphError("edges needs edges (a list of {src, tgt})")
@@ -400,8 +413,7 @@ class FbpRuntime:
             selected.add((src.get("node"), src.get("port"), tgt.get("node"), tgt.get("port")))
         return selected
 
-    def _stopped(self, graph_id: str) -> None:
-        began = self._started.pop(graph_id, None)
+    def _stopped(self, graph_id: str, began: float | None) -> None:
         payload: dict[str, Any] = {
             "graph": graph_id,
             "time": _now(),
@@ -472,7 +484,7 @@ class FbpRuntime:
                     self._broadcast(
                         "network", "error", {"message": str(event["error"]), "graph": graph.id}
                     )
-                self._stopped(graph.id)
+                self._stopped(graph.id, self._started.pop(graph.id, None))
 
     # ------------------------------------------------------------------ component
 

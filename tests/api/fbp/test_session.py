@@ -209,8 +209,16 @@ async def test_network_data_and_output_come_from_the_runner(tmp_path: Path) -> N
         assert edge["data"] == "HELLO"
         output = await client.expect("network", "output")
         assert output["message"] == "HELLO"
+        # started again while it runs: no second round of IIPs
+        await client.call("network", "start", graph="d")
+        status = await client.call("network", "getstatus", graph="d")
+        assert status == {"graph": "d", "running": False, "started": True}
+        assert [m["payload"].get("id") for m in client.seen].count("DATA -> IN Up()") == 1
         stopped = await client.call("network", "stop", graph="d")
         assert stopped["started"] is False
+        assert set(stopped) == {"graph", "time", "uptime", "running", "started"}
+        await client.call("network", "getstatus", graph="d")
+        assert [m["command"] for m in client.seen].count("stopped") == 1
 
 
 async def test_protocol_errors(tmp_path: Path) -> None:
