@@ -82,8 +82,9 @@ def _now() -> str:
 
 
 class Client:
-    """One connection: its outgoing messages (bounded; a client that does not read
-    loses network events, counted, never replies), and whether its secret was right."""
+    """One connection's outgoing messages, bounded (:data:`CLIENT_BUFFER`): a client that
+    does not read loses what does not fit, and is told how many once it reads again (a
+    ``network:error``). A runner never waits for an IDE."""
 
     def __init__(self) -> None:
         self.send_channel, self.receive_channel = trio.open_memory_channel[bytes](CLIENT_BUFFER)
@@ -177,6 +178,15 @@ class FbpRuntime:
         async def writer() -> None:
             async for data in client.receive_channel:
                 await send(data.decode())
+                if client.missed:
+                    missed, client.missed = client.missed, 0
+                    notice = f"{missed} messages to this client were dropped (it read too slowly)"
+                    message = {
+                        "protocol": "network",
+                        "command": "error",
+                        "payload": {"message": notice},
+                    }
+                    await send(orjson.dumps(message).decode())
 
         try:
             async with trio.open_nursery() as nursery:

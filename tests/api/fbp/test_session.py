@@ -6,10 +6,11 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import orjson
+import pytest
 import trio
 import trio_websocket
 
-from fifoflow.api.fbp import FbpRuntime, serve_fbp
+from fifoflow.api.fbp import FbpRuntime, serve_fbp, session
 from fifoflow.flows import dump_flow, parse_flow
 from fifoflow.flows.library import ComponentLibrary
 from fifoflow.runner import RunnerConfig, open_runner
@@ -320,3 +321,24 @@ async def test_graphs_are_kept_across_restarts(tmp_path: Path) -> None:
         ).restore()
         assert len(problems) == 1
         assert "broken.json" in problems[0]
+
+
+async def test_a_client_that_falls_behind_loses_events_and_is_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session, "CLIENT_BUFFER", 5)
+    async with fbp_runtime(tmp_path) as (client, fbp):
+        await client.call("graph", "clear", id="f")
+        await client.call("graph", "addnode", graph="f", id="A", component="core/Repeat")
+        await client.call("graph", "addnode", graph="f", id="B", component="core/Drop")
+        edge = {"src": {"node": "A", "port": "out"}, "tgt": {"node": "B", "port": "in"}}
+        await client.call("graph", "addedge", graph="f", **edge)
+        await client.call("network", "start", graph="f")
+        await fbp.runner.inject("f", "A", "in", list(range(200)))  # one batch: 200 events at once
+        notice = await client.expect("network", "error")
+        assert "were dropped" in notice["message"]
+        data = [m for m in client.seen if m["command"] == "data"]
+        assert 0 < len(data) < 200
+        # it keeps working
+        status = await client.call("network", "getstatus", graph="f")
+        assert status["started"] is True
