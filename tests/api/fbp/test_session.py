@@ -342,3 +342,28 @@ async def test_a_client_that_falls_behind_loses_events_and_is_told(
         # it keeps working
         status = await client.call("network", "getstatus", graph="f")
         assert status["started"] is True
+
+
+async def test_a_javascript_component_from_the_ide_runs_in_node(tmp_path: Path) -> None:
+    code = (
+        "// @inports in\n// @outports out\nexports.handle = (msg, ctx) => ({ twice: msg * 2 });\n"
+    )
+    async with fbp_runtime(tmp_path) as (client, fbp):
+        made = await client.source(name="Twice", library="js", language="javascript", code=code)
+        assert made["name"] == "js/Twice"
+        await client.send("component", "getsource", name="js/Twice")
+        source = await client.expect("component", "source")
+        assert source == {"name": "Twice", "library": "js", "language": "javascript", "code": code}
+        await client.call("graph", "clear", id="j")
+        await client.call("graph", "addnode", graph="j", id="T", component="js/Twice")
+        await client.call("graph", "addnode", graph="j", id="D", component="core/Drop")
+        edge = {"src": {"node": "T", "port": "out"}, "tgt": {"node": "D", "port": "in"}}
+        await client.call("graph", "addedge", graph="j", **edge)
+        await client.call(
+            "graph", "addinitial", graph="j", src={"data": 21}, tgt={"node": "T", "port": "in"}
+        )
+        assert fbp.runner.flow_document("j")["modules"][0]["runtime"] == "node"
+        await client.send("network", "start", graph="j")
+        data = await client.expect("network", "data", id="T() OUT -> IN D()")
+        assert data["data"] == {"twice": 42}
+        await client.call("network", "stop", graph="j")
