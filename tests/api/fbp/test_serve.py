@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from typing import TYPE_CHECKING
 
+import httpx
 import orjson
 import trio
 import trio_websocket
@@ -52,6 +53,11 @@ async def test_the_secret_file_replaces_the_token(tmp_path: Path) -> None:
         runtime, cleared = await ask(url, "ide-secret-42")
         assert "protocol:graph" in runtime["payload"]["capabilities"]
         assert cleared["command"] == "clear"
+        about = await trio.to_thread.run_sync(
+            lambda: httpx.get(f"http://{host}:{port}/", timeout=10)
+        )
+        assert about.status_code == 200
+        assert "subprotocol 'noflo'" in about.text
         runtime, refused = await ask(url, token)
         assert runtime["payload"]["capabilities"] == []
         assert refused["command"] == "error"
