@@ -288,7 +288,7 @@ class FbpRuntime:
             "capabilities": list(CAPABILITIES) if authorized else [],
             "allCapabilities": list(CAPABILITIES),
         }
-        if self.graphs.main is not None:
+        if authorized and self.graphs.main is not None:  # nothing of the flows without it
             payload["graph"] = self.graphs.main
         return payload
 

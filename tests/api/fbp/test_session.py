@@ -244,8 +244,11 @@ async def test_protocol_errors(tmp_path: Path) -> None:
         )
         await client.expect("graph", "clear", id="x")
         # what is not implemented is refused, and not claimed
+        await client.send("runtime", "getruntime", secret="wrong")
+        assert "graph" not in await client.expect("runtime", "runtime")  # not even its id
         await client.send("runtime", "getruntime")
         runtime = await client.expect("runtime", "runtime")
+        assert runtime["graph"] == "x"
         assert "protocol:runtime" not in runtime["capabilities"]
         assert "network:persist" not in runtime["capabilities"]
         await client.send("network", "persist")
