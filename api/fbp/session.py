@@ -75,6 +75,8 @@ SETTLE = 0.2
 #: messages waiting for one slow client before it misses events
 CLIENT_BUFFER = 10_000
 DEFAULT_LIBRARY = "project"
+#: how long a closing connection may take to give its networks the fast wiring back
+UNWATCH_SECONDS = 10.0
 
 
 def _now() -> str:
@@ -87,6 +89,8 @@ class Client:
     ``network:error``). A runner never waits for an IDE."""
 
     def __init__(self) -> None:
+        #: it sent a message with the right secret (it may see the networks' data)
+        self.authorized = False
         self.send_channel, self.receive_channel = trio.open_memory_channel[bytes](CLIENT_BUFFER)
         self.missed = 0
 
@@ -124,6 +128,7 @@ class FbpRuntime:
         #: graph id -> edges selected for data (None: all)
         self._edges: dict[str, set[tuple[str, str, str, str]] | None] = {}
         self._debug: dict[str, bool] = {}
+        self._watch_changed = trio.Event()
 
     # ------------------------------------------------------------------ keeping graphs
 
@@ -199,6 +204,29 @@ class FbpRuntime:
         finally:
             self.clients.discard(client)
             client.send_channel.close()
+            if client.authorized and not any(c.authorized for c in self.clients):
+                # nobody sees network:data now: the networks get the fast wiring back
+                deadline = trio.current_time() + UNWATCH_SECONDS
+                with trio.CancelScope(deadline=deadline, shield=True):
+                    await self._watch_started(False)
+
+    async def _watch_started(self, watched: bool) -> None:
+        """Watch the networks started here (or stop): while an authorized client is
+        connected, their wires pass through the runner for ``network:data``."""
+        for graph_id in list(self._started):
+            graph = self.graphs.graphs.get(graph_id)
+            if graph is None:
+                continue
+            try:
+                await self.runner.watch_flow(graph.flow_id, watched)
+            except RunnerError as exc:  # gone or busy: watched again at its next start
+                log.warning("fbp: cannot %swatch %r: %s", "" if watched else "un", graph_id, exc)
+        self._watch_changed.set()
+        self._watch_changed = trio.Event()
+
+    def watch_changed(self) -> trio.Event:
+        """Set once the networks were next watched or unwatched (clients came or went)."""
+        return self._watch_changed
 
     def _send(
         self,
@@ -259,6 +287,10 @@ class FbpRuntime:
                 request,
             )
             return
+        if not client.authorized:
+            client.authorized = True
+            if sum(c.authorized for c in self.clients) == 1:  # the first IDE to watch
+                await self._watch_started(True)
         try:
             if protocol == "graph" and command in GRAPH_COMMANDS:
                 await self._graph(client, command, payload, request)

@@ -35,6 +35,7 @@ class Client:
     def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
         self.ws = ws
         self.seen: list[dict[str, Any]] = []
+        self.url = ""
 
     async def send(
         self, protocol: str, command: str, secret: str | None = SECRET, **payload: Any
@@ -86,7 +87,9 @@ async def fbp_runtime(state_dir: Path) -> AsyncIterator[tuple[Client, FbpRuntime
             )
             async with trio_websocket.open_websocket_url(urls[0], subprotocols=["noflo"]) as ws:
                 assert ws.subprotocol == "noflo"
-                yield Client(ws), fbp
+                client = Client(ws)
+                client.url = urls[0]
+                yield client, fbp
             stop.set()
 
 
@@ -370,3 +373,30 @@ async def test_a_javascript_component_from_the_ide_runs_in_node(tmp_path: Path) 
         data = await client.expect("network", "data", id="T() OUT -> IN D()")
         assert data["data"] == {"twice": 42}
         await client.call("network", "stop", graph="j")
+
+
+async def test_networks_are_watched_only_while_an_ide_is_connected(tmp_path: Path) -> None:
+    async with fbp_runtime(tmp_path) as (bystander, fbp):  # never sends: not authorized
+        async with trio_websocket.open_websocket_url(bystander.url, subprotocols=["noflo"]) as ws:
+            ide = Client(ws)
+            await ide.call("graph", "clear", id="w")
+            await ide.call("graph", "addnode", graph="w", id="A", component="core/Repeat")
+            await ide.call("graph", "addnode", graph="w", id="B", component="core/Drop")
+            edge = {"src": {"node": "A", "port": "out"}, "tgt": {"node": "B", "port": "in"}}
+            await ide.call("graph", "addedge", graph="w", **edge)
+            await ide.call("network", "start", graph="w")
+            assert fbp.runner.flow("w").external_routing
+            unwatched = fbp.watch_changed()
+        # the IDE left: the fast wiring is back, the network runs on
+        with trio.fail_after(20):
+            await unwatched.wait()
+        assert not fbp.runner.flow("w").external_routing
+        assert fbp.runner.describe_flow("w")["status"] == "running"
+        async with trio_websocket.open_websocket_url(bystander.url, subprotocols=["noflo"]) as ws:
+            ide = Client(ws)
+            await ide.call("network", "getstatus", graph="w")
+            assert fbp.runner.flow("w").external_routing
+            await fbp.runner.inject("w", "A", "in", ["again"])
+            data = await ide.expect("network", "data", id="A() OUT -> IN B()")
+            assert data["data"] == "again"
+            await ide.call("network", "stop", graph="w")
