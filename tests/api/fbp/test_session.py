@@ -400,3 +400,19 @@ async def test_networks_are_watched_only_while_an_ide_is_connected(tmp_path: Pat
             data = await ide.expect("network", "data", id="A() OUT -> IN B()")
             assert data["data"] == "again"
             await ide.call("network", "stop", graph="w")
+
+
+async def test_clearing_a_running_graph_stops_its_network(tmp_path: Path) -> None:
+    async with fbp_runtime(tmp_path) as (client, fbp):
+        await client.call("graph", "clear", id="c", name="first")
+        await client.call("graph", "addnode", graph="c", id="A", component="core/Repeat")
+        await client.call("network", "start", graph="c")
+        assert fbp.runner.describe_flow("c")["status"] == "running"
+        await client.send("graph", "clear", id="c", name="second")
+        stopped = await client.expect("network", "stopped", graph="c")
+        assert stopped["running"] is False
+        await client.expect("graph", "clear", id="c", name="second")
+        assert fbp.runner.flow_document("c")["modules"] == []
+        assert fbp.runner.describe_flow("c")["status"] == "stopped"
+        status = await client.call("network", "getstatus", graph="c")
+        assert status == {"graph": "c", "running": False, "started": False}
