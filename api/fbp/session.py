@@ -329,8 +329,9 @@ class FbpRuntime:
     def _lookup(self, name: str) -> Component:
         return self.library.get(name)
 
-    async def _apply(self, graph: Graph) -> None:
-        """Run ``graph``'s flow document on the runner (GraphError if it is refused)."""
+    async def _apply(self, graph: Graph, states: dict[str, Any] | None = None) -> None:
+        """Run ``graph``'s flow document on the runner (GraphError if it is refused);
+        ``states`` seeds modules it adds (a renamed node keeps its module's state)."""
         try:
             components = {n.component: self._lookup(n.component) for n in graph.nodes.values()}
         except KeyError as exc:
@@ -343,10 +344,26 @@ class FbpRuntime:
         except FlowError as exc:
             raise GraphError(str(exc)) from None
         try:
-            await self.runner.apply_flow(flow)
+            await self.runner.apply_flow(flow, states=states or None)
         except RunnerError as exc:
             raise GraphError(f"the runner refused the graph: {exc}") from None
         self._applied[graph.id] = doc
+
+    def _renamed_state(
+        self, command: str, payload: dict[str, Any], graph: Graph
+    ) -> dict[str, Any] | None:
+        """A renamed node's module state, for the module of its new name."""
+        if command != "renamenode":
+            return None
+        old = self.graphs.graphs[graph.id].nodes[payload["from"]].module
+        new = graph.nodes[payload["to"]].module
+        if old == new:
+            return None
+        try:
+            state = self.runner.module_state(graph.flow_id, old)
+        except RunnerError:
+            return None  # not applied yet, or no state to keep
+        return {new: state} if state is not None else None
 
     def _flow_ids(self) -> set[str]:
         return {f["id"] for f in self.runner.flows()}
@@ -369,7 +386,7 @@ class FbpRuntime:
                 self._applied.pop(graph.id, None)
                 if running:
                     self._stopped(graph.id, began)
-            await self._apply(graph)
+            await self._apply(graph, self._renamed_state(command, payload, graph))
             self.graphs.commit(graph)
             self._keep(graph)
         for cmd, body in messages:

@@ -416,3 +416,23 @@ async def test_clearing_a_running_graph_stops_its_network(tmp_path: Path) -> Non
         assert fbp.runner.describe_flow("c")["status"] == "stopped"
         status = await client.call("network", "getstatus", graph="c")
         assert status == {"graph": "c", "running": False, "started": False}
+
+
+async def test_a_renamed_node_keeps_its_state_in_a_running_network(tmp_path: Path) -> None:
+    async with fbp_runtime(tmp_path) as (client, fbp):
+        await client.source(name="project/Tally", language="python", code=TALLY)
+        await build(client)
+        await client.call("network", "start", graph="g")
+        await fbp.runner.inject("g", "Src", "in", [1, 2, 3])
+        with trio.fail_after(20):
+            await fbp.runner.wait_idle("g")
+        await client.call("graph", "renamenode", graph="g", **{"from": "Tally", "to": "Tally 2"})
+        assert [m["id"] for m in fbp.runner.flow_document("g")["modules"]] == ["Src", "Tally_2"]
+        assert fbp.runner.module_state("g", "Tally_2") == {"n": 3}
+        await fbp.runner.inject("g", "Src", "in", [4])
+        with trio.fail_after(20):
+            await fbp.runner.wait_idle("g")
+        assert fbp.runner.module_state("g", "Tally_2") == {"n": 4}
+        data = await client.expect("network", "data", data=4, id="Src() OUT -> IN Tally 2()")
+        assert data["tgt"] == {"node": "Tally 2", "port": "in"}
+        await client.call("network", "stop", graph="g")
