@@ -276,6 +276,10 @@ class Graphs:
             old = self.graphs.get(graph_id)
             flow_id = old.flow_id if old is not None else safe_id(graph_id, taken)
             props = {k: payload[k] for k in _GRAPH_PROPERTIES if k in payload}
+            for key, value in props.items():
+                if not isinstance(value, bool if key == "main" else str):
+                    kind = "true or false" if key == "main" else "a string"
+                    raise GraphError(f"clear: {key} must be {kind}")
             graph = Graph(graph_id, flow_id, props)
             return graph, [("clear", {"id": graph_id, **props})]
         graph = copy.deepcopy(self.get(payload.get("graph")))

@@ -159,6 +159,9 @@ def test_changenode_merges_metadata_and_null_removes() -> None:
         ("removeoutport", {"graph": "g", "public": "nope"}, "not found"),
         ("changenode", {"graph": "g", "id": "Drop", "metadata": 3}, "metadata"),
         ("renamegroup", {"graph": "g", "from": "a", "to": "b"}, "group 'a' not found"),
+        ("clear", {"id": "g", "main": "yes"}, "main must be true or false"),
+        ("clear", {"id": "g", "name": 3}, "name must be a string"),
+        ("clear", {}, "missing or empty 'id'"),
     ],
 )
 def test_bad_commands_are_refused_and_change_nothing(
