@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ServeOptions", "serve"]
 
-
 @attrs.frozen
 class ServeOptions:
     state_dir: Path
