@@ -208,15 +208,17 @@ class FbpRuntime:
                 # nobody sees network:data now: the networks get the fast wiring back
                 deadline = trio.current_time() + UNWATCH_SECONDS
                 with trio.CancelScope(deadline=deadline, shield=True):
-                    await self._watch_started(False)
+                    await self._sync_watching()
 
-    async def _watch_started(self, watched: bool) -> None:
-        """Watch the networks started here (or stop): while an authorized client is
-        connected, their wires pass through the runner for ``network:data``."""
+    async def _sync_watching(self) -> None:
+        """Watch the networks started here while an authorized client is connected (their
+        wires then pass through the runner, for ``network:data``), and only then."""
         for graph_id in list(self._started):
             graph = self.graphs.graphs.get(graph_id)
             if graph is None:
                 continue
+            # asked per flow: a client may come or go meanwhile
+            watched = any(c.authorized for c in self.clients)
             try:
                 await self.runner.watch_flow(graph.flow_id, watched)
             except RunnerError as exc:  # gone or busy: watched again at its next start
@@ -290,7 +292,7 @@ class FbpRuntime:
         if not client.authorized:
             client.authorized = True
             if sum(c.authorized for c in self.clients) == 1:  # the first IDE to watch
-                await self._watch_started(True)
+                await self._sync_watching()
         try:
             if protocol == "graph" and command in GRAPH_COMMANDS:
                 await self._graph(client, command, payload, request)
