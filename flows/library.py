@@ -133,6 +133,8 @@ class ComponentLibrary:
     def __init__(self, user_dir: Path | None = None, builtin: Path = BUILTIN) -> None:
         self.user_dir = user_dir
         self.builtin = builtin
+        #: path -> ((mtime_ns, size), component): files are parsed again only when changed
+        self._parsed: dict[Path, tuple[tuple[int, int], Component]] = {}
 
     def _scan(self, root: Path) -> dict[str, Path]:
         found: dict[str, Path] = {}
@@ -157,10 +159,24 @@ class ComponentLibrary:
         path = self._paths().get(name)
         if path is None:
             raise KeyError(name)
-        return Component.from_code(name, _SUFFIXES[path.suffix][1], path.read_text())
+        return self._read(name, path)
+
+    def _read(self, name: str, path: Path) -> Component:
+        stat = path.stat()
+        key = (stat.st_mtime_ns, stat.st_size)
+        cached = self._parsed.get(path)
+        if cached is not None and cached[0] == key and cached[1].name == name:
+            return cached[1]
+        component = Component.from_code(name, _SUFFIXES[path.suffix][1], path.read_text())
+        self._parsed[path] = (key, component)
+        return component
 
     def components(self) -> list[Component]:
-        return [self.get(name) for name in self.names()]
+        return list(self.by_name().values())
+
+    def by_name(self) -> dict[str, Component]:
+        """Every component by name, from one look at the folders."""
+        return {name: self._read(name, path) for name, path in sorted(self._paths().items())}
 
     def user_names(self) -> list[str]:
         return sorted(self._scan(self.user_dir)) if self.user_dir is not None else []

@@ -334,8 +334,9 @@ class FbpRuntime:
     async def _apply(self, graph: Graph, states: dict[str, Any] | None = None) -> None:
         """Run ``graph``'s flow document on the runner (GraphError if it is refused);
         ``states`` seeds modules it adds (a renamed node keeps its module's state)."""
+        available = self.library.by_name()
         try:
-            components = {n.component: self._lookup(n.component) for n in graph.nodes.values()}
+            components = {n.component: available[n.component] for n in graph.nodes.values()}
         except KeyError as exc:
             raise GraphError(f"Component {exc.args[0]} not available") from None
         doc = graph.flow_document(components)
