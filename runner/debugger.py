@@ -161,6 +161,12 @@ class Debugger:
             await self.ensure_wiring()
         return removed
 
+    async def watch(self, watched: bool) -> None:
+        """Wire events on or off (``FlowRun.watched``): they need the same wiring."""
+        async with self._lock:
+            self.run.watched = watched
+            await self.ensure_wiring()
+
     async def pause(self) -> None:
         async with self._lock:
             if not self.paused:
@@ -285,7 +291,7 @@ class Debugger:
         """Install the wiring the debugger needs (every wire through the runner while
         debugged, the fast one otherwise), at a quiet point of the running flow."""
         run = self.run
-        want = self.active
+        want = self.active or run.watched
         if run.external_routing == want:
             return
         if run.status is not FlowStatus.RUNNING:

@@ -55,6 +55,9 @@ class EventKind(enum.StrEnum):
     RUN = "run"
     #: a run's lease was renewed with its progress (``run``, ``attempt``, ``handled``, ...)
     RUN_PROGRESS = "run-progress"
+    #: a message crossed a wire of a watched flow (``module``, ``port``, ``dst``,
+    #: ``dstPort``, ``msgs``; ``Runner.watch_flow``)
+    WIRE = "wire"
     #: to one subscriber only, which lost ``count`` events; not subscribed to
     MISSED = "missed"
 

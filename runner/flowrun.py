@@ -110,6 +110,9 @@ class FlowRun:
         self.debugger = Debugger(self)
         #: whether the installed wiring sends every wire through the runner
         self.external_routing = False
+        #: publish a ``wire`` event for every message a wire carries (wires then pass
+        #: through the runner, as when debugged); set through ``Runner.watch_flow``
+        self.watched = False
         self._build(runtimes)
 
     # ------------------------------------------------------------------ wiring
@@ -130,8 +133,9 @@ class FlowRun:
         load frames, host route tables, the runner's table, and downstream sets.
 
         While the flow is debugged (a breakpoint, or paused) every wire goes through the
-        runner, same-runtime ones included, so that the debugger gates every message."""
-        external = self.debugger.active
+        runner, same-runtime ones included, so that the debugger gates every message;
+        so does a watched flow (its wire events need every message)."""
+        external = self.debugger.active or self.watched
         by_id = {m.id: m for m in flow.modules}
         instances: dict[str, RuntimeInstance] = {}
         for module in flow.modules:
@@ -271,6 +275,17 @@ class FlowRun:
             else:
                 instance, dst, dst_port = target
                 self.wire_counts[(module, port, dst, dst_port)] += len(msgs)
+                if self.watched and self.hub.has_subscribers:
+                    self.publish(
+                        {
+                            "kind": EventKind.WIRE,
+                            "module": self.short(module),
+                            "port": port,
+                            "dst": self.short(dst),
+                            "dstPort": dst_port,
+                            "msgs": msgs,
+                        }
+                    )
                 self._add_pending(len(msgs))
                 instance.queues.enqueue(dst, dst_port, msgs)
                 self._touched.add(instance)

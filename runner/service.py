@@ -576,6 +576,11 @@ class Runner:
             "stateDir": str(self.config.state_dir) if self.config.state_dir else None,
         }
 
+    async def watch_flow(self, flow_id: str, watched: bool = True) -> None:
+        """Publish a ``wire`` event for every message on the flow's wires (or stop).
+        Costs what debugging costs: every wire passes through the runner meanwhile."""
+        await self.flow(flow_id).debugger.watch(watched)
+
     def set_output_sink(self, flow_id: str, sink: OutputSink | None) -> None:
         self.flow(flow_id).sink = sink
 

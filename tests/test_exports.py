@@ -40,6 +40,10 @@ import pytest
         "fifoflow.api.dispatcher.routes",
         "fifoflow.api.ui.picture",
         "fifoflow.api.dispatcher.server",
+        "fifoflow.api.fbp",
+        "fifoflow.api.fbp.graph",
+        "fifoflow.api.fbp.session",
+        "fifoflow.flows.library",
     ],
 )
 def test_all_names_exist(package: str) -> None:

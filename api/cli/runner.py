@@ -138,6 +138,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_runs=args.max_runs,
         run_retention=args.run_retention,
         run_grace=args.run_grace,
+        fbp_port=args.fbp_port,
+        fbp_secret_file=Path(args.fbp_secret_file) if args.fbp_secret_file else None,
     )
     try:
         trio.run(serve, options)
@@ -249,6 +251,18 @@ def add_runner_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=30.0,
         help="on SIGTERM, running runs get this long to finish before they are given"
         " back (default: %(default)s)",
+    )
+    serve_p.add_argument(
+        "--fbp-port",
+        type=int,
+        metavar="N",
+        help="also speak the FBP network protocol (noflo-ui/Flowhub, fbp-test) at"
+        " ws://HOST:N/ (subprotocol noflo); 0 picks a free port",
+    )
+    serve_p.add_argument(
+        "--fbp-secret-file",
+        metavar="FILE",
+        help="the FBP clients' secret, read from FILE (default: the runner's token)",
     )
     add_tls_options(serve_p)
     add_log_format_option(serve_p)

@@ -20,7 +20,7 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from fifoflow.api.common.auth import load_or_create_token
+from fifoflow.api.common.auth import TokenError, load_or_create_token
 from fifoflow.api.common.places import DEFAULT_PORT
 from fifoflow.api.common.serving import configure_tls, exposure_warning
 from fifoflow.api.common.ui import ui_url
@@ -68,6 +68,10 @@ class ServeOptions:
     max_runs: int | None = None
     run_retention: float = 7 * 24 * 3600.0
     run_grace: float = 30.0
+    #: also serve the FBP network protocol on this port (None: not; 0: a free one), its
+    #: clients' secret read from this file (None: the runner's token)
+    fbp_port: int | None = None
+    fbp_secret_file: Path | None = None
 
     @property
     def token_path(self) -> Path:
@@ -102,6 +106,50 @@ async def _drain_runs(
             )
 
 
+async def _serve_fbp(
+    runner: Runner,
+    options: ServeOptions,
+    secret: str,
+    stop: trio.Event,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The FBP protocol endpoint (``api/fbp``) beside the Runner API, until ``stop``."""
+    from fifoflow.api.fbp import FbpRuntime, serve_fbp
+    from fifoflow.flows.library import ComponentLibrary
+
+    library = ComponentLibrary(options.state_dir / "components")
+    fbp = FbpRuntime(
+        runner,
+        secret,
+        library,
+        label=f"fifoflow runner {runner.version}",
+        graph_dir=options.state_dir / "fbp-graphs",
+    )
+    for problem in fbp.restore():
+        _say(f"warning: {problem}")
+    await serve_fbp(
+        fbp,
+        f"{options.host}:{options.fbp_port}",
+        shutdown=stop,
+        max_message=options.max_body,
+        certfile=str(options.certfile) if options.certfile else None,
+        keyfile=str(options.keyfile) if options.keyfile else None,
+        task_status=task_status,
+    )
+
+
+def load_secret(path: Path) -> str:
+    """The first line of ``path`` (TokenError: missing, unreadable or empty)."""
+    try:
+        secret = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TokenError(f"--fbp-secret-file {path}: cannot read it: {exc}") from None
+    if not secret:
+        raise TokenError(f"--fbp-secret-file {path}: it is empty")
+    return secret
+
+
 def _say(text: str) -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
@@ -124,6 +172,9 @@ async def serve(
     """Serve until SIGINT/SIGTERM (or cancellation); ``task_status`` gets the bound URLs."""
     token, created = load_or_create_token(options.token_path)
     _say(f"token: {options.token_path}" + (" (created)" if created else ""))
+    fbp_secret = token
+    if options.fbp_secret_file is not None:
+        fbp_secret = load_secret(options.fbp_secret_file)
     config = RunnerConfig(
         state_dir=options.state_dir,
         max_runs=options.max_runs if options.max_runs is not None else os.cpu_count() or 1,
@@ -169,6 +220,9 @@ async def serve(
                 # port was picked by the system.
                 atomic_write(options.state_dir / "url", urls[0].encode() + b"\n", mode=0o600)
                 _say(f"state dir: {options.state_dir}")
+                if options.fbp_port is not None:
+                    fbp_urls = await nursery.start(_serve_fbp, runner, options, fbp_secret, stop)
+                    _say(f"FBP protocol: {' '.join(fbp_urls)} (subprotocol noflo)")
                 async with trio.open_nursery() as link_nursery:
                     link = None
                     if options.dispatcher:

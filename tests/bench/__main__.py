@@ -39,7 +39,10 @@ Figures:
 - ``recovery_docker``: ``docker kill`` of the flow's runner container (and its runner
   killed inside it) -> the flow answering again (``recovery``; skipped without an engine).
 
-``--only core|api|swap|dispatcher|docker|browser|ui|recovery|recovery-docker|runs`` runs one group.
+- ``fbp_*``: the FBP protocol endpoint: a watched network's msgs/s against the fast path,
+  and an IDE's graph edit round trip on a running network (``fbp``).
+
+``--only core|api|swap|dispatcher|docker|browser|ui|recovery|recovery-docker|runs|fbp`` runs one group.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ from fifoflow.runtimes.registry import discover
 
 from . import api_requests, browser, containers, costs, fifo_echo, nodered, recovery, runs, swap, ui
 from . import dispatcher as dispatcher_bench
+from . import fbp as fbp_bench
 
 RUNTIMES = discover()
 PY_ID = "def handle(msg, ctx):\n    return msg\n"
@@ -322,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         choices=[
             *("core", "api", "swap", "dispatcher", "docker", "browser"),
-            *("ui", "recovery", "recovery-docker", "runs"),
+            *("ui", "recovery", "recovery-docker", "runs", "fbp"),
         ],
         help="run one group of figures",
     )
@@ -413,6 +417,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "swap"):
         result = swap.run(quick=args.quick)
         swap.print_report(result)
+        figures.update(result)
+    if args.only in (None, "fbp"):
+        result = fbp_bench.run(n, rounds, edits=20 if args.quick else 100)
+        fbp_bench.print_report(result)
         figures.update(result)
     result = {
         "machine": {

@@ -28,6 +28,7 @@ def test_values_are_the_strings_of_the_api() -> None:
         "environment",
         "run",
         "run-progress",
+        "wire",
         "missed",
     }
     assert f"flow is {FlowStatus.FAILED}" == "flow is failed"
