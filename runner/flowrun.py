@@ -332,6 +332,8 @@ class FlowRun:
 
     def kick(self) -> None:
         """After a batch of routing: push what can go now to the hosts it was routed to."""
+        if not self._touched:
+            return
         touched, self._touched = self._touched, set()
         for instance in touched:
             instance.kick()

@@ -414,6 +414,10 @@ class RuntimeInstance:
                 if taken:
                     self._bad_values(frame, taken)
                 op = frame["op"]
+                if op != "emit":
+                    # What was routed so far goes out before the rest is handled (usually
+                    # the done after the emits): the next host's wake-up does not wait.
+                    flow.kick()
                 if op == "emit":
                     await flow.route(frame["module"], frame["port"], frame["msgs"])
                 elif op == "done":
