@@ -20,11 +20,20 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import orjson
 import trio
 
 from .debugger import Debugger
-from .errors import FlowStateError, ModuleNotFound, PortNotFound, RunnerError, first
+from .errors import (
+    FlowStateError,
+    ModuleNotFound,
+    PortNotFound,
+    ProtocolError,
+    RunnerError,
+    first,
+)
 from .events import EventKind
+from .framing import parse_messages
 from .instance import RuntimeInstance
 from .queues import DeliveryQueues
 from .status import FlowStatus, InstanceStatus
@@ -262,20 +271,44 @@ class FlowRun:
 
     # ------------------------------------------------------------------ messages
 
-    async def route(self, module: str, port: str, msgs: list[Any]) -> None:
+    async def route(
+        self,
+        module: str,
+        port: str,
+        msgs: list[Any] | None,
+        *,
+        body: bytes | None = None,
+        count: int = 0,
+    ) -> None:
+        """Route what ``module`` emitted on ``port``: ``msgs``, or (``msgs`` None)
+        ``count`` messages as the raw JSON array ``body`` of a host with the ``raw``
+        feature. A raw body goes to the queues of other hosts as it is; it is parsed
+        only where it must be looked at: a flow exit (the sink, ``output`` events) or
+        the debugger's step record."""
+        if msgs is None:
+            n = count
+            if self.debugger.tick is not None or any(
+                t is None for t in self._routes.get((module, port)) or (None,)
+            ):
+                msgs = self._parse(module, port, body or b"[]")
+        else:
+            n = len(msgs)
         tick = self.debugger.tick
-        if tick is not None:
+        if tick is not None and msgs is not None:
             tick.outputs[self.short(module)][port].extend(msgs)
         targets = self._routes.get((module, port))
         if targets is None:
             targets = [_SINK]  # an undeclared port: keep the messages visible as outputs
         for target in targets:
             if target is None:
-                await self._output(module, port, msgs)
+                if msgs:
+                    await self._output(module, port, msgs)
             else:
                 instance, dst, dst_port = target
-                self.wire_counts[(module, port, dst, dst_port)] += len(msgs)
+                self.wire_counts[(module, port, dst, dst_port)] += n
                 if self.watched and self.hub.has_subscribers:
+                    if msgs is None:
+                        msgs = _shown(body)
                     self.publish(
                         {
                             "kind": EventKind.WIRE,
@@ -286,12 +319,40 @@ class FlowRun:
                             "msgs": msgs,
                         }
                     )
-                self._add_pending(len(msgs))
-                instance.queues.enqueue(dst, dst_port, msgs)
+                self._add_pending(n)
+                if body is not None:
+                    instance.queues.enqueue(dst, dst_port, None, body=body, count=n)
+                else:
+                    instance.queues.enqueue(dst, dst_port, msgs)
                 self._touched.add(instance)
+
+    def _parse(self, module: str, port: str, body: bytes) -> list[Any]:
+        """The messages of a raw body, for a flow exit or the debugger; values no later
+        stage could encode are taken out and reported as errors of ``module``."""
+        try:
+            msgs, taken = parse_messages(body, port)
+        except ProtocolError as exc:
+            msgs, taken = [], [str(exc)]
+        for text in taken:
+            self.record_error(
+                module,
+                port,
+                None,
+                {"type": "InvalidValue", "message": text, "traceback": ""},
+                runtime=self._runtime_of(module),
+            )
+        return msgs
+
+    def _runtime_of(self, qualified: str) -> str:
+        for module in self.flow.modules:
+            if self.qualified(module.id) == qualified:
+                return module.runtime
+        return "?"
 
     def kick(self) -> None:
         """After a batch of routing: push what can go now to the hosts it was routed to."""
+        if not self._touched:
+            return
         touched, self._touched = self._touched, set()
         for instance in touched:
             instance.kick()
@@ -596,3 +657,13 @@ class FlowRun:
                 other._stopping = True
         if self._scope is not None:
             self._scope.cancel()
+
+
+def _shown(body: bytes | None) -> list[Any]:
+    """A raw body for a ``wire`` event (a watching IDE): parsed once; a body that does
+    not parse is shown empty (its receiving host reports it)."""
+    try:
+        value = orjson.loads(body or b"[]")
+    except orjson.JSONDecodeError:
+        return []
+    return value if isinstance(value, list) else []

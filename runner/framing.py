@@ -13,12 +13,30 @@ from typing import Any
 
 import orjson
 
+from ..flows.limits import MAX_DEPTH
 from ..flows.values import shallow, value_problem
 from .errors import ProtocolError
 
-__all__ = ["MAX_LINE", "LineSplitter", "decode_frame", "encode_frame", "require", "screen_frame"]
+__all__ = [
+    "MAX_LINE",
+    "RAW",
+    "LineSplitter",
+    "decode_frame",
+    "encode_frame",
+    "parse_messages",
+    "require",
+    "screen_frame",
+    "split_emit",
+]
 
 MAX_LINE = 64 * 1024 * 1024
+
+#: the ``hello.features`` entry of a host that writes ``emit`` frames the raw way
+#: (PROTOCOL.md section 10): the runner routes their messages without parsing them
+RAW = "raw"
+#: how a raw ``emit`` line starts, and what separates its header from its body
+RAW_EMIT = b'{"op":"emit",'
+_MSGS = b',"msgs":'
 
 # Required fields per op sent by a host (PROTOCOL.md section 5).
 _REQUIRED: dict[str, tuple[str, ...]] = {
@@ -95,6 +113,56 @@ def decode_frame(line: bytes) -> dict[str, Any]:
         if op == "done" and not isinstance(frame["seq"], int):
             raise ProtocolError(f"'done' frame field 'seq' is not an integer: {_excerpt(line)}")
     return frame
+
+
+def split_emit(line: bytes) -> tuple[str, str, int, bytes]:
+    """An ``emit`` line of a host with the ``raw`` feature: (module, port, n, body).
+
+    The line is ``{"op":"emit",<header fields>,"msgs":<body>}`` with ``msgs`` last and
+    no space around its colon (PROTOCOL.md section 10). Only the header is parsed: the
+    first ``,"msgs":`` of the line cannot be inside a string (a quote there would be
+    escaped), so everything before it is the header. ``body`` is returned as bytes,
+    unparsed; it is checked only for its brackets and against ``n``. Raises
+    :class:`ProtocolError`."""
+    at = line.find(_MSGS)
+    if at < 0 or line[-1:] != b"}":
+        raise ProtocolError(f"raw 'emit' frame without a last 'msgs' field: {_excerpt(line)}")
+    try:
+        head = orjson.loads(line[:at] + b"}")
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(
+            f"raw 'emit' frame header is not JSON ({exc}): {_excerpt(line)}"
+        ) from None
+    module, port, n = head.get("module"), head.get("port"), head.get("n")
+    if not isinstance(module, str) or not isinstance(port, str):
+        raise ProtocolError(
+            f"raw 'emit' frame without string 'module' and 'port' before 'msgs' "
+            f"(msgs must be the last field): {_excerpt(line)}"
+        )
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ProtocolError(f"raw 'emit' frame field 'n' is not a count: {_excerpt(line)}")
+    body = line[at + len(_MSGS) : -1]
+    if body[:1] != b"[" or body[-1:] != b"]" or (n == 0) != (body == b"[]"):
+        raise ProtocolError(f"raw 'emit' frame field 'msgs' is not an array of n: {_excerpt(line)}")
+    return module, port, n, body
+
+
+def parse_messages(body: bytes, port: str) -> tuple[list[Any], list[str]]:
+    """The messages of a raw body, parsed where the runner must look at them (a flow's
+    exit, the debugger), with what :func:`screen_frame` would have taken out of them
+    (one line each, as it says them). Raises :class:`ProtocolError` if ``body`` is not
+    a JSON array."""
+    try:
+        msgs = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"raw message body is not JSON ({exc}): {_excerpt(body)}") from None
+    if not isinstance(msgs, list):
+        raise ProtocolError(f"raw message body is not an array: {_excerpt(body)}")
+    if shallow(body):
+        return msgs, []
+    frame = {"op": "emit", "port": port, "msgs": msgs}
+    found = screen_frame(frame, b"[" * (MAX_DEPTH + 1))
+    return frame["msgs"], found
 
 
 def _problem(value: Any) -> str | None:

@@ -11,6 +11,7 @@ end yet) until ``deadline``; any other ``OSError`` propagates.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import tempfile
@@ -39,6 +40,7 @@ class FifoPair:
             os.mkfifo(pair.from_runtime, 0o600)
             # Non-blocking open of a FIFO's read end succeeds with no writer yet.
             pair.read_fd = os.open(pair.from_runtime, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            _grow(pair.read_fd)
         except BaseException:
             pair.close()
             raise
@@ -58,6 +60,7 @@ class FifoPair:
         while True:
             try:
                 self.write_fd = os.open(self.to_runtime, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                _grow(self.write_fd)
                 return self.write_fd
             except OSError as exc:
                 if exc.errno != errno.ENXIO:
@@ -75,3 +78,17 @@ class FifoPair:
                 except OSError:
                     pass
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+#: the pipe buffer asked for: a batch of a few hundred messages fits in one write and
+#: one read (the default, 64 KiB, cuts big batches into several wake-ups)
+PIPE_SIZE = 1 << 20
+
+
+def _grow(fd: int) -> None:
+    """Ask for a larger pipe buffer; keep the default if the system refuses (a limit
+    below :data:`PIPE_SIZE` in /proc/sys/fs/pipe-max-size for unprivileged users)."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except (OSError, AttributeError):
+        pass

@@ -20,8 +20,10 @@ The rules (runner/README.md, "Queues and backpressure"; PROTOCOL.md sections 5 a
   is numbered again when taken: at least once, per-module order kept, nothing lost.
 - While ``paused`` nothing is taken; the queues keep filling.
 
-Messages are never copied: a routed list may be shared by the queues of several modules,
-so a delivery's ``msgs`` is rebound to a new list when it is cut, never changed in place.
+Messages are never copied: a routed list (or raw body) may be shared by the queues of
+several modules, so a delivery's ``msgs`` is rebound to a new list when it is cut, never
+changed in place. Counting uses :attr:`Delivery.count`, which never parses a raw body;
+only cutting or editing one (the debugger, a hung message) parses it.
 
 Error handling: :meth:`~DeliveryQueues.replace` raises ``IndexError``; nothing else here
 raises.
@@ -38,38 +40,119 @@ import orjson
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-__all__ = ["Delivery", "DeliveryQueues", "Gate", "QueueStatistics"]
+__all__ = ["Delivery", "DeliveryQueues", "Gate", "QueueStatistics", "parse_body"]
 
 #: deliveries one take moves at most: bounds one write to a host (and the time the
 #: host's send lock is held), so a long backlog goes out in several writes
 _TAKE_FRAMES = 512
 
 
-@attrs.define(slots=True)
 class Delivery:
-    """Messages for one module's input port, sent as one ``deliver`` frame."""
+    """Messages for one module's input port, sent as one ``deliver`` frame.
 
-    module: str
-    port: str
-    msgs: list[Any]
-    #: 0 while waiting in a queue; the frame's seq once taken into the window
-    seq: int = 0
-    #: how often the host reported a handler hung on this frame without naming the message
-    hangs: int = 0
+    The messages are held one of two ways, and :attr:`count` is always their number:
+
+    - ``body``: the exact bytes of a JSON array, as a host with the ``raw`` feature
+      emitted them (PROTOCOL.md section 10). They go to the receiving host as they are,
+      never parsed on the way; :attr:`msgs` (or :meth:`messages`) parses them on demand,
+      for whoever must look at them (the debugger, a hung report, a swap that drops
+      them), and keeps both.
+    - ``msgs``: a list of values (an inject, a host without ``raw``); :meth:`encode`
+      writes it.
+
+    Assigning :attr:`msgs` (an edit, a cut) drops ``body``: the list is then the truth.
+    A list may be shared by several deliveries (a fan-out): it is rebound, never changed
+    in place. Deliveries compare by identity."""
+
+    __slots__ = ("_msgs", "body", "count", "hangs", "module", "port", "seq")
+
+    def __init__(
+        self,
+        module: str,
+        port: str,
+        msgs: list[Any] | None = None,
+        seq: int = 0,
+        hangs: int = 0,
+        *,
+        body: bytes | None = None,
+        count: int | None = None,
+    ) -> None:
+        self.module = module
+        self.port = port
+        #: 0 while waiting in a queue; the frame's seq once taken into the window
+        self.seq = seq
+        #: how often the host reported a handler hung on this frame without naming the message
+        self.hangs = hangs
+        if msgs is None and body is None:
+            msgs = []
+        self._msgs = msgs
+        #: the messages as the JSON array bytes an emitting host wrote, or None
+        self.body = body if msgs is None else None
+        #: the number of messages (known without parsing ``body``)
+        self.count = len(msgs) if msgs is not None else (count if count is not None else 0)
+
+    @property
+    def msgs(self) -> list[Any]:
+        msgs = self._msgs
+        if msgs is None:
+            msgs = self._msgs = parse_body(self.body or b"[]", self.count)
+        return msgs
+
+    @msgs.setter
+    def msgs(self, value: list[Any]) -> None:
+        self._msgs = value
+        self.body = None
+        self.count = len(value)
+
+    def messages(self) -> list[Any]:
+        """The messages as values (parsed from ``body`` the first time)."""
+        return self.msgs
+
+    @property
+    def parsed(self) -> bool:
+        """Whether the messages were parsed (or never were bytes)."""
+        return self._msgs is not None
 
     def encode(self) -> bytes:
-        return (
-            orjson.dumps(
-                {
-                    "op": "deliver",
-                    "seq": self.seq,
-                    "module": self.module,
-                    "port": self.port,
-                    "msgs": self.msgs,
-                }
+        body = self.body
+        if body is None:
+            body = orjson.dumps(self._msgs)
+        return b"".join(
+            (
+                b'{"op":"deliver","seq":%d,"module":' % self.seq,
+                orjson.dumps(self.module),
+                b',"port":',
+                orjson.dumps(self.port),
+                b',"msgs":',
+                body,
+                b"}\n",
             )
-            + b"\n"
         )
+
+    def __repr__(self) -> str:
+        what = (
+            f"msgs={self._msgs!r}"
+            if self._msgs is not None
+            else f"body={len(self.body or b'')} bytes"
+        )
+        return (
+            f"Delivery({self.module!r}, {self.port!r}, {what}, count={self.count}, seq={self.seq})"
+        )
+
+
+def parse_body(body: bytes, count: int) -> list[Any]:
+    """The messages of a raw ``body``. A body that is not a JSON array (a host that broke
+    the ``raw`` rules) gives ``count`` strings saying so, so the counts stay right."""
+    try:
+        msgs = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        msgs = None
+        problem = f"(unreadable message body from the emitting host: {exc})"
+    else:
+        problem = "(message body from the emitting host is not an array)"
+    if not isinstance(msgs, list):
+        return [problem] * count
+    return msgs
 
 
 class Gate(Protocol):
@@ -138,15 +221,26 @@ class DeliveryQueues:
     def has_room(self, module: str) -> bool:
         return self._queued.get(module, 0) < self.capacity
 
-    def enqueue(self, module: str, port: str, msgs: list[Any]) -> None:
-        """Queue messages for ``module``. Never refuses: producers ask :meth:`has_room`
-        first (an inject), or were only fed while it had room (a routed emit)."""
+    def enqueue(
+        self,
+        module: str,
+        port: str,
+        msgs: list[Any] | None,
+        *,
+        body: bytes | None = None,
+        count: int = 0,
+    ) -> None:
+        """Queue messages for ``module``: ``msgs``, or (``msgs`` None) ``count`` messages
+        as the raw JSON array ``body`` (:class:`Delivery`). Never refuses: producers ask
+        :meth:`has_room` first (an inject), or were only fed while it had room (a routed
+        emit)."""
         queue = self._queues.get(module)
         if queue is None:
             queue = self._queues[module] = deque()
-        queue.append(Delivery(module, port, msgs))
-        self._queued[module] = self._queued.get(module, 0) + len(msgs)
-        self.queued_msgs += len(msgs)
+        d = Delivery(module, port, msgs, body=body, count=count)
+        queue.append(d)
+        self._queued[module] = self._queued.get(module, 0) + d.count
+        self.queued_msgs += d.count
 
     def queued(self, module: str) -> list[Delivery]:
         """What waits for ``module`` (not sent yet), in order."""
@@ -166,7 +260,7 @@ class DeliveryQueues:
             return 0
         queue = self._queues.setdefault(module, deque())
         queue.extendleft(reversed(deliveries))
-        n = sum(len(d.msgs) for d in deliveries)
+        n = sum(d.count for d in deliveries)
         self._queued[module] = self._queued.get(module, 0) + n
         self.queued_msgs += n
         return n
@@ -191,7 +285,7 @@ class DeliveryQueues:
         position = 0
         queue = self._queues.get(module) or deque()
         for d in queue:
-            if index < position + len(d.msgs):
+            if index < position + d.count:
                 i = index - position
                 old = d.msgs[i]
                 if msg is None:
@@ -203,7 +297,7 @@ class DeliveryQueues:
                 else:
                     d.msgs = [*d.msgs[:i], msg, *d.msgs[i + 1 :]]
                 return old
-            position += len(d.msgs)
+            position += d.count
         raise IndexError(index)
 
     # ------------------------------------------------------------------ the window
@@ -232,14 +326,14 @@ class DeliveryQueues:
                 if limit is not None and taken >= limit:
                     break
                 d = queue[0]
-                if limit is not None and taken + len(d.msgs) > limit:
+                if limit is not None and taken + d.count > limit:
                     # Split the delivery: only the allowed messages go.
                     keep = limit - taken
                     d = Delivery(d.module, d.port, d.msgs[:keep])
                     queue[0].msgs = queue[0].msgs[keep:]
                 else:
                     queue.popleft()
-                n = len(d.msgs)
+                n = d.count
                 taken += n
                 d.seq = self._next_seq
                 self._next_seq += 1
@@ -264,7 +358,7 @@ class DeliveryQueues:
             d.seq = self._next_seq
             self._next_seq += 1
             self._unacked.append(d)
-            self.unacked_msgs += len(d.msgs)
+            self.unacked_msgs += d.count
 
     def ack(self, seq: int) -> int:
         """The host handled every delivery up to ``seq``: the number of messages that
@@ -272,7 +366,7 @@ class DeliveryQueues:
         acked = 0
         unacked = self._unacked
         while unacked and unacked[0].seq <= seq:
-            acked += len(unacked.popleft().msgs)
+            acked += unacked.popleft().count
         if acked:
             self.unacked_msgs -= acked
             self.delivered_msgs += acked
@@ -296,8 +390,8 @@ class DeliveryQueues:
         for d in reversed(unacked):
             d.seq = 0
             self._queues.setdefault(d.module, deque()).appendleft(d)
-            self._queued[d.module] = self._queued.get(d.module, 0) + len(d.msgs)
-            self.queued_msgs += len(d.msgs)
+            self._queued[d.module] = self._queued.get(d.module, 0) + d.count
+            self.queued_msgs += d.count
         n = len(unacked)
         unacked.clear()
         self.unacked_msgs = 0
@@ -312,7 +406,7 @@ class DeliveryQueues:
         whole frame the second time (its ``hangs`` is then 2), so that a poison frame is
         not delivered forever."""
         target = next((d for d in self._unacked if d.seq == seq), None)
-        if target is not None and isinstance(index, int) and 0 <= index < len(target.msgs):
+        if target is not None and isinstance(index, int) and 0 <= index < target.count:
             one = Delivery(target.module, target.port, [target.msgs[index]], target.seq)
             target.msgs = target.msgs[:index] + target.msgs[index + 1 :]
             self.unacked_msgs -= 1
@@ -325,5 +419,5 @@ class DeliveryQueues:
         if target.hangs < 2:
             return None
         self._unacked.remove(target)
-        self.unacked_msgs -= len(target.msgs)
+        self.unacked_msgs -= target.count
         return target

@@ -137,7 +137,7 @@ async def hot_swap(
             queue = old_instances[by_id_old[mid].host].queues.take_queue(run.qualified(mid))
             if queue:
                 dropped[mid] = [{"port": d.port, "msgs": d.msgs} for d in queue]
-                run.settle(sum(len(d.msgs) for d in queue))
+                run.settle(sum(d.count for d in queue))
         for mid, src, dst in diff.moved:
             qid = run.qualified(mid)
             queue: deque[Delivery] = old_instances[src].queues.take_queue(qid)

@@ -141,6 +141,8 @@ class HostUnderTest:
         self.wfd: int | None = None
         self.buffer = b""
         self.frames: list[dict[str, Any]] = []
+        #: every line read, as it came (the raw rules are about bytes)
+        self.lines: list[bytes] = []
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [*command, str(self.to_path), str(self.from_path)],
@@ -198,6 +200,7 @@ class HostUnderTest:
                 return None
             self.buffer += data
         line, _, self.buffer = self.buffer.partition(b"\n")
+        self.lines.append(line)
         try:
             frame = orjson.loads(line)
         except orjson.JSONDecodeError:
@@ -509,6 +512,47 @@ class Kit:
         if code != 3:
             raise CheckFailed(f"after fatal the host must exit with status 3, got {code}")
 
+    def check_raw_emit(self, host: HostUnderTest) -> None:
+        """PROTOCOL.md section 10: a host listing ``raw`` writes every ``emit`` as
+        ``{"op":"emit",...,"n":N,"msgs":[...]}``: ``msgs`` last, ``n`` its length, so a
+        runner can route the body without parsing it."""
+        hello = host.frames[0]
+        if "raw" not in (hello.get("features") or ()):
+            raise Skip("the host does not list 'raw' in hello.features")
+        self.load(host, "ports" if self.lang != "exec" else "echo")
+        module = "t/ports" if self.lang != "exec" else "t/echo"
+        tricky = ['x,"msgs":[1]}', {"msgs": [{"n": 2}], "op": "emit"}, "\u2028 é \\", [], None, 2.5]
+        host.send({"op": "deliver", "seq": 1, "module": module, "port": "in", "msgs": tricky})
+        host.expect(lambda f: f["op"] == "done", "done")
+        seen: list[Any] = []
+        for line in host.lines:
+            if not line.startswith(b'{"op":"emit"'):
+                if b'"op":"emit"' in line[:40]:
+                    raise CheckFailed(f"a raw emit must start with {{\"op\":\"emit\", ; got {line[:200]!r}")
+                continue
+            at = line.find(b',"msgs":')
+            if at < 0 or not line.endswith(b"}"):
+                raise CheckFailed(f"a raw emit must end with ,\"msgs\":[...]}} (msgs last); got {line[:200]!r}")
+            try:
+                head = orjson.loads(line[:at] + b"}")
+            except orjson.JSONDecodeError as exc:
+                raise CheckFailed(f"a raw emit's fields before msgs must be a JSON header ({exc}); got {line[:200]!r}") from None
+            if not isinstance(head, dict) or "module" not in head or "n" not in head:
+                raise CheckFailed(f"a raw emit must carry module, port and n before msgs (msgs last); got {line[:200]!r}")
+            try:
+                msgs = orjson.loads(line[at + len(b',"msgs":') : -1])
+            except orjson.JSONDecodeError as exc:
+                raise CheckFailed(f"a raw emit must split into a header and the msgs array ({exc}); got {line[:200]!r}") from None
+            if not isinstance(msgs, list) or head.get("n") != len(msgs):
+                raise CheckFailed(f"a raw emit's 'n' must be the length of its msgs; got n={head.get('n')!r} for {line[:200]!r}")
+            if head.get("module") != module or not isinstance(head.get("port"), str):
+                raise CheckFailed(f"a raw emit's header must carry module and port; got {line[:200]!r}")
+            seen.extend(msgs)
+        returned = [m for m in tricky if m is not None]  # a returned null sends nothing
+        want = returned if self.lang == "exec" else tricky + returned  # ctx.emit sends null
+        if sorted(orjson.dumps(m) for m in seen) != sorted(orjson.dumps(m) for m in want):
+            raise CheckFailed(f"raw emits must carry every output unchanged; got {seen!r}")
+
     def check_shutdown(self, host: HostUnderTest) -> None:
         self.load(host, "echo")
         host.send({"op": "deliver", "seq": 1, "module": "t/echo", "port": "in", "msgs": [1]}, {"op": "shutdown"})
@@ -526,7 +570,7 @@ class Kit:
             "check_state_snapshot_and_restore", "check_replace_code", "check_local_route",
             "check_route_replaced",
             "check_user_error", "check_hung",
-            "check_ping", "check_unknown_op", "check_garbage_is_fatal", "check_shutdown",
+            "check_raw_emit", "check_ping", "check_unknown_op", "check_garbage_is_fatal", "check_shutdown",
         )]
 
 

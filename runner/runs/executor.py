@@ -202,11 +202,20 @@ class _AttemptFlow(FlowRun):
 
     attempt: _Attempt
 
-    async def route(self, module: str, port: str, msgs: list[Any]) -> None:
+    async def route(
+        self,
+        module: str,
+        port: str,
+        msgs: list[Any] | None,
+        *,
+        body: bytes | None = None,
+        count: int = 0,
+    ) -> None:
+        n = len(msgs) if msgs is not None else count
         for target in self._routes.get((module, port)) or ():
             if target is not None:
-                self.attempt.handled[self.short(target[1])] += len(msgs)
-        await super().route(module, port, msgs)
+                self.attempt.handled[self.short(target[1])] += n
+        await super().route(module, port, msgs, body=body, count=count)
 
     async def inject(self, module_id: str, port: str, msgs: list[Any]) -> None:
         await super().inject(module_id, port, msgs)

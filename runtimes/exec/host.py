@@ -184,7 +184,9 @@ class Host:
 
     def flush_emits(self):
         for (mid, port), msgs in self.emits.items():
-            self.out.append(dumps({"op": "emit", "module": mid, "port": port, "msgs": msgs}) + b"\n")
+            self.out.append(
+                dumps({"op": "emit", "module": mid, "port": port, "n": len(msgs), "msgs": msgs}) + b"\n"
+            )
         self.emits = {}
 
     def flush(self):
@@ -599,7 +601,7 @@ class Host:
                 self.handle_line(line)
 
     def serve(self):
-        self.write(dumps({"op": "hello", "protocol": PROTOCOL, "runtime": "exec", "version": VERSION, "pid": os.getpid(), "features": ["watchdog"]}) + b"\n")
+        self.write(dumps({"op": "hello", "protocol": PROTOCOL, "runtime": "exec", "version": VERSION, "pid": os.getpid(), "features": ["raw", "watchdog"]}) + b"\n")
         try:
             while True:
                 if self.stopping and self.backlog <= 0:

@@ -303,11 +303,11 @@ export class ModuleHost {
       if (list.length === 0) continue;
       const route = table === undefined ? undefined : table.get(port);
       if (route === undefined) {
-        this.frames.push({ op: "emit", module: mod.id, port, msgs: list });
+        this.frames.push({ op: "emit", module: mod.id, port, n: list.length, msgs: list });
         continue;
       }
       for (const [dst, dstPort] of route.local) this.work.push([dst, dstPort, list, seq, false]);
-      if (route.external) this.frames.push({ op: "emit", module: mod.id, port, msgs: list });
+      if (route.external) this.frames.push({ op: "emit", module: mod.id, port, n: list.length, msgs: list });
     }
   }
 
@@ -369,7 +369,7 @@ function encodeFrame(frame, host) {
           );
         }
       }
-      return [...bad, JSON.stringify({ ...frame, msgs: good })].join("\n");
+      return [...bad, JSON.stringify({ ...frame, n: good.length, msgs: good })].join("\n");
     }
     return JSON.stringify({ ...frame, msg: String(frame.msg), state: undefined });
   }

@@ -160,7 +160,7 @@ function processLines(lines, start) {
 // ------------------------------------------------------------------ the read loop
 
 writeAll(
-  JSON.stringify({ op: "hello", protocol: PROTOCOL, runtime: "node", version: VERSION, pid: process.pid, features: ["watchdog"] }) +
+  JSON.stringify({ op: "hello", protocol: PROTOCOL, runtime: "node", version: VERSION, pid: process.pid, features: ["raw", "watchdog"] }) +
     "\n",
 );
 

@@ -198,7 +198,9 @@ class Host:
 
     def emit_external(self, mod, port, msgs):
         try:
-            data = dumps({"op": "emit", "module": mod.id, "port": port, "msgs": msgs})
+            data = dumps(
+                {"op": "emit", "module": mod.id, "port": port, "n": len(msgs), "msgs": msgs}
+            )
         except TypeError:
             good = []
             for msg in msgs:
@@ -217,7 +219,9 @@ class Host:
                     )
             if not good:
                 return
-            data = dumps({"op": "emit", "module": mod.id, "port": port, "msgs": good})
+            data = dumps(
+                {"op": "emit", "module": mod.id, "port": port, "n": len(good), "msgs": good}
+            )
         self.out_frames.append(data + b"\n")
 
     def error_frame(self, mid, port, msg, seq, etype, message, tb):
@@ -518,7 +522,7 @@ class Host:
                     "runtime": "python",
                     "version": VERSION,
                     "pid": os.getpid(),
-                    "features": ["watchdog"] if watchdog else [],
+                    "features": ["raw", "watchdog"] if watchdog else ["raw"],
                 }
             )
             + b"\n"

@@ -38,6 +38,7 @@ def test_the_module_core_runs_in_chromium(tmp_path: Path, page: Any) -> None:
             "op": "emit",
             "module": "demo/greet",
             "port": "out",
+            "n": 1,  # the count the raw layout carries (PROTOCOL.md section 10)
             "msgs": [{"hello": "world", "from": "browser"}],
         }
         assert {"op": "done", "seq": 1} in frames

@@ -3,7 +3,8 @@
     python broken_host.py BREAKAGE <to-runtime> <from-runtime>
 
 BREAKAGE: ``done-first`` acknowledges a delivery before writing its emits;
-``no-protocol`` says hello without the protocol field.
+``no-protocol`` says hello without the protocol field; ``raw-msgs-first`` lists the
+``raw`` feature but writes ``msgs`` before the other fields of an emit.
 """
 
 import json
@@ -17,11 +18,13 @@ def main() -> int:
     wfd = os.open(from_path, os.O_WRONLY)
 
     def send(*frames: dict) -> None:
-        os.write(wfd, b"".join(json.dumps(f).encode() + b"\n" for f in frames))
+        os.write(wfd, b"".join(json.dumps(f, separators=(",", ":")).encode() + b"\n" for f in frames))
 
     hello = {"op": "hello", "protocol": 1, "runtime": "broken", "version": "0", "pid": os.getpid(), "features": []}
     if breakage == "no-protocol":
         del hello["protocol"]
+    if breakage == "raw-msgs-first":
+        hello["features"] = ["raw"]
     send(hello)
     buf = b""
     while True:
@@ -37,6 +40,8 @@ def main() -> int:
                 send({"op": "loaded", "module": frame["module"]})
             elif op == "deliver":
                 emit = {"op": "emit", "module": frame["module"], "port": "out", "msgs": frame["msgs"]}
+                if breakage == "raw-msgs-first":
+                    emit = {"op": "emit", "msgs": frame["msgs"], "module": frame["module"], "port": "out", "n": len(frame["msgs"])}
                 done = {"op": "done", "seq": frame["seq"]}
                 send(done, emit) if breakage == "done-first" else send(emit, done)
             elif op == "shutdown":

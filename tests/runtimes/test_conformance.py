@@ -35,6 +35,15 @@ def test_kit_names_the_rule_a_host_breaks_by_acknowledging_first() -> None:
     assert lines[-1].split(",")[1].strip() != "0 failed"
 
 
+def test_kit_names_the_rule_a_raw_host_breaks_by_writing_msgs_first() -> None:
+    results = run_checks([sys.executable, str(BROKEN), "raw-msgs-first"], "python", timeout=2, out=lambda _: None)
+    failed = {r.name: r.detail for r in results if r.status == "fail"}
+    assert "raw_emit" in failed
+    assert "msgs last" in failed["raw_emit"]
+    # the same host is fine by protocol 1: only the raw rule is broken
+    assert "deliver_emit_done" not in failed
+
+
 def test_kit_fails_a_host_whose_hello_lacks_the_protocol_version() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "fifoflow.runtimes.conformance", "--lang", "python", "--timeout", "2", "--", sys.executable, str(BROKEN), "no-protocol"],

@@ -1,0 +1,262 @@
+"""Routing without parsing payloads (PROTOCOL.md section 10, the ``raw`` feature): the
+framing of a raw emit, deliveries that carry body bytes, and real hosts moving messages
+through the runner as bytes; plain protocol 1 hosts served beside them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+import trio
+
+from fifoflow.flows import parse_flow
+from fifoflow.flows.values import shallow
+from fifoflow.runner import open_runner
+from fifoflow.runner.errors import ProtocolError
+from fifoflow.runner.framing import parse_messages, split_emit
+from fifoflow.runner.queues import Delivery, DeliveryQueues
+from fifoflow.runtimes.registry import discover
+
+from .helpers import next_event, start
+
+BROKEN = Path(__file__).parents[1] / "runtimes" / "broken_host.py"
+
+#: messages that would confuse a runner that looked for the body the wrong way
+TRICKY = ['x,"msgs":[1]}', {"msgs": [{"n": 2}], "op": "emit"}, "\u2028 é \\", [], 2.5, "]]}{["]
+
+
+def _nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+# ---------------------------------------------------------------------- framing
+
+
+def test_split_emit_parses_the_header_only() -> None:
+    body = orjson.dumps(TRICKY)
+    line = b'{"op":"emit","module":"f/a","port":"out","n":6,"msgs":' + body + b"}"
+    assert split_emit(line) == ("f/a", "out", 6, body)
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        (b'{"op":"emit","msgs":[1],"module":"f/a","port":"out","n":1}', "msgs must be the last"),
+        (b'{"op":"emit","module":"f/a","port":"out","msgs":[1]}', "'n' is not a count"),
+        (b'{"op":"emit","module":"f/a","port":"out","n":true,"msgs":[1]}', "'n' is not a count"),
+        (b'{"op":"emit","module":"f/a","port":"out","n":1,"msgs":{"a":1}}', "not an array"),
+        (b'{"op":"emit","module":"f/a","port":"out","n":0,"msgs":[1]}', "not an array of n"),
+        (b'{"op":"emit","module":"f/a","port":"out","n":1}', "without a last 'msgs'"),
+        (b'{"op":"emit","module":"f/a",,"port":"out","n":1,"msgs":[1]}', "header is not JSON"),
+    ],
+)
+def test_split_emit_refuses_a_frame_that_breaks_the_raw_rules(line: bytes, says: str) -> None:
+    with pytest.raises(ProtocolError, match=says):
+        split_emit(line)
+
+
+def test_parse_messages_screens_what_no_later_stage_could_encode() -> None:
+    msgs, taken = parse_messages(orjson.dumps([1, {"a": "b"}]), "out")
+    assert (msgs, taken) == ([1, {"a": "b"}], [])
+    msgs, taken = parse_messages(orjson.dumps([1, _nested(150), 3]), "out")
+    assert msgs == [1, 3]
+    assert len(taken) == 1
+    assert "message 1 on port 'out' was dropped" in taken[0]
+    with pytest.raises(ProtocolError, match="not JSON"):
+        parse_messages(b"[1,", "out")
+
+
+def test_shallow_measures_nesting_without_parsing() -> None:
+    many = orjson.dumps([{"n": 1, "p": "x[[[{"}] * 1000)  # thousands of brackets, depth 2
+    assert shallow(many)
+    assert shallow(orjson.dumps([_nested(99)] * 300))  # 100 levels: the limit
+    assert not shallow(orjson.dumps([_nested(100)] * 300))
+    # brackets inside strings cannot hide nesting, escaped quotes included
+    assert not shallow(b'["]]]]", ' + orjson.dumps(_nested(150))[1:])
+    assert not shallow(b'["\\"]]]]", ' + orjson.dumps(_nested(150))[1:])
+    assert shallow(orjson.dumps(['"[[[[\\', {"a": "}}}"}] * 300))
+    assert not shallow(b"[" * 300)  # not JSON: walk it
+
+
+# ---------------------------------------------------------------------- deliveries
+
+
+def test_a_delivery_keeps_its_body_bytes_and_parses_only_on_demand() -> None:
+    body = orjson.dumps(TRICKY)
+    d = Delivery("f/b", "in", body=body, count=len(TRICKY))
+    d.seq = 7
+    frame = d.encode()
+    assert body in frame  # the bytes the emitting host wrote, unchanged
+    assert orjson.loads(frame) == {
+        "op": "deliver",
+        "seq": 7,
+        "module": "f/b",
+        "port": "in",
+        "msgs": TRICKY,
+    }
+    assert not d.parsed
+    assert d.messages() == TRICKY
+    assert d.parsed
+    assert d.body == body
+    d.msgs = ["edited"]  # an edit makes the list the truth
+    assert (d.body, d.count, orjson.loads(d.encode())["msgs"]) == (None, 1, ["edited"])
+
+
+def test_queues_count_raw_bodies_without_parsing_them() -> None:
+    q = DeliveryQueues(capacity=100, window=100)
+    q.enqueue("f/a", "in", None, body=b"[1,2,3]", count=3)
+    q.enqueue("f/a", "in", [4])
+    assert q.depth("f/a") == 4
+    frames = q.take()
+    assert [orjson.loads(f)["msgs"] for f in frames] == [[1, 2, 3], [4]]
+    assert q.statistics().unacknowledged == 4
+    assert q.requeue_unacked() == 2
+    assert q.depth("f/a") == 4
+    # a debugger step cuts the raw delivery: it is parsed then, and the count follows
+    one = q.pop_one("f/a")
+    assert one is not None
+    assert one.msgs == [1]
+    assert [d.msgs for d in q.queued("f/a")] == [[2, 3], [4]]
+    assert q.depth("f/a") == 3
+
+
+def test_a_broken_body_counts_right_and_says_so() -> None:
+    d = Delivery("f/a", "in", body=b"[1,", count=2)
+    assert len(d.messages()) == 2
+    assert "unreadable" in d.messages()[0]
+
+
+# ---------------------------------------------------------------------- real hosts
+
+
+async def test_messages_cross_python_node_exec_as_bytes_unchanged() -> None:
+    relay = [
+        sys.executable,
+        "-u",
+        "-c",
+        "import sys\nfor line in sys.stdin:\n    print(line.strip(), flush=True)\n",
+    ]
+    doc = {
+        "id": "raw",
+        "modules": [
+            {
+                "id": "a",
+                "runtime": "python",
+                "code": "def handle(msg, ctx):\n    ctx.emit('side', msg)\n    return msg\n",
+                "outputs": ["out", "side"],
+            },
+            {"id": "b", "runtime": "node", "code": "exports.handle = (msg) => msg;\n"},
+            {"id": "c", "runtime": "exec", "command": relay},
+            {"id": "d", "runtime": "python", "code": "def handle(msg, ctx):\n    return msg\n"},
+        ],
+        "wires": ["a.out -> b.in", "b.out -> c.in", "c.out -> d.in"],
+    }
+    async with open_runner() as runner:
+        sink = await start(runner, doc)
+        flow = runner.flow("raw")
+        for instance in flow.instances.values():
+            assert "raw" in instance.process.hello["features"]
+        await runner.inject("raw", "a", "in", TRICKY * 50)
+        await runner.wait_idle("raw")
+        assert sink.msgs("d.out") == TRICKY * 50
+        assert sink.msgs("a.side") == TRICKY * 50  # an exit: parsed there
+        stats = flow.stats()
+        wires = {w["wire"]: w["messages"] for w in stats["wires"]}
+        assert wires["a.out->b.in"] == len(TRICKY) * 50
+        assert flow.instances["node"].queues.statistics().delivered == len(TRICKY) * 50
+
+
+async def test_a_too_deep_message_reaching_an_exit_is_an_error_of_its_module() -> None:
+    deep = "exports.handle = (msg) => { let v = 1; for (let i = 0; i < msg; i++) v = [v]; return v; };\n"
+    doc = {
+        "id": "deep",
+        "modules": [
+            {"id": "a", "runtime": "python", "code": "def handle(msg, ctx):\n    return msg\n"},
+            {"id": "b", "runtime": "node", "code": deep},
+        ],
+        "wires": ["a.out -> b.in"],
+    }
+    async with open_runner() as runner:
+        sink = await start(runner, doc)
+        await runner.inject("deep", "a", "in", [2, 150, 3])
+        await runner.wait_idle("deep")
+        assert sink.msgs("b.out") == [[[1]], [[[1]]]]
+        errors = runner.module_errors("deep", "b")
+        assert [e["error"]["type"] for e in errors] == ["InvalidValue"]
+        assert "nested deeper" in errors[0]["error"]["message"]
+
+
+def _broken_runtime(tmp_path: Path, breakage: str) -> dict:
+    folder = tmp_path / f"broken-{breakage}"
+    folder.mkdir()
+    (folder / "manifest.json").write_bytes(
+        orjson.dumps(
+            {
+                "id": f"broken-{breakage}",
+                "name": "test host",
+                "version": "0",
+                "protocol": 1,
+                "command": ["{python}", "-u", str(BROKEN), breakage],
+            }
+        )
+    )
+    return discover(tmp_path)
+
+
+async def test_a_plain_protocol_1_host_is_served_beside_raw_ones(tmp_path: Path) -> None:
+    # broken_host.py with an unknown breakage is a correct plain protocol 1 echo host
+    runtimes = _broken_runtime(tmp_path, "none")
+    doc = {
+        "fifoflow": 1,
+        "id": "mixed",
+        "modules": [
+            {"id": "a", "runtime": "python", "code": "def handle(msg, ctx):\n    return msg\n"},
+            {"id": "b", "runtime": "broken-none", "code": "echo"},
+            {"id": "c", "runtime": "node", "code": "exports.handle = (msg) => msg;\n"},
+        ],
+        "wires": ["a.out -> b.in", "b.out -> c.in"],
+    }
+    flow = parse_flow(doc, base_dir=None, runtimes=runtimes.keys())
+    async with open_runner(runtimes=runtimes) as runner:
+        await runner.add_or_update_flow(flow)
+        sink = _Sink()
+        runner.set_output_sink("mixed", sink)
+        await runner.start_flow("mixed")
+        assert "raw" not in runner.flow("mixed").instances["broken-none"].process.hello["features"]
+        await runner.inject("mixed", "a", "in", TRICKY)
+        with trio.fail_after(20):
+            await runner.wait_idle("mixed")
+        assert sink.msgs == TRICKY
+
+
+async def test_a_raw_host_that_breaks_the_rule_is_restarted_as_broken(tmp_path: Path) -> None:
+    runtimes = _broken_runtime(tmp_path, "raw-msgs-first")
+    doc = {
+        "fifoflow": 1,
+        "id": "liar",
+        "modules": [{"id": "b", "runtime": "broken-raw-msgs-first", "code": "echo"}],
+        "wires": [],
+    }
+    flow = parse_flow(doc, base_dir=None, runtimes=runtimes.keys())
+    async with open_runner(runtimes=runtimes) as runner:
+        await runner.add_or_update_flow(flow)
+        await runner.start_flow("liar")
+        instance = runner.flow("liar").instances["broken-raw-msgs-first"]
+        sub = runner.subscribe(flows=["liar"], kinds=["runtime"])
+        await runner.inject("liar", "b", "in", [1])
+        await next_event(sub, "runtime", event="restart")
+        assert "msgs must be the last field" in (instance.last_error or "")
+        assert any("msgs must be the last field" in e["text"] for e in instance.logs)
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.msgs: list[object] = []
+
+    async def __call__(self, module: str, port: str, msgs: list[object]) -> None:
+        self.msgs.extend(msgs)
