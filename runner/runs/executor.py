@@ -517,10 +517,14 @@ class RunExecutor:
         }
 
     async def wait_hosts(self, run_id: str, attempt: int) -> dict[str, int | None]:
-        """:meth:`hosts` once the attempt has all of its hosts ({} if it is not running)."""
+        """:meth:`hosts` once the attempt has all of its hosts and its flow is loaded in
+        them ({} if it is not running)."""
         while True:
             att = self._running.get((run_id, attempt))
-            if att is None or att.ready:
+            if att is None:
+                return {}
+            if att.ready:
+                await att.attached.wait()
                 return self.hosts(run_id, attempt)
             await self._changed.wait()
 
