@@ -722,16 +722,10 @@ def run_checks(
 def _build_host(modules: dict[str, str], folder: Path) -> str | None:
     """A go host binary holding the test modules (those that do not compile are left
     out: their load answers the compiler's message)."""
-    import os
-    import tempfile
 
-    from .gobuild import GoBuildError, GoSource, ensure_binary
+    from .gobuild import GoBuildError, GoSource, default_cache, ensure_binary
 
-    cache = (
-        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fifoflow" / "go-builds"
-    )
-    if not os.access(cache.parent.parent if cache.parent.parent.exists() else "/", os.W_OK):
-        cache = Path(tempfile.gettempdir()) / "fifoflow-go-builds"
+    cache = default_cache()
     suffix = {p.stem: p.name for p in folder.iterdir() if p.is_file()}
     sources = [
         GoSource(code, str(folder / suffix.get(name, name))) for name, code in modules.items()

@@ -46,6 +46,7 @@ __all__ = [
     "GoBuildError",
     "GoSource",
     "cache_dir",
+    "default_cache",
     "ensure_binary",
     "find_go",
     "go_version",
@@ -145,6 +146,13 @@ def host_version() -> str:
 def cache_dir(env_dir: Path) -> Path:
     """Where Go builds are cached, beside the environments' folder."""
     return env_dir.parent / "go-builds"
+
+
+def default_cache() -> Path:
+    """The build cache of a process without a runner's folders (``fifoflow validate``,
+    the conformance kit): ``$XDG_CACHE_HOME/fifoflow/go-builds``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fifoflow" / "go-builds"
 
 
 def _go_env(cache: Path | None) -> dict[str, str]:
