@@ -81,7 +81,7 @@ type frameIn struct {
 	Timeout  *float64                   `json:"timeout"`
 	Seq      *int64                     `json:"seq"`
 	Port     *string                    `json:"port"`
-	Msgs     json.RawMessage            `json:"msgs"`
+	Msgs     *[]any                     `json:"msgs"`
 	Routes   map[string]json.RawMessage `json:"routes"`
 	ID       json.RawMessage            `json:"id"`
 	Migrate  *bool                      `json:"migrate"`
@@ -207,11 +207,7 @@ func (h *host) handleLine(line []byte) {
 		if f.Seq == nil || f.Module == nil || f.Port == nil || f.Msgs == nil {
 			h.fatal("deliver needs seq, module, port and msgs")
 		}
-		var msgs []any
-		if err := json.Unmarshal(f.Msgs, &msgs); err != nil {
-			h.fatal("deliver: msgs is not an array: " + err.Error())
-		}
-		h.deliver(*f.Seq, *f.Module, *f.Port, msgs)
+		h.deliver(*f.Seq, *f.Module, *f.Port, *f.Msgs)
 	case "load":
 		if f.Module == nil {
 			h.fatal("load needs module")
@@ -571,7 +567,23 @@ func (h *host) endEmit() {
 		return
 	}
 	h.emitting = nil
-	h.raw(map[string]any{"op": "emit", "module": e.module, "port": e.port, "msgs": e.msgs})
+	// written by hand: the messages are JSON already (encoding/json would check them again)
+	module, _ := json.Marshal(e.module)
+	port, _ := json.Marshal(e.port)
+	h.wmu.Lock()
+	h.w.WriteString(`{"op":"emit","module":`)
+	h.w.Write(module)
+	h.w.WriteString(`,"port":`)
+	h.w.Write(port)
+	h.w.WriteString(`,"msgs":[`)
+	for i, m := range e.msgs {
+		if i > 0 {
+			h.w.WriteByte(',')
+		}
+		h.w.Write(m)
+	}
+	h.w.WriteString("]}\n")
+	h.wmu.Unlock()
 }
 
 // frame writes a frame after the emit frame being built (main goroutine only).
