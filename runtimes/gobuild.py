@@ -12,7 +12,8 @@ all. A ``load`` names its code; the host finds the compiled unit by the code's h
 code the binary was not built with fails to load with a clear error (``NotBuilt``).
 
 Cache: ``<cache>/bin/<key>/host`` where ``key`` hashes (the sources' hashes, the host's
-Go files, the Go version). A set that was built before starts with no build. Go's own
+Go files, the Go version). A set that was built before starts with no build; the
+:data:`KEEP_BINARIES` most recently used binaries are kept. Go's own
 build cache (``GOCACHE``) and ``GOPATH`` live under ``<cache>`` too: nothing is written
 to ``$HOME``. Builds run offline: standard library only, ``GOPROXY=off``, no cgo.
 
@@ -70,6 +71,8 @@ _GENERATED = re.compile(
 )
 
 Progress = Callable[[dict[str, Any]], None]
+#: host binaries kept in the cache (the most recently used ones)
+KEEP_BINARIES = 64
 
 
 class GoBuildError(Exception):
@@ -299,6 +302,10 @@ def ensure_binary(
     key = _key(unique, go, allow_broken)
     target = cache / "bin" / key / "host"
     if target.exists():
+        try:
+            os.utime(target.parent)  # recently used: kept by _prune
+        except OSError:
+            pass
         if progress:
             progress(
                 {
@@ -366,6 +373,18 @@ def ensure_binary(
             }
         )
     return BuildResult(target, key, False, seconds, broken)
+
+
+def _prune(folder: Path, keep: int) -> None:
+    """Remove all but the ``keep`` most recently used binaries (a hot swap leaves one per
+    version). A running host whose binary goes keeps running; a restart builds again
+    (from Go's cache: a link)."""
+    try:
+        entries = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+    except OSError:
+        return
+    for old in entries[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _report_failure(progress: Progress | None, error: GoBuildError, started: float) -> None:
