@@ -111,3 +111,25 @@ def test_validate_runs_go_vet(tmp_path: Path) -> None:
     assert bad.returncode != 0
     assert f"{tmp_path / 'm.go'}:5:" in bad.stderr, bad.stderr
     assert "undefinedName" in bad.stderr
+
+
+def test_go_host_unit_tests(tmp_path: Path) -> None:
+    """The host's own Go tests (its JSON reader and writer against encoding/json, a
+    delivery benchmark's set-up) pass."""
+    from fifoflow.runtimes.gobuild import HOST_DIR, _go_env
+
+    work = tmp_path / "host"
+    work.mkdir()
+    for path in HOST_DIR.glob("*.go"):
+        shutil.copy(path, work / path.name)
+    (work / "go.mod").write_text("module fifoflow\n\ngo 1.18\n")
+    result = subprocess.run(
+        [GO, "test", "-count=1", "./..."],
+        cwd=work,
+        env=_go_env(tmp_path / "cache"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("ok")

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -27,6 +28,8 @@ type module struct {
 	timeout float64
 	// the last state sent to the runner (JSON), to send a snapshot only on change
 	sent []byte
+	// handled messages since the last snapshot
+	touched bool
 }
 
 type target struct {
@@ -47,14 +50,14 @@ type work struct {
 }
 
 type call struct {
+	id      uint64
 	module  string
 	port    string
 	seq     int64
 	index   int
 	direct  bool
-	started time.Time
 	timeout float64
-	told    bool
+	active  bool
 }
 
 type host struct {
@@ -62,29 +65,124 @@ type host struct {
 	wmu     sync.Mutex
 	modules map[string]*module
 	routes  map[string]map[string]portRoute
-	touched map[string]bool
+	// modules that handled messages since the last snapshot
+	touchedList []*module
+	// reused buffers of deliver
+	outs    []emitted
+	scratch []byte
+	ends    []int
 	// the highest seq handled and not yet acknowledged (-1: none)
 	doneSeq int64
 	cmu     sync.Mutex
-	current *call
+	current call
+	calls   uint64
 	// the emit frame being built (main goroutine only)
 	emitting *emitFrame
 }
 
+// frameIn is a decoded runner frame: the fields of PROTOCOL.md section 4 (nil: absent).
 type frameIn struct {
-	Op       *string                    `json:"op"`
-	Module   *string                    `json:"module"`
-	Code     *string                    `json:"code"`
-	Filename string                     `json:"filename"`
-	Config   map[string]any             `json:"config"`
-	State    json.RawMessage            `json:"state"`
-	Timeout  *float64                   `json:"timeout"`
-	Seq      *int64                     `json:"seq"`
-	Port     *string                    `json:"port"`
-	Msgs     *[]any                     `json:"msgs"`
-	Routes   map[string]json.RawMessage `json:"routes"`
-	ID       json.RawMessage            `json:"id"`
-	Migrate  *bool                      `json:"migrate"`
+	Op       *string
+	Module   *string
+	Code     *string
+	Filename string
+	Config   map[string]any
+	State    any // an object, or nil (absent or null)
+	Timeout  *float64
+	Seq      *int64
+	Port     *string
+	Msgs     *[]any
+	Routes   map[string]any
+	ID       any
+	Migrate  *bool
+}
+
+// decodeFrame reads a line into a frameIn; an error for what is no JSON object or has
+// a field of the wrong type.
+func decodeFrame(line []byte) (*frameIn, error) {
+	v, err := parseJSON(line)
+	if err != nil {
+		return nil, err
+	}
+	obj, ok := v.(map[string]any)
+	if !ok {
+		return nil, errors.New("a frame must be a JSON object")
+	}
+	f := &frameIn{ID: obj["id"], State: obj["state"]}
+	bad := func(field, kind string) error { return fmt.Errorf("field %q must be %s", field, kind) }
+	str := func(field string) (*string, error) {
+		raw, present := obj[field]
+		if !present {
+			return nil, nil
+		}
+		s, ok := raw.(string)
+		if !ok {
+			return nil, bad(field, "a string")
+		}
+		return &s, nil
+	}
+	if f.Op, err = str("op"); err != nil {
+		return nil, err
+	}
+	if f.Module, err = str("module"); err != nil {
+		return nil, err
+	}
+	if f.Port, err = str("port"); err != nil {
+		return nil, err
+	}
+	if raw, present := obj["code"]; present && raw != nil {
+		s, ok := raw.(string)
+		if !ok {
+			return nil, bad("code", "a string")
+		}
+		f.Code = &s
+	}
+	f.Filename, _ = obj["filename"].(string)
+	if raw, present := obj["config"]; present && raw != nil {
+		if f.Config, ok = raw.(map[string]any); !ok {
+			return nil, bad("config", "an object")
+		}
+	}
+	if f.State != nil {
+		if _, ok := f.State.(map[string]any); !ok {
+			return nil, bad("state", "an object or null")
+		}
+	}
+	if raw, present := obj["timeout"]; present && raw != nil {
+		t, ok := raw.(float64)
+		if !ok {
+			return nil, bad("timeout", "a number")
+		}
+		f.Timeout = &t
+	}
+	if raw, present := obj["seq"]; present {
+		n, ok := raw.(float64)
+		if !ok || n != float64(int64(n)) {
+			return nil, bad("seq", "an integer")
+		}
+		seq := int64(n)
+		f.Seq = &seq
+	}
+	if raw, present := obj["msgs"]; present {
+		msgs, ok := raw.([]any)
+		if !ok {
+			return nil, bad("msgs", "an array")
+		}
+		f.Msgs = &msgs
+	}
+	if raw, present := obj["routes"]; present {
+		if f.Routes, ok = raw.(map[string]any); !ok {
+			return nil, bad("routes", "an object")
+		}
+	}
+	if raw, present := obj["migrate"]; present && raw != nil {
+		b, ok := raw.(bool)
+		if !ok {
+			return nil, bad("migrate", "a boolean")
+		}
+		f.Migrate = &b
+	}
+	return f, nil
 }
 
 type errorInfo struct {
@@ -114,7 +212,6 @@ func Main() {
 		w:       bufio.NewWriterSize(out, 1<<20),
 		modules: map[string]*module{},
 		routes:  map[string]map[string]portRoute{},
-		touched: map[string]bool{},
 		doneSeq: -1,
 	}
 	h.frame(map[string]any{"op": "hello", "protocol": 1, "runtime": "go", "version": Version,
@@ -187,13 +284,13 @@ func (h *host) fatal(what string) {
 }
 
 func (h *host) handleLine(line []byte) {
-	var f frameIn
-	if err := json.Unmarshal(line, &f); err != nil {
+	f, err := decodeFrame(line)
+	if err != nil {
 		excerpt := string(line)
 		if len(excerpt) > 200 {
 			excerpt = excerpt[:200]
 		}
-		h.fatal(fmt.Sprintf("not a JSON object: %v: %q", err, excerpt))
+		h.fatal(fmt.Sprintf("bad frame: %v: %q", err, excerpt))
 	}
 	if f.Op == nil {
 		h.fatal("a frame without a string op")
@@ -212,7 +309,7 @@ func (h *host) handleLine(line []byte) {
 		if f.Module == nil {
 			h.fatal("load needs module")
 		}
-		h.load(&f)
+		h.load(f)
 	case "unload":
 		if f.Module == nil {
 			h.fatal("unload needs module")
@@ -229,11 +326,7 @@ func (h *host) handleLine(line []byte) {
 		}
 		h.setRoutes(f.Routes)
 	case "ping":
-		var id any
-		if f.ID != nil {
-			json.Unmarshal(f.ID, &id)
-		}
-		h.frame(map[string]any{"op": "pong", "id": id})
+		h.frame(map[string]any{"op": "pong", "id": f.ID})
 	case "shutdown":
 		h.shutdown()
 	default:
@@ -248,24 +341,33 @@ func (h *host) shutdown() {
 	os.Exit(0)
 }
 
-func (h *host) setRoutes(raw map[string]json.RawMessage) {
+func (h *host) setRoutes(raw map[string]any) {
 	table := map[string]map[string]portRoute{}
 	for mod, ports := range raw {
-		var spec map[string]struct {
-			Local    [][]string `json:"local"`
-			External bool       `json:"external"`
-		}
-		if err := json.Unmarshal(ports, &spec); err != nil {
-			h.fatal("route: bad table for " + mod + ": " + err.Error())
+		spec, ok := ports.(map[string]any)
+		if !ok {
+			h.fatal("route: the table of " + mod + " must be an object")
 		}
 		table[mod] = map[string]portRoute{}
-		for port, s := range spec {
-			r := portRoute{external: s.External}
-			for _, pair := range s.Local {
-				if len(pair) != 2 {
+		for port, entry := range spec {
+			s, ok := entry.(map[string]any)
+			if !ok {
+				h.fatal("route: " + mod + "." + port + " must be an object")
+			}
+			r := portRoute{}
+			r.external, _ = s["external"].(bool)
+			local, _ := s["local"].([]any)
+			for _, item := range local {
+				pair, ok := item.([]any)
+				if !ok || len(pair) != 2 {
 					h.fatal("route: a local target is [module, port]")
 				}
-				r.local = append(r.local, target{pair[0], pair[1]})
+				m, ok1 := pair[0].(string)
+				p, ok2 := pair[1].(string)
+				if !ok1 || !ok2 {
+					h.fatal("route: a local target is [module, port]")
+				}
+				r.local = append(r.local, target{m, p})
 			}
 			table[mod][port] = r
 		}
@@ -312,14 +414,7 @@ func (h *host) load(f *frameIn) {
 		h.loadError(id, "CompileError", unit.Broken, unit.Broken)
 		return
 	}
-	var given map[string]any
-	hasState := len(f.State) > 0 && string(f.State) != "null"
-	if hasState {
-		if err := json.Unmarshal(f.State, &given); err != nil {
-			h.loadError(id, "BadState", "state must be a JSON object: "+err.Error(), "")
-			return
-		}
-	}
+	given, hasState := f.State.(map[string]any)
 	old := h.modules[id]
 	var state map[string]any
 	var err error
@@ -389,56 +484,78 @@ func (h *host) load(f *frameIn) {
 
 // ---------------------------------------------------------------- deliver
 
+// deliver handles a frame and every same-host delivery it causes, breadth first: the
+// outputs of one work item for one local target become one work item (per-wire order).
 func (h *host) deliver(seq int64, module, port string, msgs []any) {
 	queue := []work{{module, port, msgs, true}}
 	for len(queue) > 0 {
 		w := queue[0]
 		queue = queue[1:]
 		m := h.modules[w.module]
-		for i, msg := range w.msgs {
-			if m == nil {
+		if m == nil {
+			for _, msg := range w.msgs {
 				h.frame(map[string]any{"op": "error", "module": w.module, "port": w.port, "msg": msg,
 					"seq": seq, "error": errorInfo{"UnknownModule", "no module " + w.module + " is loaded", ""}})
-				continue
 			}
-			var outs []emitted
+			continue
+		}
+		if !m.touched {
+			m.touched = true
+			h.touchedList = append(h.touchedList, m)
+		}
+		var local map[target][]any
+		var order []target
+		for i, msg := range w.msgs {
+			outs := h.outs[:0]
 			result, info := h.call(m, w.port, msg, seq, i, w.index, &outs)
 			if info == nil && result != nil {
 				outs = append(outs, emitted{"out", result})
 			}
-			h.touched[m.id] = true
-			var encoded []json.RawMessage
+			h.outs = outs
+			// every external message must be JSON before anything of the call goes out
+			scratch := h.scratch[:0]
+			ends := h.ends[:0]
 			if info == nil {
-				// every external message must be JSON before anything of the call goes out
 				for _, o := range outs {
 					if r := h.routeOf(m.id, o.port); r == nil || r.external {
-						data, err := json.Marshal(o.msg)
-						if err != nil {
+						var err error
+						if scratch, err = appendJSON(scratch, o.msg); err != nil {
 							info = &errorInfo{"EncodeError", fmt.Sprintf("port %s: the message is not JSON: %v", o.port, err), ""}
 							break
 						}
-						encoded = append(encoded, data)
+						ends = append(ends, len(scratch))
 					}
 				}
 			}
+			h.scratch, h.ends = scratch, ends
 			if info != nil {
 				h.frame(map[string]any{"op": "error", "module": m.id, "port": w.port, "msg": safeJSON(msg),
 					"seq": seq, "error": info})
 				continue
 			}
-			k := 0
+			k, from := 0, 0
 			for _, o := range outs {
 				r := h.routeOf(m.id, o.port)
 				if r == nil || r.external {
-					h.emit(m.id, o.port, encoded[k])
+					h.emit(m.id, o.port, scratch[from:ends[k]])
+					from = ends[k]
 					k++
 				}
 				if r != nil {
 					for _, t := range r.local {
-						queue = append(queue, work{t.module, t.port, []any{o.msg}, false})
+						if local == nil {
+							local = map[target][]any{}
+						}
+						if _, seen := local[t]; !seen {
+							order = append(order, t)
+						}
+						local[t] = append(local[t], o.msg)
 					}
 				}
 			}
+		}
+		for _, t := range order {
+			queue = append(queue, work{t.module, t.port, local[t], false})
 		}
 	}
 	if seq > h.doneSeq {
@@ -467,12 +584,13 @@ func (h *host) routeOf(module, port string) *portRoute {
 
 func (h *host) call(m *module, port string, msg any, seq int64, index int, direct bool, outs *[]emitted) (result any, info *errorInfo) {
 	h.cmu.Lock()
-	h.current = &call{module: m.id, port: port, seq: seq, index: index, direct: direct,
-		started: time.Now(), timeout: m.timeout}
+	h.calls++
+	h.current = call{id: h.calls, module: m.id, port: port, seq: seq, index: index, direct: direct,
+		timeout: m.timeout, active: true}
 	h.cmu.Unlock()
 	defer func() {
 		h.cmu.Lock()
-		h.current = nil
+		h.current.active = false
 		h.cmu.Unlock()
 		m.ctx.out = nil
 		if r := recover(); r != nil {
@@ -489,38 +607,50 @@ func (h *host) call(m *module, port string, msg any, seq int64, index int, direc
 	return res, nil
 }
 
-// watchdog reports a handler call that runs past its module's timeout (hung).
+// watchdog reports a handler call that runs past its module's timeout (hung). It
+// times calls itself (from when it first saw one), so a call costs no clock read.
 func (h *host) watchdog() {
+	const tick = 10 * time.Millisecond
+	var seen uint64
+	var since time.Time
+	told := false
 	for {
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(tick)
+		now := time.Now()
 		h.cmu.Lock()
 		c := h.current
-		var frame map[string]any
-		if c != nil && !c.told && time.Since(c.started).Seconds() > c.timeout {
-			c.told = true
-			var index any
-			if c.direct {
-				index = c.index
-			}
-			frame = map[string]any{"op": "hung", "module": c.module, "port": c.port, "msg": nil,
-				"seq": c.seq, "index": index, "elapsed": time.Since(c.started).Seconds()}
-		}
 		h.cmu.Unlock()
-		if frame != nil {
-			h.raw(frame)
-			h.wmu.Lock()
-			h.w.Flush()
-			h.wmu.Unlock()
+		if !c.active {
+			continue
 		}
+		if c.id != seen {
+			seen, since, told = c.id, now.Add(-tick/2), false
+			continue
+		}
+		elapsed := now.Sub(since).Seconds()
+		if told || elapsed <= c.timeout {
+			continue
+		}
+		told = true
+		var index any
+		if c.direct {
+			index = c.index
+		}
+		h.raw(map[string]any{"op": "hung", "module": c.module, "port": c.port, "msg": nil,
+			"seq": c.seq, "index": index, "elapsed": elapsed})
+		h.wmu.Lock()
+		h.w.Flush()
+		h.wmu.Unlock()
 	}
 }
 
 // finish ends a batch of deliveries: state snapshots of changed modules, then done.
 func (h *host) finish() {
-	for id := range h.touched {
-		m := h.modules[id]
-		if m == nil {
-			continue
+	for _, m := range h.touchedList {
+		m.touched = false
+		id := m.id
+		if h.modules[id] != m {
+			continue // unloaded or replaced meanwhile
 		}
 		if m.ctx.State == nil {
 			m.ctx.State = map[string]any{}
@@ -535,7 +665,7 @@ func (h *host) finish() {
 			m.sent = now
 		}
 	}
-	h.touched = map[string]bool{}
+	h.touchedList = h.touchedList[:0]
 	if h.doneSeq >= 0 {
 		h.frame(map[string]any{"op": "done", "seq": h.doneSeq})
 		h.doneSeq = -1
@@ -546,19 +676,24 @@ func (h *host) finish() {
 
 // emit adds a message to the emit frame being built (one frame per run of the same
 // module and port).
-func (h *host) emit(module, port string, msg json.RawMessage) {
+func (h *host) emit(module, port string, msg []byte) {
 	if h.emitting != nil && (h.emitting.module != module || h.emitting.port != port) {
 		h.endEmit()
 	}
 	if h.emitting == nil {
 		h.emitting = &emitFrame{module: module, port: port}
 	}
-	h.emitting.msgs = append(h.emitting.msgs, msg)
+	if h.emitting.count > 0 {
+		h.emitting.buf = append(h.emitting.buf, ',')
+	}
+	h.emitting.buf = append(h.emitting.buf, msg...)
+	h.emitting.count++
 }
 
 type emitFrame struct {
 	module, port string
-	msgs         []json.RawMessage
+	buf          []byte // the messages, comma separated
+	count        int
 }
 
 func (h *host) endEmit() {
@@ -576,12 +711,7 @@ func (h *host) endEmit() {
 	h.w.WriteString(`,"port":`)
 	h.w.Write(port)
 	h.w.WriteString(`,"msgs":[`)
-	for i, m := range e.msgs {
-		if i > 0 {
-			h.w.WriteByte(',')
-		}
-		h.w.Write(m)
-	}
+	h.w.Write(e.buf)
 	h.w.WriteString("]}\n")
 	h.wmu.Unlock()
 }
