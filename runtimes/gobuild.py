@@ -298,6 +298,10 @@ def ensure_binary(
         raise GoBuildError(
             "no Go toolchain: install Debian's golang-go (or set FIFOFLOW_GO)", kind="NoToolchain"
         )
+    if not any(HOST_DIR.glob("*.go")):
+        raise GoBuildError(
+            f"fifoflow's Go host files are missing from this installation ({HOST_DIR})"
+        )
     unique = {s.hash: s for s in sources}
     key = _key(unique, go, allow_broken)
     target = cache / "bin" / key / "host"
