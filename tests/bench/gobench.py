@@ -1,6 +1,7 @@
 """Benchmarks of the go runtime: throughput of built hosts, and what building costs.
 
-- ``go_same_chain``: three go modules in one host (go -> go wires stay inside it), msg/s.
+- ``go_same_chain``: three go modules in one host (go -> go wires stay inside it), msg/s,
+  beside three python modules in one host (``py_same_chain``, same run).
 - ``py_go_py``: python -> go -> python through the runner, msg/s, beside the same chain
   with node in the middle (``py_node_py``, measured in the same run).
 - ``go_build_cold``: seconds to build a host binary with an empty cache (Go's own build
@@ -76,6 +77,13 @@ def run(throughput: Throughput, n: int, rounds: int) -> dict[str, Any] | None:
         "unit": "deliveries/s",
         **_summary([v * 3 for v in values]),
     }
+    same_py = _flow(
+        "same_py",
+        [("a", "python", PY_ID), ("b", "python", PY_ID), ("c", "python", PY_ID)],
+        ["a.out -> b.in", "b.out -> c.in"],
+    )
+    py_values = trio.run(throughput, same_py, "a", n, rounds)
+    figures["py_same_chain"] = {"unit": "msg/s", **_summary(py_values)}
     for name, mid, code in (("py_go_py", "go", GO_ID), ("py_node_py", "node", NODE_ID)):
         chain = _flow(
             name,
@@ -124,3 +132,5 @@ def print_report(figures: dict[str, Any] | None) -> None:
         print(f"  {key:<26} {fmt.format(value['median']):>12} {unit:<13} ({spread})")
     ratio = figures["py_go_py"]["median"] / figures["py_node_py"]["median"]
     print(f"  python -> go -> python / python -> node -> python: {ratio:.2f}x")
+    same = figures["go_same_chain"]["median"] / figures["py_same_chain"]["median"]
+    print(f"  three go modules in one host / three python modules in one host: {same:.2f}x")
