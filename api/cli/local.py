@@ -118,11 +118,15 @@ def output_sink(*, raw: bool) -> Callable[[str, str, list[Any]], Awaitable[None]
 
 
 async def run_flow(args: argparse.Namespace) -> int:
-    runtimes = discover()
+    unavailable: dict[str, list[str]] = {}
+    runtimes = discover(unavailable=unavailable)
     try:
         flow = load_flow(Path(args.flow), runtimes=runtimes.keys())
     except FlowError as exc:
         err(flow_problems(args.flow, exc))
+        for rid, missing in sorted(unavailable.items()):
+            if f"runtime {rid!r}" in str(exc):
+                err(f"  ({rid} is not available on this machine: {'; '.join(missing)})")
         if "runtime 'browser'" in str(exc):
             err(
                 "  (browser modules run in web pages: deploy the flow to a dispatcher with"
