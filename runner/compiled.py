@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..runtimes.gobuild import GoBuildError, GoSource, cache_dir, ensure_binary
+from ..runtimes.gobuild import GoBuildError, GoSource, cache_dir, default_cache, ensure_binary
 from .errors import FlowLoadError, RuntimeStartError
 from .events import EventKind
 
@@ -33,15 +33,17 @@ __all__ = ["build_host", "go_cache"]
 
 
 def go_cache(instance: RuntimeInstance) -> Path:
-    config = instance.config
-    if config.env_dir is not None:
-        envs = config.env_dir
-    elif config.state_dir is not None:
-        envs = config.state_dir / "envs"
-    else:
-        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        envs = Path(base) / "fifoflow" / "envs"
-    return cache_dir(envs)
+    """Where the instance's binaries are built and cached: ``$FIFOFLOW_GO_CACHE``; beside
+    an environments folder the runner was given explicitly (``env_dir``); else the
+    machine's (``~/.cache/fifoflow/go-builds``), shared by every runner of the machine:
+    binaries are named by content, so sharing is safe, and a runner with a fresh state
+    dir does not compile Go's standard library again."""
+    given = os.environ.get("FIFOFLOW_GO_CACHE")
+    if given:
+        return Path(given)
+    if instance.config.env_dir is not None:
+        return cache_dir(instance.config.env_dir)
+    return default_cache()
 
 
 async def build_host(instance: RuntimeInstance) -> dict[str, Any]:

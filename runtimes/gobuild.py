@@ -152,8 +152,11 @@ def cache_dir(env_dir: Path) -> Path:
 
 
 def default_cache() -> Path:
-    """The build cache of a process without a runner's folders (``fifoflow validate``,
-    the conformance kit): ``$XDG_CACHE_HOME/fifoflow/go-builds``."""
+    """The machine's build cache: ``$FIFOFLOW_GO_CACHE``, or
+    ``$XDG_CACHE_HOME/fifoflow/go-builds`` (``~/.cache/fifoflow/go-builds``)."""
+    given = os.environ.get("FIFOFLOW_GO_CACHE")
+    if given:
+        return Path(given)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "fifoflow" / "go-builds"
 
