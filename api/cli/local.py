@@ -176,7 +176,9 @@ async def run_flow(args: argparse.Namespace) -> int:
 
 async def print_events(runner: Runner, flow_id: str, quiet: bool) -> None:
     """A local flow's errors, environment builds and (unless ``quiet``) log lines, on stderr."""
-    kinds = ["error", "environment"] if quiet else ["error", "log", "environment"]
+    kinds = ["error", "environment", "build"]
+    if not quiet:
+        kinds.append("log")
     with trio.CancelScope():
         sub = runner.subscribe(flows=[flow_id], kinds=kinds, capacity=10_000)
         try:
@@ -189,6 +191,14 @@ async def print_events(runner: Runner, flow_id: str, quiet: bool) -> None:
                         "failed": f"failed: {event.get('error')}",
                     }.get(event["phase"], event["phase"] + "...")
                     err(f"[{flow_id}] environment {event['env']}: {detail}")
+                elif event["kind"] == "build":
+                    text = {
+                        "started": f"building its host ({event.get('modules')} modules,"
+                        f" {event.get('go', '')})...",
+                        "finished": f"host built in {event.get('seconds', 0):.1f} s",
+                    }.get(event.get("event", ""))
+                    if text:  # a cached binary says nothing; a failure is the load error
+                        err(f"[{flow_id}] {event['runtime']}: {text}")
                 elif event["kind"] == "missed":
                     err(f"[{flow_id}] ... {event['count']} log/error events not shown")
                 elif event["kind"] == "error":
