@@ -24,6 +24,7 @@ lint: $(VENV)/.ready-test
 check-tools:
 	@command -v node >/dev/null || { echo "fifoflow needs Node.js >= 20 for the node runtime (Debian: apt-get install nodejs)"; exit 1; }
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "fifoflow needs Python >= 3.11"; exit 1; }
+	@command -v go >/dev/null || echo "note: no Go toolchain: the go runtime is not offered (Debian: apt-get install golang-go; make test installs it)"
 
 $(VENV)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -8,6 +8,7 @@ writes a stable, git-friendly form: fixed key order, defaults left out, two-spac
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -428,13 +429,35 @@ def _validate(doc: FlowDocument, *, base_dir: Path | None, runtimes: Collection[
         raise FlowError(problems)
     return Flow(
         id=doc.id,
-        modules=tuple(modules),
+        modules=with_builds(modules),
         wires=tuple(wires),
         description=doc.description,
         base_dir=base_dir,
         requirements=flow_reqs["requirements"],
         packages=flow_reqs["packages"],
         exits=tuple(exits),
+    )
+
+
+#: runtimes whose hosts are built from their modules' sources (one binary per set)
+COMPILED_RUNTIMES = frozenset({"go"})
+
+
+def with_builds(modules: list[Module]) -> tuple[Module, ...]:
+    """``modules`` with ``build`` set on those of compiled runtimes: a hash of the set of
+    sources of the flow's modules in that runtime (``Module.host``)."""
+    sets: dict[str, set[str]] = {}
+    for m in modules:
+        if m.runtime in COMPILED_RUNTIMES:
+            sets.setdefault(m.runtime, set()).add(m.source or "")
+    if not sets:
+        return tuple(modules)
+    keys = {
+        runtime: hashlib.sha256("\0".join(sorted(sources)).encode()).hexdigest()[:16]
+        for runtime, sources in sets.items()
+    }
+    return tuple(
+        attrs.evolve(m, build=keys[m.runtime]) if m.runtime in keys else m for m in modules
     )
 
 

@@ -4,7 +4,9 @@
 
 - *added* / *removed*: its id is only in the new / old flow;
 - *moved*: its runtime or its requirements changed, so it runs in another runtime
-  process (``Module.host``: the runtime, or the runtime and its environment);
+  process (``Module.host``: the runtime, or the runtime and its environment; for a
+  compiled runtime, go, the set of the flow's go sources: new go code moves every go
+  module to a host built with it);
 - *code changed*: same runtime, different code (``code``, a file's text, or an exec
   ``command``/``cwd``);
 - *config changed*: same runtime and code, different ``config`` or ``timeout``;

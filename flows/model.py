@@ -77,6 +77,10 @@ class Module:
     #: (0: nothing reserved; a dispatcher's concern, like labels)
     cpus: float = attrs.field(default=0.0, eq=False)
     memory: int = attrs.field(default=0, eq=False)
+    #: compiled runtimes (go): a hash of the sources of every module of the flow in this
+    #: runtime. Their host is one binary built for that set, so a changed, added or
+    #: removed source gives every such module a new host (a hot swap moves them there)
+    build: str | None = attrs.field(default=None, eq=False)
 
     @property
     def environment(self) -> str | None:
@@ -91,6 +95,8 @@ class Module:
     def host(self) -> str:
         """Which runtime process of its flow the module runs in: the runtime id, or the
         runtime and its environment."""
+        if self.build is not None:
+            return f"{self.runtime}-{self.build}"
         env = self.environment
         return env if env is not None else self.runtime
 

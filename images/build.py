@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BASE_PACKAGES",
     "DEFAULT_BASE",
+    "OPTIONAL_PACKAGES",
     "BuildError",
     "build_base",
     "build_runner",
@@ -48,6 +49,8 @@ __all__ = [
 DEFAULT_BASE = "fifoflow-base:bookworm"
 SUITE = "bookworm"
 BASE_PACKAGES = ("python3", "python3-venv", "nodejs")
+#: what ``--with NAME`` adds to the base (the go runtime's toolchain: Debian's golang-go)
+OPTIONAL_PACKAGES = {"go": ("golang-go",)}
 HERE = Path(__file__).resolve().parent
 #: trimmed from the root filesystem: nothing a runner reads
 TRIM = (
@@ -60,6 +63,7 @@ TRIM = (
     "var/cache/apt",
     "var/log",
 )
+
 
 class BuildError(Exception):
     """A step failed; the message says which and what the tool printed last."""
@@ -153,9 +157,21 @@ def _has_image(client: Any, tag: str) -> bool:
     return True
 
 
-def base_tarball(cache_dir: Path, suite: str = SUITE) -> Path:
-    key = hashlib.sha256("\n".join([suite, *BASE_PACKAGES, *TRIM]).encode()).hexdigest()[:12]
+def base_tarball(
+    cache_dir: Path, suite: str = SUITE, packages: tuple[str, ...] = BASE_PACKAGES
+) -> Path:
+    key = hashlib.sha256("\n".join([suite, *packages, *TRIM]).encode()).hexdigest()[:12]
     return cache_dir / f"base-{suite}-{key}.tar"
+
+
+def with_options(tag: str, options: tuple[str, ...]) -> str:
+    """``tag`` of an image variant with optional runtimes (``fifoflow-base:bookworm-go``)."""
+    return tag + "".join(f"-{name}" for name in sorted(options))
+
+
+def packages_for(options: tuple[str, ...]) -> tuple[str, ...]:
+    extra = [pkg for name in sorted(options) for pkg in OPTIONAL_PACKAGES[name]]
+    return (*BASE_PACKAGES, *extra)
 
 
 def build_base(
@@ -164,18 +180,19 @@ def build_base(
     cache_dir: Path | None = None,
     suite: str = SUITE,
     rebuild: bool = False,
+    packages: tuple[str, ...] = BASE_PACKAGES,
     say: Callable[[str], None] = print,
 ) -> str:
     """Make the base image offline (debootstrap + docker import); cached twice: the
     image itself, and the root filesystem's tarball (a removed image is imported
-    again without debootstrap)."""
+    again without debootstrap). ``packages``: the Debian packages it holds."""
     client = _docker()
     if _has_image(client, tag) and not rebuild:
         say(f"base image {tag}: present")
         return tag
     cache_dir = cache_dir or default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tarball = base_tarball(cache_dir, suite)
+    tarball = base_tarball(cache_dir, suite, packages)
     if rebuild or not tarball.exists():
         if shutil.which("debootstrap") is None:
             raise BuildError("debootstrap is not installed (Debian: apt-get install debootstrap)")
@@ -184,12 +201,12 @@ def build_base(
         mirror = debian_mirror(suite)
         with tempfile.TemporaryDirectory(prefix="fifoflow-rootfs-", dir=cache_dir) as tmp:
             rootfs = Path(tmp) / "rootfs"
-            say(f"base image {tag}: debootstrap {suite} ({', '.join(BASE_PACKAGES)})")
+            say(f"base image {tag}: debootstrap {suite} ({', '.join(packages)})")
             _run(
                 [
                     "debootstrap",
                     "--variant=minbase",
-                    f"--include={','.join(BASE_PACKAGES)}",
+                    f"--include={','.join(packages)}",
                     suite,
                     str(rootfs),
                     mirror,
@@ -270,9 +287,11 @@ def build_runner(
     *,
     base: str = DEFAULT_BASE,
     wheel_dir: Path,
+    runtimes: str = "python,node,exec",
     say: Callable[[str], None] = print,
 ) -> str:
-    """``runner.Dockerfile`` on ``base`` with the wheelhouse as its only package source."""
+    """``runner.Dockerfile`` on ``base`` with the wheelhouse as its only package source;
+    ``runtimes`` is the image's ``io.fifoflow.runtimes`` label."""
     client = _docker()
     tag = tag or runner_tag()
     with tempfile.TemporaryDirectory(prefix="fifoflow-image-") as tmp:
@@ -284,7 +303,7 @@ def build_runner(
         for chunk in client.api.build(
             path=str(context),
             tag=tag,
-            buildargs={"BASE": base, "VERSION": fifoflow_version()},
+            buildargs={"BASE": base, "VERSION": fifoflow_version(), "RUNTIMES": runtimes},
             rm=True,
             forcerm=True,
             decode=True,

@@ -51,6 +51,9 @@ class EventKind(enum.StrEnum):
     RUNTIME = "runtime"
     #: progress of an environment build
     ENVIRONMENT = "environment"
+    #: a compiled runtime's host binary (go): ``event`` started, finished (``seconds``),
+    #: cached (no build) or failed (``error``, ``file``, ``line``); ``runtime``, ``modules``
+    BUILD = "build"
     #: a run changed state (``run``, ``state``, ``attempt``, ``worker``, ``reason``; runner/runs)
     RUN = "run"
     #: a run's lease was renewed with its progress (``run``, ``attempt``, ``handled``, ...)

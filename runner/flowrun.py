@@ -209,6 +209,9 @@ class FlowRun:
                     "period": self.config.crash_period,
                     "backoffMax": self.config.restart_backoff_max,
                 }
+        for host, instance in instances.items():
+            if instance.manifest.build is not None and host in loads:
+                instance.build_loads = dict(loads[host])
         # What each module's deliveries can produce messages for, through same-host wires.
         downstream: dict[str, dict[str, list[tuple[DeliveryQueues, str]]]] = defaultdict(dict)
         for module in flow.modules:

@@ -49,7 +49,7 @@ def open_host(
                 " themselves (a web page), and this runner takes none"
             )
         return attach_runtime(config.attached, name, start_timeout=config.start_timeout)
-    argv = manifest.argv()
+    argv = manifest.argv(binary=options.get("binary"))
     if options.get("python"):
         argv = [options["python"] if part == sys.executable else part for part in argv]
     return spawn_runtime(

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .compiled import build_host
 from .errors import FlowLoadError, FlowStateError, ProtocolError, RuntimeStartError, first
 from .events import EventKind
 from .faults import CrashWindow, deadline, hang_errors
@@ -106,6 +107,11 @@ class RuntimeInstance:
         # Set and replaced whenever the window shrinks: drain() waits on it.
         self._acked = trio.Event()
         self._unloaded: dict[str, trio.Event] = {}
+        #: compiled runtimes: the load frames whose code the host binary is built with
+        #: (set by the flow's plan; a swap starts such a host before it loads modules)
+        self.build_loads: dict[str, dict[str, Any]] = {}
+        #: the last build of its binary: {"key", "cached", "seconds"} (compiled runtimes)
+        self.last_build: dict[str, Any] | None = None
 
     def statistics(self) -> dict[str, Any]:
         queues = self.queues.statistics()
@@ -241,6 +247,9 @@ class RuntimeInstance:
         if self.environment is not None and self._host_options is None:
             env = await self.flow.build_environment(self)
             self._host_options = env.host_options()
+        if self.manifest.build is not None:
+            # a compiled runtime: the binary for this host's module set (cached by hash)
+            self._host_options = await build_host(self)
         host = open_host(
             self.manifest, self.config, self.name, self._host_options or {}, self._on_host_output
         )

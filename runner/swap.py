@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ..flows.diff import FlowDiff, diff_flows
-from .errors import FlowStateError, RunnerError
+from .errors import FlowLoadError, FlowStateError, RunnerError
 from .events import EventKind
 from .status import FlowStatus
 
@@ -104,6 +104,11 @@ async def hot_swap(
             instance.set_modules({}, {})
             await run.instance_nursery.start(instance.run)
             started_fresh.append(instance)
+    except FlowLoadError as exc:
+        # a compiled runtime's new binary did not build: the old one runs on
+        for instance in started_fresh:
+            await instance.stop()
+        raise SwapRejected(run.short(exc.module), exc.error) from None
     except BaseException:
         for instance in started_fresh:
             await instance.stop()

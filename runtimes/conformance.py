@@ -93,10 +93,28 @@ _EXEC_LOOP = "import sys, json\nfor line in sys.stdin:\n    m = json.loads(line)
 EXEC_MODULES = {
     "echo": [PY, "-u", "-c", _EXEC_LOOP.format(body="    print(json.dumps(m), flush=True)\n")],
     "add1": [PY, "-u", "-c", _EXEC_LOOP.format(body="    print(json.dumps(m + 1), flush=True)\n")],
-    "times2": [PY, "-u", "-c", _EXEC_LOOP.format(body="    print(json.dumps(m * 2), flush=True)\n")],
+    "times2": [
+        PY,
+        "-u",
+        "-c",
+        _EXEC_LOOP.format(body="    print(json.dumps(m * 2), flush=True)\n"),
+    ],
     # exec modules have no exceptions: a line that is not JSON is the error for that input
-    "raises": [PY, "-u", "-c", _EXEC_LOOP.format(body="    print('oops' if m == 2 else json.dumps(m), flush=True)\n")],
-    "hang": [PY, "-u", "-c", "import time\n" + _EXEC_LOOP.format(body="    if m == 'hang':\n        time.sleep(3600)\n    print(json.dumps(m), flush=True)\n")],
+    "raises": [
+        PY,
+        "-u",
+        "-c",
+        _EXEC_LOOP.format(body="    print('oops' if m == 2 else json.dumps(m), flush=True)\n"),
+    ],
+    "hang": [
+        PY,
+        "-u",
+        "-c",
+        "import time\n"
+        + _EXEC_LOOP.format(
+            body="    if m == 'hang':\n        time.sleep(3600)\n    print(json.dumps(m), flush=True)\n"
+        ),
+    ],
     "missing_command": ["/nonexistent/fifoflow-conformance-command"],
 }
 
@@ -168,9 +186,13 @@ class HostUnderTest:
                 if exc.errno != errno.ENXIO:
                     raise
             if self.proc.poll() is not None:
-                raise CheckFailed(f"host exited with status {self.proc.returncode} before opening to-runtime\n{self.stderr_tail()}")
+                raise CheckFailed(
+                    f"host exited with status {self.proc.returncode} before opening to-runtime\n{self.stderr_tail()}"
+                )
             if time.monotonic() > deadline:
-                raise CheckFailed(f"host did not open to-runtime for reading within {self.timeout:g} s")
+                raise CheckFailed(
+                    f"host did not open to-runtime for reading within {self.timeout:g} s"
+                )
             time.sleep(0.005)
 
     def send(self, *frames: dict[str, Any] | bytes) -> None:
@@ -196,7 +218,9 @@ class HostUnderTest:
                 continue
             if not data:
                 if self.buffer:
-                    raise CheckFailed(f"host closed its pipe in the middle of a line: {self.buffer[:200]!r}")
+                    raise CheckFailed(
+                        f"host closed its pipe in the middle of a line: {self.buffer[:200]!r}"
+                    )
                 return None
             self.buffer += data
         line, _, self.buffer = self.buffer.partition(b"\n")
@@ -210,7 +234,9 @@ class HostUnderTest:
         self.frames.append(frame)
         return frame
 
-    def expect(self, want: Callable[[dict[str, Any]], bool], what: str, timeout: float | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def expect(
+        self, want: Callable[[dict[str, Any]], bool], what: str, timeout: float | None = None
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Read frames until one matches; returns it and the frames before it."""
         before: list[dict[str, Any]] = []
         while True:
@@ -218,9 +244,13 @@ class HostUnderTest:
                 frame = self.recv(timeout)
             except TimeoutError:
                 seen = "; ".join(_excerpt(f) for f in before[-5:]) or "nothing"
-                raise CheckFailed(f"expected {what} within {timeout or self.timeout:g} s; got {seen}") from None
+                raise CheckFailed(
+                    f"expected {what} within {timeout or self.timeout:g} s; got {seen}"
+                ) from None
             if frame is None:
-                raise CheckFailed(f"expected {what}; the host closed its pipe (exit status {self.proc.poll()})\n{self.stderr_tail()}")
+                raise CheckFailed(
+                    f"expected {what}; the host closed its pipe (exit status {self.proc.poll()})\n{self.stderr_tail()}"
+                )
             if want(frame):
                 return frame, before
             before.append(frame)
@@ -246,7 +276,9 @@ class HostUnderTest:
 
 
 @contextmanager
-def started_host(command: list[str], timeout: float, *, probe_order: bool = False) -> Iterator[HostUnderTest]:
+def started_host(
+    command: list[str], timeout: float, *, probe_order: bool = False
+) -> Iterator[HostUnderTest]:
     host = HostUnderTest(command, timeout)
     try:
         if probe_order:
@@ -264,14 +296,18 @@ def started_host(command: list[str], timeout: float, *, probe_order: bool = Fals
             except TimeoutError:
                 raise CheckFailed(f"no hello within {timeout:g} s\n{host.stderr_tail()}") from None
             if hello is None:
-                raise CheckFailed(f"host closed its pipe before hello (exit status {host.proc.poll()})\n{host.stderr_tail()}")
+                raise CheckFailed(
+                    f"host closed its pipe before hello (exit status {host.proc.poll()})\n{host.stderr_tail()}"
+                )
         yield host
     finally:
         host.close()
 
 
 class Kit:
-    def __init__(self, command: list[str], lang: str, modules: dict[str, Any], timeout: float) -> None:
+    def __init__(
+        self, command: list[str], lang: str, modules: dict[str, Any], timeout: float
+    ) -> None:
         self.command = command
         self.lang = lang
         self.modules = modules
@@ -280,7 +316,13 @@ class Kit:
     def load_frame(self, name: str, module: str | None = None, **extra: Any) -> dict[str, Any]:
         if name not in self.modules:
             raise Skip(f"no '{name}' test module for {self.lang}")
-        frame: dict[str, Any] = {"op": "load", "module": module or f"t/{name}", "config": {}, "state": None, "timeout": 10}
+        frame: dict[str, Any] = {
+            "op": "load",
+            "module": module or f"t/{name}",
+            "config": {},
+            "state": None,
+            "timeout": 10,
+        }
         if self.lang == "exec":
             frame.update(command=self.modules[name], cwd=None, env=None)
         else:
@@ -291,9 +333,14 @@ class Kit:
     def load(self, host: HostUnderTest, name: str, module: str | None = None, **extra: Any) -> None:
         frame = self.load_frame(name, module, **extra)
         host.send(frame)
-        loaded, _ = host.expect(lambda f: f["op"] == "loaded" and f.get("module") == frame["module"], f"'loaded' for {frame['module']}")
+        loaded, _ = host.expect(
+            lambda f: f["op"] == "loaded" and f.get("module") == frame["module"],
+            f"'loaded' for {frame['module']}",
+        )
         if loaded.get("error"):
-            raise CheckFailed(f"loading the {name!r} test module failed: {_excerpt(loaded['error'])}")
+            raise CheckFailed(
+                f"loading the {name!r} test module failed: {_excerpt(loaded['error'])}"
+            )
 
     def needs_code(self) -> None:
         if self.lang == "exec":
@@ -303,7 +350,9 @@ class Kit:
 
     def check_hello(self, host: HostUnderTest) -> None:
         if host.hello_early:
-            raise CheckFailed("host wrote to from-runtime before opening to-runtime (must open to-runtime for reading first)")
+            raise CheckFailed(
+                "host wrote to from-runtime before opening to-runtime (must open to-runtime for reading first)"
+            )
         hello = host.frames[0]
         if hello.get("op") != "hello":
             raise CheckFailed(f"first frame must be hello, got {_excerpt(hello)}")
@@ -311,7 +360,9 @@ class Kit:
             raise CheckFailed(f"hello.protocol must be 1, got {hello.get('protocol')!r}")
         for field, kind in (("runtime", str), ("version", str), ("pid", int), ("features", list)):
             if not isinstance(hello.get(field), kind):
-                raise CheckFailed(f"hello.{field} must be a {kind.__name__}, got {hello.get(field)!r}")
+                raise CheckFailed(
+                    f"hello.{field} must be a {kind.__name__}, got {hello.get(field)!r}"
+                )
         if hello["pid"] != host.proc.pid:
             raise CheckFailed(f"hello.pid is {hello['pid']}, the host's pid is {host.proc.pid}")
 
@@ -325,14 +376,18 @@ class Kit:
         loaded, _ = host.expect(lambda f: f["op"] == "loaded", "'loaded'")
         error = loaded.get("error")
         if not isinstance(error, dict) or not error.get("message"):
-            raise CheckFailed(f"code that does not compile must be answered with loaded.error {{type, message}}, got {_excerpt(loaded)}")
+            raise CheckFailed(
+                f"code that does not compile must be answered with loaded.error {{type, message}}, got {_excerpt(loaded)}"
+            )
 
     def check_load_without_handle(self, host: HostUnderTest) -> None:
         self.needs_code()
         host.send(self.load_frame("no_handle"))
         loaded, _ = host.expect(lambda f: f["op"] == "loaded", "'loaded'")
         if not loaded.get("error"):
-            raise CheckFailed(f"code without handle must be answered with loaded.error, got {_excerpt(loaded)}")
+            raise CheckFailed(
+                f"code without handle must be answered with loaded.error, got {_excerpt(loaded)}"
+            )
 
     def check_load_bad_command(self, host: HostUnderTest) -> None:
         if self.lang != "exec":
@@ -340,47 +395,72 @@ class Kit:
         host.send(self.load_frame("missing_command"))
         loaded, _ = host.expect(lambda f: f["op"] == "loaded", "'loaded'")
         if not loaded.get("error"):
-            raise CheckFailed(f"a command that cannot start must be answered with loaded.error, got {_excerpt(loaded)}")
+            raise CheckFailed(
+                f"a command that cannot start must be answered with loaded.error, got {_excerpt(loaded)}"
+            )
 
     def check_deliver_emit_done(self, host: HostUnderTest) -> None:
         self.load(host, "echo")
         msgs = list(range(1, 201))
-        host.send({"op": "deliver", "seq": 1, "module": "t/echo", "port": "in", "msgs": msgs[:100]},
-                  {"op": "deliver", "seq": 2, "module": "t/echo", "port": "in", "msgs": msgs[100:]})
-        _, before = host.expect(lambda f: f["op"] == "done" and f.get("seq", 0) >= 2, "done covering seq 2")
-        got = [m for f in before if f["op"] == "emit" and f.get("module") == "t/echo" for m in f["msgs"]]
+        host.send(
+            {"op": "deliver", "seq": 1, "module": "t/echo", "port": "in", "msgs": msgs[:100]},
+            {"op": "deliver", "seq": 2, "module": "t/echo", "port": "in", "msgs": msgs[100:]},
+        )
+        _, before = host.expect(
+            lambda f: f["op"] == "done" and f.get("seq", 0) >= 2, "done covering seq 2"
+        )
+        got = [
+            m
+            for f in before
+            if f["op"] == "emit" and f.get("module") == "t/echo"
+            for m in f["msgs"]
+        ]
         if got != msgs:
-            raise CheckFailed(f"emits before done must carry every output in order; got {len(got)} of {len(msgs)}: {got[:10]}...")
+            raise CheckFailed(
+                f"emits before done must carry every output in order; got {len(got)} of {len(msgs)}: {got[:10]}..."
+            )
         for f in before:
             if f["op"] == "emit" and f.get("port") != "out":
-                raise CheckFailed(f"a returned value must be emitted on port 'out', got {_excerpt(f)}")
+                raise CheckFailed(
+                    f"a returned value must be emitted on port 'out', got {_excerpt(f)}"
+                )
 
     def check_emit_named_port(self, host: HostUnderTest) -> None:
         self.needs_code()
         self.load(host, "ports")
-        host.send({"op": "deliver", "seq": 1, "module": "t/ports", "port": "in", "msgs": ["a", "b"]})
+        host.send(
+            {"op": "deliver", "seq": 1, "module": "t/ports", "port": "in", "msgs": ["a", "b"]}
+        )
         _, before = host.expect(lambda f: f["op"] == "done", "done")
         ports: dict[str, list[Any]] = {}
         for f in before:
             if f["op"] == "emit":
                 ports.setdefault(f["port"], []).extend(f["msgs"])
         if ports != {"side": ["a", "b"], "out": ["a", "b"]}:
-            raise CheckFailed(f"ctx.emit('side', msg) plus a return value must give side=[a, b] and out=[a, b]; got {ports}")
+            raise CheckFailed(
+                f"ctx.emit('side', msg) plus a return value must give side=[a, b] and out=[a, b]; got {ports}"
+            )
 
     def check_state_snapshot_and_restore(self, host: HostUnderTest) -> None:
         self.needs_code()
         self.load(host, "count")
-        host.send({"op": "deliver", "seq": 1, "module": "t/count", "port": "in", "msgs": ["x", "x", "x"]})
+        host.send(
+            {"op": "deliver", "seq": 1, "module": "t/count", "port": "in", "msgs": ["x", "x", "x"]}
+        )
         _, before = host.expect(lambda f: f["op"] == "done", "done")
         states = [f for f in before if f["op"] == "state" and f.get("module") == "t/count"]
         if not states or states[-1].get("state") != {"n": 3}:
-            raise CheckFailed(f"a changed ctx.state must be sent as a state frame before done; got {[_excerpt(s) for s in states]}")
+            raise CheckFailed(
+                f"a changed ctx.state must be sent as a state frame before done; got {[_excerpt(s) for s in states]}"
+            )
         self.load(host, "count", module="t/count2", state={"n": 10})
         host.send({"op": "deliver", "seq": 2, "module": "t/count2", "port": "in", "msgs": ["x"]})
         _, before = host.expect(lambda f: f["op"] == "done", "done")
         got = [m for f in before if f["op"] == "emit" for m in f["msgs"]]
         if got != [11]:
-            raise CheckFailed(f"load with state {{n: 10}} must restore ctx.state; the counter answered {got}, expected [11]")
+            raise CheckFailed(
+                f"load with state {{n: 10}} must restore ctx.state; the counter answered {got}, expected [11]"
+            )
 
     def check_replace_code(self, host: HostUnderTest) -> None:
         """A load over a loaded module (hot swap): a failing replacement changes nothing,
@@ -391,7 +471,9 @@ class Kit:
         host.send({"op": "deliver", "seq": 1, "module": "t/swap", "port": "in", "msgs": ["x", "x"]})
         host.expect(lambda f: f["op"] == "done", "done")
         host.send(self.load_frame("migrate_fails", module="t/swap"))
-        loaded, _ = host.expect(lambda f: f["op"] == "loaded", "'loaded' for the failing replacement")
+        loaded, _ = host.expect(
+            lambda f: f["op"] == "loaded", "'loaded' for the failing replacement"
+        )
         if not loaded.get("error"):
             raise CheckFailed("a replacement whose migrate raises must answer loaded with an error")
         host.send({"op": "deliver", "seq": 2, "module": "t/swap", "port": "in", "msgs": ["x"]})
@@ -406,48 +488,75 @@ class Kit:
         loaded, before = host.expect(lambda f: f["op"] == "loaded", "'loaded' for the replacement")
         if loaded.get("error"):
             raise CheckFailed(f"a good replacement failed: {_excerpt(loaded['error'])}")
-        states = [f.get("state") for f in before if f["op"] == "state" and f.get("module") == "t/swap"]
+        states = [
+            f.get("state") for f in before if f["op"] == "state" and f.get("module") == "t/swap"
+        ]
         if states[-1:] != [{"n": 100}]:
-            raise CheckFailed(f"the state migrate returned must be sent in a state frame before loaded; got {states}")
+            raise CheckFailed(
+                f"the state migrate returned must be sent in a state frame before loaded; got {states}"
+            )
         host.send({"op": "deliver", "seq": 3, "module": "t/swap", "port": "in", "msgs": ["x"]})
         _, before = host.expect(lambda f: f["op"] == "done", "done")
         got = [m for f in before if f["op"] == "emit" for m in f["msgs"]]
         if got != [101]:
-            raise CheckFailed(f"the new code must see the migrated state; expected [101], got {got}")
+            raise CheckFailed(
+                f"the new code must see the migrated state; expected [101], got {got}"
+            )
         self.load(host, "migrate_100", module="t/swap", state={"n": 5}, migrate=False)
         host.send({"op": "deliver", "seq": 4, "module": "t/swap", "port": "in", "msgs": ["x"]})
         _, before = host.expect(lambda f: f["op"] == "done", "done")
         got = [m for f in before if f["op"] == "emit" for m in f["msgs"]]
         if got != [6]:
-            raise CheckFailed(f"a load with state {{n: 5}} and migrate: false must not migrate; expected [6], got {got}")
+            raise CheckFailed(
+                f"a load with state {{n: 5}} and migrate: false must not migrate; expected [6], got {got}"
+            )
 
     def check_local_route(self, host: HostUnderTest) -> None:
         self.load(host, "add1")
         self.load(host, "times2")
-        host.send({"op": "route", "routes": {
-            "t/add1": {"out": {"local": [["t/times2", "in"]], "external": False}},
-            "t/times2": {"out": {"local": [], "external": True}},
-        }})
+        host.send(
+            {
+                "op": "route",
+                "routes": {
+                    "t/add1": {"out": {"local": [["t/times2", "in"]], "external": False}},
+                    "t/times2": {"out": {"local": [], "external": True}},
+                },
+            }
+        )
         host.send({"op": "deliver", "seq": 1, "module": "t/add1", "port": "in", "msgs": [1, 2, 3]})
         _, before = host.expect(lambda f: f["op"] == "done", "done")
-        emits = [(f["module"], f["port"], m) for f in before if f["op"] == "emit" for m in f["msgs"]]
+        emits = [
+            (f["module"], f["port"], m) for f in before if f["op"] == "emit" for m in f["msgs"]
+        ]
         if emits != [("t/times2", "out", 4), ("t/times2", "out", 6), ("t/times2", "out", 8)]:
-            raise CheckFailed(f"a local route must deliver inside the host and only external ports may emit; got {emits}")
+            raise CheckFailed(
+                f"a local route must deliver inside the host and only external ports may emit; got {emits}"
+            )
 
     def check_route_replaced(self, host: HostUnderTest) -> None:
         """A new route table takes over between two messages (a debugging runner sends one
         without local wires, to hold every message itself)."""
         self.load(host, "add1")
         self.load(host, "times2")
-        host.send({"op": "route", "routes": {
-            "t/add1": {"out": {"local": [["t/times2", "in"]], "external": False}},
-            "t/times2": {"out": {"local": [], "external": True}},
-        }})
+        host.send(
+            {
+                "op": "route",
+                "routes": {
+                    "t/add1": {"out": {"local": [["t/times2", "in"]], "external": False}},
+                    "t/times2": {"out": {"local": [], "external": True}},
+                },
+            }
+        )
         host.send({"op": "deliver", "seq": 1, "module": "t/add1", "port": "in", "msgs": [1]})
-        host.send({"op": "route", "routes": {
-            "t/add1": {"out": {"local": [], "external": True}},
-            "t/times2": {"out": {"local": [], "external": True}},
-        }})
+        host.send(
+            {
+                "op": "route",
+                "routes": {
+                    "t/add1": {"out": {"local": [], "external": True}},
+                    "t/times2": {"out": {"local": [], "external": True}},
+                },
+            }
+        )
         host.send({"op": "deliver", "seq": 2, "module": "t/add1", "port": "in", "msgs": [5]})
         emits: list[tuple[str, Any]] = []
         while True:
@@ -463,32 +572,54 @@ class Kit:
 
     def check_user_error(self, host: HostUnderTest) -> None:
         self.load(host, "raises")
-        host.send({"op": "deliver", "seq": 7, "module": "t/raises", "port": "in", "msgs": [1, 2, 3]})
+        host.send(
+            {"op": "deliver", "seq": 7, "module": "t/raises", "port": "in", "msgs": [1, 2, 3]}
+        )
         _, before = host.expect(lambda f: f["op"] == "done", "done")
         errors = [f for f in before if f["op"] == "error"]
         emitted = [m for f in before if f["op"] == "emit" for m in f["msgs"]]
         if len(errors) != 1 or errors[0].get("msg") != 2 or errors[0].get("seq") != 7:
-            raise CheckFailed(f"a failing message must give one error frame with msg 2 and seq 7; got {[_excerpt(e) for e in errors]}")
+            raise CheckFailed(
+                f"a failing message must give one error frame with msg 2 and seq 7; got {[_excerpt(e) for e in errors]}"
+            )
         error = errors[0].get("error")
         if not isinstance(error, dict) or not error.get("type") or "message" not in error:
-            raise CheckFailed(f"error.error must be {{type, message, traceback}}; got {_excerpt(errors[0])}")
+            raise CheckFailed(
+                f"error.error must be {{type, message, traceback}}; got {_excerpt(errors[0])}"
+            )
         if emitted != [1, 3]:
-            raise CheckFailed(f"messages after a failing one must still be handled; emitted {emitted}, expected [1, 3]")
+            raise CheckFailed(
+                f"messages after a failing one must still be handled; emitted {emitted}, expected [1, 3]"
+            )
 
     def check_hung(self, host: HostUnderTest) -> None:
         self.load(host, "hang", timeout=0.3)
-        host.send({"op": "deliver", "seq": 3, "module": "t/hang", "port": "in", "msgs": ["hang", "after"]})
+        host.send(
+            {"op": "deliver", "seq": 3, "module": "t/hang", "port": "in", "msgs": ["hang", "after"]}
+        )
         if self.lang == "exec":
             # The exec host handles a stuck child itself: a Timeout error, then the next input.
-            _, before = host.expect(lambda f: f["op"] == "done", "done after a Timeout error", timeout=self.timeout + 1)
+            _, before = host.expect(
+                lambda f: f["op"] == "done", "done after a Timeout error", timeout=self.timeout + 1
+            )
             errors = [f for f in before if f["op"] == "error"]
             emitted = [m for f in before if f["op"] == "emit" for m in f["msgs"]]
-            if [e.get("error", {}).get("type") for e in errors] != ["Timeout"] or emitted != ["after"]:
-                raise CheckFailed(f"a stuck child must give a Timeout error and the next input must be answered; errors {errors}, emitted {emitted}")
+            if [e.get("error", {}).get("type") for e in errors] != ["Timeout"] or emitted != [
+                "after"
+            ]:
+                raise CheckFailed(
+                    f"a stuck child must give a Timeout error and the next input must be answered; errors {errors}, emitted {emitted}"
+                )
             return
         hung, _ = host.expect(lambda f: f["op"] == "hung", "a hung frame", timeout=0.3 + 3)
-        if hung.get("module") != "t/hang" or hung.get("seq") != 3 or hung.get("index") not in (0, None):
-            raise CheckFailed(f"hung must name module t/hang, seq 3 and index 0; got {_excerpt(hung)}")
+        if (
+            hung.get("module") != "t/hang"
+            or hung.get("seq") != 3
+            or hung.get("index") not in (0, None)
+        ):
+            raise CheckFailed(
+                f"hung must name module t/hang, seq 3 and index 0; got {_excerpt(hung)}"
+            )
 
     def check_ping(self, host: HostUnderTest) -> None:
         host.send({"op": "ping", "id": {"n": 42}})
@@ -500,7 +631,9 @@ class Kit:
         host.send({"op": "frobnicate", "x": 1}, {"op": "ping", "id": 1})
         answer, _ = host.expect(lambda f: f["op"] in ("unsupported", "pong"), "unsupported")
         if answer["op"] != "unsupported" or answer.get("ref") != "frobnicate":
-            raise CheckFailed(f"an unknown op must be answered with unsupported(ref=op) and the host must go on; got {_excerpt(answer)}")
+            raise CheckFailed(
+                f"an unknown op must be answered with unsupported(ref=op) and the host must go on; got {_excerpt(answer)}"
+            )
         host.expect(lambda f: f["op"] == "pong", "pong after the unknown op")
 
     def check_garbage_is_fatal(self, host: HostUnderTest) -> None:
@@ -555,32 +688,59 @@ class Kit:
 
     def check_shutdown(self, host: HostUnderTest) -> None:
         self.load(host, "echo")
-        host.send({"op": "deliver", "seq": 1, "module": "t/echo", "port": "in", "msgs": [1]}, {"op": "shutdown"})
+        host.send(
+            {"op": "deliver", "seq": 1, "module": "t/echo", "port": "in", "msgs": [1]},
+            {"op": "shutdown"},
+        )
         _, before = host.expect(lambda f: f["op"] == "bye", "bye")
         if not any(f["op"] == "done" for f in before):
-            raise CheckFailed("frames sent before shutdown must be handled and acknowledged before bye")
+            raise CheckFailed(
+                "frames sent before shutdown must be handled and acknowledged before bye"
+            )
         code = host.wait_exit()
         if code != 0:
             raise CheckFailed(f"after bye the host must exit 0, got {code}")
 
     def checks(self) -> list[tuple[str, Callable[[HostUnderTest], None]]]:
-        return [(name[len("check_") :], getattr(self, name)) for name in (
-            "check_hello", "check_load_good", "check_load_syntax_error", "check_load_without_handle",
-            "check_load_bad_command", "check_deliver_emit_done", "check_emit_named_port",
-            "check_state_snapshot_and_restore", "check_replace_code", "check_local_route",
-            "check_route_replaced",
-            "check_user_error", "check_hung",
-            "check_raw_emit", "check_ping", "check_unknown_op", "check_garbage_is_fatal", "check_shutdown",
-        )]
+        return [
+            (name[len("check_") :], getattr(self, name))
+            for name in (
+                "check_hello",
+                "check_load_good",
+                "check_load_syntax_error",
+                "check_load_without_handle",
+                "check_load_bad_command",
+                "check_deliver_emit_done",
+                "check_emit_named_port",
+                "check_state_snapshot_and_restore",
+                "check_replace_code",
+                "check_local_route",
+                "check_route_replaced",
+                "check_user_error",
+                "check_hung",
+                "check_raw_emit",
+                "check_ping",
+                "check_unknown_op",
+                "check_garbage_is_fatal",
+                "check_shutdown",
+            )
+        ]
 
 
 def run_checks(
-    command: list[str], lang: str, *, modules: dict[str, Any] | None = None, timeout: float = 5.0, out: Callable[[str], None] = print
+    command: list[str],
+    lang: str,
+    *,
+    modules: dict[str, Any] | None = None,
+    timeout: float = 5.0,
+    out: Callable[[str], None] = print,
 ) -> list[CheckResult]:
     """Run every check, each against a fresh host; print one line per check and a summary."""
     if modules is None:
         if lang not in LANGS:
-            raise ValueError(f"no built-in test modules for {lang!r} (built in: {', '.join(LANGS)}); pass modules")
+            raise ValueError(
+                f"no built-in test modules for {lang!r} (built in: {', '.join(LANGS)}); pass modules"
+            )
         modules = LANGS[lang]
     kit = Kit(command, lang, modules, timeout)
     results = []
@@ -604,6 +764,28 @@ def run_checks(
     return results
 
 
+def _build_host(modules: dict[str, str], folder: Path) -> str | None:
+    """A go host binary holding the test modules (those that do not compile are left
+    out: their load answers the compiler's message)."""
+
+    from .gobuild import GoBuildError, GoSource, default_cache, ensure_binary
+
+    cache = default_cache()
+    suffix = {p.stem: p.name for p in folder.iterdir() if p.is_file()}
+    sources = [
+        GoSource(code, str(folder / suffix.get(name, name))) for name, code in modules.items()
+    ]
+    try:
+        result = ensure_binary(sources, cache, allow_broken=True)
+    except GoBuildError as exc:
+        print(f"fifoflow conformance: cannot build the host: {exc}", file=sys.stderr)
+        return None
+    print(
+        f"fifoflow conformance: host built ({'cached' if result.cached else f'{result.seconds:.1f} s'}): {result.path}"
+    )
+    return str(result.path)
+
+
 def _load_modules_dir(path: Path) -> dict[str, str]:
     modules = {}
     for file in sorted(path.iterdir()):
@@ -612,13 +794,30 @@ def _load_modules_dir(path: Path) -> dict[str, str]:
     return modules
 
 
-def main(argv: list[str] | None = None, *, prog: str = "python -m fifoflow.runtimes.conformance") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description="Check a runtime host against the fifoflow runtime protocol.")
-    parser.add_argument("--runtime", help="a runtime id from the manifests (python, node, exec, ...)")
-    parser.add_argument("--lang", help="which built-in test modules to use (python, node, exec); default: the runtime id")
-    parser.add_argument("--modules", type=Path, help="a directory of test modules for another language")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each answer (default 5)")
-    parser.add_argument("command", nargs="*", help="the host's start command (after --); the FIFO paths are appended")
+def main(
+    argv: list[str] | None = None, *, prog: str = "python -m fifoflow.runtimes.conformance"
+) -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Check a runtime host against the fifoflow runtime protocol."
+    )
+    parser.add_argument(
+        "--runtime", help="a runtime id from the manifests (python, node, exec, ...)"
+    )
+    parser.add_argument(
+        "--lang",
+        help="which built-in test modules to use (python, node, exec); default: the runtime id",
+    )
+    parser.add_argument(
+        "--modules", type=Path, help="a directory of test modules for another language"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for each answer (default 5)"
+    )
+    parser.add_argument(
+        "command",
+        nargs="*",
+        help="the host's start command (after --); the FIFO paths are appended",
+    )
     args = parser.parse_args(argv)
     if args.runtime and args.command:
         parser.error("give --runtime or a command, not both")
@@ -627,10 +826,23 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m fifoflow.runti
 
         runtimes = discover()
         if args.runtime not in runtimes:
-            print(f"fifoflow conformance: unknown runtime {args.runtime!r} (known: {', '.join(sorted(runtimes))})", file=sys.stderr)
+            print(
+                f"fifoflow conformance: unknown runtime {args.runtime!r} (known: {', '.join(sorted(runtimes))})",
+                file=sys.stderr,
+            )
             return 2
-        command = runtimes[args.runtime].argv()
+        manifest = runtimes[args.runtime]
         lang = args.lang or args.runtime
+        if manifest.build:
+            # a compiled runtime: its host is built from the test modules first
+            if args.modules is None:
+                args.modules = manifest.directory / "conformance"
+            binary = _build_host(_load_modules_dir(args.modules), args.modules)
+            if binary is None:
+                return 2
+            command = manifest.argv(binary=binary)
+        else:
+            command = manifest.argv()
     elif args.command:
         command = args.command
         lang = args.lang or ""
@@ -641,10 +853,19 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m fifoflow.runti
         parser.error("give --runtime ID or -- COMMAND...")
     modules = _load_modules_dir(args.modules) if args.modules else None
     if modules is None and lang not in LANGS:
-        print(f"fifoflow conformance: no built-in test modules for {lang or 'this host'!r}; pass --lang {{python,node,exec}} or --modules DIR", file=sys.stderr)
+        print(
+            f"fifoflow conformance: no built-in test modules for {lang or 'this host'!r}; pass --lang {{python,node,exec}} or --modules DIR",
+            file=sys.stderr,
+        )
         return 2
     print(f"fifoflow conformance: {' '.join(command)} ({lang or 'custom'} test modules)")
-    results = run_checks(command, lang, modules=modules, timeout=args.timeout, out=lambda line: print(line, flush=True))
+    results = run_checks(
+        command,
+        lang,
+        modules=modules,
+        timeout=args.timeout,
+        out=lambda line: print(line, flush=True),
+    )
     return 1 if any(r.status == "fail" for r in results) else 0
 
 

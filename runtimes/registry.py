@@ -45,6 +45,11 @@ class RuntimeManifest:
     source_suffixes: tuple[str, ...] = ()
     #: no command: its hosts attach themselves over a socket (the browser client runner)
     attach: bool = False
+    #: a compiled runtime: its host binary is built from the modules' sources before
+    #: start (``"go"``: ``runtimes/gobuild.py``); the command's ``{binary}`` is that binary
+    build: str | None = None
+    #: tools the runtime needs (name -> what provides it); missing: not offered
+    requires: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_file(cls, path: Path) -> RuntimeManifest:
@@ -83,12 +88,32 @@ class RuntimeManifest:
             directory=path.parent,
             source_suffixes=tuple(data.get("source_suffixes", ())),
             attach=attach,
+            build=data.get("build") if isinstance(data.get("build"), str) else None,
+            requires=tuple(
+                sorted((str(k), str(v)) for k, v in (data.get("requires") or {}).items())
+            ),
         )
 
-    def argv(self) -> list[str]:
-        """The start command with placeholders filled in (without the two FIFO paths)."""
+    def missing(self) -> list[str]:
+        """What of ``requires`` this machine lacks (one phrase each; empty: available)."""
+        out = []
+        for tool, what in self.requires:
+            if tool == "go":
+                from .gobuild import find_go
+
+                found = find_go()
+            else:
+                found = shutil.which(tool)
+            if not found:
+                out.append(f"{tool} not found: needs {what}")
+        return out
+
+    def argv(self, binary: str | None = None) -> list[str]:
+        """The start command with placeholders filled in (without the two FIFO paths);
+        ``binary``: the built host of a compiled runtime."""
         node = os.environ.get("FIFOFLOW_NODE") or shutil.which("node") or "node"
         values = {"python": sys.executable, "node": node, "dir": str(self.directory)}
+        values["binary"] = binary or "{binary}"
         return [part.format(**values) for part in self.command]
 
     def describe(self) -> dict[str, str]:
@@ -96,11 +121,15 @@ class RuntimeManifest:
         return {"id": self.id, "name": self.name, "version": self.version}
 
 
-def discover(*extra_dirs: Path, attached: bool = False) -> dict[str, RuntimeManifest]:
+def discover(
+    *extra_dirs: Path, attached: bool = False, unavailable: dict[str, list[str]] | None = None
+) -> dict[str, RuntimeManifest]:
     """Find runtimes: the built-in ones, then each folder of ``extra_dirs`` and of
     ``$FIFOFLOW_RUNTIMES_PATH`` (``:``-separated). A later manifest with the same id wins.
     Runtimes whose hosts attach themselves (``"attach": true``, the browser) only with
-    ``attached``: a runner process cannot start them."""
+    ``attached``: a runner process cannot start them. A runtime whose required tools are
+    missing (``requires``) is left out; ``unavailable`` (if given) gets id -> what is
+    missing."""
     dirs = [BUILTIN_DIR, *extra_dirs]
     env = os.environ.get("FIFOFLOW_RUNTIMES_PATH", "")
     dirs += [Path(p) for p in env.split(os.pathsep) if p]
@@ -109,6 +138,12 @@ def discover(*extra_dirs: Path, attached: bool = False) -> dict[str, RuntimeMani
         for path in sorted(base.glob("*/manifest.json")):
             manifest = RuntimeManifest.from_file(path)
             if manifest.attach and not attached:
+                continue
+            missing = manifest.missing()
+            if missing:
+                found.pop(manifest.id, None)
+                if unavailable is not None:
+                    unavailable[manifest.id] = missing
                 continue
             found[manifest.id] = manifest
     return found

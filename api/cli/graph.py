@@ -37,9 +37,11 @@ def cmd_graph(args: argparse.Namespace) -> int:
     )
 
     path = Path(args.flow)
-    runtimes = discover(attached=True)  # browser modules are drawn too
+    # browser modules are drawn too, and so are those of runtimes this machine lacks tools for
+    unavailable: dict[str, list[str]] = {}
+    runtimes = discover(attached=True, unavailable=unavailable)
     try:
-        flow = load_flow(path, runtimes=runtimes.keys())
+        flow = load_flow(path, runtimes=[*runtimes, *unavailable])
     except FlowError as exc:
         err(flow_problems(args.flow, exc))
         return EXIT_USAGE

@@ -23,22 +23,42 @@ def cmd_build(args: argparse.Namespace) -> int:
         build_wheelhouse,
         default_cache_dir,
         image_size,
+        packages_for,
+        runner_tag,
+        with_options,
     )
 
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     say = out if args.verbose else (lambda line: None if line.startswith("  ") else out(line))
     started = time.monotonic()
+    options = tuple(sorted(set(args.with_runtimes or ())))
+    runtimes = ",".join(["python", "node", "exec", *options])
     try:
-        base = args.base or DEFAULT_BASE
+        base = args.base or with_options(DEFAULT_BASE, options)
         if args.base is None:
-            build_base(base, cache_dir=cache, rebuild=args.rebuild_base, say=say)
+            packages = packages_for(options)
+            build_base(base, cache_dir=cache, rebuild=args.rebuild_base, packages=packages, say=say)
         wheels = build_wheelhouse(cache / "wheelhouse", say=say)
-        tag = build_runner(args.tag, base=base, wheel_dir=wheels, say=say)
+        tag = args.tag or with_options(runner_tag(), options)
+        tag = build_runner(tag, base=base, wheel_dir=wheels, runtimes=runtimes, say=say)
         size = image_size(tag)
     except BuildError as exc:
         err(f"fifoflow images build: {exc}")
         return EXIT_FAILED
     out(f"built {tag} ({size / 2**20:.0f} MiB) in {time.monotonic() - started:.0f} s")
+    if options:
+        # the price of the options: the same image without them, if it was built
+        from docker.errors import DockerException
+
+        try:
+            plain = image_size(runner_tag())
+        except DockerException:
+            plain = None
+        if plain is not None:
+            out(
+                f"  without {', '.join(options)}: {runner_tag()} {plain / 2**20:.0f} MiB"
+                f" (+{(size - plain) / 2**20:.0f} MiB)"
+            )
     return EXIT_OK
 
 
@@ -56,6 +76,13 @@ def add_images_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     build.add_argument("--base", help="an existing base image to build on (online path)")
     build.add_argument(
         "--rebuild-base", action="store_true", help="debootstrap the base again, ignoring caches"
+    )
+    build.add_argument(
+        "--with",
+        dest="with_runtimes",
+        action="append",
+        choices=["go"],
+        help="add an optional runtime's tools (go: Debian's golang-go; tag suffix -go)",
     )
     build.add_argument("--cache-dir", help="root filesystem and wheelhouse cache")
     build.add_argument("--verbose", "-v", action="store_true", help="show the tools' output")

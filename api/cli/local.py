@@ -29,6 +29,7 @@ from fifoflow.api.cli.common import (
 )
 from fifoflow.flows import FlowError, load_flow
 from fifoflow.runner import RunnerConfig, RunnerError, open_runner
+from fifoflow.runtimes.gobuild import GoSource, default_cache, vet
 from fifoflow.runtimes.registry import discover
 
 if TYPE_CHECKING:
@@ -48,29 +49,55 @@ __all__ = [
 
 
 def cmd_runtimes(args: argparse.Namespace) -> int:
-    runtimes = discover()
+    unavailable: dict[str, list[str]] = {}
+    runtimes = discover(unavailable=unavailable)
     if args.json:
         print_json([m.describe() for m in runtimes.values()])
         return EXIT_OK
-    width = max((len(r) for r in runtimes), default=2)
+    width = max((len(r) for r in [*runtimes, *unavailable]), default=2)
     for rid, manifest in sorted(runtimes.items()):
         print(f"{rid:<{width}}  {manifest.version:<8}  {manifest.name}")
+    for rid, missing in sorted(unavailable.items()):
+        print(f"not available: {rid} ({'; '.join(missing)})", file=sys.stderr)
     return EXIT_OK
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    runtimes = discover(attached=True)  # browser modules are valid (a dispatcher runs them)
+    # browser modules are valid (a dispatcher runs them), and so are modules of a runtime
+    # this machine lacks the tools for (another runner may have them)
+    unavailable: dict[str, list[str]] = {}
+    runtimes = discover(attached=True, unavailable=unavailable)
     status = EXIT_OK
     for path in args.flows:
         try:
-            flow = load_flow(Path(path), runtimes=runtimes.keys())
+            flow = load_flow(Path(path), runtimes=[*runtimes, *unavailable])
         except FlowError as exc:
             err(flow_problems(path, exc))
+            status = EXIT_USAGE
+            continue
+        if not _vet_go(path, flow, "go" in runtimes):
             status = EXIT_USAGE
             continue
         wires = len(flow.wires)
         print(f"{path}: ok — flow {flow.id!r}, {len(flow.modules)} modules, {wires} wires")
     return status
+
+
+def _vet_go(path: str, flow: Any, toolchain: bool) -> bool:
+    """``go vet`` on the flow's go modules, where a Go toolchain is found; False (and the
+    problems printed, in the modules' files and lines) if it complains."""
+    sources = [
+        GoSource(m.source or "", m.filename or m.id) for m in flow.modules if m.runtime == "go"
+    ]
+    if not sources:
+        return True
+    if not toolchain:
+        err(f"{path}: note: go modules not vetted (no Go toolchain here)")
+        return True
+    problems = vet(sources, default_cache())
+    for line in problems:
+        err(f"{path}: {line}")
+    return not problems
 
 
 def output_sink(*, raw: bool) -> Callable[[str, str, list[Any]], Awaitable[None]]:
@@ -91,11 +118,15 @@ def output_sink(*, raw: bool) -> Callable[[str, str, list[Any]], Awaitable[None]
 
 
 async def run_flow(args: argparse.Namespace) -> int:
-    runtimes = discover()
+    unavailable: dict[str, list[str]] = {}
+    runtimes = discover(unavailable=unavailable)
     try:
         flow = load_flow(Path(args.flow), runtimes=runtimes.keys())
     except FlowError as exc:
         err(flow_problems(args.flow, exc))
+        for rid, missing in sorted(unavailable.items()):
+            if f"runtime {rid!r}" in str(exc):
+                err(f"  ({rid} is not available on this machine: {'; '.join(missing)})")
         if "runtime 'browser'" in str(exc):
             err(
                 "  (browser modules run in web pages: deploy the flow to a dispatcher with"
@@ -145,7 +176,9 @@ async def run_flow(args: argparse.Namespace) -> int:
 
 async def print_events(runner: Runner, flow_id: str, quiet: bool) -> None:
     """A local flow's errors, environment builds and (unless ``quiet``) log lines, on stderr."""
-    kinds = ["error", "environment"] if quiet else ["error", "log", "environment"]
+    kinds = ["error", "environment", "build"]
+    if not quiet:
+        kinds.append("log")
     with trio.CancelScope():
         sub = runner.subscribe(flows=[flow_id], kinds=kinds, capacity=10_000)
         try:
@@ -158,6 +191,14 @@ async def print_events(runner: Runner, flow_id: str, quiet: bool) -> None:
                         "failed": f"failed: {event.get('error')}",
                     }.get(event["phase"], event["phase"] + "...")
                     err(f"[{flow_id}] environment {event['env']}: {detail}")
+                elif event["kind"] == "build":
+                    text = {
+                        "started": f"building its host ({event.get('modules')} modules,"
+                        f" {event.get('go', '')})...",
+                        "finished": f"host built in {event.get('seconds', 0):.1f} s",
+                    }.get(event.get("event", ""))
+                    if text:  # a cached binary says nothing; a failure is the load error
+                        err(f"[{flow_id}] {event['runtime']}: {text}")
                 elif event["kind"] == "missed":
                     err(f"[{flow_id}] ... {event['count']} log/error events not shown")
                 elif event["kind"] == "error":

@@ -708,6 +708,13 @@ class RunExecutor:
 
         async def one(host: str) -> None:
             module = keys[host]
+            manifest = self.runner.runtimes.get(module.runtime)
+            if manifest is not None and manifest.build is not None:
+                # warm hosts hold no code; a compiled runtime's binary is built per module set
+                raise RunnerError(
+                    f"module {module.id!r}: {module.runtime} modules do not run as runs yet"
+                    " (run the flow with addOrUpdateFlow / fifoflow run)"
+                )
             att.hosts[host] = await self.pool.acquire(
                 module.runtime, module.environment, module.requirements
             )

@@ -37,6 +37,10 @@ Figures:
 - ``ui``: the /ui/ page showing a flow's graph while the flow moves >= 100,000 msg/s:
   requests/s and bytes/s the page gets, Chromium's CPU (``ui``).
 
+- ``go_*``, ``py_go_py``: the go runtime: three go modules in one host, python -> go ->
+  python beside python -> node -> python, cold and changed-source build times, a cached
+  start (``gobench``).
+
 - ``recovery``: a SIGKILLed runner -> its flow answering again, local backend (``recovery``).
 - ``recovery_docker``: ``docker kill`` of the flow's runner container (and its runner
   killed inside it) -> the flow answering again (``recovery``; skipped without an engine).
@@ -44,7 +48,7 @@ Figures:
 - ``fbp_*``: the FBP protocol endpoint: a watched network's msgs/s against the fast path,
   and an IDE's graph edit round trip on a running network (``fbp``).
 
-``--only core|api|swap|dispatcher|docker|browser|ui|recovery|recovery-docker|runs|fbp`` runs one group.
+``--only core|api|swap|dispatcher|docker|browser|ui|recovery|recovery-docker|runs|fbp|go`` runs one group.
 """
 
 from __future__ import annotations
@@ -66,7 +70,19 @@ from fifoflow.flows import parse_flow
 from fifoflow.runner import RunnerConfig, open_runner
 from fifoflow.runtimes.registry import discover
 
-from . import api_requests, browser, containers, costs, fifo_echo, nodered, recovery, runs, swap, ui
+from . import (
+    api_requests,
+    browser,
+    containers,
+    costs,
+    fifo_echo,
+    gobench,
+    nodered,
+    recovery,
+    runs,
+    swap,
+    ui,
+)
 from . import dispatcher as dispatcher_bench
 from . import fbp as fbp_bench
 
@@ -334,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         choices=[
             *("core", "api", "swap", "dispatcher", "docker", "browser"),
-            *("ui", "recovery", "recovery-docker", "runs", "fbp"),
+            *("ui", "recovery", "recovery-docker", "runs", "fbp", "go"),
         ],
         help="run one group of figures",
     )
@@ -358,6 +374,11 @@ def main(argv: list[str] | None = None) -> int:
         print("costs")
         for key, value in cost.items():
             print(f"  {key:<26} {value:>10,.1f}")
+    if args.only in (None, "go"):
+        found_go = gobench.run(_throughput, n, rounds)
+        gobench.print_report(found_go)
+        if found_go is not None:
+            figures.update(found_go)
     if args.only in (None, "api"):
         _api(args, figures)
     if args.only in (None, "dispatcher"):

@@ -212,7 +212,7 @@ def test_dump_is_stable_and_round_trips(tmp_path: Path) -> None:
 )
 def test_examples_load_and_are_in_canonical_form(name: str) -> None:
     path = EXAMPLES / name / "flow.json"
-    flow = load_flow(path, runtimes={*RUNTIMES, "browser"})
+    flow = load_flow(path, runtimes={*RUNTIMES, "browser", "go"})
     assert flow.id == name
     assert dump_flow(flow) == path.read_bytes(), "example is not in the form dump_flow writes"
 

@@ -26,6 +26,7 @@ def test_values_are_the_strings_of_the_api() -> None:
         "queue",
         "runtime",
         "environment",
+        "build",
         "run",
         "run-progress",
         "wire",

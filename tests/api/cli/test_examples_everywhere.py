@@ -26,13 +26,14 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 EXAMPLES = REPO / "flows" / "examples"
-RUNTIMES = {"python", "node", "exec", "browser"}
+RUNTIMES = {"python", "node", "exec", "browser", "go"}
 #: example -> the messages its README sends to the entry port
 INPUTS: dict[str, list[Any]] = {
     "hello": [{"name": "world"}],
     "fan-out-fan-in": ["the quick brown fox", "hello world"],
     "counter": ["apple", "pear", "apple"],
     "exec": ["fifo"],
+    "go": ["the cat and the hat"],
 }
 CLI = [sys.executable, "-m", "fifoflow.api"]
 

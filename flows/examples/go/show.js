@@ -1,0 +1,1 @@
+exports.handle = (msg, ctx) => `${msg.word} x${msg.count}`;

@@ -1,0 +1,85 @@
+"""Hosts of compiled runtimes (go): their binary is built before they start.
+
+A compiled runtime's host (``RuntimeManifest.build``) is one binary per set of module
+sources (``runtimes/gobuild.py``). :func:`build_host` is called by the instance before
+each start of its host: it builds that binary (in a worker thread; the flow's other
+hosts, and during a hot swap the old binary, run on meanwhile) or finds it in the
+cache, and publishes ``build`` events of the flow. The set is the instance's
+``build_loads`` (its plan's load frames, so a host a swap starts empty is built with the
+modules it is about to receive), or its current modules.
+
+Error handling: a source that does not compile raises :class:`FlowLoadError` for the
+first module with that source, its error naming the file and line (``CompileError``),
+as a python module's syntax error does; a missing toolchain is a
+:class:`RuntimeStartError`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ..runtimes.gobuild import GoBuildError, GoSource, cache_dir, default_cache, ensure_binary
+from .errors import FlowLoadError, RuntimeStartError
+from .events import EventKind
+
+if TYPE_CHECKING:
+    from .instance import RuntimeInstance
+
+__all__ = ["build_host", "go_cache"]
+
+
+def go_cache(instance: RuntimeInstance) -> Path:
+    """Where the instance's binaries are built and cached: ``$FIFOFLOW_GO_CACHE``; beside
+    an environments folder the runner was given explicitly (``env_dir``); else the
+    machine's (``~/.cache/fifoflow/go-builds``), shared by every runner of the machine:
+    binaries are named by content, so sharing is safe, and a runner with a fresh state
+    dir does not compile Go's standard library again."""
+    given = os.environ.get("FIFOFLOW_GO_CACHE")
+    if given:
+        return Path(given)
+    if instance.config.env_dir is not None:
+        return cache_dir(instance.config.env_dir)
+    return default_cache()
+
+
+async def build_host(instance: RuntimeInstance) -> dict[str, Any]:
+    """The host options (``binary``) of a compiled runtime's instance, built if needed."""
+    loads = instance.build_loads or instance.modules
+    sources = [
+        GoSource(load.get("code") or "", load.get("filename") or module)
+        for module, load in sorted(loads.items())
+    ]
+    flow = instance.flow
+    runtime = instance.manifest.id
+
+    def progress(event: dict[str, Any]) -> None:
+        flow.publish({"kind": EventKind.BUILD, "runtime": runtime, **event})
+
+    token = trio.lowlevel.current_trio_token()
+
+    def report(event: dict[str, Any]) -> None:
+        trio.from_thread.run_sync(progress, event, trio_token=token)
+
+    try:
+        result = await trio.to_thread.run_sync(
+            lambda: ensure_binary(sources, go_cache(instance), progress=report),
+            abandon_on_cancel=True,
+        )
+    except GoBuildError as exc:
+        if exc.hash is None:
+            raise RuntimeStartError(f"{instance.name}: {exc.message}") from None
+        module = next(
+            (
+                m
+                for m, load in sorted(loads.items())
+                if GoSource(load.get("code") or "", "").hash == exc.hash
+            ),
+            instance.name,
+        )
+        raise FlowLoadError(module, exc.error()) from None
+    instance.last_build = {"key": result.key, "cached": result.cached, "seconds": result.seconds}
+    return {"binary": str(result.path)}

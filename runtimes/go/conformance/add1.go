@@ -1,0 +1,5 @@
+package add1
+
+import "fifoflow"
+
+func Handle(msg any, ctx *fifoflow.Ctx) (any, error) { return msg.(float64) + 1, nil }

@@ -1,0 +1,5 @@
+package echo
+
+import "fifoflow"
+
+func Handle(msg any, ctx *fifoflow.Ctx) (any, error) { return msg, nil }

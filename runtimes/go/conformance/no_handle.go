@@ -1,0 +1,3 @@
+package nohandle
+
+func helper(msg any) any { return msg }
