@@ -661,25 +661,39 @@ class Kit:
         for line in host.lines:
             if not line.startswith(b'{"op":"emit"'):
                 if b'"op":"emit"' in line[:40]:
-                    raise CheckFailed(f"a raw emit must start with {{\"op\":\"emit\", ; got {line[:200]!r}")
+                    raise CheckFailed(
+                        f'a raw emit must start with {{"op":"emit", ; got {line[:200]!r}'
+                    )
                 continue
             at = line.find(b',"msgs":')
             if at < 0 or not line.endswith(b"}"):
-                raise CheckFailed(f"a raw emit must end with ,\"msgs\":[...]}} (msgs last); got {line[:200]!r}")
+                raise CheckFailed(
+                    f'a raw emit must end with ,"msgs":[...]}} (msgs last); got {line[:200]!r}'
+                )
             try:
                 head = orjson.loads(line[:at] + b"}")
             except orjson.JSONDecodeError as exc:
-                raise CheckFailed(f"a raw emit's fields before msgs must be a JSON header ({exc}); got {line[:200]!r}") from None
+                raise CheckFailed(
+                    f"a raw emit's fields before msgs must be a JSON header ({exc}); got {line[:200]!r}"
+                ) from None
             if not isinstance(head, dict) or "module" not in head or "n" not in head:
-                raise CheckFailed(f"a raw emit must carry module, port and n before msgs (msgs last); got {line[:200]!r}")
+                raise CheckFailed(
+                    f"a raw emit must carry module, port and n before msgs (msgs last); got {line[:200]!r}"
+                )
             try:
                 msgs = orjson.loads(line[at + len(b',"msgs":') : -1])
             except orjson.JSONDecodeError as exc:
-                raise CheckFailed(f"a raw emit must split into a header and the msgs array ({exc}); got {line[:200]!r}") from None
+                raise CheckFailed(
+                    f"a raw emit must split into a header and the msgs array ({exc}); got {line[:200]!r}"
+                ) from None
             if not isinstance(msgs, list) or head.get("n") != len(msgs):
-                raise CheckFailed(f"a raw emit's 'n' must be the length of its msgs; got n={head.get('n')!r} for {line[:200]!r}")
+                raise CheckFailed(
+                    f"a raw emit's 'n' must be the length of its msgs; got n={head.get('n')!r} for {line[:200]!r}"
+                )
             if head.get("module") != module or not isinstance(head.get("port"), str):
-                raise CheckFailed(f"a raw emit's header must carry module and port; got {line[:200]!r}")
+                raise CheckFailed(
+                    f"a raw emit's header must carry module and port; got {line[:200]!r}"
+                )
             seen.extend(msgs)
         returned = [m for m in tricky if m is not None]  # a returned null sends nothing
         want = returned if self.lang == "exec" else tricky + returned  # ctx.emit sends null
