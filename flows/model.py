@@ -106,6 +106,8 @@ class Flow:
     #: pip requirements of every python module, npm packages of every node module
     requirements: tuple[str, ...] = ()
     packages: tuple[str, ...] = ()
+    #: "checkpoint", "journal" or None (the runner's default); runner/JOURNAL.md
+    durability: str | None = None
 
     def module(self, module_id: str) -> Module:
         for module in self.modules:

@@ -56,6 +56,9 @@ class Delivery:
     seq: int = 0
     #: how often the host reported a handler hung on this frame without naming the message
     hangs: int = 0
+    #: a journaled flow's: the position just past its last message in the module's
+    #: stream (runner/journal.py); 0: not journaled
+    end: int = 0
 
     def encode(self) -> bytes:
         return (
@@ -98,6 +101,11 @@ def _nothing() -> None:
     pass
 
 
+def _head_end(d: Delivery, n: int) -> int:
+    """The journal position after the first ``n`` messages of ``d`` (0: not journaled)."""
+    return d.end - (len(d.msgs) - n) if d.end else 0
+
+
 class DeliveryQueues:
     """Queues and window of one runtime instance; see the module docstring.
 
@@ -138,13 +146,14 @@ class DeliveryQueues:
     def has_room(self, module: str) -> bool:
         return self._queued.get(module, 0) < self.capacity
 
-    def enqueue(self, module: str, port: str, msgs: list[Any]) -> None:
+    def enqueue(self, module: str, port: str, msgs: list[Any], end: int = 0) -> None:
         """Queue messages for ``module``. Never refuses: producers ask :meth:`has_room`
-        first (an inject), or were only fed while it had room (a routed emit)."""
+        first (an inject), or were only fed while it had room (a routed emit). ``end``:
+        the journal position (see :class:`Delivery`)."""
         queue = self._queues.get(module)
         if queue is None:
             queue = self._queues[module] = deque()
-        queue.append(Delivery(module, port, msgs))
+        queue.append(Delivery(module, port, msgs, end=end))
         self._queued[module] = self._queued.get(module, 0) + len(msgs)
         self.queued_msgs += len(msgs)
 
@@ -177,7 +186,7 @@ class DeliveryQueues:
         if not queue:
             return None
         head = queue[0]
-        one = Delivery(module, head.port, head.msgs[:1])
+        one = Delivery(module, head.port, head.msgs[:1], end=_head_end(head, 1))
         head.msgs = head.msgs[1:]
         if not head.msgs:
             queue.popleft()
@@ -235,7 +244,7 @@ class DeliveryQueues:
                 if limit is not None and taken + len(d.msgs) > limit:
                     # Split the delivery: only the allowed messages go.
                     keep = limit - taken
-                    d = Delivery(d.module, d.port, d.msgs[:keep])
+                    d = Delivery(d.module, d.port, d.msgs[:keep], end=_head_end(d, keep))
                     queue[0].msgs = queue[0].msgs[keep:]
                 else:
                     queue.popleft()
@@ -266,13 +275,17 @@ class DeliveryQueues:
             self._unacked.append(d)
             self.unacked_msgs += len(d.msgs)
 
-    def ack(self, seq: int) -> int:
+    def ack(self, seq: int, consumed: dict[str, int] | None = None) -> int:
         """The host handled every delivery up to ``seq``: the number of messages that
-        left the window."""
+        left the window. ``consumed`` (a journaled flow's) gets, per module, the journal
+        position its stream is consumed to."""
         acked = 0
         unacked = self._unacked
         while unacked and unacked[0].seq <= seq:
-            acked += len(unacked.popleft().msgs)
+            d = unacked.popleft()
+            acked += len(d.msgs)
+            if consumed is not None and d.end:
+                consumed[d.module] = d.end
         if acked:
             self.unacked_msgs -= acked
             self.delivered_msgs += acked

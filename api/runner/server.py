@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ServeOptions", "serve"]
 
+
 @attrs.frozen
 class ServeOptions:
     state_dir: Path
@@ -68,6 +69,12 @@ class ServeOptions:
     max_runs: int | None = None
     run_retention: float = 7 * 24 * 3600.0
     run_grace: float = 30.0
+    #: flows without ``durability``: "checkpoint" or "journal" (runner/JOURNAL.md), the
+    #: journal's fsync policy, its size bound and the disk space it keeps in reserve
+    durability: str = "checkpoint"
+    journal_fsync: str = "always"
+    journal_max_bytes: int = 1 << 30
+    journal_reserve_bytes: int = 4 << 20
 
     @property
     def token_path(self) -> Path:
@@ -128,6 +135,10 @@ async def serve(
         state_dir=options.state_dir,
         max_runs=options.max_runs if options.max_runs is not None else os.cpu_count() or 1,
         run_retention=options.run_retention,
+        durability=options.durability,
+        journal_fsync=options.journal_fsync,
+        journal_max_bytes=options.journal_max_bytes,
+        journal_reserve_bytes=options.journal_reserve_bytes,
     )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_runner(config) as runner, _local_runs(runner, options):
