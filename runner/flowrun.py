@@ -440,10 +440,13 @@ class FlowRun:
         return self.instances[module.host].states.get(self.qualified(module_id))
 
     def snapshot(self) -> dict[str, Any]:
-        """The last state each module reported, by module id (modules without state left out)."""
+        """The last state each module reported, by module id (modules without state left
+        out); a journaled flow's last durable one (as :meth:`module_state`)."""
         found: dict[str, Any] = {}
+        durable = self.journal.durable_states if self.journal is not None else {}
         for module in self.flow.modules:
-            state = self.instances[module.host].states.get(self.qualified(module.id))
+            qid = self.qualified(module.id)
+            state = durable.get(qid, self.instances[module.host].states.get(qid))
             if state is not None:
                 found[module.id] = state
         return found

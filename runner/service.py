@@ -118,6 +118,8 @@ class Runner:
         self._checkpoint_errors: dict[str, str] = {}
         #: the journals of flows with durability "journal" (runner/JOURNAL.md)
         self._journals: dict[str, Journal] = {}
+        #: flow id -> messages its journal held unhandled when it was opened (restore)
+        self.recovered: dict[str, int] = {}
         #: what went wrong while restoring the state dir (also logged)
         self.restore_problems: list[str] = []
         #: the runs of a runner served alone (runner/runs/local.py sets it while it runs;
@@ -350,6 +352,8 @@ class Runner:
                 self.restore_problems.append(problem)
             await self._nursery.start(journal.run)
             self._journals[run.flow_id] = journal
+            if journal.depth:
+                self.recovered[run.flow_id] = journal.depth
         run.use_journal(journal)
 
     def journal_depth(self) -> int:
@@ -662,6 +666,8 @@ class Runner:
             "flows": counts,
             "runtimes": sorted(self.runtimes),
             "stateDir": str(self.config.state_dir) if self.config.state_dir else None,
+            # messages journaled and not handled yet (runner/JOURNAL.md)
+            "journaled": self.journal_depth(),
         }
 
     def set_output_sink(self, flow_id: str, sink: OutputSink | None) -> None:

@@ -416,5 +416,7 @@ class Health:
     flows: dict[str, int]
     runtimes: list[str]
     stateDir: str | None = None
+    #: messages in journaled flows' journals not handled yet (lost if the state dir is)
+    journaled: int = 0
     #: what answers: the page at /ui/ adapts to it (the dispatcher says "dispatcher")
     server: Literal["runner"] = "runner"

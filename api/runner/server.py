@@ -150,6 +150,8 @@ async def serve(
                 _say(
                     f"restored {len(restored)} flow(s) from {options.state_dir}, {running} running"
                 )
+            for flow_id, n in sorted(runner.recovered.items()):
+                _say(f"flow {flow_id}: {n} message(s) from its journal handled again")
             settings = ApiSettings(
                 token=token, max_body=options.max_body, dispatcher=options.dispatcher
             )
