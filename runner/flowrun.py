@@ -483,6 +483,9 @@ class FlowRun:
                 for inst in self.instances.values()
             ),
             "runtimes": {rid: inst.statistics() for rid, inst in self.instances.items()},
+            # messages in the journal not handled yet (durability journal; JOURNAL.md)
+            "journaled": self.journal.depth if self.journal is not None else 0,
+            "durability": "journal" if self.journal is not None else "checkpoint",
         }
 
     def stats(self) -> dict[str, Any]:

@@ -356,6 +356,11 @@ class Runner:
                 self.recovered[run.flow_id] = journal.depth
         run.use_journal(journal)
 
+    @property
+    def journaled(self) -> bool:
+        """Whether any flow here is journaled."""
+        return bool(self._journals)
+
     def journal_depth(self) -> int:
         """Messages in this runner's journals not handled yet (lost with the state dir)."""
         return sum(j.depth for j in self._journals.values())
@@ -504,6 +509,12 @@ class Runner:
         async with self._lock:
             run = self.flow(flow_id)
             await run.stop()  # stopping never waits for the disk; then it is recorded
+            if run.journal is not None:
+                with trio.move_on_after(self.config.stop_timeout):
+                    try:
+                        await run.journal.durable()  # what the hosts said last, on disk
+                    except StorageError as exc:
+                        log.error("%s", exc)
             self.checkpoint()
             if self._want_running.get(flow_id):
                 self._want_running[flow_id] = False

@@ -37,7 +37,6 @@ from fifoflow.dispatcher.swarm_backend import SwarmBackend
 __all__ = ["DispatcherServeOptions", "serve_dispatcher"]
 
 
-
 @attrs.frozen
 class DispatcherServeOptions:
     state_dir: Path

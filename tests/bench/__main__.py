@@ -35,11 +35,16 @@ Figures:
 - ``ui``: the /ui/ page showing a flow's graph while the flow moves >= 100,000 msg/s:
   requests/s and bytes/s the page gets, Chromium's CPU (``ui``).
 
+- ``journal``: journaled flows vs checkpointed ones: chain and batched-inject msg/s,
+  inject latency p50/p99, and what an fdatasync costs here (``journal``; target: journaled
+  >= 50 % of checkpoint throughput).
+
 - ``recovery``: a SIGKILLed runner -> its flow answering again, local backend (``recovery``).
 - ``recovery_docker``: ``docker kill`` of the flow's runner container (and its runner
   killed inside it) -> the flow answering again (``recovery``; skipped without an engine).
 
-``--only core|api|swap|dispatcher|docker|browser|ui|recovery|recovery-docker|runs`` runs one group.
+``--only core|api|swap|dispatcher|docker|browser|ui|recovery|recovery-docker|runs|journal``
+runs one group.
 """
 
 from __future__ import annotations
@@ -61,7 +66,19 @@ from fifoflow.flows import parse_flow
 from fifoflow.runner import RunnerConfig, open_runner
 from fifoflow.runtimes.registry import discover
 
-from . import api_requests, browser, containers, costs, fifo_echo, nodered, recovery, runs, swap, ui
+from . import (
+    api_requests,
+    browser,
+    containers,
+    costs,
+    fifo_echo,
+    journal,
+    nodered,
+    recovery,
+    runs,
+    swap,
+    ui,
+)
 from . import dispatcher as dispatcher_bench
 
 RUNTIMES = discover()
@@ -322,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         choices=[
             *("core", "api", "swap", "dispatcher", "docker", "browser"),
-            *("ui", "recovery", "recovery-docker", "runs"),
+            *("ui", "recovery", "recovery-docker", "runs", "journal"),
         ],
         help="run one group of figures",
     )
@@ -410,6 +427,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         runs.print_dispatched(found_dispatched)
         figures["runs_dispatched"] = found_dispatched
+    if args.only in (None, "journal"):
+        found_j = journal.run(
+            n=20_000 if args.quick else 100_000,
+            rounds=2 if args.quick else min(rounds, 3),
+            samples=100 if args.quick else 500,
+        )
+        journal.print_report(found_j)
+        figures["journal"] = found_j
     if args.only in (None, "swap"):
         result = swap.run(quick=args.quick)
         swap.print_report(result)
