@@ -210,6 +210,7 @@ class Journal:
         self._synced = trio.Event()
         self._compact = False
         self.error: StorageError | None = None
+        self._failures = 0  # failed writes so far
         self.compactions = 0
         self.groups = 0
         self._scope: trio.CancelScope | None = None
@@ -393,17 +394,30 @@ class Journal:
 
     async def durable(self, ticket: int | None = None) -> None:
         """Wait until record ``ticket`` (default: every record appended so far) is
-        durable. Raises the StorageError of a failed write."""
+        durable. Raises StorageError when a write tried meanwhile failed (the writer
+        tries again: a later call may succeed)."""
         if ticket is None:
             ticket = self._appended
+        failures = self._failures
         while self._durable < ticket:
-            if self.error is not None:
+            if self._failures != failures:  # the write tried while we waited failed
                 raise StorageError(
                     f"{self.error}; the message is queued but not durable (it is still "
                     "handled unless the runner stops before the journal can be written)",
                     errno=self.error.errno,
                     path=self.error.path,
                 )
+            await self._synced.wait()
+
+    async def compact(self) -> None:
+        """Compact now and wait until the new file is in place. Raises StorageError."""
+        target = self.compactions + 1
+        failures = self._failures
+        self._compact = True
+        self._wake.set()
+        while self.compactions < target:
+            if self._failures != failures and self.error is not None:
+                raise self.error
             await self._synced.wait()
 
     def request_compaction(self) -> None:
@@ -447,6 +461,7 @@ class Journal:
                 self._buf = bytearray(data) + self._buf
             self._buf_states = {**states, **self._buf_states}
             self.error = StorageError.from_os_error(exc, "the journal", self.path)
+            self._failures += 1
             self._release()
             await trio.sleep(0.2)
             return

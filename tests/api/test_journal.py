@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
-import subprocess
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -17,7 +15,7 @@ import trio
 from fifoflow.api.client import RunnerClient
 from fifoflow.api.client.errors import ApiError, ConnectError
 
-from ..runner.test_journal import COUNTER
+from ..runner.test_journal import COUNTER, mount_tmpfs, unmount
 from .helpers import ServerProcess, wait_event
 
 if TYPE_CHECKING:
@@ -178,30 +176,12 @@ async def test_kill_9_of_the_runner_loses_no_accepted_message(tmp_path: Path) ->
         server.stop()
 
 
-def _unmount(path: Path) -> None:
-    subprocess.run(["umount", str(path)], check=False)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _mount_tmpfs(path: Path, size: str) -> bool:
-    path.mkdir(parents=True)
-    try:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
-            capture_output=True,
-            check=False,
-        )
-    except OSError:
-        return False
-    return done.returncode == 0
-
-
 async def test_a_full_disk_refuses_injects_with_507_and_the_flow_goes_on(tmp_path: Path) -> None:
     """The state dir on a 48 MiB tmpfs, filled up but for less than the journal's
     reserve: an inject is refused with 507 (journal_full, no space left) and nothing of
     it is queued; once space returns the flow takes messages again."""
     mount = tmp_path / "small"
-    if not _mount_tmpfs(mount, "48m"):
+    if not mount_tmpfs(mount, "48m"):
         if os.environ.get("CI"):
             pytest.fail("cannot mount a tmpfs (the test runs as root on the test machines)")
         pytest.skip("cannot mount a tmpfs here (not root)")
@@ -240,4 +220,4 @@ async def test_a_full_disk_refuses_injects_with_507_and_the_flow_goes_on(tmp_pat
             assert await _state(client, "count") == {"last": 199, "count": 200}
     finally:
         server.stop()
-        _unmount(mount)
+        unmount(mount)

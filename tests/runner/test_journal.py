@@ -4,6 +4,8 @@ a journaled python -> node -> python flow handled across runner restarts."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -219,3 +221,128 @@ async def test_messages_queued_in_a_stopped_journaled_flow_survive_an_update(
             await runner.add_or_update_flow(make_flow({**doc, "durability": "checkpoint"}))
         await runner.remove_flow("counter")
         assert not (tmp_path / "journal" / "counter.log").exists()
+
+
+async def test_compaction_keeps_exactly_what_the_journal_holds(tmp_path: Path) -> None:
+    path = tmp_path / "j.log"
+    journal = Journal.open(path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        for i in range(0, 1000, 10):
+            journal.accept("f/a", "in", list(range(i, i + 10)))
+        journal.commit({"f/a": 995}, [("f/b", "in", ["x"])], {"f/a": {"n": 995}})
+        await journal.durable()
+        before = path.stat().st_size
+        expected = (journal.model.pending(), dict(journal.model.states), journal.depth)
+        await journal.compact()
+        assert path.stat().st_size < before / 10
+        # appended after the compaction: goes on the new file
+        journal.accept("f/a", "in", [1000])
+        await journal.durable()
+        nursery.cancel_scope.cancel()
+    journal.close()
+    again = Journal.open(path)
+    try:
+        pending = again.model.pending()
+        assert pending["f/a"] == [*expected[0]["f/a"], ("in", 1001, [1000])]
+        assert pending["f/b"] == expected[0]["f/b"]
+        assert again.model.states == expected[1]
+        assert again.depth == expected[2] + 1
+    finally:
+        again.close()
+
+
+async def test_a_runner_compacts_journals_at_checkpoints(tmp_path: Path) -> None:
+    config = RunnerConfig(state_dir=tmp_path, journal_compact_bytes=20_000)
+    async with open_runner(config) as runner:
+        await runner.add_or_update_flow(make_flow(COUNTER))
+        await runner.start_flow("counter")
+        for start in range(0, 2000, 100):
+            await runner.inject("counter", "add", "in", _batch(start, 100))
+        await runner.wait_idle("counter")
+        journal = runner._journals["counter"]
+        assert journal.size > 20_000
+        runner.checkpoint()  # asks the writer to compact the journal
+        await journal.compact()  # and waits until one is done
+        assert journal.compactions >= 1
+        assert (tmp_path / "journal" / "counter.log").stat().st_size < 2_000
+        await runner.inject("counter", "add", "in", _batch(2000, 10))
+        await runner.wait_idle("counter")
+    async with open_runner(config) as runner:
+        assert runner.module_state("counter", "count") == {"last": 2009, "count": 2010}
+
+
+def mount_tmpfs(path: Path, size: str) -> bool:
+    """A small tmpfs at ``path`` (a full disk on demand); False where mounting is not
+    allowed (not root). Undo with :func:`unmount`."""
+    path.mkdir(parents=True)
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+            capture_output=True,
+            check=False,
+        )
+    except OSError:
+        return False
+    return done.returncode == 0
+
+
+def unmount(path: Path) -> None:
+    subprocess.run(["umount", str(path)], check=False)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def fill(folder: Path, leave: int) -> Path:
+    """Fill the file system of ``folder`` but for ``leave`` bytes; the filler file."""
+    st = os.statvfs(folder)
+    filler = folder / "filler"
+    with filler.open("wb") as f:
+        f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+    return filler
+
+
+async def test_a_write_that_meets_a_full_disk_is_tried_again_and_corrupts_nothing(
+    tmp_path: Path,
+) -> None:
+    mount = tmp_path / "small"
+    if not mount_tmpfs(mount, "8m"):
+        if os.environ.get("CI"):
+            pytest.fail("cannot mount a tmpfs (the test runs as root on the test machines)")
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        path = mount / "j.log"
+        journal = Journal.open(path, reserve_bytes=0)
+        try:
+            await _fill_and_free(journal, mount)
+        finally:
+            journal.close()
+        again = Journal.open(path)
+        assert again.dropped_bytes == 0
+        assert [m for _, _, msgs in again.model.pending()["f/a"] for m in msgs] == [
+            "before",
+            "x" * 20_000,
+        ]
+        again.close()
+    finally:
+        unmount(mount)
+
+
+async def _fill_and_free(journal: Journal, mount: Path) -> None:
+    """A group that meets a full disk fails (its waiters are told), is kept, and is
+    written once space returns."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        journal.accept("f/a", "in", ["before"])
+        await journal.durable()
+        _, ticket = journal.accept("f/a", "in", ["x" * 20_000])  # room checked: yes
+        filler = fill(mount, 0)  # ...and gone before the writer writes it
+        with pytest.raises(StorageError, match="No space left on device"):
+            await journal.durable(ticket)
+        assert journal.error is not None
+        with pytest.raises(JournalFull, match="cannot be written"):
+            journal.accept("f/a", "in", ["refused"])
+        filler.unlink()
+        with trio.fail_after(10):
+            await journal.durable(ticket)  # tried again by the writer
+        assert journal.error is None
+        nursery.cancel_scope.cancel()
