@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import orjson
 import trio
 
 from .debugger import Debugger
@@ -349,6 +350,9 @@ class FlowRun:
         qid = self.qualified(module_id)
         journal = self.journal
         ticket = 0
+        if journal is not None and len(msgs) > step:
+            # several chunks: all of them or none (each chunk is checked again)
+            journal.check_room(len(orjson.dumps(msgs)) + 64 * (len(msgs) // step + 1))
         for start in range(0, len(msgs), step):
             chunk = msgs[start : start + step]
             while True:

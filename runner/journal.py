@@ -52,8 +52,6 @@ _HEADER = struct.Struct("<4sHH")
 #: record header: marker (u16), payload length (u32), crc32 of length and payload (u32)
 _MARKER = 0xF10F
 _RECORD = struct.Struct("<HII")
-#: a record longer than this is taken for garbage (a torn length field)
-_MAX_RECORD = 1 << 30
 
 #: ``always``: fdatasync once per group before the group's injects are answered;
 #: ``never``: written to the OS before answering, synced by the OS in its own time
@@ -84,7 +82,7 @@ def read_records(data: bytes | memoryview) -> tuple[list[dict[str, Any]], int]:
     while offset + size <= len(view):
         marker, length, crc = _RECORD.unpack_from(view, offset)
         end = offset + size + length
-        if marker != _MARKER or length > _MAX_RECORD or end > len(view):
+        if marker != _MARKER or end > len(view):
             break
         body = view[offset + size : end]
         if zlib.crc32(body, zlib.crc32(length.to_bytes(4, "little"))) != crc:
@@ -361,6 +359,17 @@ class Journal:
             payload["s"] = states
         self._append(payload, states)
         return ends
+
+    def forget(self, qid: str) -> None:
+        """A module was removed from the flow (hot swap): its stream counts as consumed
+        (what waited for it is dropped, as the swap reports)."""
+        end = self.model.ends.get(qid, 0)
+        if end > self.model.consumed.get(qid, 0):
+            self.commit({qid: end}, (), {})
+
+    def check_room(self, n: int) -> None:
+        """Raise JournalFull unless about ``n`` more bytes may be journaled now."""
+        self._check_room(n)
 
     def _check_room(self, n: int) -> None:
         if self.size + n > self.max_bytes:
