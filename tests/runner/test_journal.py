@@ -346,3 +346,18 @@ async def _fill_and_free(journal: Journal, mount: Path) -> None:
             await journal.durable(ticket)  # tried again by the writer
         assert journal.error is None
         nursery.cancel_scope.cancel()
+
+
+async def test_an_inject_too_big_for_the_journal_is_refused_whole(tmp_path: Path) -> None:
+    config = RunnerConfig(state_dir=tmp_path, journal_max_bytes=60_000)
+    async with open_runner(config) as runner:
+        await runner.add_or_update_flow(make_flow(COUNTER))
+        await runner.start_flow("counter")
+        big = [{"id": i, "pad": "x" * 40} for i in range(3000)]  # three chunks, ~150 kB
+        with pytest.raises(JournalFull, match="at its size bound"):
+            await runner.inject("counter", "add", "in", big)
+        assert runner.describe_flow("counter")["pending"] == 0
+        assert runner.describe_flow("counter")["journaled"] == 0
+        await runner.inject("counter", "add", "in", _batch(0, 10))
+        await runner.wait_idle("counter")
+        assert runner.module_state("counter", "count") == {"last": 9, "count": 10}
