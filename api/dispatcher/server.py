@@ -37,6 +37,7 @@ from fifoflow.dispatcher.swarm_backend import SwarmBackend
 __all__ = ["DispatcherServeOptions", "serve_dispatcher"]
 
 
+
 @attrs.frozen
 class DispatcherServeOptions:
     state_dir: Path

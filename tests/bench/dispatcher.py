@@ -190,7 +190,9 @@ def relay(messages: int = 200_000) -> dict[str, float]:
                     client.post(
                         "/flows/relay/modules/a/inputs/in", json={"msgs": batch}
                     ).raise_for_status()
-                while client.get("/flows/relay/modules/b/state").json()["state"] != {"n": messages}:
+                while client.get("/flows/relay/modules/b/state").json()["state"] != {
+                    "n": messages
+                }:
                     time.sleep(0.01)
                 elapsed = time.perf_counter() - start
         finally:
