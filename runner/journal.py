@@ -212,6 +212,9 @@ class Journal:
         self.compactions = 0
         self.groups = 0
         self._scope: trio.CancelScope | None = None
+        self._writing = False  # a worker thread writes the file now
+        self._closing = False
+        self._removed = False
 
     # ------------------------------------------------------------------ opening
 
@@ -285,13 +288,17 @@ class Journal:
         self._size = len(data)
 
     def close(self) -> None:
+        """Stop the writer and close the file (once a write in a worker thread is over:
+        its descriptor must not be reused under it)."""
         if self._scope is not None:
             self._scope.cancel()
-        if self._fd is not None:
+        self._closing = True
+        if not self._writing and self._fd is not None:
             os.close(self._fd)
             self._fd = None
 
     def remove(self) -> None:
+        self._removed = True
         self.close()
         self.path.unlink(missing_ok=True)
 
@@ -459,9 +466,19 @@ class Journal:
             self._buf = bytearray()
         else:
             data, self._buf = bytes(self._buf), bytearray()
+        failure: OSError | None = None
+        self._writing = True
         try:
             await trio.to_thread.run_sync(self._rewrite if compacting else self._write, data)
         except OSError as exc:
+            failure = exc
+        finally:
+            self._writing = False
+            if self._closing:
+                self.close()
+                if self._removed:  # a compaction may have put the file back meanwhile
+                    self.path.unlink(missing_ok=True)
+        if failure is not None:
             # Tried again in a moment: a failed snapshot is made again (the model has
             # it all), a failed group goes in front of what was appended meanwhile.
             if compacting:
@@ -469,7 +486,7 @@ class Journal:
             else:
                 self._buf = bytearray(data) + self._buf
             self._buf_states = {**states, **self._buf_states}
-            self.error = StorageError.from_os_error(exc, "the journal", self.path)
+            self.error = StorageError.from_os_error(failure, "the journal", self.path)
             self._failures += 1
             self._release()
             await trio.sleep(0.2)
