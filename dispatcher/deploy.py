@@ -172,10 +172,47 @@ class Deployments:
             if runner_id in self.links and (
                 record is None or runner_id not in record["placement"].values()
             ):
+                if record is not None and summary.get("durability") == "journal":
+                    await self._take_back(runner_id, record)
+                    continue
                 with suppress_remote():
                     await self._call(runner_id, "remove", flowId=fid)
                 self.store.add_event(runner_id, "removed-stale-flow", {"flow": fid})
         await self.place_pending()
+
+    async def _take_back(self, runner_id: str, record: dict[str, Any]) -> None:
+        """A runner came back on its state dir holding a journaled flow that was placed
+        again meanwhile (runner/JOURNAL.md): it hands the flow over (stopped
+        gracefully: the messages of its journal it did not handle, its states) instead of
+        dropping it. A flow still pending takes both; a flow placed elsewhere gets the
+        messages, in order (its states moved on there)."""
+        flow_id = record["id"]
+        with suppress_remote():
+            handed = await self._call(runner_id, "release", flowId=flow_id)
+            record = self.store.flow(flow_id) or record
+            queued: dict[str, list[Any]] = handed["queued"]
+            count = sum(len(entries) for entries in queued.values())
+            self.store.add_event(
+                runner_id,
+                "journal-handed-over",
+                {"flow": flow_id, "messages": count, "states": sorted(handed["states"])},
+            )
+            if not record["placement"]:
+                states = {**record["states"], **handed["states"]}
+                merged = {
+                    m: [*queued.get(m, []), *record["queued"].get(m, [])]
+                    for m in {*queued, *record["queued"]}
+                }
+                self.store.update_flow(flow_id, states=states, queued=merged)
+                return
+            for module_id, entries in queued.items():
+                holder = record["placement"].get(module_id)
+                if holder is None:
+                    continue
+                for port, msgs in _runs(entries):
+                    await self._call(
+                        holder, "inject", flowId=flow_id, moduleId=module_id, port=port, msgs=msgs
+                    )
 
     def displace(self, runner_id: str) -> None:
         """The runner is gone: its modules go back to pending (``place_pending`` places
@@ -378,3 +415,14 @@ class Deployments:
                 queued.update(handed["queued"])
                 self.store.update_flow(record["id"], states=states, queued=queued)
         return states, queued
+
+
+def _runs(entries: list[Any]) -> list[tuple[str, list[Any]]]:
+    """``[[port, msg], ...]`` as consecutive runs of one port: ``[(port, [msg, ...])]``."""
+    found: list[tuple[str, list[Any]]] = []
+    for port, msg in entries:
+        if found and found[-1][0] == port:
+            found[-1][1].append(msg)
+        else:
+            found.append((port, [msg]))
+    return found

@@ -126,8 +126,8 @@ class RunnerLink:
         self.nursery.start_soon(self.dispatcher.runner_ready, self._id, p.flows)
         return True
 
-    async def _heartbeat(self, p: NoParams) -> bool:
-        self.dispatcher.heartbeat(self._id)
+    async def _heartbeat(self, p: Heartbeat) -> bool:
+        self.dispatcher.heartbeat(self._id, journaled=p.journaled)
         return True
 
     async def _signoff(self, p: NoParams) -> bool:
@@ -236,6 +236,14 @@ class NoParams:
 
 
 @attrs.frozen
+class Heartbeat:
+    """``journaled``: messages in the runner's journaled flows not handled yet (what is
+    lost with its state dir if it never comes back; runner/JOURNAL.md)."""
+
+    journaled: Annotated[int, Limit(ge=0)] = 0
+
+
+@attrs.frozen
 class Relay:
     """Messages a part emitted on a wire to a module on another runner."""
 
@@ -309,7 +317,7 @@ CALLS: dict[str, tuple[type, Call]] = {
     "hello": (Hello, RunnerLink._hello),
     "hardware": (Hardware, RunnerLink._hardware),
     "ready": (Ready, RunnerLink._ready),
-    "heartbeat": (NoParams, RunnerLink._heartbeat),
+    "heartbeat": (Heartbeat, RunnerLink._heartbeat),
     "signoff": (NoParams, RunnerLink._signoff),
     "relay": (Relay, RunnerLink._relay),
     "paused": (Paused, RunnerLink._paused),

@@ -34,6 +34,7 @@ message says what to do; nothing a runner sends can stop the service.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 import uuid
@@ -110,12 +111,17 @@ class DispatcherConfig:
         return self.ttl if self.ttl is not None else 3 * self.heartbeat
 
 
+log = logging.getLogger("fifoflow.dispatcher")
+
+
 class Dispatcher:
     def __init__(self, config: DispatcherConfig) -> None:
         self.config = config
         self.store = DispatcherStore.open(config.state_dir)
         #: runner id -> the RPC peer of its live control link
         self.links: dict[str, RpcPeer] = {}
+        #: runner id -> journaled messages not handled yet, as its last heartbeat said
+        self.journaled: dict[str, int] = {}
         self._nursery: trio.Nursery | None = None
         #: why the backend cannot start runners right now (a failed pull, say): added to
         #: the reason of flows that wait for a runner
@@ -183,7 +189,10 @@ class Dispatcher:
         return {"token": token, "expires": expires}
 
     def runners(self) -> list[dict[str, Any]]:
-        return self.store.runners()
+        return [
+            {**runner, "journaled": self.journaled.get(runner["id"], 0)}
+            for runner in self.store.runners()
+        ]
 
     def events(self, since: int = 0) -> list[dict[str, Any]]:
         return self.store.events(since)
@@ -254,7 +263,11 @@ class Dispatcher:
         """An event set the next time a runner says ready."""
         return self._ready_event
 
-    def heartbeat(self, runner_id: str) -> None:
+    def heartbeat(self, runner_id: str, *, journaled: int = 0) -> None:
+        if journaled:
+            self.journaled[runner_id] = journaled
+        else:
+            self.journaled.pop(runner_id, None)
         if self.store.touch_runner(runner_id, time.time()):
             return
         runner = self._runner(runner_id)
@@ -266,6 +279,20 @@ class Dispatcher:
         self.store.update_runner(runner_id, **fields)
         if back:
             self._runs_worker(runner_id)
+
+    def _journal_loss(self, runner_id: str) -> dict[str, Any]:
+        """What a lost runner's journals held at its last heartbeat (runner/JOURNAL.md):
+        handled again if it comes back on its state dir, lost if it never does."""
+        journaled = self.journaled.get(runner_id, 0)
+        if not journaled:
+            return {}
+        log.warning(
+            "runner %s is lost with %d journaled message(s) in its state dir: they are "
+            "handled if it comes back on that state dir, lost if it never does",
+            runner_id,
+            journaled,
+        )
+        return {"journaled": journaled}
 
     def forget_runner(self, runner_id: str) -> None:
         """Delete a runner gone for good (a web page's runner, pruned by
@@ -286,7 +313,12 @@ class Dispatcher:
         for runner in self.store.stale_runners(now - self.config.runner_ttl):
             self.store.update_runner(runner["id"], status=RunnerStatus.LOST)
             self.store.add_event(
-                runner["id"], "lost", {"silentFor": round(now - (runner["lastSeen"] or now), 3)}
+                runner["id"],
+                "lost",
+                {
+                    "silentFor": round(now - (runner["lastSeen"] or now), 3),
+                    **self._journal_loss(runner["id"]),
+                },
             )
             lost.append(runner["id"])
             self.run_book.remove_worker(runner["id"])
@@ -303,7 +335,7 @@ class Dispatcher:
         ):
             return
         self.store.update_runner(runner_id, status=RunnerStatus.LOST)
-        self.store.add_event(runner_id, "lost", {"why": why})
+        self.store.add_event(runner_id, "lost", {"why": why, **self._journal_loss(runner_id)})
         self.run_book.remove_worker(runner_id)
         self.displace(runner_id)
 

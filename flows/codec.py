@@ -69,7 +69,14 @@ class FlowDocument:
     requirements: list[str] | None = None
     packages: list[str] | None = None
     exits: list[str] | None = None
+    #: "checkpoint" (state written about once a second) or "journal" (every accepted
+    #: message and state change durable before it is acknowledged: runner/JOURNAL.md);
+    #: absent: the runner's default (``--durability``)
+    durability: str | None = None
 
+
+#: what a flow's ``durability`` may say
+DURABILITIES = ("checkpoint", "journal")
 
 _CONVERTER = make_converter()
 
@@ -425,6 +432,13 @@ def _validate(doc: FlowDocument, *, base_dir: Path | None, runtimes: Collection[
             except ValueError as exc:
                 problems.append(Problem(f"{field}[{i}]", str(exc)))
         flow_reqs[field] = tuple(specs)
+    if doc.durability is not None and doc.durability not in DURABILITIES:
+        problems.append(
+            Problem(
+                "durability",
+                f"unknown durability {doc.durability!r} (known: {', '.join(DURABILITIES)})",
+            )
+        )
     if problems:
         raise FlowError(problems)
     return Flow(
@@ -436,6 +450,7 @@ def _validate(doc: FlowDocument, *, base_dir: Path | None, runtimes: Collection[
         requirements=flow_reqs["requirements"],
         packages=flow_reqs["packages"],
         exits=tuple(exits),
+        durability=doc.durability,
     )
 
 
@@ -554,6 +569,8 @@ def dump_flow(flow: Flow, *, inline: bool = False) -> bytes:
         doc["requirements"] = list(flow.requirements)
     if flow.packages:
         doc["packages"] = list(flow.packages)
+    if flow.durability is not None:
+        doc["durability"] = flow.durability
     modules = []
     for m in flow.modules:
         entry: dict[str, Any] = {"id": m.id, "runtime": m.runtime}

@@ -116,6 +116,8 @@ class Flow:
     #: leave them too (a tap; a dispatcher marks the ports of a part whose wires cross to
     #: another runner this way). A port no wire leaves is an exit without being listed.
     exits: tuple[tuple[str, str], ...] = ()
+    #: "checkpoint", "journal" or None (the runner's default); runner/JOURNAL.md
+    durability: str | None = None
 
     def module(self, module_id: str) -> Module:
         for module in self.modules:

@@ -51,6 +51,19 @@ class RunnerConfig:
     env_gc_interval: float = 3600 * SECONDS
     #: how often running flows' module state is written to ``state_dir``
     checkpoint_interval: float = 1 * SECONDS
+    #: what a flow without ``durability`` gets: "checkpoint" or "journal" (JOURNAL.md)
+    durability: str = "checkpoint"
+    #: journaled flows: "always" (fdatasync per group commit before injects are
+    #: answered) or "never" (written to the OS only: survives a killed runner, not a
+    #: power cut)
+    journal_fsync: str = "always"
+    #: a journal this large refuses injects (507, journal_full) until it is compacted
+    journal_max_bytes: int = 1 << 30
+    #: a journal larger than this is compacted at the next checkpoint
+    journal_compact_bytes: int = 16 << 20
+    #: injects are refused while the disk has less free space than this (room for the
+    #: records of the work already accepted)
+    journal_reserve_bytes: int = 4 << 20
     #: where hosts of runtimes that attach themselves come from (``runner/attached.py``;
     #: a web page's client runner). None: this runner takes none.
     attached: Any = attrs.field(default=None, eq=False)

@@ -39,6 +39,7 @@ __all__ = [
     "FlowLoadError",
     "FlowNotFound",
     "FlowStateError",
+    "JournalFull",
     "ModuleNotFound",
     "NotFound",
     "NotSupported",
@@ -145,6 +146,13 @@ class StorageError(RunnerError):
 
 class StorageFull(StorageError):
     code = "storage_full"
+
+
+class JournalFull(StorageFull):
+    """A journaled flow refused a message: its journal is at its size bound, or the disk
+    has less than the journal's reserve left (runner/JOURNAL.md). Nothing was queued."""
+
+    code = "journal_full"
 
 
 def leaves(exc: BaseException) -> list[BaseException]:

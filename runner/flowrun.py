@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from .config import RunnerConfig
     from .environments import Environment, EnvironmentManager
     from .events import Event, EventHub
+    from .journal import Journal
 
 __all__ = ["FlowRun", "OutputSink", "Plan"]
 
@@ -122,6 +123,9 @@ class FlowRun:
         #: publish a ``wire`` event for every message a wire carries (wires then pass
         #: through the runner, as when debugged); set through ``Runner.watch_flow``
         self.watched = False
+        #: the flow's journal when its durability is ``journal`` (given by the runner:
+        #: :meth:`use_journal`); None: state is checkpointed
+        self.journal: Journal | None = None
         self._build(runtimes)
 
     # ------------------------------------------------------------------ wiring
@@ -352,6 +356,68 @@ class FlowRun:
                 return module.runtime
         return "?"
 
+    async def commit(self, instance: RuntimeInstance, consumed: dict[str, int]) -> None:
+        """A journaled flow's host said ``done`` (``consumed``: how far each module's
+        stream is handled): record what it consumed, the emits it held and its changed
+        states as one journal record, then route the emits and keep the states. In one
+        step (no await) up to the queues, so that a message is in the journal before any
+        host can have it (runner/JOURNAL.md)."""
+        journal = self.journal
+        assert journal is not None
+        emits, instance.held_emits = instance.held_emits, []
+        states, instance.held_states = instance.held_states, {}
+        tick = self.debugger.tick
+        wires: list[tuple[str, str, RuntimeInstance, str, str, list[Any]]] = []
+        outputs: list[tuple[str, str, list[Any]]] = []
+        for module, port, msgs in emits:
+            if tick is not None:
+                tick.outputs[self.short(module)][port].extend(msgs)
+            targets = self._routes.get((module, port)) or [_SINK]
+            for target in targets:
+                if target is None:
+                    outputs.append((module, port, msgs))
+                else:
+                    wires.append((module, port, *target, msgs))
+        ends = journal.commit(consumed, [(w[3], w[4], w[5]) for w in wires], states)
+        for (module, port, target, dst, dst_port, msgs), end in zip(wires, ends, strict=True):
+            self.wire_counts[(module, port, dst, dst_port)] += len(msgs)
+            if self.watched and self.hub.has_subscribers:
+                self.publish(
+                    {
+                        "kind": EventKind.WIRE,
+                        "module": self.short(module),
+                        "port": port,
+                        "dst": self.short(dst),
+                        "dstPort": dst_port,
+                        "msgs": msgs,
+                    }
+                )
+            self._add_pending(len(msgs))
+            target.queues.enqueue(dst, dst_port, msgs, end)
+            self._touched.add(target)
+        instance.states.update(states)
+        for module, port, msgs in outputs:
+            await self._output(module, port, msgs)
+
+    def use_journal(self, journal: Journal) -> None:
+        """Make ``journal`` this flow's (before it starts): module states and the
+        messages the journal holds unhandled are put back, in order."""
+        self.journal = journal
+        by_qid = {self.qualified(m.id): m for m in self.flow.modules}
+        for qid, state in journal.model.states.items():
+            module = by_qid.get(qid)
+            if module is not None:
+                self.instances[module.host].states[qid] = state
+        journal.seed({q: s for inst in self.instances.values() for q, s in inst.states.items()})
+        for qid, entries in journal.model.pending().items():
+            module = by_qid.get(qid)
+            if module is None:
+                continue  # a module the flow no longer has (documented in JOURNAL.md)
+            queues = self.instances[module.host].queues
+            for port, end, msgs in entries:
+                self._add_pending(len(msgs))
+                queues.enqueue(qid, port, msgs, end)
+
     def kick(self) -> None:
         """After a batch of routing: push what can go now to the hosts it was routed to."""
         if not self._touched:
@@ -372,6 +438,11 @@ class FlowRun:
             )
         step = self.config.frame_messages
         qid = self.qualified(module_id)
+        journal = self.journal
+        ticket = 0
+        if journal is not None and len(msgs) > step:
+            # several chunks: all of them or none (each chunk is checked again)
+            journal.check_room(len(orjson.dumps(msgs)) + 64 * (len(msgs) // step + 1))
         for start in range(0, len(msgs), step):
             chunk = msgs[start : start + step]
             while True:
@@ -382,10 +453,16 @@ class FlowRun:
                 await self.progress_event().wait()
             if self.status is not FlowStatus.RUNNING:
                 raise FlowStateError(f"flow {self.flow_id!r} stopped while messages were sent")
+            end = 0
+            if journal is not None:
+                end, ticket = journal.accept(qid, port, chunk)  # raises JournalFull
             self._add_pending(len(chunk))
             self.inject_counts[(module_id, port)] += len(chunk)
-            instance.queues.enqueue(qid, port, chunk)
+            instance.queues.enqueue(qid, port, chunk, end)
             instance.kick()
+        if ticket:
+            # answered once the messages are durable (group commit: runner/JOURNAL.md)
+            await journal.durable(ticket)
 
     def _add_pending(self, n: int) -> None:
         if self.pending == 0 and n:
@@ -410,6 +487,8 @@ class FlowRun:
         """Wait until no message of this flow is queued or in flight (or the flow stopped)."""
         while self.pending and self.status in (FlowStatus.RUNNING, FlowStatus.STARTING):
             await self._idle.wait()
+        if self.journal is not None:
+            await self.journal.durable()
 
     async def _output(self, module: str, port: str, msgs: list[Any]) -> None:
         self.outputs += len(msgs)
@@ -445,14 +524,23 @@ class FlowRun:
             self.hub.publish({"flow": self.flow_id, **event})
 
     def module_state(self, module_id: str) -> Any:
+        """The module's last state; a journaled flow's last durable one (what a crash
+        keeps: a state read here never goes backwards)."""
         module = self._module(module_id)
+        if self.journal is not None:
+            qid = self.qualified(module_id)
+            if qid in self.journal.durable_states:
+                return self.journal.durable_states[qid]
         return self.instances[module.host].states.get(self.qualified(module_id))
 
     def snapshot(self) -> dict[str, Any]:
-        """The last state each module reported, by module id (modules without state left out)."""
+        """The last state each module reported, by module id (modules without state left
+        out); a journaled flow's last durable one (as :meth:`module_state`)."""
         found: dict[str, Any] = {}
+        durable = self.journal.durable_states if self.journal is not None else {}
         for module in self.flow.modules:
-            state = self.instances[module.host].states.get(self.qualified(module.id))
+            qid = self.qualified(module.id)
+            state = durable.get(qid, self.instances[module.host].states.get(qid))
             if state is not None:
                 found[module.id] = state
         return found
@@ -489,6 +577,9 @@ class FlowRun:
                 for inst in self.instances.values()
             ),
             "runtimes": {rid: inst.statistics() for rid, inst in self.instances.items()},
+            # messages in the journal not handled yet (durability journal; JOURNAL.md)
+            "journaled": self.journal.depth if self.journal is not None else 0,
+            "durability": "journal" if self.journal is not None else "checkpoint",
         }
 
     def stats(self) -> dict[str, Any]:

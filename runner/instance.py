@@ -112,6 +112,10 @@ class RuntimeInstance:
         self.build_loads: dict[str, dict[str, Any]] = {}
         #: the last build of its binary: {"key", "cached", "seconds"} (compiled runtimes)
         self.last_build: dict[str, Any] | None = None
+        #: a journaled flow's: emits and states the host reported for deliveries not yet
+        #: acknowledged; recorded and routed together at the ``done`` (runner/JOURNAL.md)
+        self.held_emits: list[tuple[str, str, list[Any]]] = []
+        self.held_states: dict[str, Any] = {}
 
     def statistics(self) -> dict[str, Any]:
         queues = self.queues.statistics()
@@ -241,6 +245,9 @@ class RuntimeInstance:
     async def _run_host(self, task_status: trio.TaskStatus[None] | None) -> str:
         """One host process lifetime. Returns (or raises _HostEnded) when it is over."""
         # Everything sent but not acknowledged goes again, first, in order.
+        # What the gone host reported without a ``done`` is made again by the redelivery.
+        self.held_emits.clear()
+        self.held_states.clear()
         if self.queues.requeue_unacked():
             self._acked.set()  # a drain() waiting on the old host learns it is gone
             self._acked = trio.Event()
@@ -389,6 +396,7 @@ class RuntimeInstance:
         raw = RAW in (proc.hello.get("features") or ())
         while True:
             flow = self.flow  # read again for every batch: a warm host changes flows (adopt)
+            journaled = flow.journal is not None
             try:
                 lines = await proc.receive_lines()
             except ProtocolError as exc:
@@ -404,8 +412,9 @@ class RuntimeInstance:
             for line in lines:
                 if not line:
                     continue
-                if raw and line.startswith(RAW_EMIT):
-                    # The hot path: route the body as the bytes the host wrote.
+                if raw and not journaled and line.startswith(RAW_EMIT):
+                    # The hot path: route the body as the bytes the host wrote. (A
+                    # journaled flow's emits are held for the done's record: parsed below.)
                     try:
                         module, port, n, body = split_emit(line)
                     except ProtocolError as exc:
@@ -428,15 +437,25 @@ class RuntimeInstance:
                     # the done after the emits): the next host's wake-up does not wait.
                     flow.kick()
                 if op == "emit":
-                    await flow.route(frame["module"], frame["port"], frame["msgs"])
+                    if journaled:
+                        self.held_emits.append((frame["module"], frame["port"], frame["msgs"]))
+                    else:
+                        await flow.route(frame["module"], frame["port"], frame["msgs"])
                 elif op == "done":
-                    acked = queues.ack(frame["seq"])
+                    consumed: dict[str, int] | None = {} if journaled else None
+                    acked = queues.ack(frame["seq"], consumed)
+                    if consumed is not None:
+                        await flow.commit(self, consumed)
                     if acked:
                         flow.settle(acked)
                         self._acked.set()
                         self._acked = trio.Event()
                 elif op == "state":
-                    if frame["state"] is not None:
+                    if frame["state"] is None:
+                        pass
+                    elif journaled:
+                        self.held_states[frame["module"]] = frame["state"]
+                    else:
                         self.states[frame["module"]] = frame["state"]
                 elif op == "error":
                     flow.record_error(
@@ -475,6 +494,9 @@ class RuntimeInstance:
                         self._log(None, "warning", f"host does not support op {frame.get('ref')!r}")
                 else:
                     self._log(None, "warning", f"ignoring unknown op {op!r} from host")
+            if journaled and (self.held_emits or self.held_states) and not queues.in_flight:
+                # reported outside of any delivery (a load's state, a module's own emits)
+                await flow.commit(self, {})
             flow.kick()
             self.kick()  # acknowledgements may have opened the window
 

@@ -385,7 +385,14 @@ class DispatcherLink:
                     nursery.start_soon(self._forward_snapshots, peer)
                     while True:
                         await trio.sleep(float(answer["heartbeat"]))
-                        await peer.call("heartbeat")
+                        # how many journaled messages this runner holds: what the
+                        # dispatcher reports lost if it never comes back (JOURNAL.md)
+                        extra = (
+                            {"journaled": self.runner.journal_depth()}
+                            if self.runner.journaled
+                            else {}
+                        )
+                        await peer.call("heartbeat", **extra)
             except (
                 OSError,
                 trio_websocket.HandshakeError,
@@ -505,8 +512,8 @@ class DispatcherLink:
                 await runner.start_flow(flow.id)
                 # Messages that waited in the runner this flow came from, in order.
                 for module_id, entries in (params.get("queued") or {}).items():
-                    for port, msg in entries:
-                        await runner.inject(flow.id, module_id, port, [msg])
+                    for port, msgs in _port_runs(entries):
+                        await runner.inject(flow.id, module_id, port, msgs)
             return {
                 "created": result.created,
                 "swap": result.report,
@@ -566,6 +573,13 @@ class DispatcherLink:
                 for m, entries in run.debugger.queues().items()
                 if entries
             }
+            if run.journal is not None:
+                # Everything not handled, what a stop that ran out of time left in the
+                # hosts' windows included, in order (runner/JOURNAL.md)
+                queued = {
+                    run.short(qid): [[port, m] for port, _, msgs in entries for m in msgs]
+                    for qid, entries in run.journal.model.pending().items()
+                }
             await runner.remove_flow(flow_id)
             return {"states": states, "queued": queued}
         if method == "logs" and "flowId" not in params:
@@ -762,3 +776,15 @@ async def _unwrapped() -> AsyncIterator[None]:
         if leaf is not None:
             raise leaf from None
         raise
+
+
+def _port_runs(entries: list[Any]) -> list[tuple[str, list[Any]]]:
+    """``[[port, msg], ...]`` as consecutive runs of one port, in order (one inject each:
+    a journaled flow's inject waits for its group commit)."""
+    found: list[tuple[str, list[Any]]] = []
+    for port, msg in entries:
+        if found and found[-1][0] == port:
+            found[-1][1].append(msg)
+        else:
+            found.append((port, [msg]))
+    return found

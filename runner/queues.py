@@ -64,7 +64,7 @@ class Delivery:
     A list may be shared by several deliveries (a fan-out): it is rebound, never changed
     in place. Deliveries compare by identity."""
 
-    __slots__ = ("_msgs", "body", "count", "hangs", "module", "port", "seq")
+    __slots__ = ("_msgs", "body", "count", "end", "hangs", "module", "port", "seq")
 
     def __init__(
         self,
@@ -76,6 +76,7 @@ class Delivery:
         *,
         body: bytes | None = None,
         count: int | None = None,
+        end: int = 0,
     ) -> None:
         self.module = module
         self.port = port
@@ -90,6 +91,9 @@ class Delivery:
         self.body = body if msgs is None else None
         #: the number of messages (known without parsing ``body``)
         self.count = len(msgs) if msgs is not None else (count if count is not None else 0)
+        #: a journaled flow's: the position just past its last message in the module's
+        #: stream (runner/journal.py); 0: not journaled
+        self.end = end
 
     @property
     def msgs(self) -> list[Any]:
@@ -181,6 +185,11 @@ def _nothing() -> None:
     pass
 
 
+def _head_end(d: Delivery, n: int) -> int:
+    """The journal position after the first ``n`` messages of ``d`` (0: not journaled)."""
+    return d.end - (d.count - n) if d.end else 0
+
+
 class DeliveryQueues:
     """Queues and window of one runtime instance; see the module docstring.
 
@@ -229,15 +238,16 @@ class DeliveryQueues:
         *,
         body: bytes | None = None,
         count: int = 0,
+        end: int = 0,
     ) -> None:
         """Queue messages for ``module``: ``msgs``, or (``msgs`` None) ``count`` messages
         as the raw JSON array ``body`` (:class:`Delivery`). Never refuses: producers ask
         :meth:`has_room` first (an inject), or were only fed while it had room (a routed
-        emit)."""
+        emit). ``end``: the journal position (see :class:`Delivery`)."""
         queue = self._queues.get(module)
         if queue is None:
             queue = self._queues[module] = deque()
-        d = Delivery(module, port, msgs, body=body, count=count)
+        d = Delivery(module, port, msgs, body=body, count=count, end=end)
         queue.append(d)
         self._queued[module] = self._queued.get(module, 0) + d.count
         self.queued_msgs += d.count
@@ -271,7 +281,7 @@ class DeliveryQueues:
         if not queue:
             return None
         head = queue[0]
-        one = Delivery(module, head.port, head.msgs[:1])
+        one = Delivery(module, head.port, head.msgs[:1], end=_head_end(head, 1))
         head.msgs = head.msgs[1:]
         if not head.msgs:
             queue.popleft()
@@ -329,7 +339,7 @@ class DeliveryQueues:
                 if limit is not None and taken + d.count > limit:
                     # Split the delivery: only the allowed messages go.
                     keep = limit - taken
-                    d = Delivery(d.module, d.port, d.msgs[:keep])
+                    d = Delivery(d.module, d.port, d.msgs[:keep], end=_head_end(d, keep))
                     queue[0].msgs = queue[0].msgs[keep:]
                 else:
                     queue.popleft()
@@ -360,13 +370,17 @@ class DeliveryQueues:
             self._unacked.append(d)
             self.unacked_msgs += d.count
 
-    def ack(self, seq: int) -> int:
+    def ack(self, seq: int, consumed: dict[str, int] | None = None) -> int:
         """The host handled every delivery up to ``seq``: the number of messages that
-        left the window."""
+        left the window. ``consumed`` (a journaled flow's) gets, per module, the journal
+        position its stream is consumed to."""
         acked = 0
         unacked = self._unacked
         while unacked and unacked[0].seq <= seq:
-            acked += unacked.popleft().count
+            d = unacked.popleft()
+            acked += d.count
+            if consumed is not None and d.end:
+                consumed[d.module] = d.end
         if acked:
             self.unacked_msgs -= acked
             self.delivered_msgs += acked

@@ -53,8 +53,9 @@ from .errors import (
 )
 from .events import EventHub, EventKind, Subscription
 from .flowrun import FlowRun, OutputSink
+from .journal import Journal
 from .status import FlowStatus
-from .store import FlowStore
+from .store import FlowStore, file_stem
 from .swap import hot_swap
 from .workdirs import WorkDirs
 
@@ -115,6 +116,10 @@ class Runner:
         self._saved_states: dict[str, bytes] = {}
         #: why the last checkpoint of a flow failed (reported once, until it works again)
         self._checkpoint_errors: dict[str, str] = {}
+        #: the journals of flows with durability "journal" (runner/JOURNAL.md)
+        self._journals: dict[str, Journal] = {}
+        #: flow id -> messages its journal held unhandled when it was opened (restore)
+        self.recovered: dict[str, int] = {}
         #: what went wrong while restoring the state dir (also logged)
         self.restore_problems: list[str] = []
         #: the runs of a runner served alone (runner/runs/local.py sets it while it runs;
@@ -153,6 +158,8 @@ class Runner:
                 await trio.sleep_forever()
         finally:
             self._nursery = None
+            for journal in self._journals.values():
+                journal.close()
             self.workdirs.close()
             if self.store is not None:
                 self.store.unlock()
@@ -163,6 +170,12 @@ class Runner:
         async with trio.open_nursery() as nursery:
             for flow in list(self._flows.values()):
                 nursery.start_soon(flow.stop)
+        with trio.move_on_after(self.config.stop_timeout):
+            for journal in list(self._journals.values()):
+                try:
+                    await journal.durable()
+                except StorageError as exc:
+                    log.error("%s", exc)
         self.checkpoint()
 
     # ------------------------------------------------------------------ persistence
@@ -187,6 +200,11 @@ class Runner:
             run = FlowRun(flow, self.runtimes, self.config, self.events, self.environments)
             run.revision = item.revision
             run.seed_states(item.states)
+            try:
+                await self._use_journal(run)
+            except RunnerError as exc:
+                problems.append(f"stored flow {item.flow_id!r}: {exc}")
+                continue
             self._flows[flow.id] = run
             self._want_running[flow.id] = item.running
             self._saved_states[flow.id] = orjson.dumps(item.states)
@@ -199,7 +217,7 @@ class Runner:
                     problems.append(f"stored flow {flow_id!r} did not start again: {exc}")
         for problem in problems:
             log.warning("%s", problem)
-        self.restore_problems = problems
+        self.restore_problems = [*self.restore_problems, *problems]
 
     def checkpoint(self) -> None:
         """Write the module state of every flow whose state changed since the last write.
@@ -210,6 +228,8 @@ class Runner:
         same."""
         if self.store is None:
             return
+        for journal in self._journals.values():
+            journal.request_compaction()
         for flow_id, run in list(self._flows.items()):
             snapshot = run.snapshot()
             try:
@@ -285,6 +305,66 @@ class Runner:
         except StorageError as exc:
             log.error("could not restore the stored version of flow %r: %s", run.flow_id, exc)
 
+    # ------------------------------------------------------------------ journals
+
+    def _durability(self, flow: Flow) -> str:
+        return flow.durability or self.config.durability
+
+    def _check_durability(self, flow: Flow) -> None:
+        if self._durability(flow) == "journal" and self.store is None:
+            raise RunnerError(
+                f"flow {flow.id!r}: durability 'journal' needs a state dir "
+                "(start the runner with --state-dir)"
+            )
+
+    def journal_path(self, flow_id: str) -> Path:
+        assert self.store is not None
+        return self.store.root / "journal" / f"{file_stem(flow_id)}.log"
+
+    async def _use_journal(self, run: FlowRun) -> None:
+        """Give a journaled flow its journal (opened and read back the first time, its
+        writer started); a flow that is not journaled has none (a journal it had is
+        removed). Raises StorageError, RunnerError."""
+        if self._durability(run.flow) != "journal":
+            old = self._journals.pop(run.flow_id, None)
+            if old is not None:
+                old.remove()
+            return
+        self._check_durability(run.flow)
+        journal = self._journals.get(run.flow_id)
+        if journal is None:
+            if self._nursery is None:
+                raise RunnerError("the runner is not running (call Runner.run first)")
+            config = self.config
+            journal = Journal.open(
+                self.journal_path(run.flow_id),
+                fsync=config.journal_fsync,
+                max_bytes=config.journal_max_bytes,
+                compact_bytes=config.journal_compact_bytes,
+                reserve_bytes=config.journal_reserve_bytes,
+            )
+            if journal.dropped_bytes:
+                problem = (
+                    f"flow {run.flow_id!r}: the journal's last {journal.dropped_bytes} bytes "
+                    "were a torn or corrupt record (a write cut short); dropped"
+                )
+                log.warning("%s", problem)
+                self.restore_problems.append(problem)
+            await self._nursery.start(journal.run)
+            self._journals[run.flow_id] = journal
+            if journal.depth:
+                self.recovered[run.flow_id] = journal.depth
+        run.use_journal(journal)
+
+    @property
+    def journaled(self) -> bool:
+        """Whether any flow here is journaled."""
+        return bool(self._journals)
+
+    def journal_depth(self) -> int:
+        """Messages in this runner's journals not handled yet (lost with the state dir)."""
+        return sum(j.depth for j in self._journals.values())
+
     # ------------------------------------------------------------------ Runner API
 
     def list_runtimes(self) -> list[dict[str, str]]:
@@ -355,6 +435,11 @@ class Runner:
         # The new version is written first: if it cannot be stored (StorageError),
         # nothing changed, and no flow is registered that a restart would not bring back.
         if current is not None and current.status is FlowStatus.RUNNING:
+            if self._durability(flow) != self._durability(current.flow):
+                raise FlowStateError(
+                    f"flow {flow.id!r} is running with durability {self._durability(current.flow)!r}; "
+                    "stop it to change its durability"
+                )
             self._save_flow(flow, current.revision + 1)
             try:
                 report = await hot_swap(current, flow, states)
@@ -371,7 +456,16 @@ class Runner:
             run.seed_states(current.snapshot())
         if states:
             run.seed_states(states)
+        self._check_durability(flow)
         self._save_flow(flow, run.revision)
+        try:
+            await self._use_journal(run)
+        except BaseException:
+            if current is not None:
+                self._restore_saved(current)
+            elif self.store is not None:
+                self.store.remove(flow.id)
+            raise
         self._flows[flow.id] = run
         self._want_running.setdefault(flow.id, False)
         return UpdateResult(created=current is None, revision=run.revision, report=None)
@@ -383,6 +477,9 @@ class Runner:
             # forgotten only once its files are gone (else a restart would bring it back)
             if self.store is not None:
                 self.store.remove(flow_id)
+            journal = self._journals.pop(flow_id, None)
+            if journal is not None:
+                journal.remove()
             del self._flows[flow_id]
             self._want_running.pop(flow_id, None)
             self._saved_states.pop(flow_id, None)
@@ -412,6 +509,12 @@ class Runner:
         async with self._lock:
             run = self.flow(flow_id)
             await run.stop()  # stopping never waits for the disk; then it is recorded
+            if run.journal is not None:
+                with trio.move_on_after(self.config.stop_timeout):
+                    try:
+                        await run.journal.durable()  # what the hosts said last, on disk
+                    except StorageError as exc:
+                        log.error("%s", exc)
             self.checkpoint()
             if self._want_running.get(flow_id):
                 self._want_running[flow_id] = False
@@ -574,6 +677,8 @@ class Runner:
             "flows": counts,
             "runtimes": sorted(self.runtimes),
             "stateDir": str(self.config.state_dir) if self.config.state_dir else None,
+            # messages journaled and not handled yet (runner/JOURNAL.md)
+            "journaled": self.journal_depth(),
         }
 
     async def watch_flow(self, flow_id: str, watched: bool = True) -> None:

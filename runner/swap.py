@@ -143,6 +143,8 @@ async def hot_swap(
             if queue:
                 dropped[mid] = [{"port": d.port, "msgs": d.msgs} for d in queue]
                 run.settle(sum(d.count for d in queue))
+            if run.journal is not None:
+                run.journal.forget(run.qualified(mid))  # what waited for it is dropped
         for mid, src, dst in diff.moved:
             qid = run.qualified(mid)
             queue: deque[Delivery] = old_instances[src].queues.take_queue(qid)

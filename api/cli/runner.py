@@ -140,6 +140,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         run_grace=args.run_grace,
         fbp_port=args.fbp_port,
         fbp_secret_file=Path(args.fbp_secret_file) if args.fbp_secret_file else None,
+        durability=args.durability,
+        journal_fsync=args.journal_fsync,
+        journal_max_bytes=args.journal_max_size,
+        journal_reserve_bytes=args.journal_reserve,
     )
     try:
         trio.run(serve, options)
@@ -263,6 +267,38 @@ def add_runner_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--fbp-secret-file",
         metavar="FILE",
         help="the FBP clients' secret, read from FILE (default: the runner's token)",
+    )
+    serve_p.add_argument(
+        "--durability",
+        choices=("checkpoint", "journal"),
+        default="checkpoint",
+        help="flows that do not say: 'checkpoint' (state written about once a second; a"
+        " killed runner loses what it had accepted and not finished) or 'journal' (every"
+        " accepted message survives a killed runner; slower) (default: %(default)s)",
+    )
+    serve_p.add_argument(
+        "--journal-fsync",
+        choices=("always", "never"),
+        default="always",
+        help="journaled flows: 'always' syncs each group of records to the disk before"
+        " answering (survives a power cut); 'never' only hands them to the OS (faster;"
+        " survives a killed runner, not a power cut) (default: %(default)s)",
+    )
+    serve_p.add_argument(
+        "--journal-max-size",
+        type=_size,
+        metavar="SIZE",
+        default=1 << 30,
+        help="a flow's journal this large refuses messages (507) until the flow catches up"
+        " (default: 1GiB)",
+    )
+    serve_p.add_argument(
+        "--journal-reserve",
+        type=_size,
+        metavar="SIZE",
+        default=4 << 20,
+        help="journaled flows refuse messages (507) while the disk has less free space"
+        " than this (default: 4MiB)",
     )
     add_tls_options(serve_p)
     add_log_format_option(serve_p)

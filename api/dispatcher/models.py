@@ -101,13 +101,21 @@ class Runner:
             "capacity {cpus, memory (bytes)}"
         ),
     ]
+    journaled: Annotated[
+        int,
+        msgspec.Meta(
+            description="messages in its journaled flows not handled yet, as its last "
+            "heartbeat said (lost if the runner never comes back on its state dir)"
+        ),
+    ] = 0
 
 
 @attrs.frozen
 class Event:
     """kind: token, registered, connected, hardware, ready, lost, back, signed-off,
     deployed, placed, pending, refused, displaced, paused, draining, drained,
-    flow-removed, removed-stale-flow; other fields depend on the kind."""
+    flow-removed, removed-stale-flow, journal-handed-over; other fields depend on the
+    kind (lost: ``journaled``, the messages its journals held at its last heartbeat)."""
 
     id: int
     time: float

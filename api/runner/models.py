@@ -256,6 +256,15 @@ class FlowSummary:
         dict[str, Any], msgspec.Meta(description="per runtime: pid, queues, restarts")
     ] = None
     paused: Annotated[bool, msgspec.Meta(description="held by the debugger")] = False
+    journaled: Annotated[
+        int,
+        msgspec.Meta(
+            description="durability journal: messages in the flow's journal not handled yet"
+        ),
+    ] = 0
+    durability: Annotated[
+        str, msgspec.Meta(description="checkpoint or journal (runner/JOURNAL.md)")
+    ] = "checkpoint"
 
 
 @attrs.frozen
@@ -416,5 +425,7 @@ class Health:
     flows: dict[str, int]
     runtimes: list[str]
     stateDir: str | None = None
+    #: messages in journaled flows' journals not handled yet (lost if the state dir is)
+    journaled: int = 0
     #: what answers: the page at /ui/ adapts to it (the dispatcher says "dispatcher")
     server: Literal["runner"] = "runner"

@@ -163,7 +163,7 @@ ROUTES: list[Route] = [
           _call("dropQueuedMessage"), m.Old, "dropped", errors=(404, 409), params=INDEX),
     Route("post", "/flows/{flowId}/modules/{moduleId}/inputs/{port}", "inject",
           "Send messages to a module's input port (waits while its queue is full)",
-          _inject, shared.Accepted, "queued, in order", body=m.InjectBody, errors=(400, 404, 409, 413, 422),
+          _inject, shared.Accepted, "queued, in order", body=m.InjectBody, errors=(400, 404, 409, 413, 422, 507),
           params={**FM, "port": (str, "an input port of the module")}),
     Route("get", "/flows/{flowId}/modules/{moduleId}/state", "getModuleState", "The module's last reported state",
           _call("getModuleState"), shared.ModuleState, "state", errors=(404,), params=FM),

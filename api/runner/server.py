@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ServeOptions", "serve"]
 
+
 @attrs.frozen
 class ServeOptions:
     state_dir: Path
@@ -72,6 +73,12 @@ class ServeOptions:
     #: clients' secret read from this file (None: the runner's token)
     fbp_port: int | None = None
     fbp_secret_file: Path | None = None
+    #: flows without ``durability``: "checkpoint" or "journal" (runner/JOURNAL.md), the
+    #: journal's fsync policy, its size bound and the disk space it keeps in reserve
+    durability: str = "checkpoint"
+    journal_fsync: str = "always"
+    journal_max_bytes: int = 1 << 30
+    journal_reserve_bytes: int = 4 << 20
 
     @property
     def token_path(self) -> Path:
@@ -179,6 +186,10 @@ async def serve(
         state_dir=options.state_dir,
         max_runs=options.max_runs if options.max_runs is not None else os.cpu_count() or 1,
         run_retention=options.run_retention,
+        durability=options.durability,
+        journal_fsync=options.journal_fsync,
+        journal_max_bytes=options.journal_max_bytes,
+        journal_reserve_bytes=options.journal_reserve_bytes,
     )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_runner(config) as runner, _local_runs(runner, options):
@@ -190,6 +201,8 @@ async def serve(
                 _say(
                     f"restored {len(restored)} flow(s) from {options.state_dir}, {running} running"
                 )
+            for flow_id, n in sorted(runner.recovered.items()):
+                _say(f"flow {flow_id}: {n} message(s) from its journal handled again")
             settings = ApiSettings(
                 token=token, max_body=options.max_body, dispatcher=options.dispatcher
             )

@@ -40,6 +40,9 @@ Figures:
 - ``go_*``, ``py_go_py``: the go runtime: three go modules in one host, python -> go ->
   python beside python -> node -> python, cold and changed-source build times, a cached
   start (``gobench``).
+- ``journal``: journaled flows vs checkpointed ones: chain and batched-inject msg/s,
+  inject latency p50/p99, and what an fdatasync costs here (``journal``; target: journaled
+  >= 50 % of checkpoint throughput).
 
 - ``recovery``: a SIGKILLed runner -> its flow answering again, local backend (``recovery``).
 - ``recovery_docker``: ``docker kill`` of the flow's runner container (and its runner
@@ -48,7 +51,7 @@ Figures:
 - ``fbp_*``: the FBP protocol endpoint: a watched network's msgs/s against the fast path,
   and an IDE's graph edit round trip on a running network (``fbp``).
 
-``--only core|api|swap|dispatcher|docker|browser|ui|recovery|recovery-docker|runs|fbp|go`` runs one group.
+``--only core|api|swap|dispatcher|docker|browser|ui|recovery|recovery-docker|runs|fbp|go|journal`` runs one group.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ from . import (
     costs,
     fifo_echo,
     gobench,
+    journal,
     nodered,
     recovery,
     runs,
@@ -350,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         choices=[
             *("core", "api", "swap", "dispatcher", "docker", "browser"),
-            *("ui", "recovery", "recovery-docker", "runs", "fbp", "go"),
+            *("ui", "recovery", "recovery-docker", "runs", "fbp", "go", "journal"),
         ],
         help="run one group of figures",
     )
@@ -443,6 +447,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         runs.print_dispatched(found_dispatched)
         figures["runs_dispatched"] = found_dispatched
+    if args.only in (None, "journal"):
+        found_j = journal.run(
+            n=20_000 if args.quick else 100_000,
+            rounds=2 if args.quick else min(rounds, 3),
+            samples=100 if args.quick else 500,
+        )
+        journal.print_report(found_j)
+        figures["journal"] = found_j
     if args.only in (None, "swap"):
         result = swap.run(quick=args.quick)
         swap.print_report(result)

@@ -108,3 +108,70 @@ def test_a_local_runner_that_dies_at_once_backs_off_and_is_given_up(tmp_path: Pa
     finally:
         code = dispatcher.stop()
         assert code == 0, "\n".join(dispatcher.lines[-40:])
+
+
+#: counts every message (about 2 ms each: work piles up, and a graceful stop of 3,000
+#: runs out of time), journaled
+SLOW_JOURNALED = {
+    "fifoflow": 1,
+    "id": "counter",
+    "durability": "journal",
+    "modules": [
+        {
+            "id": "count",
+            "runtime": "python",
+            "code": (
+                "import time\n"
+                "def handle(msg, ctx):\n"
+                "    until = time.perf_counter() + 0.002\n"
+                "    while time.perf_counter() < until:\n"
+                "        pass\n"
+                "    ctx.state['n'] = ctx.state.get('n', 0) + 1\n"
+            ),
+        }
+    ],
+}
+
+
+def test_a_sigkilled_local_runner_comes_back_with_its_journal(tmp_path: Path) -> None:
+    """A journaled flow's runner is SIGKILLed with thousands of accepted messages not
+    handled yet; the local backend starts it again on its state dir, it hands the flow
+    back with its journal's messages and state, and every message is counted exactly
+    once. The dispatcher said how many journaled messages the runner held when lost."""
+    dispatcher = _local(tmp_path, heartbeat=0.5)
+    dispatcher.start()
+    try:
+        wait_until(
+            "the local runner",
+            lambda: [r["status"] for r in dispatcher.api("GET", "/runners")] == ["ready"],
+            60,
+        )
+        [runner] = dispatcher.api("GET", "/runners")
+        assert dispatcher.api("POST", "/flows", json=SLOW_JOURNALED)["status"] == "placed"
+        for _ in range(3):
+            dispatcher.api(
+                "POST", "/flows/counter/modules/count/inputs/in", json={"msgs": [1] * 1000}
+            )
+        held = wait_until(
+            "a heartbeat with journaled messages",
+            lambda: dispatcher.api("GET", "/runners")[0]["journaled"],
+            30,
+        )
+        assert 0 < held <= 3000
+        victim = _runner_process(dispatcher)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(30)
+
+        wait_until(
+            "every message counted",
+            lambda: (_state(dispatcher) or {}).get("n", 0) >= 3000,
+            90,
+        )
+        assert _state(dispatcher) == {"n": 3000}
+        [lost] = events(dispatcher, "lost", runner["id"])
+        assert lost["journaled"] > 0
+        assert events(dispatcher, "journal-handed-over", runner["id"])
+        dispatcher.api("POST", "/flows/counter/modules/count/inputs/in", json={"msgs": [1]})
+        wait_until("the counter to go on", lambda: _state(dispatcher) == {"n": 3001}, 60)
+    finally:
+        assert dispatcher.stop() == 0

@@ -1,0 +1,524 @@
+"""The journal of a flow with ``"durability": "journal"``: see ``runner/JOURNAL.md``.
+
+An append-only file per flow (``<state dir>/journal/<name>.log``) of checksummed
+records, written by one writer task in groups (one write and one ``fdatasync`` per
+group). What it holds, at any moment, is enough to rebuild the flow where it was: the
+last state of each module, and every message accepted (an inject) or emitted on a
+cross-runtime wire that no host has consumed yet, in per-module order.
+
+Positions: every message journaled for a module gets the next position of that
+module's stream (``ends``); a :class:`~.queues.Delivery` carries the position just past
+its last message (``end``), so a host's ``done`` says how far each module's stream is
+consumed (``consumed``). Pending after a crash = stream positions past ``consumed``.
+
+Everything here runs on the trio thread except the file writes (a worker thread);
+:class:`_Model` is the journal's logical content, applied as records are appended,
+and is what a compaction writes as a snapshot.
+
+Error handling: :meth:`Journal.accept` raises :class:`~.errors.JournalFull` (507 in the
+API) before anything is queued when the journal is at its size bound or the disk has
+less than the reserve left; a write that fails (ENOSPC despite the reserve, EIO) keeps
+the group in memory and is tried again, and injects waiting on it get the
+:class:`~.errors.StorageError`. A file that does not start with the header, or holds a
+newer version, raises :class:`~.errors.StorageError` at :meth:`Journal.open` (the flow
+does not start; the file is left as it is). A torn or corrupt record ends the readable
+journal: it and what follows are dropped (counted in :attr:`Journal.dropped_bytes`).
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import struct
+import zlib
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import trio
+
+from .errors import JournalFull, StorageError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from pathlib import Path
+
+__all__ = ["FSYNC_POLICIES", "Journal"]
+
+#: file header: magic, format version (u16), reserved (u16)
+MAGIC = b"FFJL"
+VERSION = 1
+_HEADER = struct.Struct("<4sHH")
+#: record header: marker (u16), payload length (u32), crc32 of length and payload (u32)
+_MARKER = 0xF10F
+_RECORD = struct.Struct("<HII")
+
+#: ``always``: fdatasync once per group before the group's injects are answered;
+#: ``never``: written to the OS before answering, synced by the OS in its own time
+#: (survives ``kill -9`` of the runner, not a power cut or a kernel crash)
+FSYNC_POLICIES = ("always", "never")
+
+
+def _msgs(msgs: list[Any]) -> Any:
+    """The one place message lists become part of a record (opaque bytes could be
+    spliced here as ``orjson.Fragment``)."""
+    return msgs
+
+
+def encode_record(payload: dict[str, Any]) -> bytes:
+    body = orjson.dumps(payload)
+    length = len(body)
+    crc = zlib.crc32(body, zlib.crc32(length.to_bytes(4, "little")))
+    return _RECORD.pack(_MARKER, length, crc) + body
+
+
+def read_records(data: bytes | memoryview) -> tuple[list[dict[str, Any]], int]:
+    """The records after the header, and the offset just past the last whole, intact
+    one (what follows it is a torn or corrupt tail)."""
+    view = memoryview(data)
+    records: list[dict[str, Any]] = []
+    offset = _HEADER.size
+    size = _RECORD.size
+    while offset + size <= len(view):
+        marker, length, crc = _RECORD.unpack_from(view, offset)
+        end = offset + size + length
+        if marker != _MARKER or end > len(view):
+            break
+        body = view[offset + size : end]
+        if zlib.crc32(body, zlib.crc32(length.to_bytes(4, "little"))) != crc:
+            break
+        try:
+            record = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            break
+        if not isinstance(record, dict):
+            break
+        records.append(record)
+        offset = end
+    return records, offset
+
+
+class _Model:
+    """What the journal holds: states, streams of unconsumed messages, positions."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, Any] = {}
+        #: module -> deque of [port, end, msgs] not wholly consumed, in order
+        self.streams: dict[str, deque[list[Any]]] = {}
+        self.ends: dict[str, int] = {}
+        self.consumed: dict[str, int] = {}
+
+    def add(self, qid: str, port: str, end: int, msgs: list[Any]) -> None:
+        stream = self.streams.get(qid)
+        if stream is None:
+            stream = self.streams[qid] = deque()
+        stream.append([port, end, msgs])
+        if end > self.ends.get(qid, 0):
+            self.ends[qid] = end
+
+    def consume(self, qid: str, end: int) -> None:
+        if end <= self.consumed.get(qid, 0):
+            return
+        self.consumed[qid] = end
+        stream = self.streams.get(qid)
+        while stream and stream[0][1] <= end:
+            stream.popleft()
+
+    def apply(self, record: dict[str, Any]) -> None:
+        kind = record.get("k")
+        if kind == "i":
+            self.add(record["q"], record["p"], record["e"], record["m"])
+        elif kind == "d":
+            for qid, end in record.get("c", {}).items():
+                self.consume(qid, end)
+            for qid, port, end, msgs in record.get("x", ()):
+                self.add(qid, port, end, msgs)
+            self.states.update(record.get("s", {}))
+        elif kind == "s":
+            self.states = dict(record["states"])
+            self.ends = dict(record["ends"])
+            self.consumed = dict(record["consumed"])
+            self.streams = {q: deque(entries) for q, entries in record["pending"].items()}
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "k": "s",
+            "states": self.states,
+            "ends": self.ends,
+            "consumed": self.consumed,
+            "pending": {q: [list(e) for e in s] for q, s in self.streams.items() if s},
+        }
+
+    def pending(self) -> dict[str, list[tuple[str, int, list[Any]]]]:
+        """Per module, the unconsumed messages as (port, end, msgs), in order; a
+        partly consumed entry is cut to its unconsumed tail."""
+        found: dict[str, list[tuple[str, int, list[Any]]]] = {}
+        for qid, stream in self.streams.items():
+            done = self.consumed.get(qid, 0)
+            out = []
+            for port, end, msgs in stream:
+                start = end - len(msgs)
+                if start < done:
+                    msgs = msgs[done - start :]
+                if msgs:
+                    out.append((port, end, msgs))
+            if out:
+                found[qid] = out
+        return found
+
+    @property
+    def depth(self) -> int:
+        """Messages journaled and not consumed."""
+        return sum(max(0, end - self.consumed.get(q, 0)) for q, end in self.ends.items())
+
+
+class Journal:
+    """One flow's journal; made by :meth:`open`, written by :meth:`run` (a task)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        fsync: str = "always",
+        max_bytes: int = 1 << 30,
+        compact_bytes: int = 16 << 20,
+        reserve_bytes: int = 4 << 20,
+    ) -> None:
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(
+                f"unknown journal fsync policy {fsync!r} (known: {', '.join(FSYNC_POLICIES)})"
+            )
+        self.path = path
+        self.fsync = fsync
+        self.max_bytes = max_bytes
+        self.compact_bytes = compact_bytes
+        self.reserve_bytes = reserve_bytes
+        self.model = _Model()
+        #: the states of the durable prefix (what a reader may rely on)
+        self.durable_states: dict[str, Any] = {}
+        #: bytes of a torn or corrupt tail dropped when the journal was opened
+        self.dropped_bytes = 0
+        self._fd: int | None = None
+        self._size = 0  # bytes in the file (durable or written)
+        self._buf = bytearray()
+        self._buf_states: dict[str, Any] = {}
+        self._appended = 0  # records appended
+        self._durable = 0  # records durable
+        self._wake = trio.Event()
+        self._synced = trio.Event()
+        self._compact = False
+        self.error: StorageError | None = None
+        self._failures = 0  # failed writes so far
+        self.compactions = 0
+        self.groups = 0
+        self._scope: trio.CancelScope | None = None
+        self._writing = False  # a worker thread writes the file now
+        self._closing = False
+        self._removed = False
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, path: Path, **options: Any) -> Journal:
+        """Read ``path`` if it exists (recovering its content, dropping a torn tail),
+        and start a fresh file holding one snapshot of it. Raises StorageError."""
+        journal = cls(path, **options)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            data = None
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, "the journal", path) from None
+        if data:
+            if len(data) < _HEADER.size:
+                journal.dropped_bytes = len(data)  # the header itself was torn
+            else:
+                magic, version, _ = _HEADER.unpack_from(data, 0)
+                if magic != MAGIC:
+                    raise StorageError(
+                        f"{path} is not a fifoflow journal (no header)", path=str(path)
+                    )
+                if version > VERSION:
+                    raise StorageError(
+                        f"{path} is a journal of format {version}; this runner reads up to {VERSION}",
+                        path=str(path),
+                    )
+                records, end = read_records(data)
+                journal.dropped_bytes = len(data) - end
+                for record in records:
+                    journal.model.apply(record)
+        journal.durable_states = dict(journal.model.states)
+        try:
+            journal._rewrite(journal._snapshot_bytes())
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, "the journal", path) from None
+        return journal
+
+    def seed(self, states: dict[str, Any]) -> None:
+        """States of modules the journal knows nothing of (a flow that was not journaled
+        until now); recorded with the next group."""
+        fresh = {q: s for q, s in states.items() if q not in self.model.states}
+        if fresh:
+            self._append({"k": "d", "s": fresh}, fresh)
+
+    def _snapshot_bytes(self) -> bytes:
+        return _HEADER.pack(MAGIC, VERSION, 0) + encode_record(self.model.snapshot())
+
+    def _rewrite(self, data: bytes) -> None:
+        """Replace the file with ``data`` (atomically), and write on from there."""
+        tmp = self.path.with_name(self.path.name + ".new")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+            os.replace(tmp, self.path)
+            dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        old, self._fd = self._fd, fd
+        if old is not None:
+            os.close(old)
+        self._size = len(data)
+
+    def close(self) -> None:
+        """Stop the writer and close the file (once a write in a worker thread is over:
+        its descriptor must not be reused under it)."""
+        if self._scope is not None:
+            self._scope.cancel()
+        self._closing = True
+        if not self._writing and self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def remove(self) -> None:
+        self._removed = True
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ appending
+
+    @property
+    def depth(self) -> int:
+        return self.model.depth
+
+    @property
+    def size(self) -> int:
+        """Bytes in the file plus bytes waiting to be written."""
+        return self._size + len(self._buf)
+
+    def _append(self, payload: dict[str, Any], states: dict[str, Any] | None = None) -> int:
+        self._buf += encode_record(payload)
+        if states:
+            self._buf_states.update(states)
+        self._appended += 1
+        self._wake.set()
+        return self._appended
+
+    def _next_end(self, qid: str, n: int) -> int:
+        return self.model.ends.get(qid, 0) + n
+
+    def accept(self, qid: str, port: str, msgs: list[Any]) -> tuple[int, int]:
+        """Journal an inject of ``msgs`` for ``qid``: (its end position, the ticket to
+        wait for with :meth:`durable`). Raises JournalFull, nothing journaled."""
+        end = self._next_end(qid, len(msgs))
+        payload = {"k": "i", "q": qid, "p": port, "e": end, "m": _msgs(msgs)}
+        record = encode_record(payload)
+        self._check_room(len(record))
+        self._buf += record
+        self._appended += 1
+        self._wake.set()
+        self.model.add(qid, port, end, msgs)
+        return end, self._appended
+
+    def commit(
+        self,
+        consumed: dict[str, int],
+        emits: Iterable[tuple[str, str, list[Any]]],
+        states: dict[str, Any],
+    ) -> list[int]:
+        """One host ``done`` (or states and emits reported outside of one): what it
+        consumed, the cross-runtime messages it produced (their end positions are
+        returned, in order) and the states that changed, as one record. Never refuses:
+        this is the consequence of work already done (the reserve is kept for it)."""
+        entries = []
+        ends = []
+        for qid, end in consumed.items():
+            self.model.consume(qid, end)
+        for qid, port, msgs in emits:
+            end = self._next_end(qid, len(msgs))
+            self.model.add(qid, port, end, msgs)
+            entries.append([qid, port, end, _msgs(msgs)])
+            ends.append(end)
+        self.model.states.update(states)
+        payload: dict[str, Any] = {"k": "d"}
+        if consumed:
+            payload["c"] = consumed
+        if entries:
+            payload["x"] = entries
+        if states:
+            payload["s"] = states
+        self._append(payload, states)
+        return ends
+
+    def forget(self, qid: str) -> None:
+        """A module was removed from the flow (hot swap): its stream counts as consumed
+        (what waited for it is dropped, as the swap reports)."""
+        end = self.model.ends.get(qid, 0)
+        if end > self.model.consumed.get(qid, 0):
+            self.commit({qid: end}, (), {})
+
+    def check_room(self, n: int) -> None:
+        """Raise JournalFull unless about ``n`` more bytes may be journaled now."""
+        self._check_room(n)
+
+    def _check_room(self, n: int) -> None:
+        if self.size + n > self.max_bytes:
+            self._compact = True
+            self._wake.set()
+            raise JournalFull(
+                f"the journal of this flow is at its size bound ({self.max_bytes} bytes, "
+                f"{self.depth} messages not yet handled); the message was not accepted, "
+                "try again once the flow has caught up",
+                path=str(self.path),
+            )
+        if self.error is not None:
+            raise JournalFull(
+                f"the journal cannot be written ({self.error}); the message was not accepted",
+                errno=self.error.errno,
+                path=str(self.path),
+            )
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return
+        free = st.f_bavail * st.f_frsize - len(self._buf)
+        if free < self.reserve_bytes + n:
+            raise JournalFull(
+                f"could not store the message in the journal: no space left on the device "
+                f"({max(free, 0)} bytes free, {self.reserve_bytes} kept in reserve) ({self.path}); "
+                "the message was not accepted, try again once space is freed",
+                errno=_errno.ENOSPC,
+                path=str(self.path),
+            )
+
+    async def durable(self, ticket: int | None = None) -> None:
+        """Wait until record ``ticket`` (default: every record appended so far) is
+        durable. Raises StorageError when a write tried meanwhile failed (the writer
+        tries again: a later call may succeed)."""
+        if ticket is None:
+            ticket = self._appended
+        failures = self._failures
+        while self._durable < ticket:
+            if self._failures != failures:  # the write tried while we waited failed
+                raise StorageError(
+                    f"{self.error}; the message is queued but not durable (it is still "
+                    "handled unless the runner stops before the journal can be written)",
+                    errno=self.error.errno,
+                    path=self.error.path,
+                )
+            await self._synced.wait()
+
+    async def compact(self) -> None:
+        """Compact now and wait until the new file is in place. Raises StorageError."""
+        target = self.compactions + 1
+        failures = self._failures
+        self._compact = True
+        self._wake.set()
+        while self.compactions < target:
+            if self._failures != failures and self.error is not None:
+                raise self.error
+            await self._synced.wait()
+
+    def request_compaction(self) -> None:
+        """At a checkpoint: compact if the file outgrew ``compact_bytes``."""
+        if self._size > self.compact_bytes:
+            self._compact = True
+            self._wake.set()
+
+    # ------------------------------------------------------------------ the writer
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Write groups until cancelled (group commit: what was appended while the last
+        group was written goes as the next group)."""
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            task_status.started()
+            while True:
+                if not self._buf and not self._compact:
+                    self._wake = trio.Event()
+                    await self._wake.wait()
+                await self._group()
+
+    async def _group(self) -> None:
+        upto = self._appended
+        states, self._buf_states = self._buf_states, {}
+        compacting, self._compact = self._compact, False
+        if compacting:
+            # The snapshot holds everything appended so far, the buffer included.
+            data = self._snapshot_bytes()
+            self._buf = bytearray()
+        else:
+            data, self._buf = bytes(self._buf), bytearray()
+        failure: OSError | None = None
+        self._writing = True
+        try:
+            await trio.to_thread.run_sync(self._rewrite if compacting else self._write, data)
+        except OSError as exc:
+            failure = exc
+        finally:
+            self._writing = False
+            if self._closing:
+                self.close()
+                if self._removed:  # a compaction may have put the file back meanwhile
+                    self.path.unlink(missing_ok=True)
+        if failure is not None:
+            # Tried again in a moment: a failed snapshot is made again (the model has
+            # it all), a failed group goes in front of what was appended meanwhile.
+            if compacting:
+                self._compact = True
+            else:
+                self._buf = bytearray(data) + self._buf
+            self._buf_states = {**states, **self._buf_states}
+            self.error = StorageError.from_os_error(failure, "the journal", self.path)
+            self._failures += 1
+            self._release()
+            await trio.sleep(0.2)
+            return
+        if compacting:
+            self.compactions += 1
+        self.error = None
+        self.groups += 1
+        self._durable = upto
+        self.durable_states.update(states)
+        self._release()
+
+    def _release(self) -> None:
+        synced, self._synced = self._synced, trio.Event()
+        synced.set()
+
+    def _write(self, data: bytes) -> None:
+        fd = self._fd
+        if fd is None:
+            raise OSError(_errno.EBADF, "the journal is closed")
+        try:
+            _write_all(fd, data)
+        except OSError:
+            # A part written before the error is a torn tail: cut it, the group goes again.
+            os.ftruncate(fd, self._size)
+            raise
+        if self.fsync == "always":
+            os.fdatasync(fd)
+        self._size += len(data)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
