@@ -393,7 +393,7 @@ class FlowRun:
                     }
                 )
             self._add_pending(len(msgs))
-            target.queues.enqueue(dst, dst_port, msgs, end)
+            target.queues.enqueue(dst, dst_port, msgs, end=end)
             self._touched.add(target)
         instance.states.update(states)
         for module, port, msgs in outputs:
@@ -416,7 +416,7 @@ class FlowRun:
             queues = self.instances[module.host].queues
             for port, end, msgs in entries:
                 self._add_pending(len(msgs))
-                queues.enqueue(qid, port, msgs, end)
+                queues.enqueue(qid, port, msgs, end=end)
 
     def kick(self) -> None:
         """After a batch of routing: push what can go now to the hosts it was routed to."""
@@ -458,7 +458,7 @@ class FlowRun:
                 end, ticket = journal.accept(qid, port, chunk)  # raises JournalFull
             self._add_pending(len(chunk))
             self.inject_counts[(module_id, port)] += len(chunk)
-            instance.queues.enqueue(qid, port, chunk, end)
+            instance.queues.enqueue(qid, port, chunk, end=end)
             instance.kick()
         if ticket:
             # answered once the messages are durable (group commit: runner/JOURNAL.md)
