@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ServeOptions", "serve"]
 
+
 @attrs.frozen
 class ServeOptions:
     state_dir: Path
@@ -68,6 +69,11 @@ class ServeOptions:
     max_runs: int | None = None
     run_retention: float = 7 * 24 * 3600.0
     run_grace: float = 30.0
+    #: runner-to-runner relay (runner/peers.py): the listener's address and port, and
+    #: the endpoint others are told (None host: no listener, all through the dispatcher)
+    peer_host: str | None = "127.0.0.1"
+    peer_port: int = 0
+    peer_url: str | None = None
 
     @property
     def token_path(self) -> Path:
@@ -183,6 +189,9 @@ async def serve(
                             name=options.name,
                             ca=options.dispatcher_ca,
                             fingerprint=options.dispatcher_fingerprint,
+                            peer_host=options.peer_host,
+                            peer_port=options.peer_port,
+                            peer_url=options.peer_url,
                         )
                         runner_id = await link_nursery.start(link.run)
                         _say(f"linked to the dispatcher at {options.dispatcher} as {runner_id}")
