@@ -553,7 +553,7 @@ class DispatcherLink:
                 except RemoteError as exc:
                     if exc.remote_code in ("flow_not_found", "not_your_part"):
                         return  # removed, or its part runs elsewhere now: nobody waits
-                except LinkClosed:
+                except (LinkClosed, *_DOWN):
                     pass
             await trio.sleep(delay)
             delay = min(delay * 2, 1.0)

@@ -381,7 +381,9 @@ class PeerLinks:
         self.relay = relay
         #: this runner's id (from the link's hello)
         self.runner_id = ""
-        self.senders: dict[str, PeerSender] = {}
+        #: (target runner id, flow id) -> its sender: one connection per runner pair and
+        #: flow, so a paused or slow flow holds up no other flow's wires
+        self.senders: dict[tuple[str, str], PeerSender] = {}
         #: flow id -> (module, port) -> its routes
         self.routes: dict[str, dict[tuple[str, str], list[Route]]] = {}
         #: flow id -> "src.port->dst.port" -> messages delivered directly
@@ -404,13 +406,14 @@ class PeerLinks:
         counts = self.delivered.setdefault(b.flow, {})
         counts[wire] = counts.get(wire, 0) + len(b.msgs)
 
-    def _sender(self, route: Route) -> PeerSender:
-        sender = self.senders.get(route.runner)
+    def _sender(self, flow: str, route: Route) -> PeerSender:
+        sender = self.senders.get((route.runner, flow))
         if sender is not None and sender.url != route.url:
             sender.url = route.url  # the runner restarted on another port
             sender.fallback_until = 0.0
         if sender is None:
-            sender = self.senders[route.runner] = PeerSender(self, route.runner, route.url)
+            sender = PeerSender(self, route.runner, route.url)
+            self.senders[(route.runner, flow)] = sender
             self.nursery.start_soon(sender.run)
         return sender
 
@@ -431,7 +434,9 @@ class PeerLinks:
             table.setdefault((str(r["from"]), str(r["fromPort"])), []).append(route)
         self.routes[flow] = table
         where = {(r.dst, r.dst_port): r for rs in table.values() for r in rs}
-        for sender in list(self.senders.values()):
+        for (_, of), sender in list(self.senders.items()):
+            if of != flow:
+                continue
             if sender.url is not None:
                 sender.fallback_until = 0.0  # a new deploy: try directly again
             moved = sender.take_flow(
@@ -445,7 +450,7 @@ class PeerLinks:
                 new = where.get((b.route.dst, b.route.dst_port))
                 if new is not None:  # else the wire is gone: nobody waits for these
                     b.route = new
-                    self._sender(new).append(b)
+                    self._sender(flow, new).append(b)
         self._close_idle()
         return table
 
@@ -454,11 +459,16 @@ class PeerLinks:
         self._close_idle()
 
     def _close_idle(self) -> None:
-        used = {r.runner for table in self.routes.values() for rs in table.values() for r in rs}
-        for runner_id, sender in list(self.senders.items()):
-            if runner_id not in used and not sender.held:
+        used = {
+            (r.runner, flow)
+            for flow, table in self.routes.items()
+            for rs in table.values()
+            for r in rs
+        }
+        for key, sender in list(self.senders.items()):
+            if key not in used and not sender.held:
                 sender.scope.cancel()
-                del self.senders[runner_id]
+                del self.senders[key]
 
     async def send(self, flow: str, module: str, port: str, route: Route, msgs: list[Any]) -> None:
-        await self._sender(route).put(Batch(flow, module, port, route, msgs))
+        await self._sender(flow, route).put(Batch(flow, module, port, route, msgs))

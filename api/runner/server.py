@@ -195,6 +195,8 @@ async def serve(
                         )
                         runner_id = await link_nursery.start(link.run)
                         _say(f"linked to the dispatcher at {options.dispatcher} as {runner_id}")
+                        if link.peer_server is not None:
+                            _say(f"runner-to-runner relay: {link.peer_url}")
                     task_status.started(urls)
                     async for signum in signals:
                         await _drain_runs(runner, link, options.run_grace, signum)

@@ -190,9 +190,7 @@ def relay(messages: int = 200_000) -> dict[str, float]:
                     client.post(
                         "/flows/relay/modules/a/inputs/in", json={"msgs": batch}
                     ).raise_for_status()
-                while client.get("/flows/relay/modules/b/state").json()["state"] != {
-                    "n": messages
-                }:
+                while client.get("/flows/relay/modules/b/state").json()["state"] != {"n": messages}:
                     time.sleep(0.01)
                 elapsed = time.perf_counter() - start
         finally:
@@ -273,9 +271,7 @@ def cross_runner(messages: int = 200_000, *, direct: bool, burst: int = 1000) ->
                     client.post(
                         "/flows/burst/modules/a/inputs/in", json={"msgs": triggers[i : i + 20]}
                     ).raise_for_status()
-                while client.get("/flows/burst/modules/b/state").json()["state"] != {
-                    "n": messages
-                }:
+                while client.get("/flows/burst/modules/b/state").json()["state"] != {"n": messages}:
                     time.sleep(0.01)
                 elapsed = time.perf_counter() - start
                 cpu = (sum(proc.cpu_times()[:2]) - before) / elapsed
