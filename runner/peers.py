@@ -293,6 +293,8 @@ class PeerSender:
         with self.scope:
             while True:
                 if not self.unsent:
+                    if self.links.retire(self):
+                        return  # no route leads here any more and nothing is held
                     await self._work.wait()
                     continue
                 if self.url is None or trio.current_time() < self.fallback_until:
@@ -453,6 +455,18 @@ class PeerLinks:
                     self._sender(flow, new).append(b)
         self._close_idle()
         return table
+
+    def retire(self, sender: PeerSender) -> bool:
+        """Drop an empty sender no route uses any more; whether it was dropped."""
+        for key, known in list(self.senders.items()):
+            if known is sender:
+                if sender.held or any(
+                    r.runner == key[0] for rs in self.routes.get(key[1], {}).values() for r in rs
+                ):
+                    return False
+                del self.senders[key]
+                return True
+        return True
 
     def forget(self, flow: str) -> None:
         self.routes.pop(flow, None)

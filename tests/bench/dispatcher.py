@@ -7,6 +7,11 @@ Target (issue): >= 1,000 runners at a 1 s heartbeat using under half a core.
 
 ``relay``: messages across two runners (a flow with one module on each, placed by
 labels), end to end through the dispatcher's relay. Target: >= 50,000 msg/s.
+
+``cross_runner``: the same wire, with messages emitted on runner A (1,000 per trigger),
+once through the dispatcher's relay (runners with ``--no-peer-relay``) and once from
+runner to runner (runner/peers.py), with the dispatcher's CPU during each. Target
+(issue 22): runner-to-runner >= 3x the dispatcher relay.
 """
 
 from __future__ import annotations
