@@ -242,10 +242,13 @@ class PeerSender:
         self._room.set()
         self._room = trio.Event()
 
-    async def put(self, batch: Batch) -> None:
-        while self.held >= self.credit:
-            await self._room.wait()
-        self.append(batch)
+    @property
+    def full(self) -> bool:
+        return self.held >= self.credit
+
+    async def room(self) -> None:
+        """Until something left this sender (acknowledged, or moved elsewhere)."""
+        await self._room.wait()
 
     def append(self, batch: Batch) -> None:
         """Queue without waiting for credit (batches moved here from another target)."""
@@ -439,6 +442,7 @@ class PeerLinks:
         for (_, of), sender in list(self.senders.items()):
             if of != flow:
                 continue
+            sender._freed()  # a sink waiting for its credit looks its route up again
             if sender.url is not None:
                 sender.fallback_until = 0.0  # a new deploy: try directly again
             moved = sender.take_flow(
@@ -485,4 +489,23 @@ class PeerLinks:
                 del self.senders[key]
 
     async def send(self, flow: str, module: str, port: str, route: Route, msgs: list[Any]) -> None:
-        await self._sender(flow, route).put(Batch(flow, module, port, route, msgs))
+        """Queue a batch for the target of ``route`` where it is now, waiting while that
+        target has no credit left. The route is looked up again after every wait: a
+        deploy may have placed the target elsewhere meanwhile (its old runner dead)."""
+        while True:
+            now = next(
+                (
+                    r
+                    for rs in self.routes.get(flow, {}).values()
+                    for r in rs
+                    if (r.dst, r.dst_port) == (route.dst, route.dst_port)
+                ),
+                None,
+            )
+            if now is None:
+                return  # the wire is gone (or the flow): nobody waits for these
+            sender = self._sender(flow, now)
+            if not sender.full:
+                sender.append(Batch(flow, module, port, now, msgs))
+                return
+            await sender.room()

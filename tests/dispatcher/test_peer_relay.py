@@ -12,8 +12,10 @@ import hmac
 import re
 import signal
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import orjson
 import pytest
 import trio
@@ -78,6 +80,30 @@ def cross_wires(dispatcher: DispatcherProcess, flow_id: str) -> dict[str, dict[s
 
 def c_state(dispatcher: DispatcherProcess, flow_id: str) -> dict[str, Any]:
     return dispatcher.api("GET", f"/flows/{flow_id}/modules/c/state")["state"] or {}
+
+
+def stream(
+    dispatcher: DispatcherProcess, flow_id: str, total: int, batch: int, failures: list[Any]
+) -> None:
+    """Inject 0..total-1 into a, in batches; a batch answered 409 (the flow is moving
+    between runners: send again) is sent again. Runs in a thread; failures are kept."""
+    retries = [0]
+    try:
+        for start in range(0, total, batch):
+            while True:
+                try:
+                    dispatcher.api(
+                        "POST", f"/flows/{flow_id}/modules/a/inputs/in",
+                        json={"msgs": list(range(start, start + batch))},
+                    )  # fmt: skip
+                    break
+                except httpx.HTTPStatusError as exc:
+                    if exc.response.status_code != 409:
+                        raise
+                    retries[0] += 1
+                    time.sleep(0.05)  # a retry's backoff, not a synchronization
+    except BaseException as exc:
+        failures.append(exc)
 
 
 def test_a_flow_across_two_runners_goes_from_runner_to_runner_in_order(tmp_path: Path) -> None:
@@ -171,22 +197,7 @@ def test_sigkill_of_the_receiving_runner_mid_stream(tmp_path: Path) -> None:
         survivor = next(i for i in ids[1:] if i != holder)
         failures: list[BaseException] = []
 
-        def stream() -> None:
-            try:
-                for start in range(0, total, batch):
-                    while True:
-                        try:
-                            dispatcher.api(
-                                "POST", "/flows/kill/modules/a/inputs/in",
-                                json={"msgs": list(range(start, start + batch))},
-                            )  # fmt: skip
-                            break
-                        except Exception:
-                            continue
-            except BaseException as exc:
-                failures.append(exc)
-
-        sender = threading.Thread(target=stream)
+        sender = threading.Thread(target=stream, args=(dispatcher, "kill", total, batch, failures))
         sender.start()
         wait_until("some messages through", lambda: c_state(dispatcher, "kill").get("n", 0) >= 3000)
         assert victim.proc is not None
@@ -203,7 +214,7 @@ def test_sigkill_of_the_receiving_runner_mid_stream(tmp_path: Path) -> None:
         )
         assert moved["placement"]["b"] == survivor
         sender.join(timeout=120)
-        assert not sender.is_alive()
+        assert not sender.is_alive(), runners[0].output()[-3000:]
         assert not failures, failures
         state = wait_until(
             "the stream's last message",
@@ -282,6 +293,47 @@ async def test_the_peer_endpoint_refuses_bad_input(tmp_path: Path) -> None:
             assert "'b'" in elsewhere["why"], elsewhere
         # Nothing reached c.
         assert c_state(dispatcher, "bad") == {}
+    finally:
+        for runner in runners:
+            runner.stop()
+        dispatcher.stop()
+
+
+def test_draining_the_receiving_runner_under_load_loses_nothing(tmp_path: Path) -> None:
+    """b's runner is drained while messages stream: what waited in it is handed over,
+    what the sender held goes to the new place; every message arrives, in order."""
+    dispatcher = DispatcherProcess(tmp_path / "dispatcher")
+    dispatcher.start()
+    runners: list[ServerProcess] = []
+    total, batch = 20_000, 500
+    try:
+        runners = [
+            start_zoned(tmp_path, "a", "a", dispatcher),
+            start_zoned(tmp_path, "b1", "b", dispatcher),
+            start_zoned(tmp_path, "b2", "b", dispatcher),
+        ]
+        ids = [linked_id(r) for r in runners]
+        placed = dispatcher.api("POST", "/flows", json=span_flow("drain"))
+        holder = placed["placement"]["b"]
+        other = next(i for i in ids[1:] if i != holder)
+        failures: list[BaseException] = []
+
+        sender = threading.Thread(target=stream, args=(dispatcher, "drain", total, batch, failures))
+        sender.start()
+        wait_until(
+            "some messages through", lambda: c_state(dispatcher, "drain").get("n", 0) >= 3000
+        )
+        dispatcher.api("POST", f"/runners/{holder}/drain")
+        sender.join(timeout=120)
+        assert not sender.is_alive(), runners[0].output()[-3000:]
+        assert not failures, failures
+        assert dispatcher.api("GET", "/flows/drain")["placement"]["b"] == other
+        state = wait_until(
+            "every message",
+            lambda: (s := c_state(dispatcher, "drain")).get("top") == total - 1 and s,
+            timeout=60,
+        )
+        assert (state["ok"], state["gaps"], state["n"]) == (True, 0, total)
     finally:
         for runner in runners:
             runner.stop()
