@@ -16,6 +16,7 @@ runner to runner (runner/peers.py), with the dispatcher's CPU during each. Targe
 
 from __future__ import annotations
 
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -266,9 +267,23 @@ def cross_runner(messages: int = 200_000, *, direct: bool, burst: int = 1000) ->
             dispatcher.api("POST", "/flows", json=BURST_FLOW)
             token = (root / "state" / "token").read_text().strip()
             proc = psutil.Process(dispatcher.proc.pid)  # type: ignore[union-attr]
-            with httpx.Client(
-                base_url=dispatcher.url, headers={"Authorization": f"Bearer {token}"}, timeout=60
-            ) as client:
+            # the end is seen at runner B itself (its own API), so that the dispatcher's
+            # CPU is the relay's and the triggers', not the polling's
+            found = re.search(r"token: (\S+)", runners[1].output())
+            assert found is not None
+            b_token = Path(found.group(1)).read_text().strip()
+            with (
+                httpx.Client(
+                    base_url=dispatcher.url,
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=60,
+                ) as client,
+                httpx.Client(
+                    base_url=runners[1].url,
+                    headers={"Authorization": f"Bearer {b_token}"},
+                    timeout=60,
+                ) as at_b,
+            ):
                 before = sum(proc.cpu_times()[:2])
                 start = time.perf_counter()
                 triggers = [{"s": s, "n": burst} for s in range(0, messages, burst)]
@@ -276,7 +291,7 @@ def cross_runner(messages: int = 200_000, *, direct: bool, burst: int = 1000) ->
                     client.post(
                         "/flows/burst/modules/a/inputs/in", json={"msgs": triggers[i : i + 20]}
                     ).raise_for_status()
-                while client.get("/flows/burst/modules/b/state").json()["state"] != {"n": messages}:
+                while at_b.get("/flows/burst/modules/b/state").json()["state"] != {"n": messages}:
                     time.sleep(0.01)
                 elapsed = time.perf_counter() - start
                 cpu = (sum(proc.cpu_times()[:2]) - before) / elapsed
