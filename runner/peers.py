@@ -60,7 +60,9 @@ CREDIT = 20_000
 RETRY_DIRECT = 2.0
 #: seconds to open a peer connection and hear its hello
 CONNECT_SECONDS = 3.0
-#: largest peer frame (a batch of messages)
+#: batches sent in one frame at most (what waited while the previous frame went)
+FRAME_BATCHES = 64
+#: largest peer frame
 MAX_FRAME = 256 * 1024 * 1024
 #: read buffer of a peer connection (trio_websocket's default, 4 KiB, halves throughput)
 RECEIVE_BYTES = 256 * 1024
@@ -173,28 +175,34 @@ class PeerServer:
             allowed: set[tuple[str, str]] = set()
             while True:
                 frame = orjson.loads(await ws.get_message())
-                seq = int(frame["seq"])
-                if seq <= self.accepted.get(key, 0):
-                    await ws.send_message(orjson.dumps({"t": "ack", "seq": seq}))
-                    continue
-                flow, cred = str(frame["flow"]), str(frame["cred"])
-                try:
-                    if (flow, cred) not in allowed:
-                        self._check(sender, flow, cred)
-                        allowed.add((flow, cred))
-                    msgs = frame["msgs"]
-                    if not isinstance(msgs, list):
-                        raise TypeError("msgs must be an array")
-                    await self.runner.inject(flow, str(frame["dst"]), str(frame["port"]), msgs)
-                except (RunnerError, TypeError) as exc:
-                    code = getattr(exc, "code", "bad_frame")
-                    await ws.send_message(
-                        orjson.dumps({"t": "refused", "seq": seq, "code": code, "why": str(exc)})
-                    )
-                    return
-                self.accepted[key] = seq
-                self.received += len(msgs)
-                await ws.send_message(orjson.dumps({"t": "ack", "seq": seq}))
+                # several batches per frame (``batches``), or one (the frame itself)
+                batches = frame["batches"] if "batches" in frame else [frame]
+                if not isinstance(batches, list):
+                    raise TypeError("batches must be an array")
+                last = None
+                for batch in batches:
+                    seq = int(batch["seq"])
+                    last = seq
+                    if seq <= self.accepted.get(key, 0):
+                        continue  # sent again after a reconnect: taken already
+                    flow, cred = str(batch["flow"]), str(batch["cred"])
+                    try:
+                        if (flow, cred) not in allowed:
+                            self._check(sender, flow, cred)
+                            allowed.add((flow, cred))
+                        msgs = batch["msgs"]
+                        if not isinstance(msgs, list):
+                            raise TypeError("msgs must be an array")
+                        await self.runner.inject(flow, str(batch["dst"]), str(batch["port"]), msgs)
+                    except (RunnerError, TypeError) as exc:
+                        code = getattr(exc, "code", "bad_frame")
+                        answer = {"t": "refused", "seq": seq, "code": code, "why": str(exc)}
+                        await ws.send_message(orjson.dumps(answer))
+                        return
+                    self.accepted[key] = seq
+                    self.received += len(msgs)
+                if last is not None:
+                    await ws.send_message(orjson.dumps({"t": "ack", "seq": last}))
         except _DOWN:
             return
         finally:
@@ -347,11 +355,13 @@ class PeerSender:
                 nursery.start_soon(self._read_acks, ws)
                 while True:
                     while self.unsent:
-                        b = self.unsent.popleft()
-                        self.unacked.append(b)
-                        r = b.route
-                        await ws.send_message(
-                            orjson.dumps(
+                        # what waits goes in one frame (up to FRAME_BATCHES batches)
+                        frame = []
+                        while self.unsent and len(frame) < FRAME_BATCHES:
+                            b = self.unsent.popleft()
+                            self.unacked.append(b)
+                            r = b.route
+                            frame.append(
                                 {
                                     "seq": b.seq,
                                     "flow": b.flow,
@@ -361,7 +371,7 @@ class PeerSender:
                                     "msgs": b.msgs,
                                 }
                             )
-                        )
+                        await ws.send_message(orjson.dumps({"batches": frame}))
                     await self._work.wait()
         finally:
             with trio.move_on_after(1, shield=True):
