@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ..runner.rpc import RpcPeer
+    from .peers import PeerDirectory
     from .placement import PlacementPlan
     from .store import DispatcherStore
 
@@ -100,6 +101,8 @@ class Deployments:
         #: right now: the store's placement has let go of them already, but the runner
         #: still speaks for them (relays and snapshots while it stops the part)
         self.handing_over: dict[str, dict[str, str]] = {}
+        #: runner-to-runner relay (dispatcher/peers.py); None: every wire through here
+        self.peers: PeerDirectory | None = None
 
     def held(self, runner_id: str, flow_id: str) -> set[str] | None:
         """The modules of the flow the runner holds: placed on it, being deployed to it,
@@ -383,6 +386,12 @@ class Deployments:
         for runner_id in sorted(set(placement.values())):
             mine = {m for m, r in placement.items() if r == runner_id}
             part, relay = flow_part(doc, mine)
+            # where each leaving wire's target is, to send to it directly (runner/peers.py)
+            routes = (
+                self.peers.routes(record["id"], doc, placement, runner_id)
+                if self.peers is not None and relay
+                else None
+            )
             try:
                 await self._call(
                     runner_id,
@@ -391,6 +400,7 @@ class Deployments:
                     states={m: st for m, st in states.items() if m in mine},
                     queued={m: q for m, q in queued.items() if m in mine},
                     relay=relay,
+                    **({"routes": routes} if routes is not None else {}),
                     start=True,
                 )
             except RemoteError as exc:

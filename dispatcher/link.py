@@ -87,6 +87,8 @@ class RunnerLink:
                 peer.close()
                 if self.runner_id is not None:
                     self.dispatcher.detach(self.runner_id, peer)
+                    if self.runner_id not in self.dispatcher.links:
+                        self.dispatcher.peers.endpoints.pop(self.runner_id, None)
                 nursery.cancel_scope.cancel()
 
     async def handle(self, method: str, params: dict[str, Any]) -> Any:
@@ -114,6 +116,13 @@ class RunnerLink:
         self.runner_id = p.runnerId
         assert self.peer is not None
         self.dispatcher.attach(p.runnerId, self.peer)
+        # runner-to-runner relay (dispatcher/peers.py): where others reach it, its key
+        peers = self.dispatcher.peers
+        if p.peer is not None:
+            peers.endpoints[p.runnerId] = p.peer
+            answer = {**answer, "peerKey": peers.key_for(p.runnerId).hex()}
+        else:
+            peers.endpoints.pop(p.runnerId, None)
         return answer
 
     async def _hardware(self, p: Hardware) -> bool:
@@ -135,7 +144,9 @@ class RunnerLink:
         return True
 
     async def _relay(self, p: Relay) -> bool:
-        await self.dispatcher.relay(self._id, p.flowId, p.moduleId, p.port, p.msgs)
+        await self.dispatcher.relay(
+            self._id, p.flowId, p.moduleId, p.port, p.msgs, to=tuple(p.to) if p.to else None
+        )
         return True
 
     async def _paused(self, p: Paused) -> None:
@@ -213,6 +224,8 @@ class Hello:
     runnerId: Bounded
     secret: Bounded
     version: Bounded | None = None
+    #: the runner's peer endpoint (``ws://host:port/peer``) for the runner-to-runner relay
+    peer: Annotated[str, Limit(max_length=2048)] | None = None
 
 
 @attrs.frozen
@@ -251,6 +264,9 @@ class Relay:
     moduleId: str
     port: str
     msgs: list[Any]
+    #: only to this target (module, port) of the wire (a batch the runner could not send
+    #: directly, ``runner/peers.py``); None: to every target of the port
+    to: Annotated[list[Bounded], Limit(min_length=2, max_length=2)] | None = None
 
 
 @attrs.frozen

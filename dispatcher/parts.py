@@ -210,13 +210,23 @@ class FlowParts:
                 with suppress_remote():
                     await call_runner(peer, other, self.call_timeout, "pause", flowId=flow_id)
 
-    async def relay(self, flow_id: str, module: str, port: str, msgs: list[Any]) -> None:
-        """Messages a part emitted on a wire to another runner: into the target modules.
-        No deadline: the data path waits for a slow target (backpressure on the sender);
-        each relayed batch is its own task on the sender's link, so it holds up nothing
-        else."""
+    async def relay(
+        self,
+        flow_id: str,
+        module: str,
+        port: str,
+        msgs: list[Any],
+        to: tuple[str, ...] | None = None,
+    ) -> None:
+        """Messages a part emitted on a wire to another runner: into the target modules
+        (``to``: that (module, port) only; a runner sends batches it could not send
+        directly that way, ``runner/peers.py``). No deadline: the data path waits for a
+        slow target (backpressure on the sender); each relayed batch is its own task on
+        the sender's link, so it holds up nothing else."""
         counts = self.relayed.setdefault(flow_id, {})
         for dst, dst_port, target in self._routes(flow_id).get((module, port), ()):
+            if to is not None and (dst, dst_port) != tuple(to):
+                continue
             peer = self.links.get(target or "")
             if peer is None:
                 raise FlowPending(f"module {dst!r} of flow {flow_id!r} has no runner right now")
@@ -255,13 +265,27 @@ class FlowParts:
             }
         part_wires = {w["wire"]: w for p in answered for w in p.get("wires", ())}
         relayed = self.relayed.get(flow_id, {})
+        # what the parts sent each other directly (runner/peers.py), per wire
+        direct: dict[str, int] = {}
+        for p in answered:
+            for wire_id, n in (p.get("peerWires") or {}).items():
+                direct[wire_id] = direct.get(wire_id, 0) + n
         wires = []
         for text in record["document"].get("wires", ()):
             w = Wire.parse(text)
             wire_id = f"{w.src}.{w.src_port}->{w.dst}.{w.dst_port}"
             if placement.get(w.src) != placement.get(w.dst):
                 count = relayed.get((w.src, w.src_port, w.dst, w.dst_port), 0)
-                wires.append({"wire": wire_id, "via": "relay", "messages": count})
+                wires.append(
+                    {
+                        "wire": wire_id,
+                        "via": "relay",
+                        "messages": count + direct.get(wire_id, 0),
+                        # of which the dispatcher relayed / the runners sent directly
+                        "dispatcher": count,
+                        "direct": direct.get(wire_id, 0),
+                    }
+                )
             elif wire_id in part_wires:
                 wires.append(part_wires[wire_id])
             else:

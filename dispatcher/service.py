@@ -62,6 +62,7 @@ from .errors import (
     UnknownRunner,
 )
 from .parts import FlowParts, known_flow
+from .peers import PeerDirectory
 from .runs import Resolver, RunnerWorkers, page_modules
 from .sides import Coordinator
 from .status import RunnerStatus
@@ -130,6 +131,9 @@ class Dispatcher:
             self.store, self.links, lambda: self.backend_problem, config.call_timeout
         )
         self.parts = FlowParts(self.store, self.links, config.call_timeout)
+        #: runner-to-runner relay: endpoints and credentials (dispatcher/peers.py)
+        self.peers = PeerDirectory(config.state_dir)
+        self.deployments.peers = self.peers
         #: the container backend, when the dispatcher runs one (for its API)
         self.backend: Any = None
         #: the web pages' client runners (dispatcher/clients.py), when served
@@ -626,11 +630,18 @@ class Dispatcher:
         await self.parts.paused(runner_id, flow_id, info)
 
     async def relay(
-        self, runner_id: str, flow_id: str, module: str, port: str, msgs: list[Any]
+        self,
+        runner_id: str,
+        flow_id: str,
+        module: str,
+        port: str,
+        msgs: list[Any],
+        to: tuple[str, ...] | None = None,
     ) -> None:
-        """Messages the runner's part emitted on a wire to another runner."""
+        """Messages the runner's part emitted on a wire to another runner (``to``: to
+        that target only)."""
         self.check_part(runner_id, "relay", flow_id, modules=(module,))
-        await self.parts.relay(flow_id, module, port, msgs)
+        await self.parts.relay(flow_id, module, port, msgs, to=to)
 
     async def logs(
         self, flow_id: str | None = None, runner_id: str | None = None, limit: int = 1000

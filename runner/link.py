@@ -61,6 +61,7 @@ from ..flows import parse_flow
 from ..flows.resources import format_size
 from .errors import RunnerError, first
 from .events import EventKind
+from .peers import Batch, PeerLinks, PeerServer, Route
 from .rpc import LinkClosed, RemoteError, RpcPeer
 from .runs.errors import RunRefused
 from .runs.model import RunOffer, RunProgress, RunResult
@@ -243,7 +244,17 @@ class DispatcherLink:
         memory: int | None = None,
         ca: Path | None = None,
         fingerprint: str | None = None,
+        peer_host: str | None = None,
+        peer_port: int = 0,
+        peer_url: str | None = None,
     ) -> None:
+        #: runner-to-runner relay (runner/peers.py): the listener others send to, and
+        #: the senders to them; None when this runner does not take part (``peer_host``
+        #: None): its wires to other runners all go through the dispatcher
+        self.peer_server = PeerServer(runner, peer_host, peer_port) if peer_host else None
+        self.peers = PeerLinks(self._relay_batch) if peer_host else None
+        #: the endpoint said in hello (None: the listener's own address)
+        self.peer_url = peer_url
         self.labels = dict(labels or {})
         #: what this runner offers to the flows placed on it
         self.capacity = {
@@ -352,7 +363,21 @@ class DispatcherLink:
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Register if needed, then keep the link up until cancelled. ``task_status`` gets
-        the runner id once the first ``ready`` was accepted."""
+        the runner id once the first ``ready`` was accepted. The peer listener and senders
+        (runner-to-runner relay) live as long as this, across reconnections."""
+        if self.peer_server is None or self.peers is None:
+            await self._run_link(task_status=task_status)
+            return
+        async with _unwrapped(), trio.open_nursery() as nursery:
+            url = await nursery.start(self.peer_server.run)
+            self.peer_url = self.peer_url or url
+            await nursery.start(self.peers.run)
+            await self._run_link(task_status=task_status)
+            nursery.cancel_scope.cancel()
+
+    async def _run_link(
+        self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         started = False
         delay = 0.2
         while True:
@@ -371,8 +396,13 @@ class DispatcherLink:
                         runnerId=identity["runnerId"],
                         secret=identity["secret"],
                         version=self.runner.version,
+                        **({"peer": self.peer_url} if self.peer_server is not None else {}),
                     )
                     self.runner_id = identity["runnerId"]
+                    if self.peer_server is not None and self.peers is not None:
+                        key = answer.get("peerKey")
+                        self.peer_server.key = bytes.fromhex(key) if key else None
+                        self.peers.runner_id = self.runner_id
                     await self._report_hardware()
                     await peer.call("ready", flows=self.runner.flows())
                     self.connected.set()
@@ -497,6 +527,44 @@ class DispatcherLink:
 
         return sink
 
+    def _peer_sink(self, flow_id: str, table: dict[tuple[str, str], list[Route]]) -> Any:
+        """The output sink of a flow part with routes: each batch on a leaving wire goes
+        to its target runner's sender (runner/peers.py), which keeps it until that runner
+        acknowledged it; waits only while the target has no credit left."""
+        peers = self.peers
+        assert peers is not None
+
+        async def sink(module: str, port: str, msgs: list[Any]) -> None:
+            for route in table.get((module, port), ()):
+                await peers.send(flow_id, module, port, route, msgs)
+
+        return sink
+
+    async def _relay_batch(self, b: Batch) -> None:
+        """One batch through the dispatcher (``relay`` to its one target), retried while
+        the link or the target is down: a peer sender's fallback."""
+        delay = 0.05
+        while True:
+            peer = self._peer
+            if peer is not None:
+                try:
+                    await peer.call(
+                        "relay",
+                        flowId=b.flow,
+                        moduleId=b.src,
+                        port=b.src_port,
+                        msgs=b.msgs,
+                        to=[b.route.dst, b.route.dst_port],
+                    )
+                    return
+                except RemoteError as exc:
+                    if exc.remote_code in ("flow_not_found", "not_your_part"):
+                        return  # removed, or its part runs elsewhere now: nobody waits
+                except (LinkClosed, *_DOWN):
+                    pass
+            await trio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
     async def _handle(self, method: str, params: dict[str, Any]) -> Any:
         """Calls from the dispatcher: the Runner API for the flows placed here."""
         runner = self.runner
@@ -507,7 +575,15 @@ class DispatcherLink:
             )
             result = await runner.apply_flow(flow, states=params.get("states") or None)
             relay = {str(p) for p in params.get("relay") or ()}
-            runner.set_output_sink(flow.id, self._relay_sink(flow.id, relay) if relay else None)
+            routes = params.get("routes")
+            if relay and routes is not None and self.peers is not None:
+                table = self.peers.set_routes(flow.id, list(routes))
+                runner.set_output_sink(flow.id, self._peer_sink(flow.id, table))
+            else:
+                if self.peers is not None:
+                    self.peers.forget(flow.id)
+                sink = self._relay_sink(flow.id, relay) if relay else None
+                runner.set_output_sink(flow.id, sink)
             if params.get("start", True):
                 await runner.start_flow(flow.id)
                 # Messages that waited in the runner this flow came from, in order.
@@ -581,6 +657,8 @@ class DispatcherLink:
                     for qid, entries in run.journal.model.pending().items()
                 }
             await runner.remove_flow(flow_id)
+            if self.peers is not None:
+                self.peers.forget(flow_id)
             return {"states": states, "queued": queued}
         if method == "logs" and "flowId" not in params:
             limit = int(params.get("limit") or 1000)
@@ -610,13 +688,18 @@ class DispatcherLink:
         if method == "queues":
             return runner.queues(flow_id)
         if method == "flowStats":
-            return runner.flow_stats(flow_id)
+            stats = runner.flow_stats(flow_id)
+            if self.peers is not None:
+                stats["peerWires"] = dict(self.peers.delivered.get(flow_id, {}))
+            return stats
         if method == "start":
             await runner.start_flow(flow_id)
         elif method == "stop":
             await runner.stop_flow(flow_id)
         elif method == "remove":
             await runner.remove_flow(flow_id)
+            if self.peers is not None:
+                self.peers.forget(flow_id)
             return True
         elif method == "inject":
             msgs = params["msgs"]

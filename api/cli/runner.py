@@ -144,6 +144,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         journal_fsync=args.journal_fsync,
         journal_max_bytes=args.journal_max_size,
         journal_reserve_bytes=args.journal_reserve,
+        peer_host=None if args.no_peer_relay else (args.peer_host or args.host),
+        peer_port=args.peer_port,
+        peer_url=args.peer_url,
     )
     try:
         trio.run(serve, options)
@@ -302,6 +305,30 @@ def add_runner_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     add_tls_options(serve_p)
     add_log_format_option(serve_p)
+    peer = serve_p.add_argument_group(
+        "runner-to-runner relay",
+        "wires between this runner's part of a flow and another runner's go straight to"
+        " it; the dispatcher relays them when the runners cannot reach each other",
+    )
+    peer.add_argument(
+        "--peer-host",
+        metavar="HOST",
+        help="address the peer listener binds (default: --host)",
+    )
+    peer.add_argument(
+        "--peer-port", type=int, default=0, help="its port (default: 0, any free port)"
+    )
+    peer.add_argument(
+        "--peer-url",
+        metavar="URL",
+        help="where other runners reach it (default: ws://HOST:PORT/peer; for a wildcard"
+        " HOST this machine's address)",
+    )
+    peer.add_argument(
+        "--no-peer-relay",
+        action="store_true",
+        help="no listener: every wire to another runner goes through the dispatcher",
+    )
     trust = serve_p.add_mutually_exclusive_group()
     trust.add_argument(
         "--dispatcher-ca",

@@ -181,10 +181,22 @@ class WireCount:
         Literal["runner", "host", "relay"],
         msgspec.Meta(
             description="runner: routed by the runner holding both ends; host: inside one "
-            "host, not seen; relay: between runners, counted by the dispatcher's relay"
+            "host, not seen; relay: between runners, counted by the dispatcher's relay and "
+            "by the runners that sent directly"
         ),
     ]
     messages: Annotated[int | None, msgspec.Meta(description="messages on it (null: not seen)")]
+    dispatcher: Annotated[
+        int | None,
+        msgspec.Meta(description="of a wire between runners: messages the dispatcher relayed"),
+    ] = None
+    direct: Annotated[
+        int | None,
+        msgspec.Meta(
+            description="of a wire between runners: messages sent from runner to runner "
+            "(acknowledged by the receiving runner)"
+        ),
+    ] = None
 
 
 @attrs.frozen

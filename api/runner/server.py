@@ -79,6 +79,11 @@ class ServeOptions:
     journal_fsync: str = "always"
     journal_max_bytes: int = 1 << 30
     journal_reserve_bytes: int = 4 << 20
+    #: runner-to-runner relay (runner/peers.py): the listener's address and port, and
+    #: the endpoint others are told (None host: no listener, all through the dispatcher)
+    peer_host: str | None = "127.0.0.1"
+    peer_port: int = 0
+    peer_url: str | None = None
 
     @property
     def token_path(self) -> Path:
@@ -250,9 +255,14 @@ async def serve(
                             name=options.name,
                             ca=options.dispatcher_ca,
                             fingerprint=options.dispatcher_fingerprint,
+                            peer_host=options.peer_host,
+                            peer_port=options.peer_port,
+                            peer_url=options.peer_url,
                         )
                         runner_id = await link_nursery.start(link.run)
                         _say(f"linked to the dispatcher at {options.dispatcher} as {runner_id}")
+                        if link.peer_server is not None:
+                            _say(f"runner-to-runner relay: {link.peer_url}")
                     task_status.started(urls)
                     async for signum in signals:
                         await _drain_runs(runner, link, options.run_grace, signum)

@@ -7,10 +7,16 @@ Target (issue): >= 1,000 runners at a 1 s heartbeat using under half a core.
 
 ``relay``: messages across two runners (a flow with one module on each, placed by
 labels), end to end through the dispatcher's relay. Target: >= 50,000 msg/s.
+
+``cross_runner``: the same wire, with messages emitted on runner A (1,000 per trigger),
+once through the dispatcher's relay (runners with ``--no-peer-relay``) and once from
+runner to runner (runner/peers.py), with the dispatcher's CPU during each. Target
+(issue 22): runner-to-runner >= 3x the dispatcher relay.
 """
 
 from __future__ import annotations
 
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -190,9 +196,7 @@ def relay(messages: int = 200_000) -> dict[str, float]:
                     client.post(
                         "/flows/relay/modules/a/inputs/in", json={"msgs": batch}
                     ).raise_for_status()
-                while client.get("/flows/relay/modules/b/state").json()["state"] != {
-                    "n": messages
-                }:
+                while client.get("/flows/relay/modules/b/state").json()["state"] != {"n": messages}:
                     time.sleep(0.01)
                 elapsed = time.perf_counter() - start
         finally:
@@ -200,3 +204,121 @@ def relay(messages: int = 200_000) -> dict[str, float]:
                 runner.stop()
             dispatcher.stop()
     return {"relay_msg_s": messages / elapsed, "messages": messages}
+
+
+#: a emits ``n`` messages per trigger (so that the dispatcher's HTTP API is not what is
+#: measured), b counts them: every message crosses from runner A to runner B
+BURST_FLOW = {
+    "fifoflow": 1,
+    "id": "burst",
+    "modules": [
+        {
+            "id": "a",
+            "runtime": "python",
+            "code": (
+                "def handle(msg, ctx):\n"
+                "    for i in range(msg['n']):\n"
+                "        ctx.emit('out', msg['s'] + i)\n"
+            ),
+            "placement": {"labels": {"zone": "a"}},
+        },
+        {
+            "id": "b",
+            "runtime": "python",
+            "code": "def handle(msg, ctx):\n    ctx.state['n'] = ctx.state.get('n', 0) + 1\n",
+            "placement": {"labels": {"zone": "b"}},
+        },
+    ],
+    "wires": ["a.out -> b.in"],
+}
+
+
+def cross_runner(messages: int = 200_000, *, direct: bool, burst: int = 1000) -> dict[str, Any]:
+    """msg/s from a module on runner A to one on runner B, either straight from runner to
+    runner (``direct``) or through the dispatcher's relay (runners started with
+    ``--no-peer-relay``); and the dispatcher's CPU meanwhile (psutil, user + system, in
+    cores). A emits ``burst`` messages per trigger injected through the dispatcher."""
+    from ..api.helpers import ServerProcess
+
+    with tempfile.TemporaryDirectory(prefix="ffbench-peer-") as tmp:
+        root = Path(tmp)
+        dispatcher = DispatcherProcess(root / "state", heartbeat=1.0)
+        dispatcher.start()
+        runners = []
+        try:
+            for zone in ("a", "b"):
+                extra = [] if direct else ["--no-peer-relay"]
+                runner = ServerProcess(
+                    root / zone,
+                    "--dispatcher",
+                    dispatcher.url,
+                    "--registration-token",
+                    dispatcher.token(),
+                    "--label",
+                    f"zone={zone}",
+                    *extra,
+                )
+                runner.start()
+                runners.append(runner)
+            deadline = time.monotonic() + 30
+            while len([r for r in dispatcher.api("GET", "/runners") if r["status"] == "ready"]) < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            dispatcher.api("POST", "/flows", json=BURST_FLOW)
+            token = (root / "state" / "token").read_text().strip()
+            proc = psutil.Process(dispatcher.proc.pid)  # type: ignore[union-attr]
+            # the end is seen at runner B itself (its own API), so that the dispatcher's
+            # CPU is the relay's and the triggers', not the polling's
+            found = re.search(r"token: (\S+)", runners[1].output())
+            assert found is not None
+            b_token = Path(found.group(1)).read_text().strip()
+            with (
+                httpx.Client(
+                    base_url=dispatcher.url,
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=60,
+                ) as client,
+                httpx.Client(
+                    base_url=runners[1].url,
+                    headers={"Authorization": f"Bearer {b_token}"},
+                    timeout=60,
+                ) as at_b,
+            ):
+                before = sum(proc.cpu_times()[:2])
+                start = time.perf_counter()
+                triggers = [{"s": s, "n": burst} for s in range(0, messages, burst)]
+                for i in range(0, len(triggers), 20):
+                    client.post(
+                        "/flows/burst/modules/a/inputs/in", json={"msgs": triggers[i : i + 20]}
+                    ).raise_for_status()
+                while at_b.get("/flows/burst/modules/b/state").json()["state"] != {"n": messages}:
+                    time.sleep(0.01)
+                elapsed = time.perf_counter() - start
+                cpu = (sum(proc.cpu_times()[:2]) - before) / elapsed
+                [wire] = client.get("/flows/burst/stats").json()["wires"]
+        finally:
+            for runner in runners:
+                runner.stop()
+            dispatcher.stop()
+    return {
+        "msg_s": messages / elapsed,
+        "messages": messages,
+        "dispatcher_cpu_cores": cpu,
+        "relayed_by_dispatcher": wire.get("dispatcher", wire["messages"]),
+        "sent_directly": wire.get("direct", 0),
+    }
+
+
+def print_cross_runner(found: dict[str, dict[str, Any]]) -> None:
+    via, direct = found["dispatcher_relay"], found["runner_to_runner"]
+    for label, row in (("dispatcher relay", via), ("runner-to-runner relay", direct)):
+        print(
+            f"  {label:<24} {row['msg_s']:>10,.0f} msg/s   dispatcher CPU"
+            f" {row['dispatcher_cpu_cores'] * 100:5.1f}% of a core   relayed by the dispatcher"
+            f" {row['relayed_by_dispatcher']:,}, sent directly {row['sent_directly']:,}"
+        )
+    ratio = direct["msg_s"] / via["msg_s"]
+    print(
+        f"  runner-to-runner / dispatcher relay: {ratio:.2f}x   target >= 3x"
+        f" {'met' if ratio >= 3 else 'NOT met'}"
+    )

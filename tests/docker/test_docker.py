@@ -439,3 +439,46 @@ def test_the_swarm_backend_runs_runners_as_services(
                 service.remove()
             except Exception:
                 pass
+
+
+def test_a_flow_across_two_runner_containers_goes_from_container_to_container(
+    tmp_path: Path,
+    docker_client: Any,
+    pushed: Callable[[str], str],
+    cleanup_containers: Callable[[Path], None],
+) -> None:
+    """Runner containers listen for peers on their own address (``--host 0.0.0.0``: the
+    container's address is said to the dispatcher), so the wire between the parts of a
+    flow split over two containers goes from one to the other directly."""
+    v1 = pushed("v1")
+    dispatcher = docker_dispatcher(tmp_path, v1)
+    cleanup_containers(dispatcher.state_dir)
+    dispatcher.start()
+    try:
+        wait_until("a ready runner container", lambda: [
+            c for c in dispatcher.api("GET", "/backend")["containers"] if c["runnerStatus"] == "ready"
+        ], 120)  # fmt: skip
+        # c needs zone=b, which no runner has: a container is started for it
+        zoned = {**CHAIN, "modules": [
+            {**m, "placement": {"labels": {"zone": "b"}}} if m["id"] == "c" else m
+            for m in CHAIN["modules"]  # type: ignore[attr-defined]
+        ]}  # fmt: skip
+        dispatcher.api("POST", "/flows", json=zoned)
+        placed = wait_until("the flow placed on two containers", lambda: (
+            (f := dispatcher.api("GET", "/flows/chain"))["status"] == "placed" and f
+        ), 120)  # fmt: skip
+        assert placed["placement"]["b"] != placed["placement"]["c"]
+        for start in range(0, 10_000, 1000):
+            inject(dispatcher, list(range(start, start + 1000)))
+        wait_until(
+            "every message, in order",
+            lambda: state_of(dispatcher) == {"ok": True, "n": 10_000},
+            60,
+        )
+        [wire] = [
+            w for w in dispatcher.api("GET", "/flows/chain/stats")["wires"] if w["via"] == "relay"
+        ]
+        assert wire["wire"] == "b.out->c.in"
+        assert (wire["direct"], wire["dispatcher"]) == (10_000, 0), wire
+    finally:
+        dispatcher.stop()
