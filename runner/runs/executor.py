@@ -76,7 +76,8 @@ import trio
 
 from ...flows import FlowError, parse_flow
 from ...flows.converter import make_converter
-from ..errors import RunnerError, first
+from ..compiled import build_loads, go_cache_for
+from ..errors import FlowLoadError, RunnerError, first
 from ..events import EventKind
 from ..flowrun import FlowRun
 from ..instance import RuntimeInstance
@@ -157,6 +158,9 @@ class _Attempt:
     received: int = 0
     #: set (and replaced) at each delivery into a coordinated side
     woke: trio.Event = attrs.field(factory=trio.Event)
+    #: the attempt's own log lines and errors (a go host's build), before its flow's
+    logs: list[dict[str, Any]] = attrs.field(factory=list)
+    errors: list[dict[str, Any]] = attrs.field(factory=list)
 
     @property
     def side(self) -> str:
@@ -271,6 +275,10 @@ class _AttemptFlow(FlowRun):
                 self.attempt.end(
                     RunState.FAILED, f"module {module}'s process exited with status {code}"
                 )
+
+
+class _BuildFailed(RunnerError):
+    """A compiled host's module set does not build (the reason names file and line)."""
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -658,33 +666,34 @@ class RunExecutor:
         outside = False  # cancelled from outside (the executor stops): kill the hosts
         try:
             with att.scope:
-                await self._acquire(att, flow)
-                att.ready = True
-                self._signal()
-                fr = _AttemptFlow(
-                    flow,
-                    self.runner.runtimes,
-                    self.runner.config,
-                    self.runner.events,
-                    self.runner.environments,
-                    instances=att.hosts,
-                )
-                fr.attempt = att
-                fr.sink = att.output if offer.part is None else partial(self._side_sink, att)
-                att.flow = fr
-                try:
-                    await fr.attach()
-                except RunnerError as exc:
-                    att.tainted.update(att.hosts.values())
-                    att.end(RunState.FAILED, f"the flow did not start: {exc}")
-                att.attached.set()
-                log.info(
-                    "run %s attempt %d started",
-                    *att.key,
-                    extra={"event": "started", "run": att.key[0], "attempt": att.key[1]},
-                )
                 async with trio.open_nursery() as nursery:
+                    # the lease is renewed from the start: a go build may take a while
                     nursery.start_soon(self._renew, att)
+                    await self._acquire(att, flow)
+                    att.ready = True
+                    self._signal()
+                    fr = _AttemptFlow(
+                        flow,
+                        self.runner.runtimes,
+                        self.runner.config,
+                        self.runner.events,
+                        self.runner.environments,
+                        instances=att.hosts,
+                    )
+                    fr.attempt = att
+                    fr.sink = att.output if offer.part is None else partial(self._side_sink, att)
+                    att.flow = fr
+                    try:
+                        await fr.attach()
+                    except RunnerError as exc:
+                        att.tainted.update(att.hosts.values())
+                        att.end(RunState.FAILED, f"the flow did not start: {exc}")
+                    att.attached.set()
+                    log.info(
+                        "run %s attempt %d started",
+                        *att.key,
+                        extra={"event": "started", "run": att.key[0], "attempt": att.key[1]},
+                    )
                     await self._feed(att, fr)
                     if offer.part is not None and offer.part.coordinated:
                         att.fed = True
@@ -710,11 +719,14 @@ class RunExecutor:
             module = keys[host]
             manifest = self.runner.runtimes.get(module.runtime)
             if manifest is not None and manifest.build is not None:
-                # warm hosts hold no code; a compiled runtime's binary is built per module set
-                raise RunnerError(
-                    f"module {module.id!r}: {module.runtime} modules do not run as runs yet"
-                    " (run the flow with addOrUpdateFlow / fifoflow run)"
+                # a compiled runtime's host is its code: built (or found cached) for this
+                # module set, then a warm host of that set is taken (keyed by ``host``)
+                sources = self._sources(att, flow, host)
+                await self._build(att, flow, module.runtime, host, sources)
+                att.hosts[host] = await self.pool.acquire(
+                    module.runtime, build=host, sources=sources
                 )
+                return
             att.hosts[host] = await self.pool.acquire(
                 module.runtime, module.environment, module.requirements
             )
@@ -724,10 +736,99 @@ class RunExecutor:
                 for host in keys:
                     nursery.start_soon(one, host)
         except BaseExceptionGroup as group:
+            leaf = first(group, _BuildFailed)
+            if leaf is not None:
+                att.end(RunState.FAILED, str(leaf))
+                return
             leaf = first(group, RunnerError)
             if leaf is None:
                 raise
             att.end(RunState.FAILED, f"no runtime host: {leaf}")
+
+    @staticmethod
+    def _sources(att: _Attempt, flow: Flow, host: str) -> dict[str, dict[str, Any]]:
+        """The load frames (code, filename) a compiled host's binary is built from, by
+        module id. Inline code is named ``<the flow's id>/<module>`` (not the attempt's
+        flow id): a compile error names what the user wrote."""
+        name = att.offer.flow.get("id") if isinstance(att.offer.flow, dict) else None
+        sources: dict[str, dict[str, Any]] = {}
+        for m in flow.modules:
+            if m.host != host:
+                continue
+            filename = m.filename
+            if isinstance(name, str) and name and filename == f"{flow.id}/{m.id}":
+                filename = f"{name}/{m.id}"
+            sources[m.id] = {"code": m.source, "filename": filename}
+        return sources
+
+    async def _build(
+        self,
+        att: _Attempt,
+        flow: Flow,
+        runtime: str,
+        host: str,
+        sources: dict[str, dict[str, Any]],
+    ) -> None:
+        """Build (or find cached) the binary of a compiled host for this attempt: its
+        events are ``build`` events of the attempt's flow on the runner's hub (with
+        ``run`` and ``attempt``) and lines of the run's logs. A source that does not
+        compile raises :class:`_BuildFailed` (the attempt fails with the compiler's
+        message: file and line; not retried, it is not the worker's fault)."""
+        fields = {"run": att.key[0], "attempt": att.key[1]}
+
+        def progress(event: dict[str, Any]) -> None:
+            self.runner.events.publish(
+                {"kind": EventKind.BUILD, "flow": flow.id, "runtime": runtime, **fields, **event}
+            )
+            what = event.get("event")
+            if what == "started":
+                text = (
+                    f"building the {runtime} host {host} ({event.get('modules')} modules, "
+                    f"{event.get('go')})"
+                )
+            elif what == "finished":
+                text = f"built the {runtime} host {host} in {event.get('seconds', 0):.1f} s"
+            elif what == "cached":
+                text = f"the {runtime} host {host} is built already (cached)"
+            elif what == "failed":
+                text = f"the {runtime} host {host} does not build: {event.get('error')}"
+            else:
+                return
+            att.logs.append(
+                {
+                    "time": time.time(),
+                    "runtime": runtime,
+                    "module": None,
+                    "level": "error" if what == "failed" else "info",
+                    "stream": "build",
+                    "text": text,
+                }
+            )
+            log.info(
+                "run %s attempt %d: %s",
+                *att.key,
+                text,
+                extra={"event": f"build-{what}", **fields, "host": host},
+            )
+
+        try:
+            await build_loads(sources, go_cache_for(self.runner.config), progress, host)
+        except FlowLoadError as exc:
+            error = exc.error
+            att.errors.append(
+                {
+                    "module": exc.module,
+                    "port": None,
+                    "msg": None,
+                    "error": error,
+                    "runtime": runtime,
+                    "time": time.time(),
+                    "side": att.side,
+                }
+            )
+            raise _BuildFailed(
+                f"module {exc.module} does not build: {error.get('message', '')}"
+            ) from None
 
     async def _feed(self, att: _Attempt, fr: FlowRun) -> None:
         """Inject the inputs, consecutive ones to the same port in one batch."""
@@ -875,14 +976,14 @@ class RunExecutor:
 
     def _result(self, att: _Attempt, finished: float) -> RunResult:
         fr = att.flow
-        errors: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = list(att.errors)
         exits: dict[str, dict[str, Any]] = {}
-        logs: list[dict[str, Any]] = []
+        logs: list[dict[str, Any]] = list(att.logs)
         if fr is not None:
             entries = sorted(
                 (e for per in fr.errors.values() for e in per), key=lambda e: e["time"]
             )
-            errors = [
+            errors += [
                 {
                     "module": e["module"],
                     "port": e["port"],
@@ -892,13 +993,14 @@ class RunExecutor:
                     "time": e["time"],
                     "side": att.side,
                 }
-                for e in entries[:ERRORS_CAP]
+                for e in entries[: ERRORS_CAP - len(errors)]
             ]
             for instance in fr.instances.values():
                 for qid, exit_ in instance.child_exits.items():
                     if exit_.get("code"):
                         exits[fr.short(qid)] = dict(exit_)
-            logs = fr.logs(LOGS_CAP)
+            logs = sorted([*logs, *fr.logs(LOGS_CAP)], key=lambda entry: entry["time"])
+            logs = logs[-LOGS_CAP:]
         att.closed = True
         if att.spill is not None:
             att.spill.close()
@@ -923,7 +1025,7 @@ class RunExecutor:
             outputsTotal=att.outputs_total,
             outputsSpilled=att.outputs_total > len(att.outputs),
             errors=errors,
-            errorsTotal=fr.error_count if fr is not None else 0,
+            errorsTotal=len(att.errors) + (fr.error_count if fr is not None else 0),
             exits=exits,
             handled=dict(att.handled),
             logs=logs,

@@ -19,6 +19,15 @@ Modules with requirements use hosts keyed by their environment, built by the exe
 before it accepts the run (``EnvironmentManager.ensure``); such keys are kept warm once
 used, like the others.
 
+Compiled runtimes (go): a host *is* its code (one binary per set of module sources,
+``runtimes/go/README.md``), so such hosts are keyed by their host key too
+(``go-<build hash>``, ``Module.host``): :meth:`HostPool.acquire` gets ``build`` (that
+key) and ``sources`` (the modules' load frames the binary is built from). The caller
+builds the binary first (``runner/compiled.py``: cached by content); the pool's start
+finds it in the cache. Such keys are kept warm like the others, but at most
+``max_builds`` of them (the least recently used is forgotten: its idle hosts are
+killed, its lent ones are not taken back).
+
 Sizes: ``warm`` idle hosts per key are refilled in the background (for ``prewarm`` keys
 from the start, for every other key once a run used it: the first run of a runtime pays
 its host's start, the next ones find it warm); a released host goes back idle while its
@@ -42,8 +51,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import defaultdict, deque
-from typing import TYPE_CHECKING
+from collections import OrderedDict, defaultdict, deque
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -64,8 +73,9 @@ __all__ = ["HostKey", "HostPool", "PoolStatistics"]
 
 log = logging.getLogger("fifoflow.runs.pool")
 
-#: (runtime id, environment id or None, the environment's requirements)
-HostKey = tuple[str, str | None, tuple[str, ...]]
+#: (runtime id, environment id or None, the environment's requirements, the host key of a
+#: compiled runtime's module set ("go-<hash>") or None)
+HostKey = tuple[str, str | None, tuple[str, ...], str | None]
 
 
 @attrs.frozen
@@ -89,7 +99,7 @@ class _Host:
 
 
 def _label(key: HostKey) -> str:
-    return key[1] or key[0]
+    return key[3] or key[1] or key[0]
 
 
 class HostPool:
@@ -102,9 +112,11 @@ class HostPool:
         max_hosts: int | None = None,
         prewarm: Iterable[str] | None = None,
         retry_delay: float = 5.0,
+        max_builds: int = 4,
     ) -> None:
         """``prewarm``: runtimes kept warm from the start (default: none; a key is kept
-        warm once a run used it, so a runner that takes no runs starts no host for them)."""
+        warm once a run used it, so a runner that takes no runs starts no host for them).
+        ``max_builds``: compiled module sets (go) kept warm, the most recently used."""
         self.runner = runner
         self.warm = warm
         self.max_idle = max(warm, max_idle if max_idle is not None else warm)
@@ -114,7 +126,10 @@ class HostPool:
         self.retry_delay = retry_delay
         if prewarm is None:
             prewarm = []
-        self._wanted: set[HostKey] = {(rid, None, ()) for rid in prewarm} if warm else set()
+        self._wanted: set[HostKey] = {(rid, None, (), None) for rid in prewarm} if warm else set()
+        self.max_builds = max_builds
+        #: compiled module sets, least recently used first -> their modules' load frames
+        self._builds: OrderedDict[HostKey, dict[str, dict[str, Any]]] = OrderedDict()
         #: what an idle host serves: no flow of its own (its events go nowhere)
         self._home = FlowRun(
             Flow(id="pool", modules=()),
@@ -173,13 +188,24 @@ class HostPool:
         )
 
     async def acquire(
-        self, runtime: str, environment: str | None = None, requirements: tuple[str, ...] = ()
+        self,
+        runtime: str,
+        environment: str | None = None,
+        requirements: tuple[str, ...] = (),
+        *,
+        build: str | None = None,
+        sources: dict[str, dict[str, Any]] | None = None,
     ) -> RuntimeInstance:
         """A running host of ``runtime`` (in ``environment``) holding no module, lent to
-        the caller until :meth:`release`. Raises RuntimeNotFound, RuntimeStartError."""
+        the caller until :meth:`release`. A compiled runtime's: ``build`` is the host key
+        of its module set, ``sources`` their load frames (its binary is built from
+        them; the caller built it before, so this start finds it cached). Raises
+        RuntimeNotFound, RuntimeStartError, FlowLoadError (a source that does not build)."""
         if runtime not in self.runner.runtimes:
             raise RuntimeNotFound(f"runtime {runtime!r} is not available here")
-        key: HostKey = (runtime, environment, tuple(requirements))
+        key: HostKey = (runtime, environment, tuple(requirements), build)
+        if build is not None:
+            await self._use_build(key, sources or {})
         if key not in self._wanted and self.warm:
             self._wanted.add(key)
         idle = self._idle[key]
@@ -210,6 +236,7 @@ class HostPool:
             if (
                 unloaded
                 and self._clean(instance)
+                and (host.key[3] is None or host.key in self._builds)
                 and len(self._idle[host.key]) < self.max_idle
                 and self.total() < self.max_hosts
             ):
@@ -233,9 +260,21 @@ class HostPool:
             and stats.unacknowledged == 0
         )
 
+    async def _use_build(self, key: HostKey, sources: dict[str, dict[str, Any]]) -> None:
+        """A compiled module set is used: the most recent now; past ``max_builds``, the
+        least recently used one is no longer kept warm (its idle hosts are killed)."""
+        self._builds[key] = sources
+        self._builds.move_to_end(key)
+        while len(self._builds) > max(1, self.max_builds):
+            old, _ = self._builds.popitem(last=False)
+            self._wanted.discard(old)
+            idle = self._idle.pop(old, deque())
+            while idle:
+                await self._kill(idle.popleft())
+
     async def _start(self, key: HostKey) -> _Host:
         assert self._nursery is not None, "HostPool.run is not running"
-        runtime, environment, requirements = key
+        runtime, environment, requirements, build = key
         instance = RuntimeInstance(
             self._home,
             self.runner.runtimes[runtime],
@@ -243,6 +282,8 @@ class HostPool:
             environment=environment,
             requirements=requirements,
         )
+        if build is not None:
+            instance.build_loads = dict(self._builds.get(key) or {})
         self._serial += 1
         instance.name = f"pool/{_label(key)}-{self._serial}"
         host = _Host(instance, key)
@@ -286,7 +327,7 @@ class HostPool:
         while True:
             assert self._nursery is not None
             now = trio.current_time()
-            for key in sorted(self._wanted, key=lambda k: (k[0], k[1] or "")):
+            for key in sorted(self._wanted, key=lambda k: (k[0], k[1] or "", k[3] or "")):
                 if now - self._failed_at.get(key, -math.inf) < self.retry_delay:
                     continue
                 missing = self.warm - len(self._idle[key]) - self._starting[key]
@@ -307,7 +348,7 @@ class HostPool:
             self._failed_at[key] = trio.current_time()
             log.warning("could not start a warm %s host: %s", _label(key), exc)
             return
-        if len(self._idle[key]) < self.max_idle:
+        if len(self._idle[key]) < self.max_idle and (key[3] is None or key in self._builds):
             self._idle[key].append(host)
             self._kick()
         else:
