@@ -14,6 +14,11 @@ the attempt:
   module up or a module does not load,
 - ``timed_out`` at ``offer.timeout``, ``canceled`` on :meth:`~RunExecutor.cancel`.
 
+Go modules (``RUNS.md`` "Go modules in runs"): the attempt's first step builds its go
+hosts' binary (cached by content; the lease is renewed meanwhile; ``build`` events and
+log lines of the run), then takes a warm host of that module set. A source that does
+not compile ends the attempt ``failed`` with the compiler's file and line.
+
 A reporter that answers ``False`` to a progress (the lease is lost) stops the attempt
 at once; it is dropped with its files, and nothing more is reported.
 
