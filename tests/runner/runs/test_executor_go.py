@@ -8,14 +8,18 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
 
-from fifoflow.runner.runs.model import RunState
+from fifoflow.flows import parse_flow
+from fifoflow.runner.runs.model import RunProgress, RunState
 
 from .helpers_exec import Reporter, executor, offer
+
+if TYPE_CHECKING:
+    from fifoflow.runner.runs.executor import RunExecutor
 
 if shutil.which("go") is None and not os.environ.get("FIFOFLOW_GO"):
     if os.environ.get("CI"):
@@ -80,13 +84,31 @@ def build_lines(logs: list[dict[str, Any]]) -> list[str]:
     return [entry["text"] for entry in logs if entry["stream"] == "build"]
 
 
+class HostsReporter(Reporter):
+    """Also notes, at each progress, whether the attempt had its go host yet."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ex: RunExecutor | None = None
+        self.go_host: list[bool] = []
+
+    async def progress(self, p: RunProgress) -> bool:
+        assert self.ex is not None
+        hosts = self.ex.hosts(p.runId, p.attempt)
+        self.go_host.append(any(key.startswith("go-") for key in hosts))
+        return await super().progress(p)
+
+
 async def test_python_go_node_run_then_a_second_run_builds_nothing() -> None:
-    rep = Reporter()
+    rep = HostsReporter()
     doc = chain(go_mid(secrets.token_hex(8)))
     async with executor(reporter=rep) as ex:
-        first = offer(doc, [0, 1, 2], to="src.in", lease=1.0)
+        rep.ex = ex
+        first = offer(doc, [0, 1, 2], to="src.in", lease=0.1)
         await ex.start(first)
         r1 = await rep.wait_result(first, BUILD)
+        # the lease was renewed while the go host was being built
+        assert False in rep.go_host, rep.go_host
         second = offer(doc, [5], to="src.in")
         await ex.start(second)
         r2 = await rep.wait_result(second)
@@ -162,3 +184,32 @@ def _running(proc: psutil.Process) -> bool:
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def go_host_key(doc: dict[str, Any]) -> str:
+    flow = parse_flow(
+        {"fifoflow": 1, "id": "job", **doc},
+        base_dir=None,
+        runtimes=["python", "go", "node"],
+    )
+    (key,) = {m.host for m in flow.modules if m.runtime == "go"}
+    return key
+
+
+async def test_the_pool_keeps_the_most_recently_used_go_sets_warm() -> None:
+    rep = Reporter()
+    one, two = chain(go_mid("one")), chain(GO_SLEEPS)
+    async with executor(reporter=rep, warm=1) as ex:
+        ex.pool.max_builds = 1
+        o1 = offer(one, [1], to="src.in")
+        await ex.start(o1)
+        assert (await rep.wait_result(o1, BUILD)).state is RunState.SUCCEEDED
+        assert go_host_key(one) in ex.pool.statistics().idle
+        o2 = offer(two, [0], to="src.in")
+        await ex.start(o2)
+        r2 = await rep.wait_result(o2, BUILD)
+        idle = ex.pool.statistics().idle
+    assert r2.state is RunState.SUCCEEDED, r2
+    assert [o["msg"] for o in r2.outputs] == [{"i": 0, "node": True}]
+    # the set used last is kept warm; the other one's hosts were killed
+    assert [key for key in idle if key.startswith("go-")] == [go_host_key(two)]
