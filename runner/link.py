@@ -282,6 +282,8 @@ class DispatcherLink:
         self.identity_path = state_dir / "dispatcher.json"
         self.hardware_path = state_dir / "hardware.json"
         self.runner_id: str | None = None
+        #: flows the dispatcher watches (``watch``): their events go to it (``flowEvent``)
+        self.watched: set[str] = set()
         self.connected = trio.Event()
         self._ws: trio_websocket.WebSocketConnection | None = None
         self._peer: RpcPeer | None = None
@@ -413,6 +415,7 @@ class DispatcherLink:
                     # Runs after flows: a runner's flows do not wait for its runs' reconcile.
                     await self._runs_linked(peer)
                     nursery.start_soon(self._forward_snapshots, peer)
+                    nursery.start_soon(self._forward_watched, peer)
                     while True:
                         await trio.sleep(float(answer["heartbeat"]))
                         # how many journaled messages this runner holds: what the
@@ -493,6 +496,21 @@ class DispatcherLink:
                 except RunnerError:
                     continue
                 await peer.notify("snapshot", flowId=fid, states=states)
+        finally:
+            sub.close()
+
+    async def _forward_watched(self, peer: RpcPeer) -> None:
+        """Send the events of the flows the dispatcher watches (wires, logs, errors,
+        status changes) as ``flowEvent`` notifications: what an FBP client of the
+        dispatcher sees as ``network:data``, ``output`` and ``error``."""
+        kinds = [EventKind.WIRE, EventKind.LOG, EventKind.ERROR, EventKind.FLOW]
+        sub = self.runner.subscribe(kinds=kinds, capacity=10_000)
+        try:
+            async for event in sub:
+                fid = event.get("flow")
+                if fid not in self.watched:
+                    continue
+                await peer.notify("flowEvent", flowId=fid, event=event)
         finally:
             sub.close()
 
@@ -657,6 +675,7 @@ class DispatcherLink:
                     for qid, entries in run.journal.model.pending().items()
                 }
             await runner.remove_flow(flow_id)
+            self.watched.discard(flow_id)
             if self.peers is not None:
                 self.peers.forget(flow_id)
             return {"states": states, "queued": queued}
@@ -698,6 +717,7 @@ class DispatcherLink:
             await runner.stop_flow(flow_id)
         elif method == "remove":
             await runner.remove_flow(flow_id)
+            self.watched.discard(flow_id)
             if self.peers is not None:
                 self.peers.forget(flow_id)
             return True
@@ -711,6 +731,16 @@ class DispatcherLink:
             return {"accepted": len(msgs)}
         elif method == "state":
             return {"state": runner.module_state(flow_id, str(params["moduleId"]))}
+        elif method == "watch":
+            watched = params.get("watched", True)
+            if not isinstance(watched, bool):
+                raise TypeError("watched must be true or false")
+            await runner.watch_flow(flow_id, watched)
+            if watched:
+                self.watched.add(flow_id)
+            else:
+                self.watched.discard(flow_id)
+            return watched
         elif method != "describe":
             raise RunnerError(f"unknown method {method!r}")
         return runner.describe_flow(flow_id)
