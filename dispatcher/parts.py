@@ -252,7 +252,8 @@ class FlowParts:
             await peer.call("inject", flowId=flow_id, moduleId=dst, port=dst_port, msgs=msgs)
             key = (module, port, dst, dst_port)
             counts[key] = counts.get(key, 0) + len(msgs)
-            if flow_id in self.watched and self.events is not None:
+            # (a batch for one target, ``to``, was published by its sender already)
+            if flow_id in self.watched and self.events is not None and to is None:
                 self.events.publish(
                     {
                         "kind": "wire",

@@ -554,6 +554,20 @@ class DispatcherLink:
 
         async def sink(module: str, port: str, msgs: list[Any]) -> None:
             for route in table.get((module, port), ()):
+                if flow_id in self.watched:
+                    # a wire to another runner, seen here (the dispatcher does not see
+                    # it): the FBP clients of the dispatcher see it as network:data
+                    self.runner.events.publish(
+                        {
+                            "kind": EventKind.WIRE,
+                            "flow": flow_id,
+                            "module": module,
+                            "port": port,
+                            "dst": route.dst,
+                            "dstPort": route.dst_port,
+                            "msgs": msgs,
+                        }
+                    )
                 await peers.send(flow_id, module, port, route, msgs)
 
         return sink

@@ -171,6 +171,8 @@ class DispatcherBackend:
                 pass  # the first refusal is what the client is told
             raise RunnerError(f"the dispatcher could not place the flow: {why}")
         self._placed[flow.id] = document
+        if not flow.modules:
+            return  # no part anywhere: nothing runs, nothing to watch
         if flow.id in self._watched:
             await self.dispatcher.watch_flow(flow.id, True)  # parts placed anew included
         if flow.id not in self._started:
@@ -186,9 +188,18 @@ class DispatcherBackend:
         answer = await self.dispatcher.module_state(flow_id, module_id)
         return answer.get("state") if isinstance(answer, dict) else None
 
+    def _has_parts(self, flow_id: str) -> bool:
+        """The flow has modules placed somewhere (an empty graph has none)."""
+        try:
+            return bool(self.dispatcher.flow(flow_id)["placement"])
+        except RunnerError:
+            return False
+
     async def started(self, flow_id: str) -> bool:
         if flow_id not in self._started or flow_id not in self.flow_ids():
             return False
+        if not self._has_parts(flow_id):
+            return True
         try:
             status = (await self.dispatcher.describe_flow(flow_id))["status"]
         except RunnerError:
@@ -196,6 +207,8 @@ class DispatcherBackend:
         return status == FlowStatus.RUNNING
 
     async def busy(self, flow_id: str, settle: float) -> bool:
+        if not self._has_parts(flow_id):
+            return False
         pending = 0
         with trio.move_on_after(settle):
             while True:
@@ -207,11 +220,13 @@ class DispatcherBackend:
 
     async def start_flow(self, flow_id: str) -> None:
         self._started.add(flow_id)
-        await self.dispatcher.start_flow(flow_id)
+        if self._has_parts(flow_id):
+            await self.dispatcher.start_flow(flow_id)
 
     async def stop_flow(self, flow_id: str) -> None:
         self._started.discard(flow_id)
-        await self.dispatcher.stop_flow(flow_id)
+        if self._has_parts(flow_id):
+            await self.dispatcher.stop_flow(flow_id)
 
     async def inject(self, flow_id: str, module_id: str, port: str, msgs: list[Any]) -> None:
         await self.dispatcher.inject(flow_id, module_id, port, msgs)
@@ -221,4 +236,5 @@ class DispatcherBackend:
             self._watched.add(flow_id)
         else:
             self._watched.discard(flow_id)
-        await self.dispatcher.watch_flow(flow_id, watched)
+        if self._has_parts(flow_id):
+            await self.dispatcher.watch_flow(flow_id, watched)
