@@ -98,9 +98,14 @@ async def test_graphs_through_the_dispatcher_deploy_hot_swap_and_report_cross_ru
             secret = "ide-secret"
 
             async def call(protocol: str, command: str, **payload: Any) -> dict[str, Any]:
-                answer = {"start": "started", "stop": "stopped", "getstatus": "status"}
+                answer = {
+                    "start": "started",
+                    "stop": "stopped",
+                    "getstatus": "status",
+                    "getruntime": "runtime",
+                }
                 await client.send(protocol, command, secret=secret, **payload)
-                name = answer.get(command, command) if protocol == "network" else command
+                name = answer.get(command, command) if protocol != "graph" else command
                 return await client.expect(protocol, name, seconds=30)
 
             runtime = await call("runtime", "getruntime")
@@ -120,8 +125,8 @@ async def test_graphs_through_the_dispatcher_deploy_hot_swap_and_report_cross_ru
             await call("graph", "addedge", graph="g", **edge)
             record = await api("GET", "/flows/g")
             assert record["status"] == "placed"
-            await call("component", "getsource", name="g")
-            source = client.seen[-1]["payload"]
+            await client.send("component", "getsource", secret=secret, name="g")
+            source = await client.expect("component", "source")
             graph = orjson.loads(source["code"])
             doc = record["flow"]
             assert [m["id"] for m in doc["modules"]] == list(graph["processes"]) == ["Src", "Tally"]
@@ -168,6 +173,23 @@ async def test_graphs_through_the_dispatcher_deploy_hot_swap_and_report_cross_ru
             await call("network", "stop", graph="g")
             status = await call("network", "getstatus", graph="g")
             assert status == {"graph": "g", "running": False, "started": False}
+
+            # -- an edit no runner can take is refused, and the deployed flow stays
+            await client.send(
+                "graph", "addnode", secret=secret, graph="g", id="Huge",
+                component="core/Repeat", metadata={"placement": {"cpus": 100_000}},
+            )  # fmt: skip
+            refused = await client.expect("graph", "error")
+            assert "could not place" in refused["message"], refused
+            record = await api("GET", "/flows/g")
+            assert [m["id"] for m in record["flow"]["modules"]] == ["Src", "Tally", "Out"]
+            assert record["status"] == "placed"
+            state = await api("GET", "/flows/g/modules/Tally/state")
+            assert state["state"] == {"n": n}  # the module state survived the refusal
+            # -- the dispatcher's token is not the secret here (the file names another)
+            token = (tmp_path / "dispatcher" / "token").read_text().strip()
+            await client.send("runtime", "getruntime", secret=token)
+            assert (await client.expect("runtime", "runtime"))["capabilities"] == []
 
             # -- a graph whose nodes cannot share a runner: its wire crosses runners, and
             # its messages still come back as network:data
