@@ -16,6 +16,7 @@ import trio
 import trio_websocket
 
 from tests.dispatcher.test_dispatcher import DispatcherProcess, wait_until
+from tests.dispatcher.test_peer_relay import cross_wires, start_zoned
 
 from . import fbp_protocol
 from .test_conformance import _unavailable, fbp_url
@@ -218,5 +219,62 @@ async def test_graphs_through_the_dispatcher_deploy_hot_swap_and_report_cross_ru
             assert "across" in output["message"]
             await call("network", "stop", graph="x")
     finally:
+        code = await trio.to_thread.run_sync(dispatcher.stop)
+        assert code == 0, dispatcher.output()
+
+
+async def test_a_wire_between_linked_runners_is_network_data_once(tmp_path: Path) -> None:
+    """Runners linked to the dispatcher send cross-runner wires to each other directly
+    (runner-to-runner relay): the dispatcher never sees those messages; the sending
+    runner reports them while the flow is watched, once."""
+    dispatcher = _dispatcher(tmp_path, 0)
+    await trio.to_thread.run_sync(dispatcher.start)
+    runners = []
+    try:
+        host, port = await trio.to_thread.run_sync(fbp_url, dispatcher)
+        for zone in "ab":
+            runners.append(
+                await trio.to_thread.run_sync(start_zoned, tmp_path, f"r{zone}", zone, dispatcher)
+            )
+        await trio.to_thread.run_sync(_ready, dispatcher, 2)
+        token = (tmp_path / "dispatcher" / "token").read_text().strip()
+        async with trio_websocket.open_websocket_url(
+            f"ws://{host}:{port}/", subprotocols=["noflo"]
+        ) as ws:
+            client = Client(ws)
+
+            async def call(command: str, answer: str, **payload: Any) -> dict[str, Any]:
+                protocol = "network" if command in ("start", "stop", "getstatus") else "graph"
+                await client.send(protocol, command, secret=token, **payload)
+                return await client.expect(protocol, answer, seconds=30)
+
+            await call("clear", "clear", id="z")
+            for node, component, zone in (("A", "core/Repeat", "a"), ("B", "core/Output", "b")):
+                place = {"placement": {"labels": {"zone": zone}}}
+                await call("addnode", "addnode", graph="z", id=node, component=component,
+                           metadata=place)  # fmt: skip
+            await call("addedge", "addedge", graph="z",
+                       src={"node": "A", "port": "out"}, tgt={"node": "B", "port": "in"})  # fmt: skip
+            await call("addinitial", "addinitial", graph="z", src={"data": "direct"},
+                       tgt={"node": "A", "port": "in"})  # fmt: skip
+            record = await trio.to_thread.run_sync(dispatcher.api, "GET", "/flows/z")
+            placement = record["placement"]
+            assert placement["A"] != placement["B"], placement
+            await call("start", "started", graph="z")
+            output = await client.expect("network", "output", seconds=30)
+            assert "direct" in output["message"]
+            await call("getstatus", "status", graph="z")
+            wires = [
+                m["payload"]
+                for m in client.seen
+                if m["command"] == "data" and m["payload"]["id"] == "A() OUT -> IN B()"
+            ]
+            assert [w["data"] for w in wires] == ["direct"]
+            wire = (await trio.to_thread.run_sync(cross_wires, dispatcher, "z"))["A.out->B.in"]
+            assert (wire["dispatcher"], wire["direct"]) == (0, 1), wire  # runner to runner
+            await call("stop", "stopped", graph="z")
+    finally:
+        for runner in runners:
+            assert await trio.to_thread.run_sync(runner.stop) == 0, runner.output()
         code = await trio.to_thread.run_sync(dispatcher.stop)
         assert code == 0, dispatcher.output()
