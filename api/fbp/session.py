@@ -1,7 +1,9 @@
-"""The FBP network protocol over a runner: what each command does, and what clients hear.
+"""The FBP network protocol over a runner or a dispatcher: what each command does, and
+what clients hear.
 
-:class:`FbpRuntime` is one runtime in the protocol's sense, over one
-:class:`~fifoflow.runner.Runner`; every connected client (an IDE, fbp-test, fbp-spec) is
+:class:`FbpRuntime` is one runtime in the protocol's sense, over one backend
+(``backends.py``: a :class:`~fifoflow.runner.Runner`, or the flows a dispatcher
+deploys; "the runner" below is either); every connected client (an IDE, fbp-test, fbp-spec) is
 a :class:`Client` of it. No HTTP here: the WebSocket server (``server.py``) hands each
 connection's text frames to :meth:`FbpRuntime.connection`.
 
