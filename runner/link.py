@@ -674,6 +674,9 @@ class DispatcherLink:
             # waited in this runner, forget it.
             flow_id = str(params["flowId"])
             run = runner.flow(flow_id)
+            # its events stop here: the part goes on elsewhere (a stop seen by the FBP
+            # clients would end their network)
+            self.watched.discard(flow_id)
             await runner.stop_flow(flow_id)
             states = run.snapshot()
             queued = {
@@ -689,7 +692,6 @@ class DispatcherLink:
                     for qid, entries in run.journal.model.pending().items()
                 }
             await runner.remove_flow(flow_id)
-            self.watched.discard(flow_id)
             if self.peers is not None:
                 self.peers.forget(flow_id)
             return {"states": states, "queued": queued}
@@ -730,8 +732,8 @@ class DispatcherLink:
         elif method == "stop":
             await runner.stop_flow(flow_id)
         elif method == "remove":
-            await runner.remove_flow(flow_id)
             self.watched.discard(flow_id)
+            await runner.remove_flow(flow_id)
             if self.peers is not None:
                 self.peers.forget(flow_id)
             return True
