@@ -135,6 +135,7 @@ class Dispatcher:
         #: from their parts' runners, and ``wire`` for what is relayed here
         self.flow_events = EventHub()
         self.parts.events = self.flow_events
+        self.deployments.watched = self.parts.watched
         #: runner-to-runner relay: endpoints and credentials (dispatcher/peers.py)
         self.peers = PeerDirectory(config.state_dir)
         self.deployments.peers = self.peers
@@ -630,7 +631,7 @@ class Dispatcher:
         ``flow_events`` while ``watched``: each part's runner watches it
         (``Runner.watch_flow``: its wires pass through the runner, as when debugged) and
         forwards them over its link (``flowEvent``); wires relayed here are published
-        too. Parts placed later are watched by the caller asking again."""
+        too. Parts deployed later (an update, a move) are deployed watched."""
         known_flow(self.store, flow_id)
         if watched:
             self.parts.watched.add(flow_id)

@@ -616,6 +616,9 @@ class DispatcherLink:
                     self.peers.forget(flow.id)
                 sink = self._relay_sink(flow.id, relay) if relay else None
                 runner.set_output_sink(flow.id, sink)
+            if params.get("watch") is True:  # a watched flow's part (Dispatcher.watch_flow)
+                await runner.watch_flow(flow.id, True)
+                self.watched.add(flow.id)
             if params.get("start", True):
                 await runner.start_flow(flow.id)
                 # Messages that waited in the runner this flow came from, in order.

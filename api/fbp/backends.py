@@ -142,8 +142,6 @@ class DispatcherBackend:
         self.runtimes = frozenset(discover(attached=True))
         #: flows started as networks (and not stopped since)
         self._started: set[str] = set()
-        #: flows watched (their parts send their events)
-        self._watched: set[str] = set()
         #: flow id -> the last document deployed for it that was placed
         self._placed: dict[str, dict[str, Any]] = {}
 
@@ -171,17 +169,13 @@ class DispatcherBackend:
                 pass  # the first refusal is what the client is told
             raise RunnerError(f"the dispatcher could not place the flow: {why}")
         self._placed[flow.id] = document
-        if not flow.modules:
-            return  # no part anywhere: nothing runs, nothing to watch
-        if flow.id in self._watched:
-            await self.dispatcher.watch_flow(flow.id, True)  # parts placed anew included
-        if flow.id not in self._started:
+        # (a watched flow's parts are deployed watched, wherever they go)
+        if flow.modules and flow.id not in self._started:
             await self.dispatcher.stop_flow(flow.id)
 
     async def remove_flow(self, flow_id: str) -> None:
         await self.dispatcher.remove(flow_id)
-        for kept in (self._started, self._watched):
-            kept.discard(flow_id)
+        self._started.discard(flow_id)
         self._placed.pop(flow_id, None)
 
     async def module_state(self, flow_id: str, module_id: str) -> Any:
@@ -232,9 +226,5 @@ class DispatcherBackend:
         await self.dispatcher.inject(flow_id, module_id, port, msgs)
 
     async def watch(self, flow_id: str, watched: bool) -> None:
-        if watched:
-            self._watched.add(flow_id)
-        else:
-            self._watched.discard(flow_id)
-        if self._has_parts(flow_id):
-            await self.dispatcher.watch_flow(flow_id, watched)
+        # an empty graph's flow too: the parts it gets later are deployed watched
+        await self.dispatcher.watch_flow(flow_id, watched)

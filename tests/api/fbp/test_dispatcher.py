@@ -218,6 +218,22 @@ async def test_graphs_through_the_dispatcher_deploy_hot_swap_and_report_cross_ru
             output = await client.expect("network", "output", seconds=30)
             assert "across" in output["message"]
             await call("network", "stop", graph="x")
+
+            # -- a watched flow moved by a drain goes on reporting from its new runner
+            await call("graph", "removenode", graph="x", id="B")  # x fits on one runner now
+            await call("network", "start", graph="g")
+            before = (await api("GET", "/flows/g"))["placement"]["Src"]
+            moved = await api("POST", f"/runners/{before}/drain")
+            assert "g" in moved["moved"], moved
+            after = await api("GET", "/flows/g")
+            assert after["status"] == "placed"
+            assert before not in after["placement"].values(), after
+            await api("POST", "/flows/g/modules/Src/inputs/in", json={"msgs": ["moved"]})
+            data = await client.expect(
+                "network", "data", seconds=30, id="Src() OUT -> IN Tally()", data="moved"
+            )
+            assert data["graph"] == "g"
+            await call("network", "stop", graph="g")
     finally:
         code = await trio.to_thread.run_sync(dispatcher.stop)
         assert code == 0, dispatcher.output()
