@@ -10,9 +10,10 @@ with the operator token.
 
 Every call a runner makes about a flow concerns a part placed on it (relay: the emitting
 module; paused: the flow, and the module it names; snapshot: the flow, and each module
-whose state it carries; flowEvent: the flow, and the module the event names): the rest is refused as :class:`~.errors.NotYourPart` and
-recorded as a ``refused-call`` event (``Dispatcher.check_part``). A runner's secret
-reaches its own parts, never another runner's flow.
+whose state it carries; flowEvent: the flow, and the module the event names): the rest
+is refused as :class:`~.errors.NotYourPart` and recorded as a ``refused-call`` event
+(``Dispatcher.check_part``). A runner's secret reaches its own parts, never another
+runner's flow.
 
 Runs (``dispatcher/runs.py``, ``runner/runs/RUNS.md``): ``runProgress``, ``runResult``,
 ``runsHeld`` (after ``ready``) and ``runGiveBack`` go to the dispatcher's run book (the
@@ -56,8 +57,7 @@ HELLO_SECONDS = 5.0
 class RunnerLink:
     """The calls a runner makes: register, hello, hardware, ready, heartbeat, signoff,
     relay (messages for another runner's part), paused, snapshot, flowEvent (a watched
-    flow's events); and for runs
-    runProgress, runResult, runsHeld, runGiveBack."""
+    flow's events); and for runs runProgress, runResult, runsHeld, runGiveBack."""
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
