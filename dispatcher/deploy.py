@@ -103,6 +103,9 @@ class Deployments:
         self.handing_over: dict[str, dict[str, str]] = {}
         #: runner-to-runner relay (dispatcher/peers.py); None: every wire through here
         self.peers: PeerDirectory | None = None
+        #: watched flows (``Dispatcher.watch_flow``): their parts are deployed watched,
+        #: wherever they are placed (a move, a lost runner, an update)
+        self.watched: set[str] = set()
 
     def held(self, runner_id: str, flow_id: str) -> set[str] | None:
         """The modules of the flow the runner holds: placed on it, being deployed to it,
@@ -401,6 +404,7 @@ class Deployments:
                     queued={m: q for m, q in queued.items() if m in mine},
                     relay=relay,
                     **({"routes": routes} if routes is not None else {}),
+                    **({"watch": True} if record["id"] in self.watched else {}),
                     start=True,
                 )
             except RemoteError as exc:

@@ -10,9 +10,10 @@ with the operator token.
 
 Every call a runner makes about a flow concerns a part placed on it (relay: the emitting
 module; paused: the flow, and the module it names; snapshot: the flow, and each module
-whose state it carries): the rest is refused as :class:`~.errors.NotYourPart` and
-recorded as a ``refused-call`` event (``Dispatcher.check_part``). A runner's secret
-reaches its own parts, never another runner's flow.
+whose state it carries; flowEvent: the flow, and the module the event names): the rest
+is refused as :class:`~.errors.NotYourPart` and recorded as a ``refused-call`` event
+(``Dispatcher.check_part``). A runner's secret reaches its own parts, never another
+runner's flow.
 
 Runs (``dispatcher/runs.py``, ``runner/runs/RUNS.md``): ``runProgress``, ``runResult``,
 ``runsHeld`` (after ``ready``) and ``runGiveBack`` go to the dispatcher's run book (the
@@ -55,8 +56,8 @@ HELLO_SECONDS = 5.0
 
 class RunnerLink:
     """The calls a runner makes: register, hello, hardware, ready, heartbeat, signoff,
-    relay (messages for another runner's part), paused, snapshot; and for runs
-    runProgress, runResult, runsHeld, runGiveBack."""
+    relay (messages for another runner's part), paused, snapshot, flowEvent (a watched
+    flow's events); and for runs runProgress, runResult, runsHeld, runGiveBack."""
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
@@ -159,6 +160,10 @@ class RunnerLink:
 
     async def _snapshot(self, p: Snapshot) -> None:
         self.dispatcher.snapshot(self._id, p.flowId, p.states)
+
+    async def _flow_event(self, p: FlowEvent) -> None:
+        # a watched flow's wire, log, error or status event (the FBP protocol's data)
+        self.dispatcher.flow_event(self._id, p.flowId, p.event)
 
     # Runs: the book decides; the dispatcher checks first that the attempt is this
     # runner's (a refusal is this call's answer).
@@ -287,6 +292,15 @@ class Snapshot:
 
 
 @attrs.frozen
+class FlowEvent:
+    """An event of a watched flow's part (``Dispatcher.watch_flow``): ``wire``, ``log``,
+    ``error`` or ``flow``, as the runner published it."""
+
+    flowId: str
+    event: dict[str, Any]
+
+
+@attrs.frozen
 class HeldRun:
     """An attempt a runner holds: running, or ``finished`` (its result is re-sent)."""
 
@@ -338,6 +352,7 @@ CALLS: dict[str, tuple[type, Call]] = {
     "relay": (Relay, RunnerLink._relay),
     "paused": (Paused, RunnerLink._paused),
     "snapshot": (Snapshot, RunnerLink._snapshot),
+    "flowEvent": (FlowEvent, RunnerLink._flow_event),
     "runProgress": (RunProgress, RunnerLink._run_progress),
     "runResult": (RunResult, RunnerLink._run_result),
     "runsHeld": (RunsHeld, RunnerLink._runs_held),

@@ -35,6 +35,7 @@ from .status import FlowStatus
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from ..runner.events import EventHub
     from ..runner.rpc import RpcPeer
     from .store import DispatcherStore
 
@@ -103,6 +104,10 @@ class FlowParts:
         #: flow id -> (module, port, target module, its port) -> messages relayed on
         #: that wire (a wire between runners; counted per batch, nothing is looked at)
         self.relayed: dict[str, dict[tuple[str, str, str, str], int]] = {}
+        #: flows whose events go to ``events`` (``Dispatcher.watch_flow``): the wires
+        #: relayed here are published there as ``wire`` events
+        self.watched: set[str] = set()
+        self.events: EventHub | None = None
 
     async def forward(self, flow_id: str, method: str, **params: Any) -> Any:
         """Call the runner(s) that hold the flow: a module's runner for inject and
@@ -150,6 +155,20 @@ class FlowParts:
                     ) from None
                 raise
         return result
+
+    async def each_part(self, flow_id: str, method: str, **params: Any) -> dict[str, Any]:
+        """``method`` on every part of the flow: runner id -> its answer (FlowPending if
+        a part has no runner right now)."""
+        record = known_flow(self.store, flow_id)
+        answers: dict[str, Any] = {}
+        for runner_id in sorted(set(record["placement"].values())):
+            peer = self.links.get(runner_id)
+            if peer is None:
+                raise FlowPending(f"a part of flow {flow_id!r} has no runner right now")
+            answers[runner_id] = await forward_call(
+                peer, runner_id, self.call_timeout, method, flowId=flow_id, **params
+            )
+        return answers
 
     async def debug(self, flow_id: str, method: str, **params: Any) -> Any:
         """Debugger calls across the flow's runners: a breakpoint goes to its module's
@@ -233,6 +252,20 @@ class FlowParts:
             await peer.call("inject", flowId=flow_id, moduleId=dst, port=dst_port, msgs=msgs)
             key = (module, port, dst, dst_port)
             counts[key] = counts.get(key, 0) + len(msgs)
+            # (a batch for one target, ``to``, was published by its sender already)
+            if flow_id in self.watched and self.events is not None and to is None:
+                self.events.publish(
+                    {
+                        "kind": "wire",
+                        "flow": flow_id,
+                        "module": module,
+                        "port": port,
+                        "dst": dst,
+                        "dstPort": dst_port,
+                        "msgs": msgs,
+                        "via": "relay",
+                    }
+                )
 
     async def stats(self, flow_id: str) -> dict[str, Any]:
         """The flow's counters for a live picture, merged over its parts: each part's

@@ -131,6 +131,11 @@ class Dispatcher:
             self.store, self.links, lambda: self.backend_problem, config.call_timeout
         )
         self.parts = FlowParts(self.store, self.links, config.call_timeout)
+        #: events of watched flows (``watch_flow``): ``wire``, ``log``, ``error``, ``flow``
+        #: from their parts' runners, and ``wire`` for what is relayed here
+        self.flow_events = EventHub()
+        self.parts.events = self.flow_events
+        self.deployments.watched = self.parts.watched
         #: runner-to-runner relay: endpoints and credentials (dispatcher/peers.py)
         self.peers = PeerDirectory(config.state_dir)
         self.deployments.peers = self.peers
@@ -506,6 +511,7 @@ class Dispatcher:
 
     async def remove(self, flow_id: str) -> None:
         await self.deployments.remove(flow_id)
+        self.parts.watched.discard(flow_id)
 
     async def runner_ready(self, runner_id: str, flows: list[dict[str, Any]]) -> None:
         """A runner said ready: remove flows it holds that run elsewhere now, then
@@ -619,6 +625,40 @@ class Dispatcher:
 
     async def queues(self, flow_id: str) -> Any:
         return await self.parts.debug(flow_id, "queues")
+
+    async def watch_flow(self, flow_id: str, watched: bool = True) -> None:
+        """Have every part of the flow send its events (wires, logs, errors, status) to
+        ``flow_events`` while ``watched``: each part's runner watches it
+        (``Runner.watch_flow``: its wires pass through the runner, as when debugged) and
+        forwards them over its link (``flowEvent``); wires relayed here are published
+        too. Parts deployed later (an update, a move) are deployed watched."""
+        known_flow(self.store, flow_id)
+        if watched:
+            self.parts.watched.add(flow_id)
+        else:
+            self.parts.watched.discard(flow_id)
+        await self.parts.each_part(flow_id, "watch", watched=watched)
+
+    def flow_event(self, runner_id: str, flow_id: str, event: dict[str, Any]) -> None:
+        """An event of a watched flow's part on ``runner_id`` (its link's ``flowEvent``)."""
+        module = event.get("module")
+        modules = (module,) if isinstance(module, str) else ()
+        self.check_part(runner_id, "flowEvent", flow_id, modules=modules, field="module")
+        if flow_id in self.parts.watched and isinstance(event.get("kind"), str):
+            self.flow_events.publish({**event, "flow": flow_id, "runner": runner_id})
+
+    async def describe_flow(self, flow_id: str) -> dict[str, Any]:
+        """The flow's status over its parts: ``running`` when every part runs,
+        ``pending`` the messages waiting in all of them; ``parts`` each one's describe."""
+        parts = await self.parts.each_part(flow_id, "describe")
+        statuses = {p.get("status") for p in parts.values()}
+        status = statuses.pop() if len(statuses) == 1 else "mixed"
+        return {
+            "id": flow_id,
+            "status": status,
+            "pending": sum(int(p.get("pending") or 0) for p in parts.values()),
+            "parts": parts,
+        }
 
     async def flow_stats(self, flow_id: str) -> dict[str, Any]:
         """The flow's live counters merged over its runners (``FlowParts.stats``)."""

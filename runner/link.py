@@ -282,6 +282,8 @@ class DispatcherLink:
         self.identity_path = state_dir / "dispatcher.json"
         self.hardware_path = state_dir / "hardware.json"
         self.runner_id: str | None = None
+        #: flows the dispatcher watches (``watch``): their events go to it (``flowEvent``)
+        self.watched: set[str] = set()
         self.connected = trio.Event()
         self._ws: trio_websocket.WebSocketConnection | None = None
         self._peer: RpcPeer | None = None
@@ -413,6 +415,7 @@ class DispatcherLink:
                     # Runs after flows: a runner's flows do not wait for its runs' reconcile.
                     await self._runs_linked(peer)
                     nursery.start_soon(self._forward_snapshots, peer)
+                    nursery.start_soon(self._forward_watched, peer)
                     while True:
                         await trio.sleep(float(answer["heartbeat"]))
                         # how many journaled messages this runner holds: what the
@@ -496,6 +499,21 @@ class DispatcherLink:
         finally:
             sub.close()
 
+    async def _forward_watched(self, peer: RpcPeer) -> None:
+        """Send the events of the flows the dispatcher watches (wires, logs, errors,
+        status changes) as ``flowEvent`` notifications: what an FBP client of the
+        dispatcher sees as ``network:data``, ``output`` and ``error``."""
+        kinds = [EventKind.WIRE, EventKind.LOG, EventKind.ERROR, EventKind.FLOW]
+        sub = self.runner.subscribe(kinds=kinds, capacity=10_000)
+        try:
+            async for event in sub:
+                fid = event.get("flow")
+                if fid not in self.watched:
+                    continue
+                await peer.notify("flowEvent", flowId=fid, event=event)
+        finally:
+            sub.close()
+
     def _relay_sink(self, flow_id: str, ports: set[str]) -> Any:
         """The output sink of a flow part: messages on ports whose wire leads to another
         runner go to the dispatcher (``relay``), one batch at a time and awaited, so the
@@ -536,6 +554,20 @@ class DispatcherLink:
 
         async def sink(module: str, port: str, msgs: list[Any]) -> None:
             for route in table.get((module, port), ()):
+                if flow_id in self.watched:
+                    # a wire to another runner, seen here (the dispatcher does not see
+                    # it): the FBP clients of the dispatcher see it as network:data
+                    self.runner.events.publish(
+                        {
+                            "kind": EventKind.WIRE,
+                            "flow": flow_id,
+                            "module": module,
+                            "port": port,
+                            "dst": route.dst,
+                            "dstPort": route.dst_port,
+                            "msgs": msgs,
+                        }
+                    )
                 await peers.send(flow_id, module, port, route, msgs)
 
         return sink
@@ -584,6 +616,9 @@ class DispatcherLink:
                     self.peers.forget(flow.id)
                 sink = self._relay_sink(flow.id, relay) if relay else None
                 runner.set_output_sink(flow.id, sink)
+            if params.get("watch") is True:  # a watched flow's part (Dispatcher.watch_flow)
+                await runner.watch_flow(flow.id, True)
+                self.watched.add(flow.id)
             if params.get("start", True):
                 await runner.start_flow(flow.id)
                 # Messages that waited in the runner this flow came from, in order.
@@ -642,6 +677,9 @@ class DispatcherLink:
             # waited in this runner, forget it.
             flow_id = str(params["flowId"])
             run = runner.flow(flow_id)
+            # its events stop here: the part goes on elsewhere (a stop seen by the FBP
+            # clients would end their network)
+            self.watched.discard(flow_id)
             await runner.stop_flow(flow_id)
             states = run.snapshot()
             queued = {
@@ -697,6 +735,7 @@ class DispatcherLink:
         elif method == "stop":
             await runner.stop_flow(flow_id)
         elif method == "remove":
+            self.watched.discard(flow_id)
             await runner.remove_flow(flow_id)
             if self.peers is not None:
                 self.peers.forget(flow_id)
@@ -711,6 +750,16 @@ class DispatcherLink:
             return {"accepted": len(msgs)}
         elif method == "state":
             return {"state": runner.module_state(flow_id, str(params["moduleId"]))}
+        elif method == "watch":
+            watched = params.get("watched", True)
+            if not isinstance(watched, bool):
+                raise TypeError("watched must be true or false")
+            await runner.watch_flow(flow_id, watched)
+            if watched:
+                self.watched.add(flow_id)
+            else:
+                self.watched.discard(flow_id)
+            return watched
         elif method != "describe":
             raise RunnerError(f"unknown method {method!r}")
         return runner.describe_flow(flow_id)

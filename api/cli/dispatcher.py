@@ -83,6 +83,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         page_prune_after=args.page_prune_after,
         certfile=tls[0],
         keyfile=tls[1],
+        fbp_port=args.fbp_port,
+        fbp_secret_file=Path(args.fbp_secret_file) if args.fbp_secret_file else None,
     )
     try:
         trio.run(serve_dispatcher, options)
@@ -349,6 +351,19 @@ def add_dispatcher_parser(sub: argparse._SubParsersAction[argparse.ArgumentParse
         metavar="SECONDS",
         help="a page gone this long is forgotten: its runner row, state and page secret"
         " (default: %(default)g)",
+    )
+    serve.add_argument(
+        "--fbp-port",
+        type=int,
+        metavar="N",
+        help="also speak the FBP network protocol (noflo-ui/Flowhub, fbp-test) at"
+        " ws://HOST:N/ (subprotocol noflo) for the flows this dispatcher deploys;"
+        " 0 picks a free port",
+    )
+    serve.add_argument(
+        "--fbp-secret-file",
+        metavar="FILE",
+        help="the FBP clients' secret, read from FILE (default: the dispatcher's token)",
     )
     serve.add_argument(
         "--local-runners",

@@ -23,6 +23,7 @@ from fifoflow.api.common.places import DEFAULT_DISPATCHER_PORT
 from fifoflow.api.common.serving import configure_tls, exposure_warning
 from fifoflow.api.common.ui import ui_url
 from fifoflow.api.dispatcher.app import create_dispatcher_app
+from fifoflow.api.runner.server import load_secret
 from fifoflow.dispatcher.backends import LocalBackend
 from fifoflow.dispatcher.clients import (
     DEFAULT_GRACE,
@@ -35,7 +36,6 @@ from fifoflow.dispatcher.service import DEFAULT_CALL_TIMEOUT, Dispatcher, Dispat
 from fifoflow.dispatcher.swarm_backend import SwarmBackend
 
 __all__ = ["DispatcherServeOptions", "serve_dispatcher"]
-
 
 
 @attrs.frozen
@@ -68,6 +68,47 @@ class DispatcherServeOptions:
     #: serve HTTPS/WSS with this certificate and key (None: plain HTTP)
     certfile: Path | None = None
     keyfile: Path | None = None
+    #: also speak the FBP network protocol on this port (0: any free one; None: not)
+    fbp_port: int | None = None
+    #: the FBP clients' secret from this file (None: the dispatcher's token)
+    fbp_secret_file: Path | None = None
+
+
+#: the largest FBP protocol message taken (a graph edit, a component's code)
+FBP_MAX_MESSAGE = 16 * 1024 * 1024
+
+
+async def _serve_fbp(
+    dispatcher: Dispatcher,
+    options: DispatcherServeOptions,
+    secret: str,
+    stop: trio.Event,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The FBP protocol endpoint (``api/fbp``) for the flows this dispatcher deploys."""
+    from fifoflow.api.fbp import FbpRuntime, serve_fbp
+    from fifoflow.api.fbp.backends import DispatcherBackend
+    from fifoflow.flows.library import ComponentLibrary
+
+    fbp = FbpRuntime(
+        DispatcherBackend(dispatcher),
+        secret,
+        ComponentLibrary(options.state_dir / "components"),
+        label=f"fifoflow dispatcher {dispatcher.version}",
+        graph_dir=options.state_dir / "fbp-graphs",
+    )
+    for problem in fbp.restore():
+        _say(f"warning: {problem}")
+    await serve_fbp(
+        fbp,
+        f"{options.host}:{options.fbp_port}",
+        shutdown=stop,
+        max_message=FBP_MAX_MESSAGE,
+        certfile=str(options.certfile) if options.certfile else None,
+        keyfile=str(options.keyfile) if options.keyfile else None,
+        task_status=task_status,
+    )
 
 
 def _say(text: str) -> None:
@@ -83,6 +124,9 @@ async def serve_dispatcher(
     token_path = options.state_dir / "token"
     token, created = load_or_create_token(token_path)
     _say(f"token: {token_path}" + (" (created)" if created else ""))
+    fbp_secret = token
+    if options.fbp_secret_file is not None:
+        fbp_secret = load_secret(options.fbp_secret_file)
     config = DispatcherConfig(
         state_dir=options.state_dir,
         heartbeat=options.heartbeat,
@@ -119,6 +163,9 @@ async def serve_dispatcher(
             _say(f"fifoflow dispatcher {dispatcher.version} listening on {' '.join(urls)}")
             _say(f"UI: {ui_url(urls[0])}")
             _say(f"state dir: {options.state_dir}")
+            if options.fbp_port is not None:
+                fbp_urls = await nursery.start(_serve_fbp, dispatcher, options, fbp_secret, stop)
+                _say(f"FBP protocol: {' '.join(fbp_urls)} (subprotocol noflo)")
             dispatcher.clients = await nursery.start(
                 ClientRunners(
                     dispatcher,

@@ -149,7 +149,13 @@ class Graph:
         """The flow this graph runs as (``components``: the nodes' components by name)."""
         modules = []
         for node in self.nodes.values():
-            modules.append({"id": node.module, **components[node.component].module_fields()})
+            module = {"id": node.module, **components[node.component].module_fields()}
+            placement = node.metadata.get("placement")
+            if placement is not None:
+                # where a dispatcher may place it (labels, cpus, memory): checked with the
+                # flow, so a bad one is a graph:error
+                module["placement"] = placement
+            modules.append(module)
         wires = []
         seen: set[str] = set()
         for edge in self.edges:

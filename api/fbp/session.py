@@ -1,7 +1,9 @@
-"""The FBP network protocol over a runner: what each command does, and what clients hear.
+"""The FBP network protocol over a runner or a dispatcher: what each command does, and
+what clients hear.
 
-:class:`FbpRuntime` is one runtime in the protocol's sense, over one
-:class:`~fifoflow.runner.Runner`; every connected client (an IDE, fbp-test, fbp-spec) is
+:class:`FbpRuntime` is one runtime in the protocol's sense, over one backend
+(``backends.py``: a :class:`~fifoflow.runner.Runner`, or the flows a dispatcher
+deploys; "the runner" below is either); every connected client (an IDE, fbp-test, fbp-spec) is
 a :class:`Client` of it. No HTTP here: the WebSocket server (``server.py``) hands each
 connection's text frames to :meth:`FbpRuntime.connection`.
 
@@ -41,9 +43,10 @@ import trio
 
 from fifoflow.flows import FlowError, parse_flow
 from fifoflow.flows.library import Component, ComponentError, check_name
-from fifoflow.runner import FlowStatus, RunnerError
+from fifoflow.runner import FlowStatus, Runner, RunnerError
 from fifoflow.runner.store import atomic_write
 
+from .backends import FbpBackend, RunnerBackend
 from .graph import COMMANDS as GRAPH_COMMANDS
 from .graph import Graph, GraphError, Graphs, dump_graph, load_graph
 
@@ -52,7 +55,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from fifoflow.flows.library import ComponentLibrary
-    from fifoflow.runner import Runner
 
 __all__ = ["CAPABILITIES", "PROTOCOL_VERSION", "Client", "FbpRuntime"]
 
@@ -106,14 +108,19 @@ class Client:
 class FbpRuntime:
     def __init__(
         self,
-        runner: Runner,
+        backend: Runner | FbpBackend,
         secret: str,
         library: ComponentLibrary,
         *,
         label: str = "fifoflow runner",
         graph_dir: Path | None = None,
     ) -> None:
-        self.runner = runner
+        #: the flows the graphs run as (``backends.py``): a runner's, or a dispatcher's
+        self.backend: FbpBackend = (
+            RunnerBackend(backend) if isinstance(backend, Runner) else backend
+        )
+        #: the runner, when the graphs run on one
+        self.runner = backend if isinstance(backend, Runner) else None
         #: where graphs are kept (one JSON file per graph; None: in memory only)
         self.graph_dir = graph_dir
         self.secret = secret
@@ -160,9 +167,7 @@ class FbpRuntime:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Turn the runner's events into network messages until cancelled."""
-        sub = self.runner.subscribe(
-            kinds=["wire", "log", "error", "flow", "missed"], capacity=CLIENT_BUFFER
-        )
+        sub = self.backend.subscribe(CLIENT_BUFFER)
         try:
             task_status.started()
             async for event in sub:
@@ -220,7 +225,7 @@ class FbpRuntime:
             # asked per flow: a client may come or go meanwhile
             watched = any(c.authorized for c in self.clients)
             try:
-                await self.runner.watch_flow(graph.flow_id, watched)
+                await self.backend.watch(graph.flow_id, watched)
             except RunnerError as exc:  # gone or busy: watched again at its next start
                 log.warning("fbp: cannot %swatch %r: %s", "" if watched else "un", graph_id, exc)
         self._watch_changed.set()
@@ -343,16 +348,16 @@ class FbpRuntime:
         if self._applied.get(graph.id) == doc and graph.flow_id in self._flow_ids():
             return
         try:
-            flow = parse_flow(doc, base_dir=None, runtimes=self.runner.runtimes)
+            flow = parse_flow(doc, base_dir=None, runtimes=self.backend.runtimes)
         except FlowError as exc:
             raise GraphError(str(exc)) from None
         try:
-            await self.runner.apply_flow(flow, states=states or None)
+            await self.backend.apply_flow(flow, doc, states or None)
         except RunnerError as exc:
-            raise GraphError(f"the runner refused the graph: {exc}") from None
+            raise GraphError(f"the runtime refused the graph: {exc}") from None
         self._applied[graph.id] = doc
 
-    def _renamed_state(
+    async def _renamed_state(
         self, command: str, payload: dict[str, Any], graph: Graph
     ) -> dict[str, Any] | None:
         """A renamed node's module state, for the module of its new name."""
@@ -363,13 +368,13 @@ class FbpRuntime:
         if old == new:
             return None
         try:
-            state = self.runner.module_state(graph.flow_id, old)
+            state = await self.backend.module_state(graph.flow_id, old)
         except RunnerError:
             return None  # not applied yet, or no state to keep
         return {new: state} if state is not None else None
 
     def _flow_ids(self) -> set[str]:
-        return {f["id"] for f in self.runner.flows()}
+        return self.backend.flow_ids()
 
     async def _graph(
         self, client: Client, command: str, payload: dict[str, Any], request: str | None
@@ -383,13 +388,13 @@ class FbpRuntime:
                         " use another graph id, or remove that flow first"
                     )
             if command == "clear" and graph.flow_id in self._flow_ids():
-                running = self._status(graph.flow_id) is FlowStatus.RUNNING
+                running = await self.backend.started(graph.flow_id)
                 began = self._started.pop(graph.id, None)  # stopped here, not by its event
-                await self.runner.remove_flow(graph.flow_id)
+                await self.backend.remove_flow(graph.flow_id)
                 self._applied.pop(graph.id, None)
                 if running:
                     self._stopped(graph.id, began)
-            await self._apply(graph, self._renamed_state(command, payload, graph))
+            await self._apply(graph, await self._renamed_state(command, payload, graph))
             self.graphs.commit(graph)
             self._keep(graph)
         for cmd, body in messages:
@@ -398,12 +403,6 @@ class FbpRuntime:
 
     # ------------------------------------------------------------------ network
 
-    def _status(self, flow_id: str) -> FlowStatus | None:
-        try:
-            return FlowStatus(self.runner.describe_flow(flow_id)["status"])
-        except RunnerError:
-            return None
-
     async def _network(
         self, client: Client, command: str, payload: dict[str, Any], request: str | None
     ) -> None:
@@ -411,9 +410,9 @@ class FbpRuntime:
         if command == "start":
             async with self._lock:
                 await self._apply(graph)
-                already = self._status(graph.flow_id) is FlowStatus.RUNNING
-                await self.runner.watch_flow(graph.flow_id, True)
-                await self.runner.start_flow(graph.flow_id)
+                already = await self.backend.started(graph.flow_id)
+                await self.backend.watch(graph.flow_id, True)
+                await self.backend.start_flow(graph.flow_id)
             self._started.setdefault(graph.id, time.time())
             self._broadcast(
                 "network",
@@ -425,15 +424,11 @@ class FbpRuntime:
         elif command == "stop":
             began = self._started.pop(graph.id, None)  # stopped here, not by its event
             if graph.flow_id in self._flow_ids():
-                await self.runner.stop_flow(graph.flow_id)
+                await self.backend.stop_flow(graph.flow_id)
             self._stopped(graph.id, began)
         elif command == "getstatus":
-            started = self._status(graph.flow_id) is FlowStatus.RUNNING
-            running = False
-            if started:
-                with trio.move_on_after(SETTLE):
-                    await self.runner.wait_idle(graph.flow_id)
-                running = self.runner.describe_flow(graph.flow_id).get("pending", 0) > 0
+            started = await self.backend.started(graph.flow_id)
+            running = started and await self.backend.busy(graph.flow_id, SETTLE)
             status = {"graph": graph.id, "running": running, "started": started}
             if self._debug.get(graph.id):
                 status["debug"] = True
@@ -462,7 +457,7 @@ class FbpRuntime:
                     "data": iip.data,
                 },
             )
-            await self.runner.inject(graph.flow_id, node.module, iip.tgt["port"], [iip.data])
+            await self.backend.inject(graph.flow_id, node.module, iip.tgt["port"], [iip.data])
 
     def _selected_edges(self, graph: Graph, edges: Any) -> set[tuple[str, str, str, str]]:
         if not isinstance(edges, list):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
+import trio
 
 from fifoflow.dispatcher.errors import NotYourPart
 from fifoflow.dispatcher.service import Dispatcher, DispatcherConfig
@@ -83,3 +84,27 @@ def test_a_part_being_deployed_may_speak_before_it_is_recorded(dispatcher: Dispa
         dispatcher.check_part("r3", "snapshot", "f", ["c"], field="states")
     finally:
         del dispatcher.deployments._claims["f"]
+
+
+def test_flow_events_are_published_only_for_watched_flows_and_own_parts(
+    dispatcher: Dispatcher,
+) -> None:
+    """``flowEvent`` (a watched flow's events, for FBP clients): a runner speaks for the
+    modules of its part only; events of a flow nobody watches are dropped."""
+    sub = dispatcher.flow_events.subscribe()
+    wire = {"kind": "wire", "module": "a", "port": "out", "dst": "c", "dstPort": "in", "msgs": [1]}
+    dispatcher.flow_event("r1", "f", wire)  # not watched: dropped
+    dispatcher.parts.watched.add("f")
+    dispatcher.flow_event("r1", "f", wire)
+    with pytest.raises(NotYourPart) as caught:
+        dispatcher.flow_event("r2", "f", wire)  # a is r1's
+    assert caught.value.field == "module"
+    with pytest.raises(NotYourPart):
+        dispatcher.flow_event("r3", "f", {"kind": "log", "module": None, "text": "x"})
+    assert sub.receive_nowait() == {**wire, "flow": "f", "runner": "r1"}
+    with pytest.raises(trio.WouldBlock):  # nothing else was published
+        sub.receive_nowait()
+    assert [e["call"] for e in dispatcher.events() if e["kind"] == "refused-call"] == [
+        "flowEvent",
+        "flowEvent",
+    ]
