@@ -184,7 +184,9 @@ def _docker_pool(
 
 
 def run(kills: int = 5) -> dict[str, Any]:
-    one = local(1, kills)
+    # One local runner killed 5 times within 30 s is a crash loop: the local backend
+    # gives it up (dispatcher/README.md, local backend). 4 kills stay under that rule.
+    one = local(1, min(kills, 4))
     two = local(2, kills)
     return {
         "local_replaced_s": statistics.median(one),
