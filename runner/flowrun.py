@@ -316,22 +316,26 @@ class FlowRun:
                 if self.watched and self.hub.has_subscribers:
                     if msgs is None:
                         msgs = _shown(body)
-                    self.publish(
-                        {
-                            "kind": EventKind.WIRE,
-                            "module": self.short(module),
-                            "port": port,
-                            "dst": self.short(dst),
-                            "dstPort": dst_port,
-                            "msgs": msgs,
-                        }
-                    )
+                    self._publish_wire(module, port, dst, dst_port, msgs)
                 self._add_pending(n)
                 if body is not None:
                     instance.queues.enqueue(dst, dst_port, None, body=body, count=n)
                 else:
                     instance.queues.enqueue(dst, dst_port, msgs)
                 self._touched.add(instance)
+
+    def _publish_wire(self, module: str, port: str, dst: str, dst_port: str, msgs: Any) -> None:
+        """A ``wire`` event: messages a wire carried (a watched flow, ``Runner.watch_flow``)."""
+        self.publish(
+            {
+                "kind": EventKind.WIRE,
+                "module": self.short(module),
+                "port": port,
+                "dst": self.short(dst),
+                "dstPort": dst_port,
+                "msgs": msgs,
+            }
+        )
 
     def _parse(self, module: str, port: str, body: bytes) -> list[Any]:
         """The messages of a raw body, for a flow exit or the debugger; values no later
@@ -382,16 +386,7 @@ class FlowRun:
         for (module, port, target, dst, dst_port, msgs), end in zip(wires, ends, strict=True):
             self.wire_counts[(module, port, dst, dst_port)] += len(msgs)
             if self.watched and self.hub.has_subscribers:
-                self.publish(
-                    {
-                        "kind": EventKind.WIRE,
-                        "module": self.short(module),
-                        "port": port,
-                        "dst": self.short(dst),
-                        "dstPort": dst_port,
-                        "msgs": msgs,
-                    }
-                )
+                self._publish_wire(module, port, dst, dst_port, msgs)
             self._add_pending(len(msgs))
             target.queues.enqueue(dst, dst_port, msgs, end=end)
             self._touched.add(target)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -430,6 +431,30 @@ def test_draining_a_runner_moves_its_flow_with_state_and_queued_messages(tmp_pat
         dispatcher.stop()
 
 
+@contextmanager
+def two_zones(
+    tmp_path: Path,
+) -> Iterator[tuple[DispatcherProcess, list[ServerProcess], dict[str, str]]]:
+    """A dispatcher and two linked runners labelled zone=a and zone=b: (dispatcher,
+    runners, runner id by zone); all stopped after."""
+    dispatcher = DispatcherProcess(tmp_path / "dispatcher")
+    dispatcher.start()
+    runners: list[ServerProcess] = []
+    try:
+        for zone in ("a", "b"):
+            runner = ServerProcess(
+                tmp_path / zone, "--dispatcher", dispatcher.url,
+                "--registration-token", dispatcher.token(), "--label", f"zone={zone}",
+            )  # fmt: skip
+            runner.start()
+            runners.append(runner)
+        yield dispatcher, runners, {z: linked_id(r) for z, r in zip("ab", runners, strict=True)}
+    finally:
+        for runner in runners:
+            runner.stop()
+        dispatcher.stop()
+
+
 def test_a_flow_spanning_two_runners_keeps_order(tmp_path: Path) -> None:
     last = (
         "def handle(msg, ctx):\n"
@@ -449,18 +474,7 @@ def test_a_flow_spanning_two_runners_keeps_order(tmp_path: Path) -> None:
         ],
         "wires": ["a.out -> b.in", "b.out -> c.in"],
     }  # fmt: skip
-    dispatcher = DispatcherProcess(tmp_path / "dispatcher")
-    dispatcher.start()
-    runners = []
-    try:
-        for zone in ("a", "b"):
-            runner = ServerProcess(
-                tmp_path / zone, "--dispatcher", dispatcher.url,
-                "--registration-token", dispatcher.token(), "--label", f"zone={zone}",
-            )  # fmt: skip
-            runner.start()
-            runners.append(runner)
-        ids = {zone: linked_id(r) for zone, r in zip("ab", runners, strict=True)}
+    with two_zones(tmp_path) as (dispatcher, _runners, ids):
         placed = dispatcher.api("POST", "/flows", json=flow)
         assert placed["status"] == "placed"
         assert placed["placement"] == {"a": ids["a"], "b": ids["b"], "c": ids["a"]}
@@ -481,10 +495,6 @@ def test_a_flow_spanning_two_runners_keeps_order(tmp_path: Path) -> None:
             timeout=60,
         )
         assert state == {"ok": True, "n": 10_000}
-    finally:
-        for runner in runners:
-            runner.stop()
-        dispatcher.stop()
 
 
 def test_a_port_wired_within_its_part_and_to_another_runner_feeds_both(
@@ -508,18 +518,7 @@ def test_a_port_wired_within_its_part_and_to_another_runner_feeds_both(
         ],
         "wires": ["a.out -> d.in", "a.out -> b.in"],
     }  # fmt: skip
-    dispatcher = DispatcherProcess(tmp_path / "dispatcher")
-    dispatcher.start()
-    runners = []
-    try:
-        for zone in ("a", "b"):
-            runner = ServerProcess(
-                tmp_path / zone, "--dispatcher", dispatcher.url,
-                "--registration-token", dispatcher.token(), "--label", f"zone={zone}",
-            )  # fmt: skip
-            runner.start()
-            runners.append(runner)
-        ids = {zone: linked_id(r) for zone, r in zip("ab", runners, strict=True)}
+    with two_zones(tmp_path) as (dispatcher, runners, ids):
         placed = dispatcher.api("POST", "/flows", json=flow)
         assert placed["placement"] == {"a": ids["a"], "d": ids["a"], "b": ids["b"]}
         dispatcher.api("POST", "/flows/fork/modules/a/inputs/in", json={"msgs": list(range(500))})
@@ -543,10 +542,6 @@ def test_a_port_wired_within_its_part_and_to_another_runner_feeds_both(
             timeout=30,
         )
         assert got.json()["flow"]["exits"] == ["a.out"]
-    finally:
-        for runner in runners:
-            runner.stop()
-        dispatcher.stop()
 
 
 def test_breakpoints_steps_and_logs_across_runners(tmp_path: Path) -> None:
@@ -561,18 +556,7 @@ def test_breakpoints_steps_and_logs_across_runners(tmp_path: Path) -> None:
         ],
         "wires": ["a.out -> b.in"],
     }  # fmt: skip
-    dispatcher = DispatcherProcess(tmp_path / "dispatcher")
-    dispatcher.start()
-    runners = []
-    try:
-        for zone in ("a", "b"):
-            runner = ServerProcess(
-                tmp_path / zone, "--dispatcher", dispatcher.url,
-                "--registration-token", dispatcher.token(), "--label", f"zone={zone}",
-            )  # fmt: skip
-            runner.start()
-            runners.append(runner)
-        ids = {zone: linked_id(r) for zone, r in zip("ab", runners, strict=True)}
+    with two_zones(tmp_path) as (dispatcher, _runners, ids):
         assert dispatcher.api("POST", "/flows", json=flow)["status"] == "placed"
         bp = dispatcher.api(
             "PUT", "/flows/dbg/modules/a/breakpoint", json={"condition": "msg == 2"}
@@ -612,10 +596,6 @@ def test_breakpoints_steps_and_logs_across_runners(tmp_path: Path) -> None:
         assert logs[:3] == ["a got 1", "a got 2", "a got 3"]
         runner_logs = dispatcher.api("GET", f"/runners/{ids['a']}/logs")
         assert {e["flow"] for e in runner_logs} == {"dbg"}
-    finally:
-        for runner in runners:
-            runner.stop()
-        dispatcher.stop()
 
 
 def _sized(flow_id: str, **placement: Any) -> dict[str, Any]:
