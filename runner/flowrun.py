@@ -371,24 +371,32 @@ class FlowRun:
         emits, instance.held_emits = instance.held_emits, []
         states, instance.held_states = instance.held_states, {}
         tick = self.debugger.tick
-        wires: list[tuple[str, str, RuntimeInstance, str, str, list[Any]]] = []
+        wires: list[tuple[str, str, RuntimeInstance, str, str, list[Any] | bytes, int]] = []
         outputs: list[tuple[str, str, list[Any]]] = []
-        for module, port, msgs in emits:
+        for module, port, msgs, n in emits:
+            targets = self._routes.get((module, port)) or [_SINK]
+            if isinstance(msgs, bytes) and (tick is not None or None in targets):
+                msgs = self._parse(module, port, msgs)  # looked at: exits, the debugger
+                n = len(msgs)
             if tick is not None:
                 tick.outputs[self.short(module)][port].extend(msgs)
-            targets = self._routes.get((module, port)) or [_SINK]
             for target in targets:
                 if target is None:
-                    outputs.append((module, port, msgs))
-                else:
-                    wires.append((module, port, *target, msgs))
-        ends = journal.commit(consumed, [(w[3], w[4], w[5]) for w in wires], states)
-        for (module, port, target, dst, dst_port, msgs), end in zip(wires, ends, strict=True):
-            self.wire_counts[(module, port, dst, dst_port)] += len(msgs)
+                    if msgs:
+                        outputs.append((module, port, msgs))  # type: ignore[arg-type]
+                elif n:
+                    wires.append((module, port, *target, msgs, n))
+        ends = journal.commit(consumed, [(w[3], w[4], w[5], w[6]) for w in wires], states)
+        for (module, port, target, dst, dst_port, msgs, n), end in zip(wires, ends, strict=True):
+            self.wire_counts[(module, port, dst, dst_port)] += n
             if self.watched and self.hub.has_subscribers:
-                self._publish_wire(module, port, dst, dst_port, msgs)
-            self._add_pending(len(msgs))
-            target.queues.enqueue(dst, dst_port, msgs, end=end)
+                shown = _shown(msgs) if isinstance(msgs, bytes) else msgs
+                self._publish_wire(module, port, dst, dst_port, shown)
+            self._add_pending(n)
+            if isinstance(msgs, bytes):
+                target.queues.enqueue(dst, dst_port, None, body=msgs, count=n, end=end)
+            else:
+                target.queues.enqueue(dst, dst_port, msgs, end=end)
             self._touched.add(target)
         instance.states.update(states)
         for module, port, msgs in outputs:

@@ -114,7 +114,8 @@ class RuntimeInstance:
         self.last_build: dict[str, Any] | None = None
         #: a journaled flow's: emits and states the host reported for deliveries not yet
         #: acknowledged; recorded and routed together at the ``done`` (runner/JOURNAL.md)
-        self.held_emits: list[tuple[str, str, list[Any]]] = []
+        #: (module, port, msgs or the raw JSON array bytes, their count)
+        self.held_emits: list[tuple[str, str, list[Any] | bytes, int]] = []
         self.held_states: dict[str, Any] = {}
 
     def statistics(self) -> dict[str, Any]:
@@ -412,15 +413,17 @@ class RuntimeInstance:
             for line in lines:
                 if not line:
                     continue
-                if raw and not journaled and line.startswith(RAW_EMIT):
-                    # The hot path: route the body as the bytes the host wrote. (A
-                    # journaled flow's emits are held for the done's record: parsed below.)
+                if raw and line.startswith(RAW_EMIT):
+                    # The hot path: route the body as the bytes the host wrote (a
+                    # journaled flow's are held, as bytes, for the done's record).
                     try:
                         module, port, n, body = split_emit(line)
                     except ProtocolError as exc:
                         self._log(None, "error", f"protocol error from {self.name}: {exc}")
                         raise _HostEnded(f"broken: {exc}") from None
-                    if n:
+                    if n and journaled:
+                        self.held_emits.append((module, port, body, n))
+                    elif n:
                         await flow.route(module, port, None, body=body, count=n)
                     continue
                 try:
@@ -438,7 +441,8 @@ class RuntimeInstance:
                     flow.kick()
                 if op == "emit":
                     if journaled:
-                        self.held_emits.append((frame["module"], frame["port"], frame["msgs"]))
+                        msgs = frame["msgs"]
+                        self.held_emits.append((frame["module"], frame["port"], msgs, len(msgs)))
                     else:
                         await flow.route(frame["module"], frame["port"], frame["msgs"])
                 elif op == "done":

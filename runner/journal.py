@@ -59,9 +59,18 @@ _RECORD = struct.Struct("<HII")
 FSYNC_POLICIES = ("always", "never")
 
 
-def _msgs(msgs: list[Any]) -> Any:
-    """The one place message lists become part of a record (opaque bytes could be
-    spliced here as ``orjson.Fragment``)."""
+def _msgs(msgs: list[Any] | bytes) -> Any:
+    """The one place message lists become part of a record: a list as it is, the raw
+    JSON array bytes of a ``raw`` host's emit (PROTOCOL.md section 10) spliced in as
+    they came (never parsed, never encoded again)."""
+    return orjson.Fragment(msgs) if isinstance(msgs, bytes) else msgs
+
+
+def _values(msgs: list[Any] | bytes) -> list[Any]:
+    """Messages as values (a raw body parsed: at replay, or to cut an entry)."""
+    if isinstance(msgs, bytes):
+        value = orjson.loads(msgs)
+        return value if isinstance(value, list) else []
     return msgs
 
 
@@ -87,14 +96,15 @@ def read_records(data: bytes | memoryview) -> tuple[list[dict[str, Any]], int]:
         body = view[offset + size : end]
         if zlib.crc32(body, zlib.crc32(length.to_bytes(4, "little"))) != crc:
             break
+        offset = end
         try:
             record = orjson.loads(body)
         except orjson.JSONDecodeError:
-            break
-        if not isinstance(record, dict):
-            break
-        records.append(record)
-        offset = end
+            # Intact (its checksum holds) but not JSON: a raw body a broken host wrote
+            # (spliced in unparsed). Skipped; what follows it is still read.
+            continue
+        if isinstance(record, dict):
+            records.append(record)
     return records, offset
 
 
@@ -103,16 +113,19 @@ class _Model:
 
     def __init__(self) -> None:
         self.states: dict[str, Any] = {}
-        #: module -> deque of [port, end, msgs] not wholly consumed, in order
+        #: module -> deque of [port, end, msgs, count] not wholly consumed, in order
+        #: (msgs: a list, or the raw JSON array bytes of a host's emit)
         self.streams: dict[str, deque[list[Any]]] = {}
         self.ends: dict[str, int] = {}
         self.consumed: dict[str, int] = {}
 
-    def add(self, qid: str, port: str, end: int, msgs: list[Any]) -> None:
+    def add(
+        self, qid: str, port: str, end: int, msgs: list[Any] | bytes, count: int | None = None
+    ) -> None:
         stream = self.streams.get(qid)
         if stream is None:
             stream = self.streams[qid] = deque()
-        stream.append([port, end, msgs])
+        stream.append([port, end, msgs, len(msgs) if count is None else count])
         if end > self.ends.get(qid, 0):
             self.ends[qid] = end
 
@@ -138,7 +151,10 @@ class _Model:
             self.states = dict(record["states"])
             self.ends = dict(record["ends"])
             self.consumed = dict(record["consumed"])
-            self.streams = {q: deque(entries) for q, entries in record["pending"].items()}
+            self.streams = {
+                q: deque([p, e, m, len(m)] for p, e, m in entries)
+                for q, entries in record["pending"].items()
+            }
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -146,7 +162,9 @@ class _Model:
             "states": self.states,
             "ends": self.ends,
             "consumed": self.consumed,
-            "pending": {q: [list(e) for e in s] for q, s in self.streams.items() if s},
+            "pending": {
+                q: [[p, e, _msgs(m)] for p, e, m, _ in s] for q, s in self.streams.items() if s
+            },
         }
 
     def pending(self) -> dict[str, list[tuple[str, int, list[Any]]]]:
@@ -156,8 +174,9 @@ class _Model:
         for qid, stream in self.streams.items():
             done = self.consumed.get(qid, 0)
             out = []
-            for port, end, msgs in stream:
-                start = end - len(msgs)
+            for port, end, body, count in stream:
+                msgs = _values(body)
+                start = end - count
                 if start < done:
                     msgs = msgs[done - start :]
                 if msgs:
@@ -340,7 +359,7 @@ class Journal:
     def commit(
         self,
         consumed: dict[str, int],
-        emits: Iterable[tuple[str, str, list[Any]]],
+        emits: Iterable[tuple[str, str, list[Any]] | tuple[str, str, bytes, int]],
         states: dict[str, Any],
     ) -> list[int]:
         """One host ``done`` (or states and emits reported outside of one): what it
@@ -351,9 +370,12 @@ class Journal:
         ends = []
         for qid, end in consumed.items():
             self.model.consume(qid, end)
-        for qid, port, msgs in emits:
-            end = self._next_end(qid, len(msgs))
-            self.model.add(qid, port, end, msgs)
+        for emit in emits:
+            # (module, port, msgs), or (module, port, raw JSON array bytes, their count)
+            qid, port, msgs = emit[0], emit[1], emit[2]
+            count = emit[3] if len(emit) > 3 else len(msgs)  # type: ignore[misc]
+            end = self._next_end(qid, count)
+            self.model.add(qid, port, end, msgs, count)
             entries.append([qid, port, end, _msgs(msgs)])
             ends.append(end)
         self.model.states.update(states)

@@ -361,3 +361,35 @@ async def test_an_inject_too_big_for_the_journal_is_refused_whole(tmp_path: Path
         await runner.inject("counter", "add", "in", _batch(0, 10))
         await runner.wait_idle("counter")
         assert runner.module_state("counter", "count") == {"last": 9, "count": 10}
+
+
+async def test_raw_bodies_are_journaled_as_they_came_and_a_broken_one_is_skipped(
+    tmp_path: Path,
+) -> None:
+    # A raw host's emit goes into the record as its bytes; at replay it is values again.
+    # A body that is not JSON (a host breaking the protocol) makes an intact record that
+    # does not parse: skipped, and the records after it are still read.
+    path = tmp_path / "f.log"
+    journal = Journal.open(path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        journal.accept("f/a", "in", [1, 2, 3])
+        assert journal.commit({"f/a": 3}, [("f/b", "in", b'[{"x":1},"y"]', 2)], {}) == [2]
+        journal.commit({}, [("f/b", "in", b"[not json", 1)], {})
+        journal.commit({}, [("f/c", "in", [7])], {"f/a": {"n": 3}})
+        await journal.durable()
+        nursery.cancel_scope.cancel()
+    journal.close()
+    data = path.read_bytes()
+    records, offset = read_records(data)
+    assert offset == len(data)
+    assert [r["k"] for r in records] == ["s", "i", "d", "d"]  # (the broken one left out)
+    assert records[2]["x"] == [["f/b", "in", 2, [{"x": 1}, "y"]]]
+    again = Journal.open(path)
+    try:
+        pending = again.model.pending()
+        assert pending["f/b"] == [("in", 2, [{"x": 1}, "y"])]
+        assert pending["f/c"] == [("in", 1, [7])]
+        assert again.model.states["f/a"] == {"n": 3}
+    finally:
+        again.close()
