@@ -143,9 +143,10 @@ class LogsParams:
 class Subscribe:
     flows: list[str] | None = None
     kinds: list[EventKind] | None = None
-    outputs: list[
-        Annotated[str, msgspec.Meta(pattern=r"^[^.]+\.[^.]+$", description="module.port")]
-    ] | None = None
+    outputs: (
+        list[Annotated[str, msgspec.Meta(pattern=r"^[^.]+\.[^.]+$", description="module.port")]]
+        | None
+    ) = None
 
 
 @attrs.frozen
@@ -204,26 +205,31 @@ class PutFlowQuery:
 
 @attrs.frozen
 class LogsQuery:
-    limit: Annotated[
-        int, msgspec.Meta(ge=1, le=MAX_LOGS, description="the most recent N lines")
-    ] | None = None
+    limit: (
+        Annotated[int, msgspec.Meta(ge=1, le=MAX_LOGS, description="the most recent N lines")]
+        | None
+    ) = None
 
 
 @attrs.frozen
 class EnvironmentsQuery:
-    runtime: Annotated[
-        str, msgspec.Meta(min_length=1, description="only this runtime's environments")
-    ] | None = None
+    runtime: (
+        Annotated[str, msgspec.Meta(min_length=1, description="only this runtime's environments")]
+        | None
+    ) = None
 
 
 @attrs.frozen
 class GcQuery:
-    maxIdle: Annotated[
-        int,
-        msgspec.Meta(
-            ge=0, description="seconds unused before removal (default: the runner's setting)"
-        ),
-    ] | None = None
+    maxIdle: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=0, description="seconds unused before removal (default: the runner's setting)"
+            ),
+        ]
+        | None
+    ) = None
 
 
 # ---------------------------------------------------------------------- answers

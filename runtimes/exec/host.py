@@ -92,7 +92,18 @@ class Frame:
 
 
 class Child:
-    __slots__ = ("buf_err", "buf_out", "err_tail", "inflight", "last_err", "mod", "pending", "proc", "since", "write_buf")
+    __slots__ = (
+        "buf_err",
+        "buf_out",
+        "err_tail",
+        "inflight",
+        "last_err",
+        "mod",
+        "pending",
+        "proc",
+        "since",
+        "write_buf",
+    )
 
     def __init__(self, mod, proc):
         self.mod = mod
@@ -108,9 +119,25 @@ class Child:
 
 
 class Module:
-    __slots__ = ("child", "command", "cwd", "env", "exits", "failed", "id", "last_exit", "policy", "restart_at", "restarts", "timeout", "waiting")
+    __slots__ = (
+        "child",
+        "command",
+        "cwd",
+        "env",
+        "exits",
+        "failed",
+        "id",
+        "last_exit",
+        "policy",
+        "restart_at",
+        "restarts",
+        "timeout",
+        "waiting",
+    )
 
-    def __init__(self, mid, command, cwd, env, timeout, policy=(CRASH_LIMIT, CRASH_PERIOD, BACKOFF_MAX)):
+    def __init__(
+        self, mid, command, cwd, env, timeout, policy=(CRASH_LIMIT, CRASH_PERIOD, BACKOFF_MAX)
+    ):
         self.id = mid
         self.command = command
         self.cwd = cwd
@@ -147,7 +174,11 @@ def _policy(spec):
         return float(value) if isinstance(value, (int, float)) and value >= 0 else default
 
     limit = spec.get("limit", CRASH_LIMIT)
-    limit = int(limit) if isinstance(limit, int) and limit > 0 else (None if limit is None else CRASH_LIMIT)
+    limit = (
+        int(limit)
+        if isinstance(limit, int) and limit > 0
+        else (None if limit is None else CRASH_LIMIT)
+    )
     return (limit, number("period", CRASH_PERIOD), number("backoffMax", BACKOFF_MAX))
 
 
@@ -185,7 +216,8 @@ class Host:
     def flush_emits(self):
         for (mid, port), msgs in self.emits.items():
             self.out.append(
-                dumps({"op": "emit", "module": mid, "port": port, "n": len(msgs), "msgs": msgs}) + b"\n"
+                dumps({"op": "emit", "module": mid, "port": port, "n": len(msgs), "msgs": msgs})
+                + b"\n"
             )
         self.emits = {}
 
@@ -285,10 +317,22 @@ class Host:
         if exited is not None:
             delay = mod.exited(time.monotonic())
             if delay is None:
-                self.give_up(mod, f"the module's process exited {len(mod.exits)} times within {mod.policy[1]:g} s; last: {exited}")
+                self.give_up(
+                    mod,
+                    f"the module's process exited {len(mod.exits)} times within {mod.policy[1]:g} s; last: {exited}",
+                )
                 return
         mod.restarts += 1
-        self.frame({"op": "restart", "module": mod.id, "restarts": mod.restarts, "reason": exited or "killed: no answer within its timeout", "delay": delay, **self.exit_fields(mod, exited)})
+        self.frame(
+            {
+                "op": "restart",
+                "module": mod.id,
+                "restarts": mod.restarts,
+                "reason": exited or "killed: no answer within its timeout",
+                "delay": delay,
+                **self.exit_fields(mod, exited),
+            }
+        )
         if delay > 0:
             mod.restart_at = time.monotonic() + delay
             return
@@ -319,7 +363,14 @@ class Host:
         mod.failed = reason
         mod.restart_at = None
         self.log(mod.id, "error", f"{reason}; not restarted")
-        self.frame({"op": "failed", "module": mod.id, "error": {"type": "CrashLoop", "message": reason, "traceback": ""}, **self.exit_fields(mod, True)})
+        self.frame(
+            {
+                "op": "failed",
+                "module": mod.id,
+                "error": {"type": "CrashLoop", "message": reason, "traceback": ""},
+                **self.exit_fields(mod, True),
+            }
+        )
         for msg, port, frame in mod.waiting:
             self.error(mod.id, port, msg, frame, "CrashLoop", reason)
             frame.outstanding -= 1
@@ -346,7 +397,14 @@ class Host:
             self.error(mod_id, port, msg, frame, "CrashLoop", mod.failed)
             return
         if mod is None or (mod.child is None and mod.restart_at is None):
-            self.error(mod_id, port, msg, frame, "UnknownModule", f"no module {mod_id!r} is loaded in this host")
+            self.error(
+                mod_id,
+                port,
+                msg,
+                frame,
+                "UnknownModule",
+                f"no module {mod_id!r} is loaded in this host",
+            )
             return
         frame.outstanding += 1
         self.backlog += 1
@@ -401,14 +459,23 @@ class Host:
         mod = child.mod
         for line in buf[:end].split(b"\n"):
             if not child.inflight:
-                self.log(mod.id, "warning", f"output line with no input waiting, ignored: {line[:200]!r}")
+                self.log(
+                    mod.id, "warning", f"output line with no input waiting, ignored: {line[:200]!r}"
+                )
                 continue
             msg, port, frame = child.inflight.popleft()
             child.since = time.monotonic()
             try:
                 value = loads(line)
             except DecodeError:
-                self.error(mod.id, port, msg, frame, "InvalidOutput", f"the module wrote a line that is not JSON: {line[:200]!r}")
+                self.error(
+                    mod.id,
+                    port,
+                    msg,
+                    frame,
+                    "InvalidOutput",
+                    f"the module wrote a line that is not JSON: {line[:200]!r}",
+                )
             else:
                 if value is not None:
                     self.route(mod.id, "out", value, frame)
@@ -444,11 +511,23 @@ class Host:
         self.drain_stderr(child)
         if child.buf_err:
             self.on_stderr(child, b"\n")
-        detail = f"exited with status {code}" + (f"; last stderr line: {child.last_err}" if child.last_err else "")
+        detail = f"exited with status {code}" + (
+            f"; last stderr line: {child.last_err}" if child.last_err else ""
+        )
         child.mod.last_exit = (code, "\n".join(child.err_tail)[-STDERR_TAIL_CHARS:])
         if child.inflight:
             msg, port, frame = child.inflight.popleft()
-            self.restart(child, (msg, port, frame, "ChildExited", f"the module's process {detail} while handling this input"), exited=detail)
+            self.restart(
+                child,
+                (
+                    msg,
+                    port,
+                    frame,
+                    "ChildExited",
+                    f"the module's process {detail} while handling this input",
+                ),
+                exited=detail,
+            )
         else:
             self.log(child.mod.id, "warning", f"the module's process {detail}; restarting it")
             self.restart(child, None, exited=detail)
@@ -477,7 +556,13 @@ class Host:
                 msg, port, frame = child.inflight.popleft()
                 self.restart(
                     child,
-                    (msg, port, frame, "Timeout", f"no answer within the module's timeout of {mod.timeout:g} s; process killed and restarted"),
+                    (
+                        msg,
+                        port,
+                        frame,
+                        "Timeout",
+                        f"no answer within the module's timeout of {mod.timeout:g} s; process killed and restarted",
+                    ),
                 )
                 continue
             nearest = left if nearest is None else min(nearest, left)
@@ -490,15 +575,46 @@ class Host:
         if not isinstance(mid, str):
             raise ProtocolViolation("'load' needs a string 'module'")
         command = f.get("command")
-        if not isinstance(command, list) or not command or not all(isinstance(c, str) for c in command):
-            self.frame({"op": "loaded", "module": mid, "error": {"type": "LoadError", "message": "exec modules need 'command': a non-empty list of strings", "traceback": ""}})
+        if (
+            not isinstance(command, list)
+            or not command
+            or not all(isinstance(c, str) for c in command)
+        ):
+            self.frame(
+                {
+                    "op": "loaded",
+                    "module": mid,
+                    "error": {
+                        "type": "LoadError",
+                        "message": "exec modules need 'command': a non-empty list of strings",
+                        "traceback": "",
+                    },
+                }
+            )
             return
         timeout = f.get("timeout")
-        mod = Module(mid, command, f.get("cwd"), f.get("env"), float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else 30.0, _policy(f.get("restart")))
+        mod = Module(
+            mid,
+            command,
+            f.get("cwd"),
+            f.get("env"),
+            float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else 30.0,
+            _policy(f.get("restart")),
+        )
         try:
             child = self.start_child(mod)
         except OSError as exc:
-            self.frame({"op": "loaded", "module": mid, "error": {"type": "LoadError", "message": f"cannot start {command[0]!r}: {exc.strerror or exc}", "traceback": ""}})
+            self.frame(
+                {
+                    "op": "loaded",
+                    "module": mid,
+                    "error": {
+                        "type": "LoadError",
+                        "message": f"cannot start {command[0]!r}: {exc.strerror or exc}",
+                        "traceback": "",
+                    },
+                }
+            )
             return
         old = self.modules.get(mid)
         self.modules[mid] = mod
@@ -518,8 +634,13 @@ class Host:
         mod = self.modules.pop(mid, None)
         if mod is not None:
             child = mod.child
-            for msg, port, frame in (*mod.waiting, *((*child.inflight, *child.pending) if child else ())):
-                self.error(mid, port, msg, frame, "UnknownModule", "module unloaded before answering")
+            for msg, port, frame in (
+                *mod.waiting,
+                *((*child.inflight, *child.pending) if child else ()),
+            ):
+                self.error(
+                    mid, port, msg, frame, "UnknownModule", "module unloaded before answering"
+                )
                 frame.outstanding -= 1
                 self.backlog -= 1
             mod.waiting.clear()
@@ -536,7 +657,10 @@ class Host:
             if not isinstance(ports, dict):
                 raise ProtocolViolation(f"'route' routes[{mid!r}] is not an object")
             table[mid] = {
-                port: ([(str(d[0]), str(d[1])) for d in (spec.get("local") or ())], bool(spec.get("external")))
+                port: (
+                    [(str(d[0]), str(d[1])) for d in (spec.get("local") or ())],
+                    bool(spec.get("external")),
+                )
                 for port, spec in ports.items()
                 if isinstance(spec, dict)
             }
@@ -544,8 +668,15 @@ class Host:
 
     def op_deliver(self, f):
         seq, mid, port, msgs = f.get("seq"), f.get("module"), f.get("port"), f.get("msgs")
-        if not isinstance(seq, int) or not isinstance(mid, str) or not isinstance(port, str) or not isinstance(msgs, list):
-            raise ProtocolViolation("'deliver' needs seq (integer), module, port (strings) and msgs (array)")
+        if (
+            not isinstance(seq, int)
+            or not isinstance(mid, str)
+            or not isinstance(port, str)
+            or not isinstance(msgs, list)
+        ):
+            raise ProtocolViolation(
+                "'deliver' needs seq (integer), module, port (strings) and msgs (array)"
+            )
         frame = Frame(seq, self.routes)
         self.frames.append(frame)
         for msg in msgs:
@@ -557,7 +688,9 @@ class Host:
         except DecodeError as exc:
             raise ProtocolViolation(f"line is not JSON ({exc}): {line[:200]!r}") from None
         if not isinstance(f, dict) or not isinstance(f.get("op"), str):
-            raise ProtocolViolation(f"frame is not a JSON object with a string 'op': {line[:200]!r}")
+            raise ProtocolViolation(
+                f"frame is not a JSON object with a string 'op': {line[:200]!r}"
+            )
         op = f["op"]
         if op == "deliver":
             self.op_deliver(f)
@@ -601,7 +734,19 @@ class Host:
                 self.handle_line(line)
 
     def serve(self):
-        self.write(dumps({"op": "hello", "protocol": PROTOCOL, "runtime": "exec", "version": VERSION, "pid": os.getpid(), "features": ["raw", "watchdog"]}) + b"\n")
+        self.write(
+            dumps(
+                {
+                    "op": "hello",
+                    "protocol": PROTOCOL,
+                    "runtime": "exec",
+                    "version": VERSION,
+                    "pid": os.getpid(),
+                    "features": ["raw", "watchdog"],
+                }
+            )
+            + b"\n"
+        )
         try:
             while True:
                 if self.stopping and self.backlog <= 0:
@@ -669,7 +814,6 @@ class Host:
             if mod.child is not None:
                 self.stop_child(mod.child, grace=1.0)
                 mod.child = None
-
 
 
 def watch_runner(interval=1.0):

@@ -614,7 +614,6 @@ class LoadProblem(Exception):
     pass
 
 
-
 def watch_runner(interval=1.0):
     """Exit when the runner that started this host is gone (PROTOCOL.md section 1): a
     killed runner never opens our FIFOs or reads them again, and a host blocked in

@@ -109,7 +109,9 @@ async def test_the_served_document_is_this_one() -> None:
         served_doc = await client.request("GET", "/openapi.json")
     assert served_doc["openapi"] == "3.1.0"
     assert served_doc["paths"].keys() == DOCUMENT["paths"].keys()
-    runtimes = served_doc["components"]["schemas"]["ModuleDocument"]["properties"]["runtime"]["enum"]
+    runtimes = served_doc["components"]["schemas"]["ModuleDocument"]["properties"]["runtime"][
+        "enum"
+    ]
     assert set(runtimes) >= {"python", "node", "exec"}
 
 

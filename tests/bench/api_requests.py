@@ -28,7 +28,9 @@ from ..api.helpers import ServerProcess
 FLOW = {
     "fifoflow": 1,
     "id": "sink",
-    "modules": [{"id": "m", "runtime": "python", "code": "def handle(msg, ctx):\n    return None\n"}],
+    "modules": [
+        {"id": "m", "runtime": "python", "code": "def handle(msg, ctx):\n    return None\n"}
+    ],
 }
 
 
@@ -104,7 +106,12 @@ def run(calls: int = 2000, rounds: int = 3) -> dict[str, dict[str, Any]]:
     figures = {}
     for name, vals in values.items():
         unit = "msg/s" if name == "api_http_inject_batch" else "calls/s"
-        figures[name] = {"unit": unit, "median": statistics.median(vals), "min": min(vals), "max": max(vals)}
+        figures[name] = {
+            "unit": unit,
+            "median": statistics.median(vals),
+            "min": min(vals),
+            "max": max(vals),
+        }
     base = figures["api_http_health"]["median"]
     for fig in figures.values():
         fig["ratio_to_http_health"] = fig["median"] / base
@@ -113,4 +120,6 @@ def run(calls: int = 2000, rounds: int = 3) -> dict[str, dict[str, Any]]:
 
 if __name__ == "__main__":
     for name, fig in run().items():
-        print(f"{name:<26} {fig['median']:>12,.0f} {fig['unit']:<8} {fig['ratio_to_http_health']:.2f}x health")
+        print(
+            f"{name:<26} {fig['median']:>12,.0f} {fig['unit']:<8} {fig['ratio_to_http_health']:.2f}x health"
+        )

@@ -68,7 +68,9 @@ def run(messages: int = 50_000) -> dict[str, float] | None:
             token = (dispatcher.state_dir / "token").read_text().strip()
             with (
                 httpx.Client(
-                    base_url=dispatcher.url, headers={"Authorization": f"Bearer {token}"}, timeout=60
+                    base_url=dispatcher.url,
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=60,
                 ) as client,
                 sync_playwright() as pw,
             ):
@@ -100,6 +102,4 @@ def print_report(result: dict[str, float] | None) -> None:
     if result is None:
         return
     print(f"  python module -> browser module: {result['server_to_browser_msg_s']:,.0f} msg/s")
-    print(
-        f"  python -> browser -> python:     {result['python_browser_python_msg_s']:,.0f} msg/s"
-    )
+    print(f"  python -> browser -> python:     {result['python_browser_python_msg_s']:,.0f} msg/s")

@@ -61,7 +61,9 @@ async def _load(flow: Any, n: int) -> dict[str, float]:
     async with open_runner(RunnerConfig()) as runner:
         await runner.add_or_update_flow(flow)
         await runner.start_flow(flow.id)
-        hosts = _tree([inst.process.pid for inst in runner.flow(flow.id).instances.values() if inst.process])
+        hosts = _tree(
+            [inst.process.pid for inst in runner.flow(flow.id).instances.values() if inst.process]
+        )
         idle_runner = me.memory_info().rss
         idle_hosts = sum(p.memory_info().rss for p in hosts)
         got = trio.Event()

@@ -35,7 +35,16 @@ def ensure_installed() -> Path:
     target.mkdir(parents=True, exist_ok=True)
     print(f"installing Node-RED {VERSION} into {target} (once; later runs reuse it)", flush=True)
     subprocess.run(
-        ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix", str(target), f"node-red@{VERSION}"],
+        [
+            "npm",
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+            "--prefix",
+            str(target),
+            f"node-red@{VERSION}",
+        ],
         check=True,
         stdout=sys.stderr,
     )
@@ -50,7 +59,14 @@ def run(messages: int, rounds: int) -> dict[str, Any]:
         return {"error": f"Node-RED {VERSION} could not be installed: {exc}"}
     with tempfile.TemporaryDirectory(prefix="ffbench-nodered-") as user_dir:
         done = subprocess.run(
-            ["node", str(HERE / "nodered_chain.js"), str(home), user_dir, str(messages), str(rounds)],
+            [
+                "node",
+                str(HERE / "nodered_chain.js"),
+                str(home),
+                user_dir,
+                str(messages),
+                str(rounds),
+            ],
             capture_output=True,
             text=True,
             timeout=600,

@@ -60,7 +60,9 @@ def _flow(mid: dict[str, Any], *, tap: bool = False) -> Any:
         "wires": ["first.out -> mid.in", "mid.out -> last.in"],
     }
     if tap:
-        doc["modules"].append({"id": "tap", "runtime": "node", "code": "exports.handle = () => null;\n"})
+        doc["modules"].append(
+            {"id": "tap", "runtime": "node", "code": "exports.handle = () => null;\n"}
+        )
         doc["wires"].append("first.out -> tap.in")
     return parse_flow(doc, base_dir=None, runtimes=RUNTIMES.keys())
 
@@ -180,7 +182,12 @@ async def _throughput(swaps: int, moves: bool, seconds: float, interval: float) 
 
         steady = await phase(False)
         during = await phase(True)
-    return {"steady_msg_s": steady, "storm_msg_s": during, "ratio": during / steady, "swaps_done": count}
+    return {
+        "steady_msg_s": steady,
+        "storm_msg_s": during,
+        "ratio": during / steady,
+        "swaps_done": count,
+    }
 
 
 def run(swaps: int = 100, quick: bool = False) -> dict[str, Any]:
@@ -201,16 +208,28 @@ def print_report(result: dict[str, Any]) -> None:
     lat = result["swap_latency"]
     s, t, a = lat["steady_ms"], lat["storm_ms"], lat["added_ms"]
     print()
-    print(f"hot swap: {lat['swaps']} swaps (code / rewiring, one per 20 ms) at {lat['rate_msg_s']:,.0f} msg/s "
-          f"(storm lasted {lat['storm_seconds']:.2f} s)")
-    print(f"  end-to-end latency steady   p50 {s['p50']:.2f} ms  p99 {s['p99']:.2f} ms  max {s['max']:.2f} ms")
-    print(f"  end-to-end latency storm    p50 {t['p50']:.2f} ms  p99 {t['p99']:.2f} ms  max {t['max']:.2f} ms")
+    print(
+        f"hot swap: {lat['swaps']} swaps (code / rewiring, one per 20 ms) at {lat['rate_msg_s']:,.0f} msg/s "
+        f"(storm lasted {lat['storm_seconds']:.2f} s)"
+    )
+    print(
+        f"  end-to-end latency steady   p50 {s['p50']:.2f} ms  p99 {s['p99']:.2f} ms  max {s['max']:.2f} ms"
+    )
+    print(
+        f"  end-to-end latency storm    p50 {t['p50']:.2f} ms  p99 {t['p99']:.2f} ms  max {t['max']:.2f} ms"
+    )
     met = "met" if a["p99"] <= 5 else "NOT met"
-    print(f"  added by swapping           p50 {a['p50']:.2f} ms  p99 {a['p99']:.2f} ms  max {a['max']:.2f} ms"
-          f"   target p99 <= 5 ms {met}")
+    print(
+        f"  added by swapping           p50 {a['p50']:.2f} ms  p99 {a['p99']:.2f} ms  max {a['max']:.2f} ms"
+        f"   target p99 <= 5 ms {met}"
+    )
     p, d = lat["paused_ms"], lat["duration_ms"]
-    print(f"  pause per swap              p50 {p['p50']:.2f} ms  p99 {p['p99']:.2f} ms  max {p['max']:.2f} ms")
-    print(f"  swap duration               p50 {d['p50']:.2f} ms  p99 {d['p99']:.2f} ms  max {d['max']:.2f} ms")
+    print(
+        f"  pause per swap              p50 {p['p50']:.2f} ms  p99 {p['p99']:.2f} ms  max {p['max']:.2f} ms"
+    )
+    print(
+        f"  swap duration               p50 {d['p50']:.2f} ms  p99 {d['p99']:.2f} ms  max {d['max']:.2f} ms"
+    )
     for name, label in (
         ("swap_throughput_code", "code swaps, 1 per 20 ms"),
         ("swap_throughput_moves", "runtime moves, 1 per 20 ms"),

@@ -29,6 +29,8 @@ def picture_path(name: str, tmp_path: Path) -> Path:
     folder = PICTURES if os.environ.get("FIFOFLOW_UPDATE_PICTURES") == "1" else tmp_path
     folder.mkdir(parents=True, exist_ok=True)
     return folder / name
+
+
 # Flags that keep Chromium off the closed network here (background services would try).
 ARGS = [
     "--no-sandbox",

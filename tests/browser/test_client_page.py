@@ -18,8 +18,10 @@ def test_the_module_core_runs_in_chromium(tmp_path: Path, page: Any) -> None:
     dispatcher.start()
     try:
         # Public files need no token; everything else still does.
-        assert httpx.get(dispatcher.url + "/client/core.mjs").headers["content-type"].startswith(
-            "text/javascript"
+        assert (
+            httpx.get(dispatcher.url + "/client/core.mjs")
+            .headers["content-type"]
+            .startswith("text/javascript")
         )
         assert httpx.get(dispatcher.url + "/flows").status_code == 401
         missing = httpx.get(dispatcher.url + "/client/nope.js")

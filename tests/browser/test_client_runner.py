@@ -72,7 +72,9 @@ def test_python_browser_python_round_trips_10000_messages_in_order(
     live_dispatcher: DispatcherProcess, page: Any
 ) -> None:
     d = live_dispatcher
-    wait_until("the local runner", lambda: [r for r in d.api("GET", "/runners") if r["status"] == "ready"])
+    wait_until(
+        "the local runner", lambda: [r for r in d.api("GET", "/runners") if r["status"] == "ready"]
+    )
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(d.url + "/client/")
@@ -86,7 +88,11 @@ def test_python_browser_python_round_trips_10000_messages_in_order(
     assert placed["placement"]["b"] == runner_id
     assert placed["placement"]["a"] == placed["placement"]["c"] != runner_id
     for start in range(0, 10_000, 1000):
-        d.api("POST", "/flows/trip/modules/a/inputs/in", json={"msgs": list(range(start, start + 1000))})
+        d.api(
+            "POST",
+            "/flows/trip/modules/a/inputs/in",
+            json={"msgs": list(range(start, start + 1000))},
+        )
     wait_until(
         "10,000 messages through the browser, in order",
         lambda: state_of(d, "c") == {"ok": True, "n": 10_000},
@@ -111,7 +117,9 @@ def test_a_wrong_token_is_refused(live_dispatcher: DispatcherProcess, page: Any)
 
 
 def _deploy(d: DispatcherProcess, page: Any, flow: dict[str, Any], page_id: str) -> str:
-    wait_until("the local runner", lambda: [r for r in d.api("GET", "/runners") if r["status"] == "ready"])
+    wait_until(
+        "the local runner", lambda: [r for r in d.api("GET", "/runners") if r["status"] == "ready"]
+    )
     page.goto(d.url + "/client/")
     runner_id = page.evaluate(CONNECT, [client_token(d), page_id])
     placed = d.api("POST", "/flows", json=flow)
@@ -126,9 +134,18 @@ def test_a_breakpoint_on_the_browser_module_pauses_the_flow_and_steps(
     runner_id = _deploy(d, page, FLOW, "page-bp")
     d.api("PUT", "/flows/trip/modules/b/breakpoint")
     d.api("POST", "/flows/trip/modules/a/inputs/in", json={"msgs": [0, 1, 2]})
-    paused = wait_until("the pause", lambda: [e for e in d.api("GET", "/events") if e["kind"] == "paused"])
-    assert (paused[0]["runner"], paused[0]["module"], paused[0]["msg"]) == (runner_id, "b", {"i": 0})
-    wait_until("every part paused", lambda: all(p["paused"] for p in d.api("GET", "/flows/trip/debug").values()))
+    paused = wait_until(
+        "the pause", lambda: [e for e in d.api("GET", "/events") if e["kind"] == "paused"]
+    )
+    assert (paused[0]["runner"], paused[0]["module"], paused[0]["msg"]) == (
+        runner_id,
+        "b",
+        {"i": 0},
+    )
+    wait_until(
+        "every part paused",
+        lambda: all(p["paused"] for p in d.api("GET", "/flows/trip/debug").values()),
+    )
     step = d.api("POST", "/flows/trip/step")
     assert step["trip/b"]["inputStates"]["consumed"] == {"port": "in", "msg": {"i": 0}}
     assert step["trip/b"]["outputStates"] == {"out": [{"i": 0, "seen": "browser"}]}
@@ -158,10 +175,7 @@ def test_a_hot_swap_of_the_browser_module_keeps_its_state(
     assert state_of(d, "b") == {"n": 200, "v": 2}  # the count went on: state kept
 
 
-GOT_ALL = (
-    "def handle(msg, ctx):\n"
-    "    ctx.state.setdefault('got', {})[str(msg['i'])] = 1\n"
-)
+GOT_ALL = "def handle(msg, ctx):\n    ctx.state.setdefault('got', {})[str(msg['i'])] = 1\n"
 
 
 def test_a_dropped_socket_reconnects_and_no_message_is_lost(
@@ -175,7 +189,9 @@ def test_a_dropped_socket_reconnects_and_no_message_is_lost(
     total = 3000
     d.api("POST", "/flows/trip/modules/a/inputs/in", json={"msgs": list(range(total))})
     page.evaluate("window.runner.drop()")
-    wait_until("the page to reconnect", lambda: page.evaluate("window.statuses").count("connected") >= 2)
+    wait_until(
+        "the page to reconnect", lambda: page.evaluate("window.statuses").count("connected") >= 2
+    )
     assert "reconnecting" in page.evaluate("window.statuses")
     wait_until(
         "every message past the browser module",
@@ -195,8 +211,10 @@ def test_closing_the_page_signs_its_runner_off(
     page.close()
     wait_until(
         "the page's runner to sign off",
-        lambda: next(r for r in d.api("GET", "/runners") if r["id"] == runner_id)["status"]
-        == "signed-off",
+        lambda: (
+            next(r for r in d.api("GET", "/runners") if r["id"] == runner_id)["status"]
+            == "signed-off"
+        ),
     )
     flow = wait_until("the flow to wait for a page", lambda: (
         (f := d.api("GET", "/flows/trip"))["status"] == "pending" and f
@@ -214,7 +232,9 @@ def test_the_demo_page_draws_what_python_and_node_compute(
     from ..conftest import REPO
 
     d = live_dispatcher
-    wait_until("the local runner", lambda: [r for r in d.api("GET", "/runners") if r["status"] == "ready"])
+    wait_until(
+        "the local runner", lambda: [r for r in d.api("GET", "/runners") if r["status"] == "ready"]
+    )
     env = {
         **os.environ,
         "FIFOFLOW_DISPATCHER_URL": d.url,
@@ -263,11 +283,15 @@ def test_a_page_carries_on_after_a_dispatcher_restart(
     d.start()
     wait_until(
         "the page's runner back, with the same identity",
-        lambda: next((r for r in d.api("GET", "/runners") if r["id"] == runner_id), {}).get("status")
-        == "ready",
+        lambda: (
+            next((r for r in d.api("GET", "/runners") if r["id"] == runner_id), {}).get("status")
+            == "ready"
+        ),
         timeout=60,
     )
-    wait_until("the flow placed", lambda: d.api("GET", "/flows/trip")["status"] == "placed", timeout=60)
+    wait_until(
+        "the flow placed", lambda: d.api("GET", "/flows/trip")["status"] == "placed", timeout=60
+    )
     d.api("POST", "/flows/trip/modules/a/inputs/in", json={"msgs": list(range(50, 100))})
     wait_until("50 more, in order", lambda: state_of(d, "c") == {"ok": True, "n": 100}, timeout=60)
     assert state_of(d, "b") == {"n": 100}  # the browser module's state came back

@@ -248,7 +248,9 @@ async def test_installing_from_the_real_registry(
         assert sink.msgs() == [expected]
 
 
-async def test_unused_environments_are_collected_by_the_runner(tmp_path: Path, offline: Path) -> None:
+async def test_unused_environments_are_collected_by_the_runner(
+    tmp_path: Path, offline: Path
+) -> None:
     config = RunnerConfig(env_dir=tmp_path / "envs", env_max_idle=0, env_gc_interval=0.05)
     async with open_runner(config) as runner:
         sub = runner.subscribe(kinds=["environment"])

@@ -44,7 +44,9 @@ async def test_a_checkpoint_that_cannot_write_one_flow_writes_the_others(
         doc = {
             "fifoflow": 1,
             "id": flow_id,
-            "modules": [{"id": "m", "runtime": "python", "code": "def handle(msg, ctx):\n    pass\n"}],
+            "modules": [
+                {"id": "m", "runtime": "python", "code": "def handle(msg, ctx):\n    pass\n"}
+            ],
         }
         return parse_flow(doc, base_dir=None, runtimes=["python"])
 

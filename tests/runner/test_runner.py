@@ -32,10 +32,33 @@ async def test_python_node_exec_chain() -> None:
     doc = {
         "id": "chain",
         "modules": [
-            module("greet", "python", "def handle(msg, ctx):\n    return {'text': ctx.config['greeting'] + ', ' + msg['name']}\n", config={"greeting": "Hello"}),
-            module("shout", "node", "exports.handle = (msg) => ({...msg, text: msg.text.toUpperCase()});\n"),
-            module("wrap", "exec", command=[sys.executable, "-u", "-c", "import sys, json\nfor line in sys.stdin:\n    print(json.dumps({'shell': json.loads(line)}), flush=True)\n"]),
-            module("tail", "python", "def handle(msg, ctx):\n    ctx.emit('audit', len(msg['shell']['text']))\n    return msg['shell']['text'] + '!'\n", outputs=["out", "audit"]),
+            module(
+                "greet",
+                "python",
+                "def handle(msg, ctx):\n    return {'text': ctx.config['greeting'] + ', ' + msg['name']}\n",
+                config={"greeting": "Hello"},
+            ),
+            module(
+                "shout",
+                "node",
+                "exports.handle = (msg) => ({...msg, text: msg.text.toUpperCase()});\n",
+            ),
+            module(
+                "wrap",
+                "exec",
+                command=[
+                    sys.executable,
+                    "-u",
+                    "-c",
+                    "import sys, json\nfor line in sys.stdin:\n    print(json.dumps({'shell': json.loads(line)}), flush=True)\n",
+                ],
+            ),
+            module(
+                "tail",
+                "python",
+                "def handle(msg, ctx):\n    ctx.emit('audit', len(msg['shell']['text']))\n    return msg['shell']['text'] + '!'\n",
+                outputs=["out", "audit"],
+            ),
         ],
         "wires": ["greet.out -> shout.in", "shout.out -> wrap.in", "wrap.out -> tail.in"],
     }
@@ -54,7 +77,11 @@ async def test_same_runtime_wires_keep_native_objects_and_order() -> None:
         "id": "native",
         "modules": [
             module("a", "python", "def handle(msg, ctx):\n    return (msg, 'tuple')\n"),
-            module("b", "python", "def handle(msg, ctx):\n    return type(msg).__name__ + ':' + str(msg[0])\n"),
+            module(
+                "b",
+                "python",
+                "def handle(msg, ctx):\n    return type(msg).__name__ + ':' + str(msg[0])\n",
+            ),
         ],
         "wires": ["a.out -> b.in"],
     }
@@ -68,7 +95,9 @@ async def test_same_runtime_wires_keep_native_objects_and_order() -> None:
 async def test_state_is_kept_across_stop_and_start() -> None:
     counter = "def handle(msg, ctx):\n    ctx.state['n'] = ctx.state.get('n', 0) + 1\n    return ctx.state['n']\n"
     async with open_runner() as runner:
-        sink = await start(runner, {"id": "count", "modules": [module("c", "python", counter)], "wires": []})
+        sink = await start(
+            runner, {"id": "count", "modules": [module("c", "python", counter)], "wires": []}
+        )
         await runner.inject("count", "c", "in", ["x"] * 3)
         await runner.wait_idle("count")
         assert runner.module_state("count", "c") == {"n": 3}
@@ -83,13 +112,21 @@ async def test_state_is_kept_across_stop_and_start() -> None:
 @pytest.mark.parametrize(
     ("runtime", "code"),
     [
-        ("python", "def handle(msg, ctx):\n    if msg % 3 == 0:\n        raise ValueError(f'bad {msg}')\n    return msg\n"),
-        ("node", "exports.handle = (msg) => { if (msg % 3 === 0) throw new Error('bad ' + msg); return msg; };\n"),
+        (
+            "python",
+            "def handle(msg, ctx):\n    if msg % 3 == 0:\n        raise ValueError(f'bad {msg}')\n    return msg\n",
+        ),
+        (
+            "node",
+            "exports.handle = (msg) => { if (msg % 3 === 0) throw new Error('bad ' + msg); return msg; };\n",
+        ),
     ],
 )
 async def test_user_errors_are_recorded_and_the_flow_goes_on(runtime: str, code: str) -> None:
     async with open_runner() as runner:
-        sink = await start(runner, {"id": "errs", "modules": [module("m", runtime, code)], "wires": []})
+        sink = await start(
+            runner, {"id": "errs", "modules": [module("m", runtime, code)], "wires": []}
+        )
         await runner.inject("errs", "m", "in", list(range(1, 10)))
         await runner.wait_idle("errs")
         assert sink.msgs() == [1, 2, 4, 5, 7, 8]
@@ -138,15 +175,23 @@ async def test_sigkill_mid_stream_redelivers_without_gaps(victim: str) -> None:
     assert len(backsteps) <= 1
     if backsteps:
         i = backsteps[0]
-        assert got[i:i + duplicates] == got[i - duplicates:i], "the replay is not the unacknowledged run"
-    print(f"SIGKILL: {in_flight} in flight, {mid.statistics()['redelivered']} redelivered, {duplicates} duplicates")
+        assert got[i : i + duplicates] == got[i - duplicates : i], (
+            "the replay is not the unacknowledged run"
+        )
+    print(
+        f"SIGKILL: {in_flight} in flight, {mid.statistics()['redelivered']} redelivered, {duplicates} duplicates"
+    )
 
 
 async def test_garbage_on_a_fifo_restarts_that_runtime_only() -> None:
     counter = "def handle(msg, ctx):\n    ctx.state['n'] = ctx.state.get('n', 0) + 1\n    return ctx.state['n']\n"
     async with open_runner() as runner:
-        victim = await start(runner, {"id": "victim", "modules": [module("c", "python", counter)], "wires": []})
-        other = await start(runner, {"id": "other", "modules": [module("o", "python", PY_ID)], "wires": []})
+        victim = await start(
+            runner, {"id": "victim", "modules": [module("c", "python", counter)], "wires": []}
+        )
+        other = await start(
+            runner, {"id": "other", "modules": [module("o", "python", PY_ID)], "wires": []}
+        )
         await runner.inject("victim", "c", "in", ["a", "b"])
         await runner.wait_idle("victim")
         instance = runner.flow("victim").instances["python"]
@@ -171,7 +216,9 @@ async def test_garbage_on_a_fifo_restarts_that_runtime_only() -> None:
 
 async def test_garbage_into_a_host_is_fatal_for_that_host_and_loses_nothing() -> None:
     async with open_runner() as runner:
-        sink = await start(runner, {"id": "g", "modules": [module("m", "node", NODE_ID)], "wires": []})
+        sink = await start(
+            runner, {"id": "g", "modules": [module("m", "node", NODE_ID)], "wires": []}
+        )
         instance = runner.flow("g").instances["node"]
         assert instance.process is not None
         sub = runner.subscribe(flows=["g"], kinds=["runtime"])
@@ -188,11 +235,19 @@ async def test_garbage_into_a_host_is_fatal_for_that_host_and_loses_nothing() ->
 @pytest.mark.parametrize(
     ("runtime", "code"),
     [
-        ("python", "import time\ndef handle(msg, ctx):\n    if msg == 'hang':\n        time.sleep(3600)\n    return msg\n"),
-        ("node", "exports.handle = (msg) => { if (msg === 'hang') { for (;;) {} } return msg; };\n"),
+        (
+            "python",
+            "import time\ndef handle(msg, ctx):\n    if msg == 'hang':\n        time.sleep(3600)\n    return msg\n",
+        ),
+        (
+            "node",
+            "exports.handle = (msg) => { if (msg === 'hang') { for (;;) {} } return msg; };\n",
+        ),
     ],
 )
-async def test_hanging_handler_is_reported_and_its_runtime_restarted(runtime: str, code: str) -> None:
+async def test_hanging_handler_is_reported_and_its_runtime_restarted(
+    runtime: str, code: str
+) -> None:
     doc = {"id": "hang", "modules": [module("m", runtime, code, timeout=0.5)], "wires": []}
     async with open_runner() as runner:
         sink = await start(runner, doc)
@@ -206,7 +261,14 @@ async def test_hanging_handler_is_reported_and_its_runtime_restarted(runtime: st
 
 
 async def test_a_module_that_fails_to_load_fails_start_with_its_name() -> None:
-    doc = {"id": "bad", "modules": [module("ok", "python", PY_ID), module("broken", "python", "def handle(msg, ctx)\n    return 1\n")], "wires": []}
+    doc = {
+        "id": "bad",
+        "modules": [
+            module("ok", "python", PY_ID),
+            module("broken", "python", "def handle(msg, ctx)\n    return 1\n"),
+        ],
+        "wires": [],
+    }
     async with open_runner() as runner:
         with pytest.raises(FlowLoadError) as info:
             await start(runner, doc)
@@ -217,17 +279,26 @@ async def test_a_module_that_fails_to_load_fails_start_with_its_name() -> None:
 
 async def test_backpressure_slows_the_producer_and_never_drops() -> None:
     slow = "import time\ndef handle(msg, ctx):\n    time.sleep(0.0005)\n    return msg\n"
-    doc = {"id": "slow", "modules": [module("fast", "node", NODE_ID), module("slow", "python", slow)], "wires": ["fast.out -> slow.in"]}
+    doc = {
+        "id": "slow",
+        "modules": [module("fast", "node", NODE_ID), module("slow", "python", slow)],
+        "wires": ["fast.out -> slow.in"],
+    }
     config = RunnerConfig(queue_capacity=200, window=200, frame_messages=50)
     async with open_runner(config) as runner:
         sink = await start(runner, doc)
-        fast_sink = await start(runner, {"id": "free", "modules": [module("f", "python", PY_ID)], "wires": []})
+        fast_sink = await start(
+            runner, {"id": "free", "modules": [module("f", "python", PY_ID)], "wires": []}
+        )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(runner.inject, "slow", "fast", "in", list(range(3000)))
             await sink.wait_for(100)
             # While "slow" is saturated, an unrelated flow still answers at once.
             run = runner.flow("slow")
-            assert run.instances["python"].statistics()["queued"] <= config.queue_capacity + config.frame_messages
+            assert (
+                run.instances["python"].statistics()["queued"]
+                <= config.queue_capacity + config.frame_messages
+            )
             with trio.fail_after(5):
                 await runner.inject("free", "f", "in", ["ping"])
                 await fast_sink.wait_for(1)
@@ -270,7 +341,9 @@ async def test_inject_errors_name_what_is_wrong() -> None:
 )
 async def test_async_handlers_init_and_captured_logs(runtime: str, code: str) -> None:
     async with open_runner() as runner:
-        sink = await start(runner, {"id": "async", "modules": [module("m", runtime, code)], "wires": []})
+        sink = await start(
+            runner, {"id": "async", "modules": [module("m", runtime, code)], "wires": []}
+        )
         await runner.inject("async", "m", "in", [1, 2, 3])
         await runner.wait_idle("async")
         assert sink.msgs() == [10, 20, 30]
@@ -284,7 +357,9 @@ async def test_a_crash_loop_fails_the_flow_and_says_why() -> None:
     config = RunnerConfig(crash_limit=3, crash_period=30)
     async with open_runner(config) as runner:
         await start(runner, {"id": "loop", "modules": [module("m", "python", poison)], "wires": []})
-        other = await start(runner, {"id": "calm", "modules": [module("c", "python", PY_ID)], "wires": []})
+        other = await start(
+            runner, {"id": "calm", "modules": [module("c", "python", PY_ID)], "wires": []}
+        )
         sub = runner.subscribe(flows=["loop"], kinds=["flow"])
         await runner.inject("loop", "m", "in", ["die"])
         event = await next_event(sub, "flow", status="failed")
@@ -303,13 +378,25 @@ async def test_the_runner_deadline_catches_a_host_without_a_watchdog(tmp_path: P
     runtime_dir = tmp_path / "python-nowatch"
     runtime_dir.mkdir()
     host = Path(RUNTIMES["python"].directory) / "host.py"
-    (runtime_dir / "manifest.json").write_bytes(orjson.dumps({
-        "id": "python-nowatch", "name": "python without watchdog", "version": "0", "protocol": 1,
-        "command": ["env", "FIFOFLOW_NO_WATCHDOG=1", "{python}", "-u", str(host)],
-    }))
+    (runtime_dir / "manifest.json").write_bytes(
+        orjson.dumps(
+            {
+                "id": "python-nowatch",
+                "name": "python without watchdog",
+                "version": "0",
+                "protocol": 1,
+                "command": ["env", "FIFOFLOW_NO_WATCHDOG=1", "{python}", "-u", str(host)],
+            }
+        )
+    )
     runtimes = discover(tmp_path)
     hang = "import time\ndef handle(msg, ctx):\n    if msg == 'hang':\n        time.sleep(3600)\n    return msg\n"
-    doc = {"fifoflow": 1, "id": "nowatch", "modules": [{"id": "m", "runtime": "python-nowatch", "code": hang, "timeout": 0.2}], "wires": []}
+    doc = {
+        "fifoflow": 1,
+        "id": "nowatch",
+        "modules": [{"id": "m", "runtime": "python-nowatch", "code": hang, "timeout": 0.2}],
+        "wires": [],
+    }
     flow = parse_flow(doc, base_dir=None, runtimes=runtimes.keys())
     async with open_runner(runtimes=runtimes) as runner:
         await runner.add_or_update_flow(flow)

@@ -18,9 +18,18 @@ def main() -> int:
     wfd = os.open(from_path, os.O_WRONLY)
 
     def send(*frames: dict) -> None:
-        os.write(wfd, b"".join(json.dumps(f, separators=(",", ":")).encode() + b"\n" for f in frames))
+        os.write(
+            wfd, b"".join(json.dumps(f, separators=(",", ":")).encode() + b"\n" for f in frames)
+        )
 
-    hello = {"op": "hello", "protocol": 1, "runtime": "broken", "version": "0", "pid": os.getpid(), "features": []}
+    hello = {
+        "op": "hello",
+        "protocol": 1,
+        "runtime": "broken",
+        "version": "0",
+        "pid": os.getpid(),
+        "features": [],
+    }
     if breakage == "no-protocol":
         del hello["protocol"]
     if breakage == "raw-msgs-first":
@@ -39,9 +48,20 @@ def main() -> int:
             if op == "load":
                 send({"op": "loaded", "module": frame["module"]})
             elif op == "deliver":
-                emit = {"op": "emit", "module": frame["module"], "port": "out", "msgs": frame["msgs"]}
+                emit = {
+                    "op": "emit",
+                    "module": frame["module"],
+                    "port": "out",
+                    "msgs": frame["msgs"],
+                }
                 if breakage == "raw-msgs-first":
-                    emit = {"op": "emit", "msgs": frame["msgs"], "module": frame["module"], "port": "out", "n": len(frame["msgs"])}
+                    emit = {
+                        "op": "emit",
+                        "msgs": frame["msgs"],
+                        "module": frame["module"],
+                        "port": "out",
+                        "n": len(frame["msgs"]),
+                    }
                 done = {"op": "done", "seq": frame["seq"]}
                 send(done, emit) if breakage == "done-first" else send(emit, done)
             elif op == "shutdown":

@@ -28,7 +28,9 @@ def test_builtin_host_passes_the_kit(runtime: str) -> None:
 
 def test_kit_names_the_rule_a_host_breaks_by_acknowledging_first() -> None:
     lines: list[str] = []
-    results = run_checks([sys.executable, str(BROKEN), "done-first"], "python", timeout=2, out=lines.append)
+    results = run_checks(
+        [sys.executable, str(BROKEN), "done-first"], "python", timeout=2, out=lines.append
+    )
     failed = {r.name: r.detail for r in results if r.status == "fail"}
     assert "deliver_emit_done" in failed
     assert "emits before done" in failed["deliver_emit_done"]
@@ -36,7 +38,9 @@ def test_kit_names_the_rule_a_host_breaks_by_acknowledging_first() -> None:
 
 
 def test_kit_names_the_rule_a_raw_host_breaks_by_writing_msgs_first() -> None:
-    results = run_checks([sys.executable, str(BROKEN), "raw-msgs-first"], "python", timeout=2, out=lambda _: None)
+    results = run_checks(
+        [sys.executable, str(BROKEN), "raw-msgs-first"], "python", timeout=2, out=lambda _: None
+    )
     failed = {r.name: r.detail for r in results if r.status == "fail"}
     assert "raw_emit" in failed
     assert "msgs last" in failed["raw_emit"]
@@ -46,7 +50,19 @@ def test_kit_names_the_rule_a_raw_host_breaks_by_writing_msgs_first() -> None:
 
 def test_kit_fails_a_host_whose_hello_lacks_the_protocol_version() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "fifoflow.runtimes.conformance", "--lang", "python", "--timeout", "2", "--", sys.executable, str(BROKEN), "no-protocol"],
+        [
+            sys.executable,
+            "-m",
+            "fifoflow.runtimes.conformance",
+            "--lang",
+            "python",
+            "--timeout",
+            "2",
+            "--",
+            sys.executable,
+            str(BROKEN),
+            "no-protocol",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -57,7 +73,10 @@ def test_kit_fails_a_host_whose_hello_lacks_the_protocol_version() -> None:
 
 def test_kit_refuses_an_unknown_runtime_with_usage_status() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "fifoflow.runtimes.conformance", "--runtime", "cobol"], capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "fifoflow.runtimes.conformance", "--runtime", "cobol"],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2
     assert "unknown runtime 'cobol'" in result.stderr
