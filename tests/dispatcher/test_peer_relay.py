@@ -13,6 +13,7 @@ import re
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -27,6 +28,7 @@ from ..api.helpers import ServerProcess
 from .test_dispatcher import DispatcherProcess, linked_id, wait_until
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
 #: c checks the order of what reaches it: a message may come again (at least once), but
@@ -73,6 +75,25 @@ def start_zoned(
     return runner
 
 
+@contextmanager
+def linked(
+    tmp_path: Path, *specs: tuple[str, ...]
+) -> Iterator[tuple[DispatcherProcess, list[ServerProcess]]]:
+    """A dispatcher and one linked runner per spec ``(name, zone, *extra args)``, in
+    that order; all stopped after."""
+    dispatcher = DispatcherProcess(tmp_path / "dispatcher")
+    dispatcher.start()
+    runners: list[ServerProcess] = []
+    try:
+        for name, zone, *extra in specs:
+            runners.append(start_zoned(tmp_path, name, zone, dispatcher, *extra))
+        yield dispatcher, runners
+    finally:
+        for runner in runners:
+            runner.stop()
+        dispatcher.stop()
+
+
 def cross_wires(dispatcher: DispatcherProcess, flow_id: str) -> dict[str, dict[str, Any]]:
     stats = dispatcher.api("GET", f"/flows/{flow_id}/stats")
     return {w["wire"]: w for w in stats["wires"] if w["via"] == "relay"}
@@ -107,11 +128,7 @@ def stream(
 
 
 def test_a_flow_across_two_runners_goes_from_runner_to_runner_in_order(tmp_path: Path) -> None:
-    dispatcher = DispatcherProcess(tmp_path / "dispatcher")
-    dispatcher.start()
-    runners = []
-    try:
-        runners = [start_zoned(tmp_path, z, z, dispatcher) for z in "ab"]
+    with linked(tmp_path, ("a", "a"), ("b", "b")) as (dispatcher, runners):
         ids = {z: linked_id(r) for z, r in zip("ab", runners, strict=True)}
         placed = dispatcher.api("POST", "/flows", json=span_flow("span"))
         assert placed["placement"] == {"a": ids["a"], "b": ids["b"], "c": ids["a"]}
@@ -131,22 +148,14 @@ def test_a_flow_across_two_runners_goes_from_runner_to_runner_in_order(tmp_path:
         for wire in ("a.out->b.in", "b.out->c.in"):
             assert wires[wire]["dispatcher"] == 0, wires
             assert wires[wire]["direct"] == 12_000, wires
-    finally:
-        for runner in runners:
-            runner.stop()
-        dispatcher.stop()
 
 
 def test_an_unreachable_peer_endpoint_falls_back_to_the_dispatcher(tmp_path: Path) -> None:
-    dispatcher = DispatcherProcess(tmp_path / "dispatcher")
-    dispatcher.start()
-    runners = []
-    try:
-        # Runner b says an endpoint nobody listens on (port 1): a's sends to it fail.
-        runners = [
-            start_zoned(tmp_path, "a", "a", dispatcher),
-            start_zoned(tmp_path, "b", "b", dispatcher, "--peer-url", "ws://127.0.0.1:1/peer"),
-        ]
+    # Runner b says an endpoint nobody listens on (port 1): a's sends to it fail.
+    with linked(tmp_path, ("a", "a"), ("b", "b", "--peer-url", "ws://127.0.0.1:1/peer")) as (
+        dispatcher,
+        runners,
+    ):
         for r in runners:
             linked_id(r)
         dispatcher.api("POST", "/flows", json=span_flow("fall"))
@@ -168,10 +177,6 @@ def test_an_unreachable_peer_endpoint_falls_back_to_the_dispatcher(tmp_path: Pat
         assert wires["a.out->b.in"]["dispatcher"] >= 10_000, wires
         assert wires["b.out->c.in"]["direct"] == 10_000, wires
         assert wires["b.out->c.in"]["dispatcher"] == 0, wires
-    finally:
-        for runner in runners:
-            runner.stop()
-        dispatcher.stop()
 
 
 def test_sigkill_of_the_receiving_runner_mid_stream(tmp_path: Path) -> None:
@@ -180,16 +185,8 @@ def test_sigkill_of_the_receiving_runner_mid_stream(tmp_path: Path) -> None:
     there. Order holds on every wire (no message before an earlier one); the stream
     goes on to its end. What the killed runner had accepted and not passed on is lost
     with it (at least once holds per runner, as with the dispatcher relay)."""
-    dispatcher = DispatcherProcess(tmp_path / "dispatcher")
-    dispatcher.start()
-    runners: list[ServerProcess] = []
     total, batch = 30_000, 500
-    try:
-        runners = [
-            start_zoned(tmp_path, "a", "a", dispatcher),
-            start_zoned(tmp_path, "b1", "b", dispatcher),
-            start_zoned(tmp_path, "b2", "b", dispatcher),
-        ]
+    with linked(tmp_path, ("a", "a"), ("b1", "b"), ("b2", "b")) as (dispatcher, runners):
         ids = [linked_id(r) for r in runners]
         placed = dispatcher.api("POST", "/flows", json=span_flow("kill"))
         holder = placed["placement"]["b"]
@@ -230,10 +227,6 @@ def test_sigkill_of_the_receiving_runner_mid_stream(tmp_path: Path) -> None:
         wires = cross_wires(dispatcher, "kill")
         assert wires["a.out->b.in"]["direct"] > 0, wires
         assert wires["b.out->c.in"]["direct"] > 0, wires
-    finally:
-        for runner in runners:
-            runner.stop()
-        dispatcher.stop()
 
 
 def _peer_url(runner: ServerProcess) -> str:
@@ -246,11 +239,7 @@ def _peer_url(runner: ServerProcess) -> str:
 
 @pytest.mark.trio
 async def test_the_peer_endpoint_refuses_bad_input(tmp_path: Path) -> None:
-    dispatcher = DispatcherProcess(tmp_path / "dispatcher")
-    dispatcher.start()
-    runners: list[ServerProcess] = []
-    try:
-        runners = [start_zoned(tmp_path, z, z, dispatcher) for z in "ab"]
+    with linked(tmp_path, ("a", "a"), ("b", "b")) as (dispatcher, runners):
         ids = {z: linked_id(r) for z, r in zip("ab", runners, strict=True)}
         dispatcher.api("POST", "/flows", json=span_flow("bad"))
         url = _peer_url(runners[0])  # runner a holds c
@@ -293,25 +282,13 @@ async def test_the_peer_endpoint_refuses_bad_input(tmp_path: Path) -> None:
             assert "'b'" in elsewhere["why"], elsewhere
         # Nothing reached c.
         assert c_state(dispatcher, "bad") == {}
-    finally:
-        for runner in runners:
-            runner.stop()
-        dispatcher.stop()
 
 
 def test_draining_the_receiving_runner_under_load_loses_nothing(tmp_path: Path) -> None:
     """b's runner is drained while messages stream: what waited in it is handed over,
     what the sender held goes to the new place; every message arrives, in order."""
-    dispatcher = DispatcherProcess(tmp_path / "dispatcher")
-    dispatcher.start()
-    runners: list[ServerProcess] = []
     total, batch = 20_000, 500
-    try:
-        runners = [
-            start_zoned(tmp_path, "a", "a", dispatcher),
-            start_zoned(tmp_path, "b1", "b", dispatcher),
-            start_zoned(tmp_path, "b2", "b", dispatcher),
-        ]
+    with linked(tmp_path, ("a", "a"), ("b1", "b"), ("b2", "b")) as (dispatcher, runners):
         ids = [linked_id(r) for r in runners]
         placed = dispatcher.api("POST", "/flows", json=span_flow("drain"))
         holder = placed["placement"]["b"]
@@ -334,7 +311,3 @@ def test_draining_the_receiving_runner_under_load_loses_nothing(tmp_path: Path) 
             timeout=60,
         )
         assert (state["ok"], state["gaps"], state["n"]) == (True, 0, total)
-    finally:
-        for runner in runners:
-            runner.stop()
-        dispatcher.stop()
