@@ -249,6 +249,15 @@ class RuntimeInstance:
         # What the gone host reported without a ``done`` is made again by the redelivery.
         self.held_emits.clear()
         self.held_states.clear()
+        for d, problem in self.queues.drop_unreadable():
+            self.flow.settle(d.count)
+            error = {
+                "type": "InvalidMessage",
+                "message": f"{d.count} message(s) for port {d.port!r} were dropped: {problem};"
+                " the module that emitted them broke the raw layout (PROTOCOL.md section 10)",
+                "traceback": "",
+            }
+            self.flow.record_error(d.module, d.port, None, error, runtime=self.manifest.id)
         if self.queues.requeue_unacked():
             self._acked.set()  # a drain() waiting on the old host learns it is gone
             self._acked = trio.Event()

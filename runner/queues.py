@@ -394,6 +394,28 @@ class DeliveryQueues:
     def oldest_in_flight(self) -> Delivery | None:
         return self._unacked[0] if self._unacked else None
 
+    def drop_unreadable(self) -> list[tuple[Delivery, str]]:
+        """The host is gone: take out of the window every raw delivery whose body is not
+        a JSON array of its count (a host that broke the ``raw`` rules, section 10), with
+        what is wrong with it. Delivered again, it would end the next host too: a crash
+        loop made by another module. Parses the window's raw bodies: only after a host
+        ended, never on the way."""
+        dropped = []
+        for d in self._unacked:
+            if d.body is None or d.parsed:
+                continue
+            try:
+                msgs = orjson.loads(d.body)
+            except orjson.JSONDecodeError as exc:
+                dropped.append((d, f"the body is not JSON ({exc})"))
+                continue
+            if not isinstance(msgs, list) or len(msgs) != d.count:
+                dropped.append((d, f"the body is not a JSON array of {d.count} messages"))
+        for d, _ in dropped:
+            self._unacked.remove(d)
+            self.unacked_msgs -= d.count
+        return dropped
+
     def requeue_unacked(self) -> int:
         """The host is gone: put the window back in front of the queues, in order, to be
         numbered again when taken; the number of deliveries put back."""

@@ -645,6 +645,29 @@ class Kit:
         if code != 3:
             raise CheckFailed(f"after fatal the host must exit with status 3, got {code}")
 
+    def check_garbage_after_a_delivery(self, host: HostUnderTest) -> None:
+        """A protocol error in the same write as a delivery: the host may handle the
+        delivery before it gives up, but it must never acknowledge it without its emits
+        (the runner would not deliver it again: a message lost)."""
+        self.load(host, "echo")
+        host.send(
+            {"op": "deliver", "seq": 1, "module": "t/echo", "port": "in", "msgs": [7]},
+            b"this is not json\n",
+        )
+        _, before = host.expect(lambda f: f["op"] == "fatal", "fatal")
+        emitted = False
+        for f in before:
+            if f["op"] == "emit" and f.get("module") == "t/echo" and 7 in f.get("msgs", ()):
+                emitted = True
+            if f["op"] == "done" and f.get("seq", 0) >= 1 and not emitted:
+                raise CheckFailed(
+                    "the host acknowledged a delivery it did not handle (a done without its"
+                    " emits) before a protocol error in the same write"
+                )
+        code = host.wait_exit()
+        if code != 3:
+            raise CheckFailed(f"after fatal the host must exit with status 3, got {code}")
+
     def check_raw_emit(self, host: HostUnderTest) -> None:
         """PROTOCOL.md section 10: a host listing ``raw`` writes every ``emit`` as
         ``{"op":"emit",...,"n":N,"msgs":[...]}``: ``msgs`` last, ``n`` its length, so a
@@ -736,6 +759,7 @@ class Kit:
                 "check_ping",
                 "check_unknown_op",
                 "check_garbage_is_fatal",
+                "check_garbage_after_a_delivery",
                 "check_shutdown",
             )
         ]

@@ -85,7 +85,8 @@ export class ModuleHost {
     this.routes = new Map();
     this.frames = [];
     this.ran = new Set();
-    this.lastSeq = null;
+    this.lastSeq = null; // the highest seq handled, with all it caused: the next done
+    this.queuedSeq = null; // the highest seq taken in, not yet handled
     this.work = [];
     this.head = 0;
     this.modCount = 0;
@@ -99,7 +100,7 @@ export class ModuleHost {
       throw new ProtocolViolation("'deliver' needs seq (integer), module, port (strings) and msgs (array)");
     }
     this.work.push([module, port, msgs, seq, true]);
-    this.lastSeq = seq;
+    this.queuedSeq = seq;
   }
 
   setRoutes(frame) {
@@ -231,6 +232,12 @@ export class ModuleHost {
     }
     work.length = 0;
     this.head = 0;
+    // Only now is every delivery taken in handled: a host that ends before (a protocol
+    // error in a later line of the same chunk) must not acknowledge what it never ran.
+    if (this.queuedSeq !== null) {
+      this.lastSeq = this.queuedSeq;
+      this.queuedSeq = null;
+    }
     return undefined;
   }
 

@@ -260,3 +260,50 @@ class _Sink:
 
     async def __call__(self, module: str, port: str, msgs: list[object]) -> None:
         self.msgs.extend(msgs)
+
+
+@pytest.mark.parametrize("receiver", ["python", "node"])
+async def test_a_body_that_is_not_json_is_dropped_with_an_error_not_redelivered_forever(
+    tmp_path: Path, receiver: str
+) -> None:
+    """A raw host that writes a body that is not JSON: the runner routes it unparsed, the
+    receiving host cannot read the deliver and ends. Before it is started again, the
+    runner reads the bodies it would deliver again: the broken one is dropped with an
+    error of its module (no crash loop), every other message arrives."""
+    runtimes = _broken_runtime(tmp_path, "raw-bad-body")
+    echo = (
+        "def handle(msg, ctx):\n    return msg\n"
+        if receiver == "python"
+        else "exports.handle = (msg) => msg;\n"
+    )
+    doc = {
+        "fifoflow": 1,
+        "id": "bad",
+        "modules": [
+            {"id": "a", "runtime": "broken-raw-bad-body", "code": "echo"},
+            {"id": "b", "runtime": receiver, "code": echo},
+        ],
+        "wires": ["a.out -> b.in"],
+    }
+    flow = parse_flow(doc, base_dir=None, runtimes=runtimes.keys())
+    async with open_runner(runtimes=runtimes) as runner:
+        await runner.add_or_update_flow(flow)
+        sink = _Sink()
+        runner.set_output_sink("bad", sink)
+        await runner.start_flow("bad")
+        sub = runner.subscribe(flows=["bad"], kinds=["runtime"])
+        for msg in ("x", "poison", "y"):
+            await runner.inject("bad", "a", "in", [msg])
+        with trio.fail_after(20):
+            await runner.wait_idle("bad")
+        await next_event(sub, "runtime", event="ready")
+        for msg in ("z",):
+            await runner.inject("bad", "a", "in", [msg])
+        with trio.fail_after(20):
+            await runner.wait_idle("bad")
+        assert sorted(sink.msgs) == ["x", "y", "z"]
+        [error] = runner.module_errors("bad", "b")
+        assert error["error"]["type"] == "InvalidMessage"
+        assert "not JSON" in error["error"]["message"]
+        assert runner.flow("bad").instances[receiver].restarts == 1
+        assert runner.flow("bad").status.value == "running"

@@ -4,7 +4,9 @@
 
 BREAKAGE: ``done-first`` acknowledges a delivery before writing its emits;
 ``no-protocol`` says hello without the protocol field; ``raw-msgs-first`` lists the
-``raw`` feature but writes ``msgs`` before the other fields of an emit.
+``raw`` feature but writes ``msgs`` before the other fields of an emit;
+``raw-bad-body`` lists ``raw`` and, for a delivery holding the message ``"poison"``,
+writes an emit in the raw layout whose body is not JSON.
 """
 
 import json
@@ -32,7 +34,7 @@ def main() -> int:
     }
     if breakage == "no-protocol":
         del hello["protocol"]
-    if breakage == "raw-msgs-first":
+    if breakage in ("raw-msgs-first", "raw-bad-body"):
         hello["features"] = ["raw"]
     send(hello)
     buf = b""
@@ -54,6 +56,9 @@ def main() -> int:
                     "port": "out",
                     "msgs": frame["msgs"],
                 }
+                if breakage == "raw-bad-body":  # the good ones in the raw layout
+                    emit = {"op": "emit", "module": frame["module"], "port": "out"}
+                    emit.update(n=len(frame["msgs"]), msgs=frame["msgs"])
                 if breakage == "raw-msgs-first":
                     emit = {
                         "op": "emit",
@@ -63,6 +68,11 @@ def main() -> int:
                         "n": len(frame["msgs"]),
                     }
                 done = {"op": "done", "seq": frame["seq"]}
+                if breakage == "raw-bad-body" and "poison" in frame["msgs"]:
+                    head = f'{{"op":"emit","module":"{frame["module"]}","port":"out","n":1,'
+                    os.write(wfd, head.encode() + b'"msgs":[1,,2]}\n')
+                    send(done)
+                    continue
                 send(done, emit) if breakage == "done-first" else send(emit, done)
             elif op == "shutdown":
                 send({"op": "bye"})
