@@ -30,6 +30,11 @@ from collections import deque
 PROTOCOL = 1
 VERSION = "1.0.0"
 READ_SIZE = 1 << 20
+#: messages handed over by ``deliver`` frames after which the host handles them and
+#: writes what they produced (with their ``done``) before it reads on through what it
+#: read: a read of many frames is then a pipeline, not one batch (the runner routes the
+#: first frames' outputs and refills the window while the host works on the rest)
+FLUSH_MESSAGES = 1000
 MAX_LINE = 64 * 1024 * 1024
 
 try:
@@ -153,6 +158,8 @@ class Host:
         self.last_seq = None
         self.ran = set()
         self.work = deque()
+        #: messages of the deliver frames read since the last flush
+        self.unflushed = 0
 
     # ------------------------------------------------------------------ output
 
@@ -189,6 +196,7 @@ class Host:
                     b'{"op":"state","module":' + dumps(mod.id) + b',"state":' + data + b"}\n"
                 )
         self.ran = set()
+        self.unflushed = 0
         if self.last_seq is not None:
             frames.append(b'{"op":"done","seq":%d}\n' % self.last_seq)
             self.last_seq = None
@@ -355,6 +363,7 @@ class Host:
             )
         self.work.append((mid, port, msgs, seq, True))
         self.last_seq = seq
+        self.unflushed += len(msgs)
 
     def op_load(self, f):
         mid = f.get("module")
@@ -549,6 +558,9 @@ class Host:
                     if line and not self.handle_line(line):
                         self.stop()
                         return 0
+                    if self.unflushed >= FLUSH_MESSAGES:
+                        self.drain()
+                        self.flush()
                 self.drain()
             except ProtocolViolation as exc:
                 return self.fatal(str(exc))
