@@ -96,3 +96,57 @@ async def test_host_handles_small_frames_of_one_read_as_one_batch(runtime: str) 
     got = await _answers(runtime, 5, 10)
     assert got[-1] == ("done", 5)
     assert [d for d in got if d[0] == "done"] == [("done", 5)]
+
+
+HANG_AT_THIRD = (
+    "import time\n"
+    "def handle(msg, ctx):\n"
+    "    if msg == 'hang':\n"
+    "        time.sleep(60)\n"
+    "    if msg == 'raise':\n"
+    "        raise ValueError(msg)\n"
+    "    return msg\n"
+)
+
+
+async def _until(proc: Any, op: str) -> list[dict[str, Any]]:
+    frames: list[dict[str, Any]] = []
+    with trio.fail_after(10):
+        while not frames or frames[-1]["op"] != op:
+            lines = await proc.receive_lines()
+            assert lines is not None, "the host went away"
+            frames.extend(orjson.loads(line) for line in lines)
+    return frames
+
+
+async def test_python_host_names_the_message_it_is_stuck_on_or_failed_on() -> None:
+    # the watchdog reads the position of the message being handled from the loop's
+    # iterator: errors and the hung report name the right message and index
+    manifest = discover()["python"]
+    async with spawn_runtime(manifest.argv(), name="batching-hang", on_log=lambda *_: None) as proc:
+        load = {
+            "op": "load",
+            "module": "f/h",
+            "code": HANG_AT_THIRD,
+            "filename": "h",
+            "config": {},
+            "state": None,
+            "timeout": 0.3,
+        }
+        route = {"op": "route", "routes": {"f/h": {"out": {"local": [], "external": True}}}}
+        await proc.send(orjson.dumps(load) + b"\n" + orjson.dumps(route) + b"\n")
+        assert (await _until(proc, "loaded"))[-1] == {"op": "loaded", "module": "f/h"}
+
+        def deliver(seq: int, msgs: list[Any]) -> bytes:
+            frame = {"op": "deliver", "seq": seq, "module": "f/h", "port": "in", "msgs": msgs}
+            return orjson.dumps(frame) + b"\n"
+
+        await proc.send(deliver(6, ["a", "raise", "b", "raise"]))
+        frames = await _until(proc, "done")
+        errors = [(f["msg"], f["seq"], f["error"]["type"]) for f in frames if f["op"] == "error"]
+        assert errors == [("raise", 6, "ValueError")] * 2
+        assert [m for f in frames if f["op"] == "emit" for m in f["msgs"]] == ["a", "b"]
+
+        await proc.send(deliver(7, ["a", "raise", "b", "c", "hang", "d"]))
+        hung = (await _until(proc, "hung"))[-1]
+    assert (hung["module"], hung["seq"], hung["index"], hung["msg"]) == ("f/h", 7, 4, "hang")
