@@ -70,15 +70,19 @@ class LineSplitter:
         self._max_line = max_line
 
     def feed(self, data: bytes) -> list[bytes]:
-        buffer = self._buffer + data if self._buffer else data
-        end = buffer.rfind(b"\n")
-        if end < 0:
+        # Split ``data`` itself and join only the held partial line to the first piece:
+        # each byte is copied once here (into its line), not three times (buffer +
+        # data, the slice up to the last newline, the split).
+        if b"\n" not in data:
+            buffer = self._buffer + data
             if len(buffer) > self._max_line:
                 raise ProtocolError(f"line longer than {self._max_line} bytes without a newline")
             self._buffer = buffer
             return []
-        self._buffer = buffer[end + 1 :]
-        lines = buffer[:end].split(b"\n")
+        lines = data.split(b"\n")
+        if self._buffer:
+            lines[0] = self._buffer + lines[0]
+        self._buffer = lines.pop()
         return lines
 
     @property
