@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 import struct
+import threading
 import zlib
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -219,9 +220,21 @@ class Journal:
         self.dropped_bytes = 0
         self._fd: int | None = None
         self._size = 0  # bytes in the file (durable or written)
+        # Shared with the writer thread, under ``_lock``: the records appended and not
+        # yet taken by it (with their states), how many records were appended, the bytes
+        # it is writing now, a compaction's snapshot for it to write (data, records it
+        # covers, states), whether it has work (``_go``) and whether it should end.
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
         self._buf = bytearray()
         self._buf_states: dict[str, Any] = {}
         self._appended = 0  # records appended
+        self._inflight = 0
+        self._snapshot: tuple[bytearray, int, dict[str, Any]] | None = None
+        self._go = False
+        self._stop = False
+        self._thread_running = False
+        self._token: trio.lowlevel.TrioToken | None = None
         self._durable = 0  # records durable
         self._wake = trio.Event()
         self._synced = trio.Event()
@@ -231,7 +244,6 @@ class Journal:
         self.compactions = 0
         self.groups = 0
         self._scope: trio.CancelScope | None = None
-        self._writing = False  # a worker thread writes the file now
         self._closing = False
         self._removed = False
 
@@ -284,7 +296,7 @@ class Journal:
     def _snapshot_bytes(self) -> bytes:
         return _HEADER.pack(MAGIC, VERSION, 0) + encode_record(self.model.snapshot())
 
-    def _rewrite(self, data: bytes) -> None:
+    def _rewrite(self, data: bytes | bytearray) -> None:
         """Replace the file with ``data`` (atomically), and write on from there."""
         tmp = self.path.with_name(self.path.name + ".new")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
@@ -307,14 +319,22 @@ class Journal:
         self._size = len(data)
 
     def close(self) -> None:
-        """Stop the writer and close the file (once a write in a worker thread is over:
-        its descriptor must not be reused under it)."""
+        """Stop the writer and close the file (the writer thread closes it once its
+        write is over, if one is under way: its descriptor must not be reused under it)."""
         if self._scope is not None:
             self._scope.cancel()
-        self._closing = True
-        if not self._writing and self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with self._lock:
+            self._closing = True
+            self._stop = True
+            self._work.notify()
+            running = self._thread_running
+        if not running:
+            self._close_fd()
+
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
     def remove(self) -> None:
         self._removed = True
@@ -330,15 +350,25 @@ class Journal:
     @property
     def size(self) -> int:
         """Bytes in the file plus bytes waiting to be written."""
-        return self._size + len(self._buf)
+        return self._size + self._inflight + len(self._buf)
 
     def _append(self, payload: dict[str, Any], states: dict[str, Any] | None = None) -> int:
-        self._buf += encode_record(payload)
-        if states:
-            self._buf_states.update(states)
-        self._appended += 1
-        self._wake.set()
-        return self._appended
+        return self._push(encode_record(payload), states)
+
+    def _push(self, record: bytes, states: dict[str, Any] | None = None) -> int:
+        """Append an encoded record for the writer: the ticket to wait for. A writer
+        thread busy with a group takes it when that group is synced, without waiting
+        for the trio loop; an idle one is woken by :meth:`run`."""
+        with self._lock:
+            self._buf += record
+            if states:
+                self._buf_states.update(states)
+            self._appended += 1
+            ticket = self._appended
+            idle = not self._go
+        if idle:
+            self._wake.set()
+        return ticket
 
     def _next_end(self, qid: str, n: int) -> int:
         return self.model.ends.get(qid, 0) + n
@@ -350,11 +380,9 @@ class Journal:
         payload = {"k": "i", "q": qid, "p": port, "e": end, "m": _msgs(msgs)}
         record = encode_record(payload)
         self._check_room(len(record))
-        self._buf += record
-        self._appended += 1
-        self._wake.set()
+        ticket = self._push(record)
         self.model.add(qid, port, end, msgs)
-        return end, self._appended
+        return end, ticket
 
     def commit(
         self,
@@ -467,65 +495,138 @@ class Journal:
     # ------------------------------------------------------------------ the writer
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Write groups until cancelled (group commit: what was appended while the last
-        group was written goes as the next group)."""
-        with trio.CancelScope() as scope:
-            self._scope = scope
-            task_status.started()
-            while True:
-                if not self._buf and not self._compact:
-                    self._wake = trio.Event()
-                    await self._wake.wait()
-                await self._group()
-
-    async def _group(self) -> None:
-        upto = self._appended
-        states, self._buf_states = self._buf_states, {}
-        compacting, self._compact = self._compact, False
-        if compacting:
-            # The snapshot holds everything appended so far, the buffer included.
-            data = self._snapshot_bytes()
-            self._buf = bytearray()
-        else:
-            data, self._buf = bytes(self._buf), bytearray()
-        failure: OSError | None = None
-        self._writing = True
+        """Own the writer thread until cancelled: wake it when records come while it is
+        idle, and hand it compactions (snapshots are made here, on the trio thread,
+        where the model lives). Group commit happens in the thread: what was appended
+        while a group was written and synced is the next group, started at once."""
+        self._token = trio.lowlevel.current_trio_token()
+        with self._lock:
+            self._stop = self._closing
+            self._thread_running = not self._stop
+        thread = threading.Thread(
+            target=self._writer, name=f"journal {self.path.name}", daemon=True
+        )
+        if self._thread_running:
+            thread.start()
         try:
-            await trio.to_thread.run_sync(self._rewrite if compacting else self._write, data)
-        except OSError as exc:
-            failure = exc
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                task_status.started()
+                while True:
+                    await self._wake.wait()
+                    self._wake = trio.Event()
+                    if self._compact:
+                        self._compact = False
+                        self._take_snapshot()
+                    with self._lock:
+                        if not self._go and (self._buf or self._snapshot is not None):
+                            self._go = True
+                            self._work.notify()
         finally:
-            self._writing = False
-            if self._closing:
-                self.close()
+            with self._lock:
+                self._stop = True
+                self._work.notify()
+            if thread.is_alive():
+                # what it writes now is finished (not abandoned: a part-written group
+                # would be a torn tail); what waits in the buffer is not written
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(thread.join)
+
+    def _take_snapshot(self) -> None:
+        """A compaction: one snapshot of everything appended so far (the buffer
+        included, which it replaces), for the writer thread to write next."""
+        data = bytearray(self._snapshot_bytes())
+        with self._lock:
+            self._buf = bytearray()
+            self._buf_states = {}
+            self._snapshot = (data, self._appended, dict(self.model.states))
+
+    def _writer(self) -> None:
+        """The writer thread: write and sync groups (and snapshots) back to back,
+        reporting each to the trio thread (:meth:`_finished`)."""
+        work = self._work
+        try:
+            while True:
+                with work:
+                    while not self._stop and not self._go:
+                        work.wait()
+                    if self._stop:
+                        return
+                    job = self._snapshot
+                    if job is not None:
+                        data, upto, states = job
+                    else:
+                        data, self._buf = self._buf, bytearray()
+                        states, self._buf_states = self._buf_states, {}
+                        upto = self._appended
+                    self._inflight = len(data)
+                failure: OSError | None = None
+                try:
+                    if job is not None:
+                        self._rewrite(data)
+                    else:
+                        self._write(data)
+                except OSError as exc:
+                    failure = exc
+                with work:
+                    self._inflight = 0
+                    if job is not None:
+                        if failure is None and self._snapshot is job:
+                            self._snapshot = None
+                        # failed: the same snapshot is tried again (what was appended
+                        # meanwhile follows it in the new file)
+                    elif failure is not None and self._snapshot is None:
+                        # tried again in front of what was appended meanwhile (a
+                        # snapshot taken meanwhile holds this group already)
+                        self._buf = data + self._buf
+                        self._buf_states = {**states, **self._buf_states}
+                    self._go = bool(self._buf) or self._snapshot is not None
+                self._report(upto, states, job is not None, failure)
+                if failure is not None:
+                    with work:
+                        work.wait_for(lambda: self._stop, 0.2)
+        finally:
+            with work:
+                self._thread_running = False
+                closing = self._closing
+            if closing:
+                self._close_fd()
                 if self._removed:  # a compaction may have put the file back meanwhile
                     self.path.unlink(missing_ok=True)
+
+    def _report(
+        self, upto: int, states: dict[str, Any], compacting: bool, failure: OSError | None
+    ) -> None:
+        token = self._token
+        if token is None:
+            return
+        try:
+            token.run_sync_soon(self._finished, upto, states, compacting, failure)
+        except trio.RunFinishedError:
+            pass  # the trio run is over: nobody waits for this group any more
+
+    def _finished(
+        self, upto: int, states: dict[str, Any], compacting: bool, failure: OSError | None
+    ) -> None:
+        """On the trio thread: a group (or snapshot) is durable, or its write failed."""
         if failure is not None:
-            # Tried again in a moment: a failed snapshot is made again (the model has
-            # it all), a failed group goes in front of what was appended meanwhile.
-            if compacting:
-                self._compact = True
-            else:
-                self._buf = bytearray(data) + self._buf
-            self._buf_states = {**states, **self._buf_states}
             self.error = StorageError.from_os_error(failure, "the journal", self.path)
             self._failures += 1
-            self._release()
-            await trio.sleep(0.2)
-            return
-        if compacting:
-            self.compactions += 1
-        self.error = None
-        self.groups += 1
-        self._durable = upto
-        self.durable_states.update(states)
+        else:
+            if compacting:
+                self.compactions += 1
+            self.error = None
+            self.groups += 1
+            if upto > self._durable:
+                self._durable = upto
+            self.durable_states.update(states)
         self._release()
 
     def _release(self) -> None:
         synced, self._synced = self._synced, trio.Event()
         synced.set()
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | bytearray) -> None:
         fd = self._fd
         if fd is None:
             raise OSError(_errno.EBADF, "the journal is closed")
@@ -540,7 +641,7 @@ class Journal:
         self._size += len(data)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | bytearray) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
