@@ -462,7 +462,13 @@ class FlowRun:
             self._add_pending(len(chunk))
             self.inject_counts[(module_id, port)] += len(chunk)
             instance.queues.enqueue(qid, port, chunk, end=end)
-            instance.kick()
+            if journal is None:
+                instance.kick()
+            else:
+                # Answered after its group's sync anyway: the messages go with the host's
+                # writer task, in one delivery with those of the injects made meanwhile
+                # (fewer, larger deliveries: fewer round trips for host and runner).
+                self.notify()
         if ticket:
             # answered once the messages are durable (group commit: runner/JOURNAL.md)
             await journal.durable(ticket)

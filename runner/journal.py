@@ -31,6 +31,7 @@ import errno as _errno
 import os
 import struct
 import threading
+import time
 import zlib
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -58,6 +59,17 @@ _RECORD = struct.Struct("<HII")
 #: ``never``: written to the OS before answering, synced by the OS in its own time
 #: (survives ``kill -9`` of the runner, not a power cut or a kernel crash)
 FSYNC_POLICIES = ("always", "never")
+#: with ``always``, written records nobody waits for yet are synced at the latest this
+#: long after the first of them was written, or once this many bytes of them are written
+#: (an inject's group is synced as soon as it is written: the inject waits for it)
+LAZY_SYNC_SECONDS = 0.005
+LAZY_SYNC_BYTES = 1 << 20
+#: the free space of the journal's device is asked at most this often (seconds) to
+#: accept an inject; a refusal always asks again (the reserve covers what others write
+#: to the device meanwhile)
+FREE_SPACE_EVERY = 0.05
+#: a write that failed is tried again after this long
+FAILED_WRITE_PAUSE = 0.2
 
 
 def _msgs(msgs: list[Any] | bytes) -> Any:
@@ -232,6 +244,9 @@ class Journal:
         self._inflight = 0
         self._snapshot: tuple[bytearray, int, dict[str, Any]] | None = None
         self._go = False
+        self._want = 0  # the highest record a caller of durable() waits for
+        #: the device's free bytes when last asked: (monotonic time, free, file size then)
+        self._space: tuple[float, int, int] | None = None
         self._stop = False
         self._thread_running = False
         self._token: trio.lowlevel.TrioToken | None = None
@@ -444,12 +459,10 @@ class Journal:
                 errno=self.error.errno,
                 path=str(self.path),
             )
-        try:
-            st = os.statvfs(self.path.parent)
-        except OSError:
-            return
-        free = st.f_bavail * st.f_frsize - len(self._buf)
-        if free < self.reserve_bytes + n:
+        free = self._free_space()
+        if free is not None and free < self.reserve_bytes + n:
+            free = self._free_space(fresh=True)  # a refusal is never from an old figure
+        if free is not None and free < self.reserve_bytes + n:
             raise JournalFull(
                 f"could not store the message in the journal: no space left on the device "
                 f"({max(free, 0)} bytes free, {self.reserve_bytes} kept in reserve) ({self.path}); "
@@ -458,12 +471,29 @@ class Journal:
                 path=str(self.path),
             )
 
+    def _free_space(self, *, fresh: bool = False) -> int | None:
+        """Bytes free on the journal's device for more records (None: unknown). The
+        device is asked at most every :data:`FREE_SPACE_EVERY` seconds (a ``statvfs`` per
+        inject costs the trio thread a system call and the GIL); in between, what this
+        journal wrote or buffered since is taken off the last answer."""
+        now = time.monotonic()
+        if fresh or self._space is None or now - self._space[0] > FREE_SPACE_EVERY:
+            try:
+                st = os.statvfs(self.path.parent)
+            except OSError:
+                return None
+            self._space = (now, st.f_bavail * st.f_frsize, self._size)
+        _, free, size = self._space
+        return free - (self._size - size) - self._inflight - len(self._buf)
+
     async def durable(self, ticket: int | None = None) -> None:
         """Wait until record ``ticket`` (default: every record appended so far) is
         durable. Raises StorageError when a write tried meanwhile failed (the writer
         tries again: a later call may succeed)."""
         if ticket is None:
             ticket = self._appended
+        if self._durable < ticket:
+            self._wait_for(ticket)
         failures = self._failures
         while self._durable < ticket:
             if self._failures != failures:  # the write tried while we waited failed
@@ -474,6 +504,16 @@ class Journal:
                     path=self.error.path,
                 )
             await self._synced.wait()
+
+    def _wait_for(self, ticket: int) -> None:
+        """Tell the writer thread that record ``ticket`` is waited for: it syncs as soon
+        as that record is written (and writes it now if it is idle)."""
+        with self._lock:
+            if ticket > self._want:
+                self._want = ticket
+            if self._buf and not self._go:
+                self._go = True
+            self._work.notify()
 
     async def compact(self) -> None:
         """Compact now and wait until the new file is in place. Raises StorageError."""
@@ -542,49 +582,122 @@ class Journal:
             self._snapshot = (data, self._appended, dict(self.model.states))
 
     def _writer(self) -> None:
-        """The writer thread: write and sync groups (and snapshots) back to back,
-        reporting each to the trio thread (:meth:`_finished`)."""
+        """The writer thread: write groups (and snapshots) as they come, and sync what
+        was written as soon as someone waits for it (an inject, :meth:`durable`), when
+        :data:`LAZY_SYNC_BYTES` are written and not synced, or :data:`LAZY_SYNC_SECONDS`
+        after the first of them: a group nobody waits for needs no fsync of its own, the
+        next one covers it (one ``fdatasync`` syncs the whole file). Each durable step is
+        reported to the trio thread (:meth:`_finished`)."""
         work = self._work
+        sync = self.fsync == "always"
+        written = synced = 0  # records written to the file, records synced
+        synced_size = self._size
+        unsynced: list[bytearray] = []  # written, not synced (kept to write again)
+        unsynced_states: dict[str, Any] = {}
+        unsynced_bytes = 0
+        since = 0.0  # when the oldest unsynced group was written
         try:
             while True:
+                job = None
+                data = None
                 with work:
-                    while not self._stop and not self._go:
-                        work.wait()
-                    if self._stop:
+                    while not self._stop:
+                        if self._go:
+                            job = self._snapshot
+                            if job is not None:
+                                data, upto, states = job
+                            else:
+                                data, self._buf = self._buf, bytearray()
+                                states, self._buf_states = self._buf_states, {}
+                                upto = self._appended
+                            self._inflight = len(data)
+                            break
+                        if written > synced:
+                            late = since + LAZY_SYNC_SECONDS - time.monotonic()
+                            if self._want > synced or late <= 0:
+                                break  # sync what was written
+                            work.wait(late)
+                        else:
+                            work.wait()
+                    else:
                         return
-                    job = self._snapshot
-                    if job is not None:
-                        data, upto, states = job
-                    else:
-                        data, self._buf = self._buf, bytearray()
-                        states, self._buf_states = self._buf_states, {}
-                        upto = self._appended
-                    self._inflight = len(data)
                 failure: OSError | None = None
-                try:
-                    if job is not None:
-                        self._rewrite(data)
-                    else:
-                        self._write(data)
-                except OSError as exc:
-                    failure = exc
-                with work:
-                    self._inflight = 0
-                    if job is not None:
-                        if failure is None and self._snapshot is job:
-                            self._snapshot = None
-                        # failed: the same snapshot is tried again (what was appended
-                        # meanwhile follows it in the new file)
-                    elif failure is not None and self._snapshot is None:
-                        # tried again in front of what was appended meanwhile (a
-                        # snapshot taken meanwhile holds this group already)
-                        self._buf = data + self._buf
-                        self._buf_states = {**states, **self._buf_states}
-                    self._go = bool(self._buf) or self._snapshot is not None
-                self._report(upto, states, job is not None, failure)
-                if failure is not None:
+                if data is not None:
+                    try:
+                        if job is not None:
+                            self._rewrite(data)
+                        else:
+                            self._write(data)
+                    except OSError as exc:
+                        failure = exc
                     with work:
-                        work.wait_for(lambda: self._stop, 0.2)
+                        self._inflight = 0
+                        if job is not None:
+                            if failure is None and self._snapshot is job:
+                                self._snapshot = None
+                            # failed: the same snapshot is tried again (what was appended
+                            # meanwhile follows it in the new file)
+                        elif failure is not None and self._snapshot is None:
+                            # tried again in front of what was appended meanwhile (a
+                            # snapshot taken meanwhile holds this group already)
+                            self._buf = data + self._buf
+                            self._buf_states = {**states, **self._buf_states}
+                        self._go = bool(self._buf) or self._snapshot is not None
+                        wanted = self._want
+                    if failure is not None:
+                        self._report(upto, states, job is not None, failure)
+                        self._pause()
+                        continue
+                    if job is not None or not sync:
+                        # a snapshot is synced (it holds all that was written before it)
+                        written = synced = upto
+                        synced_size = self._size
+                        unsynced.clear()
+                        unsynced_states.clear()
+                        unsynced_bytes = 0
+                        self._report(upto, states, job is not None, None)
+                        continue
+                    if written == synced:
+                        since = time.monotonic()
+                    written = upto
+                    unsynced.append(data)
+                    unsynced_states.update(states)
+                    unsynced_bytes += len(data)
+                    if unsynced_bytes < LAZY_SYNC_BYTES and not synced < wanted <= written:
+                        # Nobody waits for what is written yet (or what they wait for is
+                        # still to write): synced with a later group, when someone waits,
+                        # or lazily (the loop above).
+                        continue
+                # sync everything written so far
+                try:
+                    os.fdatasync(self._fd_or_closed())
+                except OSError as exc:
+                    # Whether the failed range reached the disk is unknown (and a retried
+                    # fsync may not say): cut it off and write it again.
+                    try:
+                        os.ftruncate(self._fd_or_closed(), synced_size)
+                    except OSError:
+                        pass  # the file is closed or broken: the next write says so
+                    self._size = synced_size
+                    with work:
+                        if self._snapshot is None:
+                            self._buf = bytearray().join(unsynced) + self._buf
+                            self._buf_states = {**unsynced_states, **self._buf_states}
+                        self._go = bool(self._buf) or self._snapshot is not None
+                    written = synced
+                    unsynced.clear()
+                    unsynced_states.clear()
+                    unsynced_bytes = 0
+                    self._report(synced, {}, False, exc)
+                    self._pause()
+                    continue
+                synced = written
+                synced_size = self._size
+                states = dict(unsynced_states)
+                unsynced.clear()
+                unsynced_states.clear()
+                unsynced_bytes = 0
+                self._report(synced, states, False, None)
         finally:
             with work:
                 self._thread_running = False
@@ -593,6 +706,16 @@ class Journal:
                 self._close_fd()
                 if self._removed:  # a compaction may have put the file back meanwhile
                     self.path.unlink(missing_ok=True)
+
+    def _pause(self) -> None:
+        """After a failed write: wait a moment (or until stopped) before trying again."""
+        with self._work:
+            self._work.wait_for(lambda: self._stop, FAILED_WRITE_PAUSE)
+
+    def _fd_or_closed(self) -> int:
+        if self._fd is None:
+            raise OSError(_errno.EBADF, "the journal is closed")
+        return self._fd
 
     def _report(
         self, upto: int, states: dict[str, Any], compacting: bool, failure: OSError | None
@@ -636,8 +759,6 @@ class Journal:
             # A part written before the error is a torn tail: cut it, the group goes again.
             os.ftruncate(fd, self._size)
             raise
-        if self.fsync == "always":
-            os.fdatasync(fd)
         self._size += len(data)
 
 
