@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -141,6 +142,56 @@ async def test_a_full_journal_refuses_and_queues_nothing(tmp_path: Path) -> None
         huge.close()
     finally:
         journal.close()
+
+
+async def test_records_nobody_waits_for_are_synced_lazily_and_the_writer_ends(
+    tmp_path: Path,
+) -> None:
+    # A host's done record has no waiter: written at once, synced with a later group or
+    # lazily (LAZY_SYNC_SECONDS); an inject's group is synced as soon as it is written.
+    path = tmp_path / "j.log"
+    journal = Journal.open(path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        journal.commit({}, [], {"f/a": {"n": 1}})
+        with trio.fail_after(5):
+            while "f/a" not in journal.durable_states:  # nobody called durable()
+                await journal._synced.wait()
+        _, ticket = journal.accept("f/a", "in", [1])
+        with trio.fail_after(5):
+            await journal.durable(ticket)
+        assert read_records(path.read_bytes())[0][-1]["m"] == [1]
+        assert any(t.name == "journal j.log" for t in threading.enumerate())
+        nursery.cancel_scope.cancel()
+    # the writer thread is joined when its task ends
+    assert not any(t.name == "journal j.log" for t in threading.enumerate())
+    journal.close()
+    again = Journal.open(path)
+    assert again.model.states == {"f/a": {"n": 1}}
+    again.close()
+
+
+async def test_a_refusal_for_space_asks_the_device_again(tmp_path: Path) -> None:
+    # The free space is asked at most every FREE_SPACE_EVERY seconds, but an old figure
+    # never refuses: space freed a moment ago is seen at once.
+    mount = tmp_path / "small"
+    if not mount_tmpfs(mount, "8m"):
+        if os.environ.get("CI"):
+            pytest.fail("cannot mount a tmpfs (the test runs as root on the test machines)")
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        journal = Journal.open(mount / "j.log", reserve_bytes=1 << 20)
+        try:
+            filler = fill(mount, 512 << 10)
+            with pytest.raises(JournalFull, match="no space left on the device"):
+                journal.accept("f/a", "in", ["x"])
+            filler.unlink()
+            journal.accept("f/a", "in", ["x"])  # within the interval, yet accepted
+            assert journal.depth == 1
+        finally:
+            journal.close()
+    finally:
+        unmount(mount)
 
 
 def test_an_unknown_durability_is_refused_clearly() -> None:
