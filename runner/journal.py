@@ -1,17 +1,19 @@
 """The journal of a flow with ``"durability": "journal"``: see ``runner/JOURNAL.md``.
 
 An append-only file per flow (``<state dir>/journal/<name>.log``) of checksummed
-records, written by one writer task in groups (one write and one ``fdatasync`` per
-group). What it holds, at any moment, is enough to rebuild the flow where it was: the
-last state of each module, and every message accepted (an inject) or emitted on a
-cross-runtime wire that no host has consumed yet, in per-module order.
+records, written in groups by one writer thread (owned by the task :meth:`Journal.run`)
+and synced as soon as someone waits for what was written (group commit). What it
+holds, at any moment, is enough to rebuild the flow where it was: the last state of
+each module, and every message accepted (an inject) or emitted on a cross-runtime wire
+that no host has consumed yet, in per-module order.
 
 Positions: every message journaled for a module gets the next position of that
 module's stream (``ends``); a :class:`~.queues.Delivery` carries the position just past
 its last message (``end``), so a host's ``done`` says how far each module's stream is
 consumed (``consumed``). Pending after a crash = stream positions past ``consumed``.
 
-Everything here runs on the trio thread except the file writes (a worker thread);
+Everything here runs on the trio thread except the file writes and syncs (the writer
+thread: :meth:`Journal._writer`; what the two share is under ``Journal._lock``);
 :class:`_Model` is the journal's logical content, applied as records are appended,
 and is what a compaction writes as a snapshot.
 
