@@ -252,6 +252,7 @@ class Journal:
         self._stop = False
         self._thread_running = False
         self._token: trio.lowlevel.TrioToken | None = None
+        self._crash: BaseException | None = None  # what ended the writer thread (a bug)
         self._durable = 0  # records durable
         self._wake = trio.Event()
         self._synced = trio.Event()
@@ -557,6 +558,8 @@ class Journal:
                 while True:
                     await self._wake.wait()
                     self._wake = trio.Event()
+                    if self._crash is not None:
+                        raise RuntimeError("the journal's writer thread failed") from self._crash
                     if self._compact:
                         self._compact = False
                         self._take_snapshot()
@@ -700,6 +703,15 @@ class Journal:
                 unsynced_states.clear()
                 unsynced_bytes = 0
                 self._report(synced, states, False, None)
+        except BaseException as exc:
+            # A bug, not an OSError: raised by the journal's task (Journal.run), as an
+            # error in a worker thread of trio.to_thread would be.
+            self._crash = exc
+            if self._token is not None:
+                try:
+                    self._token.run_sync_soon(self._wake_run)
+                except trio.RunFinishedError:
+                    pass
         finally:
             with work:
                 self._thread_running = False
@@ -708,6 +720,9 @@ class Journal:
                 self._close_fd()
                 if self._removed:  # a compaction may have put the file back meanwhile
                     self.path.unlink(missing_ok=True)
+
+    def _wake_run(self) -> None:
+        self._wake.set()
 
     def _pause(self) -> None:
         """After a failed write: wait a moment (or until stopped) before trying again."""

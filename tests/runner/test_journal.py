@@ -171,6 +171,22 @@ async def test_records_nobody_waits_for_are_synced_lazily_and_the_writer_ends(
     again.close()
 
 
+async def test_a_bug_in_the_writer_thread_ends_the_journals_task(tmp_path: Path) -> None:
+    # Not an OSError (those are tried again): the task raises it, nobody waits forever.
+    journal = Journal.open(tmp_path / "j.log")
+
+    def broken(data: bytes) -> None:
+        raise ZeroDivisionError("a bug")
+
+    journal._write = broken  # type: ignore[method-assign]
+    journal.accept("f/a", "in", [1])  # for the writer as soon as it runs
+    with trio.fail_after(5), pytest.raises(RuntimeError, match="writer thread failed") as info:
+        await journal.run()
+    journal.close()
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+    assert not any(t.name == "journal j.log" for t in threading.enumerate())
+
+
 async def test_a_refusal_for_space_asks_the_device_again(tmp_path: Path) -> None:
     # The free space is asked at most every FREE_SPACE_EVERY seconds, but an old figure
     # never refuses: space freed a moment ago is seen at once.
