@@ -466,8 +466,8 @@ class FlowRun:
                 instance.kick()
             else:
                 # Answered after its group's sync anyway: the messages go with the host's
-                # writer task, in one delivery with those of the injects made meanwhile
-                # (fewer, larger deliveries: fewer round trips for host and runner).
+                # writer task, in one pipe write with those of the injects made meanwhile,
+                # which the host answers with one done (fewer round trips, fewer records).
                 self.notify()
         if ticket:
             # answered once the messages are durable (group commit: runner/JOURNAL.md)
