@@ -18,9 +18,11 @@ frames; a protocol error becomes ``fatal`` and exit status 3.
 """
 
 import asyncio
+import errno
 import inspect
 import linecache
 import os
+import select
 import sys
 import threading
 import time
@@ -153,6 +155,21 @@ class Host:
         self.last_seq = None
         self.ran = set()
         self.work = deque()
+        # direct channels (PROTOCOL.md section 11). Sending: channel -> write fd, the
+        # frames of this batch per channel, the channels given up, the frame counter.
+        self.out_ch = {}
+        self.out_frames_ch = {}
+        self.dead_ch = set()
+        self.dcount = 0
+        # Receiving: read fd -> [channel, partial line], channel -> read fd, the highest
+        # d handled per channel this batch (acknowledged in `done`), and per (channel,
+        # module, port) the highest d handled for the life of the host (skips copies).
+        self.in_fds = {}
+        self.in_ch = {}
+        self.direct_acks = {}
+        self.last_d = {}
+        self.seq_handled = 0
+        self.poller = None
 
     # ------------------------------------------------------------------ output
 
@@ -165,7 +182,39 @@ class Host:
     def frame(self, obj):
         self.out_frames.append(dumps(obj) + b"\n")
 
+    def flush_direct(self):
+        """Write this batch's frames to each direct channel: one non-blocking write per
+        channel. A channel that does not take all of it at once is given up for good,
+        and the runner told so before anything else of this batch (it has the copies)."""
+        cut = []
+        for ch, chunks in self.out_frames_ch.items():
+            fd = self.out_ch.get(ch)
+            if fd is None:
+                continue
+            data = b"".join(chunks)
+            try:
+                written = os.write(fd, data)
+            except OSError:
+                written = -1
+            if written != len(data):
+                self.give_up(ch)
+                cut.append(b'{"op":"cut","ch":' + dumps(ch) + b"}\n")
+        self.out_frames_ch = {}
+        if cut:
+            self.out_frames[:0] = cut
+
+    def give_up(self, ch):
+        fd = self.out_ch.pop(ch, None)
+        self.dead_ch.add(ch)
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
     def flush(self, final=False):
+        if self.out_frames_ch:
+            self.flush_direct()
         frames = self.out_frames
         mods = self.modules.values() if final else self.ran
         for mod in mods:
@@ -189,12 +238,69 @@ class Host:
                     b'{"op":"state","module":' + dumps(mod.id) + b',"state":' + data + b"}\n"
                 )
         self.ran = set()
-        if self.last_seq is not None:
+        if self.direct_acks:
+            if self.last_seq is not None:
+                self.seq_handled = self.last_seq
+            frames.append(
+                b'{"op":"done","seq":%d,"direct":' % self.seq_handled
+                + dumps(self.direct_acks)
+                + b"}\n"
+            )
+            self.direct_acks = {}
+            self.last_seq = None
+        elif self.last_seq is not None:
+            self.seq_handled = self.last_seq
             frames.append(b'{"op":"done","seq":%d}\n' % self.last_seq)
             self.last_seq = None
         if frames:
             self.out_frames = []
             self.write(b"".join(frames))
+
+    def emit_direct(self, mod, port, msgs, direct):
+        """An emit whose port has direct targets: its frame to each live channel, and the
+        runner's copy with ``d`` and ``ch`` (PROTOCOL.md section 11)."""
+        try:
+            data = dumps(msgs)
+        except TypeError:
+            self.emit_external(mod, port, msgs)  # the runner reports the bad values
+            return
+        live = [ch for ch in direct if ch in self.out_ch]
+        if not live:
+            self.emit_external(mod, port, msgs)
+            return
+        self.dcount += 1
+        k = self.dcount
+        for ch in live:
+            targets = direct[ch]
+            first = targets[0]
+            line = (
+                b'{"op":"deliver","ch":'
+                + dumps(ch)
+                + b',"d":%d,"module":' % k
+                + dumps(first[0])
+                + b',"port":'
+                + dumps(first[1])
+                + (b',"also":' + dumps(targets[1:]) if len(targets) > 1 else b"")
+                + b',"msgs":'
+                + data
+                + b"}\n"
+            )
+            lst = self.out_frames_ch.get(ch)
+            if lst is None:
+                self.out_frames_ch[ch] = [line]
+            else:
+                lst.append(line)
+        self.out_frames.append(
+            b'{"op":"emit","module":'
+            + dumps(mod.id)
+            + b',"port":'
+            + dumps(port)
+            + b',"n":%d,"d":%d,"ch":' % (len(msgs), k)
+            + dumps(" ".join(live))
+            + b',"msgs":'
+            + data
+            + b"}\n"
+        )
 
     def emit_external(self, mod, port, msgs):
         try:
@@ -311,10 +417,12 @@ class Host:
             if route is None:
                 self.emit_external(mod, port, lst)
                 continue
-            local, external = route
+            local, external, direct = route
             for dst_mod, dst_port in local:
                 self.work.append((dst_mod, dst_port, lst, seq, False))
-            if external:
+            if direct:
+                self.emit_direct(mod, port, lst, direct)
+            elif external:
                 self.emit_external(mod, port, lst)
 
     def drain(self):
@@ -353,8 +461,74 @@ class Host:
             raise ProtocolViolation(
                 "'deliver' needs seq (integer), module, port (strings) and msgs (array)"
             )
-        self.work.append((mid, port, msgs, seq, True))
         self.last_seq = seq
+        ch = f.get("ch")
+        if ch is not None:
+            # the runner's copy of a direct channel's frame: skip it if handled already
+            d = f.get("d")
+            if not isinstance(d, int):
+                raise ProtocolViolation("'deliver' with 'ch' needs an integer 'd'")
+            key = (ch, mid, port)
+            if d <= self.last_d.get(key, 0):
+                return
+            self.last_d[key] = d
+        self.work.append((mid, port, msgs, seq, True))
+
+    def op_direct(self, ch, f):
+        """A frame read from direct channel ``ch``."""
+        d = f.get("d")
+        mid = f.get("module")
+        port = f.get("port")
+        msgs = f.get("msgs")
+        also = f.get("also") or ()
+        if (
+            f.get("op") != "deliver"
+            or f.get("ch") != ch
+            or not isinstance(d, int)
+            or not isinstance(mid, str)
+            or not isinstance(port, str)
+            or not isinstance(msgs, list)
+            or not isinstance(also, (list, tuple))
+        ):
+            raise ProtocolViolation(
+                f"direct channel {ch!r}: a frame is not a 'deliver' with ch, d, module,"
+                " port and msgs"
+            )
+        last = self.last_d
+        for target in ((mid, port), *also):
+            m, p = str(target[0]), str(target[1])
+            last[(ch, m, p)] = d
+            # not a runner delivery: no seq of its own, and a hang names no index
+            self.work.append((m, p, msgs, 0, False))
+        self.direct_acks[ch] = d
+
+    def op_listen(self, f):
+        ch, path = f.get("ch"), f.get("path")
+        if not isinstance(ch, str) or not isinstance(path, str):
+            raise ProtocolViolation("'listen' needs strings 'ch' and 'path'")
+        if ch in self.in_ch:
+            return
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return  # already cut by the runner; its copies come on the runner pipe
+        self.in_ch[ch] = fd
+        self.in_fds[fd] = [ch, b""]
+        if self.poller is None:
+            self.poller = select.poll()
+            self.poller.register(self.rfd, select.POLLIN)
+        self.poller.register(fd, select.POLLIN)
+
+    def op_cut(self, f):
+        ch = f.get("ch")
+        fd = self.in_ch.pop(ch, None)
+        if fd is None:
+            return
+        # Whatever was read of it is handled (control ops drain first); a partial line
+        # is dropped: the runner delivers its copy.
+        del self.in_fds[fd]
+        self.poller.unregister(fd)
+        os.close(fd)
 
     def op_load(self, f):
         mid = f.get("module")
@@ -476,8 +650,25 @@ class Host:
                 if not isinstance(spec, dict):
                     raise ProtocolViolation(f"'route' routes[{mid!r}][{port!r}] is not an object")
                 local = [(str(d[0]), str(d[1])) for d in spec.get("local") or ()]
-                entry[port] = (local, bool(spec.get("external")))
+                direct = {}
+                for d in spec.get("direct") or ():
+                    direct.setdefault(str(d[0]), []).append((str(d[1]), str(d[2])))
+                entry[port] = (local, bool(spec.get("external")), direct)
             table[mid] = entry
+        channels = f.get("channels") or {}
+        if not isinstance(channels, dict):
+            raise ProtocolViolation("'route' field 'channels' is not an object")
+        for ch in list(self.out_ch):
+            if ch not in channels:
+                self.give_up(ch)
+        for ch, path in channels.items():
+            if ch in self.out_ch or ch in self.dead_ch:
+                continue
+            try:
+                self.out_ch[ch] = os.open(str(path), os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                self.dead_ch.add(ch)
+                self.out_frames.append(b'{"op":"cut","ch":' + dumps(ch) + b"}\n")
         self.routes = table
 
     # ------------------------------------------------------------------ main loop
@@ -503,6 +694,10 @@ class Host:
             self.op_route(f)
         elif op == "unload":
             self.op_unload(f)
+        elif op == "listen":
+            self.op_listen(f)
+        elif op == "cut":
+            self.op_cut(f)
         elif op == "ping":
             self.frame({"op": "pong", "id": f.get("id")})
         elif op == "shutdown":
@@ -522,7 +717,7 @@ class Host:
                     "runtime": "python",
                     "version": VERSION,
                     "pid": os.getpid(),
-                    "features": ["raw", "watchdog"] if watchdog else ["raw"],
+                    "features": ["raw", "direct", "watchdog"] if watchdog else ["raw", "direct"],
                 }
             )
             + b"\n"
@@ -532,7 +727,27 @@ class Host:
         buf = b""
         rfd = self.rfd
         while True:
-            data = os.read(rfd, READ_SIZE)
+            if self.in_fds:
+                # direct channels are read beside the runner pipe (channels first: the
+                # latency path); the runner pipe is read only when it has data
+                data = None
+                for fd, _ in self.poller.poll():
+                    if fd == rfd:
+                        data = os.read(rfd, READ_SIZE)
+                    else:
+                        try:
+                            self.read_channel(fd)
+                        except ProtocolViolation as exc:
+                            return self.fatal(str(exc))
+                if data is None:
+                    try:
+                        self.drain()
+                    except ProtocolViolation as exc:
+                        return self.fatal(str(exc))
+                    self.flush()
+                    continue
+            else:
+                data = os.read(rfd, READ_SIZE)
             if not data:
                 self.stop()
                 return 0
@@ -553,6 +768,40 @@ class Host:
             except ProtocolViolation as exc:
                 return self.fatal(str(exc))
             self.flush()
+
+    def read_channel(self, fd):
+        entry = self.in_fds.get(fd)
+        if entry is None:
+            return
+        try:
+            data = os.read(fd, READ_SIZE)
+        except OSError as exc:
+            if exc.errno == errno.EAGAIN:
+                return
+            raise
+        if not data:
+            return
+        ch, rest = entry
+        buf = rest + data if rest else data
+        end = buf.rfind(b"\n")
+        if end < 0:
+            if len(buf) > MAX_LINE:
+                raise ProtocolViolation(f"direct channel {ch!r}: line longer than {MAX_LINE} bytes")
+            entry[1] = buf
+            return
+        entry[1] = buf[end + 1 :]
+        for line in buf[:end].split(b"\n"):
+            if not line:
+                continue
+            try:
+                f = loads(line)
+            except DecodeError as exc:
+                raise ProtocolViolation(
+                    f"direct channel {ch!r}: line is not JSON ({exc}): {line[:200]!r}"
+                ) from None
+            if not isinstance(f, dict):
+                raise ProtocolViolation(f"direct channel {ch!r}: frame is not a JSON object")
+            self.op_direct(ch, f)
 
     def stop(self):
         self.drain()
