@@ -612,8 +612,6 @@ class FlowRun:
             # messages in the journal not handled yet (durability journal; JOURNAL.md)
             "journaled": self.journal.depth if self.journal is not None else 0,
             "durability": "journal" if self.journal is not None else "checkpoint",
-            # direct host-to-host channels (PROTOCOL.md section 11)
-            "direct": self.direct.statistics(),
         }
 
     def stats(self) -> dict[str, Any]:

@@ -263,8 +263,10 @@ class DeliveryQueues:
         before = self._reserved.get(module, 0)
         after = before - n
         self._reserved[module] = after
-        if before + self._queued.get(module, 0) >= self.capacity > after + self._queued.get(
-            module, 0
+        if (
+            before + self._queued.get(module, 0)
+            >= self.capacity
+            > after + self._queued.get(module, 0)
         ):
             self._on_room()
 
