@@ -4,7 +4,8 @@
 
 BREAKAGE: ``done-first`` acknowledges a delivery before writing its emits;
 ``no-protocol`` says hello without the protocol field; ``raw-msgs-first`` lists the
-``raw`` feature but writes ``msgs`` before the other fields of an emit.
+``raw`` feature but writes ``msgs`` before the other fields of an emit;
+``direct-ignored`` lists the ``direct`` feature but sends everything to the runner.
 """
 
 import json
@@ -34,6 +35,8 @@ def main() -> int:
         del hello["protocol"]
     if breakage == "raw-msgs-first":
         hello["features"] = ["raw"]
+    if breakage == "direct-ignored":
+        hello["features"] = ["direct"]
     send(hello)
     buf = b""
     while True:
