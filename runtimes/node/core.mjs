@@ -181,14 +181,24 @@ export class ModuleHost {
       for (const [port, spec] of Object.entries(ports)) {
         if (spec === null || typeof spec !== "object") throw new ProtocolViolation(`'route' routes[${mid}][${port}] is not an object`);
         const local = (spec.local || []).map((d) => [String(d[0]), String(d[1])]);
-        let direct = null;
+        const byCh = new Map();
         for (const d of spec.direct || []) {
-          if (direct === null) direct = new Map();
           const ch = String(d[0]);
-          if (!direct.has(ch)) direct.set(ch, []);
-          direct.get(ch).push([String(d[1]), String(d[2])]);
+          if (!byCh.has(ch)) byCh.set(ch, []);
+          byCh.get(ch).push([String(d[1]), String(d[2])]);
         }
-        entry.set(port, { local, external: Boolean(spec.external), direct });
+        // A channel's frame is head + d + tail + msgs + "}": all the port's targets on
+        // that channel in one line (module, port, then "also"); made once, here.
+        let direct = null;
+        if (byCh.size) {
+          direct = [];
+          for (const [ch, targets] of byCh) {
+            const also = targets.length > 1 ? `,"also":${JSON.stringify(targets.slice(1))}` : "";
+            direct.push([ch, `{"op":"deliver","ch":${JSON.stringify(ch)},"d":`, `,"module":${JSON.stringify(targets[0][0])},"port":${JSON.stringify(targets[0][1])}${also},"msgs":`]);
+          }
+        }
+        const emitHead = `{"op":"emit","module":${JSON.stringify(mid)},"port":${JSON.stringify(port)},"n":`;
+        entry.set(port, { local, external: Boolean(spec.external), direct, emitHead });
       }
       table.set(mid, entry);
     }
@@ -385,35 +395,37 @@ export class ModuleHost {
         continue;
       }
       for (const [dst, dstPort] of route.local) this.work.push([dst, dstPort, list, seq, false]);
-      if (route.direct !== null && route.direct !== undefined) this.emitDirect(mod, port, list, route.direct);
+      if (route.direct !== null && route.direct !== undefined) this.emitDirect(mod, port, list, route);
       else if (route.external) this.frames.push({ op: "emit", module: mod.id, port, n: list.length, msgs: list });
     }
   }
 
   // An emit whose port has direct targets: its frame to each live channel, and the
   // runner's copy with `d` and `ch` (PROTOCOL.md section 11).
-  emitDirect(mod, port, list, direct) {
+  emitDirect(mod, port, list, route) {
     let data;
     try {
       data = JSON.stringify(list);
     } catch {
       data = undefined;
     }
-    const live = [];
-    for (const ch of direct.keys()) if (this.liveChannels.has(ch)) live.push(ch);
-    if (data === undefined || live.length === 0) {
+    const k = this.dcount + 1;
+    let live = null;
+    if (data !== undefined) {
+      for (const [ch, head, tail] of route.direct) {
+        if (!this.liveChannels.has(ch)) continue;
+        const line = `${head}${k}${tail}${data}}\n`;
+        const prev = this.directOut.get(ch);
+        this.directOut.set(ch, prev === undefined ? line : prev + line);
+        live = live === null ? ch : `${live} ${ch}`;
+      }
+    }
+    if (live === null) {
       this.frames.push({ op: "emit", module: mod.id, port, n: list.length, msgs: list });
       return;
     }
-    const k = ++this.dcount;
-    for (const ch of live) {
-      const targets = direct.get(ch);
-      const also = targets.length > 1 ? `,"also":${JSON.stringify(targets.slice(1))}` : "";
-      const line = `{"op":"deliver","ch":${JSON.stringify(ch)},"d":${k},"module":${JSON.stringify(targets[0][0])},"port":${JSON.stringify(targets[0][1])}${also},"msgs":${data}}\n`;
-      const prev = this.directOut.get(ch);
-      this.directOut.set(ch, prev === undefined ? line : prev + line);
-    }
-    this.frames.push(`{"op":"emit","module":${JSON.stringify(mod.id)},"port":${JSON.stringify(port)},"n":${list.length},"d":${k},"ch":${JSON.stringify(live.join(" "))},"msgs":${data}}`);
+    this.dcount = k;
+    this.frames.push(`${route.emitHead}${list.length},"d":${k},"ch":${JSON.stringify(live)},"msgs":${data}}`);
   }
 
   errorFrame(module, port, msg, seq, error) {

@@ -257,8 +257,13 @@ function onDirectChunk(ch, chunk) {
     return undefined;
   }
   r.rest = end + 1 < buf.length ? Buffer.from(buf.subarray(end + 1)) : null;
-  for (const line of buf.toString("utf8", 0, end).split("\n")) {
-    if (line.length) host.directDeliver(ch, parseLine(line));
+  const text = buf.toString("utf8", 0, end);
+  if (text.indexOf("\n") < 0) {
+    host.directDeliver(ch, parseLine(text)); // the usual case: one frame
+  } else {
+    for (const line of text.split("\n")) {
+      if (line.length) host.directDeliver(ch, parseLine(line));
+    }
   }
   return host.drain();
 }

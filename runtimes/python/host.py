@@ -256,50 +256,34 @@ class Host:
             self.out_frames = []
             self.write(b"".join(frames))
 
-    def emit_direct(self, mod, port, msgs, direct):
+    def emit_direct(self, mod, port, msgs, direct, emit_head):
         """An emit whose port has direct targets: its frame to each live channel, and the
-        runner's copy with ``d`` and ``ch`` (PROTOCOL.md section 11)."""
+        runner's copy with ``d`` and ``ch`` (PROTOCOL.md section 11). ``direct``: per
+        channel, the bytes of its frame around ``d`` (made once, by the route op)."""
         try:
             data = dumps(msgs)
         except TypeError:
             self.emit_external(mod, port, msgs)  # the runner reports the bad values
             return
-        live = [ch for ch in direct if ch in self.out_ch]
-        if not live:
-            self.emit_external(mod, port, msgs)
-            return
-        self.dcount += 1
-        k = self.dcount
-        for ch in live:
-            targets = direct[ch]
-            first = targets[0]
-            line = (
-                b'{"op":"deliver","ch":'
-                + dumps(ch)
-                + b',"d":%d,"module":' % k
-                + dumps(first[0])
-                + b',"port":'
-                + dumps(first[1])
-                + (b',"also":' + dumps(targets[1:]) if len(targets) > 1 else b"")
-                + b',"msgs":'
-                + data
-                + b"}\n"
-            )
+        out_ch = self.out_ch
+        k = self.dcount + 1
+        live = None
+        for ch, head, tail in direct:
+            if ch not in out_ch:
+                continue
+            line = b"%s%d%s%s}\n" % (head, k, tail, data)
             lst = self.out_frames_ch.get(ch)
             if lst is None:
                 self.out_frames_ch[ch] = [line]
             else:
                 lst.append(line)
+            live = ch if live is None else live + " " + ch
+        if live is None:
+            self.emit_external(mod, port, msgs)
+            return
+        self.dcount = k
         self.out_frames.append(
-            b'{"op":"emit","module":'
-            + dumps(mod.id)
-            + b',"port":'
-            + dumps(port)
-            + b',"n":%d,"d":%d,"ch":' % (len(msgs), k)
-            + dumps(" ".join(live))
-            + b',"msgs":'
-            + data
-            + b"}\n"
+            b'%s%d,"d":%d,"ch":%s,"msgs":%s}\n' % (emit_head, len(msgs), k, dumps(live), data)
         )
 
     def emit_external(self, mod, port, msgs):
@@ -421,7 +405,7 @@ class Host:
             for dst_mod, dst_port in local:
                 self.work.append((dst_mod, dst_port, lst, seq, False))
             if direct:
-                self.emit_direct(mod, port, lst, direct)
+                self.emit_direct(mod, port, lst, direct[0], direct[1])
             elif external:
                 self.emit_external(mod, port, lst)
 
@@ -650,9 +634,23 @@ class Host:
                 if not isinstance(spec, dict):
                     raise ProtocolViolation(f"'route' routes[{mid!r}][{port!r}] is not an object")
                 local = [(str(d[0]), str(d[1])) for d in spec.get("local") or ()]
-                direct = {}
+                by_ch = {}
                 for d in spec.get("direct") or ():
-                    direct.setdefault(str(d[0]), []).append((str(d[1]), str(d[2])))
+                    by_ch.setdefault(str(d[0]), []).append([str(d[1]), str(d[2])])
+                direct = None
+                if by_ch:
+                    # a channel's frame is head + d + tail + msgs + "}": all targets of
+                    # the port on that channel in one line (module, port, then "also")
+                    frames = []
+                    for ch, targets in by_ch.items():
+                        head = b'{"op":"deliver","ch":' + dumps(ch) + b',"d":'
+                        tail = b',"module":' + dumps(targets[0][0]) + b',"port":'
+                        tail += dumps(targets[0][1])
+                        if len(targets) > 1:
+                            tail += b',"also":' + dumps(targets[1:])
+                        frames.append((ch, head, tail + b',"msgs":'))
+                    emit_head = b'{"op":"emit","module":' + dumps(mid) + b',"port":'
+                    direct = (frames, emit_head + dumps(port) + b',"n":')
                 entry[port] = (local, bool(spec.get("external")), direct)
             table[mid] = entry
         channels = f.get("channels") or {}
