@@ -54,6 +54,10 @@ __all__ = ["DIRECT", "Channel", "DirectChannels"]
 #: the ``hello.features`` entry of a host that reads and writes channels
 DIRECT = "direct"
 
+#: cut channels remembered per flow (for late acknowledgements and copies that name
+#: them); a copy naming a forgotten one is delivered unmarked: maybe twice, never lost
+KEEP_CUT = 256
+
 
 class Channel:
     """One FIFO from ``sender`` to ``receiver`` (see the module docstring)."""
@@ -117,6 +121,9 @@ class DirectChannels:
         self._want_open = True
         self._unlistened = 0
         self._next = 0
+        self._cut: deque[str] = deque()
+        #: channels cut so far
+        self.cuts = 0
 
     # ------------------------------------------------------------------ wiring
 
@@ -272,6 +279,10 @@ class DirectChannels:
             os.unlink(c.path)
         except OSError:
             pass
+        self.cuts += 1
+        self._cut.append(c.id)
+        if len(self._cut) > KEEP_CUT:
+            self.channels.pop(self._cut.popleft(), None)
         self._want_open = True
         self.flow._touched.add(receiver)
         self.flow.notify()
@@ -334,7 +345,7 @@ class DirectChannels:
         return {
             "enabled": self.enabled,
             "open": sorted(c.id for c in self._open.values()),
-            "cut": sum(1 for c in self.channels.values() if not c.open),
+            "cut": self.cuts,
             "held": sum(d.count for c in self._open.values() for _, d in c.pending),
         }
 
