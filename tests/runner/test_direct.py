@@ -97,6 +97,11 @@ async def test_sigkill_of_a_host_with_channels_loses_nothing(victim: str) -> Non
             nursery.start_soon(runner.inject, "kill", "src", "in", list(range(n)))
             await sink.wait_for(3000)
             assert all(direct_counts(runner, "kill").values()), "no traffic went direct"
+            # kill while copies of channel traffic are held (not yet acknowledged)
+            for seen in range(3000, n - 5000, 50):
+                await sink.wait_for(seen)
+                if run.direct.statistics()["held"]:
+                    break
             assert run.direct.statistics()["held"] > 0, "nothing in flight on a channel"
             assert len(sink.items) < n - 5000, "not mid-stream"
             assert host.process is not None
