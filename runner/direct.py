@@ -64,6 +64,7 @@ class Channel:
 
     __slots__ = (
         "acked",
+        "confirmed",
         "fd",
         "id",
         "listening",
@@ -105,6 +106,9 @@ class Channel:
         self.pending: deque[tuple[int, Delivery]] = deque()
         #: the highest d the receiver acknowledged
         self.acked = 0
+        #: after a cut: the receiver said it stopped reading (its last acknowledgement
+        #: of the channel came before), or it is gone, or it never listened
+        self.confirmed = False
 
 
 class DirectChannels:
@@ -122,6 +126,8 @@ class DirectChannels:
         self._unlistened = 0
         self._next = 0
         self._cut: deque[str] = deque()
+        #: cut channels whose receiver has not confirmed yet (pruned as they confirm)
+        self._unconfirmed: list[Channel] = []
         #: channels cut so far
         self.cuts = 0
 
@@ -216,6 +222,15 @@ class DirectChannels:
             if c is None or c.receiver is not receiver or not isinstance(k, int) or k <= c.acked:
                 continue
             c.acked = k
+            if not c.open:
+                # a late acknowledgement: copies queued at the cut that it covers were
+                # handled from the channel (the receiver would skip them; a hot swap
+                # may move them to another host, which would not)
+                dropped = receiver.queues.drop_marked(cid, k, c.targets)
+                if dropped:
+                    receiver.queues.delivered_msgs += dropped
+                    flow.settle(dropped)
+                continue
             pending = c.pending
             settled = 0
             queues = receiver.queues
@@ -229,11 +244,29 @@ class DirectChannels:
 
     # ------------------------------------------------------------------ cutting
 
-    def sender_cut(self, sender: RuntimeInstance, cid: Any) -> None:
-        """The sender gave the channel up (a full pipe, a failed write)."""
+    def host_cut(self, instance: RuntimeInstance, cid: Any) -> None:
+        """A host wrote ``cut``: the sender gave the channel up (a full pipe, a failed
+        write), or the receiver confirms it stopped reading it."""
         c = self.channels.get(cid) if isinstance(cid, str) else None
-        if c is not None and c.sender is sender:
+        if c is None:
+            return
+        if c.sender is instance:
             self.cut(c)
+        elif c.receiver is instance and not c.open:
+            self._confirm(c)
+
+    def _confirm(self, c: Channel) -> None:
+        if not c.confirmed:
+            c.confirmed = True
+            self._unconfirmed = [u for u in self._unconfirmed if not u.confirmed]
+            c.receiver.wake_drain()
+
+    def unconfirmed(self, receiver: RuntimeInstance) -> bool:
+        """Whether a channel to ``receiver`` was cut and it has not said it stopped
+        reading it (its last acknowledgements may still come)."""
+        return any(
+            not c.confirmed and c.receiver is receiver and not c.open for c in self._unconfirmed
+        )
 
     def cut_instance(self, instance: RuntimeInstance, *, gone: bool = False) -> None:
         """Cut the channels of a host that ended (``gone``: nothing is written to it any
@@ -241,6 +274,11 @@ class DirectChannels:
         for c in list(self._open.values()):
             if c.sender is instance or c.receiver is instance:
                 self.cut(c, gone=instance if gone else None)
+        if gone:
+            for c in self._unconfirmed:
+                if c.receiver is instance:
+                    c.confirmed = True  # it reads nothing any more
+        self._unconfirmed = [c for c in self._unconfirmed if not c.confirmed]
 
     def cut_all(self) -> None:
         for c in list(self._open.values()):
@@ -258,6 +296,9 @@ class DirectChannels:
             self._unlistened -= 1
         if c.listening and receiver is not gone and receiver.process is c.receiver_proc:
             receiver.send_nowait(encode_frame({"op": "cut", "ch": c.id}))
+            self._unconfirmed.append(c)
+        else:
+            c.confirmed = True
         queues = receiver.queues
         for d, delivery in c.pending:
             queues.release(delivery.module, delivery.count)
@@ -294,6 +335,9 @@ class DirectChannels:
         return all(queues.depth(t) == 0 for t in targets)
 
     def _listen(self, c: Channel) -> None:
+        if c.receiver.process is not c.receiver_proc:
+            self.cut(c)  # its receiver's process ended meanwhile
+            return
         c.listening = True
         self._unlistened -= 1
         c.receiver.send_nowait(encode_frame({"op": "listen", "ch": c.id, "path": str(c.path)}))
@@ -354,6 +398,7 @@ def _ready(instance: RuntimeInstance) -> bool:
     proc = instance.process
     return (
         proc is not None
+        and instance.direct_ready
         and instance.status is InstanceStatus.RUNNING
         and not instance.queues.paused
         and not instance._stopping

@@ -117,6 +117,8 @@ class RuntimeInstance:
         #: (module, port, msgs or the raw JSON array bytes, their count)
         self.held_emits: list[tuple[str, str, list[Any] | bytes, int]] = []
         self.held_states: dict[str, Any] = {}
+        #: the current host is booted and not ending: direct channels may open to it
+        self.direct_ready = False
 
     def statistics(self) -> dict[str, Any]:
         queues = self.queues.statistics()
@@ -287,7 +289,9 @@ class RuntimeInstance:
                 try:
                     await self._serve_host(proc, task_status)
                 finally:
-                    # its direct channels end with it (their held copies go to the queues)
+                    # its direct channels end with it (their held copies go to the
+                    # queues), and none opens to it while it is being taken down
+                    self.direct_ready = False
                     self.flow.direct.cut_instance(self, gone=True)
         except BaseExceptionGroup as group:
             raise _single(group) from None
@@ -304,6 +308,7 @@ class RuntimeInstance:
             nursery.start_soon(self._reader, proc, nursery.cancel_scope)
             await self._boot(proc)
             self.status = InstanceStatus.RUNNING
+            self.direct_ready = True
             if self.restarts:
                 self.flow.publish(
                     {
@@ -540,7 +545,7 @@ class RuntimeInstance:
                 elif op == "failed":
                     self._on_module_failed(frame)
                 elif op == "cut":
-                    flow.direct.sender_cut(self, frame.get("ch"))
+                    flow.direct.host_cut(self, frame.get("ch"))
                 elif op == "fatal":
                     self._log(None, "error", f"host reported a fatal error: {frame.get('error')}")
                 elif op in ("bye", "pong", "unloaded", "unsupported", "ignored"):
@@ -671,10 +676,17 @@ class RuntimeInstance:
         self.kick()
         self.flow.direct.poll()
 
+    def wake_drain(self) -> None:
+        """Something :meth:`drain` waits for happened."""
+        self._acked.set()
+        self._acked = trio.Event()
+
     async def drain(self) -> None:
         """After :meth:`pause`: wait until the host has acknowledged everything it was
-        sent, so that no message is inside it. Raises if the host is not running."""
-        while self.queues.in_flight:
+        sent, so that no message is inside it, and has confirmed that it stopped reading
+        its cut direct channels (its last acknowledgements of them came before). Raises
+        if the host is not running."""
+        while self.queues.in_flight or self.flow.direct.unconfirmed(self):
             if self.status is not InstanceStatus.RUNNING:
                 raise FlowStateError(
                     f"runtime {self.manifest.id} of flow {self.flow.flow_id} is "

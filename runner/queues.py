@@ -270,6 +270,24 @@ class DeliveryQueues:
         ):
             self._on_room()
 
+    def drop_marked(self, ch: str, upto: int, modules: Iterable[str]) -> int:
+        """Remove the queued copies of direct channel ``ch`` with ``d <= upto`` (the
+        receiving host handled them from the channel); the number of messages."""
+        dropped = 0
+        for module in modules:
+            queue = self._queues.get(module)
+            if not queue:
+                continue
+            keep = deque(d for d in queue if d.ch != ch or d.d > upto)
+            if len(keep) == len(queue):
+                continue
+            n = sum(d.count for d in queue) - sum(d.count for d in keep)
+            self._queues[module] = keep
+            self._queued[module] -= n
+            self.queued_msgs -= n
+            dropped += n
+        return dropped
+
     def append(self, d: Delivery) -> None:
         """Queue a delivery made elsewhere (a direct channel's held copy), last."""
         d.seq = 0

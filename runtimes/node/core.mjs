@@ -104,6 +104,7 @@ export class ModuleHost {
     this.directAcks = new Map();
     this.lastD = new Map();
     this.seqHandled = 0;
+    this.cutEcho = [];
     this.onListen = options.onListen || (() => {});
     this.onCut = options.onCut || (() => {});
     this.onRoutes = options.onRoutes || (() => {});
@@ -150,6 +151,8 @@ export class ModuleHost {
   }
 
   cut(frame) {
+    if (typeof frame.ch !== "string") throw new ProtocolViolation("'cut' needs a string 'ch'");
+    this.cutEcho.push(frame.ch); // confirmed after the next done
     if (!this.listening.delete(frame.ch)) return;
     this.onCut(frame.ch);
   }
@@ -464,6 +467,9 @@ export class ModuleHost {
       parts.push(`{"op":"done","seq":${this.lastSeq}}`);
       this.lastSeq = null;
     }
+    // after the done that acknowledges the last frames handled from them
+    for (const ch of this.cutEcho) parts.push(`{"op":"cut","ch":${JSON.stringify(ch)}}`);
+    this.cutEcho = [];
     return parts.length ? parts.join("\n") + "\n" : "";
   }
 }

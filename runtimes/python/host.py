@@ -170,6 +170,8 @@ class Host:
         self.last_d = {}
         self.seq_handled = 0
         self.poller = None
+        # channels cut by the runner: confirmed after the next done
+        self.cut_echo = []
 
     # ------------------------------------------------------------------ output
 
@@ -252,6 +254,10 @@ class Host:
             self.seq_handled = self.last_seq
             frames.append(b'{"op":"done","seq":%d}\n' % self.last_seq)
             self.last_seq = None
+        if self.cut_echo:
+            # after the done that acknowledges the last frames handled from them
+            frames.extend(b'{"op":"cut","ch":' + dumps(ch) + b"}\n" for ch in self.cut_echo)
+            self.cut_echo = []
         if frames:
             self.out_frames = []
             self.write(b"".join(frames))
@@ -505,6 +511,9 @@ class Host:
 
     def op_cut(self, f):
         ch = f.get("ch")
+        if not isinstance(ch, str):
+            raise ProtocolViolation("'cut' needs a string 'ch'")
+        self.cut_echo.append(ch)
         fd = self.in_ch.pop(ch, None)
         if fd is None:
             return

@@ -98,12 +98,12 @@ async def test_sigkill_of_a_host_with_channels_loses_nothing(victim: str) -> Non
             await sink.wait_for(3000)
             assert all(direct_counts(runner, "kill").values()), "no traffic went direct"
             # kill while copies of channel traffic are held (not yet acknowledged)
-            for seen in range(3000, n - 5000, 50):
+            for seen in range(3000, n - 2000, 10):
                 await sink.wait_for(seen)
                 if run.direct.statistics()["held"]:
                     break
             assert run.direct.statistics()["held"] > 0, "nothing in flight on a channel"
-            assert len(sink.items) < n - 5000, "not mid-stream"
+            assert len(sink.items) < n - 1000, "not mid-stream"
             assert host.process is not None
             killed = host.process.pid
             os.kill(killed, signal.SIGKILL)
@@ -154,6 +154,10 @@ async def test_a_full_channel_is_cut_and_the_flow_goes_on_through_the_runner() -
         for start_at in range(0, n, 8):
             chunk = [{"i": i, "pad": big} for i in range(start_at, start_at + 8)]
             await runner.inject("full", "src", "in", chunk)
+            if start_at == 0:
+                # the first ones went through the channel: the receiver reads it now
+                await sink.wait_for(8)
+                assert run.direct.statistics()["open"]
         await sink.wait_for(n, 60)
         await runner.wait_idle("full")
         got = [m["i"] for m in sink.msgs()]
