@@ -25,6 +25,9 @@ class RunnerConfig:
     frame_messages: int = 1000
     start_timeout: float = 10 * SECONDS
     stop_timeout: float = 5 * SECONDS
+    #: direct host-to-host channels between hosts that offer them (runner/direct.py,
+    #: PROTOCOL.md section 11); False: every message passes through the runner
+    direct: bool = True
     #: used for modules that do not set ``timeout``
     default_module_timeout: float = 30 * SECONDS
     restart_backoff_max: float = 5 * SECONDS

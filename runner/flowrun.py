@@ -24,6 +24,7 @@ import orjson
 import trio
 
 from .debugger import Debugger
+from .direct import DirectChannels
 from .errors import (
     FlowStateError,
     ModuleNotFound,
@@ -35,7 +36,7 @@ from .errors import (
 from .events import EventKind
 from .framing import parse_messages
 from .instance import RuntimeInstance
-from .queues import DeliveryQueues
+from .queues import Delivery, DeliveryQueues
 from .status import FlowStatus, InstanceStatus
 
 if TYPE_CHECKING:
@@ -100,6 +101,8 @@ class FlowRun:
         #: routed (src, port, dst, dst port: qualified ids), per exit and per injected
         #: port, errors per module; plain integer increments, once per routed batch
         self.wire_counts: dict[tuple[str, str, str, str], int] = defaultdict(int)
+        #: of those, the messages that went through a direct channel (runner/direct.py)
+        self.direct_counts: dict[tuple[str, str, str, str], int] = defaultdict(int)
         self.exit_counts: dict[tuple[str, str], int] = defaultdict(int)
         self.inject_counts: dict[tuple[str, str], int] = defaultdict(int)
         self.module_errors: dict[str, int] = defaultdict(int)
@@ -126,6 +129,8 @@ class FlowRun:
         #: the flow's journal when its durability is ``journal`` (given by the runner:
         #: :meth:`use_journal`); None: state is checkpointed
         self.journal: Journal | None = None
+        #: direct host-to-host channels (runner/direct.py; PROTOCOL.md section 11)
+        self.direct = DirectChannels(self)
         self._build(runtimes)
 
     # ------------------------------------------------------------------ wiring
@@ -256,12 +261,14 @@ class FlowRun:
     def _install(self, plan: Plan) -> None:
         """Make ``plan`` the flow's wiring: one synchronous step, so no message is ever
         routed by half of an old and half of a new table."""
+        self.direct.cut_all()  # channels belong to a wiring
         self._routes = plan.routes
         self.external_routing = plan.external
         for runtime, instance in plan.instances.items():
             instance.set_modules(plan.loads.get(runtime, {}), plan.host_routes.get(runtime, {}))
             instance.queues.downstream = plan.downstream.get(runtime, {})
         self.instances = plan.instances
+        self.direct.configure()
 
     def instance_of(self, module_id: str) -> RuntimeInstance:
         module = self._module(module_id)
@@ -286,12 +293,16 @@ class FlowRun:
         *,
         body: bytes | None = None,
         count: int = 0,
+        ch: str | None = None,
+        d: int = 0,
     ) -> None:
         """Route what ``module`` emitted on ``port``: ``msgs``, or (``msgs`` None)
         ``count`` messages as the raw JSON array ``body`` of a host with the ``raw``
         feature. A raw body goes to the queues of other hosts as it is; it is parsed
         only where it must be looked at: a flow exit (the sink, ``output`` events) or
-        the debugger's step record."""
+        the debugger's step record. ``ch``, ``d``: the emitting host also wrote these
+        messages into the direct channels ``ch`` as their frame ``d`` (runner/direct.py):
+        the copy for a target those reach is held, not queued."""
         if msgs is None:
             n = count
             if self.debugger.tick is not None or any(
@@ -317,6 +328,24 @@ class FlowRun:
                     if msgs is None:
                         msgs = _shown(body)
                     self._publish_wire(module, port, dst, dst_port, msgs)
+                if ch is not None:
+                    c = self.direct.channel(ch, instance)
+                    if c is not None:
+                        if d <= c.acked:
+                            self.direct_counts[(module, port, dst, dst_port)] += n
+                            continue  # the receiving host handled it already
+                        self._add_pending(n)
+                        if c.open:
+                            self.direct_counts[(module, port, dst, dst_port)] += n
+                            self.direct.hold(
+                                c, d, Delivery(dst, dst_port, msgs, body=body, count=n)
+                            )
+                        else:
+                            instance.queues.enqueue(
+                                dst, dst_port, msgs, body=body, count=n, ch=c.id, direct=d
+                            )
+                            self._touched.add(instance)
+                        continue
                 self._add_pending(n)
                 if body is not None:
                     instance.queues.enqueue(dst, dst_port, None, body=body, count=n)
@@ -618,6 +647,14 @@ class FlowRun:
                     "via": "runner" if seen else "host",
                     # counted whenever it went through the runner (a debugged flow's wires do)
                     "messages": self.wire_counts.get(key, 0) if seen else None,
+                    # of those, how many went host to host through a direct channel
+                    # (the runner kept a copy of each) and how many the runner delivered
+                    "direct": self.direct_counts.get(key, 0) if seen else None,
+                    "runner": (
+                        self.wire_counts.get(key, 0) - self.direct_counts.get(key, 0)
+                        if seen
+                        else None
+                    ),
                 }
             )
         breakpoints = self.debugger.breakpoints
@@ -677,6 +714,7 @@ class FlowRun:
                             await nursery.start(instance.run)
                         self._set_status(FlowStatus.RUNNING)
                         started = True
+                        self.direct.poll()
                         task_status.started()
                 except BaseExceptionGroup as group:
                     leaf = first(group, RunnerError)
@@ -713,10 +751,12 @@ class FlowRun:
                 raise
             raise leaf from None
         self._set_status(FlowStatus.RUNNING)
+        self.direct.poll()
 
     def detach(self) -> None:
         """End a flow started with :meth:`attach`; its hosts are left to their owner
         (who unloads the modules: :meth:`RuntimeInstance.unload_all`)."""
+        self.direct.cut_all()
         if self.status is not FlowStatus.FAILED:
             self._set_status(FlowStatus.STOPPED)
         self._ended.set()

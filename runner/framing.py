@@ -27,6 +27,7 @@ __all__ = [
     "require",
     "screen_frame",
     "split_emit",
+    "split_emit_head",
 ]
 
 MAX_LINE = 64 * 1024 * 1024
@@ -120,7 +121,14 @@ def decode_frame(line: bytes) -> dict[str, Any]:
 
 
 def split_emit(line: bytes) -> tuple[str, str, int, bytes]:
-    """An ``emit`` line of a host with the ``raw`` feature: (module, port, n, body).
+    """An ``emit`` line of a host with the ``raw`` feature: (module, port, n, body);
+    see :func:`split_emit_head`."""
+    head, body = split_emit_head(line)
+    return head["module"], head["port"], head["n"], body
+
+
+def split_emit_head(line: bytes) -> tuple[dict[str, Any], bytes]:
+    """An ``emit`` line of a host with the ``raw`` feature: (its header fields, body).
 
     The line is ``{"op":"emit",<header fields>,"msgs":<body>}`` with ``msgs`` last and
     no space around its colon (PROTOCOL.md section 10). Only the header is parsed: the
@@ -148,7 +156,7 @@ def split_emit(line: bytes) -> tuple[str, str, int, bytes]:
     body = line[at + len(_MSGS) : -1]
     if body[:1] != b"[" or body[-1:] != b"]" or (n == 0) != (body == b"[]"):
         raise ProtocolError(f"raw 'emit' frame field 'msgs' is not an array of n: {_excerpt(line)}")
-    return module, port, n, body
+    return head, body
 
 
 def parse_messages(body: bytes, port: str) -> tuple[list[Any], list[str]]:

@@ -37,7 +37,7 @@ from .compiled import build_host
 from .errors import FlowLoadError, FlowStateError, ProtocolError, RuntimeStartError, first
 from .events import EventKind
 from .faults import CrashWindow, deadline, hang_errors
-from .framing import RAW, RAW_EMIT, decode_frame, encode_frame, screen_frame, split_emit
+from .framing import RAW, RAW_EMIT, decode_frame, encode_frame, screen_frame, split_emit_head
 from .hosts import open_host
 from .queues import DeliveryQueues
 from .status import InstanceStatus
@@ -117,6 +117,8 @@ class RuntimeInstance:
         #: (module, port, msgs or the raw JSON array bytes, their count)
         self.held_emits: list[tuple[str, str, list[Any] | bytes, int]] = []
         self.held_states: dict[str, Any] = {}
+        #: the current host is booted and not ending: direct channels may open to it
+        self.direct_ready = False
 
     def statistics(self) -> dict[str, Any]:
         queues = self.queues.statistics()
@@ -163,6 +165,26 @@ class RuntimeInstance:
         if written < len(data):
             self._leftover = memoryview(data)[written:]
             self.flow.notify()
+
+    def send_nowait(self, data: bytes) -> None:
+        """Write a control frame (a direct channel's ``listen``, ``cut`` or ``route``)
+        from the calling task without waiting, behind everything already taken for the
+        host: what the pipe does not take now goes with the leftover, which the writer
+        (or the next send) writes before anything else."""
+        proc = self.process
+        if proc is None:
+            return
+        if self._leftover is None and not proc._send_lock.locked():
+            try:
+                written = proc.try_write(data)
+            except OSError:
+                return  # the host is gone; its reader ends it
+            if written == len(data):
+                return
+            self._leftover = memoryview(data)[written:]
+        else:
+            self._leftover = memoryview(bytes(self._leftover or b"") + data)
+        self.flow.notify()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -273,28 +295,41 @@ class RuntimeInstance:
         try:
             async with host as proc:
                 self.process = proc
-                # A frame cut short for the dead host is in the window and goes again whole.
-                self._leftover = None
-                self._last_rx = trio.current_time()
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._reader, proc, nursery.cancel_scope)
-                    await self._boot(proc)
-                    self.status = InstanceStatus.RUNNING
-                    if self.restarts:
-                        self.flow.publish(
-                            {
-                                "kind": EventKind.RUNTIME,
-                                "runtime": self.manifest.id,
-                                "event": "ready",
-                            }
-                        )
-                    if task_status is not None:
-                        task_status.started()
-                    nursery.start_soon(self._writer, proc)
-                    nursery.start_soon(self._deadline, proc)
+                try:
+                    await self._serve_host(proc, task_status)
+                finally:
+                    # its direct channels end with it (their held copies go to the
+                    # queues), and none opens to it while it is being taken down
+                    self.direct_ready = False
+                    self.flow.direct.cut_instance(self, gone=True)
         except BaseExceptionGroup as group:
             raise _single(group) from None
         return "stopped"
+
+    async def _serve_host(
+        self, proc: RuntimeProcess, task_status: trio.TaskStatus[None] | None
+    ) -> None:
+        """The life of one host process, from its boot to its end."""
+        # A frame cut short for the dead host is in the window and goes again whole.
+        self._leftover = None
+        self._last_rx = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._reader, proc, nursery.cancel_scope)
+            await self._boot(proc)
+            self.status = InstanceStatus.RUNNING
+            self.direct_ready = True
+            if self.restarts:
+                self.flow.publish(
+                    {
+                        "kind": EventKind.RUNTIME,
+                        "runtime": self.manifest.id,
+                        "event": "ready",
+                    }
+                )
+            if task_status is not None:
+                task_status.started()
+            nursery.start_soon(self._writer, proc)
+            nursery.start_soon(self._deadline, proc)
 
     async def _boot(self, proc: RuntimeProcess) -> None:
         await self._load_all(proc.send)
@@ -426,14 +461,28 @@ class RuntimeInstance:
                     # The hot path: route the body as the bytes the host wrote (a
                     # journaled flow's are held, as bytes, for the done's record).
                     try:
-                        module, port, n, body = split_emit(line)
+                        head, body = split_emit_head(line)
                     except ProtocolError as exc:
                         self._log(None, "error", f"protocol error from {self.name}: {exc}")
                         raise _HostEnded(f"broken: {exc}") from None
+                    n = head["n"]
                     if n and journaled:
-                        self.held_emits.append((module, port, body, n))
+                        self.held_emits.append((head["module"], head["port"], body, n))
                     elif n:
-                        await flow.route(module, port, None, body=body, count=n)
+                        ch = head.get("ch")
+                        if ch is not None:
+                            d = head.get("d")
+                            await flow.route(
+                                head["module"],
+                                head["port"],
+                                None,
+                                body=body,
+                                count=n,
+                                ch=ch if isinstance(ch, str) else None,
+                                d=d if isinstance(d, int) else 0,
+                            )
+                        else:
+                            await flow.route(head["module"], head["port"], None, body=body, count=n)
                     continue
                 try:
                     frame = decode_frame(line)
@@ -453,8 +502,18 @@ class RuntimeInstance:
                         msgs = frame["msgs"]
                         self.held_emits.append((frame["module"], frame["port"], msgs, len(msgs)))
                     else:
-                        await flow.route(frame["module"], frame["port"], frame["msgs"])
+                        ch, d = frame.get("ch"), frame.get("d")
+                        await flow.route(
+                            frame["module"],
+                            frame["port"],
+                            frame["msgs"],
+                            ch=ch if isinstance(ch, str) else None,
+                            d=d if isinstance(d, int) else 0,
+                        )
                 elif op == "done":
+                    direct = frame.get("direct")
+                    if direct is not None:
+                        flow.direct.acknowledged(self, direct)
                     consumed: dict[str, int] | None = {} if journaled else None
                     acked = queues.ack(frame["seq"], consumed)
                     if consumed is not None:
@@ -494,6 +553,8 @@ class RuntimeInstance:
                     self._on_child_restart(frame)
                 elif op == "failed":
                     self._on_module_failed(frame)
+                elif op == "cut":
+                    flow.direct.host_cut(self, frame.get("ch"))
                 elif op == "fatal":
                     self._log(None, "error", f"host reported a fatal error: {frame.get('error')}")
                 elif op in ("bye", "pong", "unloaded", "unsupported", "ignored"):
@@ -512,6 +573,7 @@ class RuntimeInstance:
                 await flow.commit(self, {})
             flow.kick()
             self.kick()  # acknowledgements may have opened the window
+            flow.direct.poll()
 
     def _bad_values(self, frame: dict[str, Any], taken: list[str]) -> None:
         """What :func:`screen_frame` took out of a host's frame: an error of its module
@@ -612,18 +674,28 @@ class RuntimeInstance:
     # ------------------------------------------------------------------ hot swap
 
     def pause(self) -> None:
-        """Send no new deliveries (queues keep filling, with their usual bounds)."""
+        """Send no new deliveries (queues keep filling, with their usual bounds). Its
+        direct channels are cut: every message then passes through the runner."""
         self.queues.paused = True
+        self.flow.direct.cut_instance(self)
 
     def resume(self) -> None:
         self.queues.paused = False
         self.flow.notify()
         self.kick()
+        self.flow.direct.poll()
+
+    def wake_drain(self) -> None:
+        """Something :meth:`drain` waits for happened."""
+        self._acked.set()
+        self._acked = trio.Event()
 
     async def drain(self) -> None:
         """After :meth:`pause`: wait until the host has acknowledged everything it was
-        sent, so that no message is inside it. Raises if the host is not running."""
-        while self.queues.in_flight:
+        sent, so that no message is inside it, and has confirmed that it stopped reading
+        its cut direct channels (its last acknowledgements of them came before). Raises
+        if the host is not running."""
+        while self.queues.in_flight or self.flow.direct.unconfirmed(self):
             if self.status is not InstanceStatus.RUNNING:
                 raise FlowStateError(
                     f"runtime {self.manifest.id} of flow {self.flow.flow_id} is "

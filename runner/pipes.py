@@ -19,7 +19,7 @@ from pathlib import Path
 
 import trio
 
-__all__ = ["FifoPair"]
+__all__ = ["FifoPair", "grow_pipe"]
 
 
 class FifoPair:
@@ -40,7 +40,7 @@ class FifoPair:
             os.mkfifo(pair.from_runtime, 0o600)
             # Non-blocking open of a FIFO's read end succeeds with no writer yet.
             pair.read_fd = os.open(pair.from_runtime, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            _grow(pair.read_fd)
+            grow_pipe(pair.read_fd)
         except BaseException:
             pair.close()
             raise
@@ -60,7 +60,7 @@ class FifoPair:
         while True:
             try:
                 self.write_fd = os.open(self.to_runtime, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-                _grow(self.write_fd)
+                grow_pipe(self.write_fd)
                 return self.write_fd
             except OSError as exc:
                 if exc.errno != errno.ENXIO:
@@ -85,7 +85,7 @@ class FifoPair:
 PIPE_SIZE = 1 << 20
 
 
-def _grow(fd: int) -> None:
+def grow_pipe(fd: int) -> None:
     """Ask for a larger pipe buffer; keep the default if the system refuses (a limit
     below :data:`PIPE_SIZE` in /proc/sys/fs/pipe-max-size for unprivileged users)."""
     try:

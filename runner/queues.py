@@ -64,7 +64,7 @@ class Delivery:
     A list may be shared by several deliveries (a fan-out): it is rebound, never changed
     in place. Deliveries compare by identity."""
 
-    __slots__ = ("_msgs", "body", "count", "end", "hangs", "module", "port", "seq")
+    __slots__ = ("_msgs", "body", "ch", "count", "d", "end", "hangs", "module", "port", "seq")
 
     def __init__(
         self,
@@ -94,6 +94,10 @@ class Delivery:
         #: a journaled flow's: the position just past its last message in the module's
         #: stream (runner/journal.py); 0: not journaled
         self.end = end
+        #: a copy of a frame that went through a direct channel (runner/direct.py): the
+        #: channel and the frame's number there; the host skips what it handled already
+        self.ch: str | None = None
+        self.d = 0
 
     @property
     def msgs(self) -> list[Any]:
@@ -121,6 +125,20 @@ class Delivery:
         body = self.body
         if body is None:
             body = orjson.dumps(self._msgs)
+        if self.ch is not None:
+            return b"".join(
+                (
+                    b'{"op":"deliver","seq":%d,"ch":' % self.seq,
+                    orjson.dumps(self.ch),
+                    b',"d":%d,"module":' % self.d,
+                    orjson.dumps(self.module),
+                    b',"port":',
+                    orjson.dumps(self.port),
+                    b',"msgs":',
+                    body,
+                    b"}\n",
+                )
+            )
         return b"".join(
             (
                 b'{"op":"deliver","seq":%d,"module":' % self.seq,
@@ -207,6 +225,9 @@ class DeliveryQueues:
         self._queues: dict[str, deque[Delivery]] = {}
         self._queued: dict[str, int] = {}
         self.queued_msgs = 0
+        #: messages held for a module by the runner while they travel a direct channel
+        #: (runner/direct.py): they count against its capacity
+        self._reserved: dict[str, int] = {}
         self._unacked: deque[Delivery] = deque()
         self.unacked_msgs = 0
         self._next_seq = 1
@@ -228,7 +249,51 @@ class DeliveryQueues:
         return self._queued.get(module, 0)
 
     def has_room(self, module: str) -> bool:
-        return self._queued.get(module, 0) < self.capacity
+        return self._queued.get(module, 0) + self._reserved.get(module, 0) < self.capacity
+
+    def reserved(self, module: str) -> int:
+        """Messages for ``module`` that travel a direct channel, not yet acknowledged."""
+        return self._reserved.get(module, 0)
+
+    def reserve(self, module: str, n: int) -> None:
+        self._reserved[module] = self._reserved.get(module, 0) + n
+
+    def release(self, module: str, n: int) -> None:
+        """``n`` reserved messages of ``module`` were handled or put in its queue."""
+        before = self._reserved.get(module, 0)
+        after = before - n
+        self._reserved[module] = after
+        if (
+            before + self._queued.get(module, 0)
+            >= self.capacity
+            > after + self._queued.get(module, 0)
+        ):
+            self._on_room()
+
+    def drop_marked(self, ch: str, upto: int, modules: Iterable[str]) -> int:
+        """Remove the queued copies of direct channel ``ch`` with ``d <= upto`` (the
+        receiving host handled them from the channel); the number of messages."""
+        dropped = 0
+        for module in modules:
+            queue = self._queues.get(module)
+            if not queue:
+                continue
+            keep = deque(d for d in queue if d.ch != ch or d.d > upto)
+            if len(keep) == len(queue):
+                continue
+            n = sum(d.count for d in queue) - sum(d.count for d in keep)
+            self._queues[module] = keep
+            self._queued[module] -= n
+            self.queued_msgs -= n
+            dropped += n
+        return dropped
+
+    def append(self, d: Delivery) -> None:
+        """Queue a delivery made elsewhere (a direct channel's held copy), last."""
+        d.seq = 0
+        self._queues.setdefault(d.module, deque()).append(d)
+        self._queued[d.module] = self._queued.get(d.module, 0) + d.count
+        self.queued_msgs += d.count
 
     def enqueue(
         self,
@@ -239,15 +304,21 @@ class DeliveryQueues:
         body: bytes | None = None,
         count: int = 0,
         end: int = 0,
+        ch: str | None = None,
+        direct: int = 0,
     ) -> None:
         """Queue messages for ``module``: ``msgs``, or (``msgs`` None) ``count`` messages
         as the raw JSON array ``body`` (:class:`Delivery`). Never refuses: producers ask
         :meth:`has_room` first (an inject), or were only fed while it had room (a routed
-        emit). ``end``: the journal position (see :class:`Delivery`)."""
+        emit). ``end``: the journal position (see :class:`Delivery`); ``ch``, ``direct``:
+        the mark of a direct channel's copy (see :class:`Delivery`)."""
         queue = self._queues.get(module)
         if queue is None:
             queue = self._queues[module] = deque()
         d = Delivery(module, port, msgs, body=body, count=count, end=end)
+        if ch is not None:
+            d.ch = ch
+            d.d = direct
         queue.append(d)
         self._queued[module] = self._queued.get(module, 0) + d.count
         self.queued_msgs += d.count

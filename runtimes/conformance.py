@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import fcntl
 import os
 import select
 import shutil
@@ -170,6 +171,8 @@ class HostUnderTest:
             start_new_session=True,
         )
         self.hello_early = False
+        #: direct channels a check made (closed with the host)
+        self.extra_fds: list[int] = []
 
     def stderr_tail(self) -> str:
         self.log.seek(0)
@@ -267,7 +270,7 @@ class HostUnderTest:
         with suppress(ProcessLookupError):
             self.proc.kill()
         self.proc.wait()
-        for fd in (self.rfd, self.wfd):
+        for fd in (self.rfd, self.wfd, *self.extra_fds):
             if fd is not None:
                 with suppress(OSError):
                     os.close(fd)
@@ -723,6 +726,182 @@ class Kit:
         if sorted(orjson.dumps(m) for m in seen) != sorted(orjson.dumps(m) for m in want):
             raise CheckFailed(f"raw emits must carry every output unchanged; got {seen!r}")
 
+    # ---------------------------------------------------------------- direct channels
+
+    def _needs_direct(self, host: HostUnderTest) -> None:
+        if "direct" not in (host.frames[0].get("features") or ()):
+            raise Skip("the host does not list 'direct' in hello.features")
+
+    def _channel(self, host: HostUnderTest, name: str, size: int | None = None) -> tuple[str, int]:
+        """A channel FIFO in the host's folder, held open O_RDWR as a runner holds it."""
+        path = host.dir / f"ch-{name}"
+        os.mkfifo(path, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+        host.extra_fds.append(fd)
+        if size is not None:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+        return str(path), fd
+
+    def _channel_lines(self, fd: int, want: int) -> list[bytes]:
+        """Complete lines read from a channel the host writes (``want`` of them)."""
+        data = b""
+        deadline = time.monotonic() + self.timeout
+        while data.count(b"\n") < want:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise CheckFailed(
+                    f"expected {want} line(s) on the direct channel; got {data[:300]!r}"
+                )
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                with suppress(BlockingIOError):
+                    data += os.read(fd, 1 << 20)
+        return data.split(b"\n")[:want]
+
+    def check_direct_send(self, host: HostUnderTest) -> None:
+        """PROTOCOL.md section 11: a port with ``direct`` targets writes one ``deliver``
+        per channel (all its targets there: ``module``, ``port``, ``also``) with the frame's
+        ``d``, and still sends the runner the ``emit`` (raw layout) with ``d`` and ``ch``."""
+        self._needs_direct(host)
+        self.needs_code()
+        self.load(host, "echo")
+        path, fd = self._channel(host, "c1")
+        direct = [["c1", "x/a", "in"], ["c1", "x/b", "in2"]]
+        host.send(
+            {
+                "op": "route",
+                "routes": {"t/echo": {"out": {"local": [], "external": True, "direct": direct}}},
+                "channels": {"c1": path},
+            }
+        )
+        ds = []
+        for seq, msgs in ((1, [1, "two"]), (2, [{"n": 3}])):
+            host.send({"op": "deliver", "seq": seq, "module": "t/echo", "port": "in", "msgs": msgs})
+            _, before = host.expect(
+                lambda f, s=seq: f["op"] == "done" and f.get("seq") == s, "done"
+            )
+            emits = [f for f in before if f["op"] == "emit"]
+            if len(emits) != 1 or emits[0].get("msgs") != msgs:
+                raise CheckFailed(f"the runner must still get the emit of {msgs}; got {emits}")
+            emit = emits[0]
+            if not isinstance(emit.get("d"), int) or emit.get("ch") != "c1":
+                raise CheckFailed(f'the emit must carry "d" and "ch":"c1"; got {_excerpt(emit)}')
+            line = next(x for x in host.lines if x.startswith(b'{"op":"emit"') and b'"d":' in x)
+            host.lines.clear()
+            if not line.endswith(b"]}") or line.find(b',"msgs":') < line.find(b'"d":'):
+                raise CheckFailed(f"'d' and 'ch' belong in the raw header, before msgs: {line!r}")
+            [got] = self._channel_lines(fd, 1)
+            frame = orjson.loads(got)
+            want = {"op": "deliver", "ch": "c1", "d": emit["d"], "module": "x/a", "port": "in"}
+            if {k: frame.get(k) for k in want} != want or frame.get("msgs") != msgs:
+                raise CheckFailed(f"channel frame must be {want} with the msgs; got {got!r}")
+            if frame.get("also") != [["x/b", "in2"]]:
+                raise CheckFailed(f"the second target on the channel goes in 'also'; got {got!r}")
+            ds.append(emit["d"])
+        if not ds[1] > ds[0]:
+            raise CheckFailed(f"'d' must increase from one frame to the next; got {ds}")
+
+    def check_direct_full_cut(self, host: HostUnderTest) -> None:
+        """A channel that does not take a batch at once is given up for good: ``cut`` to
+        the runner before the frames of that batch, and never written again."""
+        self._needs_direct(host)
+        self.needs_code()
+        self.load(host, "echo")
+        path, fd = self._channel(host, "c2", size=4096)
+        os.write(fd, b"x" * 4000)  # nearly full: the next batch cannot fit
+        host.send(
+            {
+                "op": "route",
+                "routes": {
+                    "t/echo": {
+                        "out": {"local": [], "external": True, "direct": [["c2", "x/a", "in"]]}
+                    }
+                },
+                "channels": {"c2": path},
+            }
+        )
+        big = ["y" * 1000] * 4
+        host.send({"op": "deliver", "seq": 1, "module": "t/echo", "port": "in", "msgs": big})
+        _, before = host.expect(lambda f: f["op"] == "done", "done")
+        ops = [f["op"] for f in before]
+        if "cut" not in ops or [f.get("ch") for f in before if f["op"] == "cut"] != ["c2"]:
+            raise CheckFailed(f"a full channel must be answered with cut c2; got {ops}")
+        if ops.index("cut") > min(i for i, op in enumerate(ops) if op == "emit"):
+            raise CheckFailed(f"cut must come before the emits of its batch; got {ops}")
+        host.send({"op": "deliver", "seq": 2, "module": "t/echo", "port": "in", "msgs": [5]})
+        _, before = host.expect(lambda f: f["op"] == "done", "done")
+        emits = [f for f in before if f["op"] == "emit"]
+        if [f.get("msgs") for f in emits] != [[5]] or "d" in emits[0]:
+            raise CheckFailed(f"after a cut, emits go to the runner only, without d: {emits}")
+
+    def check_direct_receive(self, host: HostUnderTest) -> None:
+        """``listen``: frames from the channel are handled and acknowledged in ``done``'s
+        ``direct``; the runner's copies (``ch``, ``d``) of handled frames are skipped but
+        acknowledged by seq; ``cut`` is answered with ``cut`` (after the ``done`` that
+        acknowledges the channel's last frames) and the channel is not read any more (a
+        partial line on it is no error)."""
+        self._needs_direct(host)
+        self.needs_code()
+        self.load(host, "echo")
+        path, fd = self._channel(host, "c9")
+        host.send({"op": "listen", "ch": "c9", "path": path})
+        host.send({"op": "ping", "id": 1})
+        host.expect(lambda f: f["op"] == "pong", "pong")
+        for d, msg in ((1, 10), (2, 11)):
+            line = {
+                "op": "deliver",
+                "ch": "c9",
+                "d": d,
+                "module": "t/echo",
+                "port": "in",
+                "msgs": [msg],
+            }
+            os.write(fd, orjson.dumps(line) + b"\n")
+        emitted: list[Any] = []
+
+        def acked(f: dict[str, Any]) -> bool:
+            if f["op"] == "emit":
+                emitted.extend(f.get("msgs") or ())
+            return f["op"] == "done" and (f.get("direct") or {}).get("c9") == 2
+
+        host.expect(acked, 'done with "direct": {"c9": 2}')
+        if emitted != [10, 11]:
+            raise CheckFailed(f"channel frames must be handled in order; emitted {emitted}")
+        copy = {"op": "deliver", "seq": 1, "ch": "c9", "d": 2, "module": "t/echo", "port": "in"}
+        host.send({**copy, "msgs": [11]}, {**copy, "seq": 2, "d": 3, "msgs": [12]})
+        _, before = host.expect(lambda f: f["op"] == "done" and f.get("seq") == 2, "done seq 2")
+        got = [m for f in before if f["op"] == "emit" for m in f["msgs"]]
+        if got != [12]:
+            raise CheckFailed(
+                f"a copy of a handled frame (d 2) must be skipped, d 3 handled: {got}"
+            )
+        os.write(fd, b'{"op":"deliver","ch":"c9","d":4,"module":"t/ech')  # torn: the sender gave up
+        host.send({"op": "cut", "ch": "c9"}, {"op": "ping", "id": 2})
+        _, before = host.expect(
+            lambda f: f["op"] == "cut" and f.get("ch") == "c9",
+            "cut c9 answered with cut c9 (a torn line on it is no error)",
+        )
+        if not any(f["op"] == "pong" for f in before):
+            raise CheckFailed("the host must go on after a cut: no pong")
+        os.write(fd, b'o","port":"in","msgs":[13]}\n')
+        host.send({**copy, "seq": 3, "d": 4, "msgs": [13]}, {"op": "ping", "id": 3})
+        _, before = host.expect(lambda f: f["op"] == "pong", "pong")
+        got = [m for f in before if f["op"] == "emit" for m in f["msgs"]]
+        if got != [13]:
+            raise CheckFailed(f"after cut only the runner's copy is handled, once: {got}")
+
+    def check_direct_garbage_is_fatal(self, host: HostUnderTest) -> None:
+        """A complete line on a channel that is not a frame is a protocol error."""
+        self._needs_direct(host)
+        path, fd = self._channel(host, "c5")
+        host.send({"op": "listen", "ch": "c5", "path": path}, {"op": "ping", "id": 1})
+        host.expect(lambda f: f["op"] == "pong", "pong")
+        os.write(fd, b"not a frame\n")
+        host.expect(lambda f: f["op"] == "fatal", "fatal")
+        code = host.wait_exit()
+        if code != 3:
+            raise CheckFailed(f"after fatal the host must exit with status 3, got {code}")
+
     def check_shutdown(self, host: HostUnderTest) -> None:
         self.load(host, "echo")
         host.send(
@@ -756,6 +935,10 @@ class Kit:
                 "check_user_error",
                 "check_hung",
                 "check_raw_emit",
+                "check_direct_send",
+                "check_direct_full_cut",
+                "check_direct_receive",
+                "check_direct_garbage_is_fatal",
                 "check_ping",
                 "check_unknown_op",
                 "check_garbage_is_fatal",

@@ -141,6 +141,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         fbp_port=args.fbp_port,
         fbp_secret_file=Path(args.fbp_secret_file) if args.fbp_secret_file else None,
         durability=args.durability,
+        direct=not args.no_direct,
         journal_fsync=args.journal_fsync,
         journal_max_bytes=args.journal_max_size,
         journal_reserve_bytes=args.journal_reserve,
@@ -270,6 +271,12 @@ def add_runner_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--fbp-secret-file",
         metavar="FILE",
         help="the FBP clients' secret, read from FILE (default: the runner's token)",
+    )
+    serve_p.add_argument(
+        "--no-direct",
+        action="store_true",
+        help="no direct host-to-host channels: every message between two runtime hosts"
+        " passes through the runner (runtimes/PROTOCOL.md section 11)",
     )
     serve_p.add_argument(
         "--durability",

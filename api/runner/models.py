@@ -321,6 +321,17 @@ class WireStats:
         int | None,
         msgspec.Meta(description="messages the runner routed on it (null: via host, not seen)"),
     ]
+    direct: Annotated[
+        int | None,
+        msgspec.Meta(
+            description="of those, messages that went host to host through a direct channel"
+            " (the runner kept a copy of each; null: via host)"
+        ),
+    ] = None
+    runner: Annotated[
+        int | None,
+        msgspec.Meta(description="of those, messages the runner delivered itself (null: via host)"),
+    ] = None
 
 
 @attrs.frozen

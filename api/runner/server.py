@@ -75,6 +75,8 @@ class ServeOptions:
     fbp_secret_file: Path | None = None
     #: flows without ``durability``: "checkpoint" or "journal" (runner/JOURNAL.md), the
     #: journal's fsync policy, its size bound and the disk space it keeps in reserve
+    #: direct host-to-host channels (runtimes/PROTOCOL.md section 11); False: ``--no-direct``
+    direct: bool = True
     durability: str = "checkpoint"
     journal_fsync: str = "always"
     journal_max_bytes: int = 1 << 30
@@ -192,6 +194,7 @@ async def serve(
         max_runs=options.max_runs if options.max_runs is not None else os.cpu_count() or 1,
         run_retention=options.run_retention,
         durability=options.durability,
+        direct=options.direct,
         journal_fsync=options.journal_fsync,
         journal_max_bytes=options.journal_max_bytes,
         journal_reserve_bytes=options.journal_reserve_bytes,

@@ -219,12 +219,15 @@ class _AttemptFlow(FlowRun):
         *,
         body: bytes | None = None,
         count: int = 0,
+        ch: str | None = None,
+        d: int = 0,
     ) -> None:
         n = len(msgs) if msgs is not None else count
         for target in self._routes.get((module, port)) or ():
             if target is not None:
                 self.attempt.handled[self.short(target[1])] += n
-        await super().route(module, port, msgs, body=body, count=count)
+        # a direct channel's copy (``ch``, ``d``) is counted here like any emit
+        await super().route(module, port, msgs, body=body, count=count, ch=ch, d=d)
 
     async def inject(self, module_id: str, port: str, msgs: list[Any]) -> None:
         await super().inject(module_id, port, msgs)

@@ -90,6 +90,26 @@ export class ModuleHost {
     this.work = [];
     this.head = 0;
     this.modCount = 0;
+    // Direct channels (PROTOCOL.md section 11); the I/O is the host's (host.mjs).
+    // Sending: the channel paths of the route table, the channels given up, the frame
+    // counter, this batch's frames per channel, `cut` frames for the runner.
+    this.channelPaths = new Map();
+    this.deadChannels = new Set();
+    this.liveChannels = new Set(); // channels the host has open for writing
+    this.dcount = 0;
+    this.directOut = new Map();
+    this.cutFrames = [];
+    // Receiving: channels being read, the highest d handled per channel this batch
+    // (acknowledged in `done`), per channel/module/port the highest d ever handled.
+    this.listening = new Set();
+    this.directAcks = new Map(); // channel -> highest d handled: the next done
+    this.queuedAcks = new Map(); // channel -> highest d taken in, not yet handled
+    this.lastD = new Map();
+    this.seqHandled = 0;
+    this.cutEcho = [];
+    this.onListen = options.onListen || (() => {});
+    this.onCut = options.onCut || (() => {});
+    this.onRoutes = options.onRoutes || (() => {});
   }
 
   // ---------------------------------------------------------------- ops
@@ -99,8 +119,59 @@ export class ModuleHost {
     if (!Number.isInteger(seq) || typeof module !== "string" || typeof port !== "string" || !Array.isArray(msgs)) {
       throw new ProtocolViolation("'deliver' needs seq (integer), module, port (strings) and msgs (array)");
     }
-    this.work.push([module, port, msgs, seq, true]);
     this.queuedSeq = seq;
+    if (frame.ch !== undefined) {
+      // the runner's copy of a direct channel's frame: skip it if handled already
+      if (!Number.isInteger(frame.d)) throw new ProtocolViolation("'deliver' with 'ch' needs an integer 'd'");
+      const key = `${frame.ch}\u0000${module}\u0000${port}`;
+      if (frame.d <= (this.lastD.get(key) || 0)) return;
+      this.lastD.set(key, frame.d);
+    }
+    this.work.push([module, port, msgs, seq, true]);
+  }
+
+  // A frame read from direct channel `ch`; ignored once the channel is cut.
+  directDeliver(ch, frame) {
+    const { d, module, port, msgs } = frame;
+    const also = frame.also === undefined ? [] : frame.also;
+    if (frame.op !== "deliver" || frame.ch !== ch || !Number.isInteger(d) || typeof module !== "string" || typeof port !== "string" || !Array.isArray(msgs) || !Array.isArray(also)) {
+      throw new ProtocolViolation(`direct channel ${ch}: a frame is not a 'deliver' with ch, d, module, port and msgs`);
+    }
+    if (!this.listening.has(ch)) return;
+    for (const [m, p] of [[module, port], ...also]) {
+      this.lastD.set(`${ch}\u0000${m}\u0000${p}`, d);
+      this.work.push([String(m), String(p), msgs, 0, false]);
+    }
+    this.queuedAcks.set(ch, d);
+  }
+
+  listen(frame) {
+    if (typeof frame.ch !== "string" || typeof frame.path !== "string") throw new ProtocolViolation("'listen' needs strings 'ch' and 'path'");
+    if (this.listening.has(frame.ch)) return;
+    this.listening.add(frame.ch);
+    this.onListen(frame.ch, frame.path);
+  }
+
+  cut(frame) {
+    if (typeof frame.ch !== "string") throw new ProtocolViolation("'cut' needs a string 'ch'");
+    this.cutEcho.push(frame.ch); // confirmed after the next done
+    if (!this.listening.delete(frame.ch)) return;
+    this.onCut(frame.ch);
+  }
+
+  // The host could not write a batch to channel `ch`: never again; the runner is told
+  // before anything else of the batch (it holds the copies).
+  giveUp(ch) {
+    this.liveChannels.delete(ch);
+    this.deadChannels.add(ch);
+    this.cutFrames.push(`{"op":"cut","ch":${JSON.stringify(ch)}}`);
+  }
+
+  // This batch's frames per channel (strings of JSON lines), to be written first.
+  takeDirect() {
+    const out = this.directOut;
+    this.directOut = new Map();
+    return out;
   }
 
   setRoutes(frame) {
@@ -115,11 +186,32 @@ export class ModuleHost {
       for (const [port, spec] of Object.entries(ports)) {
         if (spec === null || typeof spec !== "object") throw new ProtocolViolation(`'route' routes[${mid}][${port}] is not an object`);
         const local = (spec.local || []).map((d) => [String(d[0]), String(d[1])]);
-        entry.set(port, { local, external: Boolean(spec.external) });
+        const byCh = new Map();
+        for (const d of spec.direct || []) {
+          const ch = String(d[0]);
+          if (!byCh.has(ch)) byCh.set(ch, []);
+          byCh.get(ch).push([String(d[1]), String(d[2])]);
+        }
+        // A channel's frame is head + d + tail + msgs + "}": all the port's targets on
+        // that channel in one line (module, port, then "also"); made once, here.
+        let direct = null;
+        if (byCh.size) {
+          direct = [];
+          for (const [ch, targets] of byCh) {
+            const also = targets.length > 1 ? `,"also":${JSON.stringify(targets.slice(1))}` : "";
+            direct.push([ch, `{"op":"deliver","ch":${JSON.stringify(ch)},"d":`, `,"module":${JSON.stringify(targets[0][0])},"port":${JSON.stringify(targets[0][1])}${also},"msgs":`]);
+          }
+        }
+        const emitHead = `{"op":"emit","module":${JSON.stringify(mid)},"port":${JSON.stringify(port)},"n":`;
+        entry.set(port, { local, external: Boolean(spec.external), direct, emitHead });
       }
       table.set(mid, entry);
     }
+    const channels = frame.channels || {};
+    if (channels === null || typeof channels !== "object" || Array.isArray(channels)) throw new ProtocolViolation("'route' field 'channels' is not an object");
+    this.channelPaths = new Map(Object.entries(channels).filter(([ch]) => !this.deadChannels.has(ch)));
     this.routes = table;
+    this.onRoutes();
   }
 
   // Returns undefined, or a Promise when init/migrate is async.
@@ -238,6 +330,10 @@ export class ModuleHost {
       this.lastSeq = this.queuedSeq;
       this.queuedSeq = null;
     }
+    if (this.queuedAcks.size) {
+      for (const [ch, d] of this.queuedAcks) this.directAcks.set(ch, d);
+      this.queuedAcks = new Map();
+    }
     return undefined;
   }
 
@@ -314,8 +410,37 @@ export class ModuleHost {
         continue;
       }
       for (const [dst, dstPort] of route.local) this.work.push([dst, dstPort, list, seq, false]);
-      if (route.external) this.frames.push({ op: "emit", module: mod.id, port, n: list.length, msgs: list });
+      if (route.direct !== null && route.direct !== undefined) this.emitDirect(mod, port, list, route);
+      else if (route.external) this.frames.push({ op: "emit", module: mod.id, port, n: list.length, msgs: list });
     }
+  }
+
+  // An emit whose port has direct targets: its frame to each live channel, and the
+  // runner's copy with `d` and `ch` (PROTOCOL.md section 11).
+  emitDirect(mod, port, list, route) {
+    let data;
+    try {
+      data = JSON.stringify(list);
+    } catch {
+      data = undefined;
+    }
+    const k = this.dcount + 1;
+    let live = null;
+    if (data !== undefined) {
+      for (const [ch, head, tail] of route.direct) {
+        if (!this.liveChannels.has(ch)) continue;
+        const line = `${head}${k}${tail}${data}}\n`;
+        const prev = this.directOut.get(ch);
+        this.directOut.set(ch, prev === undefined ? line : prev + line);
+        live = live === null ? ch : `${live} ${ch}`;
+      }
+    }
+    if (live === null) {
+      this.frames.push({ op: "emit", module: mod.id, port, n: list.length, msgs: list });
+      return;
+    }
+    this.dcount = k;
+    this.frames.push(`${route.emitHead}${list.length},"d":${k},"ch":${JSON.stringify(live)},"msgs":${data}}`);
   }
 
   errorFrame(module, port, msg, seq, error) {
@@ -326,8 +451,9 @@ export class ModuleHost {
 
   // Everything produced since the last flush, as one string of JSON lines.
   flush(final = false) {
-    const parts = [];
-    for (const f of this.frames) parts.push(encodeFrame(f, this));
+    const parts = this.cutFrames;
+    this.cutFrames = [];
+    for (const f of this.frames) parts.push(typeof f === "string" ? f : encodeFrame(f, this));
     this.frames = [];
     const mods = final ? this.modules.values() : this.ran;
     for (const mod of mods) {
@@ -344,10 +470,18 @@ export class ModuleHost {
       }
     }
     this.ran = new Set();
-    if (this.lastSeq !== null) {
+    if (this.lastSeq !== null) this.seqHandled = this.lastSeq;
+    if (this.directAcks.size) {
+      parts.push(`{"op":"done","seq":${this.seqHandled},"direct":${JSON.stringify(Object.fromEntries(this.directAcks))}}`);
+      this.directAcks = new Map();
+      this.lastSeq = null;
+    } else if (this.lastSeq !== null) {
       parts.push(`{"op":"done","seq":${this.lastSeq}}`);
       this.lastSeq = null;
     }
+    // after the done that acknowledges the last frames handled from them
+    for (const ch of this.cutEcho) parts.push(`{"op":"cut","ch":${JSON.stringify(ch)}}`);
+    this.cutEcho = [];
     return parts.length ? parts.join("\n") + "\n" : "";
   }
 }
@@ -428,6 +562,12 @@ export function handleLines(host, lines, start, onShutdown) {
         break;
       case "unload":
         host.unload(frame);
+        break;
+      case "listen":
+        host.listen(frame);
+        break;
+      case "cut":
+        host.cut(frame);
         break;
       case "ping":
         host.frames.push({ op: "pong", id: frame.id === undefined ? null : frame.id });

@@ -17,7 +17,7 @@ import net from "node:net";
 import path from "node:path";
 import { createRequire } from "node:module";
 import { Worker } from "node:worker_threads";
-import { ModuleHost, ProtocolViolation, handleLines } from "./core.mjs";
+import { ModuleHost, ProtocolViolation, handleLines, parseLine } from "./core.mjs";
 
 const PROTOCOL = 1;
 const VERSION = "1.0.0";
@@ -110,6 +110,82 @@ const host = new ModuleHost({
   requireFor: (filename) => (path.isAbsolute(filename) ? createRequire(filename) : inlineRequire),
   onModule: (mod) => watchdog.postMessage({ index: mod.index, id: mod.id, timeout: mod.timeout }),
 });
+// ------------------------------------------------------------------ direct channels
+
+// PROTOCOL.md section 11. Writers: channel -> fd opened O_WRONLY|O_NONBLOCK (the runner
+// holds each FIFO open, so the open never fails with ENXIO). Readers: channel -> one
+// more net.Socket, whose chunks join the runner pipe's in the same backlog.
+const writers = new Map();
+const readers = new Map();
+
+function closeWriter(ch) {
+  const fd = writers.get(ch);
+  writers.delete(ch);
+  host.liveChannels.delete(ch);
+  if (fd !== undefined) {
+    try {
+      fs.closeSync(fd);
+    } catch {
+      // already gone
+    }
+  }
+}
+
+host.onRoutes = () => {
+  for (const ch of [...writers.keys()]) if (!host.channelPaths.has(ch)) closeWriter(ch);
+  for (const [ch, p] of host.channelPaths) {
+    if (writers.has(ch) || host.deadChannels.has(ch)) continue;
+    try {
+      writers.set(ch, fs.openSync(p, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK));
+      host.liveChannels.add(ch);
+    } catch {
+      host.giveUp(ch);
+    }
+  }
+};
+
+function writeDirect() {
+  for (const [ch, text] of host.takeDirect()) {
+    const fd = writers.get(ch);
+    if (fd === undefined) continue;
+    const buf = Buffer.from(text, "utf8");
+    let n = -1;
+    try {
+      n = fs.writeSync(fd, buf, 0, buf.length);
+    } catch {
+      n = -1;
+    }
+    if (n !== buf.length) {
+      closeWriter(ch);
+      host.giveUp(ch);
+    }
+  }
+}
+
+host.onListen = (ch, p) => {
+  let fd;
+  try {
+    fd = fs.openSync(p, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+  } catch {
+    host.listening.delete(ch); // already cut: the runner delivers the copies
+    return;
+  }
+  const sock = new net.Socket({ fd, readable: true, writable: false });
+  readers.set(ch, { sock, rest: null });
+  sock.on("data", (chunk) => {
+    backlog.push([ch, chunk]);
+    pump();
+  });
+  sock.on("error", (err) => fatal(err));
+};
+
+host.onCut = (ch) => {
+  // what was read of it is handled (control ops drain first); a partial line is dropped
+  const r = readers.get(ch);
+  readers.delete(ch);
+  if (r !== undefined) r.sock.destroy();
+};
+
 host.endProgress = () => {
   if (Atomics.compareExchange(P, 0, 1, 0) !== 1) {
     // The watchdog reported this call as hung and is (or was) writing: let it finish,
@@ -120,6 +196,7 @@ host.endProgress = () => {
 };
 
 function flush(final = false) {
+  if (host.directOut.size) writeDirect();
   const text = host.flush(final);
   if (text) writeAll(text);
 }
@@ -160,7 +237,7 @@ function processLines(lines, start) {
 // ------------------------------------------------------------------ the read loop
 
 writeAll(
-  JSON.stringify({ op: "hello", protocol: PROTOCOL, runtime: "node", version: VERSION, pid: process.pid, features: ["raw", "watchdog"] }) +
+  JSON.stringify({ op: "hello", protocol: PROTOCOL, runtime: "node", version: VERSION, pid: process.pid, features: ["raw", "direct", "watchdog"] }) +
     "\n",
 );
 
@@ -169,7 +246,30 @@ let rest = null;
 let busy = false;
 const backlog = [];
 
-function onChunk(chunk) {
+function onDirectChunk(ch, chunk) {
+  const r = readers.get(ch);
+  if (r === undefined) return undefined; // cut: dropped
+  let buf = r.rest === null ? chunk : Buffer.concat([r.rest, chunk]);
+  const end = buf.lastIndexOf(10);
+  if (end < 0) {
+    if (buf.length > MAX_LINE) throw new ProtocolViolation(`direct channel ${ch}: line longer than ${MAX_LINE} bytes`);
+    r.rest = buf;
+    return undefined;
+  }
+  r.rest = end + 1 < buf.length ? Buffer.from(buf.subarray(end + 1)) : null;
+  const text = buf.toString("utf8", 0, end);
+  if (text.indexOf("\n") < 0) {
+    host.directDeliver(ch, parseLine(text)); // the usual case: one frame
+  } else {
+    for (const line of text.split("\n")) {
+      if (line.length) host.directDeliver(ch, parseLine(line));
+    }
+  }
+  return host.drain();
+}
+
+function onChunk(source, chunk) {
+  if (source !== null) return onDirectChunk(source, chunk);
   let buf = rest === null ? chunk : Buffer.concat([rest, chunk]);
   const end = buf.lastIndexOf(10);
   if (end < 0) {
@@ -187,7 +287,8 @@ function pump() {
   while (!busy && backlog.length) {
     let p;
     try {
-      p = onChunk(backlog.shift());
+      const [source, chunk] = backlog.shift();
+      p = onChunk(source, chunk);
     } catch (err) {
       fatal(err);
       return;
@@ -212,7 +313,7 @@ function pump() {
 }
 
 input.on("data", (chunk) => {
-  backlog.push(chunk);
+  backlog.push([null, chunk]);
   pump();
 });
 let ended = false;

@@ -18,9 +18,11 @@ frames; a protocol error becomes ``fatal`` and exit status 3.
 """
 
 import asyncio
+import errno
 import inspect
 import linecache
 import os
+import select
 import sys
 import threading
 import time
@@ -175,6 +177,24 @@ class Host:
         self.work = deque()
         #: messages of the deliver frames read since the last flush
         self.unflushed = 0
+        # direct channels (PROTOCOL.md section 11). Sending: channel -> write fd, the
+        # frames of this batch per channel, the channels given up, the frame counter.
+        self.out_ch = {}
+        self.out_frames_ch = {}
+        self.dead_ch = set()
+        self.dcount = 0
+        # Receiving: read fd -> [channel, partial line], channel -> read fd, the highest
+        # d handled per channel this batch (acknowledged in `done`), and per (channel,
+        # module, port) the highest d handled for the life of the host (skips copies).
+        self.in_fds = {}
+        self.in_ch = {}
+        self.direct_acks = {}
+        self.last_d = {}
+        self.seq_handled = 0
+        self.poller = None
+        self.ch_into = None
+        # channels cut by the runner: confirmed after the next done
+        self.cut_echo = []
 
     # ------------------------------------------------------------------ output
 
@@ -187,7 +207,39 @@ class Host:
     def frame(self, obj):
         self.out_frames.append(dumps(obj) + b"\n")
 
+    def flush_direct(self):
+        """Write this batch's frames to each direct channel: one non-blocking write per
+        channel. A channel that does not take all of it at once is given up for good,
+        and the runner told so before anything else of this batch (it has the copies)."""
+        cut = []
+        for ch, chunks in self.out_frames_ch.items():
+            fd = self.out_ch.get(ch)
+            if fd is None:
+                continue
+            data = b"".join(chunks)
+            try:
+                written = os.write(fd, data)
+            except OSError:
+                written = -1
+            if written != len(data):
+                self.give_up(ch)
+                cut.append(b'{"op":"cut","ch":' + dumps(ch) + b"}\n")
+        self.out_frames_ch = {}
+        if cut:
+            self.out_frames[:0] = cut
+
+    def give_up(self, ch):
+        fd = self.out_ch.pop(ch, None)
+        self.dead_ch.add(ch)
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
     def flush(self, final=False):
+        if self.out_frames_ch:
+            self.flush_direct()
         frames = self.out_frames
         mods = self.modules.values() if final else self.ran
         for mod in mods:
@@ -212,12 +264,57 @@ class Host:
                 )
         self.ran = set()
         self.unflushed = 0
-        if self.last_seq is not None:
+        if self.direct_acks:
+            if self.last_seq is not None:
+                self.seq_handled = self.last_seq
+            frames.append(
+                b'{"op":"done","seq":%d,"direct":' % self.seq_handled
+                + dumps(self.direct_acks)
+                + b"}\n"
+            )
+            self.direct_acks = {}
+            self.last_seq = None
+        elif self.last_seq is not None:
+            self.seq_handled = self.last_seq
             frames.append(b'{"op":"done","seq":%d}\n' % self.last_seq)
             self.last_seq = None
+        if self.cut_echo:
+            # after the done that acknowledges the last frames handled from them
+            frames.extend(b'{"op":"cut","ch":' + dumps(ch) + b"}\n" for ch in self.cut_echo)
+            self.cut_echo = []
         if frames:
             self.out_frames = []
             self.write(b"".join(frames))
+
+    def emit_direct(self, mod, port, msgs, direct, emit_head):
+        """An emit whose port has direct targets: its frame to each live channel, and the
+        runner's copy with ``d`` and ``ch`` (PROTOCOL.md section 11). ``direct``: per
+        channel, the bytes of its frame around ``d`` (made once, by the route op)."""
+        try:
+            data = dumps(msgs)
+        except TypeError:
+            self.emit_external(mod, port, msgs)  # the runner reports the bad values
+            return
+        out_ch = self.out_ch
+        k = self.dcount + 1
+        live = None
+        for ch, head, tail in direct:
+            if ch not in out_ch:
+                continue
+            line = b"%s%d%s%s}\n" % (head, k, tail, data)
+            lst = self.out_frames_ch.get(ch)
+            if lst is None:
+                self.out_frames_ch[ch] = [line]
+            else:
+                lst.append(line)
+            live = ch if live is None else live + " " + ch
+        if live is None:
+            self.emit_external(mod, port, msgs)
+            return
+        self.dcount = k
+        self.out_frames.append(
+            b'%s%d,"d":%d,"ch":%s,"msgs":%s}\n' % (emit_head, len(msgs), k, dumps(live), data)
+        )
 
     def emit_external(self, mod, port, msgs):
         try:
@@ -332,10 +429,12 @@ class Host:
             if route is None:
                 self.emit_external(mod, port, lst)
                 continue
-            local, external = route
+            local, external, direct = route
             for dst_mod, dst_port in local:
                 self.work.append((dst_mod, dst_port, lst, seq, False))
-            if external:
+            if direct:
+                self.emit_direct(mod, port, lst, direct[0], direct[1])
+            elif external:
                 self.emit_external(mod, port, lst)
 
     def drain(self):
@@ -374,9 +473,79 @@ class Host:
             raise ProtocolViolation(
                 "'deliver' needs seq (integer), module, port (strings) and msgs (array)"
             )
-        self.work.append((mid, port, msgs, seq, True))
         self.last_seq = seq
         self.unflushed += len(msgs)
+        ch = f.get("ch")
+        if ch is not None:
+            # the runner's copy of a direct channel's frame: skip it if handled already
+            d = f.get("d")
+            if not isinstance(d, int):
+                raise ProtocolViolation("'deliver' with 'ch' needs an integer 'd'")
+            key = (ch, mid, port)
+            if d <= self.last_d.get(key, 0):
+                return
+            self.last_d[key] = d
+        self.work.append((mid, port, msgs, seq, True))
+
+    def op_direct(self, ch, f):
+        """A frame read from direct channel ``ch``."""
+        d = f.get("d")
+        mid = f.get("module")
+        port = f.get("port")
+        msgs = f.get("msgs")
+        also = f.get("also") or ()
+        if (
+            f.get("op") != "deliver"
+            or f.get("ch") != ch
+            or not isinstance(d, int)
+            or not isinstance(mid, str)
+            or not isinstance(port, str)
+            or not isinstance(msgs, list)
+            or not isinstance(also, (list, tuple))
+        ):
+            raise ProtocolViolation(
+                f"direct channel {ch!r}: a frame is not a 'deliver' with ch, d, module,"
+                " port and msgs"
+            )
+        last = self.last_d
+        for target in ((mid, port), *also):
+            m, p = str(target[0]), str(target[1])
+            last[(ch, m, p)] = d
+            # not a runner delivery: no seq of its own, and a hang names no index
+            self.work.append((m, p, msgs, 0, False))
+        self.direct_acks[ch] = d
+        self.unflushed += len(msgs)
+
+    def op_listen(self, f):
+        ch, path = f.get("ch"), f.get("path")
+        if not isinstance(ch, str) or not isinstance(path, str):
+            raise ProtocolViolation("'listen' needs strings 'ch' and 'path'")
+        if ch in self.in_ch:
+            return
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return  # already cut by the runner; its copies come on the runner pipe
+        self.in_ch[ch] = fd
+        self.in_fds[fd] = [ch, b""]
+        if self.poller is None:
+            self.poller = select.poll()
+            self.poller.register(self.rfd, select.POLLIN)
+        self.poller.register(fd, select.POLLIN)
+
+    def op_cut(self, f):
+        ch = f.get("ch")
+        if not isinstance(ch, str):
+            raise ProtocolViolation("'cut' needs a string 'ch'")
+        self.cut_echo.append(ch)
+        fd = self.in_ch.pop(ch, None)
+        if fd is None:
+            return
+        # Whatever was read of it is handled (control ops drain first); a partial line
+        # is dropped: the runner delivers its copy.
+        del self.in_fds[fd]
+        self.poller.unregister(fd)
+        os.close(fd)
 
     def op_load(self, f):
         mid = f.get("module")
@@ -498,8 +667,39 @@ class Host:
                 if not isinstance(spec, dict):
                     raise ProtocolViolation(f"'route' routes[{mid!r}][{port!r}] is not an object")
                 local = [(str(d[0]), str(d[1])) for d in spec.get("local") or ()]
-                entry[port] = (local, bool(spec.get("external")))
+                by_ch = {}
+                for d in spec.get("direct") or ():
+                    by_ch.setdefault(str(d[0]), []).append([str(d[1]), str(d[2])])
+                direct = None
+                if by_ch:
+                    # a channel's frame is head + d + tail + msgs + "}": all targets of
+                    # the port on that channel in one line (module, port, then "also")
+                    frames = []
+                    for ch, targets in by_ch.items():
+                        head = b'{"op":"deliver","ch":' + dumps(ch) + b',"d":'
+                        tail = b',"module":' + dumps(targets[0][0]) + b',"port":'
+                        tail += dumps(targets[0][1])
+                        if len(targets) > 1:
+                            tail += b',"also":' + dumps(targets[1:])
+                        frames.append((ch, head, tail + b',"msgs":'))
+                    emit_head = b'{"op":"emit","module":' + dumps(mid) + b',"port":'
+                    direct = (frames, emit_head + dumps(port) + b',"n":')
+                entry[port] = (local, bool(spec.get("external")), direct)
             table[mid] = entry
+        channels = f.get("channels") or {}
+        if not isinstance(channels, dict):
+            raise ProtocolViolation("'route' field 'channels' is not an object")
+        for ch in list(self.out_ch):
+            if ch not in channels:
+                self.give_up(ch)
+        for ch, path in channels.items():
+            if ch in self.out_ch or ch in self.dead_ch:
+                continue
+            try:
+                self.out_ch[ch] = os.open(str(path), os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                self.dead_ch.add(ch)
+                self.out_frames.append(b'{"op":"cut","ch":' + dumps(ch) + b"}\n")
         self.routes = table
 
     # ------------------------------------------------------------------ main loop
@@ -525,6 +725,10 @@ class Host:
             self.op_route(f)
         elif op == "unload":
             self.op_unload(f)
+        elif op == "listen":
+            self.op_listen(f)
+        elif op == "cut":
+            self.op_cut(f)
         elif op == "ping":
             self.frame({"op": "pong", "id": f.get("id")})
         elif op == "shutdown":
@@ -544,7 +748,7 @@ class Host:
                     "runtime": "python",
                     "version": VERSION,
                     "pid": os.getpid(),
-                    "features": ["raw", "watchdog"] if watchdog else ["raw"],
+                    "features": ["raw", "direct", "watchdog"] if watchdog else ["raw", "direct"],
                 }
             )
             + b"\n"
@@ -559,7 +763,27 @@ class Host:
         into = bytearray(READ_SIZE)
         view = memoryview(into)
         while True:
-            n = os.readv(rfd, (into,))
+            if self.in_fds:
+                # direct channels are read beside the runner pipe (channels first: the
+                # latency path); the runner pipe is read only when it has data
+                n = None
+                for fd, _ in self.poller.poll():
+                    if fd == rfd:
+                        n = os.readv(rfd, (into,))
+                    else:
+                        try:
+                            self.read_channel(fd)
+                        except ProtocolViolation as exc:
+                            return self.fatal(str(exc))
+                if n is None:
+                    try:
+                        self.drain()
+                    except ProtocolViolation as exc:
+                        return self.fatal(str(exc))
+                    self.flush()
+                    continue
+            else:
+                n = os.readv(rfd, (into,))
             if not n:
                 self.stop()
                 return 0
@@ -586,6 +810,44 @@ class Host:
             except ProtocolViolation as exc:
                 return self.fatal(str(exc))
             self.flush()
+
+    def read_channel(self, fd):
+        entry = self.in_fds.get(fd)
+        if entry is None:
+            return
+        if self.ch_into is None:
+            # one buffer for every channel (read as the runner pipe is: serve())
+            self.ch_into = bytearray(READ_SIZE)
+        try:
+            n = os.readv(fd, (self.ch_into,))
+        except OSError as exc:
+            if exc.errno == errno.EAGAIN:
+                return
+            raise
+        if not n:
+            return
+        data = bytes(memoryview(self.ch_into)[:n])
+        ch, rest = entry
+        buf = rest + data if rest else data
+        end = buf.rfind(b"\n")
+        if end < 0:
+            if len(buf) > MAX_LINE:
+                raise ProtocolViolation(f"direct channel {ch!r}: line longer than {MAX_LINE} bytes")
+            entry[1] = buf
+            return
+        entry[1] = buf[end + 1 :]
+        for line in buf[:end].split(b"\n"):
+            if not line:
+                continue
+            try:
+                f = loads(line)
+            except DecodeError as exc:
+                raise ProtocolViolation(
+                    f"direct channel {ch!r}: line is not JSON ({exc}): {line[:200]!r}"
+                ) from None
+            if not isinstance(f, dict):
+                raise ProtocolViolation(f"direct channel {ch!r}: frame is not a JSON object")
+            self.op_direct(ch, f)
 
     def stop(self):
         self.drain()

@@ -6,7 +6,8 @@ BREAKAGE: ``done-first`` acknowledges a delivery before writing its emits;
 ``no-protocol`` says hello without the protocol field; ``raw-msgs-first`` lists the
 ``raw`` feature but writes ``msgs`` before the other fields of an emit;
 ``raw-bad-body`` lists ``raw`` and, for a delivery holding the message ``"poison"``,
-writes an emit in the raw layout whose body is not JSON.
+writes an emit in the raw layout whose body is not JSON; ``direct-ignored`` lists the
+``direct`` feature but sends everything to the runner.
 """
 
 import json
@@ -36,6 +37,8 @@ def main() -> int:
         del hello["protocol"]
     if breakage in ("raw-msgs-first", "raw-bad-body"):
         hello["features"] = ["raw"]
+    if breakage == "direct-ignored":
+        hello["features"] = ["direct"]
     send(hello)
     buf = b""
     while True:

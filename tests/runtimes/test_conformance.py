@@ -24,6 +24,9 @@ def test_builtin_host_passes_the_kit(runtime: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FAIL" not in result.stdout
     assert " 0 failed" in result.stdout.splitlines()[-1]
+    # python and node have direct channels (PROTOCOL.md section 11); exec does not
+    for check in ("direct_send", "direct_full_cut", "direct_receive", "direct_garbage_is_fatal"):
+        assert f"{'SKIP' if runtime == 'exec' else 'PASS'} {check}" in result.stdout
 
 
 def test_kit_names_the_rule_a_host_breaks_by_acknowledging_first() -> None:
@@ -46,6 +49,16 @@ def test_kit_names_the_rule_a_raw_host_breaks_by_writing_msgs_first() -> None:
     assert "msgs last" in failed["raw_emit"]
     # the same host is fine by protocol 1: only the raw rule is broken
     assert "deliver_emit_done" not in failed
+
+
+def test_kit_names_the_rule_a_direct_host_breaks_by_not_writing_its_channels() -> None:
+    results = run_checks(
+        [sys.executable, str(BROKEN), "direct-ignored"], "python", timeout=2, out=lambda _: None
+    )
+    failed = {r.name: r.detail for r in results if r.status == "fail"}
+    assert "direct_send" in failed
+    assert '"d" and "ch"' in failed["direct_send"]
+    assert "direct_receive" in failed
 
 
 def test_kit_fails_a_host_whose_hello_lacks_the_protocol_version() -> None:
