@@ -184,7 +184,10 @@ def test_apply_hot_swaps_code_and_keeps_state(
         page,
         lambda: (
             [m for m in _state(http, "sink").get("seen", []) if m.get("key") == "swap"][-1:]
-            if any(m.get("count") == 3 for m in _state(http, "sink").get("seen", []))
+            if any(
+                m.get("key") == "swap" and m.get("count") == 3
+                for m in _state(http, "sink").get("seen", [])
+            )
             else None
         ),
         "the swapped module's output",
