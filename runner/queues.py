@@ -125,23 +125,13 @@ class Delivery:
         body = self.body
         if body is None:
             body = orjson.dumps(self._msgs)
-        if self.ch is not None:
-            return b"".join(
-                (
-                    b'{"op":"deliver","seq":%d,"ch":' % self.seq,
-                    orjson.dumps(self.ch),
-                    b',"d":%d,"module":' % self.d,
-                    orjson.dumps(self.module),
-                    b',"port":',
-                    orjson.dumps(self.port),
-                    b',"msgs":',
-                    body,
-                    b"}\n",
-                )
-            )
+        # a copy of a direct channel's frame carries its mark (PROTOCOL.md section 11)
+        mark = b"" if self.ch is None else b'"ch":%s,"d":%d,' % (orjson.dumps(self.ch), self.d)
         return b"".join(
             (
-                b'{"op":"deliver","seq":%d,"module":' % self.seq,
+                b'{"op":"deliver","seq":%d,' % self.seq,
+                mark,
+                b'"module":',
                 orjson.dumps(self.module),
                 b',"port":',
                 orjson.dumps(self.port),

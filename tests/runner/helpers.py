@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 RUNTIMES = discover()
 
 
-def make_flow(doc: Mapping[str, Any]) -> Flow:
-    return parse_flow({"fifoflow": 1, **doc}, base_dir=None, runtimes=RUNTIMES.keys())
+def make_flow(doc: Mapping[str, Any], runtimes: Mapping[str, Any] | None = None) -> Flow:
+    known = (runtimes or RUNTIMES).keys()
+    return parse_flow({"fifoflow": 1, **doc}, base_dir=None, runtimes=known)
 
 
 class Collector:
@@ -46,8 +47,12 @@ class Collector:
             await event.wait()
 
 
-async def start(runner: Runner, doc: Mapping[str, Any]) -> Collector:
-    flow = make_flow(doc)
+async def start(
+    runner: Runner, doc: Mapping[str, Any], runtimes: Mapping[str, Any] | None = None
+) -> Collector:
+    """Add and start the flow of ``doc`` (its runtimes: ``runtimes``, default the
+    built-in ones); its outputs go to the returned collector."""
+    flow = make_flow(doc, runtimes)
     await runner.add_or_update_flow(flow)
     sink = Collector()
     runner.set_output_sink(flow.id, sink)

@@ -11,7 +11,6 @@ import orjson
 import pytest
 import trio
 
-from fifoflow.flows import parse_flow
 from fifoflow.flows.values import shallow
 from fifoflow.runner import open_runner
 from fifoflow.runner.errors import ProtocolError
@@ -221,17 +220,13 @@ async def test_a_plain_protocol_1_host_is_served_beside_raw_ones(tmp_path: Path)
         ],
         "wires": ["a.out -> b.in", "b.out -> c.in"],
     }
-    flow = parse_flow(doc, base_dir=None, runtimes=runtimes.keys())
     async with open_runner(runtimes=runtimes) as runner:
-        await runner.add_or_update_flow(flow)
-        sink = _Sink()
-        runner.set_output_sink("mixed", sink)
-        await runner.start_flow("mixed")
+        sink = await start(runner, doc, runtimes)
         assert "raw" not in runner.flow("mixed").instances["broken-none"].process.hello["features"]
         await runner.inject("mixed", "a", "in", TRICKY)
         with trio.fail_after(20):
             await runner.wait_idle("mixed")
-        assert sink.msgs == TRICKY
+        assert sink.msgs() == TRICKY
 
 
 async def test_a_raw_host_that_breaks_the_rule_is_restarted_as_broken(tmp_path: Path) -> None:
@@ -242,24 +237,14 @@ async def test_a_raw_host_that_breaks_the_rule_is_restarted_as_broken(tmp_path: 
         "modules": [{"id": "b", "runtime": "broken-raw-msgs-first", "code": "echo"}],
         "wires": [],
     }
-    flow = parse_flow(doc, base_dir=None, runtimes=runtimes.keys())
     async with open_runner(runtimes=runtimes) as runner:
-        await runner.add_or_update_flow(flow)
-        await runner.start_flow("liar")
+        await start(runner, doc, runtimes)
         instance = runner.flow("liar").instances["broken-raw-msgs-first"]
         sub = runner.subscribe(flows=["liar"], kinds=["runtime"])
         await runner.inject("liar", "b", "in", [1])
         await next_event(sub, "runtime", event="restart")
         assert "msgs must be the last field" in (instance.last_error or "")
         assert any("msgs must be the last field" in e["text"] for e in instance.logs)
-
-
-class _Sink:
-    def __init__(self) -> None:
-        self.msgs: list[object] = []
-
-    async def __call__(self, module: str, port: str, msgs: list[object]) -> None:
-        self.msgs.extend(msgs)
 
 
 @pytest.mark.parametrize("receiver", ["python", "node"])
@@ -285,12 +270,8 @@ async def test_a_body_that_is_not_json_is_dropped_with_an_error_not_redelivered_
         ],
         "wires": ["a.out -> b.in"],
     }
-    flow = parse_flow(doc, base_dir=None, runtimes=runtimes.keys())
     async with open_runner(runtimes=runtimes) as runner:
-        await runner.add_or_update_flow(flow)
-        sink = _Sink()
-        runner.set_output_sink("bad", sink)
-        await runner.start_flow("bad")
+        sink = await start(runner, doc, runtimes)
         sub = runner.subscribe(flows=["bad"], kinds=["runtime"])
         for msg in ("x", "poison", "y"):
             await runner.inject("bad", "a", "in", [msg])
@@ -301,7 +282,7 @@ async def test_a_body_that_is_not_json_is_dropped_with_an_error_not_redelivered_
             await runner.inject("bad", "a", "in", [msg])
         with trio.fail_after(20):
             await runner.wait_idle("bad")
-        assert sorted(sink.msgs) == ["x", "y", "z"]
+        assert sorted(sink.msgs()) == ["x", "y", "z"]
         [error] = runner.module_errors("bad", "b")
         assert error["error"]["type"] == "InvalidMessage"
         assert "not JSON" in error["error"]["message"]
