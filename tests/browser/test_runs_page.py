@@ -223,10 +223,12 @@ def test_a_page_that_takes_no_runs_refuses_and_one_that_goes_away_gives_the_atte
     other = live_browser.new_context().new_page()
     try:
         connect_page(d, other, "page-away")
+        # its part starts before the message reaches it: wait for the module to hold it
+        # (else attempt 2 holds it, as the first to see it, and never ends)
         wait_until(
-            "the page's part to start",
-            lambda: [e for e in other.evaluate("window.runEvents") if e["event"] == "started"],
+            "the page's module to hold the message", lambda: other.evaluate("globalThis.held")
         )
+        assert [e["event"] for e in other.evaluate("window.runEvents")] == ["started"]
         assert d.api("GET", f"/runs/{run['id']}")["attempt"] == 1
         other.evaluate("window.runner.drop()")  # it reconnects by itself
         view = wait_ended(d, run["id"])
