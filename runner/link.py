@@ -7,7 +7,10 @@
    hardware report — all of it the first time, then only what changed since the copy
    cached in ``<state dir>/hardware.json`` — and ``ready``.
 3. Heartbeats every interval the dispatcher asks for. A dropped link is reopened with
-   exponential backoff and jitter (0.2 s doubling up to 10 s), then step 2 again.
+   exponential backoff and jitter (0.2 s doubling up to 10 s, and up to a third of the
+   TTL the dispatcher last gave in ``hello``: a dispatcher that restarts gives each
+   runner one TTL to come back before it is lost, so a runner tries at least twice in
+   it), then step 2 again.
 4. Calls from the dispatcher, over the same link (``runner/rpc.py``): ``deploy`` (a
    flow document, optional module states and queued messages, start), ``release``
    (stop gracefully, hand over state and queued messages, forget), ``start``, ``stop``,
@@ -79,6 +82,26 @@ __all__ = ["DispatcherLink", "LinkRefused", "LinkReporter", "Refused", "collect_
 
 #: longest a run report (progress, result, give back) waits for the dispatcher's answer
 REPORT_SECONDS = 10.0
+
+#: the longest wait between two tries to reopen the control link
+RECONNECT_MAX = 10.0
+#: the shortest such cap, however short the dispatcher's TTL
+RECONNECT_MIN = 0.2
+
+
+def reconnect_cap(ttl: Any) -> float:
+    """The longest wait between two tries to reopen a link to a dispatcher whose TTL
+    is ``ttl`` (seconds; None or nonsense: not known): a third of it, so that even with
+    +50% jitter a runner tries twice within the one TTL a restarted dispatcher gives
+    it before it is lost."""
+    try:
+        ttl = float(ttl)
+    except (TypeError, ValueError):
+        return RECONNECT_MAX
+    if not ttl > 0:
+        return RECONNECT_MAX
+    return max(RECONNECT_MIN, min(RECONNECT_MAX, ttl / 3))
+
 
 #: what a report call may meet when the link is down or drops meanwhile
 _DOWN = (
@@ -277,6 +300,8 @@ class DispatcherLink:
             )
         self.runner = runner
         self.state_dir = state_dir
+        #: the longest wait between tries to reopen the link (from the dispatcher's TTL)
+        self.reconnect_cap = RECONNECT_MAX
         self.registration_token = registration_token
         self.name = name or socket.gethostname()
         self.identity_path = state_dir / "dispatcher.json"
@@ -401,6 +426,7 @@ class DispatcherLink:
                         **({"peer": self.peer_url} if self.peer_server is not None else {}),
                     )
                     self.runner_id = identity["runnerId"]
+                    self.reconnect_cap = reconnect_cap(answer.get("ttl"))
                     if self.peer_server is not None and self.peers is not None:
                         key = answer.get("peerKey")
                         self.peer_server.key = bytes.fromhex(key) if key else None
@@ -449,8 +475,8 @@ class DispatcherLink:
                 ):
                     # Never registered: nothing to keep trying with.
                     raise LinkRefused(f"cannot reach the dispatcher at {self.url}: {exc}") from None
-                await trio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 10.0)
+                await trio.sleep(min(delay, self.reconnect_cap) * (0.5 + random.random()))
+                delay = min(delay * 2, self.reconnect_cap)
             except RemoteError as exc:
                 raise LinkRefused(f"the dispatcher refused this runner: {exc}") from None
             finally:

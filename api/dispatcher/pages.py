@@ -114,7 +114,14 @@ class ClientSocket:
             await self._refuse(ws, str(exc))
             return
         try:
-            welcome = {"op": "welcome", "page": page, "runner": client.runner_id}
+            # ttl: how long the page's runner may stay unheard after a dispatcher
+            # restart before it is lost (the page caps its reconnect backoff with it)
+            welcome = {
+                "op": "welcome",
+                "page": page,
+                "runner": client.runner_id,
+                "ttl": self.dispatcher.config.runner_ttl,
+            }
             if issued is not None:
                 welcome["secret"] = issued
             await ws.send(orjson.dumps(welcome).decode())

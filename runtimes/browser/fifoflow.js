@@ -16,7 +16,8 @@
 // The page is a runtime host of the dispatcher's client runner for this page
 // (runtimes/browser/DESIGN.md): each host is a WebSocket carrying the frames of
 // runtimes/PROTOCOL.md, executed by the node host's own core (core.mjs). No build step,
-// no dependency. The control socket reconnects with backoff when it drops; the hosts
+// no dependency. The control socket reconnects with backoff (up to 10 s, and up to a
+// third of the TTL in the last welcome) when it drops; the hosts
 // are asked for again and get their modules' state and every unacknowledged message.
 // The first welcome of a page id carries its page secret; the page keeps it with the id
 // (session storage) and brings it on every later connection, or the dispatcher refuses.
@@ -163,6 +164,7 @@ class ClientRunner {
     this.closed = false;
     this.runnerId = null;
     this.delay = 200;
+    this.maxDelay = 10000; // ms; a third of the dispatcher's TTL once welcomed
     this.onstatus = options.onstatus || (() => {});
   }
 
@@ -190,6 +192,9 @@ class ClientRunner {
             saveSecret(this.page, m.secret);
           }
           this.delay = 200;
+          // a dispatcher that restarts gives this page's runner one TTL to come back:
+          // wait at most a third of it between two tries (jitter included, two tries)
+          if (typeof m.ttl === "number" && m.ttl > 0) this.maxDelay = Math.max(200, Math.min(10000, (m.ttl * 1000) / 3));
           this.onstatus("connected");
           resolve(this);
         } else if (m.op === "refused") {
@@ -223,8 +228,8 @@ class ClientRunner {
         this.onstatus("reconnecting");
         for (const host of this.hosts.values()) host.close();
         this.hosts.clear();
-        const wait = this.delay * (0.5 + Math.random());
-        this.delay = Math.min(this.delay * 2, 10000);
+        const wait = Math.min(this.delay, this.maxDelay) * (0.5 + Math.random());
+        this.delay = Math.min(this.delay * 2, this.maxDelay);
         setTimeout(() => this.open().catch(() => {}), wait);
       };
     });

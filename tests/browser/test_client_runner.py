@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from ..dispatcher.test_dispatcher import DispatcherProcess, wait_until
+from ..dispatcher.test_dispatcher import DispatcherProcess, events, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -274,6 +274,9 @@ def test_a_page_carries_on_after_a_dispatcher_restart(
 ) -> None:
     d = live_dispatcher
     runner_id = _deploy(d, page, FLOW, "page-restart")
+    # the page waits at most a third of the TTL (3 heartbeats of 0.5 s) between tries:
+    # the restarted dispatcher gives its runner one TTL to come back before it is lost
+    assert page.evaluate("window.runner.maxDelay") == 500
     d.api("POST", "/flows/trip/modules/a/inputs/in", json={"msgs": list(range(50))})
     wait_until("50 through", lambda: state_of(d, "c") == {"ok": True, "n": 50})
     wait_until("b's snapshot", lambda: d.api("GET", "/flows/trip")["states"].get("b") == {"n": 50})
@@ -295,3 +298,4 @@ def test_a_page_carries_on_after_a_dispatcher_restart(
     d.api("POST", "/flows/trip/modules/a/inputs/in", json={"msgs": list(range(50, 100))})
     wait_until("50 more, in order", lambda: state_of(d, "c") == {"ok": True, "n": 100}, timeout=60)
     assert state_of(d, "b") == {"n": 100}  # the browser module's state came back
+    assert not events(d, "lost", runner_id), "the page's runner was lost meanwhile"

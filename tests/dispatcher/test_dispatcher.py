@@ -203,6 +203,44 @@ def test_runners_reconnect_after_a_dispatcher_restart(tmp_path: Path) -> None:
         dispatcher.stop()
 
 
+def test_a_runner_comes_back_within_the_ttl_after_a_long_dispatcher_downtime(
+    tmp_path: Path,
+) -> None:
+    # A restarted dispatcher gives each runner it knew one TTL (3 heartbeats: 3 s here)
+    # to come back before it is lost and its flows are placed again from snapshots.
+    # After a long downtime the runner's backoff has grown past that (up to 10 s, +50%
+    # jitter): it must wait at most a third of the TTL the dispatcher gave it.
+    dispatcher = DispatcherProcess(tmp_path / "dispatcher", heartbeat=1.0)
+    dispatcher.start()
+    port = int(dispatcher.url.rsplit(":", 1)[1])
+    runner = start_runner(tmp_path, "r", dispatcher, dispatcher.token())
+    try:
+        rid = linked_id(runner)
+        placed = dispatcher.api("POST", "/flows", json=COUNTER)
+        assert (placed["status"], placed["runner"]) == ("placed", rid)
+        assert dispatcher.stop() == 0
+        # the downtime itself (no synchronization): long enough for the backoff to grow
+        # to 3.2 s and more between tries (0.2 s doubling)
+        time.sleep(8)
+        dispatcher = DispatcherProcess(tmp_path / "dispatcher", port=port, heartbeat=1.0)
+        dispatcher.start()
+        back = time.monotonic()
+        wait_until(
+            "the runner to reconnect", lambda: len(events(dispatcher, "connected", rid)) >= 2
+        )
+        took = time.monotonic() - back
+        assert took < 3.0, f"the runner came back {took:.1f} s after the restart (TTL 3 s)"
+        wait_until("the runner ready again", lambda: runner_status(dispatcher, rid) == "ready")
+        assert not events(dispatcher, "lost", rid)
+        assert not events(dispatcher, "displaced")
+        [flow] = dispatcher.api("GET", "/flows")
+        assert (flow["runner"], flow["status"]) == (rid, "placed")
+        assert dispatcher.api("GET", "/health")["ttl"] == 3.0
+    finally:
+        runner.stop()
+        dispatcher.stop()
+
+
 def test_operator_routes_need_the_token(dispatcher: DispatcherProcess) -> None:
     for method, path in (
         ("GET", "/runners"),

@@ -41,6 +41,7 @@ def _ws(dispatcher: DispatcherProcess) -> str:
 async def _welcome(ws: Any) -> dict[str, Any]:
     welcome = orjson.loads(await ws.get_message())
     assert welcome["op"] == "welcome", welcome
+    assert welcome["ttl"] == pytest.approx(0.6), welcome  # 3 heartbeats: the page waits <= 1/3
     return welcome
 
 
