@@ -132,13 +132,24 @@ class Deployments:
     def summaries(self) -> list[dict[str, Any]]:
         return [flow_summary(f) for f in self.store.flows()]
 
-    async def deploy(self, document: dict[str, Any]) -> dict[str, Any]:
+    async def deploy(
+        self, document: dict[str, Any], states: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Store and place (or hot-swap) a flow. ``states`` seeds the modules this
+        document adds (a renamed module keeps its state); the others keep theirs."""
         flow = parse_flow(
             document, base_dir=None, runtimes=discover(attached=True).keys(), source_name="flow"
         )
         standalone = orjson.loads(dump_flow(flow, inline=True))
         existing = self.store.flow(flow.id)
         self.store.put_flow(flow.id, standalone)
+        if states:
+            before = {m["id"] for m in existing["document"]["modules"]} if existing else set()
+            added = {m.id for m in flow.modules} - before
+            seeds = {m: st for m, st in states.items() if m in added}
+            if seeds:
+                record = known_flow(self.store, flow.id)
+                self.store.update_flow(flow.id, states={**record["states"], **seeds})
         self.store.add_event(None, "deployed", {"flow": flow.id})
         if existing is not None and existing["status"] == FlowStatus.PLACED:
             # Update in place: each part is hot-swapped where it runs.

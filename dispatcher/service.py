@@ -506,8 +506,10 @@ class Dispatcher:
     def flow(self, flow_id: str) -> dict[str, Any]:
         return known_flow(self.store, flow_id)
 
-    async def deploy(self, document: dict[str, Any]) -> dict[str, Any]:
-        return await self.deployments.deploy(document)
+    async def deploy(
+        self, document: dict[str, Any], states: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return await self.deployments.deploy(document, states)
 
     async def remove(self, flow_id: str) -> None:
         await self.deployments.remove(flow_id)

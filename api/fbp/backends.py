@@ -154,7 +154,7 @@ class DispatcherBackend:
     async def apply_flow(
         self, flow: Flow, document: dict[str, Any], states: dict[str, Any] | None
     ) -> None:
-        summary = await self.dispatcher.deploy(document)
+        summary = await self.dispatcher.deploy(document, states)
         if summary["status"] != "placed":
             # refused (no runner takes it, code that does not load, ...): put back what
             # was placed before, or nothing, and say why

@@ -169,6 +169,14 @@ async def test_graphs_through_the_dispatcher_deploy_hot_swap_and_report_cross_ru
             record = await api("GET", "/flows/g")
             assert [m["id"] for m in record["flow"]["modules"]] == ["Src", "Tally", "Out"]
             assert record["status"] == "placed"
+            # -- a renamed node keeps its module's state (the new module id is seeded),
+            # and so does the rename back
+            await call("graph", "renamenode", graph="g", **{"from": "Tally", "to": "Tally 2"})
+            state = await api("GET", "/flows/g/modules/Tally_2/state")
+            assert state["state"] == {"n": n}
+            await call("graph", "renamenode", graph="g", **{"from": "Tally 2", "to": "Tally"})
+            state = await api("GET", "/flows/g/modules/Tally/state")
+            assert state["state"] == {"n": n}
             status = await call("network", "getstatus", graph="g")
             assert status == {"graph": "g", "running": False, "started": True}
             await call("network", "stop", graph="g")
