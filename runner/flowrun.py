@@ -103,6 +103,9 @@ class FlowRun:
         self.wire_counts: dict[tuple[str, str, str, str], int] = defaultdict(int)
         #: of those, the messages that went through a direct channel (runner/direct.py)
         self.direct_counts: dict[tuple[str, str, str, str], int] = defaultdict(int)
+        #: messages delivered inside one host (a wire the runner does not route), as
+        #: the hosts that list ``counts`` report them in ``done`` (PROTOCOL.md section 12)
+        self.host_counts: dict[tuple[str, str, str, str], int] = defaultdict(int)
         self.exit_counts: dict[tuple[str, str], int] = defaultdict(int)
         self.inject_counts: dict[tuple[str, str], int] = defaultdict(int)
         self.module_errors: dict[str, int] = defaultdict(int)
@@ -269,6 +272,21 @@ class FlowRun:
             instance.queues.downstream = plan.downstream.get(runtime, {})
         self.instances = plan.instances
         self.direct.configure()
+
+    def count_in_host(self, counts: list[tuple[str, str, str, str, int]]) -> None:
+        """Messages a host delivered inside itself since its previous ``done``
+        (``[src, port, dst, dst port, n]``, qualified ids; screened by the instance)."""
+        host_counts = self.host_counts
+        for src, port, dst, dst_port, n in counts:
+            host_counts[(src, port, dst, dst_port)] += n
+
+    def _host_counts(self, module_id: str) -> bool:
+        """Whether the host of ``module_id`` reports what it delivers inside itself."""
+        try:
+            instance = self.instances.get(self._module(module_id).host)
+        except RunnerError:
+            return False
+        return instance is not None and instance.counts_in_host
 
     def instance_of(self, module_id: str) -> RuntimeInstance:
         module = self._module(module_id)
@@ -641,12 +659,23 @@ class FlowRun:
                 wire.dst_port,
             )
             seen = key in routed
+            # a wire inside one host is counted by a host that lists ``counts``
+            in_host = self.host_counts.get(key)
+            if in_host is None and not seen and self._host_counts(wire.src):
+                in_host = 0
             wires.append(
                 {
                     "wire": f"{wire.src}.{wire.src_port}->{wire.dst}.{wire.dst_port}",
                     "via": "runner" if seen else "host",
-                    # counted whenever it went through the runner (a debugged flow's wires do)
-                    "messages": self.wire_counts.get(key, 0) if seen else None,
+                    # every message that went along it: through the runner (a debugged
+                    # flow's wires do) and inside its host; None: not known
+                    "messages": (
+                        None
+                        if in_host is None and not seen
+                        else self.wire_counts.get(key, 0) + (in_host or 0)
+                    ),
+                    # of those, how many went inside one host (None: not known)
+                    "host": in_host,
                     # of those, how many went host to host through a direct channel
                     # (the runner kept a copy of each) and how many the runner delivered
                     "direct": self.direct_counts.get(key, 0) if seen else None,

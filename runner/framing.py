@@ -18,6 +18,7 @@ from ..flows.values import shallow, value_problem
 from .errors import ProtocolError
 
 __all__ = [
+    "COUNTS",
     "MAX_LINE",
     "RAW",
     "LineSplitter",
@@ -35,6 +36,9 @@ MAX_LINE = 64 * 1024 * 1024
 #: the ``hello.features`` entry of a host that writes ``emit`` frames the raw way
 #: (PROTOCOL.md section 10): the runner routes their messages without parsing them
 RAW = "raw"
+#: the ``hello.features`` entry of a host that reports in ``done`` (``local``) the
+#: messages it delivered inside itself (PROTOCOL.md section 12)
+COUNTS = "counts"
 #: how a raw ``emit`` line starts, and what separates its header from its body
 RAW_EMIT = b'{"op":"emit",'
 _MSGS = b',"msgs":'

@@ -31,13 +31,22 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import trio
 
 from .compiled import build_host
 from .errors import FlowLoadError, FlowStateError, ProtocolError, RuntimeStartError, first
 from .events import EventKind
 from .faults import CrashWindow, deadline, hang_errors
-from .framing import RAW, RAW_EMIT, decode_frame, encode_frame, screen_frame, split_emit_head
+from .framing import (
+    COUNTS,
+    RAW,
+    RAW_EMIT,
+    decode_frame,
+    encode_frame,
+    screen_frame,
+    split_emit_head,
+)
 from .hosts import open_host
 from .queues import DeliveryQueues
 from .status import InstanceStatus
@@ -85,6 +94,8 @@ class RuntimeInstance:
         self.routes: dict[str, Any] = {}
         self.status = InstanceStatus.STOPPED
         self.process: RuntimeProcess | None = None
+        #: the running host lists ``counts``: it reports what it delivers inside itself
+        self.counts_in_host = False
         self.restarts = 0
         #: module -> restarts of its child process, as the host reports them (exec)
         self.child_restarts: dict[str, int] = {}
@@ -439,6 +450,7 @@ class RuntimeInstance:
         queues = self.queues
         # A host with the raw feature writes emit frames whose messages need no parsing.
         raw = RAW in (proc.hello.get("features") or ())
+        self.counts_in_host = COUNTS in (proc.hello.get("features") or ())
         while True:
             flow = self.flow  # read again for every batch: a warm host changes flows (adopt)
             journaled = flow.journal is not None
@@ -511,6 +523,20 @@ class RuntimeInstance:
                             d=d if isinstance(d, int) else 0,
                         )
                 elif op == "done":
+                    local = frame.get("local")
+                    if local is not None:
+                        # statistics only: a bad one is reported and left out, the
+                        # done still acknowledges (nothing is lost for a bad count)
+                        counted = _in_host_counts(local)
+                        if counted is None:
+                            self._log(
+                                None, "error",
+                                f"protocol error from {self.name}: a done's local must be"
+                                f" [[src, port, dst, port, n >= 0], ...], got"
+                                f" {orjson.dumps(local).decode()[:200]}: counts left out",
+                            )  # fmt: skip
+                        else:
+                            flow.count_in_host(counted)
                     direct = frame.get("direct")
                     if direct is not None:
                         flow.direct.acknowledged(self, direct)
@@ -787,6 +813,24 @@ class RuntimeInstance:
         }
         self.logs.append(entry)
         self.flow.publish({"kind": EventKind.LOG, **entry})
+
+
+def _in_host_counts(local: Any) -> list[tuple[str, str, str, str, int]] | None:
+    """A ``done``'s ``local`` (PROTOCOL.md section 12) as tuples; None if malformed."""
+    if not isinstance(local, list):
+        return None
+    counted = []
+    for entry in local:
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 5
+            and all(isinstance(x, str) for x in entry[:4])
+            and type(entry[4]) is int
+            and entry[4] >= 0
+        ):
+            return None
+        counted.append((entry[0], entry[1], entry[2], entry[3], entry[4]))
+    return counted
 
 
 def _single(group: BaseExceptionGroup) -> BaseException:

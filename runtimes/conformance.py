@@ -536,6 +536,34 @@ class Kit:
                 f"a local route must deliver inside the host and only external ports may emit; got {emits}"
             )
 
+    def check_local_counts(self, host: HostUnderTest) -> None:
+        """A host listing ``counts`` reports in ``done`` the messages it delivered inside
+        itself since its previous done (PROTOCOL.md section 12)."""
+        if "counts" not in (host.frames[0].get("features") or ()):
+            raise Skip("the host does not list 'counts' in hello.features")
+        self.load(host, "add1")
+        self.load(host, "times2")
+        host.send(
+            {
+                "op": "route",
+                "routes": {
+                    "t/add1": {"out": {"local": [["t/times2", "in"]], "external": False}},
+                    "t/times2": {"out": {"local": [], "external": True}},
+                },
+            }
+        )
+        wire = ["t/add1", "out", "t/times2", "in"]
+        for seq, msgs in ((1, [1, 2, 3]), (2, [5])):
+            host.send({"op": "deliver", "seq": seq, "module": "t/add1", "port": "in", "msgs": msgs})
+            done, _ = host.expect(lambda f: f["op"] == "done", "done")
+            got = done.get("local")
+            if got != [[*wire, len(msgs)]]:
+                raise CheckFailed(
+                    f"done after {len(msgs)} message(s) along a local wire must say"
+                    f' "local": [{[*wire, len(msgs)]}] (counted since the previous done);'
+                    f" got {got!r}"
+                )
+
     def check_route_replaced(self, host: HostUnderTest) -> None:
         """A new route table takes over between two messages (a debugging runner sends one
         without local wires, to hold every message itself)."""
@@ -931,6 +959,7 @@ class Kit:
                 "check_state_snapshot_and_restore",
                 "check_replace_code",
                 "check_local_route",
+                "check_local_counts",
                 "check_route_replaced",
                 "check_user_error",
                 "check_hung",

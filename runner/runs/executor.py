@@ -50,9 +50,10 @@ no result (the runner died) are held as unfinished (:meth:`~RunExecutor.held`) a
 started again: the book gives them back or says to :meth:`~RunExecutor.forget` them.
 Delivered attempts older than ``retention`` are removed (at start, then hourly).
 
-``handled`` counts the messages that reached each module through the runner (inputs and
-wires between hosts); a wire between two modules of one host is not seen by the runner
-and not counted.
+``handled`` counts the messages that reached each module: through the runner (inputs and
+wires between hosts) and inside one host, as hosts that list ``counts`` report it in
+``done`` (PROTOCOL.md section 12; python, node and browser hosts do). A wire inside a
+host without it is not counted.
 
 Resource handling: :meth:`RunExecutor.run` owns the pool (every host process) and every
 attempt's task; leaving it stops them (no result is written for an attempt stopped that
@@ -232,6 +233,12 @@ class _AttemptFlow(FlowRun):
     async def inject(self, module_id: str, port: str, msgs: list[Any]) -> None:
         await super().inject(module_id, port, msgs)
         self.attempt.handled[module_id] += len(msgs)
+
+    def count_in_host(self, counts: list[tuple[str, str, str, str, int]]) -> None:
+        super().count_in_host(counts)
+        handled = self.attempt.handled
+        for _src, _port, dst, _dst_port, n in counts:
+            handled[self.short(dst)] += n
 
     def record_error(
         self, module: str, port: str | None, msg: Any, error: dict[str, Any], *, runtime: str

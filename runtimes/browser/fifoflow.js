@@ -73,7 +73,7 @@ class Host {
     const q = runner.query({ host: name });
     this.ws = new WebSocket(`${runner.base}/client/host?${q}`);
     this.ws.onopen = () => {
-      this.send(JSON.stringify({ op: "hello", protocol: PROTOCOL, runtime: "browser", version: VERSION, pid: 0, features: [] }) + "\n");
+      this.send(JSON.stringify({ op: "hello", protocol: PROTOCOL, runtime: "browser", version: VERSION, pid: 0, features: ["counts"] }) + "\n");
     };
     this.ws.onmessage = (event) => {
       this.backlog.push(event.data);

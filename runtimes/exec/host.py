@@ -206,6 +206,9 @@ class Host:
         self.frames = deque()  # Frame objects in seq order, not yet acknowledged
         self.out = []
         self.emits = {}  # (module, port) -> list, flushed in order of first emit
+        # (src, port, dst, dst port) -> messages delivered inside this host, reported
+        # with the next done (its "local", PROTOCOL.md section 12)
+        self.local_counts = {}
         self.backlog = 0
         self.reading = True
         self.stopping = False
@@ -242,7 +245,16 @@ class Host:
         while frames and frames[0].outstanding == 0:
             done = frames.popleft().seq
         if done is not None:
-            self.out.append(b'{"op":"done","seq":%d}\n' % done)
+            local = self.local_counts
+            if local:
+                self.local_counts = {}
+                self.out.append(
+                    b'{"op":"done","seq":%d,"local":' % done
+                    + dumps([[*k, n] for k, n in local.items()])
+                    + b"}\n"
+                )
+            else:
+                self.out.append(b'{"op":"done","seq":%d}\n' % done)
         if self.out:
             data = b"".join(self.out)
             self.out = []
@@ -508,7 +520,10 @@ class Host:
             else:
                 lst.append(value)
         if route is not None:
+            counts = self.local_counts
             for dst, dst_port in route[0]:
+                key = (mod_id, port, dst, dst_port)
+                counts[key] = counts.get(key, 0) + 1
                 self.submit(dst, dst_port, value, frame)
 
     def on_stderr(self, child, data):
@@ -756,7 +771,7 @@ class Host:
                     "runtime": "exec",
                     "version": VERSION,
                     "pid": os.getpid(),
-                    "features": ["raw", "watchdog"],
+                    "features": ["raw", "counts", "watchdog"],
                 }
             )
             + b"\n"

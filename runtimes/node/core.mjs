@@ -107,6 +107,9 @@ export class ModuleHost {
     this.lastD = new Map();
     this.seqHandled = 0;
     this.cutEcho = [];
+    // "src\tport\tdst\tdstPort" -> messages delivered inside this host since the
+    // last done (reported in its "local", PROTOCOL.md section 12)
+    this.localCounts = new Map();
     this.onListen = options.onListen || (() => {});
     this.onCut = options.onCut || (() => {});
     this.onRoutes = options.onRoutes || (() => {});
@@ -409,7 +412,11 @@ export class ModuleHost {
         this.frames.push({ op: "emit", module: mod.id, port, n: list.length, msgs: list });
         continue;
       }
-      for (const [dst, dstPort] of route.local) this.work.push([dst, dstPort, list, seq, false]);
+      for (const [dst, dstPort] of route.local) {
+        this.work.push([dst, dstPort, list, seq, false]);
+        const key = `${mod.id}\t${port}\t${dst}\t${dstPort}`;
+        this.localCounts.set(key, (this.localCounts.get(key) || 0) + list.length);
+      }
       if (route.direct !== null && route.direct !== undefined) this.emitDirect(mod, port, list, route);
       else if (route.external) this.frames.push({ op: "emit", module: mod.id, port, n: list.length, msgs: list });
     }
@@ -471,9 +478,19 @@ export class ModuleHost {
     }
     this.ran = new Set();
     if (this.lastSeq !== null) this.seqHandled = this.lastSeq;
-    if (this.directAcks.size) {
-      parts.push(`{"op":"done","seq":${this.seqHandled},"direct":${JSON.stringify(Object.fromEntries(this.directAcks))}}`);
-      this.directAcks = new Map();
+    if (this.directAcks.size || this.localCounts.size) {
+      let done = `{"op":"done","seq":${this.seqHandled}`;
+      if (this.directAcks.size) {
+        done += `,"direct":${JSON.stringify(Object.fromEntries(this.directAcks))}`;
+        this.directAcks = new Map();
+      }
+      if (this.localCounts.size) {
+        const local = [];
+        for (const [key, n] of this.localCounts) local.push([...key.split("\t"), n]);
+        done += `,"local":${JSON.stringify(local)}`;
+        this.localCounts = new Map();
+      }
+      parts.push(`${done}}`);
       this.lastSeq = null;
     } else if (this.lastSeq !== null) {
       parts.push(`{"op":"done","seq":${this.lastSeq}}`);

@@ -237,7 +237,7 @@ function processLines(lines, start) {
 // ------------------------------------------------------------------ the read loop
 
 writeAll(
-  JSON.stringify({ op: "hello", protocol: PROTOCOL, runtime: "node", version: VERSION, pid: process.pid, features: ["raw", "direct", "watchdog"] }) +
+  JSON.stringify({ op: "hello", protocol: PROTOCOL, runtime: "node", version: VERSION, pid: process.pid, features: ["raw", "direct", "counts", "watchdog"] }) +
     "\n",
 );
 

@@ -195,6 +195,9 @@ class Host:
         self.ch_into = None
         # channels cut by the runner: confirmed after the next done
         self.cut_echo = []
+        #: (src, port, dst, dst port) -> messages delivered inside this host since the
+        #: last done (reported in its "local", PROTOCOL.md section 12)
+        self.local_counts = {}
 
     # ------------------------------------------------------------------ output
 
@@ -264,15 +267,18 @@ class Host:
                 )
         self.ran = set()
         self.unflushed = 0
-        if self.direct_acks:
+        local = self.local_counts
+        if self.direct_acks or local:
             if self.last_seq is not None:
                 self.seq_handled = self.last_seq
-            frames.append(
-                b'{"op":"done","seq":%d,"direct":' % self.seq_handled
-                + dumps(self.direct_acks)
-                + b"}\n"
-            )
-            self.direct_acks = {}
+            done = b'{"op":"done","seq":%d' % self.seq_handled
+            if self.direct_acks:
+                done += b',"direct":' + dumps(self.direct_acks)
+                self.direct_acks = {}
+            if local:
+                done += b',"local":' + dumps([[*k, n] for k, n in local.items()])
+                self.local_counts = {}
+            frames.append(done + b"}\n")
             self.last_seq = None
         elif self.last_seq is not None:
             self.seq_handled = self.last_seq
@@ -430,8 +436,13 @@ class Host:
                 self.emit_external(mod, port, lst)
                 continue
             local, external, direct = route
-            for dst_mod, dst_port in local:
-                self.work.append((dst_mod, dst_port, lst, seq, False))
+            if local:
+                counts = self.local_counts
+                n = len(lst)
+                for dst_mod, dst_port in local:
+                    self.work.append((dst_mod, dst_port, lst, seq, False))
+                    key = (mod.id, port, dst_mod, dst_port)
+                    counts[key] = counts.get(key, 0) + n
             if direct:
                 self.emit_direct(mod, port, lst, direct[0], direct[1])
             elif external:
@@ -748,7 +759,9 @@ class Host:
                     "runtime": "python",
                     "version": VERSION,
                     "pid": os.getpid(),
-                    "features": ["raw", "direct", "watchdog"] if watchdog else ["raw", "direct"],
+                    "features": ["raw", "direct", "counts", "watchdog"]
+                    if watchdog
+                    else ["raw", "direct", "counts"],
                 }
             )
             + b"\n"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import trio
 
 from fifoflow.flows import Flow, parse_flow
@@ -15,6 +17,8 @@ if TYPE_CHECKING:
     from fifoflow.runner import Runner
 
 RUNTIMES = discover()
+#: a deliberately broken runtime host (its breakages: its docstring)
+BROKEN = Path(__file__).parents[1] / "runtimes" / "broken_host.py"
 
 
 def make_flow(doc: Mapping[str, Any], runtimes: Mapping[str, Any] | None = None) -> Flow:
@@ -67,3 +71,22 @@ async def next_event(sub: Any, kind: str, seconds: float = 20, **match: Any) -> 
             if event["kind"] == kind and all(event.get(k) == v for k, v in match.items()):
                 return event
     raise AssertionError(f"subscription closed before a {kind!r} event")
+
+
+def broken_runtime(tmp_path: Path, breakage: str) -> dict[str, Any]:
+    """The built-in runtimes plus ``broken-<breakage>``: :data:`BROKEN` with that
+    breakage (an unknown one: a correct plain protocol 1 echo host)."""
+    folder = tmp_path / f"broken-{breakage}"
+    folder.mkdir()
+    (folder / "manifest.json").write_bytes(
+        orjson.dumps(
+            {
+                "id": f"broken-{breakage}",
+                "name": "test host",
+                "version": "0",
+                "protocol": 1,
+                "command": ["{python}", "-u", str(BROKEN), breakage],
+            }
+        )
+    )
+    return discover(tmp_path)

@@ -16,11 +16,8 @@ from fifoflow.runner import open_runner
 from fifoflow.runner.errors import ProtocolError
 from fifoflow.runner.framing import parse_messages, split_emit
 from fifoflow.runner.queues import Delivery, DeliveryQueues
-from fifoflow.runtimes.registry import discover
 
-from .helpers import next_event, start
-
-BROKEN = Path(__file__).parents[1] / "runtimes" / "broken_host.py"
+from .helpers import broken_runtime, next_event, start
 
 #: messages that would confuse a runner that looked for the body the wrong way
 TRICKY = ['x,"msgs":[1]}', {"msgs": [{"n": 2}], "op": "emit"}, "\u2028 é \\", [], 2.5, "]]}{["]
@@ -190,26 +187,9 @@ async def test_a_too_deep_message_reaching_an_exit_is_an_error_of_its_module() -
         assert "nested deeper" in errors[0]["error"]["message"]
 
 
-def _broken_runtime(tmp_path: Path, breakage: str) -> dict:
-    folder = tmp_path / f"broken-{breakage}"
-    folder.mkdir()
-    (folder / "manifest.json").write_bytes(
-        orjson.dumps(
-            {
-                "id": f"broken-{breakage}",
-                "name": "test host",
-                "version": "0",
-                "protocol": 1,
-                "command": ["{python}", "-u", str(BROKEN), breakage],
-            }
-        )
-    )
-    return discover(tmp_path)
-
-
 async def test_a_plain_protocol_1_host_is_served_beside_raw_ones(tmp_path: Path) -> None:
     # broken_host.py with an unknown breakage is a correct plain protocol 1 echo host
-    runtimes = _broken_runtime(tmp_path, "none")
+    runtimes = broken_runtime(tmp_path, "none")
     doc = {
         "fifoflow": 1,
         "id": "mixed",
@@ -230,7 +210,7 @@ async def test_a_plain_protocol_1_host_is_served_beside_raw_ones(tmp_path: Path)
 
 
 async def test_a_raw_host_that_breaks_the_rule_is_restarted_as_broken(tmp_path: Path) -> None:
-    runtimes = _broken_runtime(tmp_path, "raw-msgs-first")
+    runtimes = broken_runtime(tmp_path, "raw-msgs-first")
     doc = {
         "fifoflow": 1,
         "id": "liar",
@@ -255,7 +235,7 @@ async def test_a_body_that_is_not_json_is_dropped_with_an_error_not_redelivered_
     receiving host cannot read the deliver and ends. Before it is started again, the
     runner reads the bodies it would deliver again: the broken one is dropped with an
     error of its module (no crash loop), every other message arrives."""
-    runtimes = _broken_runtime(tmp_path, "raw-bad-body")
+    runtimes = broken_runtime(tmp_path, "raw-bad-body")
     echo = (
         "def handle(msg, ctx):\n    return msg\n"
         if receiver == "python"

@@ -7,7 +7,9 @@ BREAKAGE: ``done-first`` acknowledges a delivery before writing its emits;
 ``raw`` feature but writes ``msgs`` before the other fields of an emit;
 ``raw-bad-body`` lists ``raw`` and, for a delivery holding the message ``"poison"``,
 writes an emit in the raw layout whose body is not JSON; ``direct-ignored`` lists the
-``direct`` feature but sends everything to the runner.
+``direct`` feature but sends everything to the runner; ``counts-ignored`` lists
+``counts`` but never reports any; ``counts-bad`` lists ``counts`` and adds to every
+``done`` a ``local`` that is not a list of counts.
 """
 
 import json
@@ -39,6 +41,8 @@ def main() -> int:
         hello["features"] = ["raw"]
     if breakage == "direct-ignored":
         hello["features"] = ["direct"]
+    if breakage in ("counts-ignored", "counts-bad"):
+        hello["features"] = ["counts"]
     send(hello)
     buf = b""
     while True:
@@ -71,6 +75,8 @@ def main() -> int:
                         "n": len(frame["msgs"]),
                     }
                 done = {"op": "done", "seq": frame["seq"]}
+                if breakage == "counts-bad":
+                    done["local"] = [["a", "out", "b", "in", -1], "lots"]
                 if breakage == "raw-bad-body" and "poison" in frame["msgs"]:
                     head = f'{{"op":"emit","module":"{frame["module"]}","port":"out","n":1,'
                     os.write(wfd, head.encode() + b'"msgs":[1,,2]}\n')

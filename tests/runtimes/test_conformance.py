@@ -27,6 +27,8 @@ def test_builtin_host_passes_the_kit(runtime: str) -> None:
     # python and node have direct channels (PROTOCOL.md section 11); exec does not
     for check in ("direct_send", "direct_full_cut", "direct_receive", "direct_garbage_is_fatal"):
         assert f"{'SKIP' if runtime == 'exec' else 'PASS'} {check}" in result.stdout
+    # all three count what they deliver inside themselves (section 12)
+    assert "PASS local_counts" in result.stdout
 
 
 def test_kit_names_the_rule_a_host_breaks_by_acknowledging_first() -> None:
@@ -59,6 +61,16 @@ def test_kit_names_the_rule_a_direct_host_breaks_by_not_writing_its_channels() -
     assert "direct_send" in failed
     assert '"d" and "ch"' in failed["direct_send"]
     assert "direct_receive" in failed
+
+
+def test_kit_names_the_rule_a_counting_host_breaks_by_reporting_nothing() -> None:
+    results = run_checks(
+        [sys.executable, str(BROKEN), "counts-ignored"], "python", timeout=2, out=lambda _: None
+    )
+    failed = {r.name: r.detail for r in results if r.status == "fail"}
+    assert "local_counts" in failed
+    assert '"local": [' in failed["local_counts"]
+    assert "got None" in failed["local_counts"]
 
 
 def test_kit_fails_a_host_whose_hello_lacks_the_protocol_version() -> None:

@@ -168,20 +168,21 @@ export class Live {
       const label = g.querySelector(".ff-rate");
       g.dataset.via = w.via;
       g.dataset.messages = w.messages ?? "";
-      if (w.via === "host") {
-        label.textContent = "in host";
-        label.classList.add("in-host");
+      // a wire inside one host: counted by hosts that report it, else just "in host"
+      const inHost = w.via === "host";
+      label.classList.toggle("in-host", inHost);
+      if (w.messages === null || w.messages === undefined) {
+        label.textContent = inHost ? "in host" : "…";
         g.dataset.rate = "";
         continue;
       }
-      label.classList.remove("in-host");
       const prev = old.get(w.wire);
       if (dt > 0 && prev !== undefined && prev !== null) {
         const rate = Math.max(0, (w.messages - prev) / dt);
         g.dataset.rate = rate.toFixed(3);
-        label.textContent = `${fmtRate(rate)}/s`;
+        label.textContent = `${fmtRate(rate)}/s${inHost ? " in host" : ""}`;
       } else {
-        label.textContent = "…";
+        label.textContent = inHost ? "in host" : "…";
       }
     }
     for (const [id, m] of Object.entries(stats.modules)) {
