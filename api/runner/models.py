@@ -319,8 +319,16 @@ class WireStats:
     ]
     messages: Annotated[
         int | None,
-        msgspec.Meta(description="messages the runner routed on it (null: via host, not seen)"),
+        msgspec.Meta(
+            description="messages that went along it: routed by the runner, plus those"
+            " delivered inside one host as the host reports them (null: via a host that"
+            " does not count, PROTOCOL.md section 12)"
+        ),
     ]
+    host: Annotated[
+        int | None,
+        msgspec.Meta(description="of those, messages delivered inside one host (null: not known)"),
+    ] = None
     direct: Annotated[
         int | None,
         msgspec.Meta(
