@@ -114,9 +114,14 @@ const host = new ModuleHost({
 
 // PROTOCOL.md section 11. Writers: channel -> fd opened O_WRONLY|O_NONBLOCK (the runner
 // holds each FIFO open, so the open never fails with ENXIO). Readers: channel -> one
-// more net.Socket, whose chunks join the runner pipe's in the same backlog.
+// more net.Socket read with `onread`: libuv reads into one buffer shared by every
+// channel and calls us straight from its read callback, without the stream machinery
+// (no Buffer per read, no push/`data` event). An idle host handles what came right
+// there; a busy one (an async handler in flight) copies it into the backlog.
 const writers = new Map();
 const readers = new Map();
+const CHANNEL_READ = 1 << 20;
+let channelBuffer = null;
 
 function closeWriter(ch) {
   const fd = writers.get(ch);
@@ -170,14 +175,32 @@ host.onListen = (ch, p) => {
     host.listening.delete(ch); // already cut: the runner delivers the copies
     return;
   }
-  const sock = new net.Socket({ fd, readable: true, writable: false });
-  readers.set(ch, { sock, rest: null });
-  sock.on("data", (chunk) => {
-    backlog.push([ch, chunk]);
-    pump();
+  if (channelBuffer === null) channelBuffer = Buffer.allocUnsafe(CHANNEL_READ);
+  const sock = new net.Socket({
+    fd,
+    readable: true,
+    writable: false,
+    onread: { buffer: channelBuffer, callback: (n, buf) => onChannelRead(ch, n, buf) },
   });
+  readers.set(ch, { sock, rest: null });
   sock.on("error", (err) => fatal(err));
 };
+
+// `buf` is the shared read buffer: what is kept past this call is copied.
+function onChannelRead(ch, n, buf) {
+  if (busy || backlog.length) {
+    backlog.push([ch, Buffer.from(buf.subarray(0, n))]);
+    return;
+  }
+  let p;
+  try {
+    p = onDirectChunk(ch, buf.subarray(0, n));
+  } catch (err) {
+    fatal(err);
+    return;
+  }
+  settle(p);
+}
 
 host.onCut = (ch) => {
   // what was read of it is handled (control ops drain first); a partial line is dropped
@@ -253,7 +276,7 @@ function onDirectChunk(ch, chunk) {
   const end = buf.lastIndexOf(10);
   if (end < 0) {
     if (buf.length > MAX_LINE) throw new ProtocolViolation(`direct channel ${ch}: line longer than ${MAX_LINE} bytes`);
-    r.rest = buf;
+    r.rest = r.rest === null ? Buffer.from(chunk) : buf; // chunk may view the shared buffer
     return undefined;
   }
   r.rest = end + 1 < buf.length ? Buffer.from(buf.subarray(end + 1)) : null;
@@ -294,22 +317,37 @@ function pump() {
       return;
     }
     if (p) {
-      busy = true;
-      input.pause();
-      p.then(
-        () => {
-          busy = false;
-          flush();
-          input.resume();
-          pump();
-        },
-        fatal,
-      );
+      wait(p);
       return;
     }
     flush();
   }
   maybeEnd();
+}
+
+// After a chunk handled outside pump(): write what it produced, or wait for its Promise.
+function settle(p) {
+  if (p) {
+    wait(p);
+    return;
+  }
+  flush();
+  maybeEnd();
+}
+
+// An async handler (or init) is in flight: read no more runner frames until it settles.
+function wait(p) {
+  busy = true;
+  input.pause();
+  p.then(
+    () => {
+      busy = false;
+      flush();
+      input.resume();
+      pump();
+    },
+    fatal,
+  );
 }
 
 input.on("data", (chunk) => {
