@@ -842,6 +842,31 @@ class Kit:
         emits = [f for f in before if f["op"] == "emit"]
         if [f.get("msgs") for f in emits] != [[5]] or "d" in emits[0]:
             raise CheckFailed(f"after a cut, emits go to the runner only, without d: {emits}")
+        # the same for a batch of several frames (a host may write each channel once, at
+        # the end of the batch, rather than line by line)
+        path, fd = self._channel(host, "c3", size=4096)
+        os.write(fd, b"x" * 4000)
+        host.send(
+            {
+                "op": "route",
+                "routes": {
+                    "t/echo": {
+                        "out": {"local": [], "external": True, "direct": [["c3", "x/a", "in"]]}
+                    }
+                },
+                "channels": {"c3": path},
+            }
+        )
+        frame = {"op": "deliver", "module": "t/echo", "port": "in", "msgs": big}
+        host.send({**frame, "seq": 3}, {**frame, "seq": 4})
+        _, before = host.expect(lambda f: f["op"] == "done" and f.get("seq") == 4, "done seq 4")
+        ops = [f["op"] for f in before]
+        if [f.get("ch") for f in before if f["op"] == "cut"] != ["c3"]:
+            raise CheckFailed(f"a full channel must be answered with cut c3, once; got {ops}")
+        if ops.index("cut") > min(i for i, op in enumerate(ops) if op == "emit"):
+            raise CheckFailed(f"cut must come before the emits of its batch; got {ops}")
+        if sum(len(f["msgs"]) for f in before if f["op"] == "emit") != 2 * len(big):
+            raise CheckFailed(f"every message still goes to the runner; got {ops}")
 
     def check_direct_receive(self, host: HostUnderTest) -> None:
         """``listen``: frames from the channel are handled and acknowledged in ``done``'s

@@ -150,22 +150,27 @@ host.onRoutes = () => {
 };
 
 function writeDirect() {
-  for (const [ch, text] of host.takeDirect()) {
-    const fd = writers.get(ch);
-    if (fd === undefined) continue;
-    const buf = Buffer.from(text, "utf8");
-    let n = -1;
-    try {
-      n = fs.writeSync(fd, buf, 0, buf.length);
-    } catch {
-      n = -1;
-    }
-    if (n !== buf.length) {
-      closeWriter(ch);
-      host.giveUp(ch);
-    }
-  }
+  for (const [ch, text] of host.takeDirect()) writeChannel(ch, text);
 }
+
+// One non-blocking write of `text` to channel `ch`; a channel that does not take all of
+// it at once is given up for good (the runner is told first): false then.
+function writeChannel(ch, text) {
+  const fd = writers.get(ch);
+  if (fd === undefined) return false;
+  const buf = Buffer.from(text, "utf8");
+  let n = -1;
+  try {
+    n = fs.writeSync(fd, buf, 0, buf.length);
+  } catch {
+    n = -1;
+  }
+  if (n === buf.length) return true;
+  closeWriter(ch);
+  host.giveUp(ch);
+  return false;
+}
+host.writeChannel = writeChannel;
 
 host.onListen = (ch, p) => {
   let fd;
@@ -272,6 +277,7 @@ const backlog = [];
 function onDirectChunk(ch, chunk) {
   const r = readers.get(ch);
   if (r === undefined) return undefined; // cut: dropped
+  host.framesIn = 0;
   let buf = r.rest === null ? chunk : Buffer.concat([r.rest, chunk]);
   const end = buf.lastIndexOf(10);
   if (end < 0) {
@@ -293,6 +299,7 @@ function onDirectChunk(ch, chunk) {
 
 function onChunk(source, chunk) {
   if (source !== null) return onDirectChunk(source, chunk);
+  host.framesIn = 0;
   let buf = rest === null ? chunk : Buffer.concat([rest, chunk]);
   const end = buf.lastIndexOf(10);
   if (end < 0) {
