@@ -199,7 +199,7 @@ function onChannelRead(ch, n, buf) {
   }
   let p;
   try {
-    p = onDirectChunk(ch, buf.subarray(0, n));
+    p = onDirectChunk(ch, buf, n);
   } catch (err) {
     fatal(err);
     return;
@@ -274,18 +274,26 @@ let rest = null;
 let busy = false;
 const backlog = [];
 
-function onDirectChunk(ch, chunk) {
+// The first `size` bytes of `chunk` came from channel `ch` (`chunk` may be the shared
+// read buffer: what is kept is copied).
+function onDirectChunk(ch, chunk, size) {
   const r = readers.get(ch);
   if (r === undefined) return undefined; // cut: dropped
   host.framesIn = 0;
-  let buf = r.rest === null ? chunk : Buffer.concat([r.rest, chunk]);
-  const end = buf.lastIndexOf(10);
+  let buf = chunk;
+  let n = size;
+  if (r.rest !== null) {
+    buf = Buffer.concat([r.rest, chunk.subarray(0, size)]);
+    n = buf.length;
+  }
+  // the usual read ends with a complete line: no search, no view
+  const end = buf[n - 1] === 10 ? n - 1 : buf.lastIndexOf(10, n - 1);
   if (end < 0) {
-    if (buf.length > MAX_LINE) throw new ProtocolViolation(`direct channel ${ch}: line longer than ${MAX_LINE} bytes`);
-    r.rest = r.rest === null ? Buffer.from(chunk) : buf; // chunk may view the shared buffer
+    if (n > MAX_LINE) throw new ProtocolViolation(`direct channel ${ch}: line longer than ${MAX_LINE} bytes`);
+    r.rest = r.rest === null ? Buffer.from(chunk.subarray(0, size)) : buf;
     return undefined;
   }
-  r.rest = end + 1 < buf.length ? Buffer.from(buf.subarray(end + 1)) : null;
+  r.rest = end + 1 < n ? Buffer.from(buf.subarray(end + 1, n)) : null;
   const text = buf.toString("utf8", 0, end);
   if (text.indexOf("\n") < 0) {
     host.directDeliver(ch, parseLine(text)); // the usual case: one frame
@@ -298,7 +306,7 @@ function onDirectChunk(ch, chunk) {
 }
 
 function onChunk(source, chunk) {
-  if (source !== null) return onDirectChunk(source, chunk);
+  if (source !== null) return onDirectChunk(source, chunk, chunk.length);
   host.framesIn = 0;
   let buf = rest === null ? chunk : Buffer.concat([rest, chunk]);
   const end = buf.lastIndexOf(10);
