@@ -56,6 +56,10 @@ PYTHON_MODULES = {
     "count": "def handle(msg, ctx):\n    ctx.state['n'] = ctx.state.get('n', 0) + 1\n    return ctx.state['n']\n",
     "add1": "def handle(msg, ctx):\n    return msg + 1\n",
     "times2": "def handle(msg, ctx):\n    return msg * 2\n",
+    "wait": (
+        "import asyncio\nasync def handle(msg, ctx):\n"
+        "    if msg == 'wait':\n        await asyncio.sleep(0.3)\n    return msg\n"
+    ),
     "raises": "def handle(msg, ctx):\n    if msg == 2:\n        raise ValueError('two is not allowed')\n    return msg\n",
     "hang": "import time\ndef handle(msg, ctx):\n    if msg == 'hang':\n        while True:\n            time.sleep(1)\n    return msg\n",
     "syntax_error": "def handle(msg, ctx)\n    return msg\n",
@@ -76,6 +80,11 @@ NODE_MODULES = {
     "count": "exports.handle = (msg, ctx) => { ctx.state.n = (ctx.state.n || 0) + 1; return ctx.state.n; };\n",
     "add1": "exports.handle = (msg) => msg + 1;\n",
     "times2": "exports.handle = (msg) => msg * 2;\n",
+    "wait": (
+        "exports.handle = async (msg) => {\n"
+        "  if (msg === 'wait') await new Promise((ok) => setTimeout(ok, 300));\n"
+        "  return msg;\n};\n"
+    ),
     "raises": "exports.handle = (msg) => { if (msg === 2) throw new Error('two is not allowed'); return msg; };\n",
     "hang": "exports.handle = (msg) => { if (msg === 'hang') { for (;;) {} } return msg; };\n",
     "syntax_error": "exports.handle = (msg => msg;\n",
@@ -861,6 +870,31 @@ class Kit:
         emits = [f for f in before if f["op"] == "emit"]
         if [f.get("msgs") for f in emits] != [[5]] or "d" in emits[0]:
             raise CheckFailed(f"after a cut, emits go to the runner only, without d: {emits}")
+        # the same for a batch of several frames (a host may write each channel once, at
+        # the end of the batch, rather than line by line)
+        path, fd = self._channel(host, "c3", size=4096)
+        os.write(fd, b"x" * 4000)
+        host.send(
+            {
+                "op": "route",
+                "routes": {
+                    "t/echo": {
+                        "out": {"local": [], "external": True, "direct": [["c3", "x/a", "in"]]}
+                    }
+                },
+                "channels": {"c3": path},
+            }
+        )
+        frame = {"op": "deliver", "module": "t/echo", "port": "in", "msgs": big}
+        host.send({**frame, "seq": 3}, {**frame, "seq": 4})
+        _, before = host.expect(lambda f: f["op"] == "done" and f.get("seq") == 4, "done seq 4")
+        ops = [f["op"] for f in before]
+        if [f.get("ch") for f in before if f["op"] == "cut"] != ["c3"]:
+            raise CheckFailed(f"a full channel must be answered with cut c3, once; got {ops}")
+        if ops.index("cut") > min(i for i, op in enumerate(ops) if op == "emit"):
+            raise CheckFailed(f"cut must come before the emits of its batch; got {ops}")
+        if sum(len(f["msgs"]) for f in before if f["op"] == "emit") != 2 * len(big):
+            raise CheckFailed(f"every message still goes to the runner; got {ops}")
 
     def check_direct_receive(self, host: HostUnderTest) -> None:
         """``listen``: frames from the channel are handled and acknowledged in ``done``'s
@@ -918,6 +952,68 @@ class Kit:
         if got != [13]:
             raise CheckFailed(f"after cut only the runner's copy is handled, once: {got}")
 
+    def check_direct_receive_in_pieces(self, host: HostUnderTest) -> None:
+        """Channel lines that come in pieces are joined and handled whole and in order:
+        a line split across two reads, and lines read while an async handler of a runner
+        delivery is in flight (handled after it). ``done`` acknowledges them all."""
+        self._needs_direct(host)
+        self.needs_code()
+        self.load(host, "echo")
+        self.load(host, "wait")
+        path, fd = self._channel(host, "c8")
+        host.send({"op": "listen", "ch": "c8", "path": path}, {"op": "ping", "id": 1})
+        host.expect(lambda f: f["op"] == "pong", "pong")
+        msgs = [{"d": d, "pad": f"{d}" * (40 * d)} for d in range(1, 5)]
+        lines = [
+            orjson.dumps(
+                {"op": "deliver", "ch": "c8", "d": d, "module": "t/echo", "port": "in", "msgs": [m]}
+            )
+            + b"\n"
+            for d, m in enumerate(msgs, 1)
+        ]
+        emitted: list[Any] = []
+
+        def acked(d: int) -> Callable[[dict[str, Any]], bool]:
+            def want(f: dict[str, Any]) -> bool:
+                if f["op"] == "emit":
+                    emitted.extend(f.get("msgs") or ())
+                return f["op"] == "done" and (f.get("direct") or {}).get("c8") == d
+
+            return want
+
+        def pong(f: dict[str, Any]) -> bool:
+            if f["op"] == "emit":
+                emitted.extend(f.get("msgs") or ())
+            return f["op"] == "pong"
+
+        # an idle host: line 1 in two writes, then the rest of line 1 with the first
+        # part of line 2, spaced so that they are read apart (the checks below hold
+        # however they are read); a ping between them goes on the runner pipe meanwhile
+        os.write(fd, lines[0][:30])
+        host.send({"op": "ping", "id": 2})
+        host.expect(pong, "pong")
+        time.sleep(0.05)
+        os.write(fd, lines[0][30:] + lines[1][:25])
+        time.sleep(0.05)
+        os.write(fd, lines[1][25:])
+        host.expect(acked(2), 'done with "direct": {"c8": 2}')
+        # a host busy with an async handler (0.3 s) while lines 3 and 4 come, spaced so
+        # that they are read apart (the checks below hold however they are read)
+        host.send({"op": "deliver", "seq": 1, "module": "t/wait", "port": "in", "msgs": ["wait"]})
+        time.sleep(0.05)
+        os.write(fd, lines[2][:20])
+        time.sleep(0.05)
+        os.write(fd, lines[2][20:] + lines[3][:20])
+        time.sleep(0.05)
+        os.write(fd, lines[3][20:])
+        host.expect(acked(4), 'done with "direct": {"c8": 4}')
+        if [m for m in emitted if m != "wait"] != msgs:
+            raise CheckFailed(
+                f"channel lines in pieces must be handled whole, in order; emitted {emitted}"
+            )
+        if emitted.count("wait") != 1:
+            raise CheckFailed(f"the async handler's output must come once; emitted {emitted}")
+
     def check_direct_garbage_is_fatal(self, host: HostUnderTest) -> None:
         """A complete line on a channel that is not a frame is a protocol error."""
         self._needs_direct(host)
@@ -967,6 +1063,7 @@ class Kit:
                 "check_direct_send",
                 "check_direct_full_cut",
                 "check_direct_receive",
+                "check_direct_receive_in_pieces",
                 "check_direct_garbage_is_fatal",
                 "check_ping",
                 "check_unknown_op",

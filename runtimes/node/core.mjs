@@ -99,6 +99,12 @@ export class ModuleHost {
     this.dcount = 0;
     this.directOut = new Map();
     this.cutFrames = [];
+    // Frames (runner deliveries, channel lines) taken in from the chunk being handled
+    // (the host resets it per chunk): while it is at most one, a channel's line is
+    // written as soon as it is made, through writeChannel(ch, line) -> false when the
+    // channel was given up (null: a host without channels; lines wait for flush).
+    this.framesIn = 0;
+    this.writeChannel = null;
     // Receiving: channels being read, the highest d handled per channel this batch
     // (acknowledged in `done`), per channel/module/port the highest d ever handled.
     this.listening = new Set();
@@ -123,6 +129,7 @@ export class ModuleHost {
       throw new ProtocolViolation("'deliver' needs seq (integer), module, port (strings) and msgs (array)");
     }
     this.queuedSeq = seq;
+    this.framesIn++;
     if (frame.ch !== undefined) {
       // the runner's copy of a direct channel's frame: skip it if handled already
       if (!Number.isInteger(frame.d)) throw new ProtocolViolation("'deliver' with 'ch' needs an integer 'd'");
@@ -137,13 +144,20 @@ export class ModuleHost {
   directDeliver(ch, frame) {
     const { d, module, port, msgs } = frame;
     const also = frame.also === undefined ? [] : frame.also;
-    if (frame.op !== "deliver" || frame.ch !== ch || !Number.isInteger(d) || typeof module !== "string" || typeof port !== "string" || !Array.isArray(msgs) || !Array.isArray(also)) {
+    if (frame.op !== "deliver" || frame.ch !== ch || !Number.isInteger(d) || typeof module !== "string" || typeof port !== "string" || !Array.isArray(msgs) || !Array.isArray(also) || (also.length !== 0 && !also.every(Array.isArray))) {
       throw new ProtocolViolation(`direct channel ${ch}: a frame is not a 'deliver' with ch, d, module, port and msgs`);
     }
     if (!this.listening.has(ch)) return;
-    for (const [m, p] of [[module, port], ...also]) {
+    this.framesIn++;
+    // indexed, without an array and an iterator per frame: at a light load this runs
+    // cold, in the interpreter
+    this.lastD.set(`${ch}\u0000${module}\u0000${port}`, d);
+    this.work.push([module, port, msgs, 0, false]);
+    for (let i = 0; i < also.length; i++) {
+      const m = String(also[i][0]);
+      const p = String(also[i][1]);
       this.lastD.set(`${ch}\u0000${m}\u0000${p}`, d);
-      this.work.push([String(m), String(p), msgs, 0, false]);
+      this.work.push([m, p, msgs, 0, false]);
     }
     this.queuedAcks.set(ch, d);
   }
@@ -433,12 +447,19 @@ export class ModuleHost {
     }
     const k = this.dcount + 1;
     let live = null;
+    // One frame in this chunk (a light load): its lines go out now, not after the rest
+    // of the chunk's bookkeeping; more frames: one write per channel at flush.
+    const now = this.framesIn <= 1 && this.writeChannel !== null;
     if (data !== undefined) {
       for (const [ch, head, tail] of route.direct) {
         if (!this.liveChannels.has(ch)) continue;
         const line = `${head}${k}${tail}${data}}\n`;
-        const prev = this.directOut.get(ch);
-        this.directOut.set(ch, prev === undefined ? line : prev + line);
+        if (now) {
+          if (!this.writeChannel(ch, line)) continue;
+        } else {
+          const prev = this.directOut.get(ch);
+          this.directOut.set(ch, prev === undefined ? line : prev + line);
+        }
         live = live === null ? ch : `${live} ${ch}`;
       }
     }

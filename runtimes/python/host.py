@@ -183,6 +183,9 @@ class Host:
         self.out_frames_ch = {}
         self.dead_ch = set()
         self.dcount = 0
+        #: frames (runner deliveries and channel lines) taken in from the current read:
+        #: while it is at most one, a channel's line is written as soon as it is made
+        self.frames_in = 0
         # Receiving: read fd -> [channel, partial line], channel -> read fd, the highest
         # d handled per channel this batch (acknowledged in `done`), and per (channel,
         # module, port) the highest d handled for the life of the host (skips copies).
@@ -211,25 +214,27 @@ class Host:
         self.out_frames.append(dumps(obj) + b"\n")
 
     def flush_direct(self):
-        """Write this batch's frames to each direct channel: one non-blocking write per
-        channel. A channel that does not take all of it at once is given up for good,
-        and the runner told so before anything else of this batch (it has the copies)."""
-        cut = []
+        """Write this batch's frames to each direct channel: one write per channel."""
         for ch, chunks in self.out_frames_ch.items():
-            fd = self.out_ch.get(ch)
-            if fd is None:
-                continue
-            data = b"".join(chunks)
-            try:
-                written = os.write(fd, data)
-            except OSError:
-                written = -1
-            if written != len(data):
-                self.give_up(ch)
-                cut.append(b'{"op":"cut","ch":' + dumps(ch) + b"}\n")
+            self.write_channel(ch, b"".join(chunks))
         self.out_frames_ch = {}
-        if cut:
-            self.out_frames[:0] = cut
+
+    def write_channel(self, ch, data):
+        """One non-blocking write of ``data`` to channel ``ch``. A channel that does not
+        take all of it at once is given up for good, and the runner told so before
+        anything else of this batch (it has the copies): False then."""
+        fd = self.out_ch.get(ch)
+        if fd is None:
+            return False
+        try:
+            written = os.write(fd, data)
+        except OSError:
+            written = -1
+        if written == len(data):
+            return True
+        self.give_up(ch)
+        self.out_frames.insert(0, b'{"op":"cut","ch":' + dumps(ch) + b"}\n")
+        return False
 
     def give_up(self, ch):
         fd = self.out_ch.pop(ch, None)
@@ -304,15 +309,22 @@ class Host:
         out_ch = self.out_ch
         k = self.dcount + 1
         live = None
+        # One frame in this read (a light load): its lines go out now, not after the
+        # rest of the batch's bookkeeping; more frames: one write per channel at flush.
+        now = self.frames_in <= 1
         for ch, head, tail in direct:
             if ch not in out_ch:
                 continue
             line = b"%s%d%s%s}\n" % (head, k, tail, data)
-            lst = self.out_frames_ch.get(ch)
-            if lst is None:
-                self.out_frames_ch[ch] = [line]
+            if now:
+                if not self.write_channel(ch, line):
+                    continue
             else:
-                lst.append(line)
+                lst = self.out_frames_ch.get(ch)
+                if lst is None:
+                    self.out_frames_ch[ch] = [line]
+                else:
+                    lst.append(line)
             live = ch if live is None else live + " " + ch
         if live is None:
             self.emit_external(mod, port, msgs)
@@ -486,6 +498,7 @@ class Host:
             )
         self.last_seq = seq
         self.unflushed += len(msgs)
+        self.frames_in += 1
         ch = f.get("ch")
         if ch is not None:
             # the runner's copy of a direct channel's frame: skip it if handled already
@@ -526,6 +539,7 @@ class Host:
             self.work.append((m, p, msgs, 0, False))
         self.direct_acks[ch] = d
         self.unflushed += len(msgs)
+        self.frames_in += 1
 
     def op_listen(self, f):
         ch, path = f.get("ch"), f.get("path")
@@ -776,6 +790,7 @@ class Host:
         into = bytearray(READ_SIZE)
         view = memoryview(into)
         while True:
+            self.frames_in = 0
             if self.in_fds:
                 # direct channels are read beside the runner pipe (channels first: the
                 # latency path); the runner pipe is read only when it has data

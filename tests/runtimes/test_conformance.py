@@ -25,7 +25,10 @@ def test_builtin_host_passes_the_kit(runtime: str) -> None:
     assert "FAIL" not in result.stdout
     assert " 0 failed" in result.stdout.splitlines()[-1]
     # python and node have direct channels (PROTOCOL.md section 11); exec does not
-    for check in ("direct_send", "direct_full_cut", "direct_receive", "direct_garbage_is_fatal"):
+    for check in (
+        *("direct_send", "direct_full_cut", "direct_receive", "direct_receive_in_pieces"),
+        "direct_garbage_is_fatal",
+    ):
         assert f"{'SKIP' if runtime == 'exec' else 'PASS'} {check}" in result.stdout
     # all three count what they deliver inside themselves (section 12)
     assert "PASS local_counts" in result.stdout
