@@ -1,7 +1,6 @@
 package fifoflow
 
 import (
-	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -13,10 +12,7 @@ import (
 
 func identity(msg any, ctx *Ctx) (any, error) { return msg, nil }
 
-func newTestHost(w io.Writer) *host {
-	return &host{w: bufio.NewWriterSize(w, 1<<20), modules: map[string]*module{},
-		routes: map[string]map[string]portRoute{}, doneSeq: -1}
-}
+func newTestHost(w io.Writer) *host { return newHost(w) }
 
 // a frame of 1,000 messages through three modules of one host (two in-host hops)
 func BenchmarkDeliverChain(b *testing.B) {
