@@ -134,12 +134,16 @@ async def test_go_sigkill_mid_stream_loses_nothing() -> None:
     async with open_runner(config) as runner:
         sink = await start(runner, chain(go_mid(1)))
         instance = go_instance(runner, "mix")
+        sub = runner.subscribe(flows=["mix"], kinds=["runtime"])
         async with trio.open_nursery() as nursery:
             nursery.start_soon(runner.inject, "mix", "src", "in", list(range(total)))
             await sink.wait_for(2000)
             os.kill(instance.process.pid, signal.SIGKILL)
         await sink.wait_for(total, seconds=60)
         await runner.wait_idle("mix")
+        # the go host may have handled everything before it was killed (the messages
+        # reach it over a direct channel): wait for its restart, not only for the sink
+        await next_event(sub, "runtime", event="ready")
         assert instance.restarts == 1
         got = [m["i"] for m in sink.msgs()]
     assert set(got) == set(range(total)), "a message was lost"

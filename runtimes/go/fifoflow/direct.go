@@ -12,17 +12,16 @@ package fifoflow
 // write each when the batch is written. A write that fails or is partial gives the
 // channel up for good: closed, never written again, and `cut` heads the runner batch.
 //
-// Receiving: `listen` opens a channel O_RDONLY|O_NONBLOCK; a goroutine reads it (as one
-// reads the runner pipe) into the host's inbox, so the main goroutine handles reads of
-// the runner pipe and of the channels one at a time, in the order they came. Frames of
-// a channel are handled like deliveries and acknowledged in done's `direct`; `cut`
-// closes the channel (what was read of it and not handled is dropped, a partial line
-// too: the runner delivers its copies) and is confirmed after the next done.
+// Receiving: `listen` opens a channel O_RDONLY|O_NONBLOCK and the main goroutine reads
+// it beside the runner pipe (host.go: serve waits on both with epoll while a channel is
+// open, and blocks in a plain read of the runner pipe otherwise), so reads are handled
+// one at a time, in the order they were made, without a goroutine between the pipe and
+// the handlers. Frames of a channel are handled like deliveries and acknowledged in
+// done's `direct`; `cut` closes the channel (a partial line is dropped: the runner
+// delivers its copies) and is confirmed after the next done.
 
 import (
 	"fmt"
-	"io"
-	"os"
 	"strconv"
 	"syscall"
 )
@@ -48,30 +47,14 @@ type dkey struct {
 
 // source is something the host reads: the runner pipe (ch "") or a channel.
 type source struct {
-	ch   string
-	file *os.File
-	// a partial line (main goroutine only)
+	ch string
+	fd int
+	// a partial line
 	rest []byte
-	// read buffers given back by the main goroutine
-	free chan []byte
-	// closed when a channel is cut: its reader ends
-	stop chan struct{}
-	// cut: chunks of it still in the inbox are dropped (main goroutine only)
+	// the channel was cut (its fd is closed)
 	closed bool
-}
-
-// chunk is one read: data, or the error that ended the reads (io.EOF included).
-type chunk struct {
-	src  *source
-	data []byte
-	err  error
-}
-
-func newSource(ch string, file *os.File) *source {
-	src := &source{ch: ch, file: file, free: make(chan []byte, 2), stop: make(chan struct{})}
-	src.free <- make([]byte, readSize)
-	src.free <- make([]byte, readSize)
-	return src
+	// the channel's writers are gone: no longer polled (its cut follows)
+	ended bool
 }
 
 func (s *source) what() string {
@@ -79,45 +62,6 @@ func (s *source) what() string {
 		return ""
 	}
 	return fmt.Sprintf("direct channel %q: ", s.ch)
-}
-
-// recycle gives a read buffer back to the reader.
-func (s *source) recycle(data []byte) {
-	select {
-	case s.free <- data[:cap(data)]:
-	default:
-	}
-}
-
-// read runs on a goroutine of its own: reads src into the inbox until an error or the
-// end (sent too), or until src is cut. Two buffers: one is read into while the main
-// goroutine handles the other.
-func (h *host) read(src *source) {
-	for {
-		var buf []byte
-		select {
-		case buf = <-src.free:
-		case <-src.stop:
-			return
-		}
-		n, err := src.file.Read(buf)
-		if n > 0 {
-			select {
-			case h.inbox <- chunk{src: src, data: buf[:n]}:
-			case <-src.stop:
-				return
-			}
-		} else {
-			src.recycle(buf)
-		}
-		if err != nil {
-			select {
-			case h.inbox <- chunk{src: src, err: err}:
-			case <-src.stop:
-			}
-			return
-		}
-	}
 }
 
 // ---------------------------------------------------------------- sending
@@ -277,10 +221,24 @@ func (h *host) listen(ch, path string) {
 		}
 		return
 	}
-	// a non-blocking fd: the file is read through Go's poller, and Close ends a Read
-	src := newSource(ch, os.NewFile(uintptr(fd), path))
+	if h.epfd < 0 {
+		if h.epfd, err = syscall.EpollCreate1(syscall.EPOLL_CLOEXEC); err != nil {
+			h.fatal("epoll: " + err.Error())
+		}
+		h.poll(h.runner, syscall.EPOLL_CTL_ADD)
+	}
+	src := &source{ch: ch, fd: fd}
 	h.readers[ch] = src
-	go h.read(src)
+	h.byFD[fd] = src
+	h.poll(src, syscall.EPOLL_CTL_ADD)
+}
+
+// poll adds a source to the epoll set or removes it.
+func (h *host) poll(src *source, op int) {
+	event := syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(src.fd)}
+	if err := syscall.EpollCtl(h.epfd, op, src.fd, &event); err != nil {
+		h.fatal(src.what() + "epoll: " + err.Error())
+	}
 }
 
 // cut stops reading channel ch (the runner's cut), confirmed after the next done.
@@ -291,20 +249,34 @@ func (h *host) cut(ch string) {
 		return
 	}
 	delete(h.readers, ch)
+	delete(h.byFD, src.fd)
+	if !src.ended {
+		h.poll(src, syscall.EPOLL_CTL_DEL)
+	}
+	syscall.Close(src.fd)
 	src.closed = true
 	src.rest = nil
-	close(src.stop)
-	src.file.Close()
 }
 
-// channelEnded: a channel's reads ended. The runner holds every channel open until it
-// cuts it, so an end of file comes only with a cut (whose op follows on the runner
-// pipe); a read error is fatal.
-func (h *host) channelEnded(src *source, err error) {
-	if err == io.EOF {
-		return
+// readChannel reads what channel src holds and handles its complete lines.
+func (h *host) readChannel(src *source) {
+	n, err := syscall.Read(src.fd, h.rbuf)
+	for err == syscall.EINTR {
+		n, err = syscall.Read(src.fd, h.rbuf)
 	}
-	h.fatal(src.what() + "read error: " + err.Error())
+	switch {
+	case err == syscall.EAGAIN:
+	case err != nil:
+		h.fatal(src.what() + "read error: " + err.Error())
+	case n == 0:
+		// no writer left: the runner holds every channel open until it cuts it, so
+		// this comes only with a cut (its op follows on the runner pipe); a partial
+		// line is torn, not an error
+		src.ended = true
+		h.poll(src, syscall.EPOLL_CTL_DEL)
+	default:
+		h.feed(src, h.rbuf[:n])
+	}
 }
 
 // channelLine handles a line read from a channel: a deliver of that channel, for its
