@@ -760,7 +760,13 @@ class Kit:
             seen.extend(msgs)
         returned = [m for m in tricky if m is not None]  # a returned null sends nothing
         want = returned if self.lang == "exec" else tricky + returned  # ctx.emit sends null
-        if sorted(orjson.dumps(m) for m in seen) != sorted(orjson.dumps(m) for m in want):
+
+        # the same values, in any order of object keys (a JSON object has none; the go
+        # host writes a map in Go's iteration order)
+        def canonical(msgs: list[Any]) -> list[bytes]:
+            return sorted(orjson.dumps(m, option=orjson.OPT_SORT_KEYS) for m in msgs)
+
+        if canonical(seen) != canonical(want):
             raise CheckFailed(f"raw emits must carry every output unchanged; got {seen!r}")
 
     # ---------------------------------------------------------------- direct channels

@@ -1,5 +1,5 @@
 """Direct host-to-host channels (runner/direct.py, PROTOCOL.md section 11), end to end:
-real runners, real python and node hosts, real FIFOs."""
+real runners, real python, node and go hosts, real FIFOs."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from fifoflow.runner import RunnerConfig, open_runner
+from fifoflow.runtimes.gobuild import find_go
 
 from .helpers import make_flow, next_event, start
 
@@ -32,6 +33,29 @@ NODE_SLOW = (
     "  ctx.state.n = (ctx.state.n || 0) + 1; return msg;\n"
     "};\n"
 )
+# go modules (built into one host binary per flow: runtimes/go/README.md)
+needs_go = pytest.mark.skipif(find_go() is None, reason="no Go toolchain (golang-go)")
+GO_COUNT = (
+    "package count\n\n"
+    'import "fifoflow"\n\n'
+    "func Handle(msg any, ctx *fifoflow.Ctx) (any, error) {\n"
+    '\tn, _ := ctx.State["n"].(float64)\n'
+    '\tctx.State["n"] = n + 1\n'
+    "\treturn msg, nil\n"
+    "}\n"
+)
+# ~30 us of work per message, as NODE_BUSY
+GO_BUSY = (
+    "package busy\n\n"
+    'import (\n\t"time"\n\n\t"fifoflow"\n)\n\n'
+    "func Handle(msg any, ctx *fifoflow.Ctx) (any, error) {\n"
+    "\tt := time.Now()\n"
+    "\tfor time.Since(t) < 30*time.Microsecond {\n\t}\n"
+    '\tn, _ := ctx.State["n"].(float64)\n'
+    '\tctx.State["n"] = n + 1\n'
+    "\treturn msg, nil\n"
+    "}\n"
+)
 
 
 def chain(flow_id: str = "chain", mid: str = NODE_COUNT) -> dict[str, Any]:
@@ -42,6 +66,19 @@ def chain(flow_id: str = "chain", mid: str = NODE_COUNT) -> dict[str, Any]:
             {"id": "src", "runtime": "python", "code": PY_COUNT},
             {"id": "mid", "runtime": "node", "code": mid},
             {"id": "dst", "runtime": "python", "code": PY_COUNT},
+        ],
+        "wires": ["src.out -> mid.in", "mid.out -> dst.in"],
+    }
+
+
+def go_chain(flow_id: str = "gochain", mid: str = GO_COUNT) -> dict[str, Any]:
+    """python src -> go mid -> node dst: three hosts, go receiving and sending."""
+    return {
+        "id": flow_id,
+        "modules": [
+            {"id": "src", "runtime": "python", "code": PY_COUNT},
+            {"id": "mid", "runtime": "go", "code": mid},
+            {"id": "dst", "runtime": "node", "code": NODE_COUNT},
         ],
         "wires": ["src.out -> mid.in", "mid.out -> dst.in"],
     }
@@ -62,11 +99,18 @@ def first_deliveries(got: list[Any]) -> list[Any]:
     return first
 
 
+@pytest.mark.parametrize(
+    "mid", ["node", pytest.param("go", marks=needs_go)], ids=["py-node-py", "py-go-node"]
+)
 @pytest.mark.parametrize("direct", [True, False], ids=["direct", "no-direct"])
-async def test_a_chain_across_hosts_goes_direct_each_message_once_in_order(direct: bool) -> None:
+async def test_a_chain_across_hosts_goes_direct_each_message_once_in_order(
+    direct: bool, mid: str
+) -> None:
     n = 20_000
+    doc = go_chain("chain") if mid == "go" else chain()
     async with open_runner(RunnerConfig(direct=direct)) as runner:
-        sink = await start(runner, chain())
+        sink = await start(runner, doc)
+        assert len(runner.flow("chain").instances) == (3 if mid == "go" else 2)
         await runner.inject("chain", "src", "in", list(range(n)))
         await sink.wait_for(n, 60)
         await runner.wait_idle("chain")
@@ -83,16 +127,19 @@ async def test_a_chain_across_hosts_goes_direct_each_message_once_in_order(direc
         assert runner.flow("chain").pending == 0
 
 
-@pytest.mark.parametrize("victim", ["node", "python"])
+@pytest.mark.parametrize("victim", ["node", "python", pytest.param("go", marks=needs_go)])
 async def test_sigkill_of_a_host_with_channels_loses_nothing(victim: str) -> None:
     """node is the receiver of src -> mid and the sender of mid -> dst; python the other
-    way round: killing either kills a sender and a receiver mid-stream."""
+    way round: killing either kills a sender and a receiver mid-stream. go: the same as
+    node, in python -> go -> node."""
     n = 20_000
     config = RunnerConfig(window=2000, queue_capacity=2000, frame_messages=100)
+    doc = go_chain("kill", GO_BUSY) if victim == "go" else chain("kill", NODE_BUSY)
     async with open_runner(config) as runner:
-        sink = await start(runner, chain("kill", NODE_BUSY))
+        sink = await start(runner, doc)
         run = runner.flow("kill")
-        host = run.instances[victim]
+        # instances by host key: "python", "node", "go-<build hash>"
+        [host] = [i for key, i in run.instances.items() if key.split("-")[0] == victim]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(runner.inject, "kill", "src", "in", list(range(n)))
             await sink.wait_for(3000)
@@ -131,7 +178,10 @@ async def test_sigkill_of_a_host_with_channels_loses_nothing(victim: str) -> Non
     print(f"SIGKILL {victim}: {duplicates} duplicates, counters {states}")
 
 
-async def test_a_full_channel_is_cut_and_the_flow_goes_on_through_the_runner() -> None:
+@pytest.mark.parametrize("sender", ["python", pytest.param("go", marks=needs_go)])
+async def test_a_full_channel_is_cut_and_the_flow_goes_on_through_the_runner(
+    sender: str,
+) -> None:
     """A slow receiver: the sender's write meets a full pipe, gives the channel up; what
     it held goes through the runner (none lost, none twice, in order) and the channel
     opens again once the wire is empty."""
@@ -140,7 +190,7 @@ async def test_a_full_channel_is_cut_and_the_flow_goes_on_through_the_runner() -
     flow = {
         "id": "full",
         "modules": [
-            {"id": "src", "runtime": "python", "code": PY_COUNT},
+            {"id": "src", "runtime": sender, "code": GO_COUNT if sender == "go" else PY_COUNT},
             {"id": "slow", "runtime": "node", "code": NODE_SLOW},
         ],
         "wires": ["src.out -> slow.in"],

@@ -134,12 +134,16 @@ async def test_go_sigkill_mid_stream_loses_nothing() -> None:
     async with open_runner(config) as runner:
         sink = await start(runner, chain(go_mid(1)))
         instance = go_instance(runner, "mix")
+        sub = runner.subscribe(flows=["mix"], kinds=["runtime"])
         async with trio.open_nursery() as nursery:
             nursery.start_soon(runner.inject, "mix", "src", "in", list(range(total)))
             await sink.wait_for(2000)
             os.kill(instance.process.pid, signal.SIGKILL)
         await sink.wait_for(total, seconds=60)
         await runner.wait_idle("mix")
+        # the go host may have handled everything before it was killed (the messages
+        # reach it over a direct channel): wait for its restart, not only for the sink
+        await next_event(sub, "runtime", event="ready")
         assert instance.restarts == 1
         got = [m["i"] for m in sink.msgs()]
     assert set(got) == set(range(total)), "a message was lost"
@@ -268,3 +272,28 @@ async def test_a_load_of_code_not_in_the_binary_fails_clearly() -> None:
         assert error is not None
         assert error["type"] == "NotBuilt"
         assert "not in this host's binary" in error["message"]
+
+
+async def test_a_wire_inside_the_go_host_is_counted() -> None:
+    # the go host lists counts (PROTOCOL.md section 12): its in-host wire has a number
+    echo = 'package {}\n\nimport "fifoflow"\n\nfunc Handle(msg any, ctx *fifoflow.Ctx) (any, error) {{ return msg, nil }}\n'
+    doc = {
+        "id": "gcount",
+        "modules": [
+            {"id": "src", "runtime": "python", "code": "def handle(msg, ctx):\n    return msg\n"},
+            {"id": "g1", "runtime": "go", "code": echo.format("g1")},
+            {"id": "g2", "runtime": "go", "code": echo.format("g2")},
+        ],
+        "wires": ["src.out -> g1.in", "g1.out -> g2.in"],
+    }
+    async with open_runner() as runner:
+        sink = await start(runner, doc)
+        await runner.inject("gcount", "src", "in", list(range(40)))
+        await sink.wait_for(40, 120)
+        with trio.fail_after(20):
+            await runner.wait_idle("gcount")
+        assert sink.msgs("g2.out") == list(range(40))
+        wires = {w["wire"]: w for w in runner.flow("gcount").stats()["wires"]}
+        assert (wires["g1.out->g2.in"]["via"], wires["g1.out->g2.in"]["host"]) == ("host", 40)
+        assert wires["g1.out->g2.in"]["messages"] == 40
+        assert wires["src.out->g1.in"]["messages"] == 40

@@ -1,6 +1,7 @@
 package fifoflow
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -57,7 +58,13 @@ func appendJSON(b []byte, v any) ([]byte, error) {
 		}
 		return append(b, ']'), nil
 	case json.RawMessage:
-		return append(b, x...), nil
+		// checked and compacted: a raw body reaches the receiving host unchecked
+		// (PROTOCOL.md section 10), and a newline inside would end the frame
+		var out bytes.Buffer
+		if err := json.Compact(&out, x); err != nil {
+			return b, err
+		}
+		return append(b, out.Bytes()...), nil
 	default:
 		data, err := json.Marshal(v)
 		if err != nil {

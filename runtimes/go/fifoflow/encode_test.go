@@ -32,4 +32,10 @@ func TestAppendJSONMatchesEncodingJSON(t *testing.T) {
 	if _, err := appendJSON(nil, math.NaN()); err == nil {
 		t.Error("NaN must not encode")
 	}
+	if got, err := appendJSON(nil, json.RawMessage("[1,\n 2]")); err != nil || string(got) != "[1,2]" {
+		t.Errorf("a RawMessage is compacted: got %q, %v", got, err)
+	}
+	if _, err := appendJSON(nil, json.RawMessage("[1,,2]")); err == nil {
+		t.Error("a RawMessage that is not JSON must not encode")
+	}
 }
