@@ -270,6 +270,7 @@ class FlowRun:
         for runtime, instance in plan.instances.items():
             instance.set_modules(plan.loads.get(runtime, {}), plan.host_routes.get(runtime, {}))
             instance.queues.downstream = plan.downstream.get(runtime, {})
+            instance.queues.set_local(*_local_order(plan.host_routes.get(runtime, {})))
         self.instances = plan.instances
         self.direct.configure()
 
@@ -356,19 +357,20 @@ class FlowRun:
                         if c.open:
                             self.direct_counts[(module, port, dst, dst_port)] += n
                             self.direct.hold(
-                                c, d, Delivery(dst, dst_port, msgs, body=body, count=n)
+                                c, d, Delivery(dst, dst_port, msgs, body=body, count=n, src=module)
                             )
                         else:
                             instance.queues.enqueue(
-                                dst, dst_port, msgs, body=body, count=n, ch=c.id, direct=d
-                            )
+                                dst, dst_port, msgs, body=body, count=n, ch=c.id, direct=d,
+                                src=module,
+                            )  # fmt: skip
                             self._touched.add(instance)
                         continue
                 self._add_pending(n)
                 if body is not None:
-                    instance.queues.enqueue(dst, dst_port, None, body=body, count=n)
+                    instance.queues.enqueue(dst, dst_port, None, body=body, count=n, src=module)
                 else:
-                    instance.queues.enqueue(dst, dst_port, msgs)
+                    instance.queues.enqueue(dst, dst_port, msgs, src=module)
                 self._touched.add(instance)
 
     def _publish_wire(self, module: str, port: str, dst: str, dst_port: str, msgs: Any) -> None:
@@ -441,9 +443,9 @@ class FlowRun:
                 self._publish_wire(module, port, dst, dst_port, shown)
             self._add_pending(n)
             if isinstance(msgs, bytes):
-                target.queues.enqueue(dst, dst_port, None, body=msgs, count=n, end=end)
+                target.queues.enqueue(dst, dst_port, None, body=msgs, count=n, end=end, src=module)
             else:
-                target.queues.enqueue(dst, dst_port, msgs, end=end)
+                target.queues.enqueue(dst, dst_port, msgs, end=end, src=module)
             self._touched.add(target)
         instance.states.update(states)
         for module, port, msgs in outputs:
@@ -839,3 +841,38 @@ def _shown(body: bytes | None) -> list[Any]:
     except orjson.JSONDecodeError:
         return []
     return value if isinstance(value, list) else []
+
+
+def _local_order(
+    host_routes: dict[str, Any],
+) -> tuple[set[tuple[str, str]], dict[str, tuple[str, ...]]]:
+    """A host's wires inside itself (source, target), and per module the modules they
+    lead to from it that do not lead back to it (a cycle is not ordered): while one of
+    those has older messages queued in the runner, the module waits
+    (:meth:`~.queues.DeliveryQueues.set_local`)."""
+    wires = {
+        (src, dst)
+        for src, table in host_routes.items()
+        for spec in table.values()
+        for dst, _ in spec["local"]
+    }
+    if not wires:
+        return wires, {}
+    after: dict[str, set[str]] = defaultdict(set)
+    for src, dst in wires:
+        after[src].add(dst)
+    reach: dict[str, set[str]] = {}
+    for start in after:
+        seen: set[str] = set()
+        todo = list(after[start])
+        while todo:
+            m = todo.pop()
+            if m not in seen:
+                seen.add(m)
+                todo.extend(after.get(m, ()))
+        reach[start] = seen
+    blockers = {
+        m: tuple(sorted(d for d in found if d != m and m not in reach.get(d, ())))
+        for m, found in reach.items()
+    }
+    return wires, {m: b for m, b in blockers.items() if b}

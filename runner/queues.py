@@ -15,6 +15,12 @@ The rules (runner/README.md, "Queues and backpressure"; PROTOCOL.md sections 5 a
   (``downstream``: directly or through same-host wires, in this host or another), so a
   slow module fills its own queue and its producers stop being fed. Queues may overshoot
   their capacity by what one delivery emits.
+- A module's deliveries also wait while a module its same-host wires lead to has
+  deliveries queued here that came over such a wire before it became same-host (a hot
+  swap moved that module next to its source, a debugged or watched flow got its local
+  wires back, a window was put back after the host ended): the host would otherwise pass
+  newer messages along inside itself before the runner sends the older ones
+  (:meth:`~DeliveryQueues.set_local`; a cycle of such wires is not ordered).
 - ``done`` is cumulative: acknowledging ``seq`` acknowledges every delivery up to it.
 - After a host is gone, the window goes back in front of the queues, in its order, and
   is numbered again when taken: at least once, per-module order kept, nothing lost.
@@ -64,7 +70,9 @@ class Delivery:
     A list may be shared by several deliveries (a fan-out): it is rebound, never changed
     in place. Deliveries compare by identity."""
 
-    __slots__ = ("_msgs", "body", "ch", "count", "d", "end", "hangs", "module", "port", "seq")
+    __slots__ = (
+        "_msgs", "body", "ch", "count", "d", "end", "hangs", "module", "port", "seq", "src",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -77,9 +85,12 @@ class Delivery:
         body: bytes | None = None,
         count: int | None = None,
         end: int = 0,
+        src: str | None = None,
     ) -> None:
         self.module = module
         self.port = port
+        #: the module that emitted them (qualified id; None: injected)
+        self.src = src
         #: 0 while waiting in a queue; the frame's seq once taken into the window
         self.seq = seq
         #: how often the host reported a handler hung on this frame without naming the message
@@ -210,6 +221,12 @@ class DeliveryQueues:
         self._on_room = on_room
         #: module -> what the deliveries to it can produce messages for: (queues, module)
         self.downstream: dict[str, list[tuple[DeliveryQueues, str]]] = {}
+        #: (source, target) of the wires this host delivers inside itself, and per module
+        #: the modules those wires lead to from it (see :meth:`set_local`)
+        self.local_wires: frozenset[tuple[str, str]] = frozenset()
+        self.blockers: dict[str, tuple[str, ...]] = {}
+        #: modules whose queue may hold deliveries of a wire that is local now
+        self._maybe_stale: set[str] = set()
         #: while set, :meth:`take` takes nothing
         self.paused = False
         self._queues: dict[str, deque[Delivery]] = {}
@@ -260,6 +277,31 @@ class DeliveryQueues:
         ):
             self._on_room()
 
+    def set_local(
+        self, local_wires: Iterable[tuple[str, str]], blockers: dict[str, tuple[str, ...]]
+    ) -> None:
+        """The host's wires inside itself changed (a swap, the debugger, a watch). From now
+        on a module's deliveries wait while a module its local wires lead to
+        (``blockers``) still has deliveries queued here that came over such a wire before
+        it was local (a moved module's queue, messages held while debugged, a window put
+        back after a host ended): else the host would hand the newer messages on inside
+        itself before the runner sends the older ones, and per-wire order would break."""
+        self.local_wires = frozenset(local_wires)
+        self.blockers = blockers
+        self._maybe_stale = {m for m, q in self._queues.items() if q} if self.local_wires else set()
+
+    def _stale(self, module: str) -> bool:
+        """Whether ``module``'s queue holds deliveries of a wire that is local now."""
+        if module not in self._maybe_stale:
+            return False
+        local = self.local_wires
+        if any(
+            d.src is not None and (d.src, module) in local for d in self._queues.get(module, ())
+        ):
+            return True
+        self._maybe_stale.discard(module)
+        return False
+
     def drop_marked(self, ch: str, upto: int, modules: Iterable[str]) -> int:
         """Remove the queued copies of direct channel ``ch`` with ``d <= upto`` (the
         receiving host handled them from the channel); the number of messages."""
@@ -281,6 +323,8 @@ class DeliveryQueues:
     def append(self, d: Delivery) -> None:
         """Queue a delivery made elsewhere (a direct channel's held copy), last."""
         d.seq = 0
+        if self.local_wires:
+            self._maybe_stale.add(d.module)
         self._queues.setdefault(d.module, deque()).append(d)
         self._queued[d.module] = self._queued.get(d.module, 0) + d.count
         self.queued_msgs += d.count
@@ -296,6 +340,7 @@ class DeliveryQueues:
         end: int = 0,
         ch: str | None = None,
         direct: int = 0,
+        src: str | None = None,
     ) -> None:
         """Queue messages for ``module``: ``msgs``, or (``msgs`` None) ``count`` messages
         as the raw JSON array ``body`` (:class:`Delivery`). Never refuses: producers ask
@@ -305,10 +350,12 @@ class DeliveryQueues:
         queue = self._queues.get(module)
         if queue is None:
             queue = self._queues[module] = deque()
-        d = Delivery(module, port, msgs, body=body, count=count, end=end)
+        d = Delivery(module, port, msgs, body=body, count=count, end=end, src=src)
         if ch is not None:
             d.ch = ch
             d.d = direct
+        if src is not None and self.local_wires and (src, module) in self.local_wires:
+            self._maybe_stale.add(module)  # routed before the wire was local
         queue.append(d)
         self._queued[module] = self._queued.get(module, 0) + d.count
         self.queued_msgs += d.count
@@ -331,6 +378,8 @@ class DeliveryQueues:
             return 0
         queue = self._queues.setdefault(module, deque())
         queue.extendleft(reversed(deliveries))
+        if self.local_wires:
+            self._maybe_stale.add(module)
         n = sum(d.count for d in deliveries)
         self._queued[module] = self._queued.get(module, 0) + n
         self.queued_msgs += n
@@ -342,7 +391,7 @@ class DeliveryQueues:
         if not queue:
             return None
         head = queue[0]
-        one = Delivery(module, head.port, head.msgs[:1], end=_head_end(head, 1))
+        one = Delivery(module, head.port, head.msgs[:1], end=_head_end(head, 1), src=head.src)
         head.msgs = head.msgs[1:]
         if not head.msgs:
             queue.popleft()
@@ -389,6 +438,8 @@ class DeliveryQueues:
                 continue
             if not all(q.has_room(m) for q, m in self.downstream.get(module, ())):
                 continue
+            if self._maybe_stale and any(self._stale(b) for b in self.blockers.get(module, ())):
+                continue  # older messages for where its local wires lead go first
             limit = gate.allowance(module, queue) if gate is not None else None
             if limit == 0:
                 continue
@@ -400,7 +451,7 @@ class DeliveryQueues:
                 if limit is not None and taken + d.count > limit:
                     # Split the delivery: only the allowed messages go.
                     keep = limit - taken
-                    d = Delivery(d.module, d.port, d.msgs[:keep], end=_head_end(d, keep))
+                    d = Delivery(d.module, d.port, d.msgs[:keep], end=_head_end(d, keep), src=d.src)
                     queue[0].msgs = queue[0].msgs[keep:]
                 else:
                     queue.popleft()
@@ -486,6 +537,8 @@ class DeliveryQueues:
         self.redelivered_msgs += self.unacked_msgs
         for d in reversed(unacked):
             d.seq = 0
+            if self.local_wires:
+                self._maybe_stale.add(d.module)
             self._queues.setdefault(d.module, deque()).appendleft(d)
             self._queued[d.module] = self._queued.get(d.module, 0) + d.count
             self.queued_msgs += d.count

@@ -17,7 +17,8 @@ quiet point, all or nothing:
    off) and the update is refused with the host's error: the old version runs on.
 4. **Commit**: removed modules and the old homes of moved modules are unloaded;
    messages waiting in the runner for a moved module go, in order, in front of its
-   queue in the new runtime; what waited for a removed module is taken out and
+   queue in the new runtime (and go before anything a module of its new host sends it
+   over a wire inside that host: ``DeliveryQueues.set_local``); what waited for a removed module is taken out and
    returned in the report. The runner's routing table, the load frames (used on a
    restart) and every host's route table are replaced in one step.
 5. **Resume**; runtimes left without modules are stopped gracefully.

@@ -294,3 +294,55 @@ async def test_rewiring_storm_under_load_loses_nothing() -> None:
         tapped_ids = [m["tapped"] for m in sink.msgs("tap.out")]
         assert len(tapped_ids) == len(set(tapped_ids)), "a tapped message was handled twice"
         assert not set(tapped_ids) & set(dropped), "a message was both handled and reported dropped"
+
+
+SLOW_NODE_MID = {
+    "id": "mid",
+    "runtime": "node",
+    "code": (
+        "exports.handle = (msg, ctx) => {\n"
+        "  const until = Date.now() + 2;\n"
+        "  while (Date.now() < until) {}\n"  # 2 ms a message: its queue in the runner grows
+        "  ctx.state.n = (ctx.state.n || 0) + 1;\n"
+        "  return { ...msg, v: 0, mid: ctx.state.n, k: 0 };\n"
+        "};\n"
+    ),
+    "config": {"k": 0},
+}
+
+
+@pytest.mark.parametrize("direct", [False, True])
+async def test_a_module_moved_into_its_sources_host_gets_its_older_messages_first(
+    direct: bool,
+) -> None:
+    # mid (node, slow) has hundreds of messages queued in the runner when it moves into
+    # the python host of first: first -> mid becomes a wire inside that host. What first
+    # emits from then on must not reach mid before the older messages the runner moved
+    # along (nor those put back in the queues after a host ends): per-wire order.
+    # (with direct channels the slow module's host holds what it read of its channel,
+    # and the runner the copies: what is moved along then depends on the timing)
+    async with open_runner(RunnerConfig(window=50, direct=direct)) as runner:
+        await runner.add_or_update_flow(make_flow(chain(SLOW_NODE_MID)))
+        sink = Collector()
+        runner.set_output_sink("swap", sink)
+        await runner.start_flow("swap")
+        flow = runner.flow("swap")
+        for i in range(0, 1000, 10):  # small batches: frames the window of 50 can hold
+            await runner.inject("swap", "first", "in", [{"i": j} for j in range(i, i + 10)])
+        await sink.wait_for(20)  # by then first is far ahead of the slow mid
+        if not direct:
+            assert flow.instances["node"].queues.depth(flow.qualified("mid")) >= 300
+        slow_python = middle(1, "python")  # slow too: what was moved along takes a while
+        slow_python["code"] = "import time\n" + slow_python["code"].replace(
+            "    ctx.state", "    time.sleep(0.002)\n    ctx.state", 1
+        )
+        result = await runner.apply_flow(make_flow(chain(slow_python)))
+        if not direct:
+            assert result.report["rehomed"] >= 300, result.report
+        await runner.inject("swap", "first", "in", [{"i": i} for i in range(1000, 1500)])
+        await sink.wait_for(1500, seconds=60)
+        await runner.wait_idle("swap")
+        msgs = sink.msgs()
+        assert [m["i"] for m in msgs] == list(range(1500))
+        assert [m["mid"] for m in msgs] == list(range(1, 1501))
+        assert runner.module_state("swap", "mid") == {"n": 1500}
