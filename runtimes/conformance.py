@@ -844,6 +844,21 @@ class Kit:
         if not ds[1] > ds[0]:
             raise CheckFailed(f"'d' must increase from one frame to the next; got {ds}")
 
+    @staticmethod
+    def _route_echo_to(host: HostUnderTest, ch: str, path: str) -> None:
+        """A route table sending t/echo's out over channel ``ch`` (at ``path``) to x/a."""
+        host.send(
+            {
+                "op": "route",
+                "routes": {
+                    "t/echo": {
+                        "out": {"local": [], "external": True, "direct": [[ch, "x/a", "in"]]}
+                    }
+                },
+                "channels": {ch: path},
+            }
+        )
+
     def check_direct_full_cut(self, host: HostUnderTest) -> None:
         """A channel that does not take a batch at once is given up for good: ``cut`` to
         the runner before the frames of that batch, and never written again."""
@@ -852,17 +867,7 @@ class Kit:
         self.load(host, "echo")
         path, fd = self._channel(host, "c2", size=4096)
         os.write(fd, b"x" * 4000)  # nearly full: the next batch cannot fit
-        host.send(
-            {
-                "op": "route",
-                "routes": {
-                    "t/echo": {
-                        "out": {"local": [], "external": True, "direct": [["c2", "x/a", "in"]]}
-                    }
-                },
-                "channels": {"c2": path},
-            }
-        )
+        self._route_echo_to(host, "c2", path)
         big = ["y" * 1000] * 4
         host.send({"op": "deliver", "seq": 1, "module": "t/echo", "port": "in", "msgs": big})
         _, before = host.expect(lambda f: f["op"] == "done", "done")
@@ -880,17 +885,7 @@ class Kit:
         # the end of the batch, rather than line by line)
         path, fd = self._channel(host, "c3", size=4096)
         os.write(fd, b"x" * 4000)
-        host.send(
-            {
-                "op": "route",
-                "routes": {
-                    "t/echo": {
-                        "out": {"local": [], "external": True, "direct": [["c3", "x/a", "in"]]}
-                    }
-                },
-                "channels": {"c3": path},
-            }
-        )
+        self._route_echo_to(host, "c3", path)
         frame = {"op": "deliver", "module": "t/echo", "port": "in", "msgs": big}
         host.send({**frame, "seq": 3}, {**frame, "seq": 4})
         _, before = host.expect(lambda f: f["op"] == "done" and f.get("seq") == 4, "done seq 4")

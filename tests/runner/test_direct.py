@@ -58,14 +58,18 @@ GO_BUSY = (
 )
 
 
-def chain(flow_id: str = "chain", mid: str = NODE_COUNT) -> dict[str, Any]:
-    """python src -> node mid -> python dst (src and dst share one python host)."""
+def chain(
+    flow_id: str = "chain", mid: str = NODE_COUNT, runtimes: tuple[str, str] = ("node", "python")
+) -> dict[str, Any]:
+    """python src -> mid -> dst, mid and dst in ``runtimes`` (by default node, then
+    python: src and dst share one python host)."""
+    codes = {"python": PY_COUNT, "node": NODE_COUNT, "go": GO_COUNT}
     return {
         "id": flow_id,
         "modules": [
             {"id": "src", "runtime": "python", "code": PY_COUNT},
-            {"id": "mid", "runtime": "node", "code": mid},
-            {"id": "dst", "runtime": "python", "code": PY_COUNT},
+            {"id": "mid", "runtime": runtimes[0], "code": mid},
+            {"id": "dst", "runtime": runtimes[1], "code": codes[runtimes[1]]},
         ],
         "wires": ["src.out -> mid.in", "mid.out -> dst.in"],
     }
@@ -73,15 +77,7 @@ def chain(flow_id: str = "chain", mid: str = NODE_COUNT) -> dict[str, Any]:
 
 def go_chain(flow_id: str = "gochain", mid: str = GO_COUNT) -> dict[str, Any]:
     """python src -> go mid -> node dst: three hosts, go receiving and sending."""
-    return {
-        "id": flow_id,
-        "modules": [
-            {"id": "src", "runtime": "python", "code": PY_COUNT},
-            {"id": "mid", "runtime": "go", "code": mid},
-            {"id": "dst", "runtime": "node", "code": NODE_COUNT},
-        ],
-        "wires": ["src.out -> mid.in", "mid.out -> dst.in"],
-    }
+    return chain(flow_id, mid, ("go", "node"))
 
 
 def direct_counts(runner: Any, flow_id: str) -> dict[str, int]:
