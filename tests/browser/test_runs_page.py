@@ -263,5 +263,5 @@ def test_a_port_wired_within_the_server_side_and_to_the_page_feeds_both(
     result = d.api("GET", f"/runs/{run['id']}/result")
     got = sorted((o["from"], o["msg"]["i"]) for o in result["outputs"])
     assert got == [("c.out", 1), ("c.out", 2), ("t.out", 1), ("t.out", 2)], result["outputs"]
-    # (a -> t is a wire inside one host: the runner does not see it, RUNS.md "handled")
-    assert result["handled"] == {"a": 2, "b": 2, "c": 2}
+    # (a -> t is a wire inside one host: its host counts it, PROTOCOL.md section 12)
+    assert result["handled"] == {"a": 2, "b": 2, "c": 2, "t": 2}
