@@ -523,7 +523,8 @@ class Kit:
                 f"a load with state {{n: 5}} and migrate: false must not migrate; expected [6], got {got}"
             )
 
-    def check_local_route(self, host: HostUnderTest) -> None:
+    def _add1_into_times2(self, host: HostUnderTest) -> None:
+        """t/add1 and t/times2 loaded, add1's out wired to times2 inside the host."""
         self.load(host, "add1")
         self.load(host, "times2")
         host.send(
@@ -535,6 +536,9 @@ class Kit:
                 },
             }
         )
+
+    def check_local_route(self, host: HostUnderTest) -> None:
+        self._add1_into_times2(host)
         host.send({"op": "deliver", "seq": 1, "module": "t/add1", "port": "in", "msgs": [1, 2, 3]})
         _, before = host.expect(lambda f: f["op"] == "done", "done")
         emits = [
@@ -550,17 +554,7 @@ class Kit:
         itself since its previous done (PROTOCOL.md section 12)."""
         if "counts" not in (host.frames[0].get("features") or ()):
             raise Skip("the host does not list 'counts' in hello.features")
-        self.load(host, "add1")
-        self.load(host, "times2")
-        host.send(
-            {
-                "op": "route",
-                "routes": {
-                    "t/add1": {"out": {"local": [["t/times2", "in"]], "external": False}},
-                    "t/times2": {"out": {"local": [], "external": True}},
-                },
-            }
-        )
+        self._add1_into_times2(host)
         wire = ["t/add1", "out", "t/times2", "in"]
         for seq, msgs in ((1, [1, 2, 3]), (2, [5])):
             host.send({"op": "deliver", "seq": seq, "module": "t/add1", "port": "in", "msgs": msgs})
@@ -576,17 +570,7 @@ class Kit:
     def check_route_replaced(self, host: HostUnderTest) -> None:
         """A new route table takes over between two messages (a debugging runner sends one
         without local wires, to hold every message itself)."""
-        self.load(host, "add1")
-        self.load(host, "times2")
-        host.send(
-            {
-                "op": "route",
-                "routes": {
-                    "t/add1": {"out": {"local": [["t/times2", "in"]], "external": False}},
-                    "t/times2": {"out": {"local": [], "external": True}},
-                },
-            }
-        )
+        self._add1_into_times2(host)
         host.send({"op": "deliver", "seq": 1, "module": "t/add1", "port": "in", "msgs": [1]})
         host.send(
             {
