@@ -13,6 +13,14 @@ from fifoflow.runtimes.conformance import run_checks
 BROKEN = Path(__file__).with_name("broken_host.py")
 
 
+def failed_checks(breakage: str) -> dict[str, str]:
+    """The kit run against broken_host.py with ``breakage``: failed check -> detail."""
+    results = run_checks(
+        [sys.executable, str(BROKEN), breakage], "python", timeout=2, out=lambda _: None
+    )
+    return {r.name: r.detail for r in results if r.status == "fail"}
+
+
 @pytest.mark.parametrize("runtime", ["python", "node", "exec"])
 def test_builtin_host_passes_the_kit(runtime: str) -> None:
     result = subprocess.run(
@@ -46,10 +54,7 @@ def test_kit_names_the_rule_a_host_breaks_by_acknowledging_first() -> None:
 
 
 def test_kit_names_the_rule_a_raw_host_breaks_by_writing_msgs_first() -> None:
-    results = run_checks(
-        [sys.executable, str(BROKEN), "raw-msgs-first"], "python", timeout=2, out=lambda _: None
-    )
-    failed = {r.name: r.detail for r in results if r.status == "fail"}
+    failed = failed_checks("raw-msgs-first")
     assert "raw_emit" in failed
     assert "msgs last" in failed["raw_emit"]
     # the same host is fine by protocol 1: only the raw rule is broken
@@ -57,20 +62,14 @@ def test_kit_names_the_rule_a_raw_host_breaks_by_writing_msgs_first() -> None:
 
 
 def test_kit_names_the_rule_a_direct_host_breaks_by_not_writing_its_channels() -> None:
-    results = run_checks(
-        [sys.executable, str(BROKEN), "direct-ignored"], "python", timeout=2, out=lambda _: None
-    )
-    failed = {r.name: r.detail for r in results if r.status == "fail"}
+    failed = failed_checks("direct-ignored")
     assert "direct_send" in failed
     assert '"d" and "ch"' in failed["direct_send"]
     assert "direct_receive" in failed
 
 
 def test_kit_names_the_rule_a_counting_host_breaks_by_reporting_nothing() -> None:
-    results = run_checks(
-        [sys.executable, str(BROKEN), "counts-ignored"], "python", timeout=2, out=lambda _: None
-    )
-    failed = {r.name: r.detail for r in results if r.status == "fail"}
+    failed = failed_checks("counts-ignored")
     assert "local_counts" in failed
     assert '"local": [' in failed["local_counts"]
     assert "got None" in failed["local_counts"]
